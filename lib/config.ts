@@ -1,0 +1,80 @@
+/**
+ * The standalone server's configuration: a JSON file validated against the options schema, then environment
+ * overrides of the common fields, then command-line flags. Every failure names the file and the bad path.
+ */
+import { readFileSync } from 'node:fs'
+import { ConfigFileError, InvalidOptionsError } from './errors.js'
+import { resolveOptions, type ResolvedOptions } from './options.js'
+
+export interface ConfigSources {
+  /** path of the JSON config file, if any */
+  file?: string
+  env?: NodeJS.ProcessEnv
+  /** --port */
+  port?: number
+  /** --host */
+  host?: string
+}
+
+type Json = Record<string, any>
+
+/** The embedded database used when nothing else is configured. */
+export const EMBEDDED_DATABASE = { name: 'main', url: 'pglite://memory' }
+
+function readConfigFile (file: string): Json {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigFileError(file, (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : (err as Error).message)
+  }
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigFileError(file, `not valid JSON: ${(err as Error).message}`)
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new ConfigFileError(file, 'the top level must be a JSON object')
+  return value as Json
+}
+
+/** Environment overrides (DESIGN.md §9): DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL. */
+export function applyEnvironment (config: Json, env: NodeJS.ProcessEnv): Json {
+  const out: Json = { ...config }
+  const section = (key: string): Json => (out[key] = { ...(out[key] ?? {}) })
+  if (env.DATABASE_URL !== undefined && env.DATABASE_URL !== '') {
+    const databases: Json[] = Array.isArray(out.databases) ? out.databases.filter((d: Json) => d?.name !== 'main') : []
+    out.databases = [{ name: 'main', url: env.DATABASE_URL }, ...databases]
+  }
+  if (env.REDIS_URL !== undefined && env.REDIS_URL !== '') Object.assign(section('bus'), { provider: 'redis', url: env.REDIS_URL })
+  if (env.NATS_URL !== undefined && env.NATS_URL !== '') Object.assign(section('bus'), { provider: 'nats', url: env.NATS_URL })
+  if (env.HOST !== undefined && env.HOST !== '') section('server').host = env.HOST
+  if (env.PORT !== undefined && env.PORT !== '') section('server').port = Number(env.PORT)
+  if (env.JWT_SECRET !== undefined && env.JWT_SECRET !== '') {
+    const auth = section('auth')
+    auth.jwt = { ...(auth.jwt ?? {}), secret: env.JWT_SECRET }
+  }
+  if (env.JWT_JWKS_URL !== undefined && env.JWT_JWKS_URL !== '') {
+    const auth = section('auth')
+    auth.jwt = { ...(auth.jwt ?? {}), jwksUrl: env.JWT_JWKS_URL }
+  }
+  return out
+}
+
+/** Loads, overrides and validates. With no database configured anywhere, the embedded PGlite is used. */
+export function loadConfig (sources: ConfigSources): ResolvedOptions {
+  let config: Json = sources.file !== undefined ? readConfigFile(sources.file) : {}
+  config = applyEnvironment(config, sources.env ?? {})
+  if (sources.port !== undefined) config.server = { ...(config.server ?? {}), port: sources.port }
+  if (sources.host !== undefined) config.server = { ...(config.server ?? {}), host: sources.host }
+  if (!Array.isArray(config.databases) || config.databases.length === 0) config.databases = [EMBEDDED_DATABASE]
+  try {
+    const options = resolveOptions(config)
+    // the standalone server has no host whose Redis client it could share
+    if (options.bus.provider === 'redis' && options.bus.url === undefined) throw new InvalidOptionsError('/bus/url is required for provider "redis"')
+    return options
+  } catch (err) {
+    if (sources.file === undefined) throw err
+    throw new ConfigFileError(sources.file, (err as Error).message)
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * Every error code of the project. Thrown errors are @fastify/error classes with CHANGEFEED_* codes; errors sent
+ * to a client over the wire carry a short snake_case code from WireError. Tests assert codes, never message text.
+ */
+import createError from '@fastify/error'
+
+export const InvalidOptionsError = createError<[string]>('CHANGEFEED_INVALID_OPTIONS', 'Invalid changefeed options: %s')
+export const ConfigFileError = createError<[string, string]>('CHANGEFEED_CONFIG_FILE', 'Cannot use config file %s: %s')
+export const UnknownEntityTypeError = createError<[string]>('CHANGEFEED_UNKNOWN_ENTITY_TYPE', 'Unknown entity type "%s"', 400)
+export const InvalidChangeError = createError<[string]>('CHANGEFEED_INVALID_CHANGE', 'Invalid change: %s', 400)
+export const AlreadyRegisteredError = createError<[string]>('CHANGEFEED_ALREADY_REGISTERED', '%s')
+export const DatabaseUnavailableError = createError<[string, string]>('CHANGEFEED_DATABASE_UNAVAILABLE', 'Database "%s" is not reachable: %s')
+export const TriggerInstallError = createError<[string, string]>('CHANGEFEED_TRIGGER_INSTALL', 'Installing triggers in database "%s" failed: %s')
+export const BusClosedError = createError('CHANGEFEED_BUS_CLOSED', 'The pub/sub bus is closed')
+
+/** Codes of `error` and `subscription_error` frames (DESIGN.md §5). */
+export const WireError = {
+  /** the frame is not JSON */
+  invalidJson: 'invalid_json',
+  /** JSON, but not a message of the protocol (unknown type, missing or wrong fields) */
+  badRequest: 'bad_request',
+  /** binary frames are not part of the protocol */
+  binaryFrame: 'binary_not_supported',
+  /** the entity type is neither declared nor discovered with an access rule */
+  unknownEntityType: 'unknown_entity_type',
+  /** no credentials, or credentials not valid, for a type that needs them */
+  unauthenticated: 'unauthenticated',
+  /** authenticated, but not allowed to view this entity */
+  forbidden: 'forbidden',
+  /** maxSubscriptionsPerConnection reached */
+  tooManySubscriptions: 'too_many_subscriptions',
+  /** subscribe/unsubscribe faster than subscribeRatePerSecond */
+  rateLimited: 'rate_limited',
+  /** the server failed; the socket stays usable */
+  internal: 'internal_error'
+} as const
+export type WireErrorCode = typeof WireError[keyof typeof WireError]
+
+/** WebSocket close codes (DESIGN.md §5). */
+export const CloseCode = {
+  normal: 1000,
+  goingAway: 1001,
+  policyViolation: 1008,
+  tooLarge: 1009,
+  internal: 1011,
+  overloaded: 1013,
+  unauthenticated: 4401,
+  forbidden: 4403,
+  idleTimeout: 4408,
+  slowConsumer: 4409,
+  tooManyConnections: 4429
+} as const

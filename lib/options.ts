@@ -1,0 +1,300 @@
+/**
+ * The one options schema. The plugin's options and the standalone server's config file have this shape; defaults
+ * live here and nowhere else. Field names may grow, never change.
+ */
+import Type, { type Static, type TSchema } from 'typebox'
+import { Compile } from 'typebox/compile'
+import Value from 'typebox/value'
+import { InvalidOptionsError } from './errors.js'
+
+const AccessKind = Type.Enum(['public', 'authenticated', 'owner', 'admin'],
+  { description: 'who may subscribe: anyone, any signed-in user, the owner of the entity, or an admin role' }
+)
+const PayloadMode = Type.Enum(['minimal', 'full'], {
+  description: '`minimal`: the client refetches; `full`: the document rides in the notification'
+})
+
+const Server = Type.Object(
+  {
+    host: Type.String({ default: '127.0.0.1', description: 'address the standalone server binds to' }),
+    port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'standalone server port (0: any free port)' }),
+    path: Type.String({ pattern: '^/', default: '/ws', description: 'WebSocket route' })
+  },
+  { default: {}, additionalProperties: false }
+)
+
+const Database = Type.Object(
+  {
+    name: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'name used by entities and as the @fastify/postgres pool name' }),
+    url: Type.String({
+      minLength: 1,
+      description: 'postgres://… connection string, or `pglite://memory` / `pglite:///dir` for the embedded PGlite'
+    })
+  },
+  { additionalProperties: false }
+)
+
+const Capture = Type.Object(
+  {
+    channel: Type.String({ minLength: 1, maxLength: 63, default: 'changefeed', description: 'NOTIFY channel shared by every database (may contain ":")' }),
+    schema: Type.String({ default: 'public', description: 'schema whose tables are watched' }),
+    tables: Type.Array(Type.String({ minLength: 1 }), { default: ['mt_doc_%'], description: 'LIKE patterns of watched tables' }),
+    installTriggers: Type.Boolean({ default: true, description: 'apply sql/changefeed.sql and install triggers at start' }),
+    mode: Type.Enum(['notify', 'outbox'], { default: 'notify', description: 'delivery mode (DESIGN §7)' }),
+    rescanIntervalSeconds: Type.Number({ minimum: 0, default: 60, description: 'how often to look for new watched tables (0: only at start)' }),
+    reconnectMaxDelayMs: Type.Integer({ minimum: 10, default: 5000, description: 'upper bound of the listener reconnect backoff' }),
+    leaderRetryMs: Type.Integer({ minimum: 50, default: 1000, description: 'with a shared bus: how often a follower tries to become the listener of a database' }),
+    events: Type.Object({
+      enabled: Type.Boolean({ default: false, description: 'capture Marten event appends as `appended` changes of the stream\'s aggregate' }),
+      table: Type.String({ default: 'mt_events', description: 'the event table' }),
+      streams: Type.String({ default: 'mt_streams', description: 'the stream table (its `type` names the aggregate)' }),
+      database: Type.Optional(Type.String({ description: 'database whose events are captured (default: all)' })),
+      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _' })
+    }, { default: {}, additionalProperties: false }),
+    probeIntervalSeconds: Type.Number({ minimum: 0, default: 15, description: 'how often the listener connection is checked with a query; one that does not answer within 5 s is replaced (0: never)' })
+  },
+  { default: {}, additionalProperties: false }
+)
+
+const Entity = Type.Object(
+  {
+    database: Type.Optional(Type.String({ description: 'database name; defaults to the only database when there is one' })),
+    table: Type.Optional(Type.String({ description: 'table; defaults to Marten naming: mt_doc_<lowercased type name>' })),
+    access: AccessKind,
+    payload: Type.Optional(PayloadMode),
+    ownerPath: Type.Optional(Type.Array(Type.String(), { description: 'path in the document holding the owner user id' })),
+    feed: Type.Optional(Type.Boolean({ description: 'allow type-wide subscriptions (entityId "*") to every change of this type; public or admin types only' }))
+  },
+  { additionalProperties: false }
+)
+
+const Discovery = Type.Object(
+  {
+    enabled: Type.Boolean({ default: true, description: 'register the undeclared watched tables as entity types' }),
+    access: Type.Union([AccessKind, Type.Null()], {
+      default: null,
+      description: 'access of discovered types; null: they cannot be subscribed to'
+    }),
+    payload: Type.Optional(PayloadMode)
+  },
+  { default: {}, additionalProperties: false }
+)
+
+const Bus = Type.Object(
+  {
+    provider: Type.Enum(['memory', 'redis', 'nats'], { default: 'memory', description: 'pub/sub between instances; `memory`: one process' }),
+    url: Type.Optional(Type.String({ description: 'redis:// or nats:// URL of the broker' })),
+    prefix: Type.String({ pattern: '^[A-Za-z0-9_.-]+$', default: 'changefeed', description: 'channel prefix: <prefix>:<Type>:<id>' }),
+    instanceTtlSeconds: Type.Number({ minimum: 1, default: 15, description: 'a crashed instance\'s interest entries expire after this (heartbeat: a third of it)' })
+  },
+  { default: {}, additionalProperties: false }
+)
+
+const Jwt = Type.Object(
+  {
+    secret: Type.Optional(Type.String({ description: 'HMAC shared secret (HS256/384/512)' })),
+    publicKey: Type.Optional(Type.String({ description: 'PEM public key (RS*/ES*/PS*/EdDSA)' })),
+    jwksUrl: Type.Optional(Type.String({ description: 'JWKS endpoint (Clerk-style); keys are cached and rotated' })),
+    issuer: Type.Optional(Type.String({ description: 'required `iss`' })),
+    audience: Type.Optional(Type.String({ description: 'required `aud`' })),
+    algorithms: Type.Optional(Type.Array(Type.String({ pattern: '^(HS|RS|PS|ES)(256|384|512)$|^EdDSA$' }), {
+      minItems: 1,
+      description: 'allowed algorithms; default: HS* with a secret, the asymmetric ones with a key or JWKS; never `none`'
+    })),
+    userIdClaim: Type.String({ default: 'sub', description: 'claim holding the user id (dotted path)' }),
+    rolesClaim: Type.String({ default: 'roles', description: 'claim holding the roles (dotted path, e.g. metadata.role)' })
+  },
+  { additionalProperties: false }
+)
+
+const Auth = Type.Object(
+  {
+    anonymous: Type.Boolean({ default: true, description: 'allow connections without credentials (public types only)' }),
+    jwt: Type.Optional(Jwt),
+    basic: Type.Optional(
+      Type.Object(
+        {
+          accounts: Type.Array(
+            Type.Object(
+              {
+                username: Type.String({ description: 'service account name' }),
+                passwordHash: Type.String({ description: 'scrypt hash: scrypt$<N>$<r>$<p>$<salt>$<hash>' }),
+                roles: Type.Array(Type.String(), { default: [], description: 'roles of the account' })
+              },
+              { additionalProperties: false }
+            )
+          )
+        },
+        { additionalProperties: false }
+      )
+    ),
+    adminRoles: Type.Array(Type.String(), { default: ['Admin'], description: 'roles that may watch `admin` types (and everything else)' })
+  },
+  { default: {}, additionalProperties: false }
+)
+
+const Limits = Type.Object(
+  {
+    maxSubscriptionsPerConnection: Type.Integer({ minimum: 1, default: 100, description: 'past it: `too_many_subscriptions`' }),
+    subscribeRatePerSecond: Type.Number({ exclusiveMinimum: 0, default: 20, description: 'subscribe/unsubscribe token bucket rate; burst: maxSubscriptionsPerConnection + this; excess: `rate_limited`' }),
+    maxMessageBytes: Type.Integer({ minimum: 256, default: 4096, description: 'largest inbound frame; larger closes with 1009' }),
+    pingIntervalSeconds: Type.Number({ minimum: 0, default: 30, description: 'server WebSocket ping interval (0: none)' }),
+    idleTimeoutSeconds: Type.Number({ minimum: 0, default: 90, description: 'nothing heard (frame or pong) for this long closes with 4408' }),
+    maxConnectionsPerUser: Type.Integer({ minimum: 1, default: 20, description: 'past it: close 4429' }),
+    maxConnectionsPerIp: Type.Integer({ minimum: 1, default: 1000, description: 'past it: close 4429' }),
+    maxBufferedBytes: Type.Integer({ minimum: 1024, default: 1048576, description: 'a socket buffering more is a slow consumer' }),
+    maxBadFramesPerMinute: Type.Integer({ minimum: 1, default: 100, description: 'more bad frames than this closes with 1008' }),
+    feedMessagesPerSecond: Type.Number({ exclusiveMinimum: 0, default: 10, description: 'a type-wide (feed) subscription past this rate gets its frames batched' }),
+    feedBatchIntervalMs: Type.Integer({ minimum: 10, default: 500, description: 'how often a batched feed is flushed as one `batch` frame' }),
+    watcherCountIntervalMs: Type.Integer({ minimum: 100, default: 1000, description: 'how often watcher counts are checked and pushed when changed' }),
+    authTimeoutSeconds: Type.Number({ minimum: 1, default: 10, description: 'with auth.anonymous false: a socket that opened without credentials must send an `auth` message within this time, else 4401' }),
+    maxAuthFailuresPerMinute: Type.Integer({ minimum: 1, default: 30, description: 'failed sign-ins per IP address per minute before further attempts are refused unchecked' })
+  },
+  { default: {}, additionalProperties: false }
+)
+
+const Telemetry = Type.Object(
+  {
+    prometheus: Type.Boolean({ default: false, description: 'standalone server: serve metrics for Prometheus at /metrics' }),
+    otlpUrl: Type.Union([Type.String(), Type.Null()], { default: null, description: 'standalone server: OTLP/HTTP endpoint for metrics and traces (e.g. http://collector:4318)' }),
+    healthPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: '/health', description: '<path>/live and <path>/ready (null: not registered)' }),
+    statsPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: '/changefeed/stats', description: 'admin-only statistics (null: not registered)' })
+  },
+  { default: {}, additionalProperties: false }
+)
+
+export const OptionsSchema = Type.Object(
+  {
+    server: Server,
+    databases: Type.Array(Database, { default: [] }),
+    capture: Capture,
+    entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {} }),
+    discovery: Discovery,
+    bus: Bus,
+    auth: Auth,
+    limits: Limits,
+    telemetry: Telemetry
+  },
+  { additionalProperties: false }
+)
+
+/** The options as they are after defaults: what every part of the plugin receives. */
+export type ResolvedOptions = Static<typeof OptionsSchema>
+export type EntityOptions = Static<typeof Entity>
+export type AccessKindName = Static<typeof AccessKind>
+export type PayloadModeName = Static<typeof PayloadMode>
+
+type DeepPartial<T> = T extends Array<infer U> ? Array<DeepPartial<U>> : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T
+
+/** What a host passes to `fastify.register(changefeed, options)`: the config file's shape, every field optional. */
+export type ChangefeedOptions = DeepPartial<ResolvedOptions>
+
+const validator = Compile(OptionsSchema as TSchema)
+
+interface SchemaError { keyword: string, instancePath: string, message: string, params: object }
+
+/** One line per bad path: the most specific complaint, with the allowed values or the offending property. */
+function describeErrors (errors: SchemaError[]): string {
+  const specific = errors.filter((e) =>
+    (e.keyword !== 'anyOf' || !errors.some((o) => o !== e && o.instancePath === e.instancePath)) &&
+    // an unknown property is reported once, by its parent's additionalProperties error
+    e.message !== 'schema is false')
+  const lines = specific.map((e) => {
+    const path = e.instancePath === '' ? '/' : e.instancePath
+    const params = e.params as { allowedValues?: unknown[], additionalProperties?: unknown, requiredProperties?: unknown }
+    if (e.keyword === 'enum' && params.allowedValues !== undefined) return `${path} must be one of ${params.allowedValues.map((v) => JSON.stringify(v)).join(', ')}`
+    if (e.keyword === 'additionalProperties') return `${path} has an unknown property ${JSON.stringify(params.additionalProperties ?? params)}`
+    if (e.keyword === 'required') return `${path} is missing ${JSON.stringify(params.requiredProperties ?? params)}`
+    return `${path} ${e.message}`
+  })
+  return [...new Set(lines)].join('; ')
+}
+
+/**
+ * Applies defaults to a copy of `input` and validates it. Throws CHANGEFEED_INVALID_OPTIONS naming every bad path
+ * (e.g. `/entities/Team/access`). Never mutates the caller's object.
+ */
+export function resolveOptions (input: unknown): ResolvedOptions {
+  const value = Value.Default(OptionsSchema, Value.Clone(input ?? {}))
+  if (!validator.Check(value)) throw new InvalidOptionsError(describeErrors(validator.Errors(value)))
+  const options = value as ResolvedOptions
+  const names = new Set<string>()
+  for (const db of options.databases) {
+    if (names.has(db.name)) throw new InvalidOptionsError(`/databases: duplicate name "${db.name}"`)
+    names.add(db.name)
+  }
+  for (const [type, entity] of Object.entries(options.entities)) {
+    if (entity.database === undefined && options.databases.length > 1) {
+      throw new InvalidOptionsError(`/entities/${type}/database is required when there are several databases`)
+    }
+    if (entity.database !== undefined && !names.has(entity.database)) {
+      throw new InvalidOptionsError(`/entities/${type}/database "${entity.database}" is not in /databases`)
+    }
+  }
+  const jwt = options.auth.jwt
+  if (jwt !== undefined) {
+    const sources = [jwt.secret, jwt.publicKey, jwt.jwksUrl].filter((v) => v !== undefined).length
+    if (sources !== 1) throw new InvalidOptionsError('/auth/jwt needs exactly one of secret, publicKey, jwksUrl')
+    if (jwt.jwksUrl !== undefined && !/^https?:\/\//.test(jwt.jwksUrl)) throw new InvalidOptionsError('/auth/jwt/jwksUrl must be an http(s) URL')
+  }
+  if (options.bus.provider === 'nats' && options.bus.url === undefined) {
+    throw new InvalidOptionsError('/bus/url is required for provider "nats"')
+  }
+  return options
+}
+
+interface SchemaNode {
+  type?: string
+  enum?: unknown[]
+  anyOf?: SchemaNode[]
+  const?: unknown
+  properties?: Record<string, SchemaNode>
+  patternProperties?: Record<string, SchemaNode>
+  items?: SchemaNode
+  default?: unknown
+  description?: string
+}
+
+function typeName (node: SchemaNode): string {
+  if (node.anyOf !== undefined) return node.anyOf.map(typeName).join(' \\| ')
+  if (node.const !== undefined) return JSON.stringify(node.const)
+  if (node.enum !== undefined) return node.enum.map((v) => JSON.stringify(v)).join(' \\| ')
+  if (node.type === 'array' && node.items !== undefined) return `${typeName(node.items)}[]`
+  return node.type ?? 'any'
+}
+
+/**
+ * Every option as a row: path, type, default, description; read from the schema itself, so the README's
+ * reference (generated from this by `npm run docs`) cannot drift from the code.
+ */
+export function describeOptions (): Array<{ path: string, type: string, default: string, description: string }> {
+  const rows: Array<{ path: string, type: string, default: string, description: string }> = []
+  const walk = (node: SchemaNode, path: string): void => {
+    const children = node.properties ?? (node.type === 'array' ? node.items?.properties : undefined) ??
+      (node.patternProperties !== undefined ? Object.values(node.patternProperties)[0]?.properties : undefined)
+    const isObject = node.type === 'object' || children !== undefined
+    if (!isObject || path === '') {
+      if (path !== '') {
+        rows.push({
+          path,
+          type: typeName(node),
+          default: node.default === undefined ? '' : JSON.stringify(node.default),
+          description: node.description ?? ''
+        })
+      }
+    }
+    if (children === undefined) return
+    const prefix = node.patternProperties !== undefined ? `${path}.<Type>` : node.type === 'array' ? `${path}[]` : path
+    for (const [key, child] of Object.entries(children)) walk(child, prefix === '' ? key : `${prefix}.${key}`)
+  }
+  walk(OptionsSchema as unknown as SchemaNode, '')
+  return rows
+}
+
+/** The option reference as a Markdown table. */
+export function optionsMarkdown (): string {
+  const escape = (s: string): string => s.replace(/\|/g, '\\|').replace(/\\\\\|/g, '\\|')
+  return ['| option | type | default | meaning |', '| --- | --- | --- | --- |',
+    ...describeOptions().map((r) => `| \`${r.path}\` | ${r.type} | ${r.default === '' ? '' : '`' + escape(r.default) + '`'} | ${escape(r.description)} |`)
+  ].join('\n')
+}
