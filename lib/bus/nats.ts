@@ -1,0 +1,200 @@
+/**
+ * NATS: core pub/sub for the channels, and the cluster interest store in a JetStream key-value bucket
+ * (`<prefix>_interest`), so a deployment needs no Redis. Channel names become subjects with the characters NATS
+ * reserves ('.', '*', '>', whitespace) escaped; KV keys use base64url.
+ *   w.<channel>    { instanceId: watchers }        t.<Type>  { instanceId: subscriptions }
+ *   i.<instanceId> { expiresAt }                   o.<instanceId>.<key>  the keys an instance wrote (for cleanup)
+ * Map updates are compare-and-set on the entry's revision, so instances never overwrite each other.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import { connect, type KV, type NatsConnection, type Subscription } from 'nats'
+import type { BusContext, PubSub } from './types.js'
+import type { LocalSnapshot } from '../store/interest.js'
+import { ClusterInterest } from '../store/cluster.js'
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+/** A channel as a NATS subject: one token, nothing NATS would read as a separator or wildcard. */
+export function subjectOf (channel: string): string {
+  return channel.replace(/[%.*>\s]/g, (c) => '%' + c.charCodeAt(0).toString(16).padStart(2, '0'))
+}
+const keyPart = (s: string): string => Buffer.from(s).toString('base64url')
+
+export async function connectNats (url: string, log: FastifyBaseLogger): Promise<NatsConnection> {
+  const nc = await connect({ servers: url, name: 'fastify-changefeed', reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250 })
+  log.info({ server: nc.getServer() }, 'changefeed: connected to NATS')
+  return nc
+}
+
+export class NatsBus implements PubSub {
+  readonly provider = 'nats'
+  private readonly subscriptions = new Map<string, Subscription>()
+  private connected = true
+  private closed = false
+
+  constructor (private readonly nc: NatsConnection, private readonly context: BusContext, private readonly log: FastifyBaseLogger) {
+    void this.watchStatus()
+  }
+
+  private async watchStatus (): Promise<void> {
+    for await (const status of this.nc.status()) {
+      if (status.type === 'disconnect') {
+        this.connected = false
+        this.log.warn('changefeed: NATS connection lost')
+      } else if (status.type === 'reconnect') {
+        // subscriptions are restored by the client; what was published meanwhile is lost: say so
+        this.connected = true
+        this.log.info('changefeed: NATS connection restored')
+        this.context.onGap('bus_gap')
+      }
+    }
+  }
+
+  get ready (): boolean {
+    return !this.closed && this.connected && !this.nc.isClosed()
+  }
+
+  async publish (channel: string, message: string): Promise<void> {
+    this.nc.publish(subjectOf(channel), encoder.encode(message))
+  }
+
+  async subscribe (channel: string): Promise<void> {
+    if (this.subscriptions.has(channel)) return
+    this.subscriptions.set(channel, this.nc.subscribe(subjectOf(channel), {
+      callback: (err, msg) => { if (err === null && !this.closed) this.context.onMessage(channel, decoder.decode(msg.data)) }
+    }))
+    // SUB is sent asynchronously; the round trip makes "subscribed" mean the server delivers from now on
+    await this.nc.flush()
+  }
+
+  async unsubscribe (channel: string): Promise<void> {
+    this.subscriptions.get(channel)?.unsubscribe()
+    this.subscriptions.delete(channel)
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    for (const s of this.subscriptions.values()) s.unsubscribe()
+    this.subscriptions.clear()
+  }
+}
+
+type CountMap = Record<string, number>
+
+export class NatsInterest extends ClusterInterest {
+  private kv!: KV
+  private registered = false
+
+  constructor (private readonly nc: NatsConnection, private readonly prefix: string, instanceId: string, ttlMs: number, snapshot: LocalSnapshot, log: FastifyBaseLogger) {
+    super(instanceId, ttlMs, snapshot, log)
+  }
+
+  /** Opens the bucket (enough to answer questions); start() also registers this instance. */
+  async open (): Promise<void> {
+    this.kv = await this.nc.jetstream().views.kv(`${this.prefix.replace(/[^A-Za-z0-9_-]/g, '_')}_interest`, { history: 1 })
+  }
+
+  async start (): Promise<void> {
+    await this.open()
+    await this.heartbeat()
+    this.startTimers()
+  }
+
+  private readonly watchKey = (channel: string): string => 'w.' + keyPart(channel)
+  private readonly typeKey = (type: string): string => 't.' + keyPart(type)
+  private readonly ownKey = (id: string, key: string): string => `o.${id}.${key}`
+
+  private async read (key: string): Promise<{ map: CountMap, revision: number }> {
+    const entry = await this.kv.get(key)
+    if (entry === null || entry.operation !== 'PUT' || entry.value.length === 0) return { map: {}, revision: entry?.revision ?? 0 }
+    return { map: JSON.parse(decoder.decode(entry.value)) as CountMap, revision: entry.revision }
+  }
+
+  /** Sets (or with 0 removes) one instance's number in a shared map, compare-and-set on the revision. */
+  private async setCount (key: string, id: string, count: number): Promise<void> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const { map, revision } = await this.read(key)
+      if (count > 0) map[id] = count
+      else delete map[id]
+      const data = encoder.encode(JSON.stringify(map))
+      try {
+        if (Object.keys(map).length === 0) {
+          if (revision !== 0) await this.kv.delete(key, { previousSeq: revision })
+        } else if (revision === 0) {
+          await this.kv.create(key, data)
+        } else {
+          await this.kv.update(key, data, revision)
+        }
+        return
+      } catch (err) {
+        // another instance wrote first: read again
+        if (attempt === 19) throw err
+      }
+    }
+  }
+
+  protected async writeChannel (channel: string, count: number): Promise<void> {
+    await this.setCount(this.watchKey(channel), this.instanceId, count)
+    if (count > 0) await this.kv.put(this.ownKey(this.instanceId, this.watchKey(channel)), encoder.encode('1'))
+    else await this.kv.purge(this.ownKey(this.instanceId, this.watchKey(channel)))
+  }
+
+  protected async writeTypes (types: Array<[string, number]>): Promise<void> {
+    for (const [type, n] of types) {
+      await this.setCount(this.typeKey(type), this.instanceId, n)
+      if (n > 0) await this.kv.put(this.ownKey(this.instanceId, this.typeKey(type)), encoder.encode('1'))
+    }
+  }
+
+  async isWatched (channel: string): Promise<boolean> {
+    return Object.keys((await this.read(this.watchKey(channel))).map).length > 0
+  }
+
+  async watchers (channel: string): Promise<number> {
+    return Object.values((await this.read(this.watchKey(channel))).map).reduce((a, b) => a + b, 0)
+  }
+
+  async totals (): Promise<Record<string, number>> {
+    const totals: Record<string, number> = {}
+    for await (const key of await this.kv.keys('t.*')) {
+      const sum = Object.values((await this.read(key)).map).reduce((a, b) => a + b, 0)
+      if (sum > 0) totals[Buffer.from(key.slice(2), 'base64url').toString()] = sum
+    }
+    return totals
+  }
+
+  protected async heartbeat (): Promise<void> {
+    const now = Date.now()
+    const mine = await this.kv.get('i.' + this.instanceId)
+    await this.kv.put('i.' + this.instanceId, encoder.encode(JSON.stringify({ expiresAt: now + this.ttlMs })))
+    // gone while we were registered: the server lost its state (or declared us dead); write everything again
+    if (this.registered && (mine === null || mine.operation !== 'PUT')) await this.rewrite()
+    this.registered = true
+    for await (const key of await this.kv.keys('i.*')) {
+      const id = key.slice(2)
+      if (id === this.instanceId) continue
+      const entry = await this.kv.get(key)
+      const expiresAt = entry !== null && entry.operation === 'PUT' ? (JSON.parse(decoder.decode(entry.value)) as { expiresAt: number }).expiresAt : 0
+      if (expiresAt < now) await this.remove(id)
+    }
+  }
+
+  private async remove (id: string): Promise<void> {
+    // list first, then clean: another instance may be removing the same one, and purging while listing would hide
+    // keys from its listing; every key either instance listed is cleaned before its marker is purged
+    const owned: string[] = []
+    for await (const own of await this.kv.keys(`o.${id}.>`)) owned.push(own)
+    for (const own of owned) {
+      await this.setCount(own.slice(`o.${id}.`.length), id, 0)
+      await this.kv.purge(own)
+    }
+    await this.kv.purge('i.' + id)
+    this.log.info({ instance: id, entries: owned.length }, 'changefeed: removed the interest of an instance that stopped')
+  }
+
+  async close (): Promise<void> {
+    this.stopTimers()
+    if (!this.nc.isClosed()) await this.remove(this.instanceId).catch(() => {})
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * Redis: pub/sub on two connections (ioredis through @fastify/redis, and a duplicate in subscriber mode), and the
+ * cluster interest store in Redis keys:
+ *   <prefix>:cluster:instances            ZSET  instance id → heartbeat expiry (ms)
+ *   <prefix>:cluster:watch:<channel>      HASH  instance id → that instance's watchers of the channel
+ *   <prefix>:cluster:type:<Type>          HASH  instance id → that instance's subscriptions of the type
+ *   <prefix>:cluster:types                SET   type names seen
+ *   <prefix>:cluster:of:<id>              SET   the watch/type keys an instance wrote (for cleanup)
+ * An instance whose heartbeat lapses is removed by whichever instance notices first.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { Redis } from 'ioredis'
+import type { BusContext, PubSub } from './types.js'
+import type { LocalSnapshot } from '../store/interest.js'
+import { ClusterInterest } from '../store/cluster.js'
+
+export class RedisBus implements PubSub {
+  readonly provider = 'redis'
+  private wasDown = false
+  private closed = false
+
+  /** `publisher` may be a host's client (not closed here); `subscriber` is this bus's own. */
+  constructor (private readonly publisher: Redis, private readonly subscriber: Redis, private readonly context: BusContext, private readonly log: FastifyBaseLogger) {
+    // the subscriber disconnects asynchronously: a message can arrive after close(), drop it
+    subscriber.on('message', (channel: string, message: string) => { if (!this.closed) context.onMessage(channel, message) })
+    for (const client of [publisher, subscriber]) {
+      client.on('close', () => {
+        if (this.closed || this.wasDown) return
+        this.wasDown = true
+        log.warn('changefeed: Redis connection lost')
+      })
+      // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile is lost: say so
+      client.on('ready', () => {
+        if (!this.wasDown || this.closed || !this.ready) return
+        this.wasDown = false
+        log.info('changefeed: Redis connection restored')
+        context.onGap('bus_gap')
+      })
+      client.on('error', (err: Error) => log.debug({ err: err.message }, 'changefeed: Redis error'))
+    }
+  }
+
+  get ready (): boolean {
+    return !this.closed && this.publisher.status === 'ready' && this.subscriber.status === 'ready'
+  }
+
+  async publish (channel: string, message: string): Promise<void> {
+    await this.publisher.publish(channel, message)
+  }
+
+  async subscribe (channel: string): Promise<void> {
+    await this.subscriber.subscribe(channel)
+  }
+
+  async unsubscribe (channel: string): Promise<void> {
+    await this.subscriber.unsubscribe(channel)
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    this.subscriber.disconnect()
+  }
+}
+
+export class RedisInterest extends ClusterInterest {
+  private readonly k: { instances: string, types: string, of: (id: string) => string, watch: (c: string) => string, type: (t: string) => string }
+
+  constructor (private readonly redis: Redis, prefix: string, instanceId: string, ttlMs: number, snapshot: LocalSnapshot, log: FastifyBaseLogger) {
+    super(instanceId, ttlMs, snapshot, log)
+    const base = `${prefix}:cluster:`
+    this.k = {
+      instances: base + 'instances',
+      types: base + 'types',
+      of: (id) => base + 'of:' + id,
+      watch: (channel) => base + 'watch:' + channel,
+      type: (type) => base + 'type:' + type
+    }
+  }
+
+  async start (): Promise<void> {
+    await this.heartbeat()
+    this.startTimers()
+    this.redis.on('ready', this.onReady)
+  }
+
+  private readonly onReady = (): void => {
+    this.heartbeat().catch(() => {})
+  }
+
+  protected async writeChannel (channel: string, count: number): Promise<void> {
+    const key = this.k.watch(channel)
+    if (count > 0) await this.redis.multi().hset(key, this.instanceId, count).sadd(this.k.of(this.instanceId), key).exec()
+    else await this.redis.multi().hdel(key, this.instanceId).srem(this.k.of(this.instanceId), key).exec()
+  }
+
+  protected async writeTypes (types: Array<[string, number]>): Promise<void> {
+    const tx = this.redis.multi()
+    for (const [type, n] of types) {
+      if (n > 0) tx.hset(this.k.type(type), this.instanceId, n).sadd(this.k.types, type).sadd(this.k.of(this.instanceId), this.k.type(type))
+      else tx.hdel(this.k.type(type), this.instanceId)
+    }
+    await tx.exec()
+  }
+
+  async isWatched (channel: string): Promise<boolean> {
+    return await this.redis.exists(this.k.watch(channel)) === 1
+  }
+
+  async watchers (channel: string): Promise<number> {
+    return (await this.redis.hvals(this.k.watch(channel))).reduce((sum, v) => sum + Number(v), 0)
+  }
+
+  async totals (): Promise<Record<string, number>> {
+    const totals: Record<string, number> = {}
+    for (const type of await this.redis.smembers(this.k.types)) {
+      const sum = (await this.redis.hvals(this.k.type(type))).reduce((s, v) => s + Number(v), 0)
+      if (sum > 0) totals[type] = sum
+    }
+    return totals
+  }
+
+  protected async heartbeat (): Promise<void> {
+    const now = Date.now()
+    // 1 when this instance was not registered: at start, or after the broker lost its state
+    const added = await this.redis.zadd(this.k.instances, now + this.ttlMs, this.instanceId)
+    if (added === 1) await this.rewrite()
+    const dead = await this.redis.zrangebyscore(this.k.instances, '-inf', now)
+    for (const id of dead) if (id !== this.instanceId) await this.remove(id)
+  }
+
+  private async remove (id: string): Promise<void> {
+    const keys = await this.redis.smembers(this.k.of(id))
+    const tx = this.redis.multi()
+    for (const key of keys) tx.hdel(key, id)
+    tx.del(this.k.of(id)).zrem(this.k.instances, id)
+    await tx.exec()
+    this.log.info({ instance: id, entries: keys.length }, 'changefeed: removed the interest of an instance that stopped')
+  }
+
+  async close (): Promise<void> {
+    this.stopTimers()
+    this.redis.off('ready', this.onReady)
+    // leave cleanly, so the others need not wait for the TTL
+    if (this.redis.status === 'ready') await this.remove(this.instanceId).catch(() => {})
+  }
+}

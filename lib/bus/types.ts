@@ -1,0 +1,25 @@
+/**
+ * The pub/sub interface every provider implements (memory, redis, nats). Messages are pre-encoded frames: the
+ * publisher encodes once, every instance writes the same string to its sockets.
+ */
+
+/** Called for every message on a channel this instance subscribed to. */
+export type BusMessageHandler = (channel: string, message: string) => void
+
+export interface PubSub {
+  readonly provider: 'memory' | 'redis' | 'nats'
+  /** true while the provider can publish and receive */
+  readonly ready: boolean
+  publish(channel: string, message: string): Promise<void>
+  /** Start receiving a channel's messages; idempotent. */
+  subscribe(channel: string): Promise<void>
+  /** Stop receiving a channel's messages; idempotent. */
+  unsubscribe(channel: string): Promise<void>
+  close(): Promise<void>
+}
+
+/** What a provider is built with. `onGap` reports a time during which messages may have been lost. */
+export interface BusContext {
+  onMessage: BusMessageHandler
+  onGap(reason: string): void
+}

@@ -1,0 +1,144 @@
+/**
+ * Coalescing: one change per entity per transaction. PostgreSQL delivers a transaction's NOTIFYs together, at
+ * commit, in order, and never interleaves two transactions' NOTIFYs; so a group ends when the transaction id
+ * changes, or when the socket read that brought it is done (setImmediate runs after the I/O phase that parsed
+ * the whole chunk). A transaction whose NOTIFYs span several reads may come out as two groups: each still
+ * describes the entity truthfully (created then updated), just not in one message.
+ */
+
+export type RowOp = 'I' | 'U' | 'D' | 'A'
+export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended'
+
+/** An event appended to a stream (event sources): its data when it rode inline. */
+export interface AppendedEvent {
+  type: string
+  version: number
+  data?: unknown
+}
+
+/** One row change as the trigger reports it (sql/changefeed.sql). */
+export interface RowChange {
+  s: string
+  t: string
+  id: string
+  op: RowOp
+  x: number | string
+  v?: string | null
+  ts: number
+  o?: string | null
+  d?: unknown
+  /** event sources: the stream's type (mt_streams.type) and the event */
+  st?: string | null
+  e?: AppendedEvent
+}
+
+/** One entity's net change in one transaction. */
+export interface Change {
+  database: string
+  schema: string
+  table: string
+  id: string
+  changeType: ChangeType
+  txid: string
+  version: string | null
+  /** trigger time of the last row change, epoch ms */
+  ts: number
+  origin: string | null
+  /** the document when the trigger inlined it (full tables, small documents) */
+  doc?: unknown
+  hasDoc: boolean
+  /** event sources: the stream's type and the events appended in the transaction, in version order */
+  streamType?: string | null
+  events?: AppendedEvent[]
+}
+
+interface Pending { first: RowOp, last: RowChange, events?: AppendedEvent[] }
+
+/** Net effect of a row's first and last operation in one transaction. */
+export function netChange (first: Exclude<RowOp, 'A'>, last: Exclude<RowOp, 'A'>): ChangeType | null {
+  const existedBefore = first !== 'I'
+  const existsAfter = last !== 'D'
+  if (existedBefore && existsAfter) return 'updated'
+  if (existsAfter) return 'created'
+  if (existedBefore) return 'deleted'
+  return null
+}
+
+export function isRowChange (value: unknown): value is RowChange {
+  if (value === null || typeof value !== 'object') return false
+  const v = value as Record<string, unknown>
+  return typeof v.s === 'string' && typeof v.t === 'string' && typeof v.id === 'string' &&
+    (v.op === 'I' || v.op === 'U' || v.op === 'D' || v.op === 'A') && (typeof v.x === 'number' || typeof v.x === 'string') &&
+    typeof v.ts === 'number' && (v.op !== 'A' || (typeof v.e === 'object' && v.e !== null))
+}
+
+export class TransactionCoalescer {
+  private txid: string | null = null
+  private readonly pending = new Map<string, Pending>()
+  private scheduled = false
+
+  constructor (private readonly database: string, private readonly emit: (change: Change) => void) {}
+
+  push (row: RowChange): void {
+    const txid = String(row.x)
+    if (this.txid !== null && txid !== this.txid) this.flush()
+    this.txid = txid
+    const key = row.s + '.' + row.t + '\u0000' + row.id
+    let seen = this.pending.get(key)
+    if (seen === undefined) {
+      seen = { first: row.op, last: row }
+      this.pending.set(key, seen)
+    } else {
+      seen.last = row
+    }
+    if (row.op === 'A' && row.e !== undefined) (seen.events ??= []).push(row.e)
+    if (!this.scheduled) {
+      this.scheduled = true
+      setImmediate(() => this.flush())
+    }
+  }
+
+  flush (): void {
+    this.scheduled = false
+    const txid = this.txid
+    if (txid === null) return
+    this.txid = null
+    const groups = [...this.pending.values()]
+    this.pending.clear()
+    for (const { first, last, events } of groups) {
+      if (events !== undefined) {
+        this.emit({
+          database: this.database,
+          schema: last.s,
+          table: last.t,
+          id: last.id,
+          changeType: 'appended',
+          txid,
+          version: String(Math.max(...events.map((e) => e.version))),
+          ts: last.ts,
+          origin: last.o ?? null,
+          hasDoc: false,
+          streamType: last.st ?? null,
+          events: events.sort((a, b) => a.version - b.version)
+        })
+        continue
+      }
+      // an event table only ever reports 'A', so rows here are document rows
+      const changeType = netChange(first as Exclude<RowOp, 'A'>, last.op as Exclude<RowOp, 'A'>)
+      if (changeType === null) continue
+      this.emit({
+        database: this.database,
+        schema: last.s,
+        table: last.t,
+        id: last.id,
+        changeType,
+        txid,
+        version: last.v ?? null,
+        ts: last.ts,
+        origin: last.o ?? null,
+        doc: last.d,
+        hasDoc: last.op !== 'D' && 'd' in last
+      })
+    }
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * What every cluster interest store shares (Redis, NATS): this instance's counts, the rule that the first and
+ * last watcher of a channel are written at once while counts in between are batched, the heartbeat and flush
+ * timers, and rewriting everything from the local store after the broker lost its state.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { InterestStore, LocalSnapshot } from './interest.js'
+
+const FLUSH_MS = 250
+
+export abstract class ClusterInterest implements InterestStore {
+  readonly local = false
+  /** this instance's watchers per channel */
+  protected readonly counts = new Map<string, { entityType: string, count: number }>()
+  /** this instance's subscriptions per type */
+  protected readonly typeCounts = new Map<string, number>()
+  private readonly dirtyChannels = new Set<string>()
+  private readonly dirtyTypes = new Set<string>()
+  private readonly timers: NodeJS.Timeout[] = []
+
+  constructor (
+    readonly instanceId: string,
+    protected readonly ttlMs: number,
+    private readonly snapshot: LocalSnapshot,
+    protected readonly log: FastifyBaseLogger
+  ) {}
+
+  /** Writes (count > 0) or removes (0) this instance's entry for a channel. */
+  protected abstract writeChannel (channel: string, count: number): Promise<void>
+  /** Writes this instance's totals per type (0: remove). */
+  protected abstract writeTypes (types: Array<[string, number]>): Promise<void>
+  /** Renews this instance, rewrites after a loss, removes the instances that stopped. */
+  protected abstract heartbeat (): Promise<void>
+  abstract isWatched (channel: string): Promise<boolean>
+  abstract watchers (channel: string): Promise<number>
+  abstract totals (): Promise<Record<string, number>>
+  abstract close (): Promise<void>
+
+  protected startTimers (): void {
+    const every = (ms: number, task: () => Promise<void>, what: string): void => {
+      const timer = setInterval(() => { task().catch((err: Error) => this.log.warn({ err: err.message }, `changefeed: ${what} failed`)) }, ms)
+      timer.unref()
+      this.timers.push(timer)
+    }
+    every(Math.max(100, Math.floor(this.ttlMs / 3)), async () => await this.heartbeat(), 'cluster heartbeat')
+    every(FLUSH_MS, async () => await this.flush(), 'cluster count flush')
+  }
+
+  protected stopTimers (): void {
+    for (const timer of this.timers) clearInterval(timer)
+  }
+
+  async update (channel: string, entityType: string, count: number): Promise<void> {
+    const before = this.counts.get(channel)?.count ?? 0
+    if (count === 0) this.counts.delete(channel)
+    else this.counts.set(channel, { entityType, count })
+    this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count - before)
+    this.dirtyTypes.add(entityType)
+    if ((before === 0) === (count === 0)) {
+      this.dirtyChannels.add(channel)
+      return
+    }
+    this.dirtyChannels.delete(channel)
+    await this.writeChannel(channel, count)
+  }
+
+  /** Writes the counts that changed since the last flush (neither first nor last watcher). */
+  private async flush (): Promise<void> {
+    const channels = [...this.dirtyChannels]
+    const types = [...this.dirtyTypes]
+    this.dirtyChannels.clear()
+    this.dirtyTypes.clear()
+    for (const channel of channels) {
+      const entry = this.counts.get(channel)
+      if (entry !== undefined) await this.writeChannel(channel, entry.count)
+    }
+    if (types.length > 0) await this.writeTypes(types.map((type) => [type, this.typeCounts.get(type) ?? 0]))
+  }
+
+  /** After a broker restart: everything this instance watches, from the local store, written again. */
+  protected async rewrite (): Promise<void> {
+    this.counts.clear()
+    this.typeCounts.clear()
+    for (const { channel, entityType, count } of this.snapshot()) {
+      this.counts.set(channel, { entityType, count })
+      this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count)
+    }
+    for (const [channel, { count }] of this.counts) await this.writeChannel(channel, count)
+    for (const type of this.typeCounts.keys()) this.dirtyTypes.add(type)
+  }
+}

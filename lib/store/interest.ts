@@ -1,0 +1,49 @@
+/**
+ * Interest: whether anyone watches an entity, how many, and totals per type. Locally (memory bus) that is this
+ * instance's subscription store; in a cluster it lives in the bus's own store (Redis keys, NATS KV), one entry per
+ * instance, which a crashed instance's heartbeat stops renewing.
+ */
+import type { LocalSubscriptionStore } from './local.js'
+
+export interface InterestStore {
+  /** true when answers come from memory, without a round trip */
+  readonly local: boolean
+  /**
+   * This instance's number of watchers of a channel is now `count`. The first watcher (0 → n) and the last
+   * (n → 0) are written before the promise resolves, so that the publisher sees a subscription before it is
+   * confirmed to the client; counts in between may be written in batches.
+   */
+  update(channel: string, entityType: string, count: number): Promise<void>
+  isWatched(channel: string): boolean | Promise<boolean>
+  /** watchers of a channel across the cluster */
+  watchers(channel: string): Promise<number>
+  /** subscriptions per entity type across the cluster */
+  totals(): Promise<Record<string, number>>
+  close(): Promise<void>
+}
+
+/** One process: the local store answers everything. */
+export class LocalInterest implements InterestStore {
+  readonly local = true
+
+  constructor (private readonly store: LocalSubscriptionStore<unknown>) {}
+
+  async update (): Promise<void> {}
+
+  isWatched (channel: string): boolean {
+    return this.store.has(channel)
+  }
+
+  async watchers (channel: string): Promise<number> {
+    return this.store.get(channel)?.watchers.size ?? 0
+  }
+
+  async totals (): Promise<Record<string, number>> {
+    return this.store.countByType()
+  }
+
+  async close (): Promise<void> {}
+}
+
+/** What a cluster store rewrites after its broker lost its state (a restart without persistence). */
+export type LocalSnapshot = () => Iterable<{ channel: string, entityType: string, count: number }>
