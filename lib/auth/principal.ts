@@ -1,0 +1,11 @@
+/** Who is on the other end of a socket. Established at the upgrade; replaced by an in-band `auth` message. */
+export interface Principal {
+  kind: 'anonymous' | 'user' | 'service'
+  /** the user id (JWT user-id claim) or the service account's username */
+  userId: string | null
+  roles: readonly string[]
+  /** epoch ms when the credentials stop being valid, if they expire */
+  expiresAt: number | null
+}
+
+export const ANONYMOUS: Principal = Object.freeze({ kind: 'anonymous', userId: null, roles: [], expiresAt: null })

@@ -1,0 +1,61 @@
+/**
+ * React bindings on useSyncExternalStore: one client (one socket) per app through a provider; hooks that subscribe
+ * while mounted. StrictMode's mount/unmount/mount sends one subscribe and no unsubscribe (the client releases a
+ * subscription on the next tick only).
+ */
+import { createContext, createElement, useContext, useEffect, useMemo, useRef, useSyncExternalStore, type ReactNode } from 'react'
+import type { ChangefeedClient, ConnectionState, EntityMap, EntitySnapshot, Notification } from './index.js'
+
+const ClientContext = createContext<ChangefeedClient<any> | null>(null)
+
+export function ChangefeedProvider ({ client, children }: { client: ChangefeedClient<any>, children?: ReactNode }): ReactNode {
+  return createElement(ClientContext.Provider, { value: client }, children)
+}
+
+export function useChangefeedClient<M extends EntityMap = EntityMap> (): ChangefeedClient<M> {
+  const client = useContext(ClientContext)
+  if (client === null) throw new Error('useChangefeedClient: wrap the app in <ChangefeedProvider client={…}>')
+  return client
+}
+
+/**
+ * Watches an entity while the component is mounted and re-renders on each change. `onNotification` (optional)
+ * runs for every notification, e.g. to refetch on a minimal one; `snapshot.revision` changes on every notification
+ * and resync, so it also works as an effect dependency.
+ */
+export function useEntitySubscription<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (
+  entityType: K, entityId: string, onNotification?: (notification: Notification<M[K]>) => void
+): EntitySnapshot<M[K]> {
+  const client = useChangefeedClient<M>()
+  const store = useMemo(() => client.watch(entityType, entityId), [client, entityType, entityId])
+  const snapshot = useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
+  const handler = useRef(onNotification)
+  handler.current = onNotification
+  const seen = useRef<Notification<M[K]> | undefined>(undefined)
+  useEffect(() => {
+    const notification = snapshot.notification
+    if (notification !== undefined && notification !== seen.current) {
+      seen.current = notification
+      handler.current?.(notification)
+    }
+  }, [snapshot.notification])
+  return snapshot
+}
+
+/** The latest full payload of an entity (undefined until the first `full` notification). */
+export function useEntity<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (entityType: K, entityId: string): M[K] | null | undefined {
+  return useEntitySubscription<M, K>(entityType, entityId).payload
+}
+
+/** "N watching": the number of sockets watching the entity across the cluster (undefined until known). */
+export function useWatcherCount (entityType: string, entityId: string): number | undefined {
+  const client = useChangefeedClient()
+  const store = useMemo(() => client.watch(entityType, entityId, true), [client, entityType, entityId])
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot).watchers
+}
+
+/** The connection state: idle, connecting, open, reconnecting, unauthorized, closed. */
+export function useConnectionState (): ConnectionState {
+  const client = useChangefeedClient()
+  return useSyncExternalStore((onChange) => client.onState(onChange), () => client.state, () => client.state)
+}

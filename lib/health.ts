@@ -1,0 +1,56 @@
+/**
+ * Operational endpoints: `<healthPath>/live` (the process answers), `<healthPath>/ready` (ready only while the bus
+ * works and every database has a working listener: leading, or following another instance that leads), and an
+ * admin-only statistics endpoint.
+ */
+import type { FastifyInstance } from 'fastify'
+import type { Authenticator } from './auth/authenticate.js'
+import type { AccessPolicy } from './auth/policy.js'
+import type { ListenerConnection } from './capture/listener.js'
+import type { PubSub } from './bus/index.js'
+import type { ResolvedOptions } from './options.js'
+
+export interface HealthReport {
+  ready: boolean
+  bus: { provider: string, ready: boolean }
+  databases: Record<string, { state: string, leader: boolean }>
+}
+
+export function healthOf (bus: PubSub, listeners: ReadonlyMap<string, ListenerConnection>): HealthReport {
+  const databases: HealthReport['databases'] = {}
+  let ready = bus.ready
+  for (const [name, listener] of listeners) {
+    databases[name] = { state: listener.state, leader: listener.isLeader }
+    if (listener.state !== 'listening' && listener.state !== 'following') ready = false
+  }
+  return { ready, bus: { provider: bus.provider, ready: bus.ready }, databases }
+}
+
+export interface OperationalServices {
+  options: ResolvedOptions
+  health: () => HealthReport
+  stats: () => Promise<unknown>
+  authenticator: Authenticator
+  policy: AccessPolicy
+}
+
+export async function registerOperationalRoutes (fastify: FastifyInstance, services: OperationalServices): Promise<void> {
+  const { healthPath, statsPath } = services.options.telemetry
+  if (healthPath !== null) {
+    fastify.get(`${healthPath}/live`, async () => ({ status: 'ok' }))
+    fastify.get(`${healthPath}/ready`, async (_request, reply) => {
+      const report = services.health()
+      return await reply.code(report.ready ? 200 : 503).send(report)
+    })
+  }
+  if (statsPath !== null) {
+    fastify.get(statsPath, async (request, reply) => {
+      const identity = await services.authenticator.identify(request, reply)
+      if ('failure' in identity || identity.principal.kind === 'anonymous') {
+        return await reply.code(401).send({ code: 'unauthenticated', error: 'admin credentials required' })
+      }
+      if (!services.policy.isAdmin(identity.principal)) return await reply.code(403).send({ code: 'forbidden', error: 'an admin role is required' })
+      return await services.stats()
+    })
+  }
+}

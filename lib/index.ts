@@ -1,0 +1,218 @@
+/**
+ * fastify-changefeed: push PostgreSQL data changes to WebSocket clients.
+ *
+ * One plugin registers everything from one options object: the databases (@fastify/postgres pools, or the
+ * embedded PGlite), capture (triggers + one LISTEN connection per database), the entity registry, the bus, the
+ * subscription store, the /ws route, and the `fastify.changefeed` decorator.
+ */
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import fastifyPostgres from '@fastify/postgres'
+import type pg from 'pg'
+import { PGliteDatabase, PgDatabase, type Database } from './capture/database.js'
+import { Capture } from './capture/index.js'
+import { EntityRegistry } from './entities.js'
+import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
+import { Authenticator, type AuthCounters } from './auth/authenticate.js'
+import { createBus, type BusParts } from './bus/index.js'
+import { ChangeRouter, type PublishInput, type RouterCounters } from './router.js'
+import { Fanout } from './ws/fanout.js'
+import { registerRoute } from './ws/route.js'
+import { resolveOptions, type ChangefeedOptions, type ResolvedOptions } from './options.js'
+import { AlreadyRegisteredError, InvalidOptionsError } from './errors.js'
+import { Telemetry, type TelemetrySnapshot } from './telemetry.js'
+import { healthOf, registerOperationalRoutes, type HealthReport } from './health.js'
+import { packageVersion } from './paths.js'
+
+export type { ChangefeedOptions, ResolvedOptions } from './options.js'
+export type { PublishInput } from './router.js'
+export type { AuthorizeFunction, AuthorizeContext } from './auth/policy.js'
+export type { Principal } from './auth/principal.js'
+export type { EntityType } from './entities.js'
+export { WireError, CloseCode } from './errors.js'
+export { resolveOptions, OptionsSchema } from './options.js'
+export { tagOrigin } from './origin.js'
+
+/** Plugin options: the config file's shape, plus what only code can pass. */
+export interface ChangefeedPluginOptions extends ChangefeedOptions {
+  /** A host's own authorization rule, run after the entity type's access kind allowed a subscription. */
+  authorize?: AuthorizeFunction
+}
+
+export interface ChangefeedStats {
+  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, closedByCode: Record<string, number> }
+  subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number }
+  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number }>
+  bus: { provider: string, ready: boolean, instanceId: string }
+  router: RouterCounters
+  auth: AuthCounters
+}
+
+/** The `fastify.changefeed` decorator. */
+export interface ChangefeedDecorator {
+  /**
+   * Publishes a change without the database (live feeds, periodic streams). It takes the same route as a
+   * captured change: dropped when nobody watches, encoded once, delivered through the bus to every watcher.
+   * Resolves to false when it was dropped because nobody watches (known without a round trip only with the memory
+   * bus), true when it was handed to the bus. Throws CHANGEFEED_UNKNOWN_ENTITY_TYPE for an unknown type.
+   */
+  publish(change: PublishInput): Promise<boolean>
+  /**
+   * Installs triggers on (and discovers) watched tables created since the start. Tables appear by themselves where
+   * an event trigger could be created, and on every re-scan interval; call this after migrations to not wait.
+   */
+  rescan(): Promise<void>
+  /** Counts for monitoring and tests (this instance). */
+  stats(): ChangefeedStats
+  /** Watchers of an entity across the cluster. */
+  watchers(entityType: string, entityId: string): Promise<number>
+  /** Subscriptions per entity type across the cluster. */
+  totals(): Promise<Record<string, number>>
+  /** Readiness: the bus works and every database has a working listener (also served at `<healthPath>/ready`). */
+  health(): HealthReport
+  /** The resolved options (defaults applied). */
+  readonly options: ResolvedOptions
+  /** The entity registry: declared and discovered types. */
+  readonly registry: EntityRegistry
+  /** The databases by name, behind the interface capture uses (PostgreSQL or PGlite). */
+  readonly databases: ReadonlyMap<string, Database>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    changefeed: ChangefeedDecorator
+  }
+}
+
+async function openDatabases (fastify: FastifyInstance, options: ResolvedOptions): Promise<Map<string, Database>> {
+  const databases = new Map<string, Database>()
+  for (const { name, url } of options.databases) {
+    if (url.startsWith('pglite:')) {
+      databases.set(name, await PGliteDatabase.open(name, url))
+      continue
+    }
+    // a host that registered @fastify/postgres under this name keeps its pool; otherwise we register one
+    const existing = (fastify as unknown as { pg?: Record<string, { pool?: pg.Pool }> }).pg?.[name]
+    if (existing?.pool === undefined) await fastify.register(fastifyPostgres, { name, connectionString: url })
+    const pool = (fastify as unknown as { pg: Record<string, { pool: pg.Pool }> }).pg[name].pool
+    databases.set(name, new PgDatabase(name, pool, url))
+  }
+  return databases
+}
+
+/** Options the schema accepts (the config contract) but this version does not act on: refused, never ignored. */
+function refuseUnsupported (fastify: FastifyInstance, options: ResolvedOptions): void {
+  const log = fastify.log
+  if (options.capture.mode === 'outbox') throw new InvalidOptionsError('/capture/mode "outbox" is not available in this version')
+  if (options.bus.provider === 'redis' && options.bus.url === undefined && (fastify as unknown as { redis?: unknown }).redis === undefined) {
+    throw new InvalidOptionsError('/bus/url is required for provider "redis" unless the host registered @fastify/redis')
+  }
+  if (options.telemetry.prometheus || options.telemetry.otlpUrl !== null) {
+    log.debug('changefeed: telemetry.prometheus and telemetry.otlpUrl are set up by the standalone server; a host uses its own SDK')
+  }
+}
+
+const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, opts) => {
+  if (fastify.hasDecorator('changefeed')) throw new AlreadyRegisteredError('fastify-changefeed is already registered on this Fastify instance')
+  const { authorize, ...fileShaped } = opts
+  const options = resolveOptions(fileShaped)
+  const log = fastify.log
+  refuseUnsupported(fastify, options)
+
+  const databases = await openDatabases(fastify, options)
+  const registry = new EntityRegistry(options)
+  const fanout = new Fanout(options.bus.prefix, registry, log)
+  let parts: BusParts | null = null
+  let capture: Capture | null = null
+  const shutdown = async (): Promise<void> => {
+    await capture?.close()
+    await parts?.close()
+    for (const db of databases.values()) await db.close()
+  }
+  const announceGap = (database: string, reason: string): void => {
+    fanout.announceGap(database, reason).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
+  }
+  /** The bus lost messages: resync local watchers; the databases this instance captures tell every instance. */
+  const onBusGap = (reason: string): void => {
+    const led = new Set([...capture?.listeners ?? []].filter(([, l]) => l.isLeader).map(([name]) => name))
+    for (const database of led) announceGap(database, reason)
+    fanout.resyncLocal(reason, (database) => !led.has(database))
+  }
+
+  try {
+    parts = await createBus(fastify, options.bus, { onMessage: fanout.onBusMessage, onGap: onBusGap }, fanout.store)
+    const { bus, interest } = parts
+    await fanout.attach(bus, interest)
+    const router = new ChangeRouter(registry, databases, interest, bus, options.bus.prefix, log, undefined, parts.instanceId)
+    capture = new Capture(databases, registry, options, {
+      onChange: (change) => { void router.routeChange(change) },
+      onGap: announceGap
+    }, log, options.bus.provider !== 'memory')
+    await capture.start()
+
+    const policy = new AccessPolicy(databases, options.auth.adminRoles, authorize, options.auth.anonymous)
+    const authenticator = new Authenticator(options.auth, log, options.limits.maxAuthFailuresPerMinute)
+    const telemetry = new Telemetry(packageVersion, () => telemetrySnapshot())
+    fanout.telemetry = telemetry
+    const connections = await registerRoute(fastify, { options, registry, policy, authenticator, fanout, log, telemetry, interest })
+    const listeners = capture.listeners
+    const telemetrySnapshot = (): TelemetrySnapshot => ({
+      connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, slowConsumerCloses: connections.counters.slowConsumerCloses, closedByCode: connections.closedByCode },
+      subscriptions: { byType: fanout.store.countByType(), createdByType: fanout.counters.createdByType, removedByType: fanout.counters.removedByType },
+      notifications: { sentByPayload: fanout.counters.sentByPayload, failedByPayload: fanout.counters.failedByPayload },
+      router: router.counters,
+      auth: authenticator.counters,
+      listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { gaps: l.gaps, reconnects: l.reconnects, leaderships: l.leaderships }])),
+      busErrors: router.counters.busErrors + fanout.counters.busErrors
+    })
+    const health = (): HealthReport => healthOf(bus, listeners)
+
+    const decorator: ChangefeedDecorator = {
+      publish: async (change) => await router.publish(change),
+      rescan: async () => await capture!.rescan(),
+      watchers: async (entityType, entityId) => await interest.watchers(fanout.channel(registry.get(entityType)?.name ?? entityType, entityId)),
+      totals: async () => await interest.totals(),
+      health,
+      stats: () => ({
+        connections: { active: connections.open.size, opened: connections.opened, closed: connections.closed, ...connections.counters, closedByCode: { ...connections.closedByCode } },
+        subscriptions: {
+          active: fanout.store.subscriptions,
+          entities: fanout.store.entities,
+          byType: fanout.store.countByType(),
+          created: Object.values(fanout.counters.createdByType).reduce((a, b) => a + b, 0),
+          removed: Object.values(fanout.counters.removedByType).reduce((a, b) => a + b, 0)
+        },
+        listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { state: l.state, reconnects: l.reconnects, leaderships: l.leaderships, gaps: l.gaps }])),
+        bus: { provider: bus.provider, ready: bus.ready, instanceId: parts!.instanceId },
+        router: { ...router.counters },
+        auth: structuredClone(authenticator.counters)
+      }),
+      options,
+      registry,
+      databases
+    }
+    fastify.decorate('changefeed', decorator)
+    await registerOperationalRoutes(fastify, {
+      options,
+      health,
+      authenticator,
+      policy,
+      stats: async () => ({
+        instance: decorator.stats(),
+        cluster: { subscriptionsByType: await interest.totals() },
+        busiest: await Promise.all(fanout.store.busiest(10).map(async (e) => ({
+          entityType: e.entityType, entityId: e.entityId, local: e.watchers, cluster: await interest.watchers(fanout.channel(e.entityType, e.entityId))
+        })))
+      })
+    })
+    fastify.addHook('onClose', async () => telemetry.close())
+  } catch (err) {
+    await shutdown()
+    throw err
+  }
+  fastify.addHook('onClose', async () => { await shutdown() })
+}
+
+/** The plugin: `fastify.register(changefeed, options)`. */
+export default fp(changefeed, { fastify: '5.x', name: 'fastify-changefeed' })
+export { changefeed }

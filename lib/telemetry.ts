@@ -1,0 +1,115 @@
+/**
+ * Metrics and traces through @opentelemetry/api: a host's SDK wins when the plugin is mounted; the standalone
+ * server installs one (bin/telemetry.ts). Counts the pipeline already keeps are read by observable instruments at
+ * collection time, so the hot paths pay nothing for them; only the latency histogram records per notification
+ * (once per instance, not per socket). Names and units follow the OpenTelemetry conventions (README: Runbook).
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { metrics, trace, ValueType, type Attributes, type Histogram, type Tracer } from '@opentelemetry/api'
+
+/** The counts the pipeline keeps, read at collection time. */
+export interface TelemetrySnapshot {
+  connections: { opened: number, closed: number, active: number, slowConsumerCloses: number, closedByCode: Record<string, number> }
+  subscriptions: { byType: Record<string, number>, createdByType: Record<string, number>, removedByType: Record<string, number> }
+  notifications: { sentByPayload: Record<string, number>, failedByPayload: Record<string, number> }
+  router: { changes: number, unwatched: number, documentReads: number, published: number, failed: number }
+  auth: { attempts: Record<string, number>, failures: Record<string, number> }
+  listeners: Record<string, { gaps: number, reconnects: number, leaderships: number }>
+  busErrors: number
+}
+
+const LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5]
+const SUBSCRIPTION_BUCKETS = [0, 1, 2, 5, 10, 20, 50, 100]
+
+export class Telemetry {
+  readonly tracer: Tracer
+  private readonly latency: Histogram
+  private readonly subscriptionsPerConnection: Histogram
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 20 })
+  private readonly payloadAttributes = new Map<string, Attributes>()
+
+  constructor (version: string, collect: () => TelemetrySnapshot) {
+    const meter = metrics.getMeter('fastify-changefeed', version)
+    this.tracer = trace.getTracer('fastify-changefeed', version)
+    this.latency = meter.createHistogram('changefeed.notification.latency', {
+      unit: 's',
+      description: 'time from the change (trigger clock, or publish call) to its frame written to the local sockets',
+      advice: { explicitBucketBoundaries: LATENCY_BUCKETS_S }
+    })
+    this.subscriptionsPerConnection = meter.createHistogram('changefeed.connection.subscriptions', {
+      unit: '{subscription}', valueType: ValueType.INT, description: 'subscriptions a connection held when it closed',
+      advice: { explicitBucketBoundaries: SUBSCRIPTION_BUCKETS }
+    })
+    this.loopDelay.enable()
+
+    const counter = (name: string, unit: string, description: string) => meter.createObservableCounter(name, { unit, description, valueType: ValueType.INT })
+    const gauge = (name: string, unit: string, description: string) => meter.createObservableUpDownCounter(name, { unit, description, valueType: ValueType.INT })
+    const opened = counter('changefeed.connections.opened', '{connection}', 'WebSocket connections accepted')
+    const closed = counter('changefeed.connections.closed', '{connection}', 'WebSocket connections closed, by close code')
+    const active = gauge('changefeed.connections.active', '{connection}', 'WebSocket connections open now')
+    const slow = counter('changefeed.connections.slow_consumer_closes', '{connection}', 'connections closed because they stopped reading (4409)')
+    const created = counter('changefeed.subscriptions.created', '{subscription}', 'subscriptions created, by entity type')
+    const removed = counter('changefeed.subscriptions.removed', '{subscription}', 'subscriptions removed, by entity type')
+    const subscriptions = gauge('changefeed.subscriptions.active', '{subscription}', 'subscriptions on this instance now, by entity type')
+    const sent = counter('changefeed.notifications.sent', '{notification}', 'notification frames written to sockets, by payload type')
+    const failed = counter('changefeed.notifications.failed', '{notification}', 'notification frames not written (socket closing or slow), by payload type')
+    const changes = counter('changefeed.changes', '{change}', 'changes routed, by outcome (published, unwatched, failed)')
+    const reads = counter('changefeed.document.reads', '{read}', 'documents read from the database for full payloads')
+    const authAttempts = counter('changefeed.auth.attempts', '{attempt}', 'authentication attempts, by method')
+    const authFailures = counter('changefeed.auth.failures', '{attempt}', 'failed authentication attempts, by method')
+    const gaps = counter('changefeed.listener.gaps', '{gap}', 'times watchers of a database were told to resync because changes may have been lost')
+    const reconnects = counter('changefeed.listener.reconnects', '{reconnect}', 'listener connections re-established after a loss')
+    const leaderships = counter('changefeed.leader.changes', '{change}', 'times this instance became the listener (leader) of a database')
+    const busErrors = counter('changefeed.bus.errors', '{error}', 'publish or subscribe calls the bus refused')
+    const loopDelay = meter.createObservableGauge('nodejs.eventloop.delay.p99', { unit: 's', description: 'event loop delay, 99th percentile since the last collection' })
+
+    meter.addBatchObservableCallback((result) => {
+      const s = collect()
+      const byKey = (instrument: Parameters<typeof result.observe>[0], values: Record<string, number>, key: string): void => {
+        for (const [value, n] of Object.entries(values)) result.observe(instrument, n, { [key]: value })
+      }
+      result.observe(opened, s.connections.opened)
+      byKey(closed, s.connections.closedByCode, 'changefeed.close_code')
+      result.observe(active, s.connections.active)
+      result.observe(slow, s.connections.slowConsumerCloses)
+      byKey(created, s.subscriptions.createdByType, 'changefeed.entity_type')
+      byKey(removed, s.subscriptions.removedByType, 'changefeed.entity_type')
+      byKey(subscriptions, s.subscriptions.byType, 'changefeed.entity_type')
+      byKey(sent, s.notifications.sentByPayload, 'changefeed.payload_type')
+      byKey(failed, s.notifications.failedByPayload, 'changefeed.payload_type')
+      result.observe(changes, s.router.published, { 'changefeed.outcome': 'published' })
+      result.observe(changes, s.router.unwatched, { 'changefeed.outcome': 'unwatched' })
+      result.observe(changes, s.router.failed, { 'changefeed.outcome': 'failed' })
+      result.observe(reads, s.router.documentReads)
+      byKey(authAttempts, s.auth.attempts, 'changefeed.auth.method')
+      byKey(authFailures, s.auth.failures, 'changefeed.auth.method')
+      for (const [database, l] of Object.entries(s.listeners)) {
+        result.observe(gaps, l.gaps, { 'db.namespace': database })
+        result.observe(reconnects, l.reconnects, { 'db.namespace': database })
+        result.observe(leaderships, l.leaderships, { 'db.namespace': database })
+      }
+      result.observe(busErrors, s.busErrors)
+      result.observe(loopDelay, this.loopDelay.percentile(99) / 1e9)
+      this.loopDelay.reset()
+    }, [opened, closed, active, slow, created, removed, subscriptions, sent, failed, changes, reads, authAttempts, authFailures,
+      gaps, reconnects, leaderships, busErrors, loopDelay])
+  }
+
+  /** One sample per notification per instance: from the change's time to its frame written to the local sockets. */
+  recordDelivery (ts: number, payloadType: string): void {
+    let attributes = this.payloadAttributes.get(payloadType)
+    if (attributes === undefined) {
+      attributes = { 'changefeed.payload_type': payloadType }
+      this.payloadAttributes.set(payloadType, attributes)
+    }
+    this.latency.record(Math.max(0, Date.now() - ts) / 1000, attributes)
+  }
+
+  recordConnectionClosed (subscriptions: number): void {
+    this.subscriptionsPerConnection.record(subscriptions)
+  }
+
+  close (): void {
+    this.loopDelay.disable()
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The /ws route on @fastify/websocket: identifies the peer before the upgrade, admits it (per-IP and per-user
+ * limits), wraps it in a Connection, pings and times out idle peers with one server-wide sweep, and closes every
+ * socket with 1001 on shutdown. Authentication plugins live in the route's own encapsulated scope.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import websocket from '@fastify/websocket'
+import type { WebSocket } from 'ws'
+import type { Identity } from '../auth/authenticate.js'
+import { ANONYMOUS } from '../auth/principal.js'
+import { CloseCode } from '../errors.js'
+import { Connection, userKey, type ConnectionServices } from './connection.js'
+import { ConnectionCounter } from './limits.js'
+import type { Telemetry } from '../telemetry.js'
+import type { InterestStore } from '../store/interest.js'
+import { WatcherCounts } from './watchers.js'
+
+export class ConnectionSet {
+  readonly open = new Set<Connection>()
+  opened = 0
+  closed = 0
+  readonly counters = { slowConsumerCloses: 0 }
+  readonly closedByCode: Record<string, number> = {}
+  private sweepTimer: NodeJS.Timeout | null = null
+
+  /** One timer for every socket: ping the live ones, close those silent for longer than the idle timeout. */
+  startSweep (pingIntervalSeconds: number, idleTimeoutSeconds: number): void {
+    if (pingIntervalSeconds <= 0) return
+    this.sweepTimer = setInterval(() => {
+      const idleBefore = Date.now() - idleTimeoutSeconds * 1000
+      for (const c of this.open) {
+        if (idleTimeoutSeconds > 0 && c.lastSeen < idleBefore) c.close(CloseCode.idleTimeout, 'idle timeout')
+        else c.ping()
+      }
+    }, pingIntervalSeconds * 1000)
+    this.sweepTimer.unref()
+  }
+
+  closeAll (code: number, reason: string): void {
+    if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
+    for (const c of this.open) c.close(code, reason)
+  }
+}
+
+/** The request log line without credentials: `?token=` never reaches a log. */
+export function redactUrl (url: string): string {
+  return url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]')
+}
+
+const identities = new WeakMap<FastifyRequest, Identity>()
+
+type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts'> & { telemetry?: Telemetry, interest: InterestStore }
+
+export async function registerRoute (fastify: FastifyInstance, services: RouteServices): Promise<ConnectionSet> {
+  const { options, authenticator } = services
+  const connections = new ConnectionSet()
+  const perIp = new ConnectionCounter(options.limits.maxConnectionsPerIp)
+  const users = new ConnectionCounter(options.limits.maxConnectionsPerUser)
+  const watcherCounts = new WatcherCounts(services.interest, options.limits.watcherCountIntervalMs, services.log)
+  fastify.addHook('onClose', async () => watcherCounts.close())
+
+  if (!fastify.hasDecorator('websocketServer')) {
+    await fastify.register(websocket, {
+      options: { maxPayload: options.limits.maxMessageBytes },
+      preClose (done) {
+        connections.closeAll(CloseCode.goingAway, 'server going away')
+        done()
+      }
+    })
+  } else {
+    // a host's own @fastify/websocket closes its sockets its way; ours go with 1001 first
+    fastify.addHook('preClose', (done) => {
+      connections.closeAll(CloseCode.goingAway, 'server going away')
+      done()
+    })
+  }
+
+  const onClosed = (connection: Connection, code: number, subscriptions: number): void => {
+    connections.open.delete(connection)
+    connections.closed++
+    connections.closedByCode[code] = (connections.closedByCode[code] ?? 0) + 1
+    perIp.release(connection.ip)
+    services.telemetry?.recordConnectionClosed(subscriptions)
+  }
+
+  await fastify.register(async (scope) => {
+    await authenticator.register(scope)
+    scope.get(options.server.path, {
+      websocket: true,
+      logSerializers: {
+        req: (req: FastifyRequest) => ({ method: req.method, url: redactUrl(req.url), host: req.host, remoteAddress: req.ip, remotePort: req.socket?.remotePort })
+      },
+      // identify before the upgrade; refusals are sent as close codes after it, so clients learn why (4401)
+      preValidation: async (request, reply) => {
+        identities.set(request, await authenticator.identify(request, reply))
+      }
+    }, (socket: WebSocket, request) => {
+      const ip = request.ip
+      let identity = identities.get(request)
+      identities.delete(request)
+      // no credentials where sign-in is required: the socket may still sign in in-band, within authTimeoutSeconds
+      const mustSignIn = identity !== undefined && 'failure' in identity && identity.noCredentials === true
+      if (mustSignIn) identity = { principal: ANONYMOUS }
+      if (identity === undefined || 'failure' in identity) {
+        socket.close(CloseCode.unauthenticated, `unauthenticated: ${identity?.failure ?? 'no identity'}`.slice(0, 120))
+        return
+      }
+      if (!perIp.acquire(ip)) {
+        socket.close(CloseCode.tooManyConnections, 'too many connections from this address')
+        return
+      }
+      const key = userKey(identity.principal)
+      if (key !== null && !users.acquire(key)) {
+        perIp.release(ip)
+        socket.close(CloseCode.tooManyConnections, 'too many connections for this user')
+        return
+      }
+      const connection = new Connection(socket, identity.principal, ip, { ...services, users, watcherCounts, counters: connections.counters, onClosed })
+      if (mustSignIn) connection.requireSignIn(options.limits.authTimeoutSeconds * 1000)
+      connections.open.add(connection)
+      connections.opened++
+    })
+  })
+
+  connections.startSweep(options.limits.pingIntervalSeconds, options.limits.idleTimeoutSeconds)
+  return connections
+}

@@ -1,0 +1,81 @@
+/**
+ * Watcher counts ("12 watching"): sockets that asked for them (`watchers: true` in subscribe) get the number of
+ * sockets watching the entity across the cluster, at once and then whenever it changes, at most once per interval.
+ * Only a socket that may watch an entity can ask, so counts of private entities stay private.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { InterestStore } from '../store/interest.js'
+import type { Watcher } from './fanout.js'
+
+interface Counted {
+  entityType: string
+  entityId: string
+  sockets: Set<Watcher>
+  last: number | null
+}
+
+export function encodeWatchers (entityType: string, entityId: string, count: number): string {
+  return JSON.stringify({ type: 'watchers', data: { entityType, entityId, count } })
+}
+
+export class WatcherCounts {
+  private readonly counted = new Map<string, Counted>()
+  private timer: NodeJS.Timeout | null = null
+  private polling = false
+
+  constructor (private readonly interest: InterestStore, private readonly intervalMs: number, private readonly log: FastifyBaseLogger) {}
+
+  async add (socket: Watcher, channel: string, entityType: string, entityId: string): Promise<void> {
+    let entry = this.counted.get(channel)
+    if (entry === undefined) {
+      entry = { entityType, entityId, sockets: new Set(), last: null }
+      this.counted.set(channel, entry)
+    }
+    entry.sockets.add(socket)
+    this.start()
+    const count = await this.interest.watchers(channel)
+    socket.deliver(encodeWatchers(entityType, entityId, count))
+  }
+
+  remove (socket: Watcher, channel: string): void {
+    const entry = this.counted.get(channel)
+    if (entry === undefined) return
+    entry.sockets.delete(socket)
+    if (entry.sockets.size === 0) this.counted.delete(channel)
+    if (this.counted.size === 0) this.stop()
+  }
+
+  private start (): void {
+    if (this.timer !== null) return
+    this.timer = setInterval(() => { void this.poll() }, this.intervalMs)
+    this.timer.unref()
+  }
+
+  private stop (): void {
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  private async poll (): Promise<void> {
+    if (this.polling) return
+    this.polling = true
+    try {
+      for (const [channel, entry] of this.counted) {
+        const count = await this.interest.watchers(channel)
+        if (count === entry.last) continue
+        entry.last = count
+        const frame = encodeWatchers(entry.entityType, entry.entityId, count)
+        for (const socket of entry.sockets) socket.deliver(frame)
+      }
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'changefeed: watcher counts unavailable')
+    } finally {
+      this.polling = false
+    }
+  }
+
+  close (): void {
+    this.stop()
+    this.counted.clear()
+  }
+}
