@@ -1,0 +1,125 @@
+/**
+ * One contract for every bus provider (memory, redis, nats) and its interest store: delivery and order per
+ * channel, idempotent subscribe, unsubscribe, close, interest across instances, and recovery from a broker restart.
+ */
+import t from 'tap'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { randomUUID } from 'node:crypto'
+import { createBus, type BusParts } from '../lib/bus/index.js'
+import { LocalSubscriptionStore } from '../lib/store/local.js'
+import { resolveOptions } from '../lib/options.js'
+import { NATS_URL, REDIS_URL, ownBroker, requireService } from './helpers/brokers.js'
+import { until } from './helpers/wait.js'
+
+type Provider = 'memory' | 'redis' | 'nats'
+interface Received { channel: string, message: string }
+interface Instance { parts: BusParts, received: Received[], gaps: string[], local: LocalSubscriptionStore<unknown>, app: FastifyInstance }
+interface Teardown { teardown(fn: () => unknown): void }
+
+async function instance (t: Teardown, provider: Provider, url: string | undefined, prefix: string): Promise<Instance> {
+  const app = Fastify()
+  const received: Received[] = []
+  const gaps: string[] = []
+  const local = new LocalSubscriptionStore<unknown>()
+  let parts: BusParts | undefined
+  const bus = resolveOptions({ bus: { provider, url, prefix, instanceTtlSeconds: 2 } }).bus
+  await app.register(async (scope) => {
+    parts = await createBus(scope, bus, { onMessage: (channel, message) => received.push({ channel, message }), onGap: (r) => gaps.push(r) }, local)
+  })
+  await app.ready()
+  t.teardown(async () => { await parts!.close(); await app.close() })
+  return { parts: parts!, received, gaps, local, app }
+}
+
+
+await requireService('Redis')
+await requireService('NATS')
+const urls: Record<Provider, string | undefined> = { memory: undefined, redis: REDIS_URL, nats: NATS_URL }
+
+for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
+  t.test(`${provider}: the bus contract`, async (t) => {
+    const prefix = `contract-${randomUUID().slice(0, 8)}`
+    const a = await instance(t, provider, urls[provider], prefix)
+    // memory is one process: publisher and subscriber are the same instance
+    const b = provider === 'memory' ? a : await instance(t, provider, urls[provider], prefix)
+    const [one, two, other] = [`${prefix}:Team:1`, `${prefix}:Team:2`, `${prefix}:Team:3`]
+
+    await b.parts.bus.subscribe(one)
+    await b.parts.bus.subscribe(one)
+    await b.parts.bus.subscribe(two)
+    for (let i = 0; i < 500; i++) {
+      await a.parts.bus.publish(one, `one-${i}`)
+      await a.parts.bus.publish(two, `two-${i}`)
+      await a.parts.bus.publish(other, `other-${i}`)
+    }
+    t.ok(await until(() => b.received.length >= 1000), 'delivered')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    t.same(b.received.filter((m) => m.channel === one).map((m) => m.message), Array.from({ length: 500 }, (_, i) => `one-${i}`), 'in order, once, despite two subscribes')
+    t.same(b.received.filter((m) => m.channel === two).map((m) => m.message), Array.from({ length: 500 }, (_, i) => `two-${i}`))
+    t.equal(b.received.filter((m) => m.channel === other).length, 0, 'nothing from channels not subscribed')
+
+    await b.parts.bus.unsubscribe(one)
+    b.received.length = 0
+    await a.parts.bus.publish(one, 'after-unsubscribe')
+    await a.parts.bus.publish(two, 'marker')
+    t.ok(await until(() => b.received.some((m) => m.message === 'marker')))
+    t.same(b.received.map((m) => m.message), ['marker'], 'unsubscribed channels stay quiet')
+    t.ok(a.parts.bus.ready && b.parts.bus.ready, 'ready while connected')
+
+    await b.parts.close()
+    b.received.length = 0
+    await a.parts.bus.publish(two, 'after-close').catch(() => {})
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    t.same(b.received, [], 'nothing is delivered after close')
+    t.notOk(b.parts.bus.ready, 'not ready after close')
+  })
+
+  t.test(`${provider}: interest across instances`, async (t) => {
+    const prefix = `interest-${randomUUID().slice(0, 8)}`
+    const a = await instance(t, provider, urls[provider], prefix)
+    const b = provider === 'memory' ? a : await instance(t, provider, urls[provider], prefix)
+    const channel = `${prefix}:Team:t1`
+    t.equal(await b.parts.interest.isWatched(channel), false)
+    a.local.add(channel, 'Team', 't1', 'socket-1')
+    await a.parts.interest.update(channel, 'Team', 1)
+    t.equal(await b.parts.interest.isWatched(channel), true, 'the first watcher is visible at once')
+    if (b !== a) {
+      b.local.add(channel, 'Team', 't1', 'socket-2')
+      b.local.add(channel, 'Team', 't1', 'socket-3')
+      await b.parts.interest.update(channel, 'Team', 1)
+      await b.parts.interest.update(channel, 'Team', 2)
+      t.ok(await until(async () => await a.parts.interest.watchers(channel) === 3), 'counts add up across instances')
+      t.ok(await until(async () => (await a.parts.interest.totals()).Team === 3), 'totals per type')
+      b.local.remove(channel, 'socket-2')
+      b.local.remove(channel, 'socket-3')
+      await b.parts.interest.update(channel, 'Team', 0)
+    }
+    a.local.remove(channel, 'socket-1')
+    await a.parts.interest.update(channel, 'Team', 0)
+    t.equal(await b.parts.interest.isWatched(channel), false, 'the last one leaving is visible at once')
+  })
+}
+
+for (const provider of ['redis', 'nats'] as const) {
+  t.test(`${provider}: a broker restart is a gap; subscriptions and interest come back`, async (t) => {
+    const broker = await ownBroker(t, provider)
+    const prefix = `restart-${randomUUID().slice(0, 8)}`
+    const a = await instance(t, provider, broker.url, prefix)
+    const b = await instance(t, provider, broker.url, prefix)
+    const channel = `${prefix}:Team:r1`
+    await b.parts.bus.subscribe(channel)
+    b.local.add(channel, 'Team', 'r1', 'socket')
+    await b.parts.interest.update(channel, 'Team', 1)
+
+    await broker.stop()
+    t.ok(await until(() => !a.parts.bus.ready && !b.parts.bus.ready), 'not ready while the broker is down')
+    await broker.start()
+    t.ok(await until(() => b.gaps.includes('bus_gap'), 10_000), 'the outage is reported as a gap')
+    t.ok(await until(() => a.parts.bus.ready && b.parts.bus.ready, 10_000), 'ready again')
+    t.ok(await until(async () => await Promise.resolve(a.parts.interest.isWatched(channel)).catch(() => false), 10_000), 'interest is written again after the broker lost it')
+    t.ok(await until(async () => {
+      await a.parts.bus.publish(channel, 'after-restart').catch(() => {})
+      return b.received.some((m) => m.message === 'after-restart')
+    }, 10_000), 'the subscription works again')
+  })
+}

@@ -1,0 +1,161 @@
+/**
+ * The client SDK in Node against the real server: reference-counted subscriptions, reconnect and resubscribe after
+ * a server restart, in-band token refresh, no blind reconnects (4401, 4403), receive-side liveness, and the
+ * distribution of the backoff jitter.
+ */
+import t from 'tap'
+import WebSocket, { WebSocketServer } from 'ws'
+import type { AddressInfo } from 'node:net'
+import { once } from 'node:events'
+import Fastify from 'fastify'
+import changefeed from '../lib/index.js'
+import { ChangefeedClient, backoffDelay, type Notification, type StateChange } from '../lib/client/index.js'
+import { startApp } from './helpers/app.js'
+import { now, signHs256 } from './helpers/tokens.js'
+import { sleep, until } from './helpers/wait.js'
+
+const SECRET = 'client-test-secret-0123456789abcdef'
+const entities = { Team: { access: 'public' as const }, User: { access: 'owner' as const }, RugbyGameState: { access: 'public' as const, payload: 'full' as const } }
+type Entities = { Team: { name: string }, User: { email: string }, RugbyGameState: { homeScore: number } }
+const client = (t: { teardown(fn: () => unknown): void }, options: ConstructorParameters<typeof ChangefeedClient>[0]): ChangefeedClient<Entities> => {
+  const c = new ChangefeedClient<Entities>({ WebSocket: WebSocket as never, ...options })
+  t.teardown(() => c.destroy())
+  return c
+}
+
+t.test('full jitter: delays are uniform up to the exponential cap', async (t) => {
+  const samples = Array.from({ length: 20_000 }, () => backoffDelay(3, 500, 30_000))
+  t.ok(samples.every((d) => d >= 0 && d < 2000), 'attempt 3: within [0, 2000)')
+  const mean = samples.reduce((a, b) => a + b, 0) / samples.length
+  t.ok(Math.abs(mean - 1000) < 40, `mean near half the cap (${mean.toFixed(0)})`)
+  const quarters = [0, 0, 0, 0]
+  for (const d of samples) quarters[Math.floor(d / 500)]++
+  t.ok(quarters.every((q) => Math.abs(q / samples.length - 0.25) < 0.02), `each quarter holds a quarter (${quarters.join(', ')})`)
+  t.ok(Array.from({ length: 1000 }, () => backoffDelay(20, 500, 30_000)).every((d) => d < 30_000), 'capped at maxMs')
+})
+
+t.test('subscriptions are reference-counted: mount, unmount, mount sends one subscribe and no unsubscribe', async (t) => {
+  const { app, url } = await startApp(t, { entities })
+  const c = client(t, { url })
+  await until(() => c.state === 'open')
+  const got: Notification[] = []
+  const first = c.subscribe('Team', 'team-1', { onNotification: (n) => got.push(n) })
+  first()
+  const second = c.subscribe('Team', 'team-1', { onNotification: (n) => got.push(n) })
+  const third = c.subscribe('Team', 'team-1')
+  await until(() => app.changefeed.stats().subscriptions.active === 1)
+  await sleep(100)
+  t.same([app.changefeed.stats().subscriptions.created, app.changefeed.stats().subscriptions.removed], [1, 0], 'one subscribe, no unsubscribe')
+  await app.changefeed.publish({ entityType: 'Team', entityId: 'team-1', changeType: 'updated' })
+  t.ok(await until(() => got.length === 1), 'the live listener gets it once')
+  second()
+  third()
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 0), 'the last release unsubscribes')
+})
+
+t.test('after a server restart the client reconnects, resubscribes in one batch, and asks for a refetch', async (t) => {
+  const first = Fastify()
+  await first.register(changefeed, { entities })
+  await first.listen({ host: '127.0.0.1', port: 0 })
+  const port = (first.server.address() as AddressInfo).port
+  const states: StateChange[] = []
+  const c = client(t, { url: `ws://127.0.0.1:${port}/ws`, backoff: { initialMs: 50, maxMs: 200 } })
+  c.onState((s) => states.push(s))
+  const resyncs: string[] = []
+  const got: Notification[] = []
+  c.subscribe('Team', 'a', { onNotification: (n) => got.push(n), onResync: (r) => resyncs.push(r) })
+  c.subscribe('RugbyGameState', 'm', { onNotification: (n) => got.push(n) })
+  await until(() => first.changefeed.stats().subscriptions.active === 2)
+  await first.close()
+  t.ok(await until(() => c.state === 'reconnecting'), 'reconnecting')
+
+  const second = Fastify()
+  t.teardown(async () => await second.close())
+  await second.register(changefeed, { entities })
+  await second.listen({ host: '127.0.0.1', port })
+  t.ok(await until(() => second.changefeed.stats().subscriptions.active === 2, 10_000), 'both subscriptions are back')
+  t.ok(await until(() => resyncs.includes('reconnected')), 'the owner is told to refetch what it may have missed')
+  await second.changefeed.publish({ entityType: 'Team', entityId: 'a', changeType: 'updated' })
+  t.ok(await until(() => got.length === 1), 'and receives again')
+  const reconnecting = states.filter((s) => s.to === 'reconnecting')
+  t.ok(reconnecting.length > 0 && reconnecting.every((s) => s.attempt >= 1 && s.nextRetryMs !== undefined && s.nextRetryMs <= 200), 'state events carry the attempt and next retry')
+  t.equal(states.at(-1)?.to, 'open')
+})
+
+t.test('the token is refreshed in-band before it expires; concurrent token requests share one call', async (t) => {
+  const { app, url } = await startApp(t, { entities, auth: { jwt: { secret: SECRET } } })
+  let calls = 0
+  const getToken = async (): Promise<string> => {
+    calls++
+    await sleep(50)
+    return signHs256({ sub: 'user-1', exp: now() + (calls === 1 ? 3 : 600) }, SECRET)
+  }
+  const c = client(t, { url, getToken, refreshBeforeExpiryMs: 1000 })
+  const got: Notification[] = []
+  c.subscribe('User', 'user-1', { onNotification: (n) => got.push(n) })
+  await until(() => app.changefeed.stats().subscriptions.active === 1)
+  t.equal(calls, 1, 'one call for the connection')
+  await sleep(3500)
+  t.equal(c.state, 'open', 'still open after the first token expired')
+  t.equal(calls, 2, 'refreshed once')
+  t.equal(app.changefeed.stats().connections.opened, 1, 'on the same socket')
+  await app.changefeed.publish({ entityType: 'User', entityId: 'user-1', changeType: 'updated' })
+  t.ok(await until(() => got.length === 1), 'an owner-only entity still flows')
+})
+
+t.test('a refused token stops the client: no reconnect without a fresh token', async (t) => {
+  const { app, url } = await startApp(t, { entities, auth: { anonymous: false, jwt: { secret: SECRET } } })
+  let calls = 0
+  const c = client(t, { url, getToken: () => { calls++; return 'not-a-valid-token' }, backoff: { initialMs: 20, maxMs: 50 } })
+  t.ok(await until(() => c.state === 'unauthorized'), 'unauthorized')
+  const opened = app.changefeed.stats().connections.opened
+  await sleep(500)
+  t.equal(app.changefeed.stats().connections.opened, opened, 'no further attempts')
+  t.ok(calls <= 2, `getToken asked at most twice (${calls})`)
+
+  const anonymous = client(t, { url, backoff: { initialMs: 20, maxMs: 50 } })
+  anonymous.subscribe('Team', 'x')
+  t.ok(await until(() => anonymous.state === 'unauthorized', 12_000), 'without getToken, 4401 is final')
+})
+
+t.test('4403 is final; a server that never answers is noticed by the client', async (t) => {
+  const refusing = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => refusing.close())
+  await once(refusing, 'listening')
+  let refusals = 0
+  refusing.on('connection', (socket) => { refusals++; socket.close(4403, 'forbidden') })
+  const a = client(t, { url: `ws://127.0.0.1:${(refusing.address() as AddressInfo).port}`, backoff: { initialMs: 10, maxMs: 20 } })
+  t.ok(await until(() => a.state === 'closed'), 'closed')
+  await sleep(200)
+  t.equal(refusals, 1, 'not retried')
+
+  const silent = new WebSocketServer({ port: 0, host: '127.0.0.1', autoPong: false })
+  t.teardown(() => silent.close())
+  await once(silent, 'listening')
+  const b = client(t, { url: `ws://127.0.0.1:${(silent.address() as AddressInfo).port}`, pingIntervalMs: 100, pongTimeoutMs: 150 })
+  const reasons: string[] = []
+  b.onState((s) => reasons.push(s.reason))
+  t.ok(await until(() => reasons.includes('no pong in time'), 3000), 'a dead link is detected without the server')
+})
+
+t.test('destroy() closes and forgets everything', async (t) => {
+  const { app, url } = await startApp(t, { entities })
+  const c = new ChangefeedClient<Entities>({ url, WebSocket: WebSocket as never })
+  c.subscribe('Team', 'gone')
+  await until(() => app.changefeed.stats().subscriptions.active === 1)
+  c.destroy()
+  t.ok(await until(() => app.changefeed.stats().connections.active === 0), 'the socket is closed')
+  t.equal(c.state, 'closed')
+  c.connect()
+  await sleep(100)
+  t.equal(app.changefeed.stats().connections.opened, 1, 'and cannot be reused')
+})
+
+t.test('subscribes refused for rate are sent again until they hold', async (t) => {
+  const { app, url } = await startApp(t, { entities, limits: { maxSubscriptionsPerConnection: 30, subscribeRatePerSecond: 2 } })
+  const c = client(t, { url })
+  await until(() => c.state === 'open')
+  for (let i = 0; i < 40; i++) c.subscribe('Team', `t-${i}`)
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 30, 15_000), 'every subscription up to the server limit holds in the end')
+  t.equal(c.state, 'open', 'on the same connection')
+})

@@ -1,0 +1,86 @@
+/**
+ * Brokers for the tests. The machine's Redis (6379) and NATS (4222) serve the plain tests; a test that restarts a
+ * broker runs its own on a free port, so it never disturbs the others.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { createServer, Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+interface Teardown { teardown(fn: () => unknown): void }
+
+export const REDIS_URL = 'redis://127.0.0.1:6379'
+export const NATS_URL = 'nats://127.0.0.1:4222'
+
+const HOW_TO_START: Record<string, string> = {
+  Redis: 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log',
+  NATS: 'start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log'
+}
+
+export async function portOpen (port: number): Promise<boolean> {
+  return await new Promise((resolve) => {
+    const socket = new Socket()
+    socket.once('connect', () => { socket.destroy(); resolve(true) })
+    socket.once('error', () => resolve(false))
+    socket.connect(port, '127.0.0.1')
+  })
+}
+
+/** Fails with a message saying how to start the service when the machine's broker is not up. */
+export async function requireService (name: 'Redis' | 'NATS'): Promise<void> {
+  const port = name === 'Redis' ? 6379 : 4222
+  if (!await portOpen(port)) throw new Error(`${name} is not reachable at 127.0.0.1:${port}; start it with: ${HOW_TO_START[name]}`)
+}
+
+async function freePort (): Promise<number> {
+  return await new Promise((resolve) => {
+    const server = createServer()
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as { port: number }).port
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function waitFor (check: () => Promise<boolean>, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!await check()) {
+    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+export interface OwnBroker {
+  url: string
+  stop(): Promise<void>
+  start(): Promise<void>
+}
+
+/** A broker process of the test's own, stopped at teardown. */
+export async function ownBroker (t: Teardown, kind: 'redis' | 'nats'): Promise<OwnBroker> {
+  const port = await freePort()
+  const store = mkdtempSync(join(tmpdir(), 'changefeed-nats-'))
+  let child: ChildProcess | null = null
+  const broker: OwnBroker = {
+    url: `${kind}://127.0.0.1:${port}`,
+    async start () {
+      child = kind === 'redis'
+        ? spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+        : spawn('/usr/sbin/nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], { stdio: 'ignore' })
+      await waitFor(async () => await portOpen(port), `${kind} on port ${port} to start`)
+    },
+    async stop () {
+      const c = child
+      child = null
+      if (c === null || c.exitCode !== null) return
+      const exited = new Promise((resolve) => c.once('exit', resolve))
+      c.kill('SIGTERM')
+      await exited
+      await waitFor(async () => !await portOpen(port), `${kind} on port ${port} to stop`)
+    }
+  }
+  await broker.start()
+  t.teardown(async () => await broker.stop())
+  return broker
+}

@@ -1,0 +1,54 @@
+/**
+ * Real services for the tests. A missing service is a failure that says which one and how to start it; tests
+ * never skip for it.
+ */
+import pg from 'pg'
+
+export const PG_HOST = process.env.PGHOST_TEST ?? '127.0.0.1'
+export const PG_ADMIN_URL = `postgres://postgres@${PG_HOST}:5432/postgres`
+
+const HOW_TO_START = {
+  PostgreSQL: 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'
+} as const
+
+export class ServiceUnavailableError extends Error {
+  constructor (service: keyof typeof HOW_TO_START, where: string, cause: unknown) {
+    super(`${service} is not reachable at ${where} (${(cause as Error).message}); start it with: ${HOW_TO_START[service]}`)
+    this.name = 'ServiceUnavailableError'
+  }
+}
+
+export async function adminQuery (sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  const client = new pg.Client({ connectionString: PG_ADMIN_URL })
+  try {
+    await client.connect()
+  } catch (err) {
+    throw new ServiceUnavailableError('PostgreSQL', `${PG_HOST}:5432`, err)
+  }
+  try {
+    return await client.query(sql, params)
+  } finally {
+    await client.end()
+  }
+}
+
+interface Teardown { teardown(fn: () => unknown): void }
+
+/** A fresh, empty database for one test file; dropped at teardown. Returns its connection string. */
+export async function freshDatabase (t: Teardown, label: string): Promise<string> {
+  const name = `cf_test_${label}_${process.pid}`
+  await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+  await adminQuery(`CREATE DATABASE ${name}`)
+  t.teardown(async () => { await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) })
+  return `postgres://postgres@${PG_HOST}:5432/${name}`
+}
+
+/** A pg client for writing test data; closed at teardown. */
+export async function sqlClient (t: Teardown, url: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  t.teardown(async () => { await client.end() })
+  return client
+}
+
+export { martenTableSql } from '../../bin/demo.js'

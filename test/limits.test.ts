@@ -1,0 +1,115 @@
+/**
+ * Abuse resistance with the default limits: a burst of 10,000 subscribe frames, the 101st subscription, a 1 MiB
+ * frame, 1,000 connections of one user, and a client that stops reading while a full entity changes 10,000 times.
+ */
+import t from 'tap'
+import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises'
+import { spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { startApp } from './helpers/app.js'
+import { TestClient, isNotification } from './helpers/client.js'
+import { now, signHs256 } from './helpers/tokens.js'
+import { verifyPassword } from '../lib/auth/passwords.js'
+import { WireError } from '../lib/errors.js'
+import { until } from './helpers/wait.js'
+
+const SECRET = 'limits-test-secret-0123456789abcdef'
+const entities = { Team: { access: 'public' as const }, RugbyGameState: { access: 'public' as const, payload: 'full' as const } }
+
+t.test('10,000 subscribe frames in a burst: the limits hold, then the socket is closed with 1008', async (t) => {
+  const { app, client } = await startApp(t, { entities })
+  const flood = await client()
+  const bystander = await client()
+  for (let i = 0; i < 10_000; i++) flood.send({ type: 'subscribe', id: i, data: { entityType: 'Team', entityId: `t-${i}` } })
+  t.equal((await flood.closed).code, 1008)
+  const subscribed = flood.messages.filter((m) => m.type === 'subscribed').length
+  t.ok(subscribed <= 100, `no more than maxSubscriptionsPerConnection (${subscribed})`)
+  t.ok(flood.messages.some((m) => m.type === 'error' && m.data.code === WireError.rateLimited), 'the excess was rate limited')
+  t.ok(flood.messages.length < 400, `replies stop at the abuse limit (${flood.messages.length})`)
+  await tick()
+  t.equal(app.changefeed.stats().subscriptions.active, 0, 'its subscriptions are gone')
+  t.equal((await bystander.subscribe('Team', 'fine')).type, 'subscribed', 'others are unaffected')
+})
+
+t.test('the 101st subscription is refused with too_many_subscriptions', async (t) => {
+  const { client } = await startApp(t, { entities })
+  const ws = await client()
+  for (let i = 0; i < 100; i++) ws.send({ type: 'subscribe', id: i, data: { entityType: 'Team', entityId: `t-${i}` } })
+  await ws.next((m) => m.id === 99)
+  t.equal(ws.messages.filter((m) => m.type === 'subscribed').length, 99)
+  t.match(await ws.subscribe('Team', 't-100'), { type: 'subscription_error', data: { code: WireError.tooManySubscriptions } })
+})
+
+t.test('a 1 MiB frame closes with 1009', async (t) => {
+  const { client } = await startApp(t, { entities })
+  const ws = await client()
+  ws.send('x'.repeat(1024 * 1024))
+  t.equal((await ws.closed).code, 1009)
+})
+
+t.test('1,000 connections of one user: maxConnectionsPerUser, then 4429', async (t) => {
+  const { app, url } = await startApp(t, { entities, auth: { jwt: { secret: SECRET } } })
+  const token = signHs256({ sub: 'greedy', exp: now() + 600 }, SECRET)
+  const sockets: TestClient[] = []
+  t.teardown(() => { for (const s of sockets) s.close() })
+  for (let batch = 0; batch < 10; batch++) {
+    sockets.push(...await Promise.all(Array.from({ length: 100 }, async () => await TestClient.open(`${url}?token=${token}`))))
+  }
+  const codes = await Promise.all(sockets.map(async (s) => await Promise.race([s.closed.then((c) => c.code), sleep(1000).then(() => 'open')])))
+  t.equal(codes.filter((c) => c === 'open').length, 20, 'maxConnectionsPerUser (20) stay open')
+  t.equal(codes.filter((c) => c === 4429).length, 980, 'the rest are closed with 4429')
+  t.equal(app.changefeed.stats().connections.active, 20)
+  const other = await TestClient.open(`${url}?token=${signHs256({ sub: 'someone-else', exp: now() + 600 }, SECRET)}`)
+  sockets.push(other)
+  t.equal((await other.subscribe('Team', 'x')).type, 'subscribed', 'another user is not affected')
+})
+
+t.test('a client that stops reading is closed; memory stays bounded; others keep receiving', async (t) => {
+  const { app, client } = await startApp(t, { entities })
+  const slow = await client()
+  // the reading client keeps nothing it receives, so the heap measures the server, not the test's own queues
+  const fast = await client()
+  await slow.subscribe('RugbyGameState', 'match-1')
+  await fast.subscribe('RugbyGameState', 'match-1')
+  fast.ws.removeAllListeners('message')
+  ;(slow.ws as unknown as { _socket: { pause(): void } })._socket.pause()
+  const commentary = 'c'.repeat(2000)
+  let received = 0
+  let last = -1
+  let inOrder = true
+  fast.ws.on('message', (data) => {
+    const seq = JSON.parse(data.toString()).data?.payload?.seq
+    if (typeof seq !== 'number') return
+    if (seq !== last + 1) inOrder = false
+    last = seq
+    received++
+  })
+  global.gc?.()
+  const heapBefore = process.memoryUsage().heapUsed
+  for (let seq = 0; seq < 10_000; seq++) {
+    await app.changefeed.publish({ entityType: 'RugbyGameState', entityId: 'match-1', changeType: 'updated', payload: { seq, commentary } })
+    if (seq % 100 === 99) await sleep(5) // let the readers' sockets drain, as a real change stream would
+  }
+  while (received < 10_000) await sleep(10)
+  t.equal(app.changefeed.stats().connections.slowConsumerCloses, 1, 'the slow consumer was closed')
+  for (let i = 0; i < 100 && app.changefeed.stats().connections.active > 1; i++) await sleep(50)
+  t.equal(app.changefeed.stats().connections.active, 1, 'and is gone (terminated after the close grace)')
+  t.equal(received, 10_000, 'the reading client got every change')
+  t.ok(inOrder, 'in order')
+  const growthMiB = (process.memoryUsage().heapUsed - heapBefore) / 2 ** 20
+  t.ok(growthMiB < 64, `heap growth stays bounded (${growthMiB.toFixed(1)} MiB for ~20 MiB of frames)`)
+  t.ok(slow.messages.length < 10_000, 'the slow client did not get everything buffered for it')
+  await app.changefeed.publish({ entityType: 'RugbyGameState', entityId: 'match-1', changeType: 'updated', payload: { seq: 10_000 } })
+  t.ok(await until(() => received === 10_001), 'and goes on receiving')
+})
+
+t.test('changefeed hash-password prints a scrypt hash that verifies', async (t) => {
+  const bin = fileURLToPath(new URL('../bin/serve', import.meta.url))
+  const result = spawnSync(process.execPath, [bin, 'hash-password'], { input: 'p@ss word\n', encoding: 'utf8' })
+  t.equal(result.status, 0)
+  const hash = result.stdout.trim()
+  t.match(hash, /^scrypt\$16384\$8\$1\$[\w-]+\$[\w-]+$/)
+  t.ok(await verifyPassword('p@ss word', hash))
+  t.notOk(await verifyPassword('p@ss word ', hash))
+  t.notOk(await verifyPassword('p@ss word', null), 'no account: false (after the same work)')
+})

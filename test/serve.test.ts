@@ -1,0 +1,112 @@
+/**
+ * The standalone server: config files against the real PostgreSQL (several databases, one channel), errors that
+ * name the bad path and exit non-zero, environment overrides, and `--demo` on the embedded PGlite.
+ */
+import t from 'tap'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { serve } from './helpers/serve.js'
+import { TestClient, isNotification } from './helpers/client.js'
+import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
+import { applyEnvironment, loadConfig } from '../lib/config.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'changefeed-config-'))
+const writeConfig = (name: string, content: unknown): string => {
+  const file = join(dir, name)
+  writeFileSync(file, typeof content === 'string' ? content : JSON.stringify(content, null, 2))
+  return file
+}
+
+t.test('a config file with several databases and one channel runs against PostgreSQL', async (t) => {
+  const foundryUrl = await freshDatabase(t, 'cli_foundry')
+  const ballrUrl = await freshDatabase(t, 'cli_ballr')
+  const ballr = await sqlClient(t, ballrUrl)
+  const foundry = await sqlClient(t, foundryUrl)
+  await ballr.query(martenTableSql('mt_doc_rugbygamestate'))
+  await foundry.query(martenTableSql('mt_doc_user'))
+  const file = writeConfig('changefeed.json', {
+    server: { host: '127.0.0.1', port: 0, path: '/ws' },
+    databases: [{ name: 'foundry', url: foundryUrl }, { name: 'ballr', url: ballrUrl }],
+    capture: { channel: 'foundry:db_changes', tables: ['mt_doc_%'], installTriggers: true, mode: 'notify' },
+    entities: {
+      RugbyGameState: { database: 'ballr', table: 'mt_doc_rugbygamestate', access: 'public', payload: 'full' },
+      User: { database: 'foundry', table: 'mt_doc_user', access: 'owner' }
+    },
+    bus: { provider: 'memory', prefix: 'foundry' },
+    auth: { anonymous: true, adminRoles: ['Admin'] },
+    limits: { maxSubscriptionsPerConnection: 100 },
+    telemetry: { prometheus: false, otlpUrl: null }
+  })
+  const server = serve(t, ['--config', file])
+  const address = await server.address
+  const ws = await TestClient.open(address.replace('http', 'ws') + '/ws')
+  t.teardown(() => ws.close())
+  t.equal((await ws.subscribe('RugbyGameState', 'match-1')).type, 'subscribed')
+  await ballr.query(`INSERT INTO mt_doc_rugbygamestate (id, data) VALUES ('match-1', '{"homeScore":3}')`)
+  t.match((await ws.next(isNotification('RugbyGameState', 'match-1'))).data, { payloadType: 'full', payload: { homeScore: 3 } })
+  t.match(await ws.subscribe('User', 'user-1'), { type: 'subscription_error', data: { code: 'unauthenticated' } }, 'owner types need a user')
+  t.notMatch(server.stdout() + server.stderr(), /postgres:\/\/[^"]*@/, 'no connection string with credentials in the logs')
+})
+
+const broken: Array<[string, unknown, RegExp]> = [
+  ['not JSON', '{ "server": ', /CHANGEFEED_CONFIG_FILE.*not valid JSON/],
+  ['not an object', '[1, 2]', /CHANGEFEED_CONFIG_FILE.*top level must be a JSON object/],
+  ['a wrong access kind', { entities: { Team: { access: 'everyone' } } }, /\/entities\/Team\/access/],
+  ['an unknown field', { server: { port: 8080, colour: 'blue' } }, /\/server/],
+  ['a port out of range', { server: { port: 70000 } }, /\/server\/port/],
+  ['an entity in an unknown database', { databases: [{ name: 'a', url: 'postgres://x/a' }], entities: { Team: { access: 'public', database: 'b' } } }, /\/entities\/Team\/database/],
+  ['two databases of one name', { databases: [{ name: 'a', url: 'postgres://x/a' }, { name: 'a', url: 'postgres://x/b' }] }, /\/databases: duplicate name/],
+  ['a bus without its url', { bus: { provider: 'redis' } }, /\/bus\/url/]
+]
+
+for (const [what, content, expected] of broken) {
+  t.test(`a config file with ${what} is refused, naming the problem`, async (t) => {
+    const file = writeConfig(`broken-${what.replace(/\W+/g, '-')}.json`, content)
+    const server = serve(t, ['--config', file])
+    const { code } = await server.exit
+    t.equal(code, 1, 'exits non-zero')
+    t.match(server.stderr(), expected)
+    t.match(server.stderr(), file, 'names the file')
+  })
+}
+
+t.test('a missing config file and bad flags are refused', async (t) => {
+  const missing = serve(t, ['--config', join(dir, 'nope.json')])
+  t.equal((await missing.exit).code, 1)
+  t.match(missing.stderr(), /CHANGEFEED_CONFIG_FILE.*file not found/)
+  const badPort = serve(t, ['--port', 'eighty'])
+  t.equal((await badPort.exit).code, 1)
+  t.match(badPort.stderr(), /--port must be a port number/)
+  const unknown = serve(t, ['--colour'])
+  t.equal((await unknown.exit).code, 1)
+  t.match(unknown.stderr(), /Usage: changefeed/)
+})
+
+t.test('environment variables override the common fields', async (t) => {
+  const env = { DATABASE_URL: 'postgres://db/main', REDIS_URL: 'redis://r:6379', PORT: '9000', JWT_SECRET: 's3cret', HOST: '0.0.0.0' }
+  const config = applyEnvironment({ databases: [{ name: 'main', url: 'postgres://old/main' }, { name: 'other', url: 'postgres://x/o' }] }, env)
+  t.same(config.databases, [{ name: 'main', url: 'postgres://db/main' }, { name: 'other', url: 'postgres://x/o' }])
+  const options = loadConfig({ env, port: 9100 })
+  t.equal(options.server.port, 9100, 'the flag beats the environment')
+  t.equal(options.server.host, '0.0.0.0')
+  t.match(options.bus, { provider: 'redis', url: 'redis://r:6379', prefix: 'changefeed' })
+  t.equal(options.auth.jwt?.secret, 's3cret')
+  t.same(loadConfig({}).databases, [{ name: 'main', url: 'pglite://memory' }], 'nothing configured: the embedded database')
+})
+
+t.test('--demo starts on the embedded PostgreSQL and delivers the live match', async (t) => {
+  const server = serve(t, ['--demo', '--port', '0'])
+  const address = await server.address
+  const page = await fetch(address + '/')
+  t.match(await page.text(), /Match centre/, 'serves the demo page')
+  const ws = await TestClient.open(address.replace('http', 'ws') + '/ws')
+  t.teardown(() => ws.close())
+  t.equal((await ws.subscribe('RugbyGameState', 'match-1')).type, 'subscribed')
+  const n = await ws.next(isNotification('RugbyGameState', 'match-1'), 10_000)
+  t.match(n.data, { changeType: 'updated', payloadType: 'full', payload: { id: 'match-1', homeTeamId: 'team-1' } })
+  t.type(n.data.payload.homeScore, 'number')
+  server.child.kill('SIGTERM')
+  t.equal((await ws.closed).code, 1001, 'SIGTERM closes sockets with 1001')
+  t.equal((await server.exit).code, 0, 'and exits cleanly')
+})
