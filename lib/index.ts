@@ -11,6 +11,9 @@ import fastifyPostgres from '@fastify/postgres'
 import type pg from 'pg'
 import { PGliteDatabase, PgDatabase, type Database } from './capture/database.js'
 import { Capture } from './capture/index.js'
+import { coalesceRows } from './capture/coalesce.js'
+import { Outbox } from './capture/outbox.js'
+import { ChangeStream, type StreamOptions } from './stream.js'
 import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator, type AuthCounters } from './auth/authenticate.js'
@@ -40,7 +43,7 @@ export interface ChangefeedPluginOptions extends ChangefeedOptions {
 }
 
 export interface ChangefeedStats {
-  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, closedByCode: Record<string, number> }
+  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
   subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number }
   listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number }>
   bus: { provider: string, ready: boolean, instanceId: string }
@@ -103,7 +106,6 @@ async function openDatabases (fastify: FastifyInstance, options: ResolvedOptions
 /** Options the schema accepts (the config contract) but this version does not act on: refused, never ignored. */
 function refuseUnsupported (fastify: FastifyInstance, options: ResolvedOptions): void {
   const log = fastify.log
-  if (options.capture.mode === 'outbox') throw new InvalidOptionsError('/capture/mode "outbox" is not available in this version')
   if (options.bus.provider === 'redis' && options.bus.url === undefined && (fastify as unknown as { redis?: unknown }).redis === undefined) {
     throw new InvalidOptionsError('/bus/url is required for provider "redis" unless the host registered @fastify/redis')
   }
@@ -124,8 +126,10 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
   const fanout = new Fanout(options.bus.prefix, registry, log)
   let parts: BusParts | null = null
   let capture: Capture | null = null
+  let stream: ChangeStream | null = null
   const shutdown = async (): Promise<void> => {
     await capture?.close()
+    await stream?.close()
     await parts?.close()
     for (const db of databases.values()) await db.close()
   }
@@ -144,9 +148,21 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const { bus, interest } = parts
     await fanout.attach(bus, interest)
     const router = new ChangeRouter(registry, databases, interest, bus, options.bus.prefix, log, undefined, parts.instanceId)
+    if (options.capture.mode === 'outbox') {
+      const { events } = options.capture
+      for (const name of databases.keys()) {
+        const eventTable = events.enabled && (events.database === undefined || events.database === name) ? events.table : null
+        router.useOutbox(name, new Outbox(options.capture.channel), eventTable, options.capture.outbox.maxReplay)
+      }
+    }
+    if (options.capture.stream.enabled) {
+      stream = await ChangeStream.open(options.capture.stream as StreamOptions, log)
+      router.stream = stream
+    }
     capture = new Capture(databases, registry, options, {
       onChange: (change) => { void router.routeChange(change) },
-      onGap: announceGap
+      onGap: announceGap,
+      onOutbox: async (database, rows) => (await Promise.all(coalesceRows(database, rows).map(async (c) => await router.routeChange(c)))).every(Boolean)
     }, log, options.bus.provider !== 'memory')
     await capture.start()
 
@@ -154,7 +170,9 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const authenticator = new Authenticator(options.auth, log, options.limits.maxAuthFailuresPerMinute)
     const telemetry = new Telemetry(packageVersion, () => telemetrySnapshot())
     fanout.telemetry = telemetry
-    const connections = await registerRoute(fastify, { options, registry, policy, authenticator, fanout, log, telemetry, interest })
+    const connections = await registerRoute(fastify, {
+      options, registry, policy, authenticator, fanout, log, telemetry, interest, replay: async (entity, id, since) => await router.replay(entity, id, since)
+    })
     const listeners = capture.listeners
     const telemetrySnapshot = (): TelemetrySnapshot => ({
       connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, slowConsumerCloses: connections.counters.slowConsumerCloses, closedByCode: connections.closedByCode },

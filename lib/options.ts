@@ -40,7 +40,24 @@ const Capture = Type.Object(
     schema: Type.String({ default: 'public', description: 'schema whose tables are watched' }),
     tables: Type.Array(Type.String({ minLength: 1 }), { default: ['mt_doc_%'], description: 'LIKE patterns of watched tables' }),
     installTriggers: Type.Boolean({ default: true, description: 'apply sql/changefeed.sql and install triggers at start' }),
-    mode: Type.Enum(['notify', 'outbox'], { default: 'notify', description: 'delivery mode (DESIGN §7)' }),
+    mode: Type.Enum(['notify', 'outbox'], { default: 'notify', description: '`notify`: best effort, every gap signalled with `resync`; `outbox`: zero loss, the trigger also writes an outbox table and `since` replays from it' }),
+    outbox: Type.Object({
+      batchSize: Type.Integer({ minimum: 1, maximum: 10000, default: 500, description: 'outbox rows numbered and published per round' }),
+      pollIntervalMs: Type.Integer({ minimum: 10, default: 1000, description: 'the leader also looks at the outbox this often (a NOTIFY wakes it at once)' }),
+      retentionSeconds: Type.Number({ minimum: 1, default: 3600, description: 'published rows older than this are pruned (how far back `since` can resume)' }),
+      maxRows: Type.Integer({ minimum: 1, default: 1000000, description: 'at most this many published rows are kept' }),
+      pruneIntervalSeconds: Type.Number({ minimum: 1, default: 30, description: 'how often the leader prunes' }),
+      maxReplay: Type.Integer({ minimum: 1, default: 1000, description: 'a `since` resume replays at most this many changes of one entity; more answers `recovered: false`' })
+    }, { default: {}, additionalProperties: false }),
+    stream: Type.Object({
+      enabled: Type.Boolean({ default: false, description: 'also publish every change (watched or not) to a NATS JetStream stream for service consumers' }),
+      url: Type.Optional(Type.String({ description: 'nats:// URL (default: bus.url when the bus is NATS)' })),
+      name: Type.String({ pattern: '^[A-Za-z0-9_-]+$', default: 'CHANGEFEED', description: 'stream name' }),
+      subjectPrefix: Type.String({ pattern: '^[A-Za-z0-9_-]+$', default: 'changefeed', description: 'subjects: <subjectPrefix>.<Type>.<id>' }),
+      maxAgeSeconds: Type.Number({ minimum: 1, default: 86400, description: 'stream retention by age' }),
+      maxBytes: Type.Integer({ minimum: -1, default: 1073741824, description: 'stream retention by size (-1: unlimited)' }),
+      duplicateWindowSeconds: Type.Number({ minimum: 1, default: 120, description: 'a change published again (after a failover) within this window is dropped by position' })
+    }, { default: {}, additionalProperties: false }),
     rescanIntervalSeconds: Type.Number({ minimum: 0, default: 60, description: 'how often to look for new watched tables (0: only at start)' }),
     reconnectMaxDelayMs: Type.Integer({ minimum: 10, default: 5000, description: 'upper bound of the listener reconnect backoff' }),
     leaderRetryMs: Type.Integer({ minimum: 50, default: 1000, description: 'with a shared bus: how often a follower tries to become the listener of a database' }),
@@ -142,7 +159,9 @@ const Limits = Type.Object(
     idleTimeoutSeconds: Type.Number({ minimum: 0, default: 90, description: 'nothing heard (frame or pong) for this long closes with 4408' }),
     maxConnectionsPerUser: Type.Integer({ minimum: 1, default: 20, description: 'past it: close 4429' }),
     maxConnectionsPerIp: Type.Integer({ minimum: 1, default: 1000, description: 'past it: close 4429' }),
-    maxBufferedBytes: Type.Integer({ minimum: 1024, default: 1048576, description: 'a socket buffering more is a slow consumer' }),
+    maxBufferedBytes: Type.Integer({ minimum: 1024, default: 1048576, description: 'a socket buffering more is a slow consumer: closed with 4409' }),
+    conflateAboveBytes: Type.Integer({ minimum: 0, default: 262144, description: 'past this many bytes buffered, a socket\'s notifications are held and conflated: the latest state per entity' }),
+    maxHeldFrames: Type.Integer({ minimum: 1, default: 1000, description: 'a socket holding more frames than this while it reads slowly is a slow consumer' }),
     maxBadFramesPerMinute: Type.Integer({ minimum: 1, default: 100, description: 'more bad frames than this closes with 1008' }),
     feedMessagesPerSecond: Type.Number({ exclusiveMinimum: 0, default: 10, description: 'a type-wide (feed) subscription past this rate gets its frames batched' }),
     feedBatchIntervalMs: Type.Integer({ minimum: 10, default: 500, description: 'how often a batched feed is flushed as one `batch` frame' }),
@@ -239,6 +258,11 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   }
   if (options.bus.provider === 'nats' && options.bus.url === undefined) {
     throw new InvalidOptionsError('/bus/url is required for provider "nats"')
+  }
+  const stream = options.capture.stream
+  if (stream.enabled && stream.url === undefined) {
+    if (options.bus.provider !== 'nats') throw new InvalidOptionsError('/capture/stream/url is required unless the bus is NATS')
+    stream.url = options.bus.url
   }
   return options
 }

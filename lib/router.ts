@@ -4,7 +4,8 @@
  * transaction (not at all when the trigger inlined it); encodes the wire message once for every watcher.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { Change, ChangeType } from './capture/coalesce.js'
+import { coalesceRows, type Change, type ChangeType } from './capture/coalesce.js'
+import type { Outbox } from './capture/outbox.js'
 import { quoteIdent, type Database } from './capture/database.js'
 import type { EntityRegistry, EntityType } from './entities.js'
 import type { PubSub } from './bus/index.js'
@@ -23,6 +24,11 @@ export interface PublishInput {
   version?: string | number
 }
 
+
+/** Where every change goes besides the watchers (lib/stream.ts: a JetStream stream). Rejects when not accepted. */
+export interface ChangeSink {
+  publish(record: { entityType: string, entityId: string, position: string, frame: string }): Promise<void>
+}
 
 export interface RouterCounters {
   /** changes that reached the router */
@@ -60,17 +66,21 @@ export class ChangeRouter {
   ) {}
 
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
-  private readonly inFlight = new Map<string, Promise<void>>()
+  private readonly inFlight = new Map<string, Promise<boolean>>()
 
-  /** A change from capture. Never rejects: a failure is logged and counted, the pipeline goes on. */
-  async routeChange (change: Change): Promise<void> {
+  /** Optional: every change (watched or not) also goes to a JetStream stream for service consumers. */
+  stream: ChangeSink | null = null
+
+  /**
+   * A change from capture. Never rejects: a failure is logged and counted, the pipeline goes on. Resolves false
+   * when the change could not be handed on (outbox mode then publishes it again).
+   */
+  async routeChange (change: Change): Promise<boolean> {
     this.counters.changes++
-    const entity = change.changeType === 'appended'
-      ? this.registry.forStream(change.streamType)
-      : this.registry.forTable(change.database, change.schema, change.table)
+    const entity = this.entityOf(change)
     if (entity === undefined) {
       this.counters.unknownTable++
-      return
+      return true
     }
     const channel = channelOf(this.prefix, entity.name, change.id)
     const previous = this.inFlight.get(channel)
@@ -78,11 +88,18 @@ export class ChangeRouter {
       ? this.routeEntityChange(entity, channel, change)
       : previous.then(async () => await this.routeEntityChange(entity, channel, change))
     this.inFlight.set(channel, current)
-    await current
+    const done = await current
     if (this.inFlight.get(channel) === current) this.inFlight.delete(channel)
+    return done
   }
 
-  private async routeEntityChange (entity: EntityType, channel: string, change: Change): Promise<void> {
+  private entityOf (change: Change): EntityType | undefined {
+    return change.changeType === 'appended'
+      ? this.registry.forStream(change.streamType)
+      : this.registry.forTable(change.database, change.schema, change.table)
+  }
+
+  private async routeEntityChange (entity: EntityType, channel: string, change: Change): Promise<boolean> {
     const span = this.tracer.startSpan('changefeed route', {
       kind: SpanKind.PRODUCER,
       attributes: {
@@ -91,68 +108,107 @@ export class ChangeRouter {
         'changefeed.entity_type': entity.name,
         'changefeed.entity_id': change.id,
         'changefeed.change_type': change.changeType,
+        'changefeed.position': change.position,
         'changefeed.instance.id': this.instanceId
       }
     })
     try {
-      if (change.events !== undefined) return await this.routeEvents(entity, channel, change, span)
-      const needsRead = entity.payload === 'full' && change.changeType !== 'deleted' && !change.hasDoc
+      const needsRead = change.events !== undefined
+        ? change.events.some((e) => !('data' in e))
+        : entity.payload === 'full' && change.changeType !== 'deleted' && !change.hasDoc
       // locally the check is free; across the cluster it costs a round trip, worth it only to save a read
-      if ((this.interest.local || needsRead) && !await this.anyoneWatches(entity, channel)) {
+      const watched = (this.interest.local || needsRead) ? await this.anyoneWatches(entity, channel) : true
+      if (!watched && this.stream === null) {
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'unwatched')
-        return
+        return true
       }
-      let payload: unknown
-      let payloadType = entity.payload
-      if (entity.payload === 'full' && change.changeType !== 'deleted') {
-        payload = change.hasDoc ? change.doc : await this.readDocument(entity, change.id)
-        // gone by the time we read it: a later change says so; meanwhile the client refetches
-        if (payload === undefined) payloadType = 'minimal'
+      const { frame, payloadType } = await this.frameOf(entity, change)
+      if (this.stream !== null) await this.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame })
+      if (!watched) {
+        this.counters.unwatched++
+        span.setAttribute('changefeed.outcome', 'streamed')
+        return true
       }
-      const frame = encodeNotification(entity.name, change.id, change.changeType, payloadType, change.ts, change.version, change.origin, payload)
-      await this.send(entity, channel, change.ts, payloadType, frame, span)
+      await this.send(entity, channel, change.ts, payloadType, frame, change.position, span)
       span.setAttribute('changefeed.outcome', 'published')
+      return true
     } catch (err) {
       this.counters.failed++
       span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message })
       this.log.error({ err, entityType: entity.name, entityId: change.id }, 'changefeed: routing a change failed')
+      return false
     } finally {
       span.end()
     }
   }
 
-  /** Events appended to a stream: one `appended` notification with the events, read where they did not ride inline. */
-  private async routeEvents (entity: EntityType, channel: string, change: Change, span: Span): Promise<void> {
+  /**
+   * The notification of one change, as every watcher receives it. A `full` document is read when the trigger did
+   * not inline it; appended events whose data did not ride inline are read from the event table.
+   */
+  private async frameOf (entity: EntityType, change: Change): Promise<{ frame: string, payloadType: string }> {
+    if (change.events !== undefined) {
+      await this.readEvents(change)
+      return { frame: encodeNotification(entity.name, change.id, 'appended', 'events', change.ts, change.version, change.origin, change.events, change.position), payloadType: 'events' }
+    }
+    let payload: unknown
+    let payloadType = entity.payload
+    if (entity.payload === 'full' && change.changeType !== 'deleted') {
+      payload = change.hasDoc ? change.doc : await this.readDocument(entity, change.id)
+      // gone by the time we read it: a later change says so; meanwhile the client refetches
+      if (payload === undefined) payloadType = 'minimal'
+    }
+    return { frame: encodeNotification(entity.name, change.id, change.changeType, payloadType, change.ts, change.version, change.origin, payload, change.position), payloadType }
+  }
+
+  private async readEvents (change: Change): Promise<void> {
     const events = change.events!
-    if (this.interest.local && !await this.anyoneWatches(entity, channel)) {
-      this.counters.unwatched++
-      span.setAttribute('changefeed.outcome', 'unwatched')
-      return
-    }
     const missing = events.filter((e) => !('data' in e)).map((e) => e.version)
-    if (missing.length > 0) {
-      const db = this.databases.get(change.database)
-      this.counters.documentReads++
-      const rows = await db!.query<{ version: string, data: unknown }>(
-        `SELECT version::text AS version, data FROM ${quoteIdent(change.schema)}.${quoteIdent(change.table)} WHERE stream_id = $1 AND version = ANY($2::bigint[])`,
-        [change.id, missing])
-      const byVersion = new Map(rows.map((r) => [Number(r.version), r.data]))
-      for (const e of events) if (!('data' in e)) e.data = byVersion.get(e.version) ?? null
+    if (missing.length === 0) return
+    const db = this.databases.get(change.database)
+    this.counters.documentReads++
+    const rows = await db!.query<{ version: string, data: unknown }>(
+      `SELECT version::text AS version, data FROM ${quoteIdent(change.schema)}.${quoteIdent(change.table)} WHERE stream_id = $1 AND version = ANY($2::bigint[])`,
+      [change.id, missing])
+    const byVersion = new Map(rows.map((r) => [Number(r.version), r.data]))
+    for (const e of events) if (!('data' in e)) e.data = byVersion.get(e.version) ?? null
+  }
+
+  /**
+   * Outbox mode: the changes of one entity after `since`, as notification frames, oldest first; null when they
+   * cannot all be given (notify mode, a feed, a position of another epoch, pruned, or too many).
+   */
+  async replay (entity: EntityType, entityId: string, since: string): Promise<Array<{ frame: string, position: string }> | null> {
+    const source = this.outboxes.get(entity.database)
+    const db = this.databases.get(entity.database)
+    if (source === undefined || db === undefined || entityId === '*') return null
+    const tables = [entity.table]
+    if (source.eventTable !== null) tables.push(source.eventTable)
+    const rows = await source.outbox.replay(async (text, params) => await db.query(text, params), tables, entityId, since, source.maxReplay)
+    if (rows === null) return null
+    const frames: Array<{ frame: string, position: string }> = []
+    for (const change of coalesceRows(entity.database, rows)) {
+      if (this.entityOf(change)?.name !== entity.name) continue
+      frames.push({ frame: (await this.frameOf(entity, change)).frame, position: change.position })
     }
-    const frame = encodeNotification(entity.name, change.id, 'appended', 'events', change.ts, change.version, change.origin, events)
-    await this.send(entity, channel, change.ts, 'events', frame, span)
-    span.setAttribute('changefeed.outcome', 'published')
+    return frames
+  }
+
+  /** Outbox mode: where each database's outbox is read for replays. */
+  private readonly outboxes = new Map<string, { outbox: Outbox, eventTable: string | null, maxReplay: number }>()
+  useOutbox (database: string, outbox: Outbox, eventTable: string | null, maxReplay: number): void {
+    this.outboxes.set(database, { outbox, eventTable, maxReplay })
   }
 
   /**
    * Hands one encoded notification to the bus, with the publishing span's context for the deliveries; for a feed
    * type, the same message goes to the type's feed channel (`<prefix>:<Type>:*`) too.
    */
-  private async send (entity: EntityType, channel: string, ts: number, payloadType: string, frame: string, span?: Span): Promise<void> {
+  private async send (entity: EntityType, channel: string, ts: number, payloadType: string, frame: string, position: string, span?: Span): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
-    const message = wrap(ts, payloadType, carrier.traceparent, frame)
+    const message = wrap(ts, payloadType, carrier.traceparent, frame, position)
     try {
       await this.bus.publish(channel, message)
       if (entity.feed) {
@@ -165,6 +221,9 @@ export class ChangeRouter {
     }
     this.counters.published++
   }
+
+  /** host publishes so far: numbers their positions */
+  private published = 0
 
   /** A host's direct publish: the same route without the database. */
   async publish (input: PublishInput): Promise<boolean> {
@@ -182,9 +241,10 @@ export class ChangeRouter {
     }
     const payloadType = input.payload !== undefined ? 'full' : 'minimal'
     const now = Date.now()
+    const position = `p:${this.instanceId.slice(0, 8)}:${++this.published}`
     const frame = encodeNotification(entity.name, input.entityId, input.changeType, payloadType, now,
-      input.version === undefined ? null : String(input.version), null, input.payload)
-    await this.send(entity, channel, now, payloadType, frame)
+      input.version === undefined ? null : String(input.version), null, input.payload, position)
+    await this.send(entity, channel, now, payloadType, frame, position)
     return true
   }
 
@@ -207,7 +267,7 @@ export class ChangeRouter {
 /** The notification frame of DESIGN.md §5, encoded once. */
 export function encodeNotification (
   entityType: string, entityId: string, changeType: string, payloadType: string, ts: number,
-  version: string | null, origin: string | null, payload: unknown
+  version: string | null, origin: string | null, payload: unknown, position: string | null = null
 ): string {
   const data: Record<string, unknown> = {
     entityType,
@@ -217,6 +277,7 @@ export function encodeNotification (
     timestamp: new Date(ts).toISOString()
   }
   if (version !== null) data.version = version
+  if (position !== null) data.position = position
   if (origin !== null) data.origin = origin
   if (payloadType === 'full' || payloadType === 'events') data.payload = payload ?? null
   return JSON.stringify({ type: 'notification', data })

@@ -4,10 +4,16 @@
 -- applies it at start when `capture.installTriggers` is on. Applying it twice changes nothing.
 --
 --   changefeed_notify()                      row trigger: sends one small JSON NOTIFY per changed row
---   changefeed_install(schema, table, channel, inline)    puts the trigger on one table
---   changefeed_watch(schema, pattern, channel, inline_tables)
+--   changefeed_install(schema, table, channel, inline, outbox)    puts the trigger on one table
+--   changefeed_watch(schema, pattern, channel, inline_tables, outbox)
 --                                            records a pattern and installs on every matching table now;
 --                                            the event trigger below installs on matching tables created later
+--
+-- Outbox mode (outbox = true): the trigger appends the change (the document always inline for inline tables,
+-- whatever its size) to changefeed_outbox in the writer's transaction, and the NOTIFY only wakes the listener
+-- (payload "outbox"). The listener that holds the channel's leadership numbers committed rows (pos) in an
+-- order that keeps every entity's changes in commit order, publishes them, and records how far it published in
+-- changefeed_outbox_state; a crash, a restart or a failover resumes from there and loses nothing.
 --
 -- NOTIFY payload (always < 8000 bytes):
 --   {"s":schema,"t":table,"id":"<id as text>","op":"I"|"U"|"D","x":<txid>,"v":<mt_version or null>,
@@ -21,12 +27,49 @@ CREATE TABLE IF NOT EXISTS changefeed_patterns (
   inline_tables text[] NOT NULL DEFAULT '{}',
   PRIMARY KEY (schema_name, pattern, channel)
 );
+ALTER TABLE changefeed_patterns ADD COLUMN IF NOT EXISTS outbox boolean NOT NULL DEFAULT false;
+
+CREATE TABLE IF NOT EXISTS changefeed_outbox (
+  id         bigserial   PRIMARY KEY,
+  channel    text        NOT NULL,
+  s          text        NOT NULL,
+  t          text        NOT NULL,
+  eid        text        NOT NULL,
+  x          bigint      NOT NULL,
+  change     jsonb       NOT NULL,
+  pos        bigint,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS changefeed_outbox_unnumbered ON changefeed_outbox (channel, id) WHERE pos IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS changefeed_outbox_position ON changefeed_outbox (channel, pos);
+CREATE INDEX IF NOT EXISTS changefeed_outbox_entity ON changefeed_outbox (channel, eid, pos);
+
+-- Per channel: the epoch (a new one when the state row is recreated, so old positions are not mistaken for new
+-- ones), the last position given, the last position published, and the last position pruned.
+CREATE TABLE IF NOT EXISTS changefeed_outbox_state (
+  channel   text   PRIMARY KEY,
+  epoch     text   NOT NULL DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 8),
+  assigned  bigint NOT NULL DEFAULT 0,
+  published bigint NOT NULL DEFAULT 0,
+  pruned    bigint NOT NULL DEFAULT 0
+);
+
+-- Appends one change to the outbox and wakes the listener (PostgreSQL folds identical NOTIFYs of a transaction).
+CREATE OR REPLACE FUNCTION changefeed_outbox_append(p_channel text, p_change jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO changefeed_outbox (channel, s, t, eid, x, change)
+  VALUES (p_channel, p_change->>'s', p_change->>'t', p_change->>'id', (p_change->>'x')::bigint, p_change);
+  PERFORM pg_notify(p_channel, 'outbox');
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION changefeed_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   channel    text := TG_ARGV[0];
   inline     boolean := coalesce(TG_ARGV[1], 'false')::boolean;
+  outbox     boolean := coalesce(TG_ARGV[2], 'false')::boolean;
   row_json   jsonb;
   old_json   jsonb;
   op         text;
@@ -62,6 +105,13 @@ BEGIN
     'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint,
     'o',  nullif(current_setting('changefeed.origin', true), '')
   );
+  IF outbox THEN
+    IF inline AND op <> 'D' AND row_json ? 'data' THEN
+      msg := jsonb_set(msg, '{d}', row_json->'data');
+    END IF;
+    PERFORM changefeed_outbox_append(channel, msg);
+    RETURN NULL;
+  END IF;
   body := msg::text;
 
   IF inline AND op <> 'D' AND row_json ? 'data' THEN
@@ -76,28 +126,33 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION changefeed_install(p_schema text, p_table text, p_channel text, p_inline boolean)
+DROP FUNCTION IF EXISTS changefeed_install(text, text, text, boolean);
+CREATE OR REPLACE FUNCTION changefeed_install(p_schema text, p_table text, p_channel text, p_inline boolean, p_outbox boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
   EXECUTE format(
     'CREATE OR REPLACE TRIGGER changefeed_notify AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
-    'FOR EACH ROW EXECUTE FUNCTION changefeed_notify(%L, %L)',
-    p_schema, p_table, p_channel, p_inline::text);
+    'FOR EACH ROW EXECUTE FUNCTION changefeed_notify(%L, %L, %L)',
+    p_schema, p_table, p_channel, p_inline::text, p_outbox::text);
 END;
 $$;
 
 -- Installs on every table of p_schema whose name matches p_pattern (LIKE) and has an "id" column.
 -- Returns the names of the tables it installed on.
-CREATE OR REPLACE FUNCTION changefeed_watch(p_schema text, p_pattern text, p_channel text, p_inline_tables text[])
+DROP FUNCTION IF EXISTS changefeed_watch(text, text, text, text[]);
+CREATE OR REPLACE FUNCTION changefeed_watch(p_schema text, p_pattern text, p_channel text, p_inline_tables text[], p_outbox boolean DEFAULT false)
 RETURNS SETOF text
 LANGUAGE plpgsql AS $$
 DECLARE
   t text;
 BEGIN
-  INSERT INTO changefeed_patterns (schema_name, pattern, channel, inline_tables)
-  VALUES (p_schema, p_pattern, p_channel, coalesce(p_inline_tables, '{}'))
-  ON CONFLICT (schema_name, pattern, channel) DO UPDATE SET inline_tables = excluded.inline_tables;
+  INSERT INTO changefeed_patterns (schema_name, pattern, channel, inline_tables, outbox)
+  VALUES (p_schema, p_pattern, p_channel, coalesce(p_inline_tables, '{}'), p_outbox)
+  ON CONFLICT (schema_name, pattern, channel) DO UPDATE SET inline_tables = excluded.inline_tables, outbox = excluded.outbox;
+  IF p_outbox THEN
+    INSERT INTO changefeed_outbox_state (channel) VALUES (p_channel) ON CONFLICT DO NOTHING;
+  END IF;
 
   FOR t IN
     SELECT c.relname
@@ -109,7 +164,7 @@ BEGIN
       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'id' AND NOT a.attisdropped)
     ORDER BY c.relname
   LOOP
-    PERFORM changefeed_install(p_schema, t, p_channel, t = ANY (coalesce(p_inline_tables, '{}')));
+    PERFORM changefeed_install(p_schema, t, p_channel, t = ANY (coalesce(p_inline_tables, '{}')), p_outbox);
     RETURN NEXT t;
   END LOOP;
 END;
@@ -134,7 +189,7 @@ BEGIN
       CONTINUE;
     END IF;
     FOR w IN SELECT * FROM changefeed_patterns WHERE schema_name = sch AND tbl LIKE pattern LOOP
-      PERFORM changefeed_install(sch, tbl, w.channel, tbl = ANY (w.inline_tables));
+      PERFORM changefeed_install(sch, tbl, w.channel, tbl = ANY (w.inline_tables), w.outbox);
     END LOOP;
   END LOOP;
 END;
@@ -162,6 +217,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
   channel      text := TG_ARGV[0];
   streams      text := TG_ARGV[1];
+  outbox       boolean := coalesce(TG_ARGV[2], 'false')::boolean;
   stream_type  text;
   msg          jsonb;
   body         text;
@@ -179,6 +235,10 @@ BEGIN
     'st', stream_type,
     'e',  jsonb_build_object('type', NEW.type, 'version', NEW.version)
   );
+  IF outbox THEN
+    PERFORM changefeed_outbox_append(channel, jsonb_set(msg, '{e,data}', to_jsonb(NEW.data)));
+    RETURN NULL;
+  END IF;
   body := msg::text;
   with_data := jsonb_set(msg, '{e,data}', to_jsonb(NEW.data))::text;
   IF octet_length(with_data) < 7900 THEN
@@ -190,7 +250,8 @@ END;
 $$;
 
 -- Installs the event trigger on a Marten event table (default mt_events, streams in mt_streams).
-CREATE OR REPLACE FUNCTION changefeed_watch_events(p_schema text, p_events text, p_streams text, p_channel text)
+DROP FUNCTION IF EXISTS changefeed_watch_events(text, text, text, text);
+CREATE OR REPLACE FUNCTION changefeed_watch_events(p_schema text, p_events text, p_streams text, p_channel text, p_outbox boolean DEFAULT false)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -199,8 +260,8 @@ BEGIN
   END IF;
   EXECUTE format(
     'CREATE OR REPLACE TRIGGER changefeed_event_notify AFTER INSERT ON %I.%I '
-    'FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify(%L, %L)',
-    p_schema, p_events, p_channel, p_streams);
+    'FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify(%L, %L, %L)',
+    p_schema, p_events, p_channel, p_streams, p_outbox::text);
   RETURN true;
 END;
 $$;

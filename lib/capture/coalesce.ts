@@ -30,6 +30,8 @@ export interface RowChange {
   /** event sources: the stream's type (mt_streams.type) and the event */
   st?: string | null
   e?: AppendedEvent
+  /** outbox mode: the row's position, given by the publishing listener */
+  p?: string
 }
 
 /** One entity's net change in one transaction. */
@@ -40,6 +42,12 @@ export interface Change {
   id: string
   changeType: ChangeType
   txid: string
+  /**
+   * Where the change stands in its database's change log, carried by the notification so a client can resume.
+   * Outbox mode: `<epoch>:<number>` (the position of the transaction's last row for the entity), resumable with
+   * `since`. Notify mode: `n:<txid>`, only for telling changes apart.
+   */
+  position: string
   version: string | null
   /** trigger time of the last row change, epoch ms */
   ts: number
@@ -106,6 +114,7 @@ export class TransactionCoalescer {
     const groups = [...this.pending.values()]
     this.pending.clear()
     for (const { first, last, events } of groups) {
+      const position = last.p ?? 'n:' + txid
       if (events !== undefined) {
         this.emit({
           database: this.database,
@@ -114,6 +123,7 @@ export class TransactionCoalescer {
           id: last.id,
           changeType: 'appended',
           txid,
+          position,
           version: String(Math.max(...events.map((e) => e.version))),
           ts: last.ts,
           origin: last.o ?? null,
@@ -133,6 +143,7 @@ export class TransactionCoalescer {
         id: last.id,
         changeType,
         txid,
+        position,
         version: last.v ?? null,
         ts: last.ts,
         origin: last.o ?? null,
@@ -141,4 +152,13 @@ export class TransactionCoalescer {
       })
     }
   }
+}
+
+/** Coalesces rows already in order (outbox mode: a batch, or one entity's replay) at once. */
+export function coalesceRows (database: string, rows: Iterable<RowChange>): Change[] {
+  const changes: Change[] = []
+  const coalescer = new TransactionCoalescer(database, (change) => changes.push(change))
+  for (const row of rows) coalescer.push(row)
+  coalescer.flush()
+  return changes
 }

@@ -35,7 +35,8 @@ export class Capture {
         reconnectMaxDelayMs: capture.reconnectMaxDelayMs,
         leaderElection: this.leaderElection,
         leaderRetryMs: capture.leaderRetryMs,
-        probeIntervalMs: capture.probeIntervalSeconds * 1000
+        probeIntervalMs: capture.probeIntervalSeconds * 1000,
+        outbox: capture.mode === 'outbox' ? capture.outbox : null
       }, this.events, this.log)
       try {
         await listener.start()
@@ -55,7 +56,7 @@ export class Capture {
     const { capture } = this.options
     const { events } = capture
     if (events.enabled && capture.installTriggers && (events.database === undefined || events.database === db.name) && !this.eventsInstalled.has(db.name)) {
-      const [row] = await db.query<{ ok: boolean }>('SELECT changefeed_watch_events($1, $2, $3, $4) AS ok', [capture.schema, events.table, events.streams, capture.channel])
+      const [row] = await db.query<{ ok: boolean }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS ok', [capture.schema, events.table, events.streams, capture.channel, capture.mode === 'outbox'])
       if (row?.ok === true) this.eventsInstalled.add(db.name)
       else this.log.info({ database: db.name, table: events.table }, 'changefeed: no event table yet; looking again at the next scan')
     }

@@ -33,10 +33,11 @@ export async function applyTriggerScript (db: Database): Promise<void> {
  * recorded in one of their rows (to name discovered types).
  */
 export async function watchTables (db: Database, capture: ResolvedOptions['capture'], inlineTables: string[], install: boolean): Promise<WatchedTable[]> {
+  const outbox = capture.mode === 'outbox'
   const tables = new Set<string>()
   for (const pattern of capture.tables) {
     const rows = install
-      ? await db.query<{ t: string }>('SELECT changefeed_watch($1, $2, $3, $4) AS t', [capture.schema, pattern, capture.channel, inlineTables])
+      ? await db.query<{ t: string }>('SELECT changefeed_watch($1, $2, $3, $4, $5) AS t', [capture.schema, pattern, capture.channel, inlineTables, outbox])
       : await db.query<{ t: string }>(
         `SELECT c.relname AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname LIKE $2 ORDER BY 1`, [capture.schema, pattern])

@@ -4,16 +4,30 @@
  * and a follower that keeps trying takes over within `capture.leaderRetryMs`. NOTIFY is lost while nobody listens,
  * so every start of listening other than the very first of a lone instance fires `onGap`: the sockets watching
  * this database's entities must resync. Never silent.
+ *
+ * Outbox mode: the leader always elects (even alone), a NOTIFY only wakes it, and it publishes the outbox from
+ * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database, ListenSession } from './database.js'
-import { TransactionCoalescer, isRowChange, type Change } from './coalesce.js'
+import { TransactionCoalescer, isRowChange, type Change, type RowChange } from './coalesce.js'
+import { Outbox } from './outbox.js'
 
 export type ListenerState = 'idle' | 'following' | 'listening' | 'reconnecting' | 'closed'
 
 export interface ListenerEvents {
   onChange(change: Change): void
   onGap(database: string, reason: 'listener_gap' | 'leader_change'): void
+  /** Outbox mode: routes a batch of numbered rows; false when any of it failed (the batch is published again). */
+  onOutbox(database: string, rows: RowChange[]): Promise<boolean>
+}
+
+export interface OutboxSettings {
+  batchSize: number
+  pollIntervalMs: number
+  retentionSeconds: number
+  maxRows: number
+  pruneIntervalSeconds: number
 }
 
 export interface ListenerOptions {
@@ -24,6 +38,8 @@ export interface ListenerOptions {
   leaderRetryMs: number
   /** how often the connection is checked with a query (0: never); a connection that does not answer is replaced */
   probeIntervalMs: number
+  /** outbox mode, or null for notify mode */
+  outbox: OutboxSettings | null
 }
 
 const PROBE_TIMEOUT_MS = 5000
@@ -42,6 +58,13 @@ export class ListenerConnection {
   private attempt = 0
   private lost = false
   private readonly coalescer: TransactionCoalescer
+  private readonly outbox: Outbox | null
+  private outboxTimer: NodeJS.Timeout | null = null
+  private lastPrune = 0
+  private draining: Promise<void> | null = null
+  private drainAgain = false
+  /** outbox mode: rows published (at least once) by this instance */
+  outboxPublished = 0
 
   constructor (
     private readonly db: Database,
@@ -50,6 +73,7 @@ export class ListenerConnection {
     private readonly log: FastifyBaseLogger
   ) {
     this.coalescer = new TransactionCoalescer(db.name, events.onChange)
+    this.outbox = options.outbox === null ? null : new Outbox(options.channel)
   }
 
   get isLeader (): boolean {
@@ -76,7 +100,7 @@ export class ListenerConnection {
 
   /** Takes the lock (when electing) and listens. True when this instance now listens. */
   private async tryToLead (session: ListenSession): Promise<boolean> {
-    if (this.options.leaderElection) {
+    if (this.options.leaderElection || this.outbox !== null) {
       const [row] = await session.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1)) AS ok', [`fastify-changefeed:${this.options.channel}`])
       if (row?.ok !== true) return false
     }
@@ -89,8 +113,10 @@ export class ListenerConnection {
     if (this.lost) this.reconnects++
     const reason = this.lost ? 'listener_gap' : 'leader_change'
     this.lost = false
-    this.log.info({ database: this.db.name, leader: this.options.leaderElection }, 'changefeed: listening')
-    if (!(first && !this.options.leaderElection)) {
+    this.log.info({ database: this.db.name, leader: this.options.leaderElection, outbox: this.outbox !== null }, 'changefeed: listening')
+    if (this.outbox !== null) {
+      this.startOutbox()
+    } else if (!(first && !this.options.leaderElection)) {
       this.gaps++
       this.events.onGap(this.db.name, reason)
     }
@@ -136,8 +162,70 @@ export class ListenerConnection {
     }
   }
 
+  private startOutbox (): void {
+    if (this.outboxTimer === null) {
+      this.outboxTimer = setInterval(() => { void this.drain() }, this.options.outbox!.pollIntervalMs)
+      this.outboxTimer.unref()
+    }
+    void this.drain()
+  }
+
+  /**
+   * Publishes the outbox: numbers what is committed, routes what lies after the published cursor, then moves the
+   * cursor. A batch that fails is published again from the cursor (at least once; positions let clients drop
+   * the repeats). One drain at a time; a wake-up during one runs another after it.
+   */
+  async drain (): Promise<void> {
+    if (this.draining !== null) {
+      this.drainAgain = true
+      return await this.draining
+    }
+    this.draining = this.drainLoop().finally(() => { this.draining = null })
+    await this.draining
+  }
+
+  private async drainLoop (): Promise<void> {
+    const outbox = this.outbox!
+    const settings = this.options.outbox!
+    try {
+      do {
+        this.drainAgain = false
+        const session = this.session
+        if (session === null || this.state !== 'listening') return
+        const query = session.query
+        const state = await outbox.state(query)
+        let cursor = state.published
+        for (;;) {
+          await outbox.number(query, settings.batchSize)
+          const { rows, last } = await outbox.read(query, state.epoch, cursor, settings.batchSize)
+          if (rows.length === 0) break
+          if (!await this.events.onOutbox(this.db.name, rows)) {
+            this.log.warn({ database: this.db.name, from: cursor }, 'changefeed: publishing the outbox failed; retrying from the cursor')
+            return
+          }
+          if (this.session !== session) return
+          await outbox.markPublished(query, last)
+          this.outboxPublished += rows.length
+          cursor = last
+        }
+        if (Date.now() - this.lastPrune > settings.pruneIntervalSeconds * 1000) {
+          this.lastPrune = Date.now()
+          const pruned = await outbox.prune(query, settings.retentionSeconds, settings.maxRows)
+          if (pruned > 0) this.log.debug({ database: this.db.name, pruned }, 'changefeed: outbox pruned')
+        }
+      } while (this.drainAgain)
+    } catch (err) {
+      // the connection failed under us (onLost takes over), or a query failed: the next wake-up or poll retries
+      this.log.warn({ database: this.db.name, err: (err as Error).message }, 'changefeed: outbox drain failed')
+    }
+  }
+
   private onPayload (payload: string): void {
     if (this.state !== 'listening') return
+    if (this.outbox !== null) {
+      void this.drain()
+      return
+    }
     let row: unknown
     try {
       row = JSON.parse(payload)
@@ -201,6 +289,7 @@ export class ListenerConnection {
     this.state = 'closed'
     if (this.timer !== null) clearTimeout(this.timer)
     if (this.probeTimer !== null) clearInterval(this.probeTimer)
+    if (this.outboxTimer !== null) clearInterval(this.outboxTimer)
     this.coalescer.flush()
     const session = this.session
     this.session = null

@@ -7,10 +7,12 @@ import type { RawData, WebSocket } from 'ws'
 import type { Authenticator } from '../auth/authenticate.js'
 import type { AccessPolicy } from '../auth/policy.js'
 import type { Principal } from '../auth/principal.js'
-import type { EntityRegistry } from '../entities.js'
+import type { EntityRegistry, EntityType } from '../entities.js'
 import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
-import type { Fanout, Watcher } from './fanout.js'
+import type { Fanout, FrameMeta, Watcher } from './fanout.js'
+import { OutboundQueue } from './outbound.js'
+import { parsePosition } from '../capture/outbox.js'
 import { FeedWatcher } from './feed.js'
 import type { WatcherCounts } from './watchers.js'
 import { FEED } from '../auth/policy.js'
@@ -30,7 +32,9 @@ export interface ConnectionServices {
   /** open connections per signed-in user (maxConnectionsPerUser) */
   users: ConnectionCounter
   log: FastifyBaseLogger
-  counters: { slowConsumerCloses: number }
+  counters: { slowConsumerCloses: number, conflated: number, replayed: number }
+  /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
+  replay(entity: EntityType, entityId: string, since: string): Promise<Array<{ frame: string, position: string }> | null>
   /** `subscriptions`: how many it held when it closed */
   onClosed(connection: Connection, code: number, subscriptions: number): void
 }
@@ -69,6 +73,10 @@ export class Connection implements Watcher {
   private readonly limits: ResolvedOptions['limits']
   private expiryTimer: NodeJS.Timeout | null = null
   private principal: Principal
+  /** writes to the socket; holds and conflates while the peer reads slowly */
+  private readonly outbound: OutboundQueue
+  /** channels being resumed with `since`: live notifications wait here until the replay is written */
+  private readonly replaying = new Map<string, Array<{ frame: string, meta: FrameMeta }>>()
 
   /** `principal` is already counted in services.users when it is a user. */
   constructor (
@@ -79,6 +87,13 @@ export class Connection implements Watcher {
   ) {
     this.limits = services.options.limits
     this.principal = principal
+    this.outbound = new OutboundQueue(socket, {
+      highWaterBytes: this.limits.conflateAboveBytes,
+      lowWaterBytes: Math.floor(this.limits.conflateAboveBytes / 2),
+      maxBufferedBytes: this.limits.maxBufferedBytes,
+      maxHeldFrames: this.limits.maxHeldFrames,
+      drainIntervalMs: 50
+    })
     this.scheduleExpiry()
     // the burst admits one whole resubscription batch after a reconnect, plus one second's worth
     this.subscribeBucket = new TokenBucket(this.limits.maxSubscriptionsPerConnection + this.limits.subscribeRatePerSecond, this.limits.subscribeRatePerSecond)
@@ -89,17 +104,32 @@ export class Connection implements Watcher {
     socket.on('error', (err) => services.log.debug({ connection: this.id, err: err.message }, 'changefeed: socket error'))
   }
 
-  /** Writes a pre-encoded frame. A peer that does not read is closed instead of buffering without bound. */
-  deliver (frame: string): boolean {
+  /**
+   * Writes a pre-encoded frame. While the peer reads slowly, notifications of `full` and `minimal` entities are
+   * held and conflated (the latest state per entity); a peer that falls further behind is closed (4409).
+   */
+  deliver (frame: string, meta?: FrameMeta): boolean {
     if (this.state !== 'open') return false
-    if (this.socket.bufferedAmount > this.limits.maxBufferedBytes) {
-      this.services.counters.slowConsumerCloses++
-      this.services.log.warn({ connection: this.id, buffered: this.socket.bufferedAmount }, 'changefeed: slow consumer closed')
-      this.close(CloseCode.slowConsumer, 'slow consumer')
-      return false
+    if (meta !== undefined) {
+      const waiting = this.replaying.get(meta.channel)
+      if (waiting !== undefined) {
+        waiting.push({ frame, meta })
+        return true
+      }
     }
-    this.socket.send(frame)
-    return true
+    const conflatable = meta !== undefined && (meta.payloadType === 'full' || meta.payloadType === 'minimal')
+    return this.write(frame, conflatable ? meta.channel : null)
+  }
+
+  private write (frame: string, key: string | null): boolean {
+    const before = this.outbound.conflated
+    const result = this.outbound.push(frame, key)
+    this.services.counters.conflated += this.outbound.conflated - before
+    if (result !== 'overflow') return true
+    this.services.counters.slowConsumerCloses++
+    this.services.log.warn({ connection: this.id, buffered: this.socket.bufferedAmount, held: this.outbound.held }, 'changefeed: slow consumer closed')
+    this.close(CloseCode.slowConsumer, 'slow consumer')
+    return false
   }
 
   ping (): void {
@@ -110,6 +140,7 @@ export class Connection implements Watcher {
   close (code: number, reason: string): void {
     if (this.state !== 'open') return
     this.state = 'closing'
+    this.outbound.close()
     this.socket.close(code, reason)
     setTimeout(() => { if (this.state !== 'closed') this.socket.terminate() }, CLOSE_GRACE_MS).unref()
   }
@@ -134,6 +165,8 @@ export class Connection implements Watcher {
   private onClosed (code: number): void {
     if (this.state === 'closed') return
     this.state = 'closed'
+    this.outbound.close()
+    this.replaying.clear()
     this.services.onClosed(this, code, this.subscriptions.size)
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
     const key = userKey(this.principal)
@@ -174,7 +207,7 @@ export class Connection implements Watcher {
     const { type, id, data: body } = message
     switch (type) {
       case 'ping':
-        this.socket.send(PONG)
+        this.send(PONG)
         return
       case 'subscribe':
         if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId, since?}')
@@ -200,7 +233,7 @@ export class Connection implements Watcher {
   }
 
   private reject (id: RequestIdValue, code: WireErrorCode, error: string): void {
-    this.socket.send(encodeError(id, code, error))
+    this.send(encodeError(id, code, error))
     if (!this.badFrameBucket.take()) this.close(CloseCode.policyViolation, 'too many bad frames')
   }
 
@@ -212,7 +245,8 @@ export class Connection implements Watcher {
     const subscriptionId = subscriptionIdOf(entity.name, req.entityId)
     const existing = this.subscriptions.get(subscriptionId)
     if (existing !== undefined) {
-      this.send(encodeSubscribed(id, subscriptionId, entity.name, req.entityId))
+      if (req.since !== undefined) await this.resume(id, entity, req.entityId, req.since)
+      else this.send(encodeSubscribed(id, subscriptionId, entity.name, req.entityId))
       if (req.watchers === true && !existing.counted) await this.countWatchers(existing)
       return
     }
@@ -226,9 +260,13 @@ export class Connection implements Watcher {
     const watcher = req.entityId === FEED ? new FeedWatcher(this, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs) : this
     const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, watcher, counted: false }
     this.subscriptions.set(subscriptionId, subscription)
+    const channel = this.services.fanout.channel(entity.name, req.entityId)
+    // resuming: what arrives live from now on waits until the replay is written
+    if (req.since !== undefined) this.replaying.set(channel, [])
     try {
       await this.services.fanout.watch(watcher, entity.name, req.entityId)
     } catch (err) {
+      this.replaying.delete(channel)
       this.subscriptions.delete(subscriptionId)
       this.services.log.error({ err }, 'changefeed: bus subscribe failed')
       return this.send(encodeSubscriptionError(id, entity.name, req.entityId, WireError.internal, 'subscription failed; retry'))
@@ -238,8 +276,36 @@ export class Connection implements Watcher {
       await this.services.fanout.unwatch(watcher, entity.name, req.entityId)
       return
     }
-    this.send(encodeSubscribed(id, subscriptionId, entity.name, req.entityId))
+    if (req.since !== undefined) await this.resume(id, entity, req.entityId, req.since)
+    else this.send(encodeSubscribed(id, subscriptionId, entity.name, req.entityId))
     if (req.watchers === true) await this.countWatchers(subscription)
+  }
+
+  /**
+   * Answers a subscribe with `since`: `subscribed` with `recovered: true` and the missed notifications, oldest
+   * first, or `recovered: false` (the client refetches). Live notifications that arrived meanwhile follow, without
+   * those the replay already carried.
+   */
+  private async resume (id: RequestIdValue, entity: EntityType, entityId: string, since: string): Promise<void> {
+    const channel = this.services.fanout.channel(entity.name, entityId)
+    if (!this.replaying.has(channel)) this.replaying.set(channel, [])
+    let frames: Array<{ frame: string, position: string }> | null = null
+    try {
+      frames = await this.services.replay(entity, entityId, since)
+    } catch (err) {
+      this.services.log.warn({ connection: this.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
+    }
+    const waiting = this.replaying.get(channel) ?? []
+    this.replaying.delete(channel)
+    if (this.state !== 'open') return
+    this.send(encodeSubscribed(id, subscriptionIdOf(entity.name, entityId), entity.name, entityId, frames !== null))
+    let last = since
+    for (const { frame, position } of frames ?? []) {
+      this.write(frame, null)
+      last = position
+    }
+    this.services.counters.replayed += frames?.length ?? 0
+    for (const { frame, meta } of waiting) if (frames === null || isAfter(meta.position, last)) this.deliver(frame, meta)
   }
 
   private async countWatchers (subscription: Subscription): Promise<void> {
@@ -284,9 +350,17 @@ export class Connection implements Watcher {
     this.send(encodeUnsubscribed(id, subscriptionId))
   }
 
+  /** Replies and other frames that are never conflated, in order with the notifications. */
   private send (frame: string): void {
-    if (this.state === 'open') this.socket.send(frame)
+    if (this.state === 'open') this.write(frame, null)
   }
+}
+
+/** Whether a live notification comes after the last replayed one (positions of one epoch compare as numbers). */
+function isAfter (position: string | null, than: string): boolean {
+  const a = position === null ? null : parsePosition(position)
+  const b = parsePosition(than)
+  return a === null || b === null || a.epoch !== b.epoch || a.pos > b.pos
 }
 
 function requestIdOf (message: unknown): RequestIdValue {

@@ -13,10 +13,21 @@ import { propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api'
 import type { Telemetry } from '../telemetry.js'
 import { encodeResync } from './protocol.js'
 
+/** What a watcher knows of a notification besides its frame. */
+export interface FrameMeta {
+  channel: string
+  /** the change's position ('<epoch>:<n>' in outbox mode), or null */
+  position: string | null
+  payloadType: string
+}
+
 /** Anything that receives frames: one per socket. */
 export interface Watcher {
-  /** false when the frame was not written (the socket is closing, or was just closed as a slow consumer) */
-  deliver(frame: string): boolean
+  /**
+   * `meta` comes with notifications (not with resync and other frames). False when the frame was not written
+   * (the socket is closing, or was just closed as a slow consumer).
+   */
+  deliver(frame: string, meta?: FrameMeta): boolean
 }
 
 /** Counts read by telemetry. */
@@ -95,8 +106,9 @@ export class Fanout {
     const envelope = unwrap(message)
     if (envelope === null) return
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
+    const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType }
     let sent = 0
-    for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame)) sent++
+    for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
     const { sentByPayload, failedByPayload } = this.counters
     sentByPayload[envelope.payloadType] = (sentByPayload[envelope.payloadType] ?? 0) + sent
     if (sent < entry.watchers.size) failedByPayload[envelope.payloadType] = (failedByPayload[envelope.payloadType] ?? 0) + entry.watchers.size - sent

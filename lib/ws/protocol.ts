@@ -58,8 +58,9 @@ export function encodeError (id: RequestIdValue, code: WireErrorCode, error: str
   return withId(id, { type: 'error', data: { code, error } })
 }
 
-export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, entityType: string, entityId: string): string {
-  return withId(id, { type: 'subscribed', data: { subscriptionId, entityType, entityId } })
+/** `recovered` answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch. */
+export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, entityType: string, entityId: string, recovered?: boolean): string {
+  return withId(id, { type: 'subscribed', data: recovered === undefined ? { subscriptionId, entityType, entityId } : { subscriptionId, entityType, entityId, recovered } })
 }
 
 export function encodeSubscriptionError (id: RequestIdValue, entityType: string, entityId: string, code: WireErrorCode, error: string): string {

@@ -19,7 +19,7 @@ export class ConnectionSet {
   readonly open = new Set<Connection>()
   opened = 0
   closed = 0
-  readonly counters = { slowConsumerCloses: 0 }
+  readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0 }
   readonly closedByCode: Record<string, number> = {}
   private sweepTimer: NodeJS.Timeout | null = null
 
