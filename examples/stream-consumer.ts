@@ -28,7 +28,8 @@ export interface ConsumeOptions {
   stream?: string
   /** the durable consumer's name; default `example-consumer` */
   durable?: string
-  /** only these subjects, e.g. `changefeed.Fixture.>`; default all */
+  /** only these subjects, e.g. `changefeed.Fixture.>`; default all. A new filter wants a new durable name: the old
+   * consumer would go on from where it was, skipping what the old filter left out */
   filterSubject?: string
   /** a change not acked within this time is delivered again; default 30 */
   ackWaitSeconds?: number

@@ -71,7 +71,8 @@ export class Outbox {
   /** Numbered rows after `after`, in position order. */
   async read (query: Query, epoch: string, after: number, limit: number): Promise<{ rows: RowChange[], last: number }> {
     const rows = await query<Row>(
-      'SELECT pos::text AS pos, change FROM changefeed_outbox WHERE channel = $1 AND pos > $2 ORDER BY pos LIMIT $3',
+      // ORDER BY the column, not the text alias: "100" sorts before "99"
+      'SELECT o.pos::text AS pos, o.change FROM changefeed_outbox o WHERE o.channel = $1 AND o.pos > $2 ORDER BY o.pos LIMIT $3',
       [this.channel, after, limit])
     return { rows: withPosition(epoch, rows), last: rows.length === 0 ? after : Number(rows[rows.length - 1].pos) }
   }
@@ -107,13 +108,14 @@ export class Outbox {
     const position = parsePosition(since)
     if (position === null) return null
     const rows = await query<{ epoch: string, pruned: string, assigned: string, pos: string | null, change: RowChange | null }>(`
-      SELECT s.epoch, s.pruned::text, s.assigned::text, o.pos::text AS pos, o.change
+      SELECT s.epoch, s.pruned::text, s.assigned::text, o.p::text AS pos, o.change
       FROM changefeed_outbox_state s
       LEFT JOIN LATERAL (
-        SELECT pos, change FROM changefeed_outbox
+        SELECT pos AS p, change FROM changefeed_outbox
         WHERE channel = s.channel AND eid = $2 AND t = ANY($3) AND pos > $4 ORDER BY pos LIMIT $5
       ) o ON true
-      WHERE s.channel = $1`, [this.channel, entityId, tables, position.pos, limit + 1])
+      WHERE s.channel = $1
+      ORDER BY o.p`, [this.channel, entityId, tables, position.pos, limit + 1])
     const head = rows[0]
     if (head === undefined || head.epoch !== position.epoch) return null
     if (position.pos < Number(head.pruned) || position.pos > Number(head.assigned)) return null

@@ -77,6 +77,8 @@ export class Connection implements Watcher {
   private readonly outbound: OutboundQueue
   /** channels being resumed with `since`: live notifications wait here until the replay is written */
   private readonly replaying = new Map<string, Array<{ frame: string, meta: FrameMeta }>>()
+  /** channels just resumed: the last position replayed, until a newer live notification comes (drops repeats) */
+  private readonly resumedAt = new Map<string, string>()
 
   /** `principal` is already counted in services.users when it is a user. */
   constructor (
@@ -115,6 +117,12 @@ export class Connection implements Watcher {
       if (waiting !== undefined) {
         waiting.push({ frame, meta })
         return true
+      }
+      const resumed = this.resumedAt.get(meta.channel)
+      if (resumed !== undefined) {
+        // the publisher may still be on its way to changes the replay carried: they are not sent twice
+        if (!isAfter(meta.position, resumed)) return true
+        this.resumedAt.delete(meta.channel)
       }
     }
     const conflatable = meta !== undefined && (meta.payloadType === 'full' || meta.payloadType === 'minimal')
@@ -184,7 +192,9 @@ export class Connection implements Watcher {
     this.subscriptions.delete(subscriptionId)
     const { entityType, entityId, watcher, counted } = subscription
     if (watcher instanceof FeedWatcher) watcher.close()
-    if (counted) this.services.watcherCounts.remove(this, this.services.fanout.channel(entityType, entityId))
+    const channel = this.services.fanout.channel(entityType, entityId)
+    this.resumedAt.delete(channel)
+    if (counted) this.services.watcherCounts.remove(this, channel)
     await this.services.fanout.unwatch(watcher, entityType, entityId)
   }
 
@@ -305,7 +315,8 @@ export class Connection implements Watcher {
       last = position
     }
     this.services.counters.replayed += frames?.length ?? 0
-    for (const { frame, meta } of waiting) if (frames === null || isAfter(meta.position, last)) this.deliver(frame, meta)
+    if (frames !== null) this.resumedAt.set(channel, last)
+    for (const { frame, meta } of waiting) this.deliver(frame, meta)
   }
 
   private async countWatchers (subscription: Subscription): Promise<void> {
