@@ -45,7 +45,10 @@ export interface ChangefeedPluginOptions extends ChangefeedOptions {
 export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
   subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number }
-  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number }>
+  /** `outboxPublished`: outbox rows this instance published (outbox mode) */
+  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number }>
+  /** the JetStream stream of all changes, when enabled */
+  stream: { published: number, failed: number } | null
   bus: { provider: string, ready: boolean, instanceId: string }
   router: RouterCounters
   auth: AuthCounters
@@ -200,7 +203,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
           created: Object.values(fanout.counters.createdByType).reduce((a, b) => a + b, 0),
           removed: Object.values(fanout.counters.removedByType).reduce((a, b) => a + b, 0)
         },
-        listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { state: l.state, reconnects: l.reconnects, leaderships: l.leaderships, gaps: l.gaps }])),
+        listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { state: l.state, reconnects: l.reconnects, leaderships: l.leaderships, gaps: l.gaps, outboxPublished: l.outboxPublished }])),
+        stream: stream === null ? null : { published: stream.published, failed: stream.failed },
         bus: { provider: bus.provider, ready: bus.ready, instanceId: parts!.instanceId },
         router: { ...router.counters },
         auth: structuredClone(authenticator.counters)

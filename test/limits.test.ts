@@ -1,6 +1,7 @@
 /**
  * Abuse resistance with the default limits: a burst of 10,000 subscribe frames, the 101st subscription, a 1 MiB
- * frame, 1,000 connections of one user, and a client that stops reading while a full entity changes 10,000 times.
+ * frame, 1,000 connections of one user, a client that stops reading while a full entity changes 10,000 times
+ * (conflated), and one that falls behind on many entities (closed).
  */
 import t from 'tap'
 import { setImmediate as tick, setTimeout as sleep } from 'node:timers/promises'
@@ -64,7 +65,7 @@ t.test('1,000 connections of one user: maxConnectionsPerUser, then 4429', async 
   t.equal((await other.subscribe('Team', 'x')).type, 'subscribed', 'another user is not affected')
 })
 
-t.test('a client that stops reading is closed; memory stays bounded; others keep receiving', async (t) => {
+t.test('a client that stops reading gets the latest state, not every one; memory stays bounded; others keep receiving', async (t) => {
   const { app, client } = await startApp(t, { entities })
   const slow = await client()
   // the reading client keeps nothing it receives, so the heap measures the server, not the test's own queues
@@ -72,7 +73,8 @@ t.test('a client that stops reading is closed; memory stays bounded; others keep
   await slow.subscribe('RugbyGameState', 'match-1')
   await fast.subscribe('RugbyGameState', 'match-1')
   fast.ws.removeAllListeners('message')
-  ;(slow.ws as unknown as { _socket: { pause(): void } })._socket.pause()
+  const slowSocket = (slow.ws as unknown as { _socket: { pause(): void, resume(): void } })._socket
+  slowSocket.pause()
   const commentary = 'c'.repeat(2000)
   let received = 0
   let last = -1
@@ -91,16 +93,41 @@ t.test('a client that stops reading is closed; memory stays bounded; others keep
     if (seq % 100 === 99) await sleep(5) // let the readers' sockets drain, as a real change stream would
   }
   while (received < 10_000) await sleep(10)
-  t.equal(app.changefeed.stats().connections.slowConsumerCloses, 1, 'the slow consumer was closed')
-  for (let i = 0; i < 100 && app.changefeed.stats().connections.active > 1; i++) await sleep(50)
-  t.equal(app.changefeed.stats().connections.active, 1, 'and is gone (terminated after the close grace)')
   t.equal(received, 10_000, 'the reading client got every change')
   t.ok(inOrder, 'in order')
   const growthMiB = (process.memoryUsage().heapUsed - heapBefore) / 2 ** 20
   t.ok(growthMiB < 64, `heap growth stays bounded (${growthMiB.toFixed(1)} MiB for ~20 MiB of frames)`)
-  t.ok(slow.messages.length < 10_000, 'the slow client did not get everything buffered for it')
+  const stats = app.changefeed.stats().connections
+  t.equal(stats.slowConsumerCloses, 0, 'one entity conflates: the slow reader is not closed')
+  t.ok(stats.conflated > 1000, `intermediate states were dropped for it (${stats.conflated})`)
+
+  slowSocket.resume()
+  const latest = await slow.next((m) => m.type === 'notification' && m.data.payload.seq === 9999, 15_000)
+  t.equal(latest.data.payload.seq, 9999, 'once it reads again it gets the latest state')
+  const seqs = slow.messages.filter((m) => m.type === 'notification').map((m) => m.data.payload.seq as number)
+  t.ok(seqs.length < 9000, `not every intermediate one (${seqs.length + 1} of 10,000)`)
+  t.same(seqs, [...seqs].sort((a, b) => a - b), 'what it got is in order')
   await app.changefeed.publish({ entityType: 'RugbyGameState', entityId: 'match-1', changeType: 'updated', payload: { seq: 10_000 } })
-  t.ok(await until(() => received === 10_001), 'and goes on receiving')
+  t.ok(await until(() => received === 10_001), 'and the reading client goes on receiving')
+})
+
+t.test('a client that falls behind on more than it may hold is closed with 4409', async (t) => {
+  const { app, client } = await startApp(t, { entities, limits: { conflateAboveBytes: 0, maxHeldFrames: 20 } })
+  const slow = await client()
+  const fast = await client()
+  for (let i = 0; i < 50; i++) {
+    await slow.subscribe('RugbyGameState', `m-${i}`)
+    await fast.subscribe('RugbyGameState', `m-${i}`)
+  }
+  ;(slow.ws as unknown as { _socket: { pause(): void } })._socket.pause()
+  const commentary = 'c'.repeat(20_000)
+  for (let round = 0; round < 20 && app.changefeed.stats().connections.slowConsumerCloses === 0; round++) {
+    for (let i = 0; i < 50; i++) await app.changefeed.publish({ entityType: 'RugbyGameState', entityId: `m-${i}`, changeType: 'updated', payload: { round, commentary } })
+    await sleep(20)
+  }
+  t.equal(app.changefeed.stats().connections.slowConsumerCloses, 1, 'the slow consumer was closed')
+  t.ok(await until(() => app.changefeed.stats().connections.active === 1, 5000), 'and is gone (terminated after the close grace)')
+  t.equal((await fast.subscribe('RugbyGameState', 'm-0', 'again')).type, 'subscribed', 'the other client is fine')
 })
 
 t.test('changefeed hash-password prints a scrypt hash that verifies', async (t) => {

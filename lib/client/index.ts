@@ -118,10 +118,12 @@ interface Entry {
   snapshot: EntitySnapshot<any>
   /** last position (or version) seen: sent as `since` on resubscribe */
   since?: string
+  /** recent positions: a notification delivered again (after a failover) is dropped */
+  seen?: string[]
   /** pending unsubscribe, cancelled when someone subscribes again first */
   releaseTimer?: ReturnType<typeof setTimeout>
   /** sent again after a reconnect: unless the server recovered what was missed, the owner must refetch */
-  resubscribed?: boolean
+  resubscribed?: string
   /** watcher counts were asked for */
   counted?: boolean
   /** a refused (rate-limited) subscribe waiting to be sent again */
@@ -345,7 +347,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       const reconnected = this.everOpened
       this.everOpened = true
       for (const entry of this.entries.values()) {
-        entry.resubscribed = reconnected
+        entry.resubscribed = reconnected ? 'reconnected' : undefined
         this.sendSubscribe(entry)
       }
       this.startLiveness()
@@ -426,7 +428,12 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         for (const key of [data.entityType + ':' + data.entityId, data.entityType + ':*']) {
           const entry = this.entries.get(key)
           if (entry === undefined) continue
-          if (typeof data.position === 'string' && key !== data.entityType + ':*') entry.since = data.position
+          if (typeof data.position === 'string') {
+            const seen = entry.seen ??= []
+            if (seen.includes(data.position)) continue
+            if (seen.push(data.position) > 64) seen.shift()
+            if (key !== data.entityType + ':*') entry.since = data.position
+          }
           this.update(entry, { status: 'subscribed', notification: data, payload: data.payloadType === 'full' ? data.payload : entry.snapshot.payload })
           const own = data.origin !== undefined && data.origin === this.origin
           for (const l of entry.listeners) if (!(own && l.skipOwnWrites === true)) l.onNotification?.(data)
@@ -444,8 +451,8 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       case 'subscribed': {
         const entry = this.entries.get(data.subscriptionId)
         if (entry !== undefined && entry.snapshot.status !== 'subscribed') this.update(entry, { status: 'subscribed' }, false)
-        if (entry !== undefined && entry.resubscribed === true && data.recovered !== true) this.resync(entry, 'reconnected')
-        if (entry !== undefined) entry.resubscribed = false
+        if (entry?.resubscribed !== undefined && data.recovered !== true) this.resync(entry, entry.resubscribed)
+        if (entry !== undefined) entry.resubscribed = undefined
         return
       }
       case 'subscription_error': {
@@ -470,7 +477,14 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       }
       case 'resync': {
         const targets = data.entityType === undefined ? [...this.entries.values()] : [this.entries.get(data.entityType + ':' + data.entityId)]
-        for (const entry of targets) if (entry !== undefined) this.resync(entry, data.reason)
+        for (const entry of targets) {
+          if (entry === undefined) continue
+          // a resumable position (outbox mode, `<epoch>:<n>`): ask for what was missed; a refusal resyncs then
+          if (entry.since !== undefined && /^[0-9a-f]{8}:\d+$/.test(entry.since)) {
+            entry.resubscribed = data.reason
+            this.sendSubscribe(entry)
+          } else this.resync(entry, data.reason)
+        }
       }
     }
   }
