@@ -159,3 +159,46 @@ t.test('subscribes refused for rate are sent again until they hold', async (t) =
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 30, 15_000), 'every subscription up to the server limit holds in the end')
   t.equal(c.state, 'open', 'on the same connection')
 })
+
+t.test('positions: a repeated notification is dropped; a resync is answered with since, and only a refusal reaches the owner', async (t) => {
+  const server = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => server.close())
+  await once(server, 'listening')
+  const received: any[] = []
+  let socket: WebSocket | null = null
+  server.on('connection', (s) => {
+    socket = s
+    s.on('message', (data) => received.push(JSON.parse(data.toString())))
+  })
+  const c = client(t, { url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}` })
+  const got: string[] = []
+  const resyncs: string[] = []
+  c.subscribe('RugbyGameState', 'm1', { onNotification: (n) => got.push(n.position!), onResync: (r) => resyncs.push(r) })
+  t.ok(await until(() => received.some((m) => m.type === 'subscribe')), 'subscribed')
+  const send = (m: unknown): void => socket!.send(JSON.stringify(m))
+  const note = (position: string): unknown => ({ type: 'notification', data: { entityType: 'RugbyGameState', entityId: 'm1', changeType: 'updated', payloadType: 'minimal', timestamp: new Date().toISOString(), position } })
+  const subscribed = (recovered?: boolean): unknown => ({ type: 'subscribed', id: 'RugbyGameState:m1', data: { subscriptionId: 'RugbyGameState:m1', entityType: 'RugbyGameState', entityId: 'm1', recovered } })
+  send(subscribed())
+  for (const p of ['0a0a0a0a:1', '0a0a0a0a:1', '0a0a0a0a:2']) send(note(p))
+  t.ok(await until(() => got.length === 2))
+  await sleep(50)
+  t.same(got, ['0a0a0a0a:1', '0a0a0a0a:2'], 'the repeat was dropped')
+
+  received.length = 0
+  send({ type: 'resync', data: { reason: 'bus_gap', entityType: 'RugbyGameState', entityId: 'm1' } })
+  t.ok(await until(() => received.length === 1))
+  t.match(received[0], { type: 'subscribe', data: { entityType: 'RugbyGameState', entityId: 'm1', since: '0a0a0a0a:2' } }, 'the resync is answered with since')
+  send(subscribed(true))
+  send(note('0a0a0a0a:3'))
+  t.ok(await until(() => got.length === 3), 'the replay arrives')
+  await sleep(50)
+  t.same(resyncs, [], 'recovered: the owner refetches nothing')
+
+  received.length = 0
+  send({ type: 'resync', data: { reason: 'bus_gap' } })
+  t.ok(await until(() => received.length === 1))
+  t.equal(received[0].data.since, '0a0a0a0a:3')
+  send(subscribed(false))
+  t.ok(await until(() => resyncs.length === 1), 'not recovered: the owner is told')
+  t.same(resyncs, ['bus_gap'], 'with the reason')
+})

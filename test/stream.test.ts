@@ -1,6 +1,7 @@
 /**
  * The change stream against the machine's NATS: what is published reaches a durable consumer (the example service)
- * in order on its subject, a republished position is stored once, and a consumer that stops resumes where it was.
+ * in order on its subject, a republished position is stored once, a consumer that stops resumes where it was, and
+ * the plugin in outbox mode streams every change from PostgreSQL.
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
@@ -10,6 +11,9 @@ import { ChangeStream, type StreamRecord } from '../lib/stream.js'
 import { consume, type Change } from '../examples/stream-consumer.js'
 import { NATS_URL, requireService } from './helpers/brokers.js'
 import { sleep, until } from './helpers/wait.js'
+import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
+import { startApp } from './helpers/app.js'
+import { isNotification } from './helpers/client.js'
 
 interface Teardown { teardown(fn: () => unknown): void }
 interface Opened { stream: ChangeStream, jsm: JetStreamManager, name: string, prefix: string }
@@ -111,4 +115,41 @@ t.test('a stopped consumer resumes where it left off', async (t) => {
   t.notOk(second.some((p) => first.includes(p)), 'nothing acked before the stop comes again')
   // not always first.length itself: a change on its way when the first stopped comes after the ack wait
   t.ok(second[0] > first[first.length - 1], 'the second run goes on after the last change of the first')
+})
+
+t.test('end to end: outbox mode publishes every change, watched or not, to the stream', async (t) => {
+  const url = await freshDatabase(t, 'stream')
+  const sql = await sqlClient(t, url)
+  await sql.query(martenTableSql('mt_doc_fixture'))
+  const id = randomUUID().slice(0, 8)
+  const name = `CHANGEFEED_E2E_${id}`
+  const { app, client } = await startApp(t, {
+    databases: [{ name: 'main', url }],
+    capture: { mode: 'outbox', channel: `cf_stream_${id}`, outbox: { pollIntervalMs: 100 }, stream: { enabled: true, url: NATS_URL, name, subjectPrefix: `e2e-${id}` } },
+    entities: { Fixture: { access: 'public', payload: 'full' } }
+  })
+  const admin = await connect({ servers: NATS_URL })
+  t.teardown(async () => {
+    const jsm = await admin.jetstreamManager()
+    await jsm.streams.delete(name).catch(() => {})
+    await admin.close()
+  })
+  const ws = await client()
+  await ws.subscribe('Fixture', 'watched')
+  for (let i = 0; i < 30; i++) {
+    await sql.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET data = excluded.data',
+      [i % 2 === 0 ? 'watched' : 'unwatched', JSON.stringify({ n: i })])
+  }
+  const received: Change[] = []
+  const consumer = await consume({ url: NATS_URL, stream: name, durable: 'e2e', handle: (c) => { received.push(c) } })
+  t.teardown(consumer.stop)
+  t.ok(await until(() => received.length >= 30, 10_000), 'every change reached the stream')
+  await consumer.stop()
+  t.same(received.map((c) => (c.data.payload as { n: number }).n), Array.from({ length: 30 }, (_, i) => i), 'in commit order, with the documents')
+  t.equal(received.filter((c) => c.entityId === 'unwatched').length, 15, 'unwatched entities too')
+  t.ok(received.every((c) => /^[0-9a-f]{8}:\d+$/.test(c.position)), 'with outbox positions')
+  const live = []
+  for (let i = 0; i < 15; i++) live.push(await ws.next(isNotification('Fixture', 'watched')))
+  t.same(live.map((m) => m.data.position), received.filter((c) => c.entityId === 'watched').map((c) => c.position), 'the watcher got the same changes, same positions')
+  t.same(app.changefeed.stats().stream, { published: 30, failed: 0 })
 })
