@@ -178,12 +178,12 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     })
     const listeners = capture.listeners
     const telemetrySnapshot = (): TelemetrySnapshot => ({
-      connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, slowConsumerCloses: connections.counters.slowConsumerCloses, closedByCode: connections.closedByCode },
+      connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, slowConsumerCloses: connections.counters.slowConsumerCloses, conflated: connections.counters.conflated, replayed: connections.counters.replayed, closedByCode: connections.closedByCode },
       subscriptions: { byType: fanout.store.countByType(), createdByType: fanout.counters.createdByType, removedByType: fanout.counters.removedByType },
       notifications: { sentByPayload: fanout.counters.sentByPayload, failedByPayload: fanout.counters.failedByPayload },
       router: router.counters,
       auth: authenticator.counters,
-      listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { gaps: l.gaps, reconnects: l.reconnects, leaderships: l.leaderships }])),
+      listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { gaps: l.gaps, reconnects: l.reconnects, leaderships: l.leaderships, outboxPublished: l.outboxPublished }])),
       busErrors: router.counters.busErrors + fanout.counters.busErrors
     })
     const health = (): HealthReport => healthOf(bus, listeners)

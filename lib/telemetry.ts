@@ -9,12 +9,12 @@ import { metrics, trace, ValueType, type Attributes, type Histogram, type Tracer
 
 /** The counts the pipeline keeps, read at collection time. */
 export interface TelemetrySnapshot {
-  connections: { opened: number, closed: number, active: number, slowConsumerCloses: number, closedByCode: Record<string, number> }
+  connections: { opened: number, closed: number, active: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
   subscriptions: { byType: Record<string, number>, createdByType: Record<string, number>, removedByType: Record<string, number> }
   notifications: { sentByPayload: Record<string, number>, failedByPayload: Record<string, number> }
   router: { changes: number, unwatched: number, documentReads: number, published: number, failed: number }
   auth: { attempts: Record<string, number>, failures: Record<string, number> }
-  listeners: Record<string, { gaps: number, reconnects: number, leaderships: number }>
+  listeners: Record<string, { gaps: number, reconnects: number, leaderships: number, outboxPublished: number }>
   busErrors: number
 }
 
@@ -48,6 +48,9 @@ export class Telemetry {
     const closed = counter('changefeed.connections.closed', '{connection}', 'WebSocket connections closed, by close code')
     const active = gauge('changefeed.connections.active', '{connection}', 'WebSocket connections open now')
     const slow = counter('changefeed.connections.slow_consumer_closes', '{connection}', 'connections closed because they stopped reading (4409)')
+    const conflated = counter('changefeed.notifications.conflated', '{notification}', 'notifications replaced by a later state of the same entity for a slow reader')
+    const replayed = counter('changefeed.notifications.replayed', '{notification}', 'notifications replayed to clients resuming with since (outbox mode)')
+    const outbox = counter('changefeed.outbox.published', '{change}', 'outbox rows this instance published (outbox mode)')
     const created = counter('changefeed.subscriptions.created', '{subscription}', 'subscriptions created, by entity type')
     const removed = counter('changefeed.subscriptions.removed', '{subscription}', 'subscriptions removed, by entity type')
     const subscriptions = gauge('changefeed.subscriptions.active', '{subscription}', 'subscriptions on this instance now, by entity type')
@@ -72,6 +75,8 @@ export class Telemetry {
       byKey(closed, s.connections.closedByCode, 'changefeed.close_code')
       result.observe(active, s.connections.active)
       result.observe(slow, s.connections.slowConsumerCloses)
+      result.observe(conflated, s.connections.conflated)
+      result.observe(replayed, s.connections.replayed)
       byKey(created, s.subscriptions.createdByType, 'changefeed.entity_type')
       byKey(removed, s.subscriptions.removedByType, 'changefeed.entity_type')
       byKey(subscriptions, s.subscriptions.byType, 'changefeed.entity_type')
@@ -87,11 +92,12 @@ export class Telemetry {
         result.observe(gaps, l.gaps, { 'db.namespace': database })
         result.observe(reconnects, l.reconnects, { 'db.namespace': database })
         result.observe(leaderships, l.leaderships, { 'db.namespace': database })
+        result.observe(outbox, l.outboxPublished, { 'db.namespace': database })
       }
       result.observe(busErrors, s.busErrors)
       result.observe(loopDelay, this.loopDelay.percentile(99) / 1e9)
       this.loopDelay.reset()
-    }, [opened, closed, active, slow, created, removed, subscriptions, sent, failed, changes, reads, authAttempts, authFailures,
+    }, [opened, closed, active, slow, conflated, replayed, outbox, created, removed, subscriptions, sent, failed, changes, reads, authAttempts, authFailures,
       gaps, reconnects, leaderships, busErrors, loopDelay])
   }
 
