@@ -44,6 +44,22 @@ t.test('subscribe, notifications, idempotence and unsubscribe', async (t) => {
   t.same(await ws.next((m) => m.type === 'pong'), { type: 'pong' })
 })
 
+t.test('notify mode: every notification has a position; since cannot be replayed, so recovered is false', async (t) => {
+  const { app, client } = await startApp(t, { entities })
+  const ws = await client()
+  await ws.subscribe('Team', 'team-p')
+  await app.changefeed.publish({ entityType: 'Team', entityId: 'team-p', changeType: 'updated' })
+  await app.changefeed.publish({ entityType: 'Team', entityId: 'team-p', changeType: 'updated' })
+  const [a, b] = [await ws.next(isNotification('Team', 'team-p')), await ws.next(isNotification('Team', 'team-p'))]
+  t.type(a.data.position, 'string')
+  t.not(a.data.position, b.data.position, 'positions tell changes apart')
+  ws.send({ type: 'subscribe', id: 's', data: { entityType: 'Team', entityId: 'team-p', since: b.data.position } })
+  t.match(await ws.next((m) => m.id === 's'), { type: 'subscribed', data: { subscriptionId: 'Team:team-p', recovered: false } })
+  ws.send({ type: 'subscribe', id: 'n', data: { entityType: 'Team', entityId: 'team-new', since: 'n:42' } })
+  t.match(await ws.next((m) => m.id === 'n'), { type: 'subscribed', data: { recovered: false } }, 'also for a new subscription')
+  t.equal(app.changefeed.stats().subscriptions.active, 2)
+})
+
 t.test('full payload from a host publish; the frame is the same string for every watcher', async (t) => {
   const { app, client } = await startApp(t, { entities })
   const a = await client()
