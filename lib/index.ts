@@ -99,8 +99,12 @@ async function openDatabases (fastify: FastifyInstance, options: ResolvedOptions
     }
     // a host that registered @fastify/postgres under this name keeps its pool; otherwise we register one
     const existing = (fastify as unknown as { pg?: Record<string, { pool?: pg.Pool }> }).pg?.[name]
-    if (existing?.pool === undefined) await fastify.register(fastifyPostgres, { name, connectionString: url })
+    const own = existing?.pool === undefined
+    if (own) await fastify.register(fastifyPostgres, { name, connectionString: url })
     const pool = (fastify as unknown as { pg: Record<string, { pool: pg.Pool }> }).pg[name].pool
+    // an idle connection cut by the server (a restart, pg_terminate_backend) is an 'error' on the pool, which
+    // ends the process when nobody listens; the pool has already dropped it and connects anew on the next query
+    if (own) pool.on('error', (err) => fastify.log.warn({ database: name, err: err.message }, 'changefeed: an idle database connection was lost'))
     databases.set(name, new PgDatabase(name, pool, url))
   }
   return databases
@@ -165,7 +169,15 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     capture = new Capture(databases, registry, options, {
       onChange: (change) => { void router.routeChange(change) },
       onGap: announceGap,
-      onOutbox: async (database, rows) => (await Promise.all(coalesceRows(database, rows).map(async (c) => await router.routeChange(c)))).every(Boolean)
+      onOutbox: async (database, rows, { final, current }) => {
+        const changes = coalesceRows(database, rows)
+        // a deposed publisher stops at once: the new leader publishes from the stored cursor
+        const results = await Promise.all(changes.map(async (c) => current() && await router.routeChange(c, !final)))
+        if (results.every(Boolean)) return true
+        if (!final || !current()) return false
+        for (const [i, change] of changes.entries()) if (!results[i]) await router.giveUp(change)
+        return true
+      }
     }, log, options.bus.provider !== 'memory')
     await capture.start()
 

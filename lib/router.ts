@@ -13,6 +13,7 @@ import type { InterestStore } from './store/interest.js'
 import { wrap } from './bus/envelope.js'
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api'
 import { InvalidChangeError, UnknownEntityTypeError } from './errors.js'
+import { encodeResync } from './ws/protocol.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {
@@ -44,6 +45,8 @@ export interface RouterCounters {
   failed: number
   /** publishes the bus refused */
   busErrors: number
+  /** outbox mode: changes given up on after repeated failures (their watchers were told to resync) */
+  givenUp: number
 }
 
 export function channelOf (prefix: string, entityType: string, entityId: string): string {
@@ -51,7 +54,7 @@ export function channelOf (prefix: string, entityType: string, entityId: string)
 }
 
 export class ChangeRouter {
-  readonly counters: RouterCounters = { changes: 0, unwatched: 0, unknownTable: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0 }
+  readonly counters: RouterCounters = { changes: 0, unwatched: 0, unknownTable: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
 
   constructor (
     private readonly registry: EntityRegistry,
@@ -75,7 +78,7 @@ export class ChangeRouter {
    * A change from capture. Never rejects: a failure is logged and counted, the pipeline goes on. Resolves false
    * when the change could not be handed on (outbox mode then publishes it again).
    */
-  async routeChange (change: Change): Promise<boolean> {
+  async routeChange (change: Change, stopAfterFailure = false): Promise<boolean> {
     this.counters.changes++
     const entity = this.entityOf(change)
     if (entity === undefined) {
@@ -86,7 +89,8 @@ export class ChangeRouter {
     const previous = this.inFlight.get(channel)
     const current = previous === undefined
       ? this.routeEntityChange(entity, channel, change)
-      : previous.then(async () => await this.routeEntityChange(entity, channel, change))
+      // outbox mode: after a failure the entity's later changes wait for the retry, so they never overtake it
+      : previous.then(async (ok) => !ok && stopAfterFailure ? false : await this.routeEntityChange(entity, channel, change))
     this.inFlight.set(channel, current)
     const done = await current
     if (this.inFlight.get(channel) === current) this.inFlight.delete(channel)
@@ -193,6 +197,20 @@ export class ChangeRouter {
       frames.push({ frame: (await this.frameOf(entity, change)).frame, position: change.position })
     }
     return frames
+  }
+
+  /**
+   * Outbox mode, after repeated failures: the change is left behind and its watchers, wherever they are, get a
+   * `resync` (reason `delivery_failed`) so they refetch. Never silent.
+   */
+  async giveUp (change: Change): Promise<void> {
+    const entity = this.entityOf(change)
+    if (entity === undefined) return
+    this.counters.givenUp++
+    this.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be published; its watchers resync')
+    const frame = encodeResync('delivery_failed', entity.name, change.id)
+    await this.bus.publish(channelOf(this.prefix, entity.name, change.id), wrap(Date.now(), 'resync', undefined, frame, change.position))
+      .catch((err: Error) => this.log.error({ err: err.message }, 'changefeed: the resync could not be published either'))
   }
 
   /** Outbox mode: where each database's outbox is read for replays. */

@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS changefeed_outbox (
   eid        text        NOT NULL,
   x          bigint      NOT NULL,
   change     jsonb       NOT NULL,
-  pos        bigint,
-  created_at timestamptz NOT NULL DEFAULT now()
+  pos         bigint,
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  -- retention counts from here: positions are given in this order, so pruning by it keeps `pruned` truthful
+  numbered_at timestamptz
 );
+ALTER TABLE changefeed_outbox ADD COLUMN IF NOT EXISTS numbered_at timestamptz;
 CREATE INDEX IF NOT EXISTS changefeed_outbox_unnumbered ON changefeed_outbox (channel, id) WHERE pos IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS changefeed_outbox_position ON changefeed_outbox (channel, pos);
 CREATE INDEX IF NOT EXISTS changefeed_outbox_entity ON changefeed_outbox (channel, eid, pos);
@@ -54,9 +57,20 @@ CREATE TABLE IF NOT EXISTS changefeed_outbox_state (
   pruned    bigint NOT NULL DEFAULT 0
 );
 
+-- The state row of a channel. One created anew (first use, or after a reset) starts a new epoch above every
+-- position already in the outbox, so numbering goes on and old positions are never mistaken for new ones.
+CREATE OR REPLACE FUNCTION changefeed_outbox_init(p_channel text) RETURNS void
+LANGUAGE sql AS $$
+  INSERT INTO changefeed_outbox_state (channel, assigned, published, pruned)
+  SELECT p_channel, m, m, m FROM (SELECT coalesce(max(pos), 0) AS m FROM changefeed_outbox WHERE channel = p_channel) last
+  ON CONFLICT (channel) DO NOTHING;
+$$;
+
 -- Appends one change to the outbox and wakes the listener (PostgreSQL folds identical NOTIFYs of a transaction).
+-- It runs with its owner's rights and search path: an application role needs no rights on the outbox, and a
+-- writer's own search_path cannot hide it.
 CREATE OR REPLACE FUNCTION changefeed_outbox_append(p_channel text, p_change jsonb) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
   INSERT INTO changefeed_outbox (channel, s, t, eid, x, change)
   VALUES (p_channel, p_change->>'s', p_change->>'t', p_change->>'id', (p_change->>'x')::bigint, p_change);
@@ -65,7 +79,7 @@ END;
 $$;
 
 CREATE OR REPLACE FUNCTION changefeed_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
   channel    text := TG_ARGV[0];
   inline     boolean := coalesce(TG_ARGV[1], 'false')::boolean;
@@ -151,7 +165,7 @@ BEGIN
   VALUES (p_schema, p_pattern, p_channel, coalesce(p_inline_tables, '{}'), p_outbox)
   ON CONFLICT (schema_name, pattern, channel) DO UPDATE SET inline_tables = excluded.inline_tables, outbox = excluded.outbox;
   IF p_outbox THEN
-    INSERT INTO changefeed_outbox_state (channel) VALUES (p_channel) ON CONFLICT DO NOTHING;
+    PERFORM changefeed_outbox_init(p_channel);
   END IF;
 
   FOR t IN
@@ -213,7 +227,7 @@ $$;
 -- stream's aggregate. Payload: {"s","t","id":<stream id>,"op":"A","x","ts","o","st":<mt_streams.type>,
 -- "e":{"type":<event type>,"version":<version>,"data":<event data, when it fits>}}
 CREATE OR REPLACE FUNCTION changefeed_event_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
   channel      text := TG_ARGV[0];
   streams      text := TG_ARGV[1];

@@ -9,6 +9,10 @@ import { startApp } from './helpers/app.js'
 import { isNotification, type Frame } from './helpers/client.js'
 import { until } from './helpers/wait.js'
 import { Outbox } from '../lib/capture/outbox.js'
+import { writeFileSync, mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ownBroker, requireService } from './helpers/brokers.js'
 
 const url = await freshDatabase(t, 'outbox')
 const sql = await sqlClient(t, url)
@@ -29,6 +33,12 @@ const upsert = async (table: string, id: string, data: object, db: pg.Client = s
   await db.query(`INSERT INTO ${table} (id, data) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET data = excluded.data, mt_version = gen_random_uuid()`, [id, doc(id, data)])
 }
 const positionOf = (m: Frame): string => m.data.position as string
+/** Until the leader has numbered and published everything committed so far. */
+const settled = async (): Promise<boolean> => await until(async () => {
+  const { rows: [s] } = await sql.query(`SELECT (SELECT count(*) FROM changefeed_outbox WHERE pos IS NULL)::int AS unnumbered, assigned = published AS done
+    FROM changefeed_outbox_state WHERE channel = 'cf_outbox_test'`)
+  return s.unnumbered === 0 && s.done === true
+})
 
 t.test('notifications carry positions that grow per entity', async (t) => {
   const ws = await client()
@@ -50,6 +60,7 @@ t.test('since replays what a client missed, then live changes follow without rep
 
   for (let i = 1; i <= 5; i++) await upsert('mt_doc_fixture', 'f-2', { score: i })
   await upsert('mt_doc_fixture', 'other', { score: 99 })
+  t.ok(await settled(), 'published while nobody watched')
 
   const second = await client()
   second.send({ type: 'subscribe', id: 'resume', data: { entityType: 'Fixture', entityId: 'f-2', since: positionOf(seen) } })
@@ -119,10 +130,7 @@ t.test('concurrent writers: every entity\'s changes arrive in commit order', asy
 })
 
 t.test('the published cursor is stored, and old rows are pruned', async (t) => {
-  await until(async () => {
-    const { rows: [s] } = await sql.query('SELECT assigned, published FROM changefeed_outbox_state WHERE channel = $1', ['cf_outbox_test'])
-    return s.assigned === s.published
-  })
+  t.ok(await settled())
   const { rows: [s] } = await sql.query('SELECT assigned, published FROM changefeed_outbox_state WHERE channel = $1', ['cf_outbox_test'])
   t.equal(s.published, s.assigned, 'everything numbered is published')
   t.ok(Number(s.published) > 100, 'and it counted every change')
@@ -140,4 +148,49 @@ t.test('the published cursor is stored, and old rows are pruned', async (t) => {
   const ws = await client()
   ws.send({ type: 'subscribe', id: 'old', data: { entityType: 'Team', entityId: 't-down', since: `${before.epoch as string}:1` } })
   t.match(await ws.next((m) => m.id === 'old'), { data: { recovered: false } }, 'a position older than the pruned ones cannot be resumed')
+})
+
+t.test('an application role without rights on the outbox, and with its own search_path, can still write', async (t) => {
+  const role = `cf_app_${process.pid}`
+  await adminQuery(`DROP ROLE IF EXISTS ${role}`)
+  await adminQuery(`CREATE ROLE ${role} LOGIN`)
+  t.teardown(async () => {
+    await sql.query(`REASSIGN OWNED BY ${role} TO postgres; DROP OWNED BY ${role}`).catch(() => {})
+    await adminQuery(`DROP ROLE IF EXISTS ${role}`)
+  })
+  await sql.query(`GRANT SELECT, INSERT, UPDATE ON mt_doc_team TO ${role}; CREATE SCHEMA IF NOT EXISTS elsewhere`)
+  const ws = await client()
+  await ws.subscribe('Team', 't-role')
+  const appUser = new pg.Client({ connectionString: url.replace('postgres@', `${role}@`) })
+  await appUser.connect()
+  t.teardown(async () => { await appUser.end() })
+  await appUser.query('SET search_path = elsewhere, public')
+  await appUser.query('INSERT INTO mt_doc_team (id, data) VALUES ($1, $2)', ['t-role', doc('t-role')])
+  t.match((await ws.next(isNotification('Team', 't-role'))).data, { changeType: 'created' }, 'the change went through the outbox')
+})
+
+t.test('a change the bus can never carry is given up on after three attempts; its watchers resync, the rest flows', async (t) => {
+  await requireService('NATS')
+  const dir = mkdtempSync(join(tmpdir(), 'changefeed-nats-conf-'))
+  writeFileSync(join(dir, 'small.conf'), 'max_payload: 8192\n')
+  const broker = await ownBroker(t, 'nats', ['-c', join(dir, 'small.conf')])
+  const db = await freshDatabase(t, 'outbox_poison')
+  const writer = await sqlClient(t, db)
+  await writer.query(martenTableSql('mt_doc_fixture'))
+  const running = await startApp(t, {
+    databases: [{ name: 'main', url: db }],
+    capture: { mode: 'outbox', channel: 'cf_poison', outbox: { pollIntervalMs: 50 } },
+    entities: { Fixture: { access: 'public', payload: 'full' } },
+    bus: { provider: 'nats', url: broker.url, prefix: `poison${process.pid}` }
+  })
+  const ws = await running.client()
+  await ws.subscribe('Fixture', 'big')
+  await ws.subscribe('Fixture', 'small')
+  await upsert('mt_doc_fixture', 'big', { blob: 'x'.repeat(20_000) }, writer)
+  await upsert('mt_doc_fixture', 'small', { n: 1 }, writer)
+  t.match(await ws.next((m) => m.type === 'resync', 10_000), { data: { reason: 'delivery_failed', entityType: 'Fixture', entityId: 'big' } }, 'the watchers of the entity are told to refetch')
+  t.equal((await ws.next(isNotification('Fixture', 'small'), 10_000)).data.payload.n, 1, 'other changes are not held back')
+  await upsert('mt_doc_fixture', 'big', { blob: 'small now' }, writer)
+  t.equal((await ws.next(isNotification('Fixture', 'big'), 10_000)).data.payload.blob, 'small now', 'and the entity flows again')
+  t.equal(running.app.changefeed.stats().router.givenUp, 1, 'counted')
 })

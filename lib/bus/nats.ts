@@ -82,6 +82,8 @@ export class NatsBus implements PubSub {
 
 type CountMap = Record<string, number>
 
+const CLOSE_CLEANUP_MS = 2000
+
 export class NatsInterest extends ClusterInterest {
   private kv!: KV
   private registered = false
@@ -193,8 +195,16 @@ export class NatsInterest extends ClusterInterest {
     this.log.info({ instance: id, entries: owned.length }, 'changefeed: removed the interest of an instance that stopped')
   }
 
+  /** Removes this instance's entries; bounded, because with the server away they would wait for it (the others
+   * expire them after the TTL anyway). */
   async close (): Promise<void> {
     this.stopTimers()
-    if (!this.nc.isClosed()) await this.remove(this.instanceId).catch(() => {})
+    if (this.nc.isClosed()) return
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      this.remove(this.instanceId).catch(() => {}),
+      new Promise((resolve) => { timer = setTimeout(resolve, CLOSE_CLEANUP_MS) })
+    ])
+    clearTimeout(timer)
   }
 }

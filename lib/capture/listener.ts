@@ -18,9 +18,16 @@ export type ListenerState = 'idle' | 'following' | 'listening' | 'reconnecting' 
 export interface ListenerEvents {
   onChange(change: Change): void
   onGap(database: string, reason: 'listener_gap' | 'leader_change'): void
-  /** Outbox mode: routes a batch of numbered rows; false when any of it failed (the batch is published again). */
-  onOutbox(database: string, rows: RowChange[]): Promise<boolean>
+  /**
+   * Outbox mode: routes a batch of numbered rows; false when any of it failed (the batch is published again).
+   * `final`: the batch failed before; give up on what fails now (its watchers resync) rather than stall.
+   * `current()`: false once this instance is no longer the one publishing (its connection went).
+   */
+  onOutbox(database: string, rows: RowChange[], attempt: { final: boolean, current: () => boolean }): Promise<boolean>
 }
+
+/** attempts at one outbox batch before what still fails is given up on */
+const OUTBOX_ATTEMPTS = 3
 
 export interface OutboxSettings {
   batchSize: number
@@ -62,7 +69,9 @@ export class ListenerConnection {
   private outboxTimer: NodeJS.Timeout | null = null
   private lastPrune = 0
   private draining: Promise<void> | null = null
+  private drainingSession: ListenSession | null = null
   private drainAgain = false
+  private failedAttempts = 0
   /** outbox mode: rows published (at least once) by this instance */
   outboxPublished = 0
 
@@ -173,45 +182,57 @@ export class ListenerConnection {
   /**
    * Publishes the outbox: numbers what is committed, routes what lies after the published cursor, then moves the
    * cursor. A batch that fails is published again from the cursor (at least once; positions let clients drop
-   * the repeats). One drain at a time; a wake-up during one runs another after it.
+   * the repeats), and after OUTBOX_ATTEMPTS what still fails is given up on, so one poisonous change cannot stall
+   * the rest. One drain per session at a time; a wake-up during one runs another after it.
    */
   async drain (): Promise<void> {
-    if (this.draining !== null) {
+    if (this.draining !== null && this.drainingSession === this.session) {
       this.drainAgain = true
       return await this.draining
     }
-    this.draining = this.drainLoop().finally(() => { this.draining = null })
-    await this.draining
+    const session = this.session
+    const run: Promise<void> = this.drainLoop(session).finally(() => {
+      if (this.draining === run) {
+        this.draining = null
+        this.drainingSession = null
+      }
+    })
+    this.draining = run
+    this.drainingSession = session
+    await run
   }
 
-  private async drainLoop (): Promise<void> {
+  private async drainLoop (session: ListenSession | null): Promise<void> {
     const outbox = this.outbox!
     const settings = this.options.outbox!
+    const current = (): boolean => this.session === session && this.state === 'listening'
     try {
       do {
         this.drainAgain = false
-        const session = this.session
-        if (session === null || this.state !== 'listening') return
+        if (session === null || !current()) return
         const query = session.query
+        if (Date.now() - this.lastPrune > settings.pruneIntervalSeconds * 1000) {
+          this.lastPrune = Date.now()
+          const pruned = await outbox.prune(query, settings.retentionSeconds, settings.maxRows)
+          if (pruned > 0) this.log.debug({ database: this.db.name, pruned }, 'changefeed: outbox pruned')
+        }
         const state = await outbox.state(query)
         let cursor = state.published
         for (;;) {
           await outbox.number(query, settings.batchSize)
           const { rows, last } = await outbox.read(query, state.epoch, cursor, settings.batchSize)
           if (rows.length === 0) break
-          if (!await this.events.onOutbox(this.db.name, rows)) {
-            this.log.warn({ database: this.db.name, from: cursor }, 'changefeed: publishing the outbox failed; retrying from the cursor')
+          const final = this.failedAttempts + 1 >= OUTBOX_ATTEMPTS
+          if (!await this.events.onOutbox(this.db.name, rows, { final, current })) {
+            this.failedAttempts++
+            this.log.warn({ database: this.db.name, from: cursor, attempt: this.failedAttempts }, 'changefeed: publishing the outbox failed; retrying from the cursor')
             return
           }
-          if (this.session !== session) return
+          this.failedAttempts = 0
+          if (!current()) return
           await outbox.markPublished(query, last)
           this.outboxPublished += rows.length
           cursor = last
-        }
-        if (Date.now() - this.lastPrune > settings.pruneIntervalSeconds * 1000) {
-          this.lastPrune = Date.now()
-          const pruned = await outbox.prune(query, settings.retentionSeconds, settings.maxRows)
-          if (pruned > 0) this.log.debug({ database: this.db.name, pruned }, 'changefeed: outbox pruned')
         }
       } while (this.drainAgain)
     } catch (err) {

@@ -43,7 +43,7 @@ export class Outbox {
   constructor (private readonly channel: string) {}
 
   async state (query: Query): Promise<OutboxState> {
-    await query('INSERT INTO changefeed_outbox_state (channel) VALUES ($1) ON CONFLICT DO NOTHING', [this.channel])
+    await query('SELECT changefeed_outbox_init($1)', [this.channel])
     const [row] = await query<{ epoch: string, assigned: string, published: string, pruned: string }>(
       'SELECT epoch, assigned, published, pruned FROM changefeed_outbox_state WHERE channel = $1', [this.channel])
     return { epoch: row.epoch, assigned: Number(row.assigned), published: Number(row.published), pruned: Number(row.pruned) }
@@ -62,7 +62,7 @@ export class Outbox {
         WHERE channel = $1 AND EXISTS (SELECT 1 FROM batch)
         RETURNING assigned - (SELECT count(*) FROM batch) AS base
       )
-      UPDATE changefeed_outbox o SET pos = state.base + ordered.n
+      UPDATE changefeed_outbox o SET pos = state.base + ordered.n, numbered_at = clock_timestamp()
       FROM ordered, state WHERE o.id = ordered.id
       RETURNING ordered.n`, [this.channel, limit])
     return rows.length
@@ -91,7 +91,7 @@ export class Outbox {
       gone AS (
         DELETE FROM changefeed_outbox o USING state
         WHERE o.channel = $1 AND o.pos IS NOT NULL AND o.pos <= state.published
-          AND (o.created_at < now() - make_interval(secs => $2) OR o.pos <= state.assigned - $3)
+          AND (o.numbered_at < now() - make_interval(secs => $2) OR o.pos <= state.assigned - $3)
         RETURNING o.pos
       )
       UPDATE changefeed_outbox_state s SET pruned = greatest(s.pruned, (SELECT max(pos) FROM gone))

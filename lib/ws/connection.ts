@@ -130,6 +130,7 @@ export class Connection implements Watcher {
   }
 
   private write (frame: string, key: string | null): boolean {
+    if (this.state !== 'open') return false
     const before = this.outbound.conflated
     const result = this.outbound.push(frame, key)
     this.services.counters.conflated += this.outbound.conflated - before
@@ -309,6 +310,8 @@ export class Connection implements Watcher {
     this.replaying.delete(channel)
     if (this.state !== 'open') return
     this.send(encodeSubscribed(id, subscriptionIdOf(entity.name, entityId), entity.name, entityId, frames !== null))
+    // a live notification held for this slow socket is in the replay too: it must not go out ahead of it
+    if (frames !== null) this.outbound.discard(channel)
     let last = since
     for (const { frame, position } of frames ?? []) {
       this.write(frame, null)

@@ -113,6 +113,12 @@ export class OutboundQueue {
     return 'held'
   }
 
+  /** Drops the held frame of `key`, if any (a replay about to be written covers it). */
+  discard (key: string): void {
+    this.pending.delete(key)
+    if (this.pending.size === 0) this.stopTimer()
+  }
+
   /** Stops the timer and drops the held frames; safe to call more than once. */
   close (): void {
     this.closed = true

@@ -57,8 +57,8 @@ export interface OwnBroker {
   start(): Promise<void>
 }
 
-/** A broker process of the test's own, stopped at teardown. */
-export async function ownBroker (t: Teardown, kind: 'redis' | 'nats'): Promise<OwnBroker> {
+/** A broker process of the test's own, stopped at teardown. `args`: more command-line arguments for it. */
+export async function ownBroker (t: Teardown, kind: 'redis' | 'nats', args: string[] = []): Promise<OwnBroker> {
   const port = await freePort()
   const store = mkdtempSync(join(tmpdir(), 'changefeed-nats-'))
   let child: ChildProcess | null = null
@@ -66,8 +66,8 @@ export async function ownBroker (t: Teardown, kind: 'redis' | 'nats'): Promise<O
     url: `${kind}://127.0.0.1:${port}`,
     async start () {
       child = kind === 'redis'
-        ? spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-        : spawn('/usr/sbin/nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], { stdio: 'ignore' })
+        ? spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...args], { stdio: 'ignore' })
+        : spawn('/usr/sbin/nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store, ...args], { stdio: 'ignore' })
       await waitFor(async () => await portOpen(port), `${kind} on port ${port} to start`)
     },
     async stop () {
