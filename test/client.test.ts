@@ -160,7 +160,7 @@ t.test('subscribes refused for rate are sent again until they hold', async (t) =
   t.equal(c.state, 'open', 'on the same connection')
 })
 
-t.test('positions: a repeated notification is dropped; a resync is answered with since, and only a refusal reaches the owner', async (t) => {
+t.test('positions: a repeated notification is dropped; a resync is answered with since (what arrives before the reply is left to the replay), and only a refusal reaches the owner', async (t) => {
   const server = new WebSocketServer({ port: 0, host: '127.0.0.1' })
   t.teardown(() => server.close())
   await once(server, 'listening')
@@ -188,16 +188,20 @@ t.test('positions: a repeated notification is dropped; a resync is answered with
   send({ type: 'resync', data: { reason: 'bus_gap', entityType: 'RugbyGameState', entityId: 'm1' } })
   t.ok(await until(() => received.length === 1))
   t.match(received[0], { type: 'subscribe', data: { entityType: 'RugbyGameState', entityId: 'm1', since: '0a0a0a0a:2' } }, 'the resync is answered with since')
+  // written live before the server took the resume: the replay carries it, in its place
+  send(note('0a0a0a0a:4'))
   send(subscribed(true))
   send(note('0a0a0a0a:3'))
-  t.ok(await until(() => got.length === 3), 'the replay arrives')
+  send(note('0a0a0a0a:4'))
+  t.ok(await until(() => got.length === 4), 'the replay arrives')
   await sleep(50)
+  t.same(got.slice(2), ['0a0a0a0a:3', '0a0a0a0a:4'], 'in order: what came before the reply was dropped')
   t.same(resyncs, [], 'recovered: the owner refetches nothing')
 
   received.length = 0
   send({ type: 'resync', data: { reason: 'bus_gap' } })
   t.ok(await until(() => received.length === 1))
-  t.equal(received[0].data.since, '0a0a0a0a:3')
+  t.equal(received[0].data.since, '0a0a0a0a:4')
   send(subscribed(false))
   t.ok(await until(() => resyncs.length === 1), 'not recovered: the owner is told')
   t.same(resyncs, ['bus_gap'], 'with the reason')

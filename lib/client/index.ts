@@ -120,6 +120,8 @@ interface Entry {
   since?: string
   /** recent positions: a notification delivered again (after a failover) is dropped */
   seen?: string[]
+  /** a subscribe with `since` awaits its reply: what arrives before it is in the replay that follows */
+  resuming?: boolean
   /** pending unsubscribe, cancelled when someone subscribes again first */
   releaseTimer?: ReturnType<typeof setTimeout>
   /** sent again after a reconnect: unless the server recovered what was missed, the owner must refetch */
@@ -317,6 +319,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
 
   private sendSubscribe (entry: Entry): void {
     const data: Record<string, string | boolean> = { entityType: entry.entityType, entityId: entry.entityId }
+    entry.resuming = entry.since !== undefined
     if (entry.since !== undefined) data.since = entry.since
     if (entry.counted === true) data.watchers = true
     this.send({ type: 'subscribe', id: entry.entityType + ':' + entry.entityId, data })
@@ -438,6 +441,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         for (const key of [data.entityType + ':' + data.entityId, data.entityType + ':*']) {
           const entry = this.entries.get(key)
           if (entry === undefined) continue
+          if (entry.resuming === true) continue
           if (typeof data.position === 'string') {
             const seen = entry.seen ??= []
             if (seen.includes(data.position) || (key !== data.entityType + ':*' && stale(entry.since, data.position))) continue
@@ -460,6 +464,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       }
       case 'subscribed': {
         const entry = this.entries.get(data.subscriptionId)
+        if (entry !== undefined) entry.resuming = false
         if (entry !== undefined && entry.snapshot.status !== 'subscribed') this.update(entry, { status: 'subscribed' }, false)
         if (entry?.resubscribed !== undefined && data.recovered !== true) this.resync(entry, entry.resubscribed)
         if (entry !== undefined) entry.resubscribed = undefined
@@ -468,6 +473,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       case 'subscription_error': {
         const entry = this.entries.get(data.entityType + ':' + data.entityId)
         if (entry === undefined) return
+        entry.resuming = false
         // the server failed, not the request: try again shortly
         if (data.code === 'internal_error') return this.retrySubscribe(entry)
         this.update(entry, { status: 'error', error: { code: data.code, message: data.error } })
