@@ -143,11 +143,15 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
   const announceGap = (database: string, reason: string): void => {
     fanout.announceGap(database, reason).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
   }
-  /** The bus lost messages: resync local watchers; the databases this instance captures tell every instance. */
+  /**
+   * The bus lost messages: resync every local watcher now, and for the databases this instance captures tell
+   * every instance. Not only through that announcement: it may not come back here (this instance's subscriber
+   * may not listen again yet), and these watchers would never hear of the gap.
+   */
   const onBusGap = (reason: string): void => {
-    const led = new Set([...capture?.listeners ?? []].filter(([, l]) => l.isLeader).map(([name]) => name))
+    const led = [...capture?.listeners ?? []].filter(([, l]) => l.isLeader).map(([name]) => name)
     for (const database of led) announceGap(database, reason)
-    fanout.resyncLocal(reason, (database) => !led.has(database))
+    fanout.resyncLocal(reason)
   }
 
   try {
@@ -174,7 +178,9 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
         // a deposed publisher stops at once: the new leader publishes from the stored cursor
         const results = await Promise.all(changes.map(async (c) => current() && await router.routeChange(c, !final)))
         if (results.every(Boolean)) return true
-        if (!final || !current()) return false
+        // during an outage the batch waits (watchers got a bus_gap resync); only a change that fails while
+        // everything works is given up on
+        if (!final || !current() || router.outage) return false
         for (const [i, change] of changes.entries()) if (!results[i]) await router.giveUp(change)
         return true
       }

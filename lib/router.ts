@@ -29,6 +29,8 @@ export interface PublishInput {
 /** Where every change goes besides the watchers (lib/stream.ts: a JetStream stream). Rejects when not accepted. */
 export interface ChangeSink {
   publish(record: { entityType: string, entityId: string, position: string, frame: string }): Promise<void>
+  /** false during an outage */
+  readonly ready: boolean
 }
 
 export interface RouterCounters {
@@ -116,6 +118,7 @@ export class ChangeRouter {
         'changefeed.instance.id': this.instanceId
       }
     })
+    const busErrorsBefore = this.counters.busErrors
     try {
       const needsRead = change.events !== undefined
         ? change.events.some((e) => !('data' in e))
@@ -140,7 +143,9 @@ export class ChangeRouter {
     } catch (err) {
       this.counters.failed++
       span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message })
-      this.log.error({ err, entityType: entity.name, entityId: change.id }, 'changefeed: routing a change failed')
+      // a bus outage fails every change until the bus is back; it is reported once, by the bus, and counted
+      if (this.counters.busErrors > busErrorsBefore) this.log.debug({ err: (err as Error).message, entityType: entity.name, entityId: change.id }, 'changefeed: the bus refused a change')
+      else this.log.error({ err, entityType: entity.name, entityId: change.id }, 'changefeed: routing a change failed')
       return false
     } finally {
       span.end()
@@ -197,6 +202,11 @@ export class ChangeRouter {
       frames.push({ frame: (await this.frameOf(entity, change)).frame, position: change.position })
     }
     return frames
+  }
+
+  /** Whether a failure now would be an outage (bus or stream down) rather than a change that cannot be carried. */
+  get outage (): boolean {
+    return !this.bus.ready || this.stream?.ready === false
   }
 
   /**

@@ -45,13 +45,26 @@ export class ChangeStream {
   /** publishes waiting for their ack: close() lets them finish */
   private readonly inFlight = new Set<Promise<unknown>>()
   private closing: Promise<void> | null = null
+  private connected = true
 
   private constructor (
     private readonly nc: NatsConnection,
     private readonly js: JetStreamClient,
     private readonly options: StreamOptions,
     private readonly log: FastifyBaseLogger
-  ) {}
+  ) {
+    void (async () => {
+      for await (const status of nc.status()) {
+        if (status.type === 'disconnect') this.connected = false
+        else if (status.type === 'reconnect') this.connected = true
+      }
+    })()
+  }
+
+  /** false while the NATS connection is down: a failure then is an outage, not a change JetStream refuses */
+  get ready (): boolean {
+    return this.connected && !this.nc.isClosed()
+  }
 
   /** Connects and creates the stream, or brings an existing one to these limits. */
   static async open (options: StreamOptions, log: FastifyBaseLogger): Promise<ChangeStream> {

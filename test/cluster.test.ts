@@ -115,6 +115,10 @@ for (const provider of ['redis', 'nats'] as const) {
     await broker.start()
     for (const c of survivors) t.equal((await c.next((m) => m.type === 'resync', 10_000)).data.reason, 'bus_gap', 'the outage is a gap')
     t.ok(await until(async () => await Promise.resolve(observer.isWatched(`${prefix}:Team:team-1`)).catch(() => false), 10_000), 'interest is back')
+    // each connection of an instance reports its own gap as it comes back; the instances are ready once all are
+    const living = instances.filter((_, i) => i !== leaderIndex)
+    t.ok(await until(async () => (await Promise.all(living.map(async (i) => (await fetch(`${await i.address}/health/ready`)).status))).every((s) => s === 200), 10_000), 'every instance is ready again')
+    for (const c of survivors) c.messages.length = 0
     await sql.query(`UPDATE mt_doc_team SET data = '{"v":5}' WHERE id = 'team-1'`)
     t.ok(await until(() => survivors.every((c) => notificationsOf(c).length >= 1), 5000), 'delivery works again')
     await sleep(300)

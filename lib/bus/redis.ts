@@ -16,7 +16,8 @@ import { ClusterInterest } from '../store/cluster.js'
 
 export class RedisBus implements PubSub {
   readonly provider = 'redis'
-  private wasDown = false
+  /** the connections that dropped and are not back yet: each comes back on its own */
+  private readonly down = new Set<Redis>()
   private closed = false
 
   /** `publisher` may be a host's client (not closed here); `subscriber` is this bus's own. */
@@ -25,15 +26,18 @@ export class RedisBus implements PubSub {
     subscriber.on('message', (channel: string, message: string) => { if (!this.closed) context.onMessage(channel, message) })
     for (const client of [publisher, subscriber]) {
       client.on('close', () => {
-        if (this.closed || this.wasDown) return
-        this.wasDown = true
-        log.warn('changefeed: Redis connection lost')
+        if (this.closed || this.down.has(client)) return
+        if (this.down.size === 0) log.warn('changefeed: Redis connection lost')
+        this.down.add(client)
       })
-      // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile is lost: say so
+      // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile is lost: say so as each
+      // connection is back, not once both are. The subscriber's 'ready' comes before ioredis sends its SUBSCRIBE
+      // again, so the resync reaches the sockets before anything published after the outage: delivered first, a
+      // later change would move a client's position past the lost ones, and its resume would skip them. The
+      // publisher's 'ready' is when a leader can tell the other instances.
       client.on('ready', () => {
-        if (!this.wasDown || this.closed || !this.ready) return
-        this.wasDown = false
-        log.info('changefeed: Redis connection restored')
+        if (this.closed || !this.down.delete(client)) return
+        if (this.down.size === 0) log.info('changefeed: Redis connection restored')
         context.onGap('bus_gap')
       })
       client.on('error', (err: Error) => log.debug({ err: err.message }, 'changefeed: Redis error'))
