@@ -1,13 +1,13 @@
 /**
  * The standalone servers of a chaos run: `bin/serve` child processes like test/helpers/serve.ts starts, with two
  * differences the run needs. The path of bin/serve is found from the package root, so this works both from the
- * sources (tap) and from dist/ (`npm run chaos`), where the helper's relative path points at dist/bin/serve, which
- * does not exist. And the logs go to a file rather than memory: a 100,000-change run logs a lot.
+ * sources (tap) and from dist/ (`npm run chaos`), where the helper's path (relative to its own file) would be
+ * dist/bin/serve, which does not exist. And the logs go to a file rather than memory: a 100,000-change run logs a lot.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createWriteStream, existsSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { createWriteStream } from 'node:fs'
+import { join } from 'node:path'
+import { packageRoot } from '../../lib/paths.js'
 
 interface Teardown { teardown(fn: () => unknown): void }
 
@@ -20,20 +20,9 @@ export interface Instance {
   stop(signal?: NodeJS.Signals): Promise<void>
 }
 
-/** The package root: the nearest directory above this file holding package.json and bin/serve. */
-export function packageRoot (): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  while (!existsSync(join(dir, 'package.json')) || !existsSync(join(dir, 'bin', 'serve'))) {
-    const up = dirname(dir)
-    if (up === dir) throw new Error('bin/serve not found above ' + fileURLToPath(import.meta.url))
-    dir = up
-  }
-  return dir
-}
-
 /** Starts one instance; resolves once its "Server listening at" line is logged. Stopped at teardown. */
 export async function startInstance (t: Teardown, configFile: string, logFile: string): Promise<Instance> {
-  const child = spawn(process.execPath, [join(packageRoot(), 'bin', 'serve'), '--config', configFile], {
+  const child = spawn(process.execPath, [join(packageRoot, 'bin', 'serve'), '--config', configFile], {
     env: { PATH: process.env.PATH, LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'info' },
     stdio: ['ignore', 'pipe', 'pipe']
   })
