@@ -10,7 +10,7 @@ import fp from 'fastify-plugin'
 import fastifyPostgres from '@fastify/postgres'
 import type pg from 'pg'
 import { PGliteDatabase, PgDatabase, type Database } from './capture/database.js'
-import { Capture } from './capture/index.js'
+import { Capture, eventTableOf } from './capture/index.js'
 import { coalesceRows } from './capture/coalesce.js'
 import { Outbox } from './capture/outbox.js'
 import { ChangeStream, type StreamOptions } from './stream.js'
@@ -160,10 +160,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     await fanout.attach(bus, interest)
     const router = new ChangeRouter(registry, databases, interest, bus, options.bus.prefix, log, undefined, parts.instanceId)
     if (options.capture.mode === 'outbox') {
-      const { events } = options.capture
       for (const name of databases.keys()) {
-        const eventTable = events.enabled && (events.database === undefined || events.database === name) ? events.table : null
-        router.useOutbox(name, new Outbox(options.capture.channel), eventTable, options.capture.outbox.maxReplay)
+        router.useOutbox(name, new Outbox(options.capture.channel), eventTableOf(options.capture, name), options.capture.outbox.maxReplay)
       }
     }
     if (options.capture.stream.enabled) {
@@ -195,13 +193,15 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       options, registry, policy, authenticator, fanout, log, telemetry, interest, replay: async (entity, id, since) => await router.replay(entity, id, since)
     })
     const listeners = capture.listeners
+    const listenerStats = (): ChangefeedStats['listeners'] => Object.fromEntries([...listeners].map(([name, l]) =>
+      [name, { state: l.state, reconnects: l.reconnects, leaderships: l.leaderships, gaps: l.gaps, outboxPublished: l.outboxPublished }]))
     const telemetrySnapshot = (): TelemetrySnapshot => ({
       connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, slowConsumerCloses: connections.counters.slowConsumerCloses, conflated: connections.counters.conflated, replayed: connections.counters.replayed, closedByCode: connections.closedByCode },
       subscriptions: { byType: fanout.store.countByType(), createdByType: fanout.counters.createdByType, removedByType: fanout.counters.removedByType },
       notifications: { sentByPayload: fanout.counters.sentByPayload, failedByPayload: fanout.counters.failedByPayload },
       router: router.counters,
       auth: authenticator.counters,
-      listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { gaps: l.gaps, reconnects: l.reconnects, leaderships: l.leaderships, outboxPublished: l.outboxPublished }])),
+      listeners: listenerStats(),
       busErrors: router.counters.busErrors + fanout.counters.busErrors
     })
     const health = (): HealthReport => healthOf(bus, listeners)
@@ -221,7 +221,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
           created: Object.values(fanout.counters.createdByType).reduce((a, b) => a + b, 0),
           removed: Object.values(fanout.counters.removedByType).reduce((a, b) => a + b, 0)
         },
-        listeners: Object.fromEntries([...listeners].map(([name, l]) => [name, { state: l.state, reconnects: l.reconnects, leaderships: l.leaderships, gaps: l.gaps, outboxPublished: l.outboxPublished }])),
+        listeners: listenerStats(),
         stream: stream === null ? null : { published: stream.published, failed: stream.failed },
         bus: { provider: bus.provider, ready: bus.ready, instanceId: parts!.instanceId },
         router: { ...router.counters },

@@ -10,6 +10,12 @@ import type { EntityRegistry } from '../entities.js'
 import type { ResolvedOptions } from '../options.js'
 import { DatabaseUnavailableError } from '../errors.js'
 
+/** The event table captured in `database`, or null (events off, or captured in another database). */
+export function eventTableOf (capture: ResolvedOptions['capture'], database: string): string | null {
+  const { events } = capture
+  return events.enabled && (events.database === undefined || events.database === database) ? events.table : null
+}
+
 export class Capture {
   readonly listeners = new Map<string, ListenerConnection>()
   private readonly eventsInstalled = new Set<string>()
@@ -55,7 +61,7 @@ export class Capture {
   async scan (db: Database): Promise<void> {
     const { capture } = this.options
     const { events } = capture
-    if (events.enabled && capture.installTriggers && (events.database === undefined || events.database === db.name) && !this.eventsInstalled.has(db.name)) {
+    if (capture.installTriggers && eventTableOf(capture, db.name) !== null && !this.eventsInstalled.has(db.name)) {
       const [row] = await db.query<{ ok: boolean }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS ok', [capture.schema, events.table, events.streams, capture.channel, capture.mode === 'outbox'])
       if (row?.ok === true) this.eventsInstalled.add(db.name)
       else this.log.info({ database: db.name, table: events.table }, 'changefeed: no event table yet; looking again at the next scan')

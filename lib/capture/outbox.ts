@@ -10,6 +10,7 @@
  * together, which keeps that property and lets a transaction's rows be coalesced.
  */
 import type { RowChange } from './coalesce.js'
+import { formatPosition, parsePosition } from '../position.js'
 
 type Query = <R = Record<string, unknown>>(text: string, params?: unknown[]) => Promise<R[]>
 
@@ -23,15 +24,6 @@ export interface OutboxState {
   pruned: number
 }
 
-/** A position of outbox mode: `<epoch>:<number>`. */
-export function formatPosition (epoch: string, pos: number | string): string {
-  return epoch + ':' + String(pos)
-}
-
-export function parsePosition (position: string): { epoch: string, pos: number } | null {
-  const match = /^([0-9a-f]{8}):(\d{1,15})$/.exec(position)
-  return match === null ? null : { epoch: match[1], pos: Number(match[2]) }
-}
 
 interface Row { pos: string, change: RowChange }
 

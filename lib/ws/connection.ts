@@ -12,7 +12,7 @@ import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { OutboundQueue } from './outbound.js'
-import { parsePosition } from '../capture/outbox.js'
+import { isAfter } from '../position.js'
 import { FeedWatcher } from './feed.js'
 import type { WatcherCounts } from './watchers.js'
 import { FEED } from '../auth/policy.js'
@@ -368,13 +368,6 @@ export class Connection implements Watcher {
   private send (frame: string): void {
     if (this.state === 'open') this.write(frame, null)
   }
-}
-
-/** Whether a live notification comes after the last replayed one (positions of one epoch compare as numbers). */
-function isAfter (position: string | null, than: string): boolean {
-  const a = position === null ? null : parsePosition(position)
-  const b = parsePosition(than)
-  return a === null || b === null || a.epoch !== b.epoch || a.pos > b.pos
 }
 
 function requestIdOf (message: unknown): RequestIdValue {

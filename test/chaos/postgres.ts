@@ -9,7 +9,7 @@ import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
-import { freePort } from './ports.js'
+import { freePort } from '../helpers/brokers.js'
 
 const run = promisify(execFile)
 

@@ -33,7 +33,8 @@ export async function requireService (name: 'Redis' | 'NATS'): Promise<void> {
   if (!await portOpen(port)) throw new Error(`${name} is not reachable at 127.0.0.1:${port}; start it with: ${HOW_TO_START[name]}`)
 }
 
-async function freePort (): Promise<number> {
+/** A free TCP port on the loopback interface. */
+export async function freePort (): Promise<number> {
   return await new Promise((resolve) => {
     const server = createServer()
     server.listen(0, '127.0.0.1', () => {
