@@ -1,7 +1,7 @@
 /**
  * Positions. Outbox mode's `<epoch>:<n>` can be resumed with `since` and is ordered within its epoch; the others
- * (`n:<txid>` in notify mode, `p:<instance>:<n>` for a host's publish) only tell changes apart. Shared by the server
- * and the client SDK (no dependencies).
+ * (`n:<txid>` in notify mode, `p:<instance>:<n>` for a host's publish) only tell changes apart. The client SDK
+ * restates the rule (lib/client/index.ts), being one module without imports.
  */
 
 export function formatPosition (epoch: string, pos: number | string): string {

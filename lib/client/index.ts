@@ -9,7 +9,6 @@
  * - notices a dead connection by itself (no pong in time), and checks at once when the page becomes visible,
  *   comes back online, or is restored from the back/forward cache.
  */
-import { isAfter, parsePosition } from '../position.js'
 
 /** Entity type name → document type, for typed payloads: `new ChangefeedClient<{ RugbyGameState: GameState }>()`. */
 export type EntityMap = Record<string, unknown>
@@ -134,6 +133,19 @@ interface Entry {
 }
 
 type Listener<A extends unknown[]> = (...args: A) => void
+
+/**
+ * An outbox position, `<epoch>:<n>`: resumable with `since`, and ordered within its epoch. The server's rule is
+ * lib/position.ts; it is restated here because the SDK is one module with no imports (pages load it as is).
+ */
+const RESUMABLE = /^([0-9a-f]{8}):(\d+)$/
+
+/** A notification at or before the entity's last position (a repeat after a failover) is stale. */
+function stale (last: string | undefined, position: string): boolean {
+  const a = last === undefined ? null : RESUMABLE.exec(last)
+  const b = RESUMABLE.exec(position)
+  return a !== null && b !== null && a[1] === b[1] && Number(b[2]) <= Number(a[2])
+}
 
 
 function tokenExpiry (token: string): number | null {
@@ -436,7 +448,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
           if (entry.resuming === true) continue
           if (typeof data.position === 'string') {
             const seen = entry.seen ??= []
-            if (seen.includes(data.position) || (key !== data.entityType + ':*' && !isAfter(data.position, entry.since))) continue
+            if (seen.includes(data.position) || (key !== data.entityType + ':*' && stale(entry.since, data.position))) continue
             if (seen.push(data.position) > 64) seen.shift()
             if (key !== data.entityType + ':*') entry.since = data.position
           }
@@ -488,7 +500,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         for (const entry of targets) {
           if (entry === undefined) continue
           // a resumable position (outbox mode, `<epoch>:<n>`): ask for what was missed; a refusal resyncs then
-          if (entry.since !== undefined && parsePosition(entry.since) !== null) {
+          if (entry.since !== undefined && RESUMABLE.test(entry.since)) {
             entry.resubscribed = data.reason
             this.sendSubscribe(entry)
           } else this.resync(entry, data.reason)
