@@ -49,7 +49,8 @@ export interface ChangefeedStats {
   listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number }>
   /** the JetStream stream of all changes, when enabled */
   stream: { published: number, failed: number } | null
-  bus: { provider: string, ready: boolean, instanceId: string }
+  /** `channels`: entity channels this instance is subscribed to on the bus (one per locally watched entity) */
+  bus: { provider: string, ready: boolean, instanceId: string, channels: number }
   router: RouterCounters
   auth: AuthCounters
 }
@@ -134,7 +135,10 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
   let parts: BusParts | null = null
   let capture: Capture | null = null
   let stream: ChangeStream | null = null
+  let stopOwedResyncs = (): void => {}
   const shutdown = async (): Promise<void> => {
+    fanout.close()
+    stopOwedResyncs()
     await capture?.close()
     await stream?.close()
     await parts?.close()
@@ -144,13 +148,10 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     fanout.announceGap(database, reason).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
   }
   /**
-   * The bus lost messages: resync every local watcher now, and for the databases this instance captures tell
-   * every instance. Not only through that announcement: it may not come back here (this instance's subscriber
-   * may not listen again yet), and these watchers would never hear of the gap.
+   * This instance may have missed messages (its bus subscriber was away): every local watcher resyncs. What this
+   * instance failed to publish meanwhile is owed to those entities' watchers by the router.
    */
   const onBusGap = (reason: string): void => {
-    const led = [...capture?.listeners ?? []].filter(([, l]) => l.isLeader).map(([name]) => name)
-    for (const database of led) announceGap(database, reason)
     fanout.resyncLocal(reason)
   }
 
@@ -159,6 +160,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const { bus, interest } = parts
     await fanout.attach(bus, interest)
     const router = new ChangeRouter(registry, databases, interest, bus, options.bus.prefix, log, undefined, parts.instanceId)
+    stopOwedResyncs = () => router.owed.close()
     if (options.capture.mode === 'outbox') {
       for (const name of databases.keys()) {
         router.useOutbox(name, new Outbox(options.capture.channel), eventTableOf(options.capture, name), options.capture.outbox.maxReplay)
@@ -169,7 +171,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       router.stream = stream
     }
     capture = new Capture(databases, registry, options, {
-      onChange: (change) => { void router.routeChange(change) },
+      // notify mode: a change that fails now is lost, and its watchers must hear of it
+      onChange: (change) => { void router.routeChange(change).then((ok) => { if (!ok) router.giveUp(change) }) },
       onGap: announceGap,
       onOutbox: async (database, rows, { final, current }) => {
         const changes = coalesceRows(database, rows)
@@ -179,7 +182,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
         // during an outage the batch waits (watchers got a bus_gap resync); only a change that fails while
         // everything works is given up on
         if (!final || !current() || router.outage) return false
-        for (const [i, change] of changes.entries()) if (!results[i]) await router.giveUp(change)
+        for (const [i, change] of changes.entries()) if (!results[i]) router.giveUp(change)
         return true
       }
     }, log, options.bus.provider !== 'memory')
@@ -223,7 +226,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
         },
         listeners: listenerStats(),
         stream: stream === null ? null : { published: stream.published, failed: stream.failed },
-        bus: { provider: bus.provider, ready: bus.ready, instanceId: parts!.instanceId },
+        bus: { provider: bus.provider, ready: bus.ready, instanceId: parts!.instanceId, channels: fanout.busChannels },
         router: { ...router.counters },
         auth: structuredClone(authenticator.counters)
       }),

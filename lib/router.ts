@@ -13,7 +13,7 @@ import type { InterestStore } from './store/interest.js'
 import { wrap } from './bus/envelope.js'
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api'
 import { InvalidChangeError, UnknownEntityTypeError } from './errors.js'
-import { encodeResync } from './ws/protocol.js'
+import { OwedResyncs } from './resync.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {
@@ -47,7 +47,8 @@ export interface RouterCounters {
   failed: number
   /** publishes the bus refused */
   busErrors: number
-  /** outbox mode: changes given up on after repeated failures (their watchers were told to resync) */
+  /** changes that will not be delivered (their watchers were told to resync): notify mode after a failure,
+   * outbox mode after repeated ones */
   givenUp: number
 }
 
@@ -57,6 +58,8 @@ export function channelOf (prefix: string, entityType: string, entityId: string)
 
 export class ChangeRouter {
   readonly counters: RouterCounters = { changes: 0, unwatched: 0, unknownTable: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
+  /** resyncs owed to the watchers of changes that were lost */
+  readonly owed: OwedResyncs
 
   constructor (
     private readonly registry: EntityRegistry,
@@ -68,7 +71,9 @@ export class ChangeRouter {
     private readonly tracer: Tracer = trace.getTracer('fastify-changefeed'),
     /** recorded on the publish spans, so a delivery elsewhere can be traced to this instance */
     private readonly instanceId = ''
-  ) {}
+  ) {
+    this.owed = new OwedResyncs(bus, prefix, log)
+  }
 
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
   private readonly inFlight = new Map<string, Promise<boolean>>()
@@ -210,17 +215,21 @@ export class ChangeRouter {
   }
 
   /**
-   * Outbox mode, after repeated failures: the change is left behind and its watchers, wherever they are, get a
-   * `resync` (reason `delivery_failed`) so they refetch. Never silent.
+   * A change that will not be delivered: notify mode after a failure, outbox mode after repeated ones. Its
+   * watchers, wherever they are, get a `resync` (reason `delivery_failed`) as soon as the bus takes it. Never silent.
    */
-  async giveUp (change: Change): Promise<void> {
+  giveUp (change: Change): void {
     const entity = this.entityOf(change)
     if (entity === undefined) return
     this.counters.givenUp++
-    this.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be published; its watchers resync')
-    const frame = encodeResync('delivery_failed', entity.name, change.id)
-    await this.bus.publish(channelOf(this.prefix, entity.name, change.id), wrap(Date.now(), 'resync', undefined, frame, change.position))
-      .catch((err: Error) => this.log.error({ err: err.message }, 'changefeed: the resync could not be published either'))
+    this.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be delivered; its watchers resync')
+    this.oweResync(entity, change.id)
+  }
+
+  /** The watchers of the entity, and of its type's feed, are owed a resync for a change they will not get. */
+  private oweResync (entity: EntityType, entityId: string): void {
+    const channel = channelOf(this.prefix, entity.name, entityId)
+    this.owed.owe(entity.database, entity.feed ? [channel, channelOf(this.prefix, entity.name, '*')] : [channel], entity.name, entityId, 'delivery_failed')
   }
 
   /** Outbox mode: where each database's outbox is read for replays. */
@@ -272,7 +281,13 @@ export class ChangeRouter {
     const position = `p:${this.instanceId.slice(0, 8)}:${++this.published}`
     const frame = encodeNotification(entity.name, input.entityId, input.changeType, payloadType, now,
       input.version === undefined ? null : String(input.version), null, input.payload, position)
-    await this.send(entity, channel, now, payloadType, frame, position)
+    try {
+      await this.send(entity, channel, now, payloadType, frame, position)
+    } catch (err) {
+      // the host hears of it from the rejection; the watchers, from a resync once the bus is back
+      this.oweResync(entity, input.entityId)
+      throw err
+    }
     return true
   }
 

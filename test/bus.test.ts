@@ -44,9 +44,9 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     const b = provider === 'memory' ? a : await instance(t, provider, urls[provider], prefix)
     const [one, two, other] = [`${prefix}:Team:1`, `${prefix}:Team:2`, `${prefix}:Team:3`]
 
-    await b.parts.bus.subscribe(one)
-    await b.parts.bus.subscribe(one)
-    await b.parts.bus.subscribe(two)
+    await b.parts.bus.subscribe([one])
+    await b.parts.bus.subscribe([one])
+    await b.parts.bus.subscribe([two])
     for (let i = 0; i < 500; i++) {
       await a.parts.bus.publish(one, `one-${i}`)
       await a.parts.bus.publish(two, `two-${i}`)
@@ -58,7 +58,7 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     t.same(b.received.filter((m) => m.channel === two).map((m) => m.message), Array.from({ length: 500 }, (_, i) => `two-${i}`))
     t.equal(b.received.filter((m) => m.channel === other).length, 0, 'nothing from channels not subscribed')
 
-    await b.parts.bus.unsubscribe(one)
+    await b.parts.bus.unsubscribe([one])
     b.received.length = 0
     await a.parts.bus.publish(one, 'after-unsubscribe')
     await a.parts.bus.publish(two, 'marker')
@@ -81,21 +81,21 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     const channel = `${prefix}:Team:t1`
     t.equal(await b.parts.interest.isWatched(channel), false)
     a.local.add(channel, 'Team', 't1', 'socket-1')
-    await a.parts.interest.update(channel, 'Team', 1)
+    await a.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
     t.equal(await b.parts.interest.isWatched(channel), true, 'the first watcher is visible at once')
     if (b !== a) {
       b.local.add(channel, 'Team', 't1', 'socket-2')
       b.local.add(channel, 'Team', 't1', 'socket-3')
-      await b.parts.interest.update(channel, 'Team', 1)
-      await b.parts.interest.update(channel, 'Team', 2)
+      await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
+      await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 2 }])
       t.ok(await until(async () => await a.parts.interest.watchers(channel) === 3), 'counts add up across instances')
       t.ok(await until(async () => (await a.parts.interest.totals()).Team === 3), 'totals per type')
       b.local.remove(channel, 'socket-2')
       b.local.remove(channel, 'socket-3')
-      await b.parts.interest.update(channel, 'Team', 0)
+      await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 0 }])
     }
     a.local.remove(channel, 'socket-1')
-    await a.parts.interest.update(channel, 'Team', 0)
+    await a.parts.interest.update([{ channel: channel, entityType: 'Team', count: 0 }])
     t.equal(await b.parts.interest.isWatched(channel), false, 'the last one leaving is visible at once')
   })
 }
@@ -107,9 +107,9 @@ for (const provider of ['redis', 'nats'] as const) {
     const a = await instance(t, provider, broker.url, prefix)
     const b = await instance(t, provider, broker.url, prefix)
     const channel = `${prefix}:Team:r1`
-    await b.parts.bus.subscribe(channel)
+    await b.parts.bus.subscribe([channel])
     b.local.add(channel, 'Team', 'r1', 'socket')
-    await b.parts.interest.update(channel, 'Team', 1)
+    await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
 
     await broker.stop()
     t.ok(await until(() => !a.parts.bus.ready && !b.parts.bus.ready), 'not ready while the broker is down')

@@ -18,12 +18,12 @@ export class MemoryBus implements PubSub {
     if (this.channels.has(channel)) this.context.onMessage(channel, message)
   }
 
-  async subscribe (channel: string): Promise<void> {
-    this.channels.add(channel)
+  async subscribe (channels: readonly string[]): Promise<void> {
+    for (const channel of channels) this.channels.add(channel)
   }
 
-  async unsubscribe (channel: string): Promise<void> {
-    this.channels.delete(channel)
+  async unsubscribe (channels: readonly string[]): Promise<void> {
+    for (const channel of channels) this.channels.delete(channel)
   }
 
   async close (): Promise<void> {

@@ -59,18 +59,22 @@ export class NatsBus implements PubSub {
     this.nc.publish(subjectOf(channel), encoder.encode(message))
   }
 
-  async subscribe (channel: string): Promise<void> {
-    if (this.subscriptions.has(channel)) return
-    this.subscriptions.set(channel, this.nc.subscribe(subjectOf(channel), {
-      callback: (err, msg) => { if (err === null && !this.closed) this.context.onMessage(channel, decoder.decode(msg.data)) }
-    }))
+  async subscribe (channels: readonly string[]): Promise<void> {
+    for (const channel of channels) {
+      if (this.subscriptions.has(channel)) continue
+      this.subscriptions.set(channel, this.nc.subscribe(subjectOf(channel), {
+        callback: (err, msg) => { if (err === null && !this.closed) this.context.onMessage(channel, decoder.decode(msg.data)) }
+      }))
+    }
     // SUB is sent asynchronously; the round trip makes "subscribed" mean the server delivers from now on
     await this.nc.flush()
   }
 
-  async unsubscribe (channel: string): Promise<void> {
-    this.subscriptions.get(channel)?.unsubscribe()
-    this.subscriptions.delete(channel)
+  async unsubscribe (channels: readonly string[]): Promise<void> {
+    for (const channel of channels) {
+      this.subscriptions.get(channel)?.unsubscribe()
+      this.subscriptions.delete(channel)
+    }
   }
 
   async close (): Promise<void> {
@@ -81,12 +85,20 @@ export class NatsBus implements PubSub {
 }
 
 type CountMap = Record<string, number>
+/** The bucket nats.js returns: its KV interface leaves out purgeDeletes, which the implementation has. */
+type Bucket = KV & { purgeDeletes(olderMillis?: number): Promise<unknown> }
 
 const CLOSE_CLEANUP_MS = 2000
+/** interest keys written at once (each is a compare-and-set of its own) */
+const WRITE_CONCURRENCY = 32
+/** markers of removed keys are dropped every this many heartbeats, once they are this old */
+const PURGE_EVERY_BEATS = 10
+const PURGE_MARKERS_AFTER_MS = 5000
 
 export class NatsInterest extends ClusterInterest {
-  private kv!: KV
+  private kv!: Bucket
   private registered = false
+  private beats = 0
 
   constructor (private readonly nc: NatsConnection, private readonly prefix: string, instanceId: string, ttlMs: number, snapshot: LocalSnapshot, log: FastifyBaseLogger) {
     super(instanceId, ttlMs, snapshot, log)
@@ -94,7 +106,7 @@ export class NatsInterest extends ClusterInterest {
 
   /** Opens the bucket (enough to answer questions); start() also registers this instance. */
   async open (): Promise<void> {
-    this.kv = await this.nc.jetstream().views.kv(`${this.prefix.replace(/[^A-Za-z0-9_-]/g, '_')}_interest`, { history: 1 })
+    this.kv = await this.nc.jetstream().views.kv(`${this.prefix.replace(/[^A-Za-z0-9_-]/g, '_')}_interest`, { history: 1 }) as Bucket
   }
 
   async start (): Promise<void> {
@@ -113,16 +125,21 @@ export class NatsInterest extends ClusterInterest {
     return { map: JSON.parse(decoder.decode(entry.value)) as CountMap, revision: entry.revision }
   }
 
-  /** Sets (or with 0 removes) one instance's number in a shared map, compare-and-set on the revision. */
-  private async setCount (key: string, id: string, count: number): Promise<void> {
+  /**
+   * Sets (or with 0 removes) one instance's number in a shared map, compare-and-set on the revision. The number is
+   * taken after the read, so a write that lost the race to a newer one of this instance writes the newer number.
+   */
+  private async setCount (key: string, id: string, count: () => number): Promise<void> {
     for (let attempt = 0; attempt < 20; attempt++) {
       const { map, revision } = await this.read(key)
-      if (count > 0) map[id] = count
+      const n = count()
+      if (n > 0) map[id] = n
       else delete map[id]
       const data = encoder.encode(JSON.stringify(map))
       try {
         if (Object.keys(map).length === 0) {
-          if (revision !== 0) await this.kv.delete(key, { previousSeq: revision })
+          // purge, not delete: one marker per key, and purgeDeletes() can drop it
+          if (revision !== 0) await this.kv.purge(key, { previousSeq: revision })
         } else if (revision === 0) {
           await this.kv.create(key, data)
         } else {
@@ -136,17 +153,30 @@ export class NatsInterest extends ClusterInterest {
     }
   }
 
-  protected async writeChannel (channel: string, count: number): Promise<void> {
-    await this.setCount(this.watchKey(channel), this.instanceId, count)
-    if (count > 0) await this.kv.put(this.ownKey(this.instanceId, this.watchKey(channel)), encoder.encode('1'))
-    else await this.kv.purge(this.ownKey(this.instanceId, this.watchKey(channel)))
+  /** Runs `task` for every item, at most WRITE_CONCURRENCY at a time. */
+  private async each<T> (items: readonly T[], task: (item: T) => Promise<void>): Promise<void> {
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < items.length) await task(items[next++])
+    }
+    await Promise.all(Array.from({ length: Math.min(WRITE_CONCURRENCY, items.length) }, worker))
   }
 
-  protected async writeTypes (types: Array<[string, number]>): Promise<void> {
-    for (const [type, n] of types) {
+  protected async writeChannels (channels: readonly string[]): Promise<void> {
+    await this.each(channels, async (channel) => {
+      const key = this.watchKey(channel)
+      await this.setCount(key, this.instanceId, () => this.countOf(channel))
+      if (this.countOf(channel) > 0) await this.kv.put(this.ownKey(this.instanceId, key), encoder.encode('1'))
+      else await this.kv.purge(this.ownKey(this.instanceId, key))
+    })
+  }
+
+  protected async writeTypes (types: readonly string[]): Promise<void> {
+    await this.each(types, async (type) => {
+      const n = (): number => this.typeCounts.get(type) ?? 0
       await this.setCount(this.typeKey(type), this.instanceId, n)
-      if (n > 0) await this.kv.put(this.ownKey(this.instanceId, this.typeKey(type)), encoder.encode('1'))
-    }
+      if (n() > 0) await this.kv.put(this.ownKey(this.instanceId, this.typeKey(type)), encoder.encode('1'))
+    })
   }
 
   async isWatched (channel: string): Promise<boolean> {
@@ -180,6 +210,8 @@ export class NatsInterest extends ClusterInterest {
       const expiresAt = entry !== null && entry.operation === 'PUT' ? (JSON.parse(decoder.decode(entry.value)) as { expiresAt: number }).expiresAt : 0
       if (expiresAt < now) await this.remove(id)
     }
+    // every removed key leaves a marker behind; without this the bucket grows with every (un)subscribe ever made
+    if (++this.beats % PURGE_EVERY_BEATS === 0) await this.kv.purgeDeletes(PURGE_MARKERS_AFTER_MS)
   }
 
   private async remove (id: string): Promise<void> {
@@ -188,7 +220,7 @@ export class NatsInterest extends ClusterInterest {
     const owned: string[] = []
     for await (const own of await this.kv.keys(`o.${id}.>`)) owned.push(own)
     for (const own of owned) {
-      await this.setCount(own.slice(`o.${id}.`.length), id, 0)
+      await this.setCount(own.slice(`o.${id}.`.length), id, () => 0)
       await this.kv.purge(own)
     }
     await this.kv.purge('i.' + id)
@@ -202,7 +234,7 @@ export class NatsInterest extends ClusterInterest {
     if (this.nc.isClosed()) return
     let timer: NodeJS.Timeout | undefined
     await Promise.race([
-      this.remove(this.instanceId).catch(() => {}),
+      this.remove(this.instanceId).then(async () => await this.kv.purgeDeletes(0)).catch(() => {}),
       new Promise((resolve) => { timer = setTimeout(resolve, CLOSE_CLEANUP_MS) })
     ])
     clearTimeout(timer)

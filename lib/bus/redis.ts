@@ -30,15 +30,15 @@ export class RedisBus implements PubSub {
         if (this.down.size === 0) log.warn('changefeed: Redis connection lost')
         this.down.add(client)
       })
-      // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile is lost: say so as each
-      // connection is back, not once both are. The subscriber's 'ready' comes before ioredis sends its SUBSCRIBE
-      // again, so the resync reaches the sockets before anything published after the outage: delivered first, a
-      // later change would move a client's position past the lost ones, and its resume would skip them. The
-      // publisher's 'ready' is when a leader can tell the other instances.
       client.on('ready', () => {
         if (this.closed || !this.down.delete(client)) return
         if (this.down.size === 0) log.info('changefeed: Redis connection restored')
-        context.onGap('bus_gap')
+        // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile did not reach this
+        // instance: say so. 'ready' comes before ioredis sends its SUBSCRIBE again, so the resync reaches the
+        // sockets before anything published after the outage: delivered first, a later change would move a
+        // client's position past the lost ones, and its resume would skip them. (What this instance failed to
+        // publish meanwhile is owed by the router to the entities concerned.)
+        if (client === subscriber) context.onGap('bus_gap')
       })
       client.on('error', (err: Error) => log.debug({ err: err.message }, 'changefeed: Redis error'))
     }
@@ -52,12 +52,12 @@ export class RedisBus implements PubSub {
     await this.publisher.publish(channel, message)
   }
 
-  async subscribe (channel: string): Promise<void> {
-    await this.subscriber.subscribe(channel)
+  async subscribe (channels: readonly string[]): Promise<void> {
+    if (channels.length > 0) await this.subscriber.subscribe(...channels)
   }
 
-  async unsubscribe (channel: string): Promise<void> {
-    await this.subscriber.unsubscribe(channel)
+  async unsubscribe (channels: readonly string[]): Promise<void> {
+    if (channels.length > 0) await this.subscriber.unsubscribe(...channels)
   }
 
   async close (): Promise<void> {
@@ -91,15 +91,21 @@ export class RedisInterest extends ClusterInterest {
     this.heartbeat().catch(() => {})
   }
 
-  protected async writeChannel (channel: string, count: number): Promise<void> {
-    const key = this.k.watch(channel)
-    if (count > 0) await this.redis.multi().hset(key, this.instanceId, count).sadd(this.k.of(this.instanceId), key).exec()
-    else await this.redis.multi().hdel(key, this.instanceId).srem(this.k.of(this.instanceId), key).exec()
+  protected async writeChannels (channels: readonly string[]): Promise<void> {
+    const tx = this.redis.multi()
+    for (const channel of channels) {
+      const key = this.k.watch(channel)
+      const count = this.countOf(channel)
+      if (count > 0) tx.hset(key, this.instanceId, count).sadd(this.k.of(this.instanceId), key)
+      else tx.hdel(key, this.instanceId).srem(this.k.of(this.instanceId), key)
+    }
+    await tx.exec()
   }
 
-  protected async writeTypes (types: Array<[string, number]>): Promise<void> {
+  protected async writeTypes (types: readonly string[]): Promise<void> {
     const tx = this.redis.multi()
-    for (const [type, n] of types) {
+    for (const type of types) {
+      const n = this.typeCounts.get(type) ?? 0
       if (n > 0) tx.hset(this.k.type(type), this.instanceId, n).sadd(this.k.types, type).sadd(this.k.of(this.instanceId), this.k.type(type))
       else tx.hdel(this.k.type(type), this.instanceId)
     }

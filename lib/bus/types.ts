@@ -11,10 +11,13 @@ export interface PubSub {
   /** true while the provider can publish and receive */
   readonly ready: boolean
   publish(channel: string, message: string): Promise<void>
-  /** Start receiving a channel's messages; idempotent. */
-  subscribe(channel: string): Promise<void>
-  /** Stop receiving a channel's messages; idempotent. */
-  unsubscribe(channel: string): Promise<void>
+  /**
+   * Start receiving these channels' messages, in one round trip where the provider allows; idempotent. Resolves
+   * once the broker delivers them: a message published after that reaches this instance.
+   */
+  subscribe(channels: readonly string[]): Promise<void>
+  /** Stop receiving these channels' messages; idempotent. */
+  unsubscribe(channels: readonly string[]): Promise<void>
   close(): Promise<void>
 }
 

@@ -2,9 +2,13 @@
  * What every cluster interest store shares (Redis, NATS): this instance's counts, the rule that the first and
  * last watcher of a channel are written at once while counts in between are batched, the heartbeat and flush
  * timers, and rewriting everything from the local store after the broker lost its state.
+ *
+ * Writes carry no value of their own: a store writes what this instance's counts are when the write is issued
+ * (Redis: commands go out in order on one connection) or after it read the entry it replaces (NATS: compare and
+ * set). So writes that overlap, a flush and a last watcher leaving, can only ever leave the latest count behind.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { InterestStore, LocalSnapshot } from './interest.js'
+import type { InterestStore, InterestUpdate, LocalSnapshot } from './interest.js'
 
 const FLUSH_MS = 250
 
@@ -25,16 +29,21 @@ export abstract class ClusterInterest implements InterestStore {
     protected readonly log: FastifyBaseLogger
   ) {}
 
-  /** Writes (count > 0) or removes (0) this instance's entry for a channel. */
-  protected abstract writeChannel (channel: string, count: number): Promise<void>
-  /** Writes this instance's totals per type (0: remove). */
-  protected abstract writeTypes (types: Array<[string, number]>): Promise<void>
+  /** Writes this instance's current count of each channel (0: removes its entry). */
+  protected abstract writeChannels (channels: readonly string[]): Promise<void>
+  /** Writes this instance's current totals of these types (0: removes its entry). */
+  protected abstract writeTypes (types: readonly string[]): Promise<void>
   /** Renews this instance, rewrites after a loss, removes the instances that stopped. */
   protected abstract heartbeat (): Promise<void>
   abstract isWatched (channel: string): Promise<boolean>
   abstract watchers (channel: string): Promise<number>
   abstract totals (): Promise<Record<string, number>>
   abstract close (): Promise<void>
+
+  /** This instance's count of a channel now (what a write of it writes). */
+  protected countOf (channel: string): number {
+    return this.counts.get(channel)?.count ?? 0
+  }
 
   protected startTimers (): void {
     const every = (ms: number, task: () => Promise<void>, what: string): void => {
@@ -50,18 +59,22 @@ export abstract class ClusterInterest implements InterestStore {
     for (const timer of this.timers) clearInterval(timer)
   }
 
-  async update (channel: string, entityType: string, count: number): Promise<void> {
-    const before = this.counts.get(channel)?.count ?? 0
-    if (count === 0) this.counts.delete(channel)
-    else this.counts.set(channel, { entityType, count })
-    this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count - before)
-    this.dirtyTypes.add(entityType)
-    if ((before === 0) === (count === 0)) {
-      this.dirtyChannels.add(channel)
-      return
+  async update (updates: readonly InterestUpdate[]): Promise<void> {
+    const now: string[] = []
+    for (const { channel, entityType, count } of updates) {
+      const before = this.countOf(channel)
+      if (count === 0) this.counts.delete(channel)
+      else this.counts.set(channel, { entityType, count })
+      this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count - before)
+      this.dirtyTypes.add(entityType)
+      if ((before === 0) === (count === 0)) {
+        if (count !== before) this.dirtyChannels.add(channel)
+      } else {
+        this.dirtyChannels.delete(channel)
+        now.push(channel)
+      }
     }
-    this.dirtyChannels.delete(channel)
-    await this.writeChannel(channel, count)
+    if (now.length > 0) await this.writeChannels(now)
   }
 
   /** Writes the counts that changed since the last flush (neither first nor last watcher). */
@@ -70,11 +83,8 @@ export abstract class ClusterInterest implements InterestStore {
     const types = [...this.dirtyTypes]
     this.dirtyChannels.clear()
     this.dirtyTypes.clear()
-    for (const channel of channels) {
-      const entry = this.counts.get(channel)
-      if (entry !== undefined) await this.writeChannel(channel, entry.count)
-    }
-    if (types.length > 0) await this.writeTypes(types.map((type) => [type, this.typeCounts.get(type) ?? 0]))
+    if (channels.length > 0) await this.writeChannels(channels)
+    if (types.length > 0) await this.writeTypes(types)
   }
 
   /** After a broker restart: everything this instance watches, from the local store, written again. */
@@ -85,7 +95,7 @@ export abstract class ClusterInterest implements InterestStore {
       this.counts.set(channel, { entityType, count })
       this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count)
     }
-    for (const [channel, { count }] of this.counts) await this.writeChannel(channel, count)
+    await this.writeChannels([...this.counts.keys()])
     for (const type of this.typeCounts.keys()) this.dirtyTypes.add(type)
   }
 }

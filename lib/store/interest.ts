@@ -5,15 +5,18 @@
  */
 import type { LocalSubscriptionStore } from './local.js'
 
+/** This instance's number of watchers of a channel is now `count`. */
+export interface InterestUpdate { channel: string, entityType: string, count: number }
+
 export interface InterestStore {
   /** true when answers come from memory, without a round trip */
   readonly local: boolean
   /**
-   * This instance's number of watchers of a channel is now `count`. The first watcher (0 → n) and the last
-   * (n → 0) are written before the promise resolves, so that the publisher sees a subscription before it is
-   * confirmed to the client; counts in between may be written in batches.
+   * Records this instance's watcher counts. A first watcher (0 → n) and a last one (n → 0) are written before the
+   * promise resolves, so that the publisher sees a subscription before it is confirmed to the client; counts in
+   * between may be written in batches. Many updates go in one round trip where the store allows.
    */
-  update(channel: string, entityType: string, count: number): Promise<void>
+  update(updates: readonly InterestUpdate[]): Promise<void>
   isWatched(channel: string): boolean | Promise<boolean>
   /** watchers of a channel across the cluster */
   watchers(channel: string): Promise<number>

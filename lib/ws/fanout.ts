@@ -12,6 +12,8 @@ import { unwrap } from '../bus/envelope.js'
 import { propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api'
 import type { Telemetry } from '../telemetry.js'
 import { encodeResync } from './protocol.js'
+import { BusMembership } from './membership.js'
+import { gapChannelOf } from '../resync.js'
 
 /** What a watcher knows of a notification besides its frame. */
 export interface FrameMeta {
@@ -39,6 +41,10 @@ export interface FanoutCounters {
   busErrors: number
 }
 
+/** resyncs asked for within this long of each other go out as one frame per entity (one outage is seen by both
+ * Redis connections and announced by the leader, all within moments) */
+const RESYNC_COALESCE_MS = 100
+
 export class Fanout {
   readonly store = new LocalSubscriptionStore<Watcher>()
   readonly counters: FanoutCounters = { sentByPayload: {}, failedByPayload: {}, createdByType: {}, removedByType: {}, busErrors: 0 }
@@ -46,16 +52,24 @@ export class Fanout {
   /** every instance listens here for gaps announced by whichever instance captures a database */
   readonly gapChannel: string
   private bus: PubSub | null = null
-  private interest: InterestStore | null = null
+  private membership: BusMembership | null = null
+  /** entities whose watchers are owed a resync (channel → reason), written together after RESYNC_COALESCE_MS */
+  private readonly owedResyncs = new Map<string, string>()
+  private resyncTimer: NodeJS.Timeout | null = null
 
   constructor (private readonly prefix: string, private readonly registry: EntityRegistry, private readonly log: FastifyBaseLogger) {
-    this.gapChannel = prefix + ':$gap'
+    this.gapChannel = gapChannelOf(prefix)
   }
 
   async attach (bus: PubSub, interest: InterestStore): Promise<void> {
     this.bus = bus
-    this.interest = interest
-    await bus.subscribe(this.gapChannel)
+    this.membership = new BusMembership(bus, interest, (channel) => this.store.get(channel)?.watchers.size ?? 0)
+    await bus.subscribe([this.gapChannel])
+  }
+
+  /** Channels subscribed on the bus for local watchers. */
+  get busChannels (): number {
+    return this.membership?.channels ?? 0
   }
 
   channel (entityType: string, entityId: string): string {
@@ -63,18 +77,17 @@ export class Fanout {
   }
 
   /**
-   * Starts delivering an entity's changes to `watcher`. For the first local watcher this instance subscribes on
-   * the bus before it records its interest, so a publisher that sees the interest finds the subscription in place.
+   * Starts delivering an entity's changes to `watcher`. Resolves once this instance receives the channel and the
+   * cluster knows it is watched; rejects (the watcher removed again) when the bus or the interest store failed.
    */
   async watch (watcher: Watcher, entityType: string, entityId: string): Promise<void> {
     const channel = this.channel(entityType, entityId)
-    const first = this.store.add(channel, entityType, entityId, watcher)
+    this.store.add(channel, entityType, entityId, watcher)
     try {
-      if (first) await this.bus?.subscribe(channel)
-      await this.interest?.update(channel, entityType, this.store.get(channel)?.watchers.size ?? 0)
+      await this.membership?.sync(channel, entityType)
     } catch (err) {
       this.counters.busErrors++
-      if (this.store.remove(channel, watcher)) await this.bus?.unsubscribe(channel).catch(() => {})
+      if (this.store.remove(channel, watcher)) this.resync(channel, entityType)
       throw err
     }
     this.counters.createdByType[entityType] = (this.counters.createdByType[entityType] ?? 0) + 1
@@ -83,16 +96,20 @@ export class Fanout {
   async unwatch (watcher: Watcher, entityType: string, entityId: string): Promise<void> {
     const channel = this.channel(entityType, entityId)
     const had = this.store.get(channel)?.watchers.has(watcher) === true
-    const last = this.store.remove(channel, watcher)
+    this.store.remove(channel, watcher)
     if (!had) return
     this.counters.removedByType[entityType] = (this.counters.removedByType[entityType] ?? 0) + 1
     try {
-      await this.interest?.update(channel, entityType, this.store.get(channel)?.watchers.size ?? 0)
-      if (last) await this.bus?.unsubscribe(channel)
+      await this.membership?.sync(channel, entityType)
     } catch (err) {
       this.counters.busErrors++
       throw err
     }
+  }
+
+  /** A membership round after a failure, in the background: the next one retries what this one could not do. */
+  private resync (channel: string, entityType: string): void {
+    this.membership?.sync(channel, entityType).catch((err: Error) => this.log.warn({ err: err.message, channel }, 'changefeed: bus membership update failed'))
   }
 
   /** The bus's message handler: the hot path. */
@@ -105,6 +122,9 @@ export class Fanout {
     }
     const envelope = unwrap(message)
     if (envelope === null) return
+    if (envelope.payloadType === 'resync') return this.oweResync(channel, envelope.frame)
+    // a resync owed to these watchers goes first: the notification may follow the changes the gap lost
+    if (this.owedResyncs.has(channel)) this.payResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
     const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType }
     let sent = 0
@@ -143,12 +163,41 @@ export class Fanout {
     }
   }
 
-  /** Sends `resync` to the local watchers of the entities whose database passes `include` (default: all). */
+  /** Owes `resync` to the local watchers of the entities whose database passes `include` (default: all). */
   resyncLocal (reason: string, include: (database: string) => boolean = () => true): void {
-    for (const entry of this.store.values()) {
-      if (!include(this.registry.get(entry.entityType)?.database ?? '')) continue
-      const frame = encodeResync(reason, entry.entityType, entry.entityId)
-      for (const watcher of entry.watchers) watcher.deliver(frame)
+    for (const [channel, entry] of this.store.channels()) {
+      if (include(this.registry.get(entry.entityType)?.database ?? '')) this.oweResync(channel, reason)
     }
+  }
+
+  /**
+   * Resyncs are owed, then paid together: one gap is often reported several times within moments (each Redis
+   * connection, then the leader's announcement), and each watcher needs to hear it once. Merging only resyncs that
+   * are all still unwritten is safe: the one frame goes out after every gap it stands for.
+   */
+  private oweResync (channel: string, reasonOrFrame: string): void {
+    if (!this.owedResyncs.has(channel)) this.owedResyncs.set(channel, reasonOrFrame)
+    this.resyncTimer ??= setTimeout(() => this.payResyncs(), RESYNC_COALESCE_MS)
+  }
+
+  private payResyncs (): void {
+    this.resyncTimer = null
+    for (const channel of [...this.owedResyncs.keys()]) this.payResync(channel)
+  }
+
+  private payResync (channel: string): void {
+    const owed = this.owedResyncs.get(channel)
+    this.owedResyncs.delete(channel)
+    const entry = this.store.get(channel)
+    if (owed === undefined || entry === undefined) return
+    // a frame from the bus (a publisher gave up on a change), or a reason given here
+    const frame = owed.startsWith('{') ? owed : encodeResync(owed, entry.entityType, entry.entityId)
+    for (const watcher of entry.watchers) watcher.deliver(frame)
+  }
+
+  close (): void {
+    if (this.resyncTimer !== null) clearTimeout(this.resyncTimer)
+    this.resyncTimer = null
+    this.owedResyncs.clear()
   }
 }

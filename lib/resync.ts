@@ -1,0 +1,80 @@
+/**
+ * Changes that could not be delivered (the bus refused them, a document could not be read, the outbox gave up on
+ * them): their watchers, on whichever instance they are, are owed a `resync`, published on the entity's own channel
+ * as soon as the bus takes it. Only the entities that lost a change are told, once per loss; past MAX_OWED entities
+ * the debt becomes one announcement for the whole database.
+ */
+import type { FastifyBaseLogger } from 'fastify'
+import type { PubSub } from './bus/types.js'
+import { wrap } from './bus/envelope.js'
+import { encodeResync } from './ws/protocol.js'
+
+const MAX_OWED = 10_000
+const RETRY_MS = 250
+
+/** The channel every instance listens to for database-wide gaps. */
+export function gapChannelOf (prefix: string): string {
+  return prefix + ':$gap'
+}
+
+export class OwedResyncs {
+  /** channel → the wrapped resync frame */
+  private readonly owed = new Map<string, string>()
+  /** database → reason, once too many entities are owed */
+  private readonly databases = new Map<string, string>()
+  private timer: NodeJS.Timeout | null = null
+  private settling = false
+  private closed = false
+  /** resyncs published for lost changes */
+  published = 0
+
+  constructor (private readonly bus: PubSub, private readonly prefix: string, private readonly log: FastifyBaseLogger) {}
+
+  /** Owes the watchers of `channels` (an entity's, and its type's feed) a resync for a change they did not get. */
+  owe (database: string, channels: readonly string[], entityType: string, entityId: string, reason: string): void {
+    if (this.closed) return
+    if (this.owed.size + channels.length > MAX_OWED) {
+      this.databases.set(database, reason)
+    } else {
+      for (const [i, channel] of channels.entries()) {
+        if (!this.owed.has(channel)) this.owed.set(channel, wrap(Date.now(), 'resync', undefined, encodeResync(reason, entityType, i === 0 ? entityId : '*')))
+      }
+    }
+    this.schedule(0)
+  }
+
+  private schedule (ms: number): void {
+    if (this.timer === null && !this.closed) this.timer = setTimeout(() => { this.timer = null; void this.settle() }, ms)
+  }
+
+  /** Publishes what is owed; what the bus refuses is tried again shortly. */
+  private async settle (): Promise<void> {
+    if (this.settling) return
+    this.settling = true
+    let refused = false
+    try {
+      for (const [database, reason] of [...this.databases]) {
+        await this.bus.publish(gapChannelOf(this.prefix), JSON.stringify({ database, reason }))
+        this.databases.delete(database)
+        this.log.warn({ database, reason }, 'changefeed: changes lost; every watcher of the database told to resync')
+      }
+      for (const [channel, message] of [...this.owed]) {
+        await this.bus.publish(channel, message)
+        this.owed.delete(channel)
+        this.published++
+      }
+    } catch {
+      // the bus is down: it reports that itself; the debt waits
+      refused = true
+    } finally {
+      this.settling = false
+    }
+    if (this.owed.size > 0 || this.databases.size > 0) this.schedule(refused ? RETRY_MS : 0)
+  }
+
+  close (): void {
+    this.closed = true
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+  }
+}
