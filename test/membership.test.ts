@@ -9,6 +9,7 @@ import { startApp } from './helpers/app.js'
 import { isNotification } from './helpers/client.js'
 import { NATS_URL, REDIS_URL, requireService } from './helpers/brokers.js'
 import { until } from './helpers/wait.js'
+import { connect } from 'nats'
 
 await requireService('Redis')
 await requireService('NATS')
@@ -44,3 +45,23 @@ for (const [provider, url] of [['redis', REDIS_URL], ['nats', NATS_URL]] as cons
     t.ok(await until(async () => Object.keys(await server.app.changefeed.totals()).length === 0, 5000), 'no interest left in the cluster')
   })
 }
+
+t.test('nats: the interest bucket does not keep a marker for every key ever removed', async (t) => {
+  const prefix = `bucket-${randomUUID().slice(0, 8)}`
+  const server = await startApp(t, { entities: { Score: { access: 'public' } }, limits: { subscribeRatePerSecond: 10_000 }, bus: { provider: 'nats', url: NATS_URL, prefix, instanceTtlSeconds: 1 } })
+  const nc = await connect({ servers: NATS_URL })
+  t.teardown(async () => await nc.close())
+  const jsm = await nc.jetstreamManager()
+  const stream = `KV_${prefix.replace(/[^A-Za-z0-9_-]/g, '_')}_interest`
+  const messages = async (): Promise<number> => (await jsm.streams.info(stream)).state.messages
+  const socket = await server.client()
+  for (let i = 0; i < 200; i++) {
+    t.equal((await socket.subscribe('Score', `m-${i}`)).type, 'subscribed', `subscribe ${i}`)
+    socket.send({ type: 'unsubscribe', id: `u${i}`, data: { entityType: 'Score', entityId: `m-${i}` } })
+    await socket.next((m) => m.id === `u${i}`)
+  }
+  t.ok(await until(async () => await messages() < 20, 15_000), 'markers of removed keys are purged while the instance runs')
+  socket.close()
+  await server.app.close()
+  t.equal(await messages(), 0, 'nothing is left after the instance closed')
+})
