@@ -75,7 +75,9 @@ async function main (): Promise<void> {
   if (args.demo) options = { ...options, entities: { ...DEMO_ENTITIES, ...options.entities } } as ResolvedOptions
 
   const telemetry = startTelemetry(options.telemetry)
-  const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
+  // Fastify takes a hop count too (proxy-addr); its types leave numbers out
+  const trustProxy = options.server.trustProxy as boolean | string | string[]
+  const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' }, trustProxy })
   app.addHook('onClose', async () => await telemetry?.shutdown())
   try {
     await telemetry?.attach(app)

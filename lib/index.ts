@@ -44,7 +44,8 @@ export interface ChangefeedPluginOptions extends ChangefeedOptions {
 
 export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
-  subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number }
+  /** `counted`: subscriptions that receive watcher counts */
+  subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number, counted: number }
   /** `outboxPublished`: outbox rows this instance published (outbox mode) */
   listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number }>
   /** the JetStream stream of all changes, when enabled */
@@ -222,7 +223,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
           entities: fanout.store.entities,
           byType: fanout.store.countByType(),
           created: Object.values(fanout.counters.createdByType).reduce((a, b) => a + b, 0),
-          removed: Object.values(fanout.counters.removedByType).reduce((a, b) => a + b, 0)
+          removed: Object.values(fanout.counters.removedByType).reduce((a, b) => a + b, 0),
+          counted: connections.watcherCounts.sockets
         },
         listeners: listenerStats(),
         stream: stream === null ? null : { published: stream.published, failed: stream.failed },

@@ -18,7 +18,15 @@ const Server = Type.Object(
   {
     host: Type.String({ default: '127.0.0.1', description: 'address the standalone server binds to' }),
     port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'standalone server port (0: any free port)' }),
-    path: Type.String({ pattern: '^/', default: '/ws', description: 'WebSocket route' })
+    path: Type.String({ pattern: '^/', default: '/ws', description: 'WebSocket route' }),
+    allowedOrigins: Type.Union([Type.Array(Type.String({ minLength: 1 })), Type.Null()], {
+      default: null,
+      description: 'browser origins allowed to open a socket (`https://app.example`); others get HTTP 403 before the upgrade; requests without an Origin header (servers) pass. null: no check'
+    }),
+    trustProxy: Type.Union([Type.Boolean(), Type.String(), Type.Array(Type.String()), Type.Integer({ minimum: 1 })], {
+      default: false,
+      description: 'standalone server: Fastify\'s `trustProxy` (true, a hop count, or proxy addresses/CIDRs): per-IP limits then count the client address from X-Forwarded-For instead of the proxy\'s. A host sets it on its own Fastify'
+    })
   },
   { default: {}, additionalProperties: false }
 )
@@ -167,7 +175,8 @@ const Limits = Type.Object(
     feedBatchIntervalMs: Type.Integer({ minimum: 10, default: 500, description: 'how often a batched feed is flushed as one `batch` frame' }),
     watcherCountIntervalMs: Type.Integer({ minimum: 100, default: 1000, description: 'how often watcher counts are checked and pushed when changed' }),
     authTimeoutSeconds: Type.Number({ minimum: 1, default: 10, description: 'with auth.anonymous false: a socket that opened without credentials must send an `auth` message within this time, else 4401' }),
-    maxAuthFailuresPerMinute: Type.Integer({ minimum: 1, default: 30, description: 'failed sign-ins per IP address per minute before further attempts are refused unchecked' })
+    maxAuthFailuresPerMinute: Type.Integer({ minimum: 1, default: 30, description: 'failed sign-ins per IP address per minute before further attempts are refused unchecked' }),
+    replaysPerIpPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100, description: '`since` replays per IP address (burst: ten seconds\' worth; across the server at most 16 run at once); past it the answer is `recovered: false` and the client refetches' })
   },
   { default: {}, additionalProperties: false }
 )

@@ -52,6 +52,25 @@ export interface RouterCounters {
   givenUp: number
 }
 
+/** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
+interface Notice {
+  frame: string
+  payloadType: string
+  /** owner types with a full document: who the document says owns it (null: nobody); undefined otherwise */
+  owner?: string | null
+}
+
+/**
+ * The owner a full document of an owner type names (ownerPath), so that delivery can stop a subscription whose
+ * owner the document no longer names; undefined where there is nothing to check.
+ */
+function ownerIn (entity: EntityType, payloadType: string, payload: unknown): string | null | undefined {
+  if (entity.access !== 'owner' || entity.ownerPath === undefined || entity.ownerPath.length === 0 || payloadType !== 'full') return undefined
+  let value: unknown = payload
+  for (const key of entity.ownerPath) value = value !== null && typeof value === 'object' ? (value as Record<string, unknown>)[key] : undefined
+  return typeof value === 'string' || typeof value === 'number' ? String(value) : null
+}
+
 export function channelOf (prefix: string, entityType: string, entityId: string): string {
   return prefix + ':' + entityType + ':' + entityId
 }
@@ -135,14 +154,15 @@ export class ChangeRouter {
         span.setAttribute('changefeed.outcome', 'unwatched')
         return true
       }
-      const { frame, payloadType } = await this.frameOf(entity, change)
+      const notice = await this.frameOf(entity, change)
+      const { frame } = notice
       if (this.stream !== null) await this.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame })
       if (!watched) {
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'streamed')
         return true
       }
-      await this.send(entity, channel, change.ts, payloadType, frame, change.position, span)
+      await this.send(entity, channel, change.ts, notice, change.position, span)
       span.setAttribute('changefeed.outcome', 'published')
       return true
     } catch (err) {
@@ -161,7 +181,7 @@ export class ChangeRouter {
    * The notification of one change, as every watcher receives it. A `full` document is read when the trigger did
    * not inline it; appended events whose data did not ride inline are read from the event table.
    */
-  private async frameOf (entity: EntityType, change: Change): Promise<{ frame: string, payloadType: string }> {
+  private async frameOf (entity: EntityType, change: Change): Promise<Notice> {
     if (change.events !== undefined) {
       await this.readEvents(change)
       return { frame: encodeNotification(entity.name, change.id, 'appended', 'events', change.ts, change.version, change.origin, change.events, change.position), payloadType: 'events' }
@@ -173,7 +193,11 @@ export class ChangeRouter {
       // gone by the time we read it: a later change says so; meanwhile the client refetches
       if (payload === undefined) payloadType = 'minimal'
     }
-    return { frame: encodeNotification(entity.name, change.id, change.changeType, payloadType, change.ts, change.version, change.origin, payload, change.position), payloadType }
+    return {
+      frame: encodeNotification(entity.name, change.id, change.changeType, payloadType, change.ts, change.version, change.origin, payload, change.position),
+      payloadType,
+      owner: ownerIn(entity, payloadType, payload)
+    }
   }
 
   private async readEvents (change: Change): Promise<void> {
@@ -242,10 +266,10 @@ export class ChangeRouter {
    * Hands one encoded notification to the bus, with the publishing span's context for the deliveries; for a feed
    * type, the same message goes to the type's feed channel (`<prefix>:<Type>:*`) too.
    */
-  private async send (entity: EntityType, channel: string, ts: number, payloadType: string, frame: string, position: string, span?: Span): Promise<void> {
+  private async send (entity: EntityType, channel: string, ts: number, notice: Notice, position: string, span?: Span): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
-    const message = wrap(ts, payloadType, carrier.traceparent, frame, position)
+    const message = wrap(ts, notice.payloadType, carrier.traceparent, notice.frame, position, notice.owner)
     try {
       await this.bus.publish(channel, message)
       if (entity.feed) {
@@ -282,7 +306,7 @@ export class ChangeRouter {
     const frame = encodeNotification(entity.name, input.entityId, input.changeType, payloadType, now,
       input.version === undefined ? null : String(input.version), null, input.payload, position)
     try {
-      await this.send(entity, channel, now, payloadType, frame, position)
+      await this.send(entity, channel, now, { frame, payloadType, owner: ownerIn(entity, payloadType, input.payload) }, position)
     } catch (err) {
       // the host hears of it from the rejection; the watchers, from a resync once the bus is back
       this.oweResync(entity, input.entityId)

@@ -34,7 +34,7 @@ export interface ConnectionServices {
   log: FastifyBaseLogger
   counters: { slowConsumerCloses: number, conflated: number, replayed: number }
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
-  replay(entity: EntityType, entityId: string, since: string): Promise<Array<{ frame: string, position: string }> | null>
+  replay(entity: EntityType, entityId: string, since: string, ip: string): Promise<Array<{ frame: string, position: string }> | null>
   /** `subscriptions`: how many it held when it closed */
   onClosed(connection: Connection, code: number, subscriptions: number): void
 }
@@ -54,6 +54,15 @@ interface Subscription {
   watcher: Watcher
   /** the socket asked for watcher counts */
   counted: boolean
+}
+
+/** The one reply a request gets (`send` after the first does nothing). */
+interface Reply {
+  readonly id: RequestIdValue
+  sent: boolean
+  send(frame: string): void
+  /** answers with the request's failure frame (`internal_error`) */
+  fail(): void
 }
 
 /** After a close frame is sent, how long the peer has to answer before the socket is dropped. */
@@ -79,6 +88,10 @@ export class Connection implements Watcher {
   private readonly replaying = new Map<string, Array<{ frame: string, meta: FrameMeta }>>()
   /** channels just resumed: the last position replayed, until a newer live notification comes (drops repeats) */
   private readonly resumedAt = new Map<string, string>()
+  /** owner-scoped channels whose document named another owner: dropped here until their subscription has ended */
+  private revoked: Set<string> | undefined
+  /** a feed's batch frame is written before it grows past this: one frame must never overflow the socket */
+  private readonly feedBatchBytes: number
 
   /** `principal` is already counted in services.users when it is a user. */
   constructor (
@@ -88,6 +101,7 @@ export class Connection implements Watcher {
     private readonly services: ConnectionServices
   ) {
     this.limits = services.options.limits
+    this.feedBatchBytes = Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4))
     this.principal = principal
     this.outbound = new OutboundQueue(socket, {
       highWaterBytes: this.limits.conflateAboveBytes,
@@ -113,6 +127,11 @@ export class Connection implements Watcher {
   deliver (frame: string, meta?: FrameMeta): boolean {
     if (this.state !== 'open') return false
     if (meta !== undefined) {
+      if (meta.owner !== undefined && (this.revoked?.has(meta.channel) === true ||
+          (meta.owner !== this.principal.userId && !this.services.policy.isAdmin(this.principal)))) {
+        this.revoke(meta.channel)
+        return true
+      }
       const waiting = this.replaying.get(meta.channel)
       if (waiting !== undefined) {
         waiting.push({ frame, meta })
@@ -223,52 +242,115 @@ export class Connection implements Watcher {
       case 'subscribe':
         if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId, since?}')
         if (!this.subscribeBucket.take()) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
-        return this.enqueue(async () => await this.subscribe(id, body))
+        return this.enqueue(this.reply(id, () => encodeSubscriptionError(id, body.entityType, body.entityId, WireError.internal, 'the server failed; retry')),
+          async (reply) => await this.subscribe(reply, body))
       case 'unsubscribe':
         if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId} or {entityType, entityId}')
         if (!this.subscribeBucket.take()) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
-        return this.enqueue(async () => await this.unsubscribe(id, body))
+        return this.enqueue(this.reply(id, () => encodeError(id, WireError.internal, 'the server failed; retry')), async (reply) => await this.unsubscribe(reply, body))
       case 'auth':
         if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')
-        return this.enqueue(async () => await this.authenticate(id, body.token))
+        return this.enqueue(this.reply(id, () => encodeError(id, WireError.internal, 'the server failed; retry')), async (reply) => await this.authenticate(reply, body.token))
       default:
         return this.reject(id, WireError.badRequest, `unknown message type "${type.slice(0, 32)}"`)
     }
   }
 
-  /** Requests of one socket run in order, so a quick subscribe then unsubscribe cannot be reordered. */
-  private enqueue (task: () => Promise<void>): void {
-    this.queue = this.queue.then(task).catch((err: Error) => {
-      this.services.log.error({ connection: this.id, err }, 'changefeed: request failed')
+  /**
+   * The document of an owner-scoped subscription now names another owner: it ends here, before any of its frames
+   * reach this socket, and the client hears why.
+   */
+  private revoke (channel: string): void {
+    if (this.revoked?.has(channel) === true) return
+    for (const [subscriptionId, subscription] of this.subscriptions) {
+      if (this.services.fanout.channel(subscription.entityType, subscription.entityId) !== channel) continue
+      ;(this.revoked ??= new Set()).add(channel)
+      this.services.log.info({ connection: this.id, entityType: subscription.entityType }, 'changefeed: the owner changed; subscription ended')
+      this.inOrder(async () => {
+        try {
+          if (!this.holds(subscriptionId, subscription)) return
+          await this.endSubscription(subscriptionId)
+          this.send(encodeSubscriptionError(undefined, subscription.entityType, subscription.entityId, WireError.forbidden, 'the entity now belongs to someone else'))
+        } finally {
+          this.revoked?.delete(channel)
+        }
+      })
+      return
+    }
+  }
+
+  /** Runs `task` after this socket's requests before it. */
+  private inOrder (task: () => Promise<void>): void {
+    this.queue = this.queue.then(task).catch((err: Error) => this.services.log.error({ connection: this.id, err }, 'changefeed: request failed'))
+  }
+
+  /**
+   * Requests of one socket run in order, so a quick subscribe then unsubscribe cannot be reordered. Every request
+   * gets exactly one reply: a handler that failed inside (a database blip, a host `authorize` that threw) answers
+   * with its failure frame (`internal_error`, retryable).
+   */
+  private enqueue (reply: Reply, task: (reply: Reply) => Promise<void>): void {
+    this.inOrder(async () => {
+      try {
+        await task(reply)
+      } finally {
+        if (!reply.sent) reply.fail()
+      }
     })
   }
 
-  private reject (id: RequestIdValue, code: WireErrorCode, error: string): void {
-    this.send(encodeError(id, code, error))
+  /** The reply to one request; `failure` is sent when the handler could not answer. */
+  private reply (id: RequestIdValue, failure: () => string): Reply {
+    const reply: Reply = {
+      id,
+      sent: false,
+      send: (frame) => {
+        if (reply.sent) return
+        reply.sent = true
+        this.send(frame)
+      },
+      fail: () => reply.send(failure())
+    }
+    return reply
+  }
+
+  /** A bad request: its `error` reply; a socket that keeps sending them is closed. */
+  private reject (to: RequestIdValue | Reply, code: WireErrorCode, error: string): void {
+    const frame = encodeError(typeof to === 'object' ? to.id : to, code, error)
+    if (typeof to === 'object') to.send(frame)
+    else this.send(frame)
     if (!this.badFrameBucket.take()) this.close(CloseCode.policyViolation, 'too many bad frames')
   }
 
-  private async subscribe (id: RequestIdValue, req: SubscribeRequest): Promise<void> {
+  /** Whether `subscription` is still this open socket's (a close or an unsubscribe may have come during an await). */
+  private holds (subscriptionId: string, subscription: Subscription): boolean {
+    return this.state === 'open' && this.subscriptions.get(subscriptionId) === subscription
+  }
+
+  private async subscribe (reply: Reply, req: SubscribeRequest): Promise<void> {
     const entity = this.services.registry.get(req.entityType)
     if (entity === undefined || (entity.access === null && !entity.declared)) {
-      return this.send(encodeSubscriptionError(id, req.entityType, req.entityId, WireError.unknownEntityType, `unknown entity type "${req.entityType}"`))
+      return reply.send(encodeSubscriptionError(reply.id, req.entityType, req.entityId, WireError.unknownEntityType, `unknown entity type "${req.entityType}"`))
     }
     const subscriptionId = subscriptionIdOf(entity.name, req.entityId)
     const existing = this.subscriptions.get(subscriptionId)
     if (existing !== undefined) {
-      if (req.since !== undefined) await this.resume(id, entity, req.entityId, req.since)
-      else this.send(encodeSubscribed(id, subscriptionId, entity.name, req.entityId))
-      if (req.watchers === true && !existing.counted) await this.countWatchers(existing)
+      if (req.since !== undefined) await this.resume(reply, entity, req.entityId, req.since)
+      else reply.send(encodeSubscribed(reply.id, subscriptionId, entity.name, req.entityId))
+      if (req.watchers === true) this.countWatchers(subscriptionId, existing)
       return
     }
     if (this.subscriptions.size >= this.limits.maxSubscriptionsPerConnection) {
-      return this.send(encodeSubscriptionError(id, entity.name, req.entityId, WireError.tooManySubscriptions,
+      return reply.send(encodeSubscriptionError(reply.id, entity.name, req.entityId, WireError.tooManySubscriptions,
         `at most ${this.limits.maxSubscriptionsPerConnection} subscriptions per connection`))
     }
     const denial = await this.services.policy.check(entity, req.entityId, this.principal)
-    if (denial !== null) return this.send(encodeSubscriptionError(id, entity.name, req.entityId, denial.code, denial.reason))
     if (this.state !== 'open') return
-    const watcher = req.entityId === FEED ? new FeedWatcher(this, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs) : this
+    if (denial !== null) return reply.send(encodeSubscriptionError(reply.id, entity.name, req.entityId, denial.code, denial.reason))
+    // (a subscribe of the same entity cannot have come meanwhile: this socket's requests run one at a time)
+    const watcher = req.entityId === FEED
+      ? new FeedWatcher(this, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, this.feedBatchBytes)
+      : this
     const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, watcher, counted: false }
     this.subscriptions.set(subscriptionId, subscription)
     const channel = this.services.fanout.channel(entity.name, req.entityId)
@@ -278,18 +360,16 @@ export class Connection implements Watcher {
       await this.services.fanout.watch(watcher, entity.name, req.entityId)
     } catch (err) {
       this.replaying.delete(channel)
-      this.subscriptions.delete(subscriptionId)
+      if (this.subscriptions.get(subscriptionId) === subscription) this.subscriptions.delete(subscriptionId)
+      if (watcher instanceof FeedWatcher) watcher.close()
       this.services.log.error({ err }, 'changefeed: bus subscribe failed')
-      return this.send(encodeSubscriptionError(id, entity.name, req.entityId, WireError.internal, 'subscription failed; retry'))
+      return reply.fail()
     }
-    // closed while the bus subscribed: onClosed ran before the subscription existed
-    if ((this.state as Connection['state']) === 'closed') {
-      await this.services.fanout.unwatch(watcher, entity.name, req.entityId)
-      return
-    }
-    if (req.since !== undefined) await this.resume(id, entity, req.entityId, req.since)
-    else this.send(encodeSubscribed(id, subscriptionId, entity.name, req.entityId))
-    if (req.watchers === true) await this.countWatchers(subscription)
+    // closed meanwhile: the close ended the subscription (and unwatched) already
+    if (!this.holds(subscriptionId, subscription)) return
+    if (req.since !== undefined) await this.resume(reply, entity, req.entityId, req.since)
+    else reply.send(encodeSubscribed(reply.id, subscriptionId, entity.name, req.entityId))
+    if (req.watchers === true) this.countWatchers(subscriptionId, subscription)
   }
 
   /**
@@ -297,19 +377,19 @@ export class Connection implements Watcher {
    * first, or `recovered: false` (the client refetches). Live notifications that arrived meanwhile follow, without
    * those the replay already carried.
    */
-  private async resume (id: RequestIdValue, entity: EntityType, entityId: string, since: string): Promise<void> {
+  private async resume (reply: Reply, entity: EntityType, entityId: string, since: string): Promise<void> {
     const channel = this.services.fanout.channel(entity.name, entityId)
     if (!this.replaying.has(channel)) this.replaying.set(channel, [])
     let frames: Array<{ frame: string, position: string }> | null = null
     try {
-      frames = await this.services.replay(entity, entityId, since)
+      frames = await this.services.replay(entity, entityId, since, this.ip)
     } catch (err) {
       this.services.log.warn({ connection: this.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
     }
     const waiting = this.replaying.get(channel) ?? []
     this.replaying.delete(channel)
     if (this.state !== 'open') return
-    this.send(encodeSubscribed(id, subscriptionIdOf(entity.name, entityId), entity.name, entityId, frames !== null))
+    reply.send(encodeSubscribed(reply.id, subscriptionIdOf(entity.name, entityId), entity.name, entityId, frames !== null))
     // a live notification held for this slow socket is in the replay too: it must not go out ahead of it
     if (frames !== null) this.outbound.discard(channel)
     let last = since
@@ -322,46 +402,48 @@ export class Connection implements Watcher {
     for (const { frame, meta } of waiting) this.deliver(frame, meta)
   }
 
-  private async countWatchers (subscription: Subscription): Promise<void> {
+  /** Starts pushing watcher counts to this socket, if it still holds the subscription. */
+  private countWatchers (subscriptionId: string, subscription: Subscription): void {
+    if (subscription.counted || !this.holds(subscriptionId, subscription)) return
     subscription.counted = true
     const { entityType, entityId } = subscription
-    await this.services.watcherCounts.add(this, this.services.fanout.channel(entityType, entityId), entityType, entityId)
+    this.services.watcherCounts.add(this, this.services.fanout.channel(entityType, entityId), entityType, entityId)
   }
 
   /**
    * In-band sign-in or token refresh. The socket keeps its identity when the token is refused. A refreshed
    * token must be the same user's; subscriptions it no longer allows end with a `subscription_error`.
    */
-  private async authenticate (id: RequestIdValue, token: string): Promise<void> {
+  private async authenticate (reply: Reply, token: string): Promise<void> {
     const identity = await this.services.authenticator.verifyToken(token)
     if (this.state !== 'open') return
-    if ('failure' in identity) return this.reject(id, WireError.unauthenticated, `token refused: ${identity.failure}`)
+    if ('failure' in identity) return this.reject(reply, WireError.unauthenticated, `token refused: ${identity.failure}`)
     const next = identity.principal
     const before = userKey(this.principal)
     const after = userKey(next)
-    if (before !== null && before !== after) return this.reject(id, WireError.forbidden, 'the token is for another user')
+    if (before !== null && before !== after) return this.reject(reply, WireError.forbidden, 'the token is for another user')
     if (before === null && after !== null && !this.services.users.acquire(after)) {
       return this.close(CloseCode.tooManyConnections, 'too many connections for this user')
     }
     this.principal = next
     this.scheduleExpiry()
-    for (const [subscriptionId, { entityType, entityId }] of [...this.subscriptions]) {
-      const entity = this.services.registry.get(entityType)
-      const denial = entity === undefined ? null : await this.services.policy.check(entity, entityId, next)
-      if (denial === null || !this.subscriptions.has(subscriptionId)) continue
+    for (const [subscriptionId, subscription] of [...this.subscriptions]) {
+      const entity = this.services.registry.get(subscription.entityType)
+      const denial = entity === undefined ? null : await this.services.policy.check(entity, subscription.entityId, next)
+      if (denial === null || !this.holds(subscriptionId, subscription)) continue
       await this.endSubscription(subscriptionId)
-      this.send(encodeSubscriptionError(undefined, entityType, entityId, denial.code, denial.reason))
+      this.send(encodeSubscriptionError(undefined, subscription.entityType, subscription.entityId, denial.code, denial.reason))
     }
-    this.send(encodeAuthenticated(id, next))
+    reply.send(encodeAuthenticated(reply.id, next))
   }
 
-  private async unsubscribe (id: RequestIdValue, req: UnsubscribeRequest): Promise<void> {
+  private async unsubscribe (reply: Reply, req: UnsubscribeRequest): Promise<void> {
     let subscriptionId: string
     if ('subscriptionId' in req) subscriptionId = req.subscriptionId
     else subscriptionId = subscriptionIdOf(this.services.registry.get(req.entityType)?.name ?? req.entityType, req.entityId)
     // unsubscribing from something not watched is not an error: reference-counting clients may do it twice
     await this.endSubscription(subscriptionId)
-    this.send(encodeUnsubscribed(id, subscriptionId))
+    reply.send(encodeUnsubscribed(reply.id, subscriptionId))
   }
 
   /** Replies and other frames that are never conflated, in order with the notifications. */

@@ -21,6 +21,8 @@ export interface FrameMeta {
   /** the change's position ('<epoch>:<n>' in outbox mode), or null */
   position: string | null
   payloadType: string
+  /** owner types with full documents: the owner the document names (null: none); undefined: nothing to check */
+  owner?: string | null
 }
 
 /** Anything that receives frames: one per socket. */
@@ -126,7 +128,7 @@ export class Fanout {
     // a resync owed to these watchers goes first: the notification may follow the changes the gap lost
     if (this.owedResyncs.has(channel)) this.payResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
-    const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType }
+    const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType, owner: envelope.owner }
     let sent = 0
     for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
     const { sentByPayload, failedByPayload } = this.counters

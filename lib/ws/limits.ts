@@ -39,3 +39,41 @@ export class ConnectionCounter {
     else this.counts.set(key, n)
   }
 }
+
+/**
+ * `since` replays read the outbox: bounded per IP address (a token bucket each; burst ten seconds' worth, so a
+ * reconnecting page resumes all its subscriptions at once) and across the server (at most `concurrency` queries at
+ * once, at most `queue` waiting). A replay refused here is answered `recovered: false`: the client refetches.
+ */
+export class ReplayLimiter {
+  private readonly perIp = new Map<string, TokenBucket>()
+  private running = 0
+  private readonly waiting: Array<() => void> = []
+
+  constructor (private readonly perIpPerSecond: number, private readonly concurrency = 16, private readonly queue = 10_000) {}
+
+  /** Runs `replay` when admitted; null when refused. */
+  async run<T> (ip: string, replay: () => Promise<T>): Promise<T | null> {
+    let bucket = this.perIp.get(ip)
+    if (bucket === undefined) {
+      if (this.perIp.size >= 100_000) this.perIp.clear()
+      bucket = new TokenBucket(this.perIpPerSecond * 10, this.perIpPerSecond)
+      this.perIp.set(ip, bucket)
+    }
+    if (!bucket.take()) return null
+    if (this.running >= this.concurrency) {
+      if (this.waiting.length >= this.queue) return null
+      await new Promise<void>((resolve) => this.waiting.push(resolve))
+    } else {
+      this.running++
+    }
+    try {
+      return await replay()
+    } finally {
+      // the slot passes to the next waiting replay, or is freed
+      const next = this.waiting.shift()
+      if (next !== undefined) next()
+      else this.running--
+    }
+  }
+}

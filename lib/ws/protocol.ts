@@ -8,7 +8,8 @@ import type { WireErrorCode } from '../errors.js'
 
 const RequestId = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()])
 const EntityTypeName = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' })
-const EntityId = Type.String({ minLength: 1, maxLength: 512 })
+/** no control characters: they have no place in an id, and PostgreSQL refuses \\u0000 in text */
+const EntityId = Type.String({ minLength: 1, maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })
 
 export const Envelope = Compile(Type.Object({
   type: Type.String({ minLength: 1, maxLength: 32 }),
@@ -26,7 +27,7 @@ const SubscribeData = Type.Object({
 }, { additionalProperties: false })
 
 const UnsubscribeData = Type.Union([
-  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700 }) }, { additionalProperties: false }),
+  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }) }, { additionalProperties: false }),
   Type.Object({ entityType: EntityTypeName, entityId: EntityId }, { additionalProperties: false })
 ])
 

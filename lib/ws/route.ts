@@ -10,7 +10,7 @@ import type { Identity } from '../auth/authenticate.js'
 import { ANONYMOUS } from '../auth/principal.js'
 import { CloseCode } from '../errors.js'
 import { Connection, userKey, type ConnectionServices } from './connection.js'
-import { ConnectionCounter } from './limits.js'
+import { ConnectionCounter, ReplayLimiter } from './limits.js'
 import type { Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../store/interest.js'
 import { WatcherCounts } from './watchers.js'
@@ -22,6 +22,9 @@ export class ConnectionSet {
   readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0 }
   readonly closedByCode: Record<string, number> = {}
   private sweepTimer: NodeJS.Timeout | null = null
+
+  /** `watcherCounts`: the sockets that asked for watcher counts */
+  constructor (readonly watcherCounts: WatcherCounts) {}
 
   /** One timer for every socket: ping the live ones, close those silent for longer than the idle timeout. */
   startSweep (pingIntervalSeconds: number, idleTimeoutSeconds: number): void {
@@ -53,10 +56,14 @@ type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' 
 
 export async function registerRoute (fastify: FastifyInstance, services: RouteServices): Promise<ConnectionSet> {
   const { options, authenticator } = services
-  const connections = new ConnectionSet()
+  const watcherCounts = new WatcherCounts(services.interest, options.limits.watcherCountIntervalMs, services.log)
+  const connections = new ConnectionSet(watcherCounts)
+  const allowedOrigins = options.server.allowedOrigins === null ? null : new Set(options.server.allowedOrigins)
   const perIp = new ConnectionCounter(options.limits.maxConnectionsPerIp)
   const users = new ConnectionCounter(options.limits.maxConnectionsPerUser)
-  const watcherCounts = new WatcherCounts(services.interest, options.limits.watcherCountIntervalMs, services.log)
+  const replays = new ReplayLimiter(options.limits.replaysPerIpPerSecond)
+  const replay: ConnectionServices['replay'] = async (entity, entityId, since, ip) =>
+    await replays.run(ip, async () => await services.replay(entity, entityId, since, ip))
   fastify.addHook('onClose', async () => watcherCounts.close())
 
   if (!fastify.hasDecorator('websocketServer')) {
@@ -92,6 +99,11 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
       },
       // identify before the upgrade; refusals are sent as close codes after it, so clients learn why (4401)
       preValidation: async (request, reply) => {
+        // a page of another site must not open sockets with its visitors' cookies or on their intranet
+        const origin = request.headers.origin
+        if (allowedOrigins !== null && origin !== undefined && !allowedOrigins.has(origin)) {
+          return await reply.code(403).send({ code: 'forbidden_origin', error: 'this origin may not open a socket here' })
+        }
         identities.set(request, await authenticator.identify(request, reply))
       }
     }, (socket: WebSocket, request) => {
@@ -115,7 +127,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
         socket.close(CloseCode.tooManyConnections, 'too many connections for this user')
         return
       }
-      const connection = new Connection(socket, identity.principal, ip, { ...services, users, watcherCounts, counters: connections.counters, onClosed })
+      const connection = new Connection(socket, identity.principal, ip, { ...services, replay, users, watcherCounts, counters: connections.counters, onClosed })
       if (mustSignIn) connection.requireSignIn(options.limits.authTimeoutSeconds * 1000)
       connections.open.add(connection)
       connections.opened++

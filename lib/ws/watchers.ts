@@ -25,7 +25,8 @@ export class WatcherCounts {
 
   constructor (private readonly interest: InterestStore, private readonly intervalMs: number, private readonly log: FastifyBaseLogger) {}
 
-  async add (socket: Watcher, channel: string, entityType: string, entityId: string): Promise<void> {
+  /** Counts `socket` in, and sends it the count now (or, when the store does not answer, at the next poll). */
+  add (socket: Watcher, channel: string, entityType: string, entityId: string): void {
     let entry = this.counted.get(channel)
     if (entry === undefined) {
       entry = { entityType, entityId, sockets: new Set(), last: null }
@@ -33,8 +34,16 @@ export class WatcherCounts {
     }
     entry.sockets.add(socket)
     this.start()
-    const count = await this.interest.watchers(channel)
-    socket.deliver(encodeWatchers(entityType, entityId, count))
+    this.interest.watchers(channel).then((count) => {
+      if (this.counted.get(channel)?.sockets.has(socket) === true) socket.deliver(encodeWatchers(entityType, entityId, count))
+    }, (err: Error) => this.log.warn({ err: err.message }, 'changefeed: watcher counts unavailable'))
+  }
+
+  /** (socket, entity) pairs receiving counts */
+  get sockets (): number {
+    let n = 0
+    for (const entry of this.counted.values()) n += entry.sockets.size
+    return n
   }
 
   remove (socket: Watcher, channel: string): void {
