@@ -12,6 +12,11 @@ export const AlreadyRegisteredError = createError<[string]>('CHANGEFEED_ALREADY_
 export const DatabaseUnavailableError = createError<[string, string]>('CHANGEFEED_DATABASE_UNAVAILABLE', 'Database "%s" is not reachable: %s')
 export const TriggerInstallError = createError<[string, string]>('CHANGEFEED_TRIGGER_INSTALL', 'Installing triggers in database "%s" failed: %s')
 export const BusClosedError = createError('CHANGEFEED_BUS_CLOSED', 'The pub/sub bus is closed')
+export const CaptureKeyError = createError<[string, string]>('CHANGEFEED_CAPTURE_KEY',
+  'Database "%s": cannot read the capture signing key (changefeed_key): %s. Install sql/changefeed.sql, or grant this role SELECT on changefeed_key')
+export const EntityTableError = createError<[string, string]>('CHANGEFEED_ENTITY_TABLE', 'Entity type "%s": %s')
+export const DatabaseMismatchError = createError<[string, string, string]>('CHANGEFEED_DATABASE_MISMATCH',
+  'Database "%s": the host\'s @fastify/postgres pool of that name is connected to database "%s", not "%s" as its url says')
 
 /** Codes of `error` and `subscription_error` frames (DESIGN.md §5). */
 export const WireError = {

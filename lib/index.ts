@@ -10,7 +10,7 @@ import fp from 'fastify-plugin'
 import fastifyPostgres from '@fastify/postgres'
 import type pg from 'pg'
 import { PGliteDatabase, PgDatabase, type Database } from './capture/database.js'
-import { Capture, eventTableOf } from './capture/index.js'
+import { Capture, eventStoreOf } from './capture/index.js'
 import { coalesceRows } from './capture/coalesce.js'
 import { Outbox } from './capture/outbox.js'
 import { ChangeStream, type StreamOptions } from './stream.js'
@@ -18,11 +18,12 @@ import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator, type AuthCounters } from './auth/authenticate.js'
 import { createBus, type BusParts } from './bus/index.js'
-import { ChangeRouter, type PublishInput, type RouterCounters } from './router.js'
+import { ChangeRouter, type PublishInput, type ReplaySource, type RouterCounters } from './router.js'
 import { Fanout } from './ws/fanout.js'
 import { registerRoute } from './ws/route.js'
 import { resolveOptions, type ChangefeedOptions, type ResolvedOptions } from './options.js'
-import { AlreadyRegisteredError, InvalidOptionsError } from './errors.js'
+import { AlreadyRegisteredError, DatabaseMismatchError, InvalidOptionsError } from './errors.js'
+import { Drops, type DropReason } from './drops.js'
 import { Telemetry, type TelemetrySnapshot } from './telemetry.js'
 import { healthOf, registerOperationalRoutes, type HealthReport } from './health.js'
 import { packageVersion } from './paths.js'
@@ -53,6 +54,10 @@ export interface ChangefeedStats {
   /** `channels`: entity channels this instance is subscribed to on the bus (one per locally watched entity) */
   bus: { provider: string, ready: boolean, instanceId: string, channels: number }
   router: RouterCounters
+  /** changes not delivered for a reason other than "nobody watches", by reason (lib/drops.ts) */
+  dropped: Partial<Record<DropReason, number>>
+  /** watched tables the capture trigger could not be put on ("database.schema.table" → why) */
+  untriggeredTables: Record<string, string>
   auth: AuthCounters
 }
 
@@ -72,8 +77,8 @@ export interface ChangefeedDecorator {
   rescan(): Promise<void>
   /** Counts for monitoring and tests (this instance). */
   stats(): ChangefeedStats
-  /** Watchers of an entity across the cluster. */
-  watchers(entityType: string, entityId: string): Promise<number>
+  /** Watchers of an entity (one tenant's, for tenanted types) across the cluster. */
+  watchers(entityType: string, entityId: string, tenantId?: string): Promise<number>
   /** Subscriptions per entity type across the cluster. */
   totals(): Promise<Record<string, number>>
   /** Readiness: the bus works and every database has a working listener (also served at `<healthPath>/ready`). */
@@ -107,9 +112,19 @@ async function openDatabases (fastify: FastifyInstance, options: ResolvedOptions
     // an idle connection cut by the server (a restart, pg_terminate_backend) is an 'error' on the pool, which
     // ends the process when nobody listens; the pool has already dropped it and connects anew on the next query
     if (own) pool.on('error', (err) => fastify.log.warn({ database: name, err: err.message }, 'changefeed: an idle database connection was lost'))
-    databases.set(name, new PgDatabase(name, pool, url))
+    const db = new PgDatabase(name, pool, url)
+    // the listener connects with `url` and queries go through the pool: both must be the same database
+    if (!own) await checkSameDatabase(db, url)
+    databases.set(name, db)
   }
   return databases
+}
+
+/** A host's pool registered under a database's name must reach the database its url names. */
+async function checkSameDatabase (db: PgDatabase, url: string): Promise<void> {
+  const expected = decodeURIComponent(new URL(url).pathname.replace(/^\//, ''))
+  const [row] = await db.query<{ name: string }>('SELECT current_database() AS name')
+  if (expected !== '' && row?.name !== expected) throw new DatabaseMismatchError(db.name, row?.name ?? '?', expected)
 }
 
 /** Options the schema accepts (the config contract) but this version does not act on: refused, never ignored. */
@@ -160,23 +175,37 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     parts = await createBus(fastify, options.bus, { onMessage: fanout.onBusMessage, onGap: onBusGap }, fanout.store)
     const { bus, interest } = parts
     await fanout.attach(bus, interest)
-    const router = new ChangeRouter(registry, databases, interest, bus, options.bus.prefix, log, undefined, parts.instanceId)
-    stopOwedResyncs = () => router.owed.close()
+    const replaySources = new Map<string, ReplaySource>()
+    const eventStore = (database: string): ReturnType<typeof eventStoreOf> => eventStoreOf(options.capture, database, registry.schemaOf(database))
     if (options.capture.mode === 'outbox') {
       for (const name of databases.keys()) {
-        router.useOutbox(name, new Outbox(options.capture.channel), eventTableOf(options.capture, name), options.capture.outbox.maxReplay)
+        const store = eventStore(name)
+        replaySources.set(name, { outbox: new Outbox(options.capture.channel), tables: store === null ? [] : [store.table, store.streams], maxReplay: options.capture.outbox.maxReplay })
       }
     }
-    if (options.capture.stream.enabled) {
-      stream = await ChangeStream.open(options.capture.stream as StreamOptions, log)
-      router.stream = stream
-    }
+    if (options.capture.stream.enabled) stream = await ChangeStream.open(options.capture.stream as StreamOptions, log)
+    const drops = new Drops(log)
+    const router = new ChangeRouter({
+      registry,
+      databases,
+      interest,
+      bus,
+      prefix: options.bus.prefix,
+      log,
+      drops,
+      eventStore,
+      rescan: async (database) => await capture?.rescanDatabase(database),
+      replaySources,
+      stream,
+      instanceId: parts.instanceId
+    })
+    stopOwedResyncs = () => router.owed.close()
     capture = new Capture(databases, registry, options, {
       // notify mode: a change that fails now is lost, and its watchers must hear of it
       onChange: (change) => { void router.routeChange(change).then((ok) => { if (!ok) router.giveUp(change) }) },
       onGap: announceGap,
       onOutbox: async (database, rows, { final, current }) => {
-        const changes = coalesceRows(database, rows)
+        const changes = coalesceRows(database, registry.tenantOfDatabase(database), rows)
         // a deposed publisher stops at once: the new leader publishes from the stored cursor
         const results = await Promise.all(changes.map(async (c) => current() && await router.routeChange(c, !final)))
         if (results.every(Boolean)) return true
@@ -186,15 +215,20 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
         for (const [i, change] of changes.entries()) if (!results[i]) router.giveUp(change)
         return true
       }
-    }, log, options.bus.provider !== 'memory')
+    }, log, options.bus.provider !== 'memory', drops)
     await capture.start()
 
-    const policy = new AccessPolicy(databases, options.auth.adminRoles, authorize, options.auth.anonymous)
+    const policy = new AccessPolicy(databases, registry, {
+      adminRoles: options.auth.adminRoles,
+      authorize,
+      anonymousAllowed: options.auth.anonymous,
+      tenantClaim: options.auth.jwt?.tenantClaim !== undefined
+    })
     const authenticator = new Authenticator(options.auth, log, options.limits.maxAuthFailuresPerMinute)
     const telemetry = new Telemetry(packageVersion, () => telemetrySnapshot())
     fanout.telemetry = telemetry
     const connections = await registerRoute(fastify, {
-      options, registry, policy, authenticator, fanout, log, telemetry, interest, replay: async (entity, id, since) => await router.replay(entity, id, since)
+      options, registry, policy, authenticator, fanout, log, telemetry, interest, replay: async (entity, id, tenantId, since) => await router.replay(entity, id, tenantId, since)
     })
     const listeners = capture.listeners
     const listenerStats = (): ChangefeedStats['listeners'] => Object.fromEntries([...listeners].map(([name, l]) =>
@@ -204,6 +238,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       subscriptions: { byType: fanout.store.countByType(), createdByType: fanout.counters.createdByType, removedByType: fanout.counters.removedByType },
       notifications: { sentByPayload: fanout.counters.sentByPayload, failedByPayload: fanout.counters.failedByPayload },
       router: router.counters,
+      dropped: drops.counts,
       auth: authenticator.counters,
       listeners: listenerStats(),
       busErrors: router.counters.busErrors + fanout.counters.busErrors
@@ -213,7 +248,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const decorator: ChangefeedDecorator = {
       publish: async (change) => await router.publish(change),
       rescan: async () => await capture!.rescan(),
-      watchers: async (entityType, entityId) => await interest.watchers(fanout.channel(registry.get(entityType)?.name ?? entityType, entityId)),
+      watchers: async (entityType, entityId, tenantId) => await interest.watchers(fanout.channel(registry.get(entityType)?.name ?? entityType, entityId, tenantId ?? null)),
       totals: async () => await interest.totals(),
       health,
       stats: () => ({
@@ -230,6 +265,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
         stream: stream === null ? null : { published: stream.published, failed: stream.failed },
         bus: { provider: bus.provider, ready: bus.ready, instanceId: parts!.instanceId, channels: fanout.busChannels },
         router: { ...router.counters },
+        dropped: { ...drops.counts },
+        untriggeredTables: Object.fromEntries(capture!.untriggered),
         auth: structuredClone(authenticator.counters)
       }),
       options,
@@ -246,7 +283,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
         instance: decorator.stats(),
         cluster: { subscriptionsByType: await interest.totals() },
         busiest: await Promise.all(fanout.store.busiest(10).map(async (e) => ({
-          entityType: e.entityType, entityId: e.entityId, local: e.watchers, cluster: await interest.watchers(fanout.channel(e.entityType, e.entityId))
+          entityType: e.entityType, entityId: e.entityId, tenantId: e.tenantId, local: e.watchers, cluster: await interest.watchers(e.channel)
         })))
       })
     })

@@ -37,7 +37,9 @@ const Database = Type.Object(
     url: Type.String({
       minLength: 1,
       description: 'postgres://… connection string, or `pglite://memory` / `pglite:///dir` for the embedded PGlite'
-    })
+    }),
+    schema: Type.Optional(Type.String({ minLength: 1, description: 'schema whose tables are watched in this database (default: capture.schema)' })),
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'database per tenant (Marten): every change of this database belongs to this tenant' }))
   },
   { additionalProperties: false }
 )
@@ -74,7 +76,9 @@ const Capture = Type.Object(
       table: Type.String({ default: 'mt_events', description: 'the event table' }),
       streams: Type.String({ default: 'mt_streams', description: 'the stream table (its `type` names the aggregate)' }),
       database: Type.Optional(Type.String({ description: 'database whose events are captured (default: all)' })),
-      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _' })
+      schema: Type.Optional(Type.String({ minLength: 1, description: 'schema of the event store (Marten `Events.DatabaseSchemaName`; default: the database\'s schema)' })),
+      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _' }),
+      untypedAs: Type.Optional(Type.String({ description: 'entity type of streams started without an aggregate type (mt_streams.type null); without it their appends are counted and logged, not delivered' }))
     }, { default: {}, additionalProperties: false }),
     probeIntervalSeconds: Type.Number({ minimum: 0, default: 15, description: 'how often the listener connection is checked with a query; one that does not answer within 5 s is replaced (0: never)' })
   },
@@ -83,8 +87,12 @@ const Capture = Type.Object(
 
 const Entity = Type.Object(
   {
-    database: Type.Optional(Type.String({ description: 'database name; defaults to the only database when there is one' })),
+    database: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })], {
+      description: 'database name, or the names of the databases of its tenants (database per tenant); defaults to the only database when there is one'
+    })),
+    schema: Type.Optional(Type.String({ minLength: 1, description: 'schema of its table (default: its database\'s schema)' })),
     table: Type.Optional(Type.String({ description: 'table; defaults to Marten naming: mt_doc_<lowercased type name>' })),
+    tenanted: Type.Optional(Type.Boolean({ description: 'its entities belong to tenants; default: its table has a tenant_id column (Marten conjoined tenancy) or its databases have tenants. Set it for types only a host publishes' })),
     access: AccessKind,
     payload: Type.Optional(PayloadMode),
     ownerPath: Type.Optional(Type.Array(Type.String(), { description: 'path in the document holding the owner user id' })),
@@ -127,6 +135,7 @@ const Jwt = Type.Object(
       description: 'allowed algorithms; default: HS* with a secret, the asymmetric ones with a key or JWKS; never `none`'
     })),
     userIdClaim: Type.String({ default: 'sub', description: 'claim holding the user id (dotted path)' }),
+    tenantClaim: Type.Optional(Type.String({ description: 'claim holding the user\'s tenant (dotted path): a signed-in user then watches only its own tenant\'s entities of tenanted types, unless it has an admin role' })),
     rolesClaim: Type.String({ default: 'roles', description: 'claim holding the roles (dotted path, e.g. metadata.role)' })
   },
   { additionalProperties: false }
@@ -144,7 +153,8 @@ const Auth = Type.Object(
               {
                 username: Type.String({ description: 'service account name' }),
                 passwordHash: Type.String({ description: 'scrypt hash: scrypt$<N>$<r>$<p>$<salt>$<hash>' }),
-                roles: Type.Array(Type.String(), { default: [], description: 'roles of the account' })
+                roles: Type.Array(Type.String(), { default: [], description: 'roles of the account' }),
+                tenant: Type.Optional(Type.String({ description: 'the tenant the account belongs to (none: like a user without a tenant claim)' }))
               },
               { additionalProperties: false }
             )
@@ -251,13 +261,28 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     if (names.has(db.name)) throw new InvalidOptionsError(`/databases: duplicate name "${db.name}"`)
     names.add(db.name)
   }
+  const tenants = new Map<string, string>()
+  for (const db of options.databases) {
+    if (db.tenant === undefined) continue
+    if (tenants.has(db.tenant)) throw new InvalidOptionsError(`/databases: tenant "${db.tenant}" has two databases`)
+    tenants.set(db.tenant, db.name)
+  }
   for (const [type, entity] of Object.entries(options.entities)) {
     if (entity.database === undefined && options.databases.length > 1) {
       throw new InvalidOptionsError(`/entities/${type}/database is required when there are several databases`)
     }
-    if (entity.database !== undefined && !names.has(entity.database)) {
-      throw new InvalidOptionsError(`/entities/${type}/database "${entity.database}" is not in /databases`)
+    const databases = entity.database === undefined ? [] : [entity.database].flat()
+    for (const name of databases) {
+      if (!names.has(name)) throw new InvalidOptionsError(`/entities/${type}/database "${name}" is not in /databases`)
     }
+    const withTenant = databases.filter((name) => options.databases.some((db) => db.name === name && db.tenant !== undefined))
+    if (databases.length > 1 && withTenant.length !== databases.length) {
+      throw new InvalidOptionsError(`/entities/${type}/database: several databases must each have a tenant (database per tenant)`)
+    }
+  }
+  const events = options.capture.events
+  if (events.untypedAs !== undefined && options.entities[events.untypedAs] === undefined) {
+    throw new InvalidOptionsError(`/capture/events/untypedAs "${events.untypedAs}" is not in /entities`)
   }
   const jwt = options.auth.jwt
   if (jwt !== undefined) {

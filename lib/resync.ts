@@ -7,7 +7,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from './bus/types.js'
 import { wrap } from './bus/envelope.js'
-import { encodeResync } from './ws/protocol.js'
 
 const MAX_OWED = 10_000
 const RETRY_MS = 250
@@ -30,14 +29,14 @@ export class OwedResyncs {
 
   constructor (private readonly bus: PubSub, private readonly prefix: string, private readonly log: FastifyBaseLogger) {}
 
-  /** Owes the watchers of `channels` (an entity's, and its type's feed) a resync for a change they did not get. */
-  owe (database: string, channels: readonly string[], entityType: string, entityId: string, reason: string): void {
+  /** Owes the watchers of each channel its resync frame, for a change they did not get. */
+  owe (database: string, debts: ReadonlyArray<readonly [channel: string, frame: string]>): void {
     if (this.closed) return
-    if (this.owed.size + channels.length > MAX_OWED) {
-      this.databases.set(database, reason)
+    if (this.owed.size + debts.length > MAX_OWED) {
+      this.databases.set(database, 'delivery_failed')
     } else {
-      for (const [i, channel] of channels.entries()) {
-        if (!this.owed.has(channel)) this.owed.set(channel, wrap(Date.now(), 'resync', undefined, encodeResync(reason, entityType, i === 0 ? entityId : '*')))
+      for (const [channel, frame] of debts) {
+        if (!this.owed.has(channel)) this.owed.set(channel, wrap({ ts: Date.now(), payloadType: 'resync', frame }))
       }
     }
     this.schedule(0)

@@ -1,12 +1,13 @@
 /**
  * Route: from a captured change (or a host's direct publish) to one encoded frame on the bus. Drops changes
  * nobody watches before any work; for `full` types reads the document at most once per changed entity per
- * transaction (not at all when the trigger inlined it); encodes the wire message once for every watcher.
+ * transaction (not at all when the trigger inlined it); encodes the wire message once for every watcher. A change
+ * that cannot be attributed to an entity type is counted and logged by reason (lib/drops.ts), never silently lost.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { coalesceRows, type Change, type ChangeType } from './capture/coalesce.js'
 import type { Outbox } from './capture/outbox.js'
-import { quoteIdent, type Database } from './capture/database.js'
+import type { Database } from './capture/database.js'
 import type { EntityRegistry, EntityType } from './entities.js'
 import type { PubSub } from './bus/index.js'
 import type { InterestStore } from './store/interest.js'
@@ -14,17 +15,22 @@ import { wrap } from './bus/envelope.js'
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api'
 import { InvalidChangeError, UnknownEntityTypeError } from './errors.js'
 import { OwedResyncs } from './resync.js'
+import { FEED, channelsOf } from './channels.js'
+import { DocumentReader } from './documents.js'
+import type { Drops } from './drops.js'
+import { encodeNotification, encodeResync } from './ws/protocol.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {
   entityType: string
   entityId: string
-  changeType: ChangeType | 'appended'
+  changeType: ChangeType
+  /** the tenant of the entity: required for tenanted types, refused for the others */
+  tenantId?: string
   /** the document; when given the notification is `full`, otherwise `minimal` */
   payload?: unknown
   version?: string | number
 }
-
 
 /** Where every change goes besides the watchers (lib/stream.ts: a JetStream stream). Rejects when not accepted. */
 export interface ChangeSink {
@@ -38,8 +44,6 @@ export interface RouterCounters {
   changes: number
   /** changes dropped because nobody watched the entity */
   unwatched: number
-  /** changes of tables that are not a known entity type */
-  unknownTable: number
   /** documents read from the database for full payloads */
   documentReads: number
   /** frames handed to the bus */
@@ -52,10 +56,14 @@ export interface RouterCounters {
   givenUp: number
 }
 
+/** Where a database's outbox is read for `since` replays (outbox mode). */
+export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
+
 /** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
 interface Notice {
   frame: string
   payloadType: string
+  tenantId: string | null
   /** owner types with a full document: who the document says owns it (null: nobody); undefined otherwise */
   owner?: string | null
 }
@@ -71,34 +79,45 @@ function ownerIn (entity: EntityType, payloadType: string, payload: unknown): st
   return typeof value === 'string' || typeof value === 'number' ? String(value) : null
 }
 
-export function channelOf (prefix: string, entityType: string, entityId: string): string {
-  return prefix + ':' + entityType + ':' + entityId
+export interface RouterServices {
+  registry: EntityRegistry
+  databases: ReadonlyMap<string, Database>
+  interest: InterestStore
+  bus: PubSub
+  prefix: string
+  log: FastifyBaseLogger
+  drops: Drops
+  /** a database's event store, or null: only its tables may report event appends and archived streams */
+  eventStore: (database: string) => { schema: string, table: string, streams: string } | null
+  /** looks for new tables in a database (a change of a table not known yet may be of one just created) */
+  rescan: (database: string) => Promise<void>
+  /** outbox mode: where each database's outbox is read for replays */
+  replaySources: ReadonlyMap<string, ReplaySource>
+  /** every change (watched or not) also goes here: a JetStream stream for service consumers */
+  stream: ChangeSink | null
+  /** recorded on the publish spans, so a delivery elsewhere can be traced to this instance */
+  instanceId: string
+  tracer?: Tracer
 }
 
 export class ChangeRouter {
-  readonly counters: RouterCounters = { changes: 0, unwatched: 0, unknownTable: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
+  readonly counters: RouterCounters = { changes: 0, unwatched: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
   /** resyncs owed to the watchers of changes that were lost */
   readonly owed: OwedResyncs
-
-  constructor (
-    private readonly registry: EntityRegistry,
-    private readonly databases: Map<string, Database>,
-    private readonly interest: InterestStore,
-    private readonly bus: PubSub,
-    private readonly prefix: string,
-    private readonly log: FastifyBaseLogger,
-    private readonly tracer: Tracer = trace.getTracer('fastify-changefeed'),
-    /** recorded on the publish spans, so a delivery elsewhere can be traced to this instance */
-    private readonly instanceId = ''
-  ) {
-    this.owed = new OwedResyncs(bus, prefix, log)
-  }
-
+  private readonly documents: DocumentReader
+  private readonly tracer: Tracer
+  private readonly prefix: string
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
   private readonly inFlight = new Map<string, Promise<boolean>>()
+  /** host publishes so far: numbers their positions */
+  private published = 0
 
-  /** Optional: every change (watched or not) also goes to a JetStream stream for service consumers. */
-  stream: ChangeSink | null = null
+  constructor (private readonly s: RouterServices) {
+    this.owed = new OwedResyncs(s.bus, s.prefix, s.log)
+    this.documents = new DocumentReader(s.databases)
+    this.tracer = s.tracer ?? trace.getTracer('fastify-changefeed')
+    this.prefix = s.prefix
+  }
 
   /**
    * A change from capture. Never rejects: a failure is logged and counted, the pipeline goes on. Resolves false
@@ -106,30 +125,55 @@ export class ChangeRouter {
    */
   async routeChange (change: Change, stopAfterFailure = false): Promise<boolean> {
     this.counters.changes++
-    const entity = this.entityOf(change)
-    if (entity === undefined) {
-      this.counters.unknownTable++
-      return true
+    let entity = this.entityOf(change, false)
+    if (entity === undefined && change.events === undefined && change.changeType !== 'archived') {
+      // a table created a moment ago: the event trigger's note may still be on its way
+      await this.s.rescan(change.database).catch(() => {})
     }
-    const channel = channelOf(this.prefix, entity.name, change.id)
-    const previous = this.inFlight.get(channel)
+    entity ??= this.entityOf(change)
+    if (entity === undefined) return true
+    const tenantId = this.tenantOf(entity, change)
+    const channels = channelsOf(this.prefix, entity, change.id, tenantId)
+    const key = channels[0]
+    const previous = this.inFlight.get(key)
     const current = previous === undefined
-      ? this.routeEntityChange(entity, channel, change)
+      ? this.routeEntityChange(entity, channels, tenantId, change)
       // outbox mode: after a failure the entity's later changes wait for the retry, so they never overtake it
-      : previous.then(async (ok) => !ok && stopAfterFailure ? false : await this.routeEntityChange(entity, channel, change))
-    this.inFlight.set(channel, current)
+      : previous.then(async (ok) => !ok && stopAfterFailure ? false : await this.routeEntityChange(entity, channels, tenantId, change))
+    this.inFlight.set(key, current)
     const done = await current
-    if (this.inFlight.get(channel) === current) this.inFlight.delete(channel)
+    if (this.inFlight.get(key) === current) this.inFlight.delete(key)
     return done
   }
 
-  private entityOf (change: Change): EntityType | undefined {
-    return change.changeType === 'appended'
-      ? this.registry.forStream(change.streamType)
-      : this.registry.forTable(change.database, change.schema, change.table)
+  /** The entity type of a change, or undefined (counted and logged as a drop). */
+  private entityOf (change: Change, count = true): EntityType | undefined {
+    const where = { database: change.database, table: `${change.schema}.${change.table}` }
+    if (change.events !== undefined || change.changeType === 'archived') {
+      const store = this.s.eventStore(change.database)
+      const table = change.events !== undefined ? store?.table : store?.streams
+      if (store === null || store.schema !== change.schema || table !== change.table) return this.drop(count, 'not_event_store', where)
+      const entity = this.s.registry.forStream(change.streamType)
+      if (entity !== undefined) return entity
+      return this.drop(count, change.streamType === null || change.streamType === undefined ? 'untyped_stream' : 'unknown_stream_type',
+        { ...where, detail: change.streamType ?? undefined })
+    }
+    const entity = this.s.registry.forTable(change.database, change.schema, change.table)
+    return entity ?? this.drop(count, 'unknown_table', where)
   }
 
-  private async routeEntityChange (entity: EntityType, channel: string, change: Change): Promise<boolean> {
+  private drop (count: boolean, reason: Parameters<Drops['drop']>[0], where: Parameters<Drops['drop']>[1]): undefined {
+    if (count) this.s.drops.drop(reason, where)
+    return undefined
+  }
+
+  /** The tenant a change belongs to for its type: its database's, its row's (conjoined), or none. */
+  private tenantOf (entity: EntityType, change: Change): string | null {
+    if (entity.tenancy === 'database') return this.s.registry.tenantOfDatabase(change.database)
+    return entity.tenancy === 'conjoined' ? change.tenantId : null
+  }
+
+  private async routeEntityChange (entity: EntityType, channels: string[], tenantId: string | null, change: Change): Promise<boolean> {
     const span = this.tracer.startSpan('changefeed route', {
       kind: SpanKind.PRODUCER,
       attributes: {
@@ -139,38 +183,37 @@ export class ChangeRouter {
         'changefeed.entity_id': change.id,
         'changefeed.change_type': change.changeType,
         'changefeed.position': change.position,
-        'changefeed.instance.id': this.instanceId
+        'changefeed.instance.id': this.s.instanceId
       }
     })
     const busErrorsBefore = this.counters.busErrors
     try {
       const needsRead = change.events !== undefined
         ? change.events.some((e) => !('data' in e))
-        : entity.payload === 'full' && change.changeType !== 'deleted' && !change.hasDoc
+        : entity.payload === 'full' && change.changeType !== 'deleted' && change.changeType !== 'archived' && !change.hasDoc
       // locally the check is free; across the cluster it costs a round trip, worth it only to save a read
-      const watched = (this.interest.local || needsRead) ? await this.anyoneWatches(entity, channel) : true
-      if (!watched && this.stream === null) {
+      const watched = this.s.interest.local || needsRead ? await this.anyoneWatches(channels) : channels
+      if (watched.length === 0 && this.s.stream === null) {
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'unwatched')
         return true
       }
-      const notice = await this.frameOf(entity, change)
-      const { frame } = notice
-      if (this.stream !== null) await this.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame })
-      if (!watched) {
+      const notice = await this.frameOf(entity, change, tenantId)
+      if (this.s.stream !== null) await this.s.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame: notice.frame })
+      if (watched.length === 0) {
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'streamed')
         return true
       }
-      await this.send(entity, channel, change.ts, notice, change.position, span)
+      await this.send(watched, change.ts, notice, change.position, span)
       span.setAttribute('changefeed.outcome', 'published')
       return true
     } catch (err) {
       this.counters.failed++
       span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message })
       // a bus outage fails every change until the bus is back; it is reported once, by the bus, and counted
-      if (this.counters.busErrors > busErrorsBefore) this.log.debug({ err: (err as Error).message, entityType: entity.name, entityId: change.id }, 'changefeed: the bus refused a change')
-      else this.log.error({ err, entityType: entity.name, entityId: change.id }, 'changefeed: routing a change failed')
+      if (this.counters.busErrors > busErrorsBefore) this.s.log.debug({ err: (err as Error).message, entityType: entity.name, entityId: change.id }, 'changefeed: the bus refused a change')
+      else this.s.log.error({ err, entityType: entity.name, entityId: change.id }, 'changefeed: routing a change failed')
       return false
     } finally {
       span.end()
@@ -181,61 +224,57 @@ export class ChangeRouter {
    * The notification of one change, as every watcher receives it. A `full` document is read when the trigger did
    * not inline it; appended events whose data did not ride inline are read from the event table.
    */
-  private async frameOf (entity: EntityType, change: Change): Promise<Notice> {
+  private async frameOf (entity: EntityType, change: Change, tenantId: string | null): Promise<Notice> {
+    const fields = {
+      entityType: entity.name,
+      entityId: change.id,
+      tenantId,
+      changeType: change.changeType,
+      ts: change.ts,
+      version: change.version,
+      origin: change.origin,
+      position: change.position
+    }
     if (change.events !== undefined) {
-      await this.readEvents(change)
-      return { frame: encodeNotification(entity.name, change.id, 'appended', 'events', change.ts, change.version, change.origin, change.events, change.position), payloadType: 'events' }
+      await this.documents.events(change)
+      this.counters.documentReads = this.documents.reads
+      return { frame: encodeNotification({ ...fields, payloadType: 'events', payload: change.events }), payloadType: 'events', tenantId }
     }
     let payload: unknown
-    let payloadType = entity.payload
-    if (entity.payload === 'full' && change.changeType !== 'deleted') {
-      payload = change.hasDoc ? change.doc : await this.readDocument(entity, change.id)
+    let payloadType = entity.payload === 'full' && change.changeType !== 'archived' ? 'full' : 'minimal'
+    if (payloadType === 'full' && change.changeType !== 'deleted') {
+      payload = change.hasDoc ? change.doc : await this.documents.document(entity, change.database, change.tenantId, change.id)
+      this.counters.documentReads = this.documents.reads
       // gone by the time we read it: a later change says so; meanwhile the client refetches
       if (payload === undefined) payloadType = 'minimal'
     }
-    return {
-      frame: encodeNotification(entity.name, change.id, change.changeType, payloadType, change.ts, change.version, change.origin, payload, change.position),
-      payloadType,
-      owner: ownerIn(entity, payloadType, payload)
-    }
-  }
-
-  private async readEvents (change: Change): Promise<void> {
-    const events = change.events!
-    const missing = events.filter((e) => !('data' in e)).map((e) => e.version)
-    if (missing.length === 0) return
-    const db = this.databases.get(change.database)
-    this.counters.documentReads++
-    const rows = await db!.query<{ version: string, data: unknown }>(
-      `SELECT version::text AS version, data FROM ${quoteIdent(change.schema)}.${quoteIdent(change.table)} WHERE stream_id = $1 AND version = ANY($2::bigint[])`,
-      [change.id, missing])
-    const byVersion = new Map(rows.map((r) => [Number(r.version), r.data]))
-    for (const e of events) if (!('data' in e)) e.data = byVersion.get(e.version) ?? null
+    return { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload) }
   }
 
   /**
-   * Outbox mode: the changes of one entity after `since`, as notification frames, oldest first; null when they
-   * cannot all be given (notify mode, a feed, a position of another epoch, pruned, or too many).
+   * Outbox mode: the changes of one (tenant's) entity after `since`, as notification frames, oldest first; null
+   * when they cannot all be given (notify mode, a feed, a position of another epoch, pruned, or too many).
    */
-  async replay (entity: EntityType, entityId: string, since: string): Promise<Array<{ frame: string, position: string }> | null> {
-    const source = this.outboxes.get(entity.database)
-    const db = this.databases.get(entity.database)
-    if (source === undefined || db === undefined || entityId === '*') return null
-    const tables = [entity.table]
-    if (source.eventTable !== null) tables.push(source.eventTable)
-    const rows = await source.outbox.replay(async (text, params) => await db.query(text, params), tables, entityId, since, source.maxReplay)
+  async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<Array<{ frame: string, position: string }> | null> {
+    const database = this.s.registry.databaseFor(entity, tenantId)
+    const source = database === undefined ? undefined : this.s.replaySources.get(database)
+    const db = database === undefined ? undefined : this.s.databases.get(database)
+    if (database === undefined || source === undefined || db === undefined || entityId === '*') return null
+    const tables = [entity.table, ...source.tables]
+    const rowTenant = entity.tenancy === 'conjoined' ? tenantId : null
+    const rows = await source.outbox.replay(async (text, params) => await db.query(text, params), { tables, entityId, tenantId: rowTenant, since, limit: source.maxReplay })
     if (rows === null) return null
     const frames: Array<{ frame: string, position: string }> = []
-    for (const change of coalesceRows(entity.database, rows)) {
-      if (this.entityOf(change)?.name !== entity.name) continue
-      frames.push({ frame: (await this.frameOf(entity, change)).frame, position: change.position })
+    for (const change of coalesceRows(database, this.s.registry.tenantOfDatabase(database), rows)) {
+      if (this.entityOf(change, false)?.name !== entity.name) continue
+      frames.push({ frame: (await this.frameOf(entity, change, this.tenantOf(entity, change))).frame, position: change.position })
     }
     return frames
   }
 
   /** Whether a failure now would be an outage (bus or stream down) rather than a change that cannot be carried. */
   get outage (): boolean {
-    return !this.bus.ready || this.stream?.ready === false
+    return !this.s.bus.ready || this.s.stream?.ready === false
   }
 
   /**
@@ -243,39 +282,27 @@ export class ChangeRouter {
    * watchers, wherever they are, get a `resync` (reason `delivery_failed`) as soon as the bus takes it. Never silent.
    */
   giveUp (change: Change): void {
-    const entity = this.entityOf(change)
+    const entity = this.entityOf(change, false)
     if (entity === undefined) return
     this.counters.givenUp++
-    this.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be delivered; its watchers resync')
-    this.oweResync(entity, change.id)
+    this.s.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be delivered; its watchers resync')
+    this.oweResync(entity, change.database, change.id, this.tenantOf(entity, change))
   }
 
   /** The watchers of the entity, and of its type's feed, are owed a resync for a change they will not get. */
-  private oweResync (entity: EntityType, entityId: string): void {
-    const channel = channelOf(this.prefix, entity.name, entityId)
-    this.owed.owe(entity.database, entity.feed ? [channel, channelOf(this.prefix, entity.name, '*')] : [channel], entity.name, entityId, 'delivery_failed')
+  private oweResync (entity: EntityType, database: string, entityId: string, tenantId: string | null): void {
+    const entityChannels = tenantId === null ? 1 : 2
+    this.owed.owe(database, channelsOf(this.prefix, entity, entityId, tenantId).map((channel, i) =>
+      [channel, encodeResync('delivery_failed', { entityType: entity.name, entityId: i < entityChannels ? entityId : FEED, tenantId })] as const))
   }
 
-  /** Outbox mode: where each database's outbox is read for replays. */
-  private readonly outboxes = new Map<string, { outbox: Outbox, eventTable: string | null, maxReplay: number }>()
-  useOutbox (database: string, outbox: Outbox, eventTable: string | null, maxReplay: number): void {
-    this.outboxes.set(database, { outbox, eventTable, maxReplay })
-  }
-
-  /**
-   * Hands one encoded notification to the bus, with the publishing span's context for the deliveries; for a feed
-   * type, the same message goes to the type's feed channel (`<prefix>:<Type>:*`) too.
-   */
-  private async send (entity: EntityType, channel: string, ts: number, notice: Notice, position: string, span?: Span): Promise<void> {
+  /** Hands one encoded notification to the bus, on every channel whose watchers see it, with the span's context. */
+  private async send (channels: string[], ts: number, notice: Notice, position: string, span?: Span): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
-    const message = wrap(ts, notice.payloadType, carrier.traceparent, notice.frame, position, notice.owner)
+    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame })
     try {
-      await this.bus.publish(channel, message)
-      if (entity.feed) {
-        const feed = channelOf(this.prefix, entity.name, '*')
-        if (!this.interest.local || this.interest.isWatched(feed) === true) await this.bus.publish(feed, message)
-      }
+      for (const channel of channels) await this.s.bus.publish(channel, message)
     } catch (err) {
       this.counters.busErrors++
       throw err
@@ -283,69 +310,53 @@ export class ChangeRouter {
     this.counters.published++
   }
 
-  /** host publishes so far: numbers their positions */
-  private published = 0
-
   /** A host's direct publish: the same route without the database. */
   async publish (input: PublishInput): Promise<boolean> {
-    const entity = this.registry.get(input?.entityType)
+    const entity = this.s.registry.get(input?.entityType)
     if (entity === undefined) throw new UnknownEntityTypeError(String(input?.entityType))
     if (typeof input.entityId !== 'string' || input.entityId.length === 0) throw new InvalidChangeError('entityId must be a non-empty string')
-    if (!['created', 'updated', 'deleted', 'appended'].includes(input.changeType)) {
-      throw new InvalidChangeError('changeType must be created, updated, deleted or appended')
+    if (!['created', 'updated', 'deleted', 'appended', 'archived'].includes(input.changeType)) {
+      throw new InvalidChangeError('changeType must be created, updated, deleted, appended or archived')
+    }
+    const tenantId = input.tenantId ?? null
+    if ((entity.tenancy === 'none') !== (tenantId === null)) {
+      throw new InvalidChangeError(entity.tenancy === 'none' ? `${entity.name} is not tenanted: no tenantId` : `${entity.name} is tenanted: tenantId is required`)
     }
     this.counters.changes++
-    const channel = channelOf(this.prefix, entity.name, input.entityId)
-    if (this.interest.local && !await this.anyoneWatches(entity, channel)) {
+    const channels = channelsOf(this.prefix, entity, input.entityId, tenantId)
+    const watched = this.s.interest.local ? await this.anyoneWatches(channels) : channels
+    if (watched.length === 0) {
       this.counters.unwatched++
       return false
     }
     const payloadType = input.payload !== undefined ? 'full' : 'minimal'
     const now = Date.now()
-    const position = `p:${this.instanceId.slice(0, 8)}:${++this.published}`
-    const frame = encodeNotification(entity.name, input.entityId, input.changeType, payloadType, now,
-      input.version === undefined ? null : String(input.version), null, input.payload, position)
+    const position = `p:${this.s.instanceId.slice(0, 8)}:${++this.published}`
+    const frame = encodeNotification({
+      entityType: entity.name,
+      entityId: input.entityId,
+      tenantId,
+      changeType: input.changeType,
+      payloadType,
+      ts: now,
+      version: input.version === undefined ? null : String(input.version),
+      payload: input.payload,
+      position
+    })
     try {
-      await this.send(entity, channel, now, { frame, payloadType, owner: ownerIn(entity, payloadType, input.payload) }, position)
+      await this.send(watched, now, { frame, payloadType, tenantId, owner: ownerIn(entity, payloadType, input.payload) }, position)
     } catch (err) {
       // the host hears of it from the rejection; the watchers, from a resync once the bus is back
-      this.oweResync(entity, input.entityId)
+      this.oweResync(entity, this.s.registry.databaseFor(entity, tenantId) ?? '', input.entityId, tenantId)
       throw err
     }
     return true
   }
 
-  /** The entity's watchers, or for a feed type the feed's. */
-  private async anyoneWatches (entity: EntityType, channel: string): Promise<boolean> {
-    if (await this.interest.isWatched(channel)) return true
-    return entity.feed && await this.interest.isWatched(channelOf(this.prefix, entity.name, '*'))
+  /** The channels of a change that someone watches. */
+  private async anyoneWatches (channels: string[]): Promise<string[]> {
+    const watched: string[] = []
+    for (const channel of channels) if (await this.s.interest.isWatched(channel)) watched.push(channel)
+    return watched
   }
-
-  private async readDocument (entity: EntityType, id: string): Promise<unknown> {
-    const db = this.databases.get(entity.database)
-    if (db === undefined) return undefined
-    this.counters.documentReads++
-    const rows = await db.query<{ data: unknown }>(
-      `SELECT data FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id = $1`, [id])
-    return rows[0]?.data
-  }
-}
-
-/** The notification frame of DESIGN.md §5, encoded once. */
-export function encodeNotification (
-  entityType: string, entityId: string, changeType: string, payloadType: string, ts: number,
-  version: string | null, origin: string | null, payload: unknown, position: string | null = null
-): string {
-  const data: Record<string, unknown> = {
-    entityType,
-    entityId,
-    changeType,
-    payloadType,
-    timestamp: new Date(ts).toISOString()
-  }
-  if (version !== null) data.version = version
-  if (position !== null) data.position = position
-  if (origin !== null) data.origin = origin
-  if (payloadType === 'full' || payloadType === 'events') data.payload = payload ?? null
-  return JSON.stringify({ type: 'notification', data })
 }

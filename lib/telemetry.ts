@@ -13,6 +13,8 @@ export interface TelemetrySnapshot {
   subscriptions: { byType: Record<string, number>, createdByType: Record<string, number>, removedByType: Record<string, number> }
   notifications: { sentByPayload: Record<string, number>, failedByPayload: Record<string, number> }
   router: { changes: number, unwatched: number, documentReads: number, published: number, failed: number, givenUp: number }
+  /** changes dropped, by reason */
+  dropped: Record<string, number | undefined>
   auth: { attempts: Record<string, number>, failures: Record<string, number> }
   listeners: Record<string, { gaps: number, reconnects: number, leaderships: number, outboxPublished: number }>
   busErrors: number
@@ -56,7 +58,7 @@ export class Telemetry {
     const subscriptions = gauge('changefeed.subscriptions.active', '{subscription}', 'subscriptions on this instance now, by entity type')
     const sent = counter('changefeed.notifications.sent', '{notification}', 'notification frames written to sockets, by payload type')
     const failed = counter('changefeed.notifications.failed', '{notification}', 'notification frames not written (socket closing or slow), by payload type')
-    const changes = counter('changefeed.changes', '{change}', 'changes routed, by outcome (published, unwatched, failed, given_up)')
+    const changes = counter('changefeed.changes', '{change}', 'changes routed, by outcome (published, unwatched, failed, given_up, and the reasons of lib/drops.ts: forged, malformed, unknown_table, untyped_stream, unknown_stream_type, not_event_store)')
     const reads = counter('changefeed.document.reads', '{read}', 'documents read from the database for full payloads')
     const authAttempts = counter('changefeed.auth.attempts', '{attempt}', 'authentication attempts, by method')
     const authFailures = counter('changefeed.auth.failures', '{attempt}', 'failed authentication attempts, by method')
@@ -86,6 +88,7 @@ export class Telemetry {
       result.observe(changes, s.router.unwatched, { 'changefeed.outcome': 'unwatched' })
       result.observe(changes, s.router.failed, { 'changefeed.outcome': 'failed' })
       result.observe(changes, s.router.givenUp, { 'changefeed.outcome': 'given_up' })
+      for (const [reason, n] of Object.entries(s.dropped)) result.observe(changes, n ?? 0, { 'changefeed.outcome': reason })
       result.observe(reads, s.router.documentReads)
       byKey(authAttempts, s.auth.attempts, 'changefeed.auth.method')
       byKey(authFailures, s.auth.failures, 'changefeed.auth.method')

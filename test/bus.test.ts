@@ -80,12 +80,12 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     const b = provider === 'memory' ? a : await instance(t, provider, urls[provider], prefix)
     const channel = `${prefix}:Team:t1`
     t.equal(await b.parts.interest.isWatched(channel), false)
-    a.local.add(channel, 'Team', 't1', 'socket-1')
+    a.local.add(channel, 'Team', 't1', null, 'socket-1')
     await a.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
     t.equal(await b.parts.interest.isWatched(channel), true, 'the first watcher is visible at once')
     if (b !== a) {
-      b.local.add(channel, 'Team', 't1', 'socket-2')
-      b.local.add(channel, 'Team', 't1', 'socket-3')
+      b.local.add(channel, 'Team', 't1', null, 'socket-2')
+      b.local.add(channel, 'Team', 't1', null, 'socket-3')
       await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
       await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 2 }])
       t.ok(await until(async () => await a.parts.interest.watchers(channel) === 3), 'counts add up across instances')
@@ -108,7 +108,7 @@ for (const provider of ['redis', 'nats'] as const) {
     const b = await instance(t, provider, broker.url, prefix)
     const channel = `${prefix}:Team:r1`
     await b.parts.bus.subscribe([channel])
-    b.local.add(channel, 'Team', 'r1', 'socket')
+    b.local.add(channel, 'Team', 'r1', null, 'socket')
     await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
 
     await broker.stop()

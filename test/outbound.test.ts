@@ -5,7 +5,7 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { OutboundQueue, mergeChangeType, type OutboundLimits, type Sink } from '../lib/ws/outbound.js'
-import { encodeNotification } from '../lib/router.js'
+import { encodeNotification } from '../lib/ws/protocol.js'
 
 interface Teardown { teardown(fn: () => unknown): void }
 
@@ -25,7 +25,7 @@ class FakeSink implements Sink {
 
 function note (id: string, changeType: string, payload?: unknown): string {
   const payloadType = payload === undefined ? 'minimal' : 'full'
-  return encodeNotification('Team', id, changeType, payloadType, 0, null, null, payload)
+  return encodeNotification({ entityType: 'Team', entityId: id, changeType, payloadType, ts: 0, payload })
 }
 
 /** A queue whose socket is backed up, so every push is held. */

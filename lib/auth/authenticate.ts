@@ -87,7 +87,7 @@ export class Authenticator {
           const account = accounts.get(username)
           // verifyPassword takes as long for an unknown user as for a wrong password
           if (!await verifyPassword(password, account?.passwordHash ?? null) || account === undefined) throw new Error('bad credentials')
-          this.accountOf.set(request, { kind: 'service', userId: account.username, roles: account.roles, expiresAt: null })
+          this.accountOf.set(request, { kind: 'service', userId: account.username, roles: account.roles, tenantId: account.tenant ?? null, expiresAt: null })
         }
       })
       this.basic = (scope as unknown as { basicAuth: BasicAuthHook }).basicAuth
@@ -139,7 +139,9 @@ export class Authenticator {
     const rawRoles = claim(payload, jwt.rolesClaim)
     const roles = (Array.isArray(rawRoles) ? rawRoles : rawRoles === undefined ? [] : [rawRoles]).filter((r): r is string => typeof r === 'string')
     const exp = typeof payload.exp === 'number' ? payload.exp * 1000 : null
-    return { principal: { kind: 'user', userId: String(userId), roles, expiresAt: exp } }
+    const tenant = jwt.tenantClaim === undefined ? undefined : claim(payload, jwt.tenantClaim)
+    const tenantId = typeof tenant === 'string' || typeof tenant === 'number' ? String(tenant) : null
+    return { principal: { kind: 'user', userId: String(userId), roles, tenantId, expiresAt: exp } }
   }
 
   private async fromBasic (request: FastifyRequest, reply: FastifyReply): Promise<Identity> {

@@ -1,21 +1,28 @@
 /**
  * Authorization by entity type, checked once at subscribe time (and again when the token is refreshed), never per
- * message. `owner` reads the owner from the document with a parameterized query.
+ * message. `owner` reads the owner from the document with a parameterized query, within the entity's tenant.
+ *
+ * Tenancy: an entity of a tenanted type is (type, tenant, id). A principal that belongs to a tenant watches its own
+ * tenant's entities, never another's, unless it has an admin role. Without a tenant of its own (anonymous, or no
+ * tenant claim) it watches every tenant's entity of that id — for `public` types, or for any type when no tenant
+ * claim is configured at all — and names a tenant to watch one.
  */
 import type { Database } from '../capture/database.js'
 import { quoteIdent } from '../capture/database.js'
-import type { EntityType } from '../entities.js'
+import type { EntityRegistry, EntityType } from '../entities.js'
 import { WireError } from '../errors.js'
+import { FEED } from '../channels.js'
 import type { Principal } from './principal.js'
 
-/** The entity id of a type-wide (feed) subscription. */
-export const FEED = '*'
+export { FEED }
 
-export type Denial = { code: typeof WireError.unauthenticated | typeof WireError.forbidden, reason: string }
+export type Denial = { code: typeof WireError.unauthenticated | typeof WireError.forbidden | typeof WireError.badRequest, reason: string }
 
 export interface AuthorizeContext {
   entityType: string
   entityId: string
+  /** tenanted types: the tenant whose entity is watched; null: every tenant's */
+  tenantId: string | null
   entity: EntityType
   principal: Principal
 }
@@ -23,60 +30,87 @@ export interface AuthorizeContext {
 /** A host's own rule: true allows, false denies (forbidden). Runs after the type's access kind allowed it. */
 export type AuthorizeFunction = (ctx: AuthorizeContext) => boolean | Promise<boolean>
 
+export interface PolicyOptions {
+  adminRoles: readonly string[]
+  authorize?: AuthorizeFunction
+  /** false: an anonymous socket may watch nothing, not even public types, until it signs in */
+  anonymousAllowed: boolean
+  /** principals carry tenants (auth.jwt.tenantClaim is configured) */
+  tenantClaim: boolean
+}
+
 export class AccessPolicy {
   constructor (
-    private readonly databases: Map<string, Database>,
-    private readonly adminRoles: readonly string[],
-    private readonly authorize?: AuthorizeFunction,
-    /** false: an anonymous socket may watch nothing, not even public types, until it signs in */
-    private readonly anonymousAllowed = true
+    private readonly databases: ReadonlyMap<string, Database>,
+    private readonly registry: EntityRegistry,
+    private readonly options: PolicyOptions
   ) {}
 
   isAdmin (principal: Principal): boolean {
-    return principal.roles.some((r) => this.adminRoles.includes(r))
+    return principal.roles.some((r) => this.options.adminRoles.includes(r))
+  }
+
+  /**
+   * The tenant whose entity a request watches: the one it names, else the principal's own; null for every tenant
+   * (or an untenanted type). A denial when the principal may not choose that.
+   */
+  scope (entity: EntityType, requested: string | undefined, principal: Principal): { tenantId: string | null } | Denial {
+    if (entity.tenancy === 'none') {
+      return requested === undefined ? { tenantId: null } : { code: WireError.badRequest, reason: `${entity.name} is not tenanted: no tenantId` }
+    }
+    const admin = this.isAdmin(principal)
+    const own = principal.tenantId
+    if (requested === undefined) return { tenantId: own !== null && !admin ? own : null }
+    if (own !== null && requested !== own && !admin) return { code: WireError.forbidden, reason: 'another tenant\'s entity' }
+    if (this.registry.databaseFor(entity, requested) === undefined) return { code: WireError.badRequest, reason: `no tenant "${requested}" of ${entity.name}` }
+    return { tenantId: requested }
   }
 
   /** null when allowed, otherwise why not. */
-  async check (entity: EntityType, entityId: string, principal: Principal): Promise<Denial | null> {
-    const denial = await this.checkAccessKind(entity, entityId, principal)
-    if (denial !== null || this.authorize === undefined) return denial
-    const allowed = await this.authorize({ entityType: entity.name, entityId, entity, principal })
+  async check (entity: EntityType, entityId: string, tenantId: string | null, principal: Principal): Promise<Denial | null> {
+    const denial = await this.checkAccessKind(entity, entityId, tenantId, principal)
+    if (denial !== null || this.options.authorize === undefined) return denial
+    const allowed = await this.options.authorize({ entityType: entity.name, entityId, tenantId, entity, principal })
     return allowed ? null : { code: WireError.forbidden, reason: 'denied by the authorize rule' }
   }
 
-  private async checkAccessKind (entity: EntityType, entityId: string, principal: Principal): Promise<Denial | null> {
+  private async checkAccessKind (entity: EntityType, entityId: string, tenantId: string | null, principal: Principal): Promise<Denial | null> {
     if (entity.access === null) return { code: WireError.forbidden, reason: 'this entity type is not open to subscriptions' }
-    if (entityId === FEED) return this.checkFeed(entity, principal)
-    if (principal.kind === 'anonymous' && (entity.access !== 'public' || !this.anonymousAllowed)) {
+    if (principal.kind === 'anonymous' && (entity.access !== 'public' || !this.options.anonymousAllowed)) {
       return { code: WireError.unauthenticated, reason: 'sign in to watch this entity type' }
     }
-    if (entity.access === 'public') return null
-    if (entity.access === 'authenticated' || this.isAdmin(principal)) return null
+    const admin = this.isAdmin(principal)
+    // every tenant's entities: for public types, admins, and where principals carry no tenants at all
+    if (entity.tenancy !== 'none' && tenantId === null && entity.access !== 'public' && !admin && this.options.tenantClaim) {
+      return { code: WireError.forbidden, reason: 'the credentials name no tenant' }
+    }
+    if (entityId === FEED) return this.checkFeed(entity, admin)
+    if (entity.access === 'public' || entity.access === 'authenticated' || admin) return null
     if (entity.access === 'admin') return { code: WireError.forbidden, reason: 'an admin role is required' }
-    return await this.isOwner(entity, entityId, principal)
+    if (entity.tenancy !== 'none' && tenantId === null) return { code: WireError.badRequest, reason: 'name the tenant (tenantId) of an owned entity' }
+    return await this.isOwner(entity, entityId, tenantId, principal)
       ? null
       : { code: WireError.forbidden, reason: 'only the owner may watch this entity' }
   }
 
   /** A feed shows every entity of the type: only for those who may view every one (public types, or admins). */
-  private checkFeed (entity: EntityType, principal: Principal): Denial | null {
+  private checkFeed (entity: EntityType, admin: boolean): Denial | null {
     if (!entity.feed) return { code: WireError.forbidden, reason: 'type-wide subscriptions are not enabled for this type' }
-    if (principal.kind === 'anonymous' && (entity.access !== 'public' || !this.anonymousAllowed)) {
-      return { code: WireError.unauthenticated, reason: 'sign in to watch this feed' }
-    }
-    if (entity.access === 'public' || this.isAdmin(principal)) return null
+    if (entity.access === 'public' || admin) return null
     return { code: WireError.forbidden, reason: 'a feed of this type needs an admin role' }
   }
 
-  private async isOwner (entity: EntityType, entityId: string, principal: Principal): Promise<boolean> {
+  private async isOwner (entity: EntityType, entityId: string, tenantId: string | null, principal: Principal): Promise<boolean> {
     if (principal.userId === null) return false
     if (entity.ownerPath === undefined || entity.ownerPath.length === 0) return entityId === principal.userId
-    const db = this.databases.get(entity.database)
+    const database = this.registry.databaseFor(entity, tenantId)
+    const db = database === undefined ? undefined : this.databases.get(database)
     if (db === undefined) return false
+    const byTenant = entity.tenancy === 'conjoined'
     try {
       const rows = await db.query<{ owner: string | null }>(
-        `SELECT data #>> $2::text[] AS owner FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id = $1`,
-        [entityId, entity.ownerPath])
+        `SELECT data #>> $2::text[] AS owner FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id = $1${byTenant ? ' AND tenant_id = $3' : ''}`,
+        byTenant ? [entityId, entity.ownerPath, tenantId] : [entityId, entity.ownerPath])
       return rows.length > 0 && rows[0].owner === principal.userId
     } catch (err) {
       // an id that is not valid for the column's type (say, not a uuid) names no document anyone owns

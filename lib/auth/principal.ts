@@ -4,8 +4,10 @@ export interface Principal {
   /** the user id (JWT user-id claim) or the service account's username */
   userId: string | null
   roles: readonly string[]
+  /** the tenant the principal belongs to (auth.jwt.tenantClaim, a service account's tenant), or null */
+  tenantId: string | null
   /** epoch ms when the credentials stop being valid, if they expire */
   expiresAt: number | null
 }
 
-export const ANONYMOUS: Principal = Object.freeze({ kind: 'anonymous', userId: null, roles: [], expiresAt: null })
+export const ANONYMOUS: Principal = Object.freeze({ kind: 'anonymous', userId: null, roles: [], tenantId: null, expiresAt: null })

@@ -6,8 +6,9 @@
  * describes the entity truthfully (created then updated), just not in one message.
  */
 
-export type RowOp = 'I' | 'U' | 'D' | 'A'
-export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended'
+/** insert, update, delete; an event appended; a stream archived */
+export type RowOp = 'I' | 'U' | 'D' | 'A' | 'R'
+export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended' | 'archived'
 
 /** An event appended to a stream (event sources): its data when it rode inline. */
 export interface AppendedEvent {
@@ -26,6 +27,8 @@ export interface RowChange {
   v?: string | null
   ts: number
   o?: string | null
+  /** the row's tenant_id, for tables that have one */
+  tn?: string | null
   d?: unknown
   /** event sources: the stream's type (mt_streams.type) and the event */
   st?: string | null
@@ -40,6 +43,8 @@ export interface Change {
   schema: string
   table: string
   id: string
+  /** the row's tenant (tenant_id column), or its database's (database per tenant); null without tenancy */
+  tenantId: string | null
   changeType: ChangeType
   txid: string
   /**
@@ -62,8 +67,10 @@ export interface Change {
 
 interface Pending { first: RowOp, last: RowChange, events?: AppendedEvent[] }
 
+const DOCUMENT_OPS = new Set(['I', 'U', 'D'])
+
 /** Net effect of a row's first and last operation in one transaction. */
-export function netChange (first: Exclude<RowOp, 'A'>, last: Exclude<RowOp, 'A'>): ChangeType | null {
+export function netChange (first: 'I' | 'U' | 'D', last: 'I' | 'U' | 'D'): ChangeType | null {
   const existedBefore = first !== 'I'
   const existsAfter = last !== 'D'
   if (existedBefore && existsAfter) return 'updated'
@@ -76,7 +83,8 @@ export function isRowChange (value: unknown): value is RowChange {
   if (value === null || typeof value !== 'object') return false
   const v = value as Record<string, unknown>
   return typeof v.s === 'string' && typeof v.t === 'string' && typeof v.id === 'string' &&
-    (v.op === 'I' || v.op === 'U' || v.op === 'D' || v.op === 'A') && (typeof v.x === 'number' || typeof v.x === 'string') &&
+    (DOCUMENT_OPS.has(v.op as string) || v.op === 'A' || v.op === 'R') && (typeof v.x === 'number' || typeof v.x === 'string') &&
+    (v.tn === undefined || v.tn === null || typeof v.tn === 'string') &&
     typeof v.ts === 'number' && (v.op !== 'A' || (typeof v.e === 'object' && v.e !== null))
 }
 
@@ -85,13 +93,14 @@ export class TransactionCoalescer {
   private readonly pending = new Map<string, Pending>()
   private scheduled = false
 
-  constructor (private readonly database: string, private readonly emit: (change: Change) => void) {}
+  /** `tenant`: the database's tenant (database per tenant), for rows that carry none */
+  constructor (private readonly database: string, private readonly tenant: string | null, private readonly emit: (change: Change) => void) {}
 
   push (row: RowChange): void {
     const txid = String(row.x)
     if (this.txid !== null && txid !== this.txid) this.flush()
     this.txid = txid
-    const key = row.s + '.' + row.t + '\u0000' + row.id
+    const key = row.s + '.' + row.t + '\u0000' + (row.tn ?? '') + '\u0000' + row.id
     let seen = this.pending.get(key)
     if (seen === undefined) {
       seen = { first: row.op, last: row }
@@ -115,12 +124,14 @@ export class TransactionCoalescer {
     this.pending.clear()
     for (const { first, last, events } of groups) {
       const position = last.p ?? 'n:' + txid
+      const tenantId = last.tn ?? this.tenant
       if (events !== undefined) {
         this.emit({
           database: this.database,
           schema: last.s,
           table: last.t,
           id: last.id,
+          tenantId,
           changeType: 'appended',
           txid,
           position,
@@ -133,14 +144,15 @@ export class TransactionCoalescer {
         })
         continue
       }
-      // an event table only ever reports 'A', so rows here are document rows
-      const changeType = netChange(first as Exclude<RowOp, 'A'>, last.op as Exclude<RowOp, 'A'>)
+      // an event table only ever reports 'A' and a stream table 'R', so other rows here are document rows
+      const changeType = last.op === 'R' ? 'archived' : netChange(first as 'I' | 'U' | 'D', last.op as 'I' | 'U' | 'D')
       if (changeType === null) continue
       this.emit({
         database: this.database,
         schema: last.s,
         table: last.t,
         id: last.id,
+        tenantId,
         changeType,
         txid,
         position,
@@ -148,16 +160,17 @@ export class TransactionCoalescer {
         ts: last.ts,
         origin: last.o ?? null,
         doc: last.d,
-        hasDoc: last.op !== 'D' && 'd' in last
+        hasDoc: last.op !== 'D' && 'd' in last,
+        streamType: last.op === 'R' ? last.st ?? null : undefined
       })
     }
   }
 }
 
 /** Coalesces rows already in order (outbox mode: a batch, or one entity's replay) at once. */
-export function coalesceRows (database: string, rows: Iterable<RowChange>): Change[] {
+export function coalesceRows (database: string, tenant: string | null, rows: Iterable<RowChange>): Change[] {
   const changes: Change[] = []
-  const coalescer = new TransactionCoalescer(database, (change) => changes.push(change))
+  const coalescer = new TransactionCoalescer(database, tenant, (change) => changes.push(change))
   for (const row of rows) coalescer.push(row)
   coalescer.flush()
   return changes

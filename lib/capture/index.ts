@@ -1,41 +1,50 @@
 /**
- * Capture for every configured database: apply the trigger SQL, install on and discover the watched tables,
- * listen, and re-scan on an interval for tables created later (where no event trigger could be created).
+ * Capture for every configured database: apply the trigger SQL, install on and discover the watched tables (in
+ * every schema the database's types live in), listen, and look again when the event trigger reports a new table
+ * and on an interval (where no event trigger could be created).
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from './database.js'
-import { applyTriggerScript, watchTables } from './install.js'
-import { ListenerConnection, type ListenerEvents } from './listener.js'
+import { applyTriggerScript, watchTables, type WatchedTable } from './install.js'
+import { ListenerConnection, type DdlNote, type ListenerEvents } from './listener.js'
 import type { EntityRegistry } from '../entities.js'
 import type { ResolvedOptions } from '../options.js'
-import { DatabaseUnavailableError } from '../errors.js'
+import type { Drops } from '../drops.js'
+import { CaptureKeyError, DatabaseUnavailableError, EntityTableError } from '../errors.js'
 
-/** The event table captured in `database`, or null (events off, or captured in another database). */
-export function eventTableOf (capture: ResolvedOptions['capture'], database: string): string | null {
+/** The event store captured in `database` (schema, tables), or null (events off, or captured in another database). */
+export function eventStoreOf (capture: ResolvedOptions['capture'], database: string, schema: string): { schema: string, table: string, streams: string } | null {
   const { events } = capture
-  return events.enabled && (events.database === undefined || events.database === database) ? events.table : null
+  if (!events.enabled || (events.database !== undefined && events.database !== database)) return null
+  return { schema: events.schema ?? schema, table: events.table, streams: events.streams }
 }
 
 export class Capture {
   readonly listeners = new Map<string, ListenerConnection>()
+  /** tables the trigger could not be put on ("database.schema.table" → why): their changes are not captured */
+  readonly untriggered = new Map<string, string>()
   private readonly eventsInstalled = new Set<string>()
+  /** declared tables found missing (warned once each) */
+  private readonly missing = new Set<string>()
   private rescanTimer: NodeJS.Timeout | null = null
+  private readonly scans = new Map<string, Promise<void>>()
 
   constructor (
     private readonly databases: Map<string, Database>,
     private readonly registry: EntityRegistry,
     private readonly options: ResolvedOptions,
-    private readonly events: ListenerEvents,
+    private readonly events: Omit<ListenerEvents, 'onDdl'>,
     private readonly log: FastifyBaseLogger,
     /** with a shared bus only one instance per database listens */
-    private readonly leaderElection: boolean
+    private readonly leaderElection: boolean,
+    private readonly drops: Drops
   ) {}
 
   async start (): Promise<void> {
     const { capture } = this.options
     for (const db of this.databases.values()) {
       if (capture.installTriggers) await applyTriggerScript(db)
-      await this.scan(db)
+      await this.scan(db, true)
       const listener = new ListenerConnection(db, {
         channel: capture.channel,
         reconnectMaxDelayMs: capture.reconnectMaxDelayMs,
@@ -43,10 +52,11 @@ export class Capture {
         leaderRetryMs: capture.leaderRetryMs,
         probeIntervalMs: capture.probeIntervalSeconds * 1000,
         outbox: capture.mode === 'outbox' ? capture.outbox : null
-      }, this.events, this.log)
+      }, { ...this.events, onDdl: (database, note) => this.onDdl(database, note) }, this.log, this.drops, this.registry.tenantOfDatabase(db.name))
       try {
         await listener.start()
       } catch (err) {
+        if (err instanceof CaptureKeyError) throw err
         throw new DatabaseUnavailableError(db.name, (err as Error).message)
       }
       this.listeners.set(db.name, listener)
@@ -57,20 +67,107 @@ export class Capture {
     }
   }
 
-  /** Installs on new matching tables and registers the undeclared ones; installs the event trigger when asked. */
-  async scan (db: Database): Promise<void> {
+  /** The schemas watched in a database: its own, and every schema its declared types name. */
+  private schemasOf (database: string): Set<string> {
+    const schemas = new Set([this.registry.schemaOf(database)])
+    for (const entity of this.registry.declaredIn(database)) schemas.add(entity.schema)
+    return schemas
+  }
+
+  /**
+   * Installs on new matching tables, registers the undeclared ones, and checks the declared ones; installs the
+   * event store's triggers when asked. At start (`strict`) a declared `full` type whose table has no `data` column
+   * stops the server; later it is logged.
+   */
+  async scan (db: Database, strict = false): Promise<void> {
     const { capture } = this.options
-    const { events } = capture
-    if (capture.installTriggers && eventTableOf(capture, db.name) !== null && !this.eventsInstalled.has(db.name)) {
-      const [row] = await db.query<{ ok: boolean }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS ok', [capture.schema, events.table, events.streams, capture.channel, capture.mode === 'outbox'])
+    const install = capture.installTriggers
+    const outbox = capture.mode === 'outbox'
+    const store = eventStoreOf(capture, db.name, this.registry.schemaOf(db.name))
+    if (install && store !== null && !this.eventsInstalled.has(db.name)) {
+      const [row] = await db.query<{ ok: boolean }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS ok', [store.schema, store.table, store.streams, capture.channel, outbox])
       if (row?.ok === true) this.eventsInstalled.add(db.name)
-      else this.log.info({ database: db.name, table: events.table }, 'changefeed: no event table yet; looking again at the next scan')
+      else this.log.info({ database: db.name, schema: store.schema, table: store.table }, 'changefeed: no event store yet; looking again at the next scan')
     }
-    const tables = await watchTables(db, capture, this.registry.inlineTables(db.name), capture.installTriggers)
-    for (const { table, dotnetType } of tables) {
-      const entity = this.registry.discover(db.name, capture.schema, table, dotnetType)
-      if (entity !== undefined) this.log.debug({ database: db.name, table, entityType: entity.name }, 'changefeed: discovered entity type')
+    const declared = this.registry.declaredIn(db.name)
+    const found = new Set<string>()
+    for (const schema of this.schemasOf(db.name)) {
+      const tables = await watchTables(db, {
+        schema,
+        patterns: capture.tables,
+        tables: declared.filter((e) => e.schema === schema).map((e) => e.table),
+        channel: capture.channel,
+        inlineTables: this.registry.inlineTables(db.name, schema),
+        outbox,
+        install
+      })
+      for (const table of tables) {
+        found.add(schema + '.' + table.table)
+        this.checkTable(db, table, strict)
+      }
     }
+    for (const entity of declared) {
+      const where = `${db.name}.${entity.schema}.${entity.table}`
+      if (found.has(entity.schema + '.' + entity.table) || this.missing.has(where)) continue
+      this.missing.add(where)
+      this.log.warn({ database: db.name, schema: entity.schema, table: entity.table, entityType: entity.name },
+        'changefeed: the table of a declared entity type does not exist (yet); its changes are captured once it does')
+    }
+  }
+
+  private checkTable (db: Database, found: WatchedTable, strict: boolean): void {
+    const { schema, table } = found
+    const where = `${db.name}.${schema}.${table}`
+    if (found.error !== null) {
+      if (this.untriggered.get(where) !== found.error) {
+        this.log.warn({ database: db.name, schema, table, err: found.error }, 'changefeed: no capture trigger on a watched table; its changes are not captured')
+      }
+      this.untriggered.set(where, found.error)
+    } else {
+      this.untriggered.delete(where)
+    }
+    const entity = this.registry.forTable(db.name, schema, table)
+    if (entity?.declared === true) {
+      this.missing.delete(where)
+      if (found.tenantColumn) this.registry.markConjoined(entity)
+      if (entity.payload === 'full' && !found.dataColumn) {
+        const err = new EntityTableError(entity.name, `payload "full" needs a data column, and ${schema}.${table} has none`)
+        if (strict) throw err
+        this.log.error({ err }, 'changefeed: an entity type cannot be delivered in full')
+      }
+      return
+    }
+    const discovered = this.registry.discover(db.name, schema, table, found.dotnetType, found.tenantColumn)
+    if (discovered !== undefined) this.log.debug({ database: db.name, schema, table, entityType: discovered.name }, 'changefeed: discovered entity type')
+  }
+
+  /** The event trigger reports a table created while we run: know its type now rather than at the next re-scan. */
+  private onDdl (database: string, note: DdlNote): void {
+    if (note.ddl === 'failed') {
+      const where = `${database}.${note.s}.${note.t}`
+      this.untriggered.set(where, note.error ?? 'unknown')
+      this.log.warn({ database, schema: note.s, table: note.t, err: note.error }, 'changefeed: no capture trigger on a new table; its changes are not captured')
+      return
+    }
+    const db = this.databases.get(database)
+    if (db !== undefined) void this.scanOnce(db)
+  }
+
+  /** One scan of a database at a time; a request during one is served by it. */
+  private async scanOnce (db: Database): Promise<void> {
+    const running = this.scans.get(db.name)
+    if (running !== undefined) return await running
+    const scan = this.scan(db)
+      .catch((err: Error) => this.log.warn({ database: db.name, err: err.message }, 'changefeed: table re-scan failed'))
+      .finally(() => this.scans.delete(db.name))
+    this.scans.set(db.name, scan)
+    await scan
+  }
+
+  /** Looks at one database's tables now, unless a look is under way (then waits for it). */
+  async rescanDatabase (database: string): Promise<void> {
+    const db = this.databases.get(database)
+    if (db !== undefined) await this.scanOnce(db)
   }
 
   /** Looks for new watched tables in every database now (the interval does it too). */
@@ -79,13 +176,7 @@ export class Capture {
   }
 
   private async rescanAll (): Promise<void> {
-    for (const db of this.databases.values()) {
-      try {
-        await this.scan(db)
-      } catch (err) {
-        this.log.warn({ database: db.name, err: (err as Error).message }, 'changefeed: table re-scan failed')
-      }
-    }
+    for (const db of this.databases.values()) await this.scanOnce(db)
   }
 
   async close (): Promise<void> {

@@ -1,13 +1,13 @@
 /**
- * Applies sql/changefeed.sql and installs the trigger on every watched table; lists the watched tables when
- * installation is left to a DBA. Several instances may start at once: an advisory lock serialises the install.
+ * Applies sql/changefeed.sql and installs the trigger on every watched table; lists the watched tables (with the
+ * columns that tell what they are) when installation is left to a DBA. Several instances may start at once: an
+ * advisory lock serialises the install.
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { quoteIdent, type Database } from './database.js'
 import { packageRoot } from '../paths.js'
 import { TriggerInstallError } from '../errors.js'
-import type { ResolvedOptions } from '../options.js'
 
 const INSTALL_LOCK = 'SELECT pg_advisory_xact_lock(hashtext(\'fastify-changefeed:install\'));\n'
 
@@ -17,7 +17,18 @@ export function triggerScript (): string {
   return script
 }
 
-export interface WatchedTable { table: string, dotnetType: string | null }
+/** A watched table and what its columns say about it. */
+export interface WatchedTable {
+  schema: string
+  table: string
+  /** the .NET type Marten recorded (the hierarchy's base type for hierarchy tables), when it has rows */
+  dotnetType: string | null
+  /** Marten conjoined tenancy */
+  tenantColumn: boolean
+  dataColumn: boolean
+  /** why the trigger could not be put on it, when installing failed */
+  error: string | null
+}
 
 /** Applies the SQL once per database (idempotent). */
 export async function applyTriggerScript (db: Database): Promise<void> {
@@ -28,32 +39,69 @@ export async function applyTriggerScript (db: Database): Promise<void> {
   }
 }
 
+export interface WatchRequest {
+  schema: string
+  /** LIKE patterns of tables watched in the schema */
+  patterns: string[]
+  /** tables watched whatever their name (declared entity types) */
+  tables: string[]
+  channel: string
+  inlineTables: string[]
+  outbox: boolean
+  install: boolean
+}
+
 /**
- * Installs on (when `install`) and lists the tables matching `capture.tables`, with the .NET type Marten
- * recorded in one of their rows (to name discovered types).
+ * Installs on (when `install`) and lists the tables of one schema matching the patterns, and the named tables that
+ * exist; partitions are left to their partitioned table. A table the trigger could not be put on is listed with
+ * its error; the others go on.
  */
-export async function watchTables (db: Database, capture: ResolvedOptions['capture'], inlineTables: string[], install: boolean): Promise<WatchedTable[]> {
-  const outbox = capture.mode === 'outbox'
-  const tables = new Set<string>()
-  for (const pattern of capture.tables) {
-    const rows = install
-      ? await db.query<{ t: string }>('SELECT changefeed_watch($1, $2, $3, $4, $5) AS t', [capture.schema, pattern, capture.channel, inlineTables, outbox])
-      : await db.query<{ t: string }>(
-        `SELECT c.relname AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname LIKE $2 ORDER BY 1`, [capture.schema, pattern])
-    for (const row of rows) tables.add(row.t)
+export async function watchTables (db: Database, request: WatchRequest): Promise<WatchedTable[]> {
+  const { schema, channel, inlineTables, outbox } = request
+  const errors = new Map<string, string | null>()
+  if (request.install) {
+    for (const pattern of request.patterns) {
+      const rows = await db.query<{ tbl: string, error: string | null }>('SELECT tbl, error FROM changefeed_watch($1, $2, $3, $4, $5)', [schema, pattern, channel, inlineTables, outbox])
+      for (const row of rows) errors.set(row.tbl, row.error)
+    }
   }
+  const rows = await db.query<{ t: string, columns: string[], triggered: boolean }>(
+    `SELECT c.relname AS t, array_agg(a.attname::text) AS columns,
+            EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname = 'changefeed_notify') AS triggered
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+       AND (c.relname LIKE ANY ($2::text[]) OR c.relname = ANY ($3::text[]))
+     GROUP BY c.oid, c.relname ORDER BY 2`, [schema, request.patterns, request.tables])
   const result: WatchedTable[] = []
-  for (const table of tables) result.push({ table, dotnetType: await dotnetTypeOf(db, capture.schema, table) })
+  for (const { t: table, columns, triggered } of rows) {
+    if (!columns.includes('id')) continue
+    let error = errors.get(table) ?? null
+    if (request.install && !errors.has(table)) {
+      // a declared table outside the patterns
+      try {
+        await db.query('SELECT changefeed_install($1, $2, $3, $4, $5)', [schema, table, channel, inlineTables.includes(table), outbox])
+      } catch (err) {
+        error = (err as Error).message
+      }
+    } else if (!request.install && !triggered) {
+      error = 'it has no changefeed trigger (capture.installTriggers is off: apply sql/changefeed.sql and install it)'
+    }
+    result.push({
+      schema,
+      table,
+      dotnetType: columns.includes('mt_dotnet_type') ? await dotnetTypeOf(db, schema, table, columns.includes('mt_doc_type')) : null,
+      tenantColumn: columns.includes('tenant_id'),
+      dataColumn: columns.includes('data'),
+      error
+    })
+  }
   return result
 }
 
-async function dotnetTypeOf (db: Database, schema: string, table: string): Promise<string | null> {
-  const [column] = await db.query<{ ok: boolean }>(
-    `SELECT true AS ok FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = 'mt_dotnet_type'`,
-    [schema, table])
-  if (column === undefined) return null
+/** The .NET type Marten recorded in a row; in a hierarchy table, the base type's (mt_doc_type 'BASE'). */
+async function dotnetTypeOf (db: Database, schema: string, table: string, hierarchy: boolean): Promise<string | null> {
   const [row] = await db.query<{ t: string | null }>(
-    `SELECT mt_dotnet_type AS t FROM ${quoteIdent(schema)}.${quoteIdent(table)} WHERE mt_dotnet_type IS NOT NULL LIMIT 1`)
+    `SELECT mt_dotnet_type AS t FROM ${quoteIdent(schema)}.${quoteIdent(table)}
+     WHERE mt_dotnet_type IS NOT NULL${hierarchy ? ' AND mt_doc_type = \'BASE\'' : ''} LIMIT 1`)
   return row?.t ?? null
 }

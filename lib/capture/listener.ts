@@ -9,9 +9,12 @@
  * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
  */
 import type { FastifyBaseLogger } from 'fastify'
+import { createHmac, timingSafeEqual } from 'node:crypto'
 import type { Database, ListenSession } from './database.js'
 import { TransactionCoalescer, isRowChange, type Change, type RowChange } from './coalesce.js'
 import { Outbox } from './outbox.js'
+import type { Drops } from '../drops.js'
+import { CaptureKeyError } from '../errors.js'
 
 export type ListenerState = 'idle' | 'following' | 'listening' | 'reconnecting' | 'closed'
 
@@ -24,7 +27,18 @@ export interface ListenerEvents {
    * `current()`: false once this instance is no longer the one publishing (its connection went).
    */
   onOutbox(database: string, rows: RowChange[], attempt: { final: boolean, current: () => boolean }): Promise<boolean>
+  /** The database's event trigger put the capture trigger on a new table, or could not (`error`). */
+  onDdl(database: string, note: DdlNote): void
 }
+
+/** What the event trigger tells the listener about a table created while it runs. */
+export interface DdlNote { ddl: 'installed' | 'failed', s: string, t: string, error?: string }
+
+const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof value === 'object' &&
+  ((value as DdlNote).ddl === 'installed' || (value as DdlNote).ddl === 'failed') && typeof (value as DdlNote).t === 'string'
+
+/** hex characters of the HMAC-SHA-256 that precede every signed NOTIFY payload (sql/changefeed.sql) */
+const SIGNATURE_LENGTH = 64
 
 /** attempts at one outbox batch before what still fails is given up on */
 const OUTBOX_ATTEMPTS = 3
@@ -74,14 +88,19 @@ export class ListenerConnection {
   private failedAttempts = 0
   /** outbox mode: rows published (at least once) by this instance */
   outboxPublished = 0
+  /** the key the capture triggers sign with: read on every connection, so a reinstall is picked up */
+  private key: Buffer | null = null
 
   constructor (
     private readonly db: Database,
     private readonly options: ListenerOptions,
     private readonly events: ListenerEvents,
-    private readonly log: FastifyBaseLogger
+    private readonly log: FastifyBaseLogger,
+    private readonly drops: Drops,
+    /** the database's tenant (database per tenant), or null */
+    tenant: string | null
   ) {
-    this.coalescer = new TransactionCoalescer(db.name, events.onChange)
+    this.coalescer = new TransactionCoalescer(db.name, tenant, events.onChange)
     this.outbox = options.outbox === null ? null : new Outbox(options.channel)
   }
 
@@ -100,11 +119,31 @@ export class ListenerConnection {
 
   private async useSession (session: ListenSession): Promise<void> {
     this.session = session
+    this.key = await this.readKey(session)
     this.startProbe()
     if (await this.tryToLead(session)) return
     this.state = 'following'
     this.log.info({ database: this.db.name }, 'changefeed: another instance listens to this database; following')
     this.schedule(() => this.retryLead(), this.options.leaderRetryMs)
+  }
+
+  private async readKey (session: ListenSession): Promise<Buffer> {
+    try {
+      const [row] = await session.query<{ key: Uint8Array }>('SELECT key FROM changefeed_key')
+      if (row === undefined) throw new Error('the table is empty')
+      return Buffer.from(row.key)
+    } catch (err) {
+      throw new CaptureKeyError(this.db.name, (err as Error).message)
+    }
+  }
+
+  /** The JSON of a NOTIFY the capture triggers signed; null for anything else (any role may NOTIFY). */
+  private verified (payload: string): string | null {
+    if (this.key === null || payload.length <= SIGNATURE_LENGTH) return null
+    const body = payload.slice(SIGNATURE_LENGTH)
+    const expected = createHmac('sha256', this.key).update(body, 'utf8').digest()
+    const given = Buffer.from(payload.slice(0, SIGNATURE_LENGTH), 'hex')
+    return given.length === expected.length && timingSafeEqual(given, expected) ? body : null
   }
 
   /** Takes the lock (when electing) and listens. True when this instance now listens. */
@@ -243,20 +282,24 @@ export class ListenerConnection {
 
   private onPayload (payload: string): void {
     if (this.state !== 'listening') return
-    if (this.outbox !== null) {
-      void this.drain()
+    // outbox mode: the NOTIFY only wakes the publisher, which reads what the triggers recorded; it trusts nothing
+    // the NOTIFY says (a forged wake-up costs one look at the outbox)
+    if (payload === 'outbox') {
+      if (this.outbox !== null) void this.drain()
       return
     }
+    const body = this.verified(payload)
+    if (body === null) return this.drops.drop('forged', { database: this.db.name })
     let row: unknown
     try {
-      row = JSON.parse(payload)
+      row = JSON.parse(body)
     } catch {
       row = null
     }
-    if (!isRowChange(row)) {
-      this.log.warn({ database: this.db.name, length: payload.length }, 'changefeed: ignored a NOTIFY that is not a row change')
-      return
-    }
+    if (isDdlNote(row)) return this.events.onDdl(this.db.name, row)
+    // outbox mode records changes; a NOTIFY carrying one comes from triggers installed for notify mode
+    if (this.outbox !== null) return
+    if (!isRowChange(row)) return this.drops.drop('malformed', { database: this.db.name, detail: `${body.length} bytes` })
     this.coalescer.push(row)
   }
 

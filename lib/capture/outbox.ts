@@ -93,26 +93,28 @@ export class Outbox {
   }
 
   /**
-   * One entity's changes after `since`, read in one snapshot with the state that says whether they are all
-   * still there. null: not recoverable (another epoch, pruned, from the future, or more than `limit`).
+   * One entity's changes after `since` (one tenant's, when `tenantId` is given), read in one snapshot with the state
+   * that says whether they are all still there. null: not recoverable (another epoch, pruned, from the future, or
+   * more than `limit`).
    */
-  async replay (query: Query, tables: string[], entityId: string, since: string, limit: number): Promise<RowChange[] | null> {
-    const position = parsePosition(since)
+  async replay (query: Query, request: { tables: string[], entityId: string, tenantId: string | null, since: string, limit: number }): Promise<RowChange[] | null> {
+    const position = parsePosition(request.since)
     if (position === null) return null
     const rows = await query<{ epoch: string, pruned: string, assigned: string, pos: string | null, change: RowChange | null }>(`
       SELECT s.epoch, s.pruned::text, s.assigned::text, o.p::text AS pos, o.change
       FROM changefeed_outbox_state s
       LEFT JOIN LATERAL (
         SELECT pos AS p, change FROM changefeed_outbox
-        WHERE channel = s.channel AND eid = $2 AND t = ANY($3) AND pos > $4 ORDER BY pos LIMIT $5
+        WHERE channel = s.channel AND eid = $2 AND t = ANY($3) AND pos > $4 AND ($6::text IS NULL OR tn = $6)
+        ORDER BY pos LIMIT $5
       ) o ON true
       WHERE s.channel = $1
-      ORDER BY o.p`, [this.channel, entityId, tables, position.pos, limit + 1])
+      ORDER BY o.p`, [this.channel, request.entityId, request.tables, position.pos, request.limit + 1, request.tenantId])
     const head = rows[0]
     if (head === undefined || head.epoch !== position.epoch) return null
     if (position.pos < Number(head.pruned) || position.pos > Number(head.assigned)) return null
     const found = rows.filter((r): r is Row & typeof r => r.pos !== null)
-    if (found.length > limit) return null
+    if (found.length > request.limit) return null
     return withPosition(head.epoch, found)
   }
 }

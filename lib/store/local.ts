@@ -6,6 +6,8 @@
 export interface WatchedEntity<W> {
   entityType: string
   entityId: string
+  /** the tenant of a tenant's channel; null for a channel of every tenant, or of an untenanted type */
+  tenantId: string | null
   watchers: Set<W>
 }
 
@@ -14,11 +16,11 @@ export class LocalSubscriptionStore<W> {
   private count = 0
 
   /** Returns true when `watcher` is the first local watcher of the channel. */
-  add (channel: string, entityType: string, entityId: string, watcher: W): boolean {
+  add (channel: string, entityType: string, entityId: string, tenantId: string | null, watcher: W): boolean {
     let entry = this.entries.get(channel)
     const first = entry === undefined
     if (entry === undefined) {
-      entry = { entityType, entityId, watchers: new Set() }
+      entry = { entityType, entityId, tenantId, watchers: new Set() }
       this.entries.set(channel, entry)
     }
     if (!entry.watchers.has(watcher)) {
@@ -66,11 +68,11 @@ export class LocalSubscriptionStore<W> {
   }
 
   /** The `n` entities with the most local watchers. */
-  busiest (n: number): Array<{ entityType: string, entityId: string, watchers: number }> {
-    return [...this.entries.values()]
-      .sort((a, b) => b.watchers.size - a.watchers.size)
+  busiest (n: number): Array<{ channel: string, entityType: string, entityId: string, tenantId: string | null, watchers: number }> {
+    return [...this.entries.entries()]
+      .sort(([, a], [, b]) => b.watchers.size - a.watchers.size)
       .slice(0, n)
-      .map((e) => ({ entityType: e.entityType, entityId: e.entityId, watchers: e.watchers.size }))
+      .map(([channel, e]) => ({ channel, entityType: e.entityType, entityId: e.entityId, tenantId: e.tenantId, watchers: e.watchers.size }))
   }
 
   /** Subscriptions per entity type. */

@@ -12,14 +12,14 @@ import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { OutboundQueue } from './outbound.js'
-import { isAfter } from '../position.js'
+import { ResumeBuffer } from './resume.js'
 import { FeedWatcher } from './feed.js'
 import type { WatcherCounts } from './watchers.js'
-import { FEED } from '../auth/policy.js'
+import { FEED } from '../channels.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import {
   Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscribed, encodeSubscriptionError, encodeUnsubscribed,
-  subscriptionIdOf, type RequestIdValue, type SubscribeRequest, type UnsubscribeRequest
+  parseSubscriptionId, subscriptionIdOf, type EntityRef, type RequestIdValue, type SubscribeRequest, type UnsubscribeRequest
 } from './protocol.js'
 
 export interface ConnectionServices {
@@ -34,7 +34,7 @@ export interface ConnectionServices {
   log: FastifyBaseLogger
   counters: { slowConsumerCloses: number, conflated: number, replayed: number }
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
-  replay(entity: EntityType, entityId: string, since: string, ip: string): Promise<Array<{ frame: string, position: string }> | null>
+  replay(entity: EntityType, entityId: string, tenantId: string | null, since: string, ip: string): Promise<Array<{ frame: string, position: string }> | null>
   /** `subscriptions`: how many it held when it closed */
   onClosed(connection: Connection, code: number, subscriptions: number): void
 }
@@ -47,9 +47,10 @@ export function userKey (principal: Principal): string | null {
 /** setTimeout cannot wait longer than this (about 24.8 days) */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
-interface Subscription {
-  entityType: string
-  entityId: string
+/** A socket's subscription to one channel: an entity (of one tenant, or of every tenant), or a feed. */
+interface Subscription extends EntityRef {
+  /** the tenant whose entity it watches; null: every tenant's, or an untenanted type */
+  tenantId: string | null
   /** what receives the frames: this socket, or a FeedWatcher in front of it for a type-wide subscription */
   watcher: Watcher
   /** the socket asked for watcher counts */
@@ -75,6 +76,7 @@ export class Connection implements Watcher {
   /** last time anything arrived from the peer (frame or pong) */
   lastSeen = Date.now()
   state: 'open' | 'closing' | 'closed' = 'open'
+  /** by channel: two requests that name one channel differently (the tenant implied, or named) are one subscription */
   readonly subscriptions = new Map<string, Subscription>()
   private queue: Promise<void> = Promise.resolve()
   private readonly subscribeBucket: TokenBucket
@@ -84,10 +86,7 @@ export class Connection implements Watcher {
   private principal: Principal
   /** writes to the socket; holds and conflates while the peer reads slowly */
   private readonly outbound: OutboundQueue
-  /** channels being resumed with `since`: live notifications wait here until the replay is written */
-  private readonly replaying = new Map<string, Array<{ frame: string, meta: FrameMeta }>>()
-  /** channels just resumed: the last position replayed, until a newer live notification comes (drops repeats) */
-  private readonly resumedAt = new Map<string, string>()
+  private readonly resumes = new ResumeBuffer()
   /** owner-scoped channels whose document named another owner: dropped here until their subscription has ended */
   private revoked: Set<string> | undefined
   /** a feed's batch frame is written before it grows past this: one frame must never overflow the socket */
@@ -132,20 +131,10 @@ export class Connection implements Watcher {
         this.revoke(meta.channel)
         return true
       }
-      const waiting = this.replaying.get(meta.channel)
-      if (waiting !== undefined) {
-        waiting.push({ frame, meta })
-        return true
-      }
-      const resumed = this.resumedAt.get(meta.channel)
-      if (resumed !== undefined) {
-        // the publisher may still be on its way to changes the replay carried: they are not sent twice
-        if (!isAfter(meta.position, resumed)) return true
-        this.resumedAt.delete(meta.channel)
-      }
+      if (this.resumes.intercept(frame, meta)) return true
     }
     const conflatable = meta !== undefined && (meta.payloadType === 'full' || meta.payloadType === 'minimal')
-    return this.write(frame, conflatable ? meta.channel : null)
+    return this.write(frame, conflatable ? meta.key : null)
   }
 
   private write (frame: string, key: string | null): boolean {
@@ -194,28 +183,27 @@ export class Connection implements Watcher {
     if (this.state === 'closed') return
     this.state = 'closed'
     this.outbound.close()
-    this.replaying.clear()
+    this.resumes.clear()
     this.services.onClosed(this, code, this.subscriptions.size)
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
     const key = userKey(this.principal)
     if (key !== null) this.services.users.release(key)
-    for (const subscriptionId of [...this.subscriptions.keys()]) {
-      this.endSubscription(subscriptionId).catch((err: Error) =>
+    for (const channel of [...this.subscriptions.keys()]) {
+      this.endSubscription(channel).catch((err: Error) =>
         this.services.log.warn({ err: err.message }, 'changefeed: bus unsubscribe failed'))
     }
   }
 
   /** The one way a subscription ends: unsubscribe, a refresh that no longer allows it, or the socket closing. */
-  private async endSubscription (subscriptionId: string): Promise<void> {
-    const subscription = this.subscriptions.get(subscriptionId)
+  private async endSubscription (channel: string): Promise<void> {
+    const subscription = this.subscriptions.get(channel)
     if (subscription === undefined) return
-    this.subscriptions.delete(subscriptionId)
-    const { entityType, entityId, watcher, counted } = subscription
+    this.subscriptions.delete(channel)
+    const { entityType, watcher, counted } = subscription
     if (watcher instanceof FeedWatcher) watcher.close()
-    const channel = this.services.fanout.channel(entityType, entityId)
-    this.resumedAt.delete(channel)
+    this.resumes.forget(channel)
     if (counted) this.services.watcherCounts.remove(this, channel)
-    await this.services.fanout.unwatch(watcher, entityType, entityId)
+    await this.services.fanout.unwatch(watcher, channel, entityType)
   }
 
   private onFrame (data: RawData, isBinary: boolean): void {
@@ -242,7 +230,7 @@ export class Connection implements Watcher {
       case 'subscribe':
         if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId, since?}')
         if (!this.subscribeBucket.take()) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
-        return this.enqueue(this.reply(id, () => encodeSubscriptionError(id, body.entityType, body.entityId, WireError.internal, 'the server failed; retry')),
+        return this.enqueue(this.reply(id, () => encodeSubscriptionError(id, body, WireError.internal, 'the server failed; retry')),
           async (reply) => await this.subscribe(reply, body))
       case 'unsubscribe':
         if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId} or {entityType, entityId}')
@@ -261,22 +249,19 @@ export class Connection implements Watcher {
    * reach this socket, and the client hears why.
    */
   private revoke (channel: string): void {
-    if (this.revoked?.has(channel) === true) return
-    for (const [subscriptionId, subscription] of this.subscriptions) {
-      if (this.services.fanout.channel(subscription.entityType, subscription.entityId) !== channel) continue
-      ;(this.revoked ??= new Set()).add(channel)
-      this.services.log.info({ connection: this.id, entityType: subscription.entityType }, 'changefeed: the owner changed; subscription ended')
-      this.inOrder(async () => {
-        try {
-          if (!this.holds(subscriptionId, subscription)) return
-          await this.endSubscription(subscriptionId)
-          this.send(encodeSubscriptionError(undefined, subscription.entityType, subscription.entityId, WireError.forbidden, 'the entity now belongs to someone else'))
-        } finally {
-          this.revoked?.delete(channel)
-        }
-      })
-      return
-    }
+    const subscription = this.subscriptions.get(channel)
+    if (subscription === undefined || this.revoked?.has(channel) === true) return
+    ;(this.revoked ??= new Set()).add(channel)
+    this.services.log.info({ connection: this.id, entityType: subscription.entityType }, 'changefeed: the owner changed; subscription ended')
+    this.inOrder(async () => {
+      try {
+        if (!this.holds(channel, subscription)) return
+        await this.endSubscription(channel)
+        this.send(encodeSubscriptionError(undefined, subscription, WireError.forbidden, 'the entity now belongs to someone else'))
+      } finally {
+        this.revoked?.delete(channel)
+      }
+    })
   }
 
   /** Runs `task` after this socket's requests before it. */
@@ -323,53 +308,58 @@ export class Connection implements Watcher {
   }
 
   /** Whether `subscription` is still this open socket's (a close or an unsubscribe may have come during an await). */
-  private holds (subscriptionId: string, subscription: Subscription): boolean {
-    return this.state === 'open' && this.subscriptions.get(subscriptionId) === subscription
+  private holds (channel: string, subscription: Subscription): boolean {
+    return this.state === 'open' && this.subscriptions.get(channel) === subscription
   }
 
   private async subscribe (reply: Reply, req: SubscribeRequest): Promise<void> {
     const entity = this.services.registry.get(req.entityType)
     if (entity === undefined || (entity.access === null && !entity.declared)) {
-      return reply.send(encodeSubscriptionError(reply.id, req.entityType, req.entityId, WireError.unknownEntityType, `unknown entity type "${req.entityType}"`))
+      return reply.send(encodeSubscriptionError(reply.id, req, WireError.unknownEntityType, `unknown entity type "${req.entityType}"`))
     }
-    const subscriptionId = subscriptionIdOf(entity.name, req.entityId)
-    const existing = this.subscriptions.get(subscriptionId)
+    const scope = this.services.policy.scope(entity, req.tenantId, this.principal)
+    const ref: EntityRef = { entityType: entity.name, entityId: req.entityId, tenantId: 'code' in scope ? req.tenantId : scope.tenantId }
+    if ('code' in scope) return reply.send(encodeSubscriptionError(reply.id, ref, scope.code, scope.reason))
+    const { tenantId } = scope
+    const channel = this.services.fanout.channel(entity.name, req.entityId, tenantId)
+    // the reply names the subscription as the request did (the draft client computes `<type>:<id>` itself)
+    const subscriptionId = subscriptionIdOf(entity.name, req.entityId, req.tenantId)
+    const existing = this.subscriptions.get(channel)
     if (existing !== undefined) {
-      if (req.since !== undefined) await this.resume(reply, entity, req.entityId, req.since)
-      else reply.send(encodeSubscribed(reply.id, subscriptionId, entity.name, req.entityId))
-      if (req.watchers === true) this.countWatchers(subscriptionId, existing)
+      if (req.since !== undefined) await this.resume(reply, subscriptionId, entity, existing, req.since)
+      else reply.send(encodeSubscribed(reply.id, subscriptionId, ref))
+      if (req.watchers === true) this.countWatchers(channel, existing)
       return
     }
     if (this.subscriptions.size >= this.limits.maxSubscriptionsPerConnection) {
-      return reply.send(encodeSubscriptionError(reply.id, entity.name, req.entityId, WireError.tooManySubscriptions,
+      return reply.send(encodeSubscriptionError(reply.id, ref, WireError.tooManySubscriptions,
         `at most ${this.limits.maxSubscriptionsPerConnection} subscriptions per connection`))
     }
-    const denial = await this.services.policy.check(entity, req.entityId, this.principal)
+    const denial = await this.services.policy.check(entity, req.entityId, tenantId, this.principal)
     if (this.state !== 'open') return
-    if (denial !== null) return reply.send(encodeSubscriptionError(reply.id, entity.name, req.entityId, denial.code, denial.reason))
-    // (a subscribe of the same entity cannot have come meanwhile: this socket's requests run one at a time)
+    if (denial !== null) return reply.send(encodeSubscriptionError(reply.id, ref, denial.code, denial.reason))
+    // (a subscribe of the same channel cannot have come meanwhile: this socket's requests run one at a time)
     const watcher = req.entityId === FEED
       ? new FeedWatcher(this, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, this.feedBatchBytes)
       : this
-    const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, watcher, counted: false }
-    this.subscriptions.set(subscriptionId, subscription)
-    const channel = this.services.fanout.channel(entity.name, req.entityId)
+    const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, tenantId, watcher, counted: false }
+    this.subscriptions.set(channel, subscription)
     // resuming: what arrives live from now on waits until the replay is written
-    if (req.since !== undefined) this.replaying.set(channel, [])
+    if (req.since !== undefined) this.resumes.hold(channel)
     try {
-      await this.services.fanout.watch(watcher, entity.name, req.entityId)
+      await this.services.fanout.watch(watcher, channel, entity.name, req.entityId, tenantId)
     } catch (err) {
-      this.replaying.delete(channel)
-      if (this.subscriptions.get(subscriptionId) === subscription) this.subscriptions.delete(subscriptionId)
+      this.resumes.forget(channel)
+      if (this.subscriptions.get(channel) === subscription) this.subscriptions.delete(channel)
       if (watcher instanceof FeedWatcher) watcher.close()
       this.services.log.error({ err }, 'changefeed: bus subscribe failed')
       return reply.fail()
     }
     // closed meanwhile: the close ended the subscription (and unwatched) already
-    if (!this.holds(subscriptionId, subscription)) return
-    if (req.since !== undefined) await this.resume(reply, entity, req.entityId, req.since)
-    else reply.send(encodeSubscribed(reply.id, subscriptionId, entity.name, req.entityId))
-    if (req.watchers === true) this.countWatchers(subscriptionId, subscription)
+    if (!this.holds(channel, subscription)) return
+    if (req.since !== undefined) await this.resume(reply, subscriptionId, entity, subscription, req.since)
+    else reply.send(encodeSubscribed(reply.id, subscriptionId, ref))
+    if (req.watchers === true) this.countWatchers(channel, subscription)
   }
 
   /**
@@ -377,37 +367,30 @@ export class Connection implements Watcher {
    * first, or `recovered: false` (the client refetches). Live notifications that arrived meanwhile follow, without
    * those the replay already carried.
    */
-  private async resume (reply: Reply, entity: EntityType, entityId: string, since: string): Promise<void> {
-    const channel = this.services.fanout.channel(entity.name, entityId)
-    if (!this.replaying.has(channel)) this.replaying.set(channel, [])
+  private async resume (reply: Reply, subscriptionId: string, entity: EntityType, subscription: Subscription, since: string): Promise<void> {
+    const channel = this.services.fanout.channel(entity.name, subscription.entityId, subscription.tenantId)
+    this.resumes.hold(channel)
     let frames: Array<{ frame: string, position: string }> | null = null
     try {
-      frames = await this.services.replay(entity, entityId, since, this.ip)
+      frames = await this.services.replay(entity, subscription.entityId, subscription.tenantId, since, this.ip)
     } catch (err) {
       this.services.log.warn({ connection: this.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
     }
-    const waiting = this.replaying.get(channel) ?? []
-    this.replaying.delete(channel)
     if (this.state !== 'open') return
-    reply.send(encodeSubscribed(reply.id, subscriptionIdOf(entity.name, entityId), entity.name, entityId, frames !== null))
+    reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, frames !== null))
     // a live notification held for this slow socket is in the replay too: it must not go out ahead of it
     if (frames !== null) this.outbound.discard(channel)
-    let last = since
-    for (const { frame, position } of frames ?? []) {
-      this.write(frame, null)
-      last = position
-    }
+    for (const { frame } of frames ?? []) this.write(frame, null)
     this.services.counters.replayed += frames?.length ?? 0
-    if (frames !== null) this.resumedAt.set(channel, last)
+    const waiting = this.resumes.release(channel, frames === null ? null : frames.at(-1)?.position ?? since)
     for (const { frame, meta } of waiting) this.deliver(frame, meta)
   }
 
   /** Starts pushing watcher counts to this socket, if it still holds the subscription. */
-  private countWatchers (subscriptionId: string, subscription: Subscription): void {
-    if (subscription.counted || !this.holds(subscriptionId, subscription)) return
+  private countWatchers (channel: string, subscription: Subscription): void {
+    if (subscription.counted || !this.holds(channel, subscription)) return
     subscription.counted = true
-    const { entityType, entityId } = subscription
-    this.services.watcherCounts.add(this, this.services.fanout.channel(entityType, entityId), entityType, entityId)
+    this.services.watcherCounts.add(this, channel, subscription)
   }
 
   /**
@@ -427,22 +410,27 @@ export class Connection implements Watcher {
     }
     this.principal = next
     this.scheduleExpiry()
-    for (const [subscriptionId, subscription] of [...this.subscriptions]) {
+    for (const [channel, subscription] of [...this.subscriptions]) {
       const entity = this.services.registry.get(subscription.entityType)
-      const denial = entity === undefined ? null : await this.services.policy.check(entity, subscription.entityId, next)
-      if (denial === null || !this.holds(subscriptionId, subscription)) continue
-      await this.endSubscription(subscriptionId)
-      this.send(encodeSubscriptionError(undefined, subscription.entityType, subscription.entityId, denial.code, denial.reason))
+      if (entity === undefined) continue
+      const scope = this.services.policy.scope(entity, subscription.tenantId ?? undefined, next)
+      const denial = 'code' in scope ? scope : await this.services.policy.check(entity, subscription.entityId, subscription.tenantId, next)
+      if (denial === null || !this.holds(channel, subscription)) continue
+      await this.endSubscription(channel)
+      this.send(encodeSubscriptionError(undefined, subscription, denial.code, denial.reason))
     }
     reply.send(encodeAuthenticated(reply.id, next))
   }
 
   private async unsubscribe (reply: Reply, req: UnsubscribeRequest): Promise<void> {
-    let subscriptionId: string
-    if ('subscriptionId' in req) subscriptionId = req.subscriptionId
-    else subscriptionId = subscriptionIdOf(this.services.registry.get(req.entityType)?.name ?? req.entityType, req.entityId)
+    const target = 'subscriptionId' in req ? parseSubscriptionId(req.subscriptionId) : req
+    const entity = target === null ? undefined : this.services.registry.get(target.entityType)
+    const scope = target === null || entity === undefined ? null : this.services.policy.scope(entity, target.tenantId, this.principal)
     // unsubscribing from something not watched is not an error: reference-counting clients may do it twice
-    await this.endSubscription(subscriptionId)
+    if (target !== null && entity !== undefined && scope !== null && !('code' in scope)) {
+      await this.endSubscription(this.services.fanout.channel(entity.name, target.entityId, scope.tenantId))
+    }
+    const subscriptionId = 'subscriptionId' in req ? req.subscriptionId : subscriptionIdOf(entity?.name ?? req.entityType, req.entityId, req.tenantId)
     reply.send(encodeUnsubscribed(reply.id, subscriptionId))
   }
 

@@ -5,7 +5,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/index.js'
 import type { EntityRegistry } from '../entities.js'
-import { channelOf } from '../router.js'
+import { channelOf } from '../channels.js'
 import { LocalSubscriptionStore } from '../store/local.js'
 import type { InterestStore } from '../store/interest.js'
 import { unwrap } from '../bus/envelope.js'
@@ -21,6 +21,10 @@ export interface FrameMeta {
   /** the change's position ('<epoch>:<n>' in outbox mode), or null */
   position: string | null
   payloadType: string
+  /** tenanted types: the tenant of the changed entity (a channel of every tenant carries several) */
+  tenantId: string | null
+  /** what a socket's later notification of the same entity may replace while the socket reads slowly */
+  key: string
   /** owner types with full documents: the owner the document names (null: none); undefined: nothing to check */
   owner?: string | null
 }
@@ -74,17 +78,16 @@ export class Fanout {
     return this.membership?.channels ?? 0
   }
 
-  channel (entityType: string, entityId: string): string {
-    return channelOf(this.prefix, entityType, entityId)
+  channel (entityType: string, entityId: string, tenantId: string | null = null): string {
+    return channelOf(this.prefix, entityType, entityId, tenantId)
   }
 
   /**
-   * Starts delivering an entity's changes to `watcher`. Resolves once this instance receives the channel and the
+   * Starts delivering a channel's changes to `watcher`. Resolves once this instance receives the channel and the
    * cluster knows it is watched; rejects (the watcher removed again) when the bus or the interest store failed.
    */
-  async watch (watcher: Watcher, entityType: string, entityId: string): Promise<void> {
-    const channel = this.channel(entityType, entityId)
-    this.store.add(channel, entityType, entityId, watcher)
+  async watch (watcher: Watcher, channel: string, entityType: string, entityId: string, tenantId: string | null): Promise<void> {
+    this.store.add(channel, entityType, entityId, tenantId, watcher)
     try {
       await this.membership?.sync(channel, entityType)
     } catch (err) {
@@ -95,8 +98,7 @@ export class Fanout {
     this.counters.createdByType[entityType] = (this.counters.createdByType[entityType] ?? 0) + 1
   }
 
-  async unwatch (watcher: Watcher, entityType: string, entityId: string): Promise<void> {
-    const channel = this.channel(entityType, entityId)
+  async unwatch (watcher: Watcher, channel: string, entityType: string): Promise<void> {
     const had = this.store.get(channel)?.watchers.has(watcher) === true
     this.store.remove(channel, watcher)
     if (!had) return
@@ -128,7 +130,9 @@ export class Fanout {
     // a resync owed to these watchers goes first: the notification may follow the changes the gap lost
     if (this.owedResyncs.has(channel)) this.payResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
-    const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType, owner: envelope.owner }
+    // a channel of every tenant carries each tenant's entity: theirs are different entities
+    const key = envelope.tenantId === null || entry.tenantId !== null ? channel : channel + '\u0000' + envelope.tenantId
+    const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner }
     let sent = 0
     for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
     const { sentByPayload, failedByPayload } = this.counters
@@ -168,7 +172,11 @@ export class Fanout {
   /** Owes `resync` to the local watchers of the entities whose database passes `include` (default: all). */
   resyncLocal (reason: string, include: (database: string) => boolean = () => true): void {
     for (const [channel, entry] of this.store.channels()) {
-      if (include(this.registry.get(entry.entityType)?.database ?? '')) this.oweResync(channel, reason)
+      const entity = this.registry.get(entry.entityType)
+      // a database's gap concerns the types it holds; for database tenancy, only its tenant's entities
+      if (entity === undefined || !entity.databases.some(include)) continue
+      if (entity.tenancy === 'database' && entry.tenantId !== null && !include(this.registry.databaseFor(entity, entry.tenantId) ?? '')) continue
+      this.oweResync(channel, reason)
     }
   }
 
@@ -193,7 +201,7 @@ export class Fanout {
     const entry = this.store.get(channel)
     if (owed === undefined || entry === undefined) return
     // a frame from the bus (a publisher gave up on a change), or a reason given here
-    const frame = owed.startsWith('{') ? owed : encodeResync(owed, entry.entityType, entry.entityId)
+    const frame = owed.startsWith('{') ? owed : encodeResync(owed, entry)
     for (const watcher of entry.watchers) watcher.deliver(frame)
   }
 

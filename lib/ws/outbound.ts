@@ -113,9 +113,14 @@ export class OutboundQueue {
     return 'held'
   }
 
-  /** Drops the held frame of `key`, if any (a replay about to be written covers it). */
-  discard (key: string): void {
-    this.pending.delete(key)
+  /**
+   * Drops the held frames of a channel, if any (a replay about to be written covers them): the one keyed by the
+   * channel, and on a channel of every tenant those keyed by channel and tenant.
+   */
+  discard (channel: string): void {
+    this.pending.delete(channel)
+    const tenants = channel + '\u0000'
+    for (const key of this.pending.keys()) if (typeof key === 'string' && key.startsWith(tenants)) this.pending.delete(key)
     if (this.pending.size === 0) this.stopTimer()
   }
 

@@ -17,10 +17,15 @@ export const Envelope = Compile(Type.Object({
   data: Type.Optional(Type.Unknown())
 }))
 
+/** a tenant id (Marten's tenant ids are strings) */
+const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })
+
 const SubscribeData = Type.Object({
   entityType: EntityTypeName,
   /** an entity id, or "*" for every entity of a feed type */
   entityId: EntityId,
+  /** tenanted types: whose entity; without it, the signed-in user's own tenant (or every tenant for anonymous watchers of public types and admins) */
+  tenantId: Type.Optional(TenantId),
   since: Type.Optional(Type.String({ maxLength: 128 })),
   /** push the number of watchers of the entity across the cluster when it changes */
   watchers: Type.Optional(Type.Boolean())
@@ -28,7 +33,7 @@ const SubscribeData = Type.Object({
 
 const UnsubscribeData = Type.Union([
   Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }) }, { additionalProperties: false }),
-  Type.Object({ entityType: EntityTypeName, entityId: EntityId }, { additionalProperties: false })
+  Type.Object({ entityType: EntityTypeName, entityId: EntityId, tenantId: Type.Optional(TenantId) }, { additionalProperties: false })
 ])
 
 const AuthData = Type.Object({ token: Type.String({ minLength: 1, maxLength: 16384 }) }, { additionalProperties: false })
@@ -46,9 +51,52 @@ export const RequestData = {
 
 export type RequestIdValue = string | number | undefined
 
-/** The subscriptionId of DESIGN.md §5: `<entityType>:<entityId>`, as the users' draft client computes it. */
-export function subscriptionIdOf (entityType: string, entityId: string): string {
-  return entityType + ':' + entityId
+/**
+ * The subscriptionId: `<entityType>:<entityId>`, as the users' draft client computes it; a subscription that named
+ * a tenant is `<entityType>@<tenantId>:<entityId>` (type names hold neither '@' nor ':').
+ */
+export function subscriptionIdOf (entityType: string, entityId: string, tenantId?: string): string {
+  return tenantId === undefined ? entityType + ':' + entityId : entityType + '@' + tenantId + ':' + entityId
+}
+
+/** The parts of a subscriptionId, or null when it is not one. */
+export function parseSubscriptionId (subscriptionId: string): { entityType: string, entityId: string, tenantId?: string } | null {
+  const match = /^([A-Za-z_][A-Za-z0-9_.]*)(?:@([^:]+))?:(.+)$/s.exec(subscriptionId)
+  if (match === null) return null
+  return match[2] === undefined ? { entityType: match[1], entityId: match[3] } : { entityType: match[1], tenantId: match[2], entityId: match[3] }
+}
+
+/** What a notification says of one change. */
+export interface NotificationFields {
+  entityType: string
+  entityId: string
+  /** tenanted types only */
+  tenantId?: string | null
+  changeType: string
+  payloadType: string
+  /** the change's time, epoch ms */
+  ts: number
+  version?: string | null
+  origin?: string | null
+  payload?: unknown
+  position?: string | null
+}
+
+/** The notification frame, encoded once for every watcher. */
+export function encodeNotification (n: NotificationFields): string {
+  const data: Record<string, unknown> = {
+    entityType: n.entityType,
+    entityId: n.entityId,
+    changeType: n.changeType,
+    payloadType: n.payloadType,
+    timestamp: new Date(n.ts).toISOString()
+  }
+  if (n.tenantId !== undefined && n.tenantId !== null) data.tenantId = n.tenantId
+  if (n.version !== undefined && n.version !== null) data.version = n.version
+  if (n.position !== undefined && n.position !== null) data.position = n.position
+  if (n.origin !== undefined && n.origin !== null) data.origin = n.origin
+  if (n.payloadType === 'full' || n.payloadType === 'events') data.payload = n.payload ?? null
+  return JSON.stringify({ type: 'notification', data })
 }
 
 function withId (id: RequestIdValue, body: Record<string, unknown>): string {
@@ -60,20 +108,31 @@ export function encodeError (id: RequestIdValue, code: WireErrorCode, error: str
 }
 
 /** `recovered` answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch. */
-export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, entityType: string, entityId: string, recovered?: boolean): string {
-  return withId(id, { type: 'subscribed', data: recovered === undefined ? { subscriptionId, entityType, entityId } : { subscriptionId, entityType, entityId, recovered } })
+/** An entity as replies name it: its type, id, and (when the request named one, or it is implied) its tenant. */
+export interface EntityRef { entityType: string, entityId: string, tenantId?: string | null }
+
+const refOf = (ref: EntityRef): Record<string, unknown> =>
+  ref.tenantId === undefined || ref.tenantId === null
+    ? { entityType: ref.entityType, entityId: ref.entityId }
+    : { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }
+
+/** `recovered` answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch. */
+export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, recovered?: boolean): string {
+  const data: Record<string, unknown> = { subscriptionId, ...refOf(ref) }
+  if (recovered !== undefined) data.recovered = recovered
+  return withId(id, { type: 'subscribed', data })
 }
 
-export function encodeSubscriptionError (id: RequestIdValue, entityType: string, entityId: string, code: WireErrorCode, error: string): string {
-  return withId(id, { type: 'subscription_error', data: { entityType, entityId, code, error } })
+export function encodeSubscriptionError (id: RequestIdValue, ref: EntityRef, code: WireErrorCode, error: string): string {
+  return withId(id, { type: 'subscription_error', data: { ...refOf(ref), code, error } })
 }
 
 export function encodeUnsubscribed (id: RequestIdValue, subscriptionId: string): string {
   return withId(id, { type: 'unsubscribed', data: { subscriptionId } })
 }
 
-export function encodeResync (reason: string, entityType?: string, entityId?: string): string {
-  return JSON.stringify({ type: 'resync', data: entityType === undefined ? { reason } : { reason, entityType, entityId } })
+export function encodeResync (reason: string, ref?: EntityRef): string {
+  return JSON.stringify({ type: 'resync', data: ref === undefined ? { reason } : { reason, ...refOf(ref) } })
 }
 
 export function encodeAuthenticated (id: RequestIdValue, principal: { userId: string | null, roles: readonly string[], expiresAt: number | null }): string {

@@ -62,8 +62,8 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   const perIp = new ConnectionCounter(options.limits.maxConnectionsPerIp)
   const users = new ConnectionCounter(options.limits.maxConnectionsPerUser)
   const replays = new ReplayLimiter(options.limits.replaysPerIpPerSecond)
-  const replay: ConnectionServices['replay'] = async (entity, entityId, since, ip) =>
-    await replays.run(ip, async () => await services.replay(entity, entityId, since, ip))
+  const replay: ConnectionServices['replay'] = async (entity, entityId, tenantId, since, ip) =>
+    await replays.run(ip, async () => await services.replay(entity, entityId, tenantId, since, ip))
   fastify.addHook('onClose', async () => watcherCounts.close())
 
   if (!fastify.hasDecorator('websocketServer')) {

@@ -6,16 +6,19 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { InterestStore } from '../store/interest.js'
 import type { Watcher } from './fanout.js'
+import type { EntityRef } from './protocol.js'
 
 interface Counted {
-  entityType: string
-  entityId: string
+  ref: EntityRef
   sockets: Set<Watcher>
   last: number | null
 }
 
-export function encodeWatchers (entityType: string, entityId: string, count: number): string {
-  return JSON.stringify({ type: 'watchers', data: { entityType, entityId, count } })
+export function encodeWatchers (ref: EntityRef, count: number): string {
+  const data = ref.tenantId === undefined || ref.tenantId === null
+    ? { entityType: ref.entityType, entityId: ref.entityId, count }
+    : { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId, count }
+  return JSON.stringify({ type: 'watchers', data })
 }
 
 export class WatcherCounts {
@@ -26,16 +29,16 @@ export class WatcherCounts {
   constructor (private readonly interest: InterestStore, private readonly intervalMs: number, private readonly log: FastifyBaseLogger) {}
 
   /** Counts `socket` in, and sends it the count now (or, when the store does not answer, at the next poll). */
-  add (socket: Watcher, channel: string, entityType: string, entityId: string): void {
+  add (socket: Watcher, channel: string, ref: EntityRef): void {
     let entry = this.counted.get(channel)
     if (entry === undefined) {
-      entry = { entityType, entityId, sockets: new Set(), last: null }
+      entry = { ref: { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }, sockets: new Set(), last: null }
       this.counted.set(channel, entry)
     }
     entry.sockets.add(socket)
     this.start()
     this.interest.watchers(channel).then((count) => {
-      if (this.counted.get(channel)?.sockets.has(socket) === true) socket.deliver(encodeWatchers(entityType, entityId, count))
+      if (this.counted.get(channel)?.sockets.has(socket) === true) socket.deliver(encodeWatchers(ref, count))
     }, (err: Error) => this.log.warn({ err: err.message }, 'changefeed: watcher counts unavailable'))
   }
 
@@ -73,7 +76,7 @@ export class WatcherCounts {
         const count = await this.interest.watchers(channel)
         if (count === entry.last) continue
         entry.last = count
-        const frame = encodeWatchers(entry.entityType, entry.entityId, count)
+        const frame = encodeWatchers(entry.ref, count)
         for (const socket of entry.sockets) socket.deliver(frame)
       }
     } catch (err) {

@@ -13,7 +13,7 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import hdr from 'hdr-histogram-js'
 import { wrap } from '../../lib/bus/envelope.js'
-import { encodeNotification } from '../../lib/router.js'
+import { encodeNotification } from '../../lib/ws/protocol.js'
 import { writeReport } from './report.js'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
@@ -124,8 +124,8 @@ async function stopLoad (load: Load): Promise<void> {
 /** The same change for each target, in the form each expects on Redis. */
 function messageFor (target: Target['kind'], prefix: string, entityId: string, t: number, seq: number): [string, string] {
   const payload = { t, seq, homeScore: seq % 50, awayScore: 7, period: 'Second Half' }
-  const frame = encodeNotification('Match', entityId, 'updated', 'full', Math.floor(t), null, null, payload)
-  if (target === 'changefeed') return [`${prefix}:Match:${entityId}`, wrap(Math.floor(t), 'full', undefined, frame)]
+  const frame = encodeNotification({ entityType: 'Match', entityId, changeType: 'updated', payloadType: 'full', ts: Math.floor(t), payload })
+  if (target === 'changefeed') return [`${prefix}:Match:${entityId}`, wrap({ ts: Math.floor(t), payloadType: 'full', frame })]
   if (target === 'ws') return ['bench:raw', JSON.stringify({ entityId, frame })]
   return ['bench:socketio', JSON.stringify({ entityId, payload })]
 }
