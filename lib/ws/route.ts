@@ -11,7 +11,7 @@ import { ANONYMOUS } from '../auth/principal.js'
 import { CloseCode } from '../errors.js'
 import { Connection, userKey, type ConnectionServices } from './connection.js'
 import { ConnectionCounter } from './limits.js'
-import type { Telemetry } from '../telemetry.js'
+import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../store/interest.js'
 import { WatcherCounts } from './watchers.js'
 
@@ -78,7 +78,8 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   const onClosed = (connection: Connection, code: number, subscriptions: number): void => {
     connections.open.delete(connection)
     connections.closed++
-    connections.closedByCode[code] = (connections.closedByCode[code] ?? 0) + 1
+    const label = closeCodeLabel(code)
+    connections.closedByCode[label] = (connections.closedByCode[label] ?? 0) + 1
     perIp.release(connection.ip)
     services.telemetry?.recordConnectionClosed(subscriptions)
   }
