@@ -179,6 +179,19 @@ t.test('the token never appears in a log line', async (t) => {
   t.notOk(all.includes(badTokens['bad signature'].split('.')[2]), 'not even a refused one')
 })
 
+t.test('no route of the plugin logs a credential in its URL', async (t) => {
+  const http = wsUrl.replace(/^ws:/, 'http:').replace(/\/ws$/, '')
+  const admin = token('admin-9', ['Admin'], { jti: 'STATS-LOG-CANARY-0987654321' })
+  const res = await fetch(`${http}/changefeed/stats?token=${admin}&Access_Token=${admin}&PASSWORD=hunter2-canary`)
+  t.equal(res.status, 200, 'the admin token in the URL signs in')
+  t.equal((await fetch(`${http}/health/live?%74oken=${admin}`)).status, 200)
+  const lines = logLines.filter((l) => l.includes('/changefeed/stats') || l.includes('/health/live'))
+  t.ok(lines.some((l) => l.includes('token=[redacted]')), 'the requests are logged, redacted')
+  const all = logLines.join('')
+  for (const part of admin.split('.')) t.notOk(all.includes(part), 'no part of the token in any log line')
+  t.notOk(all.includes('hunter2-canary'), 'nor the password')
+})
+
 t.test('auth counters count attempts and failures by method', async (t) => {
   const { auth } = app.changefeed.stats()
   t.ok(auth.attempts.jwt > 0 && auth.failures.jwt >= Object.keys(badTokens).length * 2)

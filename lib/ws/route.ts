@@ -8,6 +8,7 @@ import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import type { Identity } from '../auth/authenticate.js'
 import { ANONYMOUS } from '../auth/principal.js'
+import { requestLogSerializer } from '../auth/redact.js'
 import { CloseCode } from '../errors.js'
 import { Connection, userKey, type ConnectionServices } from './connection.js'
 import { ConnectionCounter } from './limits.js'
@@ -40,11 +41,6 @@ export class ConnectionSet {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
     for (const c of this.open) c.close(code, reason)
   }
-}
-
-/** The request log line without credentials: `?token=` never reaches a log. */
-export function redactUrl (url: string): string {
-  return url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]')
 }
 
 const identities = new WeakMap<FastifyRequest, Identity>()
@@ -88,9 +84,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
     await authenticator.register(scope)
     scope.get(options.server.path, {
       websocket: true,
-      logSerializers: {
-        req: (req: FastifyRequest) => ({ method: req.method, url: redactUrl(req.url), host: req.host, remoteAddress: req.ip, remotePort: req.socket?.remotePort })
-      },
+      logSerializers: { req: requestLogSerializer },
       // identify before the upgrade; refusals are sent as close codes after it, so clients learn why (4401)
       preValidation: async (request, reply) => {
         identities.set(request, await authenticator.identify(request, reply))
