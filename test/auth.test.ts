@@ -1,11 +1,12 @@
 /**
  * Authentication and authorization against the real PostgreSQL: the identity × access-kind matrix, every kind of
- * bad token, Basic service accounts, in-band sign-in and refresh, expiry, a host `authorize` rule, and no token
- * in any log line.
+ * bad token, required claims, Basic service accounts, in-band sign-in and refresh, expiry, a host `authorize` rule,
+ * and no token in any log line of any route.
  */
 import t from 'tap'
 import { Writable } from 'node:stream'
 import { startApp } from './helpers/app.js'
+import { standaloneAuthenticator } from './helpers/authenticator.js'
 import { TestClient } from './helpers/client.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { now, signHs256, unsigned } from './helpers/tokens.js'
@@ -177,6 +178,23 @@ t.test('the token never appears in a log line', async (t) => {
   t.notOk(all.includes(secretLooking.split('.')[1]), 'no token claims in the logs')
   t.notOk(all.includes(secretLooking.split('.')[2]), 'no token signature in the logs')
   t.notOk(all.includes(badTokens['bad signature'].split('.')[2]), 'not even a refused one')
+})
+
+t.test('exp is required unless requireExpiry is false; a configured issuer and audience must be in the token', async (t) => {
+  const { authenticator: strict } = await standaloneAuthenticator(t, { jwt: { secret: SECRET, issuer: ISSUER, audience: AUDIENCE } })
+  const { authenticator: lax } = await standaloneAuthenticator(t, { jwt: { secret: SECRET, requireExpiry: false } })
+  const without = (claim: string): string => {
+    const all: Record<string, unknown> = { ...claims('user-1') }
+    delete all[claim]
+    return signHs256(all, SECRET)
+  }
+  const missing = { failure: 'FAST_JWT_MISSING_REQUIRED_CLAIM' }
+  t.same(await strict.verifyToken(without('exp')), missing, 'no exp: refused by default')
+  t.same(await strict.verifyToken(without('iss')), missing, 'no iss where an issuer is configured')
+  t.same(await strict.verifyToken(without('aud')), missing, 'no aud where an audience is configured')
+  t.match(await strict.verifyToken(token('user-1')), { principal: { userId: 'user-1' } })
+  t.match(await lax.verifyToken(without('exp')), { principal: { userId: 'user-1', expiresAt: null } }, 'no exp: accepted with requireExpiry false')
+  t.match(await lax.verifyToken(without('iss')), { principal: { userId: 'user-1' } }, 'no issuer configured, none required')
 })
 
 t.test('no route of the plugin logs a credential in its URL', async (t) => {

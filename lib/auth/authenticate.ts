@@ -62,8 +62,15 @@ export class Authenticator {
     this.registered = true
     const { jwt, basic } = this.auth
     if (jwt !== undefined) {
+      // claims configured to be checked must be present: fast-jwt skips allowedIss/allowedAud for absent claims
+      const requiredClaims = [
+        ...(jwt.requireExpiry ? ['exp'] : []),
+        ...(jwt.issuer !== undefined ? ['iss'] : []),
+        ...(jwt.audience !== undefined ? ['aud'] : [])
+      ]
       const verify = {
         algorithms: jwt.algorithms ?? (jwt.secret !== undefined ? SYMMETRIC : ASYMMETRIC),
+        requiredClaims,
         ...(jwt.issuer !== undefined ? { allowedIss: jwt.issuer } : {}),
         ...(jwt.audience !== undefined ? { allowedAud: jwt.audience } : {})
       }
