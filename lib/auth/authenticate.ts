@@ -8,9 +8,9 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyJwt, { type JWT } from '@fastify/jwt'
 import fastifyBasicAuth from '@fastify/basic-auth'
-import buildGetJwks from 'get-jwks'
 import { ANONYMOUS, type Principal } from './principal.js'
 import { verifyPassword } from './passwords.js'
+import { JwksFailure, JwksKeySet, type JwksKeySetOptions } from './jwks.js'
 import type { ResolvedOptions } from '../options.js'
 
 /** `noCredentials`: nothing was presented (where sign-in is required, the socket may still sign in in-band). */
@@ -20,8 +20,6 @@ type BasicAuthHook = (request: FastifyRequest, reply: FastifyReply, done: (err?:
 
 const SYMMETRIC = ['HS256', 'HS384', 'HS512']
 const ASYMMETRIC = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']
-/** after an unknown key id, how long before the JWKS may be fetched again for another unknown one */
-const JWKS_MISS_COOLDOWN_MS = 5000
 const FAILURE_WINDOW_MS = 60_000
 
 /** A dotted path into the token's claims: `metadata.role`. */
@@ -42,20 +40,25 @@ export interface AuthCounters {
 export class Authenticator {
   readonly counters: AuthCounters = { attempts: { jwt: 0, basic: 0, anonymous: 0 }, failures: { jwt: 0, basic: 0, anonymous: 0 } }
   private jwt: JWT | null = null
-  private jwks: ReturnType<typeof buildGetJwks> | null = null
-  private jwksDomain = ''
-  private lastJwksMiss = 0
+  private keySet: JwksKeySet | null = null
   private basic: BasicAuthHook | null = null
   private readonly accountOf = new WeakMap<FastifyRequest, Principal>()
   private readonly failuresByIp = new Map<string, { count: number, since: number }>()
 
-  constructor (private readonly auth: ResolvedOptions['auth'], private readonly log: FastifyBaseLogger, private readonly maxFailuresPerMinute = 30) {}
+  /** `keySetOptions`: settings of the JWKS key set (tests pass a fake clock). */
+  constructor (
+    private readonly auth: ResolvedOptions['auth'],
+    private readonly log: FastifyBaseLogger,
+    private readonly maxFailuresPerMinute = 30,
+    private readonly keySetOptions: JwksKeySetOptions = {}
+  ) {}
 
   private registered = false
 
   /**
    * Registers the authentication plugins in an encapsulated scope, once; the handles kept from them work for any
-   * request, so other routes (the stats endpoint) authenticate through the same instance.
+   * request, so other routes (the stats endpoint) authenticate through the same instance. With a JWKS endpoint the
+   * key set is loaded before the first socket is accepted.
    */
   async register (scope: FastifyInstance): Promise<void> {
     if (this.registered) return
@@ -78,9 +81,10 @@ export class Authenticator {
       if (jwt.secret !== undefined) secret = jwt.secret
       else if (jwt.publicKey !== undefined) secret = { public: jwt.publicKey }
       else {
-        const url = new URL(jwt.jwksUrl!)
-        this.jwksDomain = url.origin + '/'
-        this.jwks = buildGetJwks({ jwksPath: url.pathname + url.search, ttl: 10 * 60_000, max: 50 })
+        const keySet = new JwksKeySet(jwt.jwksUrl!, this.log, this.keySetOptions)
+        this.keySet = keySet
+        scope.addHook('onClose', async () => keySet.close())
+        await keySet.start()
         secret = async (_request, token) => await this.jwksKey(token.header)
       }
       await scope.register(fastifyJwt, { namespace: 'changefeed', secret, verify } as Parameters<typeof fastifyJwt>[1])
@@ -126,7 +130,7 @@ export class Authenticator {
     if (this.jwt === null) return { failure: 'token authentication is not configured' }
     try {
       let payload: Record<string, unknown>
-      if (this.jwks !== null) {
+      if (this.keySet !== null) {
         const decoded = this.jwt.decode<{ header: Record<string, unknown> }>(token, { complete: true })
         if (decoded === null || typeof decoded !== 'object') return { failure: 'FAST_JWT_MALFORMED' }
         payload = this.jwt.verify(token, { key: await this.jwksKey(decoded.header) })
@@ -159,21 +163,10 @@ export class Authenticator {
   }
 
   private async jwksKey (header: Record<string, unknown>): Promise<string> {
-    const jwks = this.jwks!
     const kid = typeof header.kid === 'string' ? header.kid : undefined
     const alg = typeof header.alg === 'string' ? header.alg : undefined
-    if (kid === undefined || alg === undefined) throw Object.assign(new Error('token has no kid'), { code: 'JWKS_NO_KID' })
-    // an unknown kid makes get-jwks fetch the JWKS (that is how rotated keys are found); forged kids must not make
-    // every connection attempt a request to the identity provider
-    const known = jwks.cache.get(jwks.generateCacheKey(alg, kid, this.jwksDomain)) !== undefined
-    if (!known && Date.now() - this.lastJwksMiss < JWKS_MISS_COOLDOWN_MS) throw Object.assign(new Error('unknown key id'), { code: 'JWKS_UNKNOWN_KID' })
-    try {
-      return await jwks.getPublicKey({ domain: this.jwksDomain, alg, kid })
-    } catch (err) {
-      this.lastJwksMiss = Date.now()
-      this.log.warn({ kid, err: (err as Error).message }, 'changefeed: no JWKS key for a token')
-      throw Object.assign(new Error('unknown key id'), { code: 'JWKS_UNKNOWN_KID' })
-    }
+    if (kid === undefined || alg === undefined) throw Object.assign(new Error(JwksFailure.noKeyId), { code: JwksFailure.noKeyId })
+    return await this.keySet!.key(kid, alg)
   }
 
   /** Too many failed attempts from one address: refuse before doing the (deliberately slow) checks. */
