@@ -5,6 +5,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import type { Authenticator } from './auth/authenticate.js'
+import { requestLogSerializer } from './auth/redact.js'
 import type { AccessPolicy } from './auth/policy.js'
 import type { ListenerConnection } from './capture/listener.js'
 import type { PubSub } from './bus/index.js'
@@ -36,15 +37,17 @@ export interface OperationalServices {
 
 export async function registerOperationalRoutes (fastify: FastifyInstance, services: OperationalServices): Promise<void> {
   const { healthPath, statsPath } = services.options.telemetry
+  // the stats endpoint takes `?token=` like the socket route does; no route logs one
+  const logged = { logSerializers: { req: requestLogSerializer } }
   if (healthPath !== null) {
-    fastify.get(`${healthPath}/live`, async () => ({ status: 'ok' }))
-    fastify.get(`${healthPath}/ready`, async (_request, reply) => {
+    fastify.get(`${healthPath}/live`, logged, async () => ({ status: 'ok' }))
+    fastify.get(`${healthPath}/ready`, logged, async (_request, reply) => {
       const report = services.health()
       return await reply.code(report.ready ? 200 : 503).send(report)
     })
   }
   if (statsPath !== null) {
-    fastify.get(statsPath, async (request, reply) => {
+    fastify.get(statsPath, logged, async (request, reply) => {
       const identity = await services.authenticator.identify(request, reply)
       if ('failure' in identity || identity.principal.kind === 'anonymous') {
         return await reply.code(401).send({ code: 'unauthenticated', error: 'admin credentials required' })

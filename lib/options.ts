@@ -128,8 +128,9 @@ const Jwt = Type.Object(
     secret: Type.Optional(Type.String({ description: 'HMAC shared secret (HS256/384/512)' })),
     publicKey: Type.Optional(Type.String({ description: 'PEM public key (RS*/ES*/PS*/EdDSA)' })),
     jwksUrl: Type.Optional(Type.String({ description: 'JWKS endpoint (Clerk-style); keys are cached and rotated' })),
-    issuer: Type.Optional(Type.String({ description: 'required `iss`' })),
-    audience: Type.Optional(Type.String({ description: 'required `aud`' })),
+    issuer: Type.Optional(Type.String({ description: 'required `iss`: a token without it, or with another, is refused' })),
+    audience: Type.Optional(Type.String({ description: 'required `aud` (the token may list several): a token without it, or without this one, is refused' })),
+    requireExpiry: Type.Boolean({ default: true, description: 'refuse tokens without `exp` (on an open socket such a token would never expire)' }),
     algorithms: Type.Optional(Type.Array(Type.String({ pattern: '^(HS|RS|PS|ES)(256|384|512)$|^EdDSA$' }), {
       minItems: 1,
       description: 'allowed algorithms; default: HS* with a secret, the asymmetric ones with a key or JWKS; never `none`'

@@ -6,9 +6,22 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { metrics, trace, ValueType, type Attributes, type Histogram, type Tracer } from '@opentelemetry/api'
+import { CloseCode } from './errors.js'
+
+/**
+ * The close codes of the protocol, and 1005/1006 (closed without a code, or without a close frame). A peer may
+ * close with any code from 3000 to 4999; the rest are counted as `other`, so a client cannot mint metric series.
+ */
+const PROTOCOL_CLOSE_CODES = new Set<number>([...Object.values(CloseCode), 1005, 1006])
+
+/** The `changefeed.close_code` label of a close code: the code, or `other` for codes outside the protocol. */
+export function closeCodeLabel (code: number): string {
+  return PROTOCOL_CLOSE_CODES.has(code) ? String(code) : 'other'
+}
 
 /** The counts the pipeline keeps, read at collection time. */
 export interface TelemetrySnapshot {
+  /** `closedByCode`: by closeCodeLabel */
   connections: { opened: number, closed: number, active: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
   subscriptions: { byType: Record<string, number>, createdByType: Record<string, number>, removedByType: Record<string, number> }
   notifications: { sentByPayload: Record<string, number>, failedByPayload: Record<string, number> }

@@ -1,11 +1,12 @@
 /**
  * Authentication and authorization against the real PostgreSQL: the identity × access-kind matrix, every kind of
- * bad token, Basic service accounts, in-band sign-in and refresh, expiry, a host `authorize` rule, and no token
- * in any log line.
+ * bad token, required claims, Basic service accounts, in-band sign-in and refresh, expiry, a host `authorize` rule,
+ * and no token in any log line of any route.
  */
 import t from 'tap'
 import { Writable } from 'node:stream'
 import { startApp } from './helpers/app.js'
+import { standaloneAuthenticator } from './helpers/authenticator.js'
 import { TestClient } from './helpers/client.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { now, signHs256, unsigned } from './helpers/tokens.js'
@@ -177,6 +178,36 @@ t.test('the token never appears in a log line', async (t) => {
   t.notOk(all.includes(secretLooking.split('.')[1]), 'no token claims in the logs')
   t.notOk(all.includes(secretLooking.split('.')[2]), 'no token signature in the logs')
   t.notOk(all.includes(badTokens['bad signature'].split('.')[2]), 'not even a refused one')
+})
+
+t.test('exp is required unless requireExpiry is false; a configured issuer and audience must be in the token', async (t) => {
+  const { authenticator: strict } = await standaloneAuthenticator(t, { jwt: { secret: SECRET, issuer: ISSUER, audience: AUDIENCE } })
+  const { authenticator: lax } = await standaloneAuthenticator(t, { jwt: { secret: SECRET, requireExpiry: false } })
+  const without = (claim: string): string => {
+    const all: Record<string, unknown> = { ...claims('user-1') }
+    delete all[claim]
+    return signHs256(all, SECRET)
+  }
+  const missing = { failure: 'FAST_JWT_MISSING_REQUIRED_CLAIM' }
+  t.same(await strict.verifyToken(without('exp')), missing, 'no exp: refused by default')
+  t.same(await strict.verifyToken(without('iss')), missing, 'no iss where an issuer is configured')
+  t.same(await strict.verifyToken(without('aud')), missing, 'no aud where an audience is configured')
+  t.match(await strict.verifyToken(token('user-1')), { principal: { userId: 'user-1' } })
+  t.match(await lax.verifyToken(without('exp')), { principal: { userId: 'user-1', expiresAt: null } }, 'no exp: accepted with requireExpiry false')
+  t.match(await lax.verifyToken(without('iss')), { principal: { userId: 'user-1' } }, 'no issuer configured, none required')
+})
+
+t.test('no route of the plugin logs a credential in its URL', async (t) => {
+  const http = wsUrl.replace(/^ws:/, 'http:').replace(/\/ws$/, '')
+  const admin = token('admin-9', ['Admin'], { jti: 'STATS-LOG-CANARY-0987654321' })
+  const res = await fetch(`${http}/changefeed/stats?token=${admin}&Access_Token=${admin}&PASSWORD=hunter2-canary`)
+  t.equal(res.status, 200, 'the admin token in the URL signs in')
+  t.equal((await fetch(`${http}/health/live?%74oken=${admin}`)).status, 200)
+  const lines = logLines.filter((l) => l.includes('/changefeed/stats') || l.includes('/health/live'))
+  t.ok(lines.some((l) => l.includes('token=[redacted]')), 'the requests are logged, redacted')
+  const all = logLines.join('')
+  for (const part of admin.split('.')) t.notOk(all.includes(part), 'no part of the token in any log line')
+  t.notOk(all.includes('hunter2-canary'), 'nor the password')
 })
 
 t.test('auth counters count attempts and failures by method', async (t) => {

@@ -1,7 +1,7 @@
 /**
  * Observability of the standalone server: exact metric counts after a scripted scenario, the latency histogram,
- * readiness that follows the bus and the listener, the admin-only statistics, and a graceful SIGTERM that hands
- * the listener to another instance at once.
+ * close codes bucketed to the protocol's, readiness that follows the bus and the listener, the admin-only
+ * statistics, and a graceful SIGTERM that hands the listener to another instance at once.
  */
 import t from 'tap'
 import { mkdtempSync, writeFileSync } from 'node:fs'
@@ -14,6 +14,7 @@ import { adminQuery, freshDatabase, martenTableSql, sqlClient } from './helpers/
 import { ownBroker } from './helpers/brokers.js'
 import { now, signHs256 } from './helpers/tokens.js'
 import { sleep, until } from './helpers/wait.js'
+import { closeCodeLabel } from '../lib/telemetry.js'
 
 const SECRET = 'telemetry-test-secret-0123456789'
 const dir = mkdtempSync(join(tmpdir(), 'changefeed-telemetry-'))
@@ -80,6 +81,27 @@ t.test('metrics after a scripted scenario', async (t) => {
   t.equal(sample(text, 'changefeed_auth_attempts_total', { changefeed_auth_method: 'anonymous' }), 3)
   t.ok(sample(text, 'nodejs_eventloop_delay_p99') !== undefined, 'event loop delay')
   t.match(text, /# UNIT changefeed_notification_latency s/, 'durations in seconds')
+})
+
+t.test('close codes outside the protocol are counted as `other`: a client cannot mint metric series', async (t) => {
+  t.same([1000, 1005, 1006, 4401, 4429].map(closeCodeLabel), ['1000', '1005', '1006', '4401', '4429'])
+  t.same([3000, 4000, 4999, 1004].map(closeCodeLabel), ['other', 'other', 'other', 'other'])
+
+  const server = serve(t, ['--config', configFile('close-codes.json', { databases: [{ name: 'main', url }], entities, telemetry: { prometheus: true } }), '--port', '0'])
+  const http = await server.address
+  for (let i = 0; i < 150; i++) {
+    const client = await TestClient.open(http.replace('http', 'ws') + '/ws')
+    client.ws.close(4000 + i)
+    await client.closed
+  }
+  let text = ''
+  const closedAsOther = async (): Promise<boolean> => {
+    text = await (await fetch(http + '/metrics')).text()
+    return sample(text, 'changefeed_connections_closed_total', { changefeed_close_code: 'other' }) === 150
+  }
+  t.ok(await until(closedAsOther, 5000), '150 closes with 150 codes: one series')
+  const labels = new Set([...text.matchAll(/changefeed_connections_closed_total\{[^}]*changefeed_close_code="([^"]*)"/g)].map((m) => m[1]))
+  t.same([...labels], ['other'])
 })
 
 t.test('readiness follows the bus and the listener', async (t) => {

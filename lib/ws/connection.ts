@@ -398,7 +398,7 @@ export class Connection implements Watcher {
    * token must be the same user's; subscriptions it no longer allows end with a `subscription_error`.
    */
   private async authenticate (reply: Reply, token: string): Promise<void> {
-    const identity = await this.services.authenticator.verifyToken(token)
+    const identity = await this.services.authenticator.verifyInBand(token, this.ip)
     if (this.state !== 'open') return
     if ('failure' in identity) return this.reject(reply, WireError.unauthenticated, `token refused: ${identity.failure}`)
     const next = identity.principal

@@ -8,10 +8,11 @@ import websocket from '@fastify/websocket'
 import type { WebSocket } from 'ws'
 import type { Identity } from '../auth/authenticate.js'
 import { ANONYMOUS } from '../auth/principal.js'
+import { requestLogSerializer } from '../auth/redact.js'
 import { CloseCode } from '../errors.js'
 import { Connection, userKey, type ConnectionServices } from './connection.js'
 import { ConnectionCounter, ReplayLimiter } from './limits.js'
-import type { Telemetry } from '../telemetry.js'
+import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../store/interest.js'
 import { WatcherCounts } from './watchers.js'
 
@@ -43,11 +44,6 @@ export class ConnectionSet {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
     for (const c of this.open) c.close(code, reason)
   }
-}
-
-/** The request log line without credentials: `?token=` never reaches a log. */
-export function redactUrl (url: string): string {
-  return url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]')
 }
 
 const identities = new WeakMap<FastifyRequest, Identity>()
@@ -85,7 +81,8 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   const onClosed = (connection: Connection, code: number, subscriptions: number): void => {
     connections.open.delete(connection)
     connections.closed++
-    connections.closedByCode[code] = (connections.closedByCode[code] ?? 0) + 1
+    const label = closeCodeLabel(code)
+    connections.closedByCode[label] = (connections.closedByCode[label] ?? 0) + 1
     perIp.release(connection.ip)
     services.telemetry?.recordConnectionClosed(subscriptions)
   }
@@ -94,9 +91,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
     await authenticator.register(scope)
     scope.get(options.server.path, {
       websocket: true,
-      logSerializers: {
-        req: (req: FastifyRequest) => ({ method: req.method, url: redactUrl(req.url), host: req.host, remoteAddress: req.ip, remotePort: req.socket?.remotePort })
-      },
+      logSerializers: { req: requestLogSerializer },
       // identify before the upgrade; refusals are sent as close codes after it, so clients learn why (4401)
       preValidation: async (request, reply) => {
         // a page of another site must not open sockets with its visitors' cookies or on their intranet
