@@ -6,7 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 
 export type DropReason =
-  /** a NOTIFY on the channel that the capture triggers did not sign (another role's pg_notify) */
+  /** a NOTIFY on the channel that the capture triggers did not sign (another role's pg_notify), or a signed one sent again */
   | 'forged'
   /** a signed NOTIFY that is not a change this version understands */
   | 'malformed'

@@ -56,6 +56,8 @@ export interface RouterCounters {
   givenUp: number
 }
 
+const RESCAN_UNKNOWN_MS = 10_000
+
 /** Where a database's outbox is read for `since` replays (outbox mode). */
 export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
 
@@ -111,6 +113,8 @@ export class ChangeRouter {
   private readonly inFlight = new Map<string, Promise<boolean>>()
   /** host publishes so far: numbers their positions */
   private published = 0
+  /** tables of unknown changes, and when the database was last scanned for them */
+  private readonly lookedFor = new Map<string, number>()
 
   constructor (private readonly s: RouterServices) {
     this.owed = new OwedResyncs(s.bus, s.prefix, s.log)
@@ -126,7 +130,7 @@ export class ChangeRouter {
   async routeChange (change: Change, stopAfterFailure = false): Promise<boolean> {
     this.counters.changes++
     let entity = this.entityOf(change, false)
-    if (entity === undefined && change.events === undefined && change.changeType !== 'archived') {
+    if (entity === undefined && change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
       // a table created a moment ago: the event trigger's note may still be on its way
       await this.s.rescan(change.database).catch(() => {})
     }
@@ -144,6 +148,20 @@ export class ChangeRouter {
     const done = await current
     if (this.inFlight.get(key) === current) this.inFlight.delete(key)
     return done
+  }
+
+  /**
+   * Whether to look for the table of a change no type is bound to: once per table per RESCAN_UNKNOWN_MS, so that
+   * writes to a table nobody watches (any role may put the trigger on a table of its own) cannot make every
+   * change cost a scan of the database.
+   */
+  private mayLookFor (change: Change): boolean {
+    const key = change.database + '\u0000' + change.schema + '\u0000' + change.table
+    const now = Date.now()
+    if ((this.lookedFor.get(key) ?? 0) > now - RESCAN_UNKNOWN_MS) return false
+    if (this.lookedFor.size >= 1000) this.lookedFor.clear()
+    this.lookedFor.set(key, now)
+    return true
   }
 
   /** The entity type of a change, or undefined (counted and logged as a drop). */

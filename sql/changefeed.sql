@@ -242,18 +242,31 @@ END;
 $$;
 
 DROP FUNCTION IF EXISTS changefeed_install(text, text, text, boolean);
--- Puts the trigger on one table; nothing on a partition, which its partitioned table's trigger covers.
+-- Puts the trigger on one table; nothing on a partition, which its partitioned table's trigger covers. A partitioned
+-- table's trigger (cloned by PostgreSQL onto every partition, now and later) is named changefeed_partitioned, an
+-- ordinary table's changefeed_notify: two names, so that a table that has its own can still be attached as a
+-- partition (the event trigger then drops its own).
 CREATE OR REPLACE FUNCTION changefeed_install(p_schema text, p_table text, p_channel text, p_inline boolean, p_outbox boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  kind char;
+  part boolean;
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = p_schema AND c.relname = p_table AND c.relispartition) THEN
+  SELECT c.relkind, c.relispartition INTO kind, part
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = p_schema AND c.relname = p_table;
+  IF part THEN
     RETURN;
   END IF;
+  IF kind = 'p' AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = format('%I.%I', p_schema, p_table)::regclass AND tgname = 'changefeed_notify') THEN
+    -- earlier versions named it as on an ordinary table
+    EXECUTE format('DROP TRIGGER changefeed_notify ON %I.%I', p_schema, p_table);
+  END IF;
   EXECUTE format(
-    'CREATE OR REPLACE TRIGGER changefeed_notify AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
+    'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
     'FOR EACH ROW EXECUTE FUNCTION changefeed_notify(%L, %L, %L, %L, %L)',
+    CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END,
     p_schema, p_table, p_channel, p_inline::text, p_outbox::text, p_schema, p_table);
 END;
 $$;
@@ -303,39 +316,50 @@ END;
 $$;
 
 -- Tables created later (Marten creates mt_doc_* tables on first use, under its own role): install as they appear,
--- and tell the server, which then knows the new type at once. It runs as the owner of these objects, whoever
--- creates the table, and never raises: a failure is a warning to the one who ran the DDL and a note to the server.
+-- and tell the server, which then knows the new type at once. After an ALTER TABLE: a table attached as a partition
+-- loses its own trigger (its partitioned table's now covers it), a detached one gets its own again. It runs as the
+-- owner of these objects, whoever runs the DDL, and never raises: a failure is a warning to the one who ran it and
+-- a note to the server.
 CREATE OR REPLACE FUNCTION changefeed_on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
-  cmd  record;
-  w    record;
-  tbl  text;
-  sch  text;
-  part boolean;
+  cmd record;
+  rel record;
+  w   record;
 BEGIN
   FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
     BEGIN
-      tbl := NULL;
-      SELECT c.relname, n.nspname, c.relispartition INTO tbl, sch, part
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.oid = cmd.objid;
-      IF tbl IS NULL OR part OR NOT EXISTS (
-        SELECT 1 FROM pg_attribute a WHERE a.attrelid = cmd.objid AND a.attname = 'id' AND NOT a.attisdropped
-      ) THEN
-        CONTINUE;
-      END IF;
-      FOR w IN SELECT * FROM changefeed_patterns WHERE schema_name = sch AND tbl LIKE pattern LOOP
-        BEGIN
-          PERFORM changefeed_install(sch, tbl, w.channel, tbl = ANY (w.inline_tables), w.outbox);
-          PERFORM changefeed_send(w.channel, jsonb_build_object('ddl', 'installed', 's', sch, 't', tbl)::text);
-        EXCEPTION WHEN OTHERS THEN
-          RAISE WARNING 'changefeed: no trigger on %.%: %', sch, tbl, SQLERRM;
-          PERFORM changefeed_send(w.channel, jsonb_build_object('ddl', 'failed', 's', sch, 't', tbl, 'error', SQLERRM)::text);
-        END;
+      -- the table; after an ALTER TABLE (an ATTACH or DETACH names the partitioned table) every table of its
+      -- schema: the watched ones among them are few
+      FOR rel IN
+        SELECT c.oid, c.relname, n.nspname, c.relispartition
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = cmd.objid OR (cmd.command_tag = 'ALTER TABLE' AND c.relkind IN ('r', 'p')
+          AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = cmd.objid)
+          AND EXISTS (SELECT 1 FROM changefeed_patterns p WHERE p.schema_name = n.nspname AND c.relname LIKE p.pattern))
+      LOOP
+        IF rel.relispartition THEN
+          IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel.oid AND tgname = 'changefeed_notify' AND tgparentid = 0) THEN
+            EXECUTE format('DROP TRIGGER changefeed_notify ON %I.%I', rel.nspname, rel.relname);
+          END IF;
+          CONTINUE;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel.oid AND a.attname = 'id' AND NOT a.attisdropped)
+           OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel.oid AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
+          CONTINUE;
+        END IF;
+        FOR w IN SELECT * FROM changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
+          BEGIN
+            PERFORM changefeed_install(rel.nspname, rel.relname, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
+            PERFORM changefeed_send(w.channel, jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current(), 'ts', clock_timestamp())::text);
+          EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
+            PERFORM changefeed_send(w.channel, jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current(), 'ts', clock_timestamp())::text);
+          END;
+        END LOOP;
       END LOOP;
     EXCEPTION WHEN OTHERS THEN
-      RAISE WARNING 'changefeed: looking at a new table failed: %', SQLERRM;
+      RAISE WARNING 'changefeed: looking at a new or altered table failed: %', SQLERRM;
     END;
   END LOOP;
 EXCEPTION WHEN OTHERS THEN
@@ -344,12 +368,16 @@ END;
 $$;
 
 -- An event trigger needs superuser (or, from PostgreSQL 17, a role allowed to create one). Without that
--- right the plugin still picks up new tables by re-scanning on an interval.
+-- right the plugin still picks up new tables by re-scanning on an interval. Created by an earlier version for
+-- CREATE TABLE only: it learns ALTER TABLE.
 DO $$
 BEGIN
+  IF EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'changefeed_on_ddl' AND NOT 'ALTER TABLE' = ANY (evttags)) THEN
+    DROP EVENT TRIGGER changefeed_on_ddl;
+  END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'changefeed_on_ddl') THEN
     CREATE EVENT TRIGGER changefeed_on_ddl ON ddl_command_end
-      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
       EXECUTE FUNCTION changefeed_on_ddl();
   END IF;
 EXCEPTION WHEN insufficient_privilege THEN

@@ -67,7 +67,7 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
   }
   const rows = await db.query<{ t: string, columns: string[], triggered: boolean }>(
     `SELECT c.relname AS t, array_agg(a.attname::text) AS columns,
-            EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname = 'changefeed_notify') AS triggered
+            EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname IN ('changefeed_notify', 'changefeed_partitioned')) AS triggered
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
      WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
        AND (c.relname LIKE ANY ($2::text[]) OR c.relname = ANY ($3::text[]))
@@ -98,10 +98,17 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
   return result
 }
 
-/** The .NET type Marten recorded in a row; in a hierarchy table, the base type's (mt_doc_type 'BASE'). */
+/**
+ * The .NET type Marten recorded in a row; in a hierarchy table, the base type's (mt_doc_type 'BASE'). Null when
+ * there is none, or this role may not read the table (its name then comes from the table's).
+ */
 async function dotnetTypeOf (db: Database, schema: string, table: string, hierarchy: boolean): Promise<string | null> {
-  const [row] = await db.query<{ t: string | null }>(
-    `SELECT mt_dotnet_type AS t FROM ${quoteIdent(schema)}.${quoteIdent(table)}
-     WHERE mt_dotnet_type IS NOT NULL${hierarchy ? ' AND mt_doc_type = \'BASE\'' : ''} LIMIT 1`)
-  return row?.t ?? null
+  try {
+    const [row] = await db.query<{ t: string | null }>(
+      `SELECT mt_dotnet_type AS t FROM ${quoteIdent(schema)}.${quoteIdent(table)}
+       WHERE mt_dotnet_type IS NOT NULL${hierarchy ? ' AND mt_doc_type = \'BASE\'' : ''} LIMIT 1`)
+    return row?.t ?? null
+  } catch {
+    return null
+  }
 }

@@ -39,6 +39,8 @@ const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof
 
 /** hex characters of the HMAC-SHA-256 that precede every signed NOTIFY payload (sql/changefeed.sql) */
 const SIGNATURE_LENGTH = 64
+/** how many signatures are remembered against replays */
+const SEEN_SIGNATURES = 50_000
 
 /** attempts at one outbox batch before what still fails is given up on */
 const OUTBOX_ATTEMPTS = 3
@@ -90,6 +92,8 @@ export class ListenerConnection {
   outboxPublished = 0
   /** the key the capture triggers sign with: read on every connection, so a reinstall is picked up */
   private key: Buffer | null = null
+  /** the latest signatures (half of each, oldest first): a payload sent again is not a change */
+  private readonly seenSignatures = new Set<string>()
 
   constructor (
     private readonly db: Database,
@@ -137,13 +141,21 @@ export class ListenerConnection {
     }
   }
 
-  /** The JSON of a NOTIFY the capture triggers signed; null for anything else (any role may NOTIFY). */
+  /**
+   * The JSON of a NOTIFY the capture triggers signed; null for anything else (any role may NOTIFY). Any role may
+   * also LISTEN, and send a signed payload it saw once more: a signature already seen lately is refused too.
+   */
   private verified (payload: string): string | null {
     if (this.key === null || payload.length <= SIGNATURE_LENGTH) return null
     const body = payload.slice(SIGNATURE_LENGTH)
     const expected = createHmac('sha256', this.key).update(body, 'utf8').digest()
     const given = Buffer.from(payload.slice(0, SIGNATURE_LENGTH), 'hex')
-    return given.length === expected.length && timingSafeEqual(given, expected) ? body : null
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
+    const seen = payload.slice(0, 32)
+    if (this.seenSignatures.has(seen)) return null
+    this.seenSignatures.add(seen)
+    if (this.seenSignatures.size > SEEN_SIGNATURES) this.seenSignatures.delete(this.seenSignatures.values().next().value as string)
+    return body
   }
 
   /** Takes the lock (when electing) and listens. True when this instance now listens. */
