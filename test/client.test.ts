@@ -37,13 +37,13 @@ t.test('full jitter: delays are uniform up to the exponential cap', async (t) =>
 t.test('subscriptions are reference-counted: mount, unmount, mount sends one subscribe and no unsubscribe', async (t) => {
   const { app, url } = await startApp(t, { entities })
   const c = client(t, { url })
-  await until(() => c.state === 'open')
+  t.ok(await until(() => c.state === 'open'))
   const got: Notification[] = []
   const first = c.subscribe('Team', 'team-1', { onNotification: (n) => got.push(n) })
   first()
   const second = c.subscribe('Team', 'team-1', { onNotification: (n) => got.push(n) })
   const third = c.subscribe('Team', 'team-1')
-  await until(() => app.changefeed.stats().subscriptions.active === 1)
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
   await sleep(100)
   t.same([app.changefeed.stats().subscriptions.created, app.changefeed.stats().subscriptions.removed], [1, 0], 'one subscribe, no unsubscribe')
   await app.changefeed.publish({ entityType: 'Team', entityId: 'team-1', changeType: 'updated' })
@@ -65,7 +65,7 @@ t.test('after a server restart the client reconnects, resubscribes in one batch,
   const got: Notification[] = []
   c.subscribe('Team', 'a', { onNotification: (n) => got.push(n), onResync: (r) => resyncs.push(r) })
   c.subscribe('RugbyGameState', 'm', { onNotification: (n) => got.push(n) })
-  await until(() => first.changefeed.stats().subscriptions.active === 2)
+  t.ok(await until(() => first.changefeed.stats().subscriptions.active === 2))
   await first.close()
   t.ok(await until(() => c.state === 'reconnecting'), 'reconnecting')
 
@@ -93,7 +93,7 @@ t.test('the token is refreshed in-band before it expires; concurrent token reque
   const c = client(t, { url, getToken, refreshBeforeExpiryMs: 1000 })
   const got: Notification[] = []
   c.subscribe('User', 'user-1', { onNotification: (n) => got.push(n) })
-  await until(() => app.changefeed.stats().subscriptions.active === 1)
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
   t.equal(calls, 1, 'one call for the connection')
   await sleep(3500)
   t.equal(c.state, 'open', 'still open after the first token expired')
@@ -142,7 +142,7 @@ t.test('destroy() closes and forgets everything', async (t) => {
   const { app, url } = await startApp(t, { entities })
   const c = new ChangefeedClient<Entities>({ url, WebSocket: WebSocket as never })
   c.subscribe('Team', 'gone')
-  await until(() => app.changefeed.stats().subscriptions.active === 1)
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
   c.destroy()
   t.ok(await until(() => app.changefeed.stats().connections.active === 0), 'the socket is closed')
   t.equal(c.state, 'closed')
@@ -154,7 +154,7 @@ t.test('destroy() closes and forgets everything', async (t) => {
 t.test('subscribes refused for rate are sent again until they hold', async (t) => {
   const { app, url } = await startApp(t, { entities, limits: { maxSubscriptionsPerConnection: 30, subscribeRatePerSecond: 2 } })
   const c = client(t, { url })
-  await until(() => c.state === 'open')
+  t.ok(await until(() => c.state === 'open'))
   for (let i = 0; i < 40; i++) c.subscribe('Team', `t-${i}`)
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 30, 15_000), 'every subscription up to the server limit holds in the end')
   t.equal(c.state, 'open', 'on the same connection')
@@ -205,4 +205,90 @@ t.test('positions: a repeated notification is dropped; a resync is answered with
   send(subscribed(false))
   t.ok(await until(() => resyncs.length === 1), 'not recovered: the owner is told')
   t.same(resyncs, ['bus_gap'], 'with the reason')
+})
+
+t.test('tenants: a subscription names its tenant, or takes the token\'s; notifications and counts find it', async (t) => {
+  const { app, url } = await startApp(t, {
+    entities: { Squad: { access: 'authenticated', tenanted: true }, Fixture: { access: 'public', tenanted: true } },
+    auth: { anonymous: true, jwt: { secret: SECRET, tenantClaim: 'tenant' } }
+  })
+  const redToken = signHs256({ sub: 'r', tenant: 'Red', exp: now() + 600 }, SECRET)
+  const red = client(t, { url, getToken: () => redToken })
+  const anonymous = client(t, { url })
+  const squads: Notification[] = []
+  const fixtures: Notification[] = []
+  const tenantFixtures: Notification[] = []
+  red.subscribe('Squad' as never, 's-1', { onNotification: (n) => squads.push(n) })
+  anonymous.subscribe('Fixture' as never, 'f-1', { onNotification: (n) => fixtures.push(n) })
+  anonymous.subscribe('Fixture' as never, 'f-1', { onNotification: (n) => tenantFixtures.push(n) }, { tenantId: 'Blue' })
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 3), `subscribed: ${JSON.stringify(app.changefeed.stats().subscriptions)}`)
+  await app.changefeed.publish({ entityType: 'Squad', entityId: 's-1', tenantId: 'Blue', changeType: 'updated' })
+  await app.changefeed.publish({ entityType: 'Squad', entityId: 's-1', tenantId: 'Red', changeType: 'updated' })
+  await app.changefeed.publish({ entityType: 'Fixture', entityId: 'f-1', tenantId: 'Red', changeType: 'updated' })
+  await app.changefeed.publish({ entityType: 'Fixture', entityId: 'f-1', tenantId: 'Blue', changeType: 'updated' })
+  t.ok(await until(() => squads.length === 1 && fixtures.length === 2 && tenantFixtures.length === 1))
+  t.equal(squads[0].tenantId, 'Red', 'the token\'s tenant only')
+  t.same(fixtures.map((n) => n.tenantId), ['Red', 'Blue'], 'every tenant, tagged')
+  t.same(tenantFixtures.map((n) => n.tenantId), ['Blue'], 'the one named')
+})
+
+t.test('a type named in another letter case is matched by the request, and unsubscribes', async (t) => {
+  const url = await (await import('./helpers/services.js')).freshDatabase(t, 'client_case')
+  const sql = await (await import('./helpers/services.js')).sqlClient(t, url)
+  await sql.query((await import('./helpers/services.js')).martenTableSql('mt_doc_scoreboard'))
+  const { app, url: wsUrl } = await startApp(t, { databases: [{ name: 'main', url }], discovery: { access: 'public' } })
+  const c = client(t, { url: wsUrl })
+  const errors: string[] = []
+  const stop = c.subscribe('scoreboard' as never, 'b-1', { onError: (code) => errors.push(code) })
+  const watch = c.watch('scoreboard' as never, 'b-1')
+  const unwatch = watch.subscribe(() => {})
+  t.ok(await until(() => watch.getSnapshot().status === 'subscribed'), 'the reply (named Scoreboard by the server) reaches it')
+  stop()
+  unwatch()
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 0), 'and its unsubscribe ends it')
+  t.same(errors, [])
+})
+
+t.test('anonymousFallback: a refused token keeps public subscriptions flowing; a fresh one brings back the rest', async (t) => {
+  const { app, url } = await startApp(t, {
+    entities: { Team: { access: 'public' }, MemberNews: { access: 'authenticated' } },
+    auth: { anonymous: true, jwt: { secret: SECRET } }
+  })
+  let token = signHs256({ sub: 'u', exp: now() + 600 }, 'not-the-secret-0123456789abcdefghij')
+  const c = client(t, { url, getToken: () => token, anonymousFallback: true })
+  const teams: Notification[] = []
+  const news: Notification[] = []
+  const errors: string[] = []
+  c.subscribe('Team', 't-1', { onNotification: (n) => teams.push(n) })
+  c.subscribe('MemberNews' as never, 'n-1', { onNotification: (n) => news.push(n), onError: (code) => errors.push(code) })
+  t.ok(await until(() => errors.includes('unauthenticated')), 'the private subscription is refused')
+  await app.changefeed.publish({ entityType: 'Team', entityId: 't-1', changeType: 'updated' })
+  t.ok(await until(() => teams.length === 1), 'the public one flows')
+  t.equal(c.state, 'open', 'still connected')
+  token = signHs256({ sub: 'u', exp: now() + 600 }, SECRET)
+  await c.reauthenticate()
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 2), 'signed in, the refused one is asked for again')
+  await app.changefeed.publish({ entityType: 'MemberNews', entityId: 'n-1', changeType: 'updated' })
+  t.ok(await until(() => news.length === 1))
+})
+
+t.test('a burst of resyncs for one entity reaches the application once', async (t) => {
+  const server = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => server.close())
+  await once(server, 'listening')
+  server.on('connection', (socket) => {
+    socket.on('message', (raw) => {
+      const message = JSON.parse(String(raw))
+      if (message.type !== 'subscribe') return
+      socket.send(JSON.stringify({ type: 'subscribed', id: message.id, data: { subscriptionId: message.id, entityType: 'Team', entityId: 't-1' } }))
+      for (let i = 0; i < 3; i++) socket.send(JSON.stringify({ type: 'resync', data: { reason: 'bus_gap', entityType: 'Team', entityId: 't-1' } }))
+      socket.send(JSON.stringify({ type: 'pong' }))
+    })
+  })
+  const c = client(t, { url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}` })
+  const resyncs: string[] = []
+  c.subscribe('Team', 't-1', { onResync: (reason) => resyncs.push(reason) })
+  t.ok(await until(() => resyncs.length > 0))
+  await sleep(200)
+  t.same(resyncs, ['bus_gap'], 'one callback for three frames (a bounded wait: absence can only be waited for)')
 })

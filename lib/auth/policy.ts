@@ -62,7 +62,9 @@ export class AccessPolicy {
     const own = principal.tenantId
     if (requested === undefined) return { tenantId: own !== null && !admin ? own : null }
     if (own !== null && requested !== own && !admin) return { code: WireError.forbidden, reason: 'another tenant\'s entity' }
-    if (this.registry.databaseFor(entity, requested) === undefined) return { code: WireError.badRequest, reason: `no tenant "${requested}" of ${entity.name}` }
+    if (entity.tenancy === 'database' && this.registry.databaseFor(entity, requested) === undefined) {
+      return { code: WireError.badRequest, reason: `no database of tenant "${requested}" holds ${entity.name}` }
+    }
     return { tenantId: requested }
   }
 

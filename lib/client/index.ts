@@ -13,13 +13,15 @@
 /** Entity type name → document type, for typed payloads: `new ChangefeedClient<{ RugbyGameState: GameState }>()`. */
 export type EntityMap = Record<string, unknown>
 
-export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended'
+export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended' | 'archived'
 
 export interface Notification<T = unknown> {
   entityType: string
   entityId: string
+  /** tenanted types: whose entity it is */
+  tenantId?: string
   changeType: ChangeType
-  payloadType: 'minimal' | 'full'
+  payloadType: 'minimal' | 'full' | 'events'
   timestamp: string
   version?: string
   position?: string
@@ -97,6 +99,24 @@ export interface ClientOptions {
    * `changefeed.origin`), and the notification of that write carries it back. Default: a random id per client.
    */
   origin?: string
+  /**
+   * When the server refuses the token (or it expires) and `getToken()` has no fresh one: false (default) stops
+   * (state `unauthorized`); true stays connected without it, so public subscriptions keep flowing while the others
+   * report `unauthenticated`, and signs in again (resubscribing those) once `reauthenticate()` finds a token.
+   */
+  anonymousFallback?: boolean
+}
+
+/** Which tenant's entity to watch (tenanted types): without it, the server's default for the principal. */
+export interface SubscribeOptions {
+  tenantId?: string
+  /** ask for watcher counts ("N watching") */
+  counted?: boolean
+}
+
+/** The key of a subscription, as the server's subscriptionId: `<type>:<id>`, or `<type>@<tenantId>:<id>`. */
+export function subscriptionKey (entityType: string, entityId: string, tenantId?: string): string {
+  return tenantId === undefined ? entityType + ':' + entityId : entityType + '@' + tenantId + ':' + entityId
 }
 
 /** Full jitter: a uniformly random delay up to min(maxMs, initialMs · 2^(attempt-1)). */
@@ -107,11 +127,15 @@ export function backoffDelay (attempt: number, initialMs: number, maxMs: number,
 /** Close codes after which reconnecting cannot help (policy, forbidden, too large). */
 const FINAL_CODES = new Set([1008, 1009, 4403])
 const UNAUTHENTICATED = 4401
+/** resyncs of one entity within this long of each other reach the application as one */
+const RESYNC_BURST_MS = 50
 const OPEN = 1
 
 interface Entry {
+  key: string
   entityType: string
   entityId: string
+  tenantId?: string
   listeners: Set<SubscriptionEvents<any>>
   /** React's subscribers to the snapshot */
   watchers: Set<() => void>
@@ -130,6 +154,8 @@ interface Entry {
   counted?: boolean
   /** a refused (rate-limited) subscribe waiting to be sent again */
   retryTimer?: ReturnType<typeof setTimeout>
+  /** resyncs of one gap come in a burst: the application hears of it once */
+  resyncTimer?: ReturnType<typeof setTimeout>
 }
 
 type Listener<A extends unknown[]> = (...args: A) => void
@@ -169,7 +195,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
   private readonly entries = new Map<string, Entry>()
   private readonly stateListeners = new Set<Listener<[StateChange]>>()
   private readonly notificationListeners = new Set<Listener<[Notification]>>()
-  private readonly resyncListeners = new Set<Listener<[string, string, string]>>()
+  private readonly resyncListeners = new Set<Listener<[string, string, string, string | undefined]>>()
   private attempt = 0
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private pingTimer: ReturnType<typeof setInterval> | undefined
@@ -182,7 +208,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
   private everOpened = false
   private currentToken: string | null | undefined = null
   private refusedToken: string | null | undefined = null
-  private readonly o: Required<Omit<ClientOptions, 'getToken' | 'WebSocket' | 'backoff'>> & { backoff: Required<NonNullable<ClientOptions['backoff']>> }
+  private readonly o: Required<Omit<ClientOptions, 'getToken' | 'WebSocket' | 'backoff' | 'anonymousFallback'>> & { backoff: Required<NonNullable<ClientOptions['backoff']>> }
   private readonly removePageListeners: () => void
 
   constructor (private readonly options: ClientOptions) {
@@ -213,8 +239,8 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     return () => this.notificationListeners.delete(listener)
   }
 
-  /** Observes every resync: (entityType, entityId, reason). */
-  onResync (listener: (entityType: string, entityId: string, reason: string) => void): () => void {
+  /** Observes every resync: (entityType, entityId, reason, tenantId of a tenant's subscription). */
+  onResync (listener: (entityType: string, entityId: string, reason: string, tenantId?: string) => void): () => void {
     this.resyncListeners.add(listener)
     return () => this.resyncListeners.delete(listener)
   }
@@ -223,8 +249,8 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
    * Watches one entity. Calls with the same type and id share one server subscription; the last release sends
    * the unsubscribe (on the next tick, so a release followed at once by a new subscribe sends nothing).
    */
-  subscribe<K extends keyof M & string>(entityType: K, entityId: string, events: SubscriptionEvents<M[K]> = {}): () => void {
-    const entry = this.entry(entityType, entityId)
+  subscribe<K extends keyof M & string>(entityType: K, entityId: string, events: SubscriptionEvents<M[K]> = {}, options: SubscribeOptions = {}): () => void {
+    const entry = this.entry(entityType, entityId, options.tenantId)
     entry.listeners.add(events)
     if (events.onWatchers !== undefined) this.countWatchers(entry)
     let released = false
@@ -237,13 +263,13 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
   }
 
   /** For useSyncExternalStore: subscribe to one entity's snapshot (`counted`: ask for watcher counts). */
-  watch<K extends keyof M & string>(entityType: K, entityId: string, counted = false): { subscribe: (onChange: () => void) => () => void, getSnapshot: () => EntitySnapshot<M[K]> } {
-    const key = entityType + ':' + entityId
+  watch<K extends keyof M & string>(entityType: K, entityId: string, options: SubscribeOptions = {}): { subscribe: (onChange: () => void) => () => void, getSnapshot: () => EntitySnapshot<M[K]> } {
+    const key = subscriptionKey(entityType, entityId, options.tenantId)
     return {
       subscribe: (onChange) => {
-        const entry = this.entry(entityType, entityId)
+        const entry = this.entry(entityType, entityId, options.tenantId)
         entry.watchers.add(onChange)
-        if (counted) this.countWatchers(entry)
+        if (options.counted === true) this.countWatchers(entry)
         return () => {
           entry.watchers.delete(onChange)
           this.releaseLater(entry)
@@ -251,6 +277,17 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       },
       getSnapshot: () => (this.entries.get(key)?.snapshot ?? PENDING) as EntitySnapshot<M[K]>
     }
+  }
+
+  /**
+   * Asks `getToken()` for a token now and signs in with it when it is not the one refused last (after a refusal
+   * with `anonymousFallback`, or to pick up a new user's token); the subscriptions refused for want of it follow.
+   */
+  async reauthenticate (): Promise<void> {
+    const token = await this.token()
+    if (token === null || token === undefined || token === this.refusedToken) return
+    if (this.state === 'open') this.authenticate(token)
+    else this.connect()
   }
 
   /** Opens the connection (idempotent). */
@@ -268,6 +305,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     for (const entry of this.entries.values()) {
       clearTimeout(entry.releaseTimer)
       clearTimeout(entry.retryTimer)
+      clearTimeout(entry.resyncTimer)
     }
     this.entries.clear()
     const ws = this.ws
@@ -282,11 +320,11 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     this.resyncListeners.clear()
   }
 
-  private entry (entityType: string, entityId: string): Entry {
-    const key = entityType + ':' + entityId
+  private entry (entityType: string, entityId: string, tenantId?: string): Entry {
+    const key = subscriptionKey(entityType, entityId, tenantId)
     let entry = this.entries.get(key)
     if (entry === undefined) {
-      entry = { entityType, entityId, listeners: new Set(), watchers: new Set(), snapshot: { status: 'pending', revision: 0 } }
+      entry = { key, entityType, entityId, tenantId, listeners: new Set(), watchers: new Set(), snapshot: { status: 'pending', revision: 0 } }
       this.entries.set(key, entry)
       this.sendSubscribe(entry)
     }
@@ -300,9 +338,9 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     entry.releaseTimer = setTimeout(() => {
       entry.releaseTimer = undefined
       if (entry.listeners.size > 0 || entry.watchers.size > 0) return
-      const key = entry.entityType + ':' + entry.entityId
-      this.entries.delete(key)
-      this.send({ type: 'unsubscribe', data: { subscriptionId: key } })
+      clearTimeout(entry.resyncTimer)
+      this.entries.delete(entry.key)
+      this.send({ type: 'unsubscribe', data: { subscriptionId: entry.key } })
     }, 0)
   }
 
@@ -317,16 +355,18 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     clearTimeout(entry.retryTimer)
     entry.retryTimer = setTimeout(() => {
       entry.retryTimer = undefined
-      if (this.entries.get(entry.entityType + ':' + entry.entityId) === entry) this.sendSubscribe(entry)
+      if (this.entries.get(entry.key) === entry) this.sendSubscribe(entry)
     }, 250 + Math.floor(this.o.random() * 1000))
   }
 
   private sendSubscribe (entry: Entry): void {
     const data: Record<string, string | boolean> = { entityType: entry.entityType, entityId: entry.entityId }
     entry.resuming = entry.since !== undefined
+    if (entry.tenantId !== undefined) data.tenantId = entry.tenantId
     if (entry.since !== undefined) data.since = entry.since
     if (entry.counted === true) data.watchers = true
-    this.send({ type: 'subscribe', id: entry.entityType + ':' + entry.entityId, data })
+    // replies carry this id: they are matched by it, whatever name the server gives the entity
+    this.send({ type: 'subscribe', id: entry.key, data })
   }
 
   private send (message: unknown): void {
@@ -350,7 +390,10 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       return this.scheduleRetry('getToken failed')
     }
     if (this.destroyed) return
-    if (this.freshTokenRequired && (token === null || token === undefined || token === this.refusedToken)) return this.setState('unauthorized', 'no fresh token')
+    if (this.freshTokenRequired && (token === null || token === undefined || token === this.refusedToken)) {
+      if (this.options.anonymousFallback !== true) return this.setState('unauthorized', 'no fresh token')
+      token = null
+    }
     this.currentToken = token
     const Ctor = this.options.WebSocket ?? (globalThis as unknown as { WebSocket: new (url: string) => WebSocketLike }).WebSocket
     const ws = new Ctor(this.o.url)
@@ -441,41 +484,44 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         if (Array.isArray(data)) for (const item of data) this.handle(item)
         return
       case 'notification': {
-        // the entity's own subscription, and the type's feed (entityId "*") if watched
-        for (const key of [data.entityType + ':' + data.entityId, data.entityType + ':*']) {
+        // the entity's own subscription (and for a tenant's entity the subscription of every tenant's), then the
+        // type's feeds (entityId "*")
+        const [own, feeds] = this.keysOf(data)
+        for (const key of [...own, ...feeds]) {
           const entry = this.entries.get(key)
-          if (entry === undefined) continue
-          if (entry.resuming === true) continue
+          if (entry === undefined || entry.resuming === true) continue
+          const ofEntity = own.includes(key)
           if (typeof data.position === 'string') {
             const seen = entry.seen ??= []
-            if (seen.includes(data.position) || (key !== data.entityType + ':*' && stale(entry.since, data.position))) continue
+            if (seen.includes(data.position) || (ofEntity && stale(entry.since, data.position))) continue
             if (seen.push(data.position) > 64) seen.shift()
-            if (key !== data.entityType + ':*') entry.since = data.position
+            if (ofEntity) entry.since = data.position
           }
           this.update(entry, { status: 'subscribed', notification: data, payload: data.payloadType === 'full' ? data.payload : entry.snapshot.payload })
-          const own = data.origin !== undefined && data.origin === this.origin
-          for (const l of entry.listeners) if (!(own && l.skipOwnWrites === true)) l.onNotification?.(data)
+          const mine = data.origin !== undefined && data.origin === this.origin
+          for (const l of entry.listeners) if (!(mine && l.skipOwnWrites === true)) l.onNotification?.(data)
         }
         for (const l of this.notificationListeners) l(data)
         return
       }
       case 'watchers': {
-        const entry = this.entries.get(data.entityType + ':' + data.entityId)
+        const entry = this.entryOf(data)
         if (entry === undefined) return
         this.update(entry, { watchers: data.count }, false)
         for (const l of entry.listeners) l.onWatchers?.(data.count)
         return
       }
       case 'subscribed': {
-        const entry = this.entries.get(data.subscriptionId)
-        if (entry !== undefined) entry.resuming = false
-        if (entry !== undefined && entry.snapshot.status !== 'subscribed') this.update(entry, { status: 'subscribed' }, false)
-        if (entry?.resubscribed !== undefined && data.recovered !== true) this.resync(entry, entry.resubscribed)
-        if (entry !== undefined) entry.resubscribed = undefined
+        const entry = this.entries.get(String(message.id)) ?? this.entryOf(data)
+        if (entry === undefined) return
+        entry.resuming = false
+        if (entry.snapshot.status !== 'subscribed') this.update(entry, { status: 'subscribed', error: undefined }, false)
+        if (entry.resubscribed !== undefined && data.recovered !== true) this.resync(entry, entry.resubscribed)
+        entry.resubscribed = undefined
         return
       }
       case 'subscription_error': {
-        const entry = this.entries.get(data.entityType + ':' + data.entityId)
+        const entry = this.entries.get(String(message.id)) ?? this.entryOf(data)
         if (entry === undefined) return
         entry.resuming = false
         // the server failed, not the request: try again shortly
@@ -486,19 +532,27 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       }
       case 'authenticated':
         this.freshTokenRequired = false
+        // signed in (again): what was refused for want of it is asked for once more
+        for (const entry of this.entries.values()) if (entry.snapshot.error?.code === 'unauthenticated') this.sendSubscribe(entry)
         return
       case 'error': {
-        // the sign-in was refused: this token will not do; reconnect with a fresh one (or stop: unauthorized)
-        if (message.id === 'auth' && data?.code === 'unauthenticated') return this.dropConnection(UNAUTHENTICATED, 'token refused')
+        // the sign-in was refused: this token will not do; reconnect with a fresh one (or stop: unauthorized), or
+        // with anonymousFallback stay on without it
+        if (message.id === 'auth' && data?.code === 'unauthenticated') {
+          this.refusedToken = this.currentToken
+          if (this.options.anonymousFallback !== true) this.dropConnection(UNAUTHENTICATED, 'token refused')
+          return
+        }
         // a subscribe beyond the server's rate: send it again later rather than go without it
         const entry = typeof message.id === 'string' ? this.entries.get(message.id) : undefined
         if (entry !== undefined && data?.code === 'rate_limited') this.retrySubscribe(entry)
         return
       }
       case 'resync': {
-        const targets = data.entityType === undefined ? [...this.entries.values()] : [this.entries.get(data.entityType + ':' + data.entityId)]
+        const targets = data.entityType === undefined ? [...this.entries.values()] : this.keysOf(data)[0].map((key) => this.entries.get(key))
         for (const entry of targets) {
-          if (entry === undefined) continue
+          // a resume under way answers this one too
+          if (entry === undefined || entry.resuming === true) continue
           // a resumable position (outbox mode, `<epoch>:<n>`): ask for what was missed; a refusal resyncs then
           if (entry.since !== undefined && RESUMABLE.test(entry.since)) {
             entry.resubscribed = data.reason
@@ -509,10 +563,36 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     }
   }
 
+  /**
+   * The keys of the subscriptions a message about an entity concerns: its own (a tenant's entity: the tenant's and
+   * the every-tenant one), and its type's feeds.
+   */
+  private keysOf (data: { entityType: string, entityId: string, tenantId?: string }): [string[], string[]] {
+    const { entityType, entityId, tenantId } = data
+    return tenantId === undefined
+      ? [[subscriptionKey(entityType, entityId)], [subscriptionKey(entityType, '*')]]
+      : [[subscriptionKey(entityType, entityId, tenantId), subscriptionKey(entityType, entityId)], [subscriptionKey(entityType, '*', tenantId), subscriptionKey(entityType, '*')]]
+  }
+
+  /** The subscription a reply or a count names (the tenant's, else the one without a tenant). */
+  private entryOf (data: { entityType: string, entityId: string, tenantId?: string }): Entry | undefined {
+    for (const key of this.keysOf(data)[0]) {
+      const entry = this.entries.get(key)
+      if (entry !== undefined) return entry
+    }
+    return undefined
+  }
+
+  /** Tells the application to refetch: once for a burst of resyncs (one gap can be reported several times). */
   private resync (entry: Entry, reason: string): void {
-    this.update(entry, {})
-    for (const l of entry.listeners) l.onResync?.(reason)
-    for (const l of this.resyncListeners) l(entry.entityType, entry.entityId, reason)
+    if (entry.resyncTimer !== undefined) return
+    entry.resyncTimer = setTimeout(() => {
+      entry.resyncTimer = undefined
+      if (this.entries.get(entry.key) !== entry) return
+      this.update(entry, {})
+      for (const l of entry.listeners) l.onResync?.(reason)
+      for (const l of this.resyncListeners) l(entry.entityType, entry.entityId, reason, entry.tenantId)
+    }, RESYNC_BURST_MS)
   }
 
   private update (entry: Entry, change: Partial<EntitySnapshot<unknown>>, bump = true): void {

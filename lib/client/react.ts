@@ -24,10 +24,11 @@ export function useChangefeedClient<M extends EntityMap = EntityMap> (): Changef
  * and resync, so it also works as an effect dependency.
  */
 export function useEntitySubscription<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (
-  entityType: K, entityId: string, onNotification?: (notification: Notification<M[K]>) => void
+  entityType: K, entityId: string, onNotification?: (notification: Notification<M[K]>) => void, options: { tenantId?: string } = {}
 ): EntitySnapshot<M[K]> {
   const client = useChangefeedClient<M>()
-  const store = useMemo(() => client.watch(entityType, entityId), [client, entityType, entityId])
+  const { tenantId } = options
+  const store = useMemo(() => client.watch(entityType, entityId, { tenantId }), [client, entityType, entityId, tenantId])
   const snapshot = useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
   const handler = useRef(onNotification)
   handler.current = onNotification
@@ -43,14 +44,17 @@ export function useEntitySubscription<M extends EntityMap = EntityMap, K extends
 }
 
 /** The latest full payload of an entity (undefined until the first `full` notification). */
-export function useEntity<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (entityType: K, entityId: string): M[K] | null | undefined {
-  return useEntitySubscription<M, K>(entityType, entityId).payload
+export function useEntity<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (
+  entityType: K, entityId: string, options: { tenantId?: string } = {}
+): M[K] | null | undefined {
+  return useEntitySubscription<M, K>(entityType, entityId, undefined, options).payload
 }
 
 /** "N watching": the number of sockets watching the entity across the cluster (undefined until known). */
-export function useWatcherCount (entityType: string, entityId: string): number | undefined {
+export function useWatcherCount (entityType: string, entityId: string, options: { tenantId?: string } = {}): number | undefined {
   const client = useChangefeedClient()
-  const store = useMemo(() => client.watch(entityType, entityId, true), [client, entityType, entityId])
+  const { tenantId } = options
+  const store = useMemo(() => client.watch(entityType, entityId, { counted: true, tenantId }), [client, entityType, entityId, tenantId])
   return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot).watchers
 }
 
