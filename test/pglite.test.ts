@@ -10,8 +10,8 @@ const { app, client } = await startApp(t, {
   entities: { RugbyGameState: { access: 'public', payload: 'full' }, Team: { access: 'public' } }
 })
 const db = app.changefeed.databases.get('main')!
-await db.query(martenTableSql('mt_doc_rugbygamestate'))
-await db.query(martenTableSql('mt_doc_team'))
+await db.execScript(martenTableSql('mt_doc_rugbygamestate'))
+await db.execScript(martenTableSql('mt_doc_team'))
 await app.changefeed.rescan()
 
 t.test('changes on PGlite reach watchers, coalesced per transaction', async (t) => {

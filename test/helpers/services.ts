@@ -3,6 +3,7 @@
  * never skip for it.
  */
 import pg from 'pg'
+import { documentTable } from '../fixtures/marten/index.js'
 
 export const PG_HOST = process.env.PGHOST_TEST ?? '127.0.0.1'
 export const PG_ADMIN_URL = `postgres://postgres@${PG_HOST}:5432/postgres`
@@ -51,4 +52,10 @@ export async function sqlClient (t: Teardown, url: string): Promise<pg.Client> {
   return client
 }
 
-export { martenTableSql } from '../../bin/demo.js'
+/**
+ * A Marten document table as Marten 8 creates it (test/fixtures/marten): string id, soft deletes. Every capture
+ * test runs against Marten's own DDL rather than a look-alike.
+ */
+export function martenTableSql (table: string, schema = 'public'): string {
+  return documentTable({ schema, name: table.replace(/^mt_doc_/, ''), idType: 'string', softDelete: true })
+}
