@@ -17,8 +17,8 @@ class FakeSink implements Sink {
   /** bytes each write adds to bufferedAmount, as a socket that does not flush */
   growth = 0
 
-  send (frame: string): void {
-    this.frames.push(frame)
+  send (frame: string | Buffer): void {
+    this.frames.push(String(frame))
     this.bufferedAmount += this.growth
   }
 }

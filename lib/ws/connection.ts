@@ -11,7 +11,7 @@ import type { EntityRegistry, EntityType } from '../entities.js'
 import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
-import { OutboundQueue } from './outbound.js'
+import { OutboundQueue, type OutboundLimits } from './outbound.js'
 import { ResumeBuffer } from './resume.js'
 import { FeedWatcher } from './feed.js'
 import type { WatcherCounts } from './watchers.js'
@@ -33,6 +33,8 @@ export interface ConnectionServices {
   users: ConnectionCounter
   log: FastifyBaseLogger
   counters: { slowConsumerCloses: number, conflated: number, replayed: number }
+  /** when a socket's writes are held and conflated (from limits; one object for every socket) */
+  outboundLimits: OutboundLimits
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
   replay(entity: EntityType, entityId: string, tenantId: string | null, since: string, ip: string): Promise<Array<{ frame: string, position: string }> | null>
   /** `subscriptions`: how many it held when it closed */
@@ -66,6 +68,9 @@ interface Reply {
   fail(): void
 }
 
+/** ws's options for a text frame given as bytes */
+const TEXT = { binary: false } as const
+
 /** After a close frame is sent, how long the peer has to answer before the socket is dropped. */
 const CLOSE_GRACE_MS = 2000
 
@@ -78,19 +83,19 @@ export class Connection implements Watcher {
   state: 'open' | 'closing' | 'closed' = 'open'
   /** by channel: two requests that name one channel differently (the tenant implied, or named) are one subscription */
   readonly subscriptions = new Map<string, Subscription>()
-  private queue: Promise<void> = Promise.resolve()
-  private readonly subscribeBucket: TokenBucket
-  private readonly badFrameBucket: TokenBucket
+  private queue: Promise<void> | undefined
+  // what a socket needs only once it does something: made then (10,000 idle sockets should cost little)
+  private subscribeBucket: TokenBucket | undefined
+  private badFrameBucket: TokenBucket | undefined
   private readonly limits: ResolvedOptions['limits']
   private expiryTimer: NodeJS.Timeout | null = null
   private principal: Principal
   /** writes to the socket; holds and conflates while the peer reads slowly */
-  private readonly outbound: OutboundQueue
-  private readonly resumes = new ResumeBuffer()
+  /** made when the socket first falls behind: it holds and conflates while the peer reads slowly */
+  private outbound: OutboundQueue | undefined
+  private resumeBuffer: ResumeBuffer | undefined
   /** owner-scoped channels whose document named another owner: dropped here until their subscription has ended */
   private revoked: Set<string> | undefined
-  /** a feed's batch frame is written before it grows past this: one frame must never overflow the socket */
-  private readonly feedBatchBytes: number
 
   /** `principal` is already counted in services.users when it is a user. */
   constructor (
@@ -100,23 +105,13 @@ export class Connection implements Watcher {
     private readonly services: ConnectionServices
   ) {
     this.limits = services.options.limits
-    this.feedBatchBytes = Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4))
     this.principal = principal
-    this.outbound = new OutboundQueue(socket, {
-      highWaterBytes: this.limits.conflateAboveBytes,
-      lowWaterBytes: Math.floor(this.limits.conflateAboveBytes / 2),
-      maxBufferedBytes: this.limits.maxBufferedBytes,
-      maxHeldFrames: this.limits.maxHeldFrames,
-      drainIntervalMs: 50
-    })
     this.scheduleExpiry()
-    // the burst admits one whole resubscription batch after a reconnect, plus one second's worth
-    this.subscribeBucket = new TokenBucket(this.limits.maxSubscriptionsPerConnection + this.limits.subscribeRatePerSecond, this.limits.subscribeRatePerSecond)
-    this.badFrameBucket = new TokenBucket(this.limits.maxBadFramesPerMinute, this.limits.maxBadFramesPerMinute / 60)
-    socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
-    socket.on('pong', () => { this.lastSeen = Date.now() })
-    socket.on('close', (code) => this.onClosed(code))
-    socket.on('error', (err) => services.log.debug({ connection: this.id, err: err.message }, 'changefeed: socket error'))
+    ;(socket as SocketOf).connection = this
+    socket.on('message', onMessage)
+    socket.on('pong', onPong)
+    socket.on('close', onClose)
+    socket.on('error', onError)
   }
 
   /**
@@ -131,20 +126,26 @@ export class Connection implements Watcher {
         this.revoke(meta.channel)
         return true
       }
-      if (this.resumes.intercept(frame, meta)) return true
+      if (this.resumeBuffer?.intercept(frame, meta) === true) return true
     }
     const conflatable = meta !== undefined && (meta.payloadType === 'full' || meta.payloadType === 'minimal')
-    return this.write(frame, conflatable ? meta.key : null)
+    return this.write(frame, conflatable ? meta.key : null, meta?.bytes)
   }
 
-  private write (frame: string, key: string | null): boolean {
+  private write (frame: string, key: string | null, bytes?: Buffer): boolean {
     if (this.state !== 'open') return false
-    const before = this.outbound.conflated
-    const result = this.outbound.push(frame, key)
-    this.services.counters.conflated += this.outbound.conflated - before
+    // a socket that keeps up (nearly all of them) writes at once and never needs a queue
+    if (this.outbound === undefined && this.socket.bufferedAmount <= this.services.outboundLimits.highWaterBytes) {
+      this.socket.send(bytes ?? frame, TEXT)
+      return true
+    }
+    const outbound = this.outbound ??= new OutboundQueue(this.socket, this.services.outboundLimits)
+    const before = outbound.conflated
+    const result = outbound.push(frame, key, bytes)
+    this.services.counters.conflated += outbound.conflated - before
     if (result !== 'overflow') return true
     this.services.counters.slowConsumerCloses++
-    this.services.log.warn({ connection: this.id, buffered: this.socket.bufferedAmount, held: this.outbound.held }, 'changefeed: slow consumer closed')
+    this.services.log.warn({ connection: this.id, buffered: this.socket.bufferedAmount, held: outbound.held }, 'changefeed: slow consumer closed')
     this.close(CloseCode.slowConsumer, 'slow consumer')
     return false
   }
@@ -157,7 +158,7 @@ export class Connection implements Watcher {
   close (code: number, reason: string): void {
     if (this.state !== 'open') return
     this.state = 'closing'
-    this.outbound.close()
+    this.outbound?.close()
     this.socket.close(code, reason)
     setTimeout(() => { if (this.state !== 'closed') this.socket.terminate() }, CLOSE_GRACE_MS).unref()
   }
@@ -179,11 +180,15 @@ export class Connection implements Watcher {
     this.expiryTimer.unref()
   }
 
-  private onClosed (code: number): void {
+  onError (err: Error): void {
+    this.services.log.debug({ connection: this.id, err: err.message }, 'changefeed: socket error')
+  }
+
+  onClosed (code: number): void {
     if (this.state === 'closed') return
     this.state = 'closed'
-    this.outbound.close()
-    this.resumes.clear()
+    this.outbound?.close()
+    this.resumeBuffer?.clear()
     this.services.onClosed(this, code, this.subscriptions.size)
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer)
     const key = userKey(this.principal)
@@ -201,12 +206,12 @@ export class Connection implements Watcher {
     this.subscriptions.delete(channel)
     const { entityType, watcher, counted } = subscription
     if (watcher instanceof FeedWatcher) watcher.close()
-    this.resumes.forget(channel)
+    this.resumeBuffer?.forget(channel)
     if (counted) this.services.watcherCounts.remove(this, channel)
     await this.services.fanout.unwatch(watcher, channel, entityType)
   }
 
-  private onFrame (data: RawData, isBinary: boolean): void {
+  onFrame (data: RawData, isBinary: boolean): void {
     this.lastSeen = Date.now()
     if (this.state !== 'open') return
     if (isBinary) return this.reject(undefined, WireError.binaryFrame, 'frames are JSON text')
@@ -229,12 +234,12 @@ export class Connection implements Watcher {
         return
       case 'subscribe':
         if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId, since?}')
-        if (!this.subscribeBucket.take()) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
+        if (!this.subscribeTokens().take()) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
         return this.enqueue(this.reply(id, () => encodeSubscriptionError(id, body, WireError.internal, 'the server failed; retry')),
           async (reply) => await this.subscribe(reply, body))
       case 'unsubscribe':
         if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId} or {entityType, entityId}')
-        if (!this.subscribeBucket.take()) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
+        if (!this.subscribeTokens().take()) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
         return this.enqueue(this.reply(id, () => encodeError(id, WireError.internal, 'the server failed; retry')), async (reply) => await this.unsubscribe(reply, body))
       case 'auth':
         if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')
@@ -266,7 +271,11 @@ export class Connection implements Watcher {
 
   /** Runs `task` after this socket's requests before it. */
   private inOrder (task: () => Promise<void>): void {
-    this.queue = this.queue.then(task).catch((err: Error) => this.services.log.error({ connection: this.id, err }, 'changefeed: request failed'))
+    const next: Promise<void> = (this.queue ?? Promise.resolve()).then(task)
+      .catch((err: Error) => this.services.log.error({ connection: this.id, err }, 'changefeed: request failed'))
+      // an idle socket keeps no settled promise
+      .finally(() => { if (this.queue === next) this.queue = undefined })
+    this.queue = next
   }
 
   /**
@@ -304,7 +313,19 @@ export class Connection implements Watcher {
     const frame = encodeError(typeof to === 'object' ? to.id : to, code, error)
     if (typeof to === 'object') to.send(frame)
     else this.send(frame)
+    this.badFrameBucket ??= new TokenBucket(this.limits.maxBadFramesPerMinute, this.limits.maxBadFramesPerMinute / 60)
     if (!this.badFrameBucket.take()) this.close(CloseCode.policyViolation, 'too many bad frames')
+  }
+
+  /** The subscribe/unsubscribe rate: the burst admits one whole resubscription after a reconnect, plus a second's worth. */
+  private subscribeTokens (): TokenBucket {
+    this.subscribeBucket ??= new TokenBucket(this.limits.maxSubscriptionsPerConnection + this.limits.subscribeRatePerSecond, this.limits.subscribeRatePerSecond)
+    return this.subscribeBucket
+  }
+
+  private resumes (): ResumeBuffer {
+    this.resumeBuffer ??= new ResumeBuffer()
+    return this.resumeBuffer
   }
 
   /** Whether `subscription` is still this open socket's (a close or an unsubscribe may have come during an await). */
@@ -340,16 +361,17 @@ export class Connection implements Watcher {
     if (denial !== null) return reply.send(encodeSubscriptionError(reply.id, ref, denial.code, denial.reason))
     // (a subscribe of the same channel cannot have come meanwhile: this socket's requests run one at a time)
     const watcher = req.entityId === FEED
-      ? new FeedWatcher(this, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, this.feedBatchBytes)
+      // a feed's batch frame is written before it grows past a quarter of the buffer: it must never overflow the socket
+      ? new FeedWatcher(this, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
       : this
     const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, tenantId, watcher, counted: false }
     this.subscriptions.set(channel, subscription)
     // resuming: what arrives live from now on waits until the replay is written
-    if (req.since !== undefined) this.resumes.hold(channel)
+    if (req.since !== undefined) this.resumes().hold(channel)
     try {
       await this.services.fanout.watch(watcher, channel, entity.name, req.entityId, tenantId)
     } catch (err) {
-      this.resumes.forget(channel)
+      this.resumeBuffer?.forget(channel)
       if (this.subscriptions.get(channel) === subscription) this.subscriptions.delete(channel)
       if (watcher instanceof FeedWatcher) watcher.close()
       this.services.log.error({ err }, 'changefeed: bus subscribe failed')
@@ -369,7 +391,7 @@ export class Connection implements Watcher {
    */
   private async resume (reply: Reply, subscriptionId: string, entity: EntityType, subscription: Subscription, since: string): Promise<void> {
     const channel = this.services.fanout.channel(entity.name, subscription.entityId, subscription.tenantId)
-    this.resumes.hold(channel)
+    this.resumes().hold(channel)
     let frames: Array<{ frame: string, position: string }> | null = null
     try {
       frames = await this.services.replay(entity, subscription.entityId, subscription.tenantId, since, this.ip)
@@ -379,10 +401,10 @@ export class Connection implements Watcher {
     if (this.state !== 'open') return
     reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, frames !== null))
     // a live notification held for this slow socket is in the replay too: it must not go out ahead of it
-    if (frames !== null) this.outbound.discard(channel)
+    if (frames !== null) this.outbound?.discard(channel)
     for (const { frame } of frames ?? []) this.write(frame, null)
     this.services.counters.replayed += frames?.length ?? 0
-    const waiting = this.resumes.release(channel, frames === null ? null : frames.at(-1)?.position ?? since)
+    const waiting = this.resumes().release(channel, frames === null ? null : frames.at(-1)?.position ?? since)
     for (const { frame, meta } of waiting) this.deliver(frame, meta)
   }
 
@@ -439,6 +461,16 @@ export class Connection implements Watcher {
     if (this.state === 'open') this.write(frame, null)
   }
 }
+
+/**
+ * The socket's listeners are shared by every connection (ws calls them with the socket as `this`), rather than
+ * four closures per socket: at tens of thousands of sockets, that is memory.
+ */
+type SocketOf = WebSocket & { connection: Connection }
+function onMessage (this: WebSocket, data: RawData, isBinary: boolean): void { (this as SocketOf).connection.onFrame(data, isBinary) }
+function onPong (this: WebSocket): void { (this as SocketOf).connection.lastSeen = Date.now() }
+function onClose (this: WebSocket, code: number): void { (this as SocketOf).connection.onClosed(code) }
+function onError (this: WebSocket, err: Error): void { (this as SocketOf).connection.onError(err) }
 
 function requestIdOf (message: unknown): RequestIdValue {
   if (message === null || typeof message !== 'object') return undefined

@@ -25,6 +25,8 @@ export interface FrameMeta {
   tenantId: string | null
   /** what a socket's later notification of the same entity may replace while the socket reads slowly */
   key: string
+  /** the frame's bytes, encoded once for every socket it goes to */
+  bytes: Buffer
   /** owner types with full documents: the owner the document names (null: none); undefined: nothing to check */
   owner?: string | null
 }
@@ -132,7 +134,9 @@ export class Fanout {
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
     // a channel of every tenant carries each tenant's entity: theirs are different entities
     const key = envelope.tenantId === null || entry.tenantId !== null ? channel : channel + '\u0000' + envelope.tenantId
-    const meta: FrameMeta = { channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner }
+    const meta: FrameMeta = {
+      channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner, bytes: Buffer.from(envelope.frame)
+    }
     let sent = 0
     for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
     const { sentByPayload, failedByPayload } = this.counters

@@ -4,11 +4,14 @@
  * the same entity replaces the waiting one, and a socket that still falls behind is reported as a slow consumer.
  */
 
-/** The part of a WebSocket the queue writes to. */
+/** The part of a WebSocket the queue writes to (ws's `send(data, { binary: false })` for text frames). */
 export interface Sink {
-  send(frame: string): void
+  send(frame: string | Buffer, options: { binary: boolean }): void
   readonly bufferedAmount: number
 }
+
+/** A text frame: sent as its bytes, encoded once for every socket, when the caller has them. */
+const TEXT = { binary: false } as const
 
 export interface OutboundLimits {
   /** above this many bytes buffered in the socket, frames are held (and conflated) instead of written */
@@ -67,10 +70,11 @@ export class OutboundQueue {
   /** frames replaced by a later one of the same key and never written; a create and delete that cancel count both */
   conflated = 0
   /**
-   * Held frames in the order they go out. Conflatable frames are keyed by channel, so a replacement keeps the
-   * first one's place (Map.set on an existing key); frames that must be kept get a number of their own.
+   * Held frames in the order they go out, made when the first is held (most sockets never hold one). Conflatable
+   * frames are keyed by channel, so a replacement keeps the first one's place (Map.set on an existing key); frames
+   * that must be kept get a number of their own.
    */
-  private readonly pending = new Map<string | number, string>()
+  private pending: Map<string | number, string> | null = null
   private nextUnkeyed = 0
   private timer: NodeJS.Timeout | null = null
   private closed = false
@@ -78,37 +82,39 @@ export class OutboundQueue {
   constructor (private readonly sink: Sink, private readonly limits: OutboundLimits) {}
 
   get held (): number {
-    return this.pending.size
+    return this.pending?.size ?? 0
   }
 
   /**
    * Writes `frame` now, or holds it while the socket is backed up. `key` is the entity channel of a notification
    * that a later one may replace, or null for a frame that must be delivered as is (replies, events, batches).
-   * A closed queue takes nothing and answers 'overflow'.
+   * `bytes`: the frame already encoded, shared by every socket it goes to. A closed queue takes nothing and
+   * answers 'overflow'.
    */
-  push (frame: string, key: string | null): PushResult {
+  push (frame: string, key: string | null, bytes?: Buffer): PushResult {
     if (this.closed || this.sink.bufferedAmount > this.limits.maxBufferedBytes) return 'overflow'
-    if (this.pending.size === 0 && this.sink.bufferedAmount <= this.limits.highWaterBytes) {
-      this.sink.send(frame)
+    if (this.held === 0 && this.sink.bufferedAmount <= this.limits.highWaterBytes) {
+      this.sink.send(bytes ?? frame, TEXT)
       return 'sent'
     }
+    const pending = this.pending ??= new Map()
     if (key !== null) {
-      const earlier = this.pending.get(key)
+      const earlier = pending.get(key)
       if (earlier !== undefined) {
         const merged = mergeFrames(earlier, frame)
         if (merged === null) {
-          this.pending.delete(key)
+          pending.delete(key)
           this.conflated += 2
-          if (this.pending.size === 0) this.stopTimer()
+          if (pending.size === 0) this.stopTimer()
         } else {
-          this.pending.set(key, merged)
+          pending.set(key, merged)
           this.conflated++
         }
         return 'held'
       }
     }
-    if (this.pending.size >= this.limits.maxHeldFrames) return 'overflow'
-    this.pending.set(key ?? this.nextUnkeyed++, frame)
+    if (pending.size >= this.limits.maxHeldFrames) return 'overflow'
+    pending.set(key ?? this.nextUnkeyed++, frame)
     this.timer ??= setInterval(() => this.drain(), this.limits.drainIntervalMs).unref()
     return 'held'
   }
@@ -118,26 +124,29 @@ export class OutboundQueue {
    * channel, and on a channel of every tenant those keyed by channel and tenant.
    */
   discard (channel: string): void {
-    this.pending.delete(channel)
+    const pending = this.pending
+    if (pending === null) return
+    pending.delete(channel)
     const tenants = channel + '\u0000'
-    for (const key of this.pending.keys()) if (typeof key === 'string' && key.startsWith(tenants)) this.pending.delete(key)
-    if (this.pending.size === 0) this.stopTimer()
+    for (const key of pending.keys()) if (typeof key === 'string' && key.startsWith(tenants)) pending.delete(key)
+    if (pending.size === 0) this.stopTimer()
   }
 
   /** Stops the timer and drops the held frames; safe to call more than once. */
   close (): void {
     this.closed = true
-    this.pending.clear()
+    this.pending = null
     this.stopTimer()
   }
 
   /** Waits for the buffer to fall below low water, then writes until it rises above high water again. */
   private drain (): void {
-    if (this.sink.bufferedAmount >= this.limits.lowWaterBytes) return
-    for (const [key, frame] of this.pending) {
+    const pending = this.pending
+    if (pending === null || this.sink.bufferedAmount >= this.limits.lowWaterBytes) return
+    for (const [key, frame] of pending) {
       if (this.sink.bufferedAmount > this.limits.highWaterBytes) return
-      this.pending.delete(key)
-      this.sink.send(frame)
+      pending.delete(key)
+      this.sink.send(frame, TEXT)
     }
     this.stopTimer()
   }

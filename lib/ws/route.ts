@@ -48,7 +48,18 @@ export class ConnectionSet {
 
 const identities = new WeakMap<FastifyRequest, Identity>()
 
-type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts'> & { telemetry?: Telemetry, interest: InterestStore }
+/**
+ * After the upgrade nothing of the HTTP request is needed, but @fastify/websocket's error listener on the socket
+ * holds the Fastify request and reply, and the TCP socket holds the HTTP response (and through it the request): a
+ * few kilobytes per open socket, for as long as it is open. The connection handles the socket's errors itself.
+ */
+function release (socket: WebSocket, request: FastifyRequest): void {
+  socket.removeAllListeners('error')
+  const tcp = request.raw.socket as typeof request.raw.socket & { _httpMessage?: { detachSocket?: (s: unknown) => void } | null }
+  tcp._httpMessage?.detachSocket?.(tcp)
+}
+
+type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts' | 'outboundLimits'> & { telemetry?: Telemetry, interest: InterestStore }
 
 export async function registerRoute (fastify: FastifyInstance, services: RouteServices): Promise<ConnectionSet> {
   const { options, authenticator } = services
@@ -87,6 +98,17 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
     services.telemetry?.recordConnectionClosed(subscriptions)
   }
 
+  // one services object for every connection (a connection's own state is what it allocates itself)
+  const limits = options.limits
+  const outboundLimits = {
+    highWaterBytes: limits.conflateAboveBytes,
+    lowWaterBytes: Math.floor(limits.conflateAboveBytes / 2),
+    maxBufferedBytes: limits.maxBufferedBytes,
+    maxHeldFrames: limits.maxHeldFrames,
+    drainIntervalMs: 50
+  }
+  const connectionServices: ConnectionServices = { ...services, replay, users, watcherCounts, counters: connections.counters, onClosed, outboundLimits }
+
   await fastify.register(async (scope) => {
     await authenticator.register(scope)
     scope.get(options.server.path, {
@@ -122,7 +144,8 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
         socket.close(CloseCode.tooManyConnections, 'too many connections for this user')
         return
       }
-      const connection = new Connection(socket, identity.principal, ip, { ...services, replay, users, watcherCounts, counters: connections.counters, onClosed })
+      release(socket, request)
+      const connection = new Connection(socket, identity.principal, ip, connectionServices)
       if (mustSignIn) connection.requireSignIn(options.limits.authTimeoutSeconds * 1000)
       connections.open.add(connection)
       connections.opened++
