@@ -1,47 +1,78 @@
 /**
- * Redis: pub/sub on two connections (ioredis through @fastify/redis, and a duplicate in subscriber mode), and the
+ * Redis: pub/sub on two connections (ioredis through @fastify/redis, and a second one in subscriber mode), and the
  * cluster interest store in Redis keys:
- *   <prefix>:cluster:instances            ZSET  instance id → heartbeat expiry (ms)
- *   <prefix>:cluster:watch:<channel>      HASH  instance id → that instance's watchers of the channel
- *   <prefix>:cluster:type:<Type>          HASH  instance id → that instance's subscriptions of the type
- *   <prefix>:cluster:types                SET   type names seen
- *   <prefix>:cluster:of:<id>              SET   the watch/type keys an instance wrote (for cleanup)
+ *   {<prefix>}:cluster:instances            ZSET  instance id → heartbeat expiry (ms)
+ *   {<prefix>}:cluster:watch:<channel>      HASH  instance id → that instance's watchers of the channel
+ *   {<prefix>}:cluster:type:<Type>          HASH  instance id → that instance's subscriptions of the type
+ *   {<prefix>}:cluster:types                SET   type names seen
+ *   {<prefix>}:cluster:of:<id>              SET   the watch/type keys an instance wrote (for cleanup)
  * An instance whose heartbeat lapses is removed by whichever instance notices first.
+ *
+ * Redis Cluster (`bus.cluster`): entity channels use sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7), so each change
+ * goes to the one shard that owns its channel instead of every node; the interest keys share one hash tag, so one
+ * transaction can write many of them.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
+import calculateSlot from 'cluster-key-slot'
 import type { BusContext, PubSub } from './types.js'
 import type { LocalSnapshot } from '../store/interest.js'
 import { ClusterInterest } from '../store/cluster.js'
 
+export type RedisClient = Redis | Cluster
+
+/** Channels grouped by hash slot: a sharded (un)subscribe names channels of one slot only. */
+function bySlot (channels: readonly string[]): string[][] {
+  const groups = new Map<number, string[]>()
+  for (const channel of channels) {
+    const slot = calculateSlot(channel)
+    const group = groups.get(slot)
+    if (group === undefined) groups.set(slot, [channel])
+    else group.push(channel)
+  }
+  return [...groups.values()]
+}
+
 export class RedisBus implements PubSub {
   readonly provider = 'redis'
   /** the connections that dropped and are not back yet: each comes back on its own */
-  private readonly down = new Set<Redis>()
+  private readonly down = new Set<RedisClient>()
   private closed = false
 
-  /** `publisher` may be a host's client (not closed here); `subscriber` is this bus's own. */
-  constructor (private readonly publisher: Redis, private readonly subscriber: Redis, private readonly context: BusContext, private readonly log: FastifyBaseLogger) {
+  /**
+   * `publisher` may be a host's client (not closed here); `subscriber` is this bus's own. `sharded`: both are
+   * Redis Cluster clients, the subscriber with sharded subscribers.
+   */
+  constructor (private readonly publisher: RedisClient, private readonly subscriber: RedisClient, private readonly context: BusContext, private readonly log: FastifyBaseLogger, private readonly sharded = false) {
     // the subscriber disconnects asynchronously: a message can arrive after close(), drop it
-    subscriber.on('message', (channel: string, message: string) => { if (!this.closed) context.onMessage(channel, message) })
+    subscriber.on(sharded ? 'smessage' : 'message', (channel: string, message: string) => { if (!this.closed) context.onMessage(channel, message) })
     for (const client of [publisher, subscriber]) {
-      client.on('close', () => {
-        if (this.closed || this.down.has(client)) return
-        if (this.down.size === 0) log.warn('changefeed: Redis connection lost')
-        this.down.add(client)
-      })
-      client.on('ready', () => {
-        if (this.closed || !this.down.delete(client)) return
-        if (this.down.size === 0) log.info('changefeed: Redis connection restored')
-        // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile did not reach this
-        // instance: say so. 'ready' comes before ioredis sends its SUBSCRIBE again, so the resync reaches the
-        // sockets before anything published after the outage: delivered first, a later change would move a
-        // client's position past the lost ones, and its resume would skip them. (What this instance failed to
-        // publish meanwhile is owed by the router to the entities concerned.)
-        if (client === subscriber) context.onGap('bus_gap')
-      })
+      client.on('close', () => this.lost(client))
+      client.on('ready', () => this.back(client))
       client.on('error', (err: Error) => log.debug({ err: err.message }, 'changefeed: Redis error'))
     }
+    if (sharded) {
+      // a shard's subscriber that ends loses that shard's messages until the group subscribes it again
+      subscriber.on('-subscriber', () => this.lost(subscriber))
+      subscriber.on('subscribersReady', () => this.back(subscriber))
+    }
+  }
+
+  private lost (client: RedisClient): void {
+    if (this.closed || this.down.has(client)) return
+    if (this.down.size === 0) this.log.warn('changefeed: Redis connection lost')
+    this.down.add(client)
+  }
+
+  private back (client: RedisClient): void {
+    if (this.closed || !this.down.delete(client)) return
+    if (this.down.size === 0) this.log.info('changefeed: Redis connection restored')
+    // ioredis resubscribes by itself (autoResubscribe); what was published meanwhile did not reach this instance:
+    // say so. 'ready' comes before ioredis sends its SUBSCRIBE again, so the resync reaches the sockets before
+    // anything published after the outage: delivered first, a later change would move a client's position past the
+    // lost ones, and its resume would skip them. (What this instance failed to publish meanwhile is owed by the
+    // router to the entities concerned.)
+    if (client === this.subscriber) this.context.onGap('bus_gap')
   }
 
   get ready (): boolean {
@@ -49,15 +80,20 @@ export class RedisBus implements PubSub {
   }
 
   async publish (channel: string, message: string): Promise<void> {
-    await this.publisher.publish(channel, message)
+    if (this.sharded) await this.publisher.spublish(channel, message)
+    else await this.publisher.publish(channel, message)
   }
 
   async subscribe (channels: readonly string[]): Promise<void> {
-    if (channels.length > 0) await this.subscriber.subscribe(...channels)
+    if (channels.length === 0) return
+    if (this.sharded) await Promise.all(bySlot(channels).map(async (group) => await this.subscriber.ssubscribe(...group)))
+    else await this.subscriber.subscribe(...channels)
   }
 
   async unsubscribe (channels: readonly string[]): Promise<void> {
-    if (channels.length > 0) await this.subscriber.unsubscribe(...channels)
+    if (channels.length === 0) return
+    if (this.sharded) await Promise.all(bySlot(channels).map(async (group) => await this.subscriber.sunsubscribe(...group)))
+    else await this.subscriber.unsubscribe(...channels)
   }
 
   async close (): Promise<void> {
@@ -69,9 +105,10 @@ export class RedisBus implements PubSub {
 export class RedisInterest extends ClusterInterest {
   private readonly k: { instances: string, types: string, of: (id: string) => string, watch: (c: string) => string, type: (t: string) => string }
 
-  constructor (private readonly redis: Redis, prefix: string, instanceId: string, ttlMs: number, snapshot: LocalSnapshot, log: FastifyBaseLogger) {
+  constructor (private readonly redis: RedisClient, prefix: string, instanceId: string, ttlMs: number, snapshot: LocalSnapshot, log: FastifyBaseLogger) {
     super(instanceId, ttlMs, snapshot, log)
-    const base = `${prefix}:cluster:`
+    // one hash tag: every key in one slot, so a transaction may write any of them (Redis Cluster)
+    const base = `{${prefix}}:cluster:`
     this.k = {
       instances: base + 'instances',
       types: base + 'types',

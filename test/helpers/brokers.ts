@@ -85,3 +85,28 @@ export async function ownBroker (t: Teardown, kind: 'redis' | 'nats', args: stri
   t.teardown(async () => await broker.stop())
   return broker
 }
+
+/**
+ * A Redis Cluster of three masters (no replicas) on free ports, each node in its own directory, created with
+ * `redis-cli --cluster create`; stopped at teardown. `url`: the nodes, comma-separated.
+ */
+export async function ownRedisCluster (t: Teardown): Promise<{ url: string, nodes: OwnBroker[] }> {
+  const nodes: OwnBroker[] = []
+  for (let i = 0; i < 3; i++) {
+    const dir = mkdtempSync(join(tmpdir(), 'changefeed-redis-cluster-'))
+    nodes.push(await ownBroker(t, 'redis', ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--dir', dir]))
+  }
+  const addresses = nodes.map((n) => n.url.replace('redis://', ''))
+  await new Promise<void>((resolve, reject) => {
+    const create = spawn('redis-cli', ['--cluster', 'create', ...addresses, '--cluster-replicas', '0', '--cluster-yes'], { stdio: 'ignore' })
+    create.once('exit', (code) => code === 0 ? resolve() : reject(new Error(`redis-cli --cluster create exited with ${code}`)))
+  })
+  const [host, port] = addresses[0].split(':')
+  await waitFor(async () => await new Promise<boolean>((resolve) => {
+    const info = spawn('redis-cli', ['-h', host, '-p', port, 'cluster', 'info'])
+    let out = ''
+    info.stdout.on('data', (d: Buffer) => { out += d.toString() })
+    info.once('exit', () => resolve(out.includes('cluster_state:ok')))
+  }), 'the Redis Cluster to be ready', 30_000)
+  return { url: nodes.map((n) => n.url).join(','), nodes }
+}

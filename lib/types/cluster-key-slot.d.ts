@@ -1,0 +1,4 @@
+/** The Redis Cluster hash slot of a key (CRC16 of its hash tag or whole name, mod 16384); ioredis's own helper. */
+declare module 'cluster-key-slot' {
+  export default function calculateSlot (key: string): number
+}
