@@ -8,8 +8,11 @@ import type { WireErrorCode } from '../errors.js'
 
 const RequestId = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()])
 const EntityTypeName = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' })
-/** no control characters: they have no place in an id, and PostgreSQL refuses \\u0000 in text */
-const EntityId = Type.String({ minLength: 1, maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })
+/**
+ * no control characters: they have no place in an id, and PostgreSQL refuses \\u0000 in text; no lone surrogates:
+ * they have no UTF-8, so a broker channel or a query would carry U+FFFD instead, the id of another entity
+ */
+const EntityId = Type.String({ minLength: 1, maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' })
 
 export const Envelope = Compile(Type.Object({
   type: Type.String({ minLength: 1, maxLength: 32 }),
@@ -18,7 +21,7 @@ export const Envelope = Compile(Type.Object({
 }))
 
 /** a tenant id (Marten's tenant ids are strings) */
-const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })
+const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' })
 
 const SubscribeData = Type.Object({
   entityType: EntityTypeName,
@@ -32,7 +35,7 @@ const SubscribeData = Type.Object({
 }, { additionalProperties: false })
 
 const UnsubscribeData = Type.Union([
-  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }) }, { additionalProperties: false }),
+  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' }) }, { additionalProperties: false }),
   Type.Object({ entityType: EntityTypeName, entityId: EntityId, tenantId: Type.Optional(TenantId) }, { additionalProperties: false })
 ])
 
