@@ -9,7 +9,9 @@ import { io as ioClient, type Socket } from 'socket.io-client'
 import hdr from 'hdr-histogram-js'
 
 interface Job {
-  target: 'changefeed' | 'ws' | 'socketio'
+  target: 'changefeed' | 'host' | 'ws' | 'socketio'
+  /** sockets opening at once */
+  concurrency: number
   url: string
   count: number
   /** entity ids, assigned round-robin */
@@ -54,12 +56,21 @@ async function connectOne (i: number): Promise<void> {
   }
   const ws = new WebSocket(job.url, { localAddress: job.localAddress, perMessageDeflate: false })
   sockets.push(ws)
+  const ours = job.target === 'changefeed' || job.target === 'host'
   await new Promise<void>((resolve) => {
     ws.once('open', () => {
-      connected++
-      if (job.target === 'changefeed') ws.send(JSON.stringify({ type: 'subscribe', data: { entityType: job.entityType, entityId } }))
-      else ws.send(entityId)
-      resolve()
+      if (!ours) {
+        ws.send(entityId)
+        connected++
+        return resolve()
+      }
+      // ours: connected once the subscription is confirmed
+      ws.send(JSON.stringify({ type: 'subscribe', id: 's', data: { entityType: job.entityType, entityId } }))
+      ws.once('message', (data) => {
+        if ((JSON.parse(data.toString()) as { type: string }).type === 'subscribed') connected++
+        else failed++
+        resolve()
+      })
     })
     ws.once('error', () => { failed++; resolve() })
   })
@@ -67,7 +78,7 @@ async function connectOne (i: number): Promise<void> {
 }
 
 async function connectAll (): Promise<void> {
-  const concurrency = 200
+  const concurrency = job.concurrency
   let next = 0
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (next < job.count) await connectOne(next++)

@@ -5,8 +5,16 @@ import { join } from 'node:path'
 type Row = Record<string, any>
 interface Result { scenario: string, description: string, machine: Record<string, unknown>, rows: Row[] }
 
-const COLORS: Record<string, string> = { changefeed: '#2563eb', ws: '#64748b', socketio: '#f59e0b' }
-const LABELS: Record<string, string> = { changefeed: 'fastify-changefeed', ws: 'raw ws broadcast', socketio: 'Socket.IO + Redis adapter' }
+const COLORS: Record<string, string> = { changefeed: '#2563eb', 'changefeed-memory': '#2563eb', 'changefeed-redis': '#1d4ed8', 'changefeed-nats': '#60a5fa', 'changefeed-redis-cluster': '#7c3aed', ws: '#64748b', socketio: '#f59e0b' }
+const LABELS: Record<string, string> = {
+  changefeed: 'fastify-changefeed',
+  'changefeed-memory': 'fastify-changefeed, memory bus',
+  'changefeed-redis': 'fastify-changefeed, Redis bus',
+  'changefeed-nats': 'fastify-changefeed, NATS bus',
+  'changefeed-redis-cluster': 'fastify-changefeed, Redis Cluster',
+  ws: 'raw ws broadcast',
+  socketio: 'Socket.IO + Redis adapter'
+}
 
 /** A grouped bar chart: one group per x value, one bar per series. */
 function barChart (title: string, unit: string, groups: string[], series: string[], value: (group: string, series: string) => number): string {
@@ -57,6 +65,69 @@ function table (rows: Row[], columns: Array<[string, string]>): string {
 }
 
 const ratio = (a: number, b: number): string => b === 0 ? '–' : `${(a / b).toFixed(2)}×`
+
+const median = (values: number[]): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length === 0 ? NaN : sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+const spread = (values: number[]): string => values.length === 0 ? '–' : `${Math.min(...values)}–${Math.max(...values)}`
+
+/**
+ * Rows of interleaved rounds folded into one row per (target, key): the median and range of each measure, and the
+ * median's ratio to the reference target's for the same key.
+ */
+function rounds (rows: Row[], keys: string[], measures: string[], reference: string): Row[] {
+  const groups = new Map<string, Row[]>()
+  for (const r of rows) {
+    const id = [r.target, ...keys.map((k) => r[k])].join('\u0000')
+    groups.set(id, [...groups.get(id) ?? [], r])
+  }
+  const out: Row[] = []
+  for (const group of groups.values()) {
+    const first = group[0]
+    const row: Row = { target: LABELS[first.target] ?? first.target, rounds: group.length }
+    for (const k of keys) row[k] = first[k]
+    const ref = rows.filter((r) => r.target === reference && keys.every((k) => r[k] === first[k]))
+    for (const m of measures) {
+      const values = group.map((r) => Number(r[m]))
+      row[m] = `${Math.round(median(values) * 100) / 100} (${spread(values)})`
+      row[`${m}Ratio`] = ref.length === 0 ? '–' : ratio(median(values), median(ref.map((r) => Number(r[m]))))
+    }
+    out.push(row)
+  }
+  return out
+}
+
+function scaleSections (dir: string): string[] {
+  const out: string[] = []
+  const memory = load(dir, 'memory')
+  if (memory !== null) {
+    out.push('## Memory per idle socket', '', memory.description + '.', '', `Machine: ${JSON.stringify(memory.machine)}`, '',
+      table(rounds(memory.rows, ['entities'], ['kibPerConnection'], 'ws'),
+        [['target', 'target'], ['entities', 'entities'], ['rounds', 'rounds'], ['kibPerConnection', 'KiB per socket, median (range)'], ['kibPerConnectionRatio', 'to raw ws']]), '')
+  }
+  const fanout = load(dir, 'fanout')
+  if (fanout !== null) {
+    out.push('## Fan-out of one hot entity', '', fanout.description + '.', '', `Machine: ${JSON.stringify(fanout.machine)}`, '',
+      table(rounds(fanout.rows, ['rate'], ['deliveredPerSecond', 'p50', 'p99'], 'ws'),
+        [['target', 'target'], ['rate', 'changes/s'], ['rounds', 'rounds'], ['deliveredPerSecond', 'delivered/s'], ['deliveredPerSecondRatio', 'to raw ws'],
+          ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '')
+  }
+  const storm = load(dir, 'storm')
+  if (storm !== null) {
+    out.push('## Reconnect storm', '', storm.description + '.', '', `Machine: ${JSON.stringify(storm.machine)}`, '',
+      table(rounds(storm.rows, [], ['seconds'], 'changefeed-memory'),
+        [['target', 'target'], ['rounds', 'rounds'], ['seconds', 'seconds, median (range)'], ['secondsRatio', 'to the memory bus']]), '')
+  }
+  const cluster = load(dir, 'cluster')
+  if (cluster !== null) {
+    out.push('## Redis Cluster', '', cluster.description + '.', '', `Machine: ${JSON.stringify(cluster.machine)}`, '',
+      table(rounds(cluster.rows, ['entities', 'rate'], ['delivered', 'p50', 'p99'], 'changefeed-redis'),
+        [['target', 'target'], ['entities', 'entities'], ['rate', 'changes/s'], ['rounds', 'rounds'], ['delivered', 'delivered'], ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to one Redis']]), '')
+  }
+  return out
+}
 
 export function writeReport (dir: string): void {
   const out: string[] = ['# Benchmarks', '',
@@ -119,5 +190,6 @@ export function writeReport (dir: string): void {
     out.push('## S6 — document reads for full payloads', '', s6.description + '.', '', `Machine: ${JSON.stringify(s6.machine)}`, '',
       table(s6.rows, [['watchers', 'watchers'], ['changes', 'changes'], ['documentReads', 'document reads'], ['readsPerChange', 'reads per change'], ['deliveries', 'deliveries'], ['p50', 'p50 ms'], ['p99', 'p99 ms']]), '')
   }
+  out.push(...scaleSections(dir))
   writeFileSync(join(dir, '..', 'REPORT.md'), out.join('\n') + '\n')
 }
