@@ -5,15 +5,16 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import fastifyRedis from '@fastify/redis'
-import type { Redis } from 'ioredis'
-import type { BusContext, PubSub } from './types.js'
+import { Redis } from 'ioredis'
+import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './types.js'
 import { MemoryBus } from './memory.js'
 import { RedisBus, RedisInterest } from './redis.js'
 import { NatsBus, NatsInterest, connectNats } from './nats.js'
 import { LocalInterest, type InterestStore, type LocalSnapshot } from '../store/interest.js'
 import type { LocalSubscriptionStore } from '../store/local.js'
 import type { ResolvedOptions } from '../options.js'
-import { InvalidOptionsError } from '../errors.js'
+import { BusUnavailableError, InvalidOptionsError } from '../errors.js'
+import { redactCredentials } from '../auth/redact.js'
 
 export type { PubSub, BusContext, BusMessageHandler } from './types.js'
 
@@ -31,14 +32,28 @@ async function redisClient (fastify: FastifyInstance, url: string | undefined): 
     if (host === undefined || typeof host.duplicate !== 'function') throw new InvalidOptionsError('/bus/url is required unless the host registered @fastify/redis')
     return host
   }
-  let client: Redis | undefined
-  // an encapsulated scope: the client is ours, and a host's own @fastify/redis is untouched
+  // no offline queue: a publish during an outage fails (and is covered by a resync) instead of arriving late
+  const client = new Redis(url, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: CONNECT_TIMEOUT_MS, connectionName: 'changefeed' })
+  // connected here, within a bound: @fastify/redis would wait for a broker that is down until the plugin timeout,
+  // and then blame itself
+  let reason: string | null = null
+  const remember = (err: Error): void => { reason = err.message }
+  client.on('error', remember)
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([client.connect(), new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS) })])
+  } catch (err) {
+    client.disconnect()
+    throw new BusUnavailableError('Redis', redactCredentials(url), reason ?? (err as Error).message)
+  } finally {
+    clearTimeout(timer)
+  }
+  client.off('error', remember)
+  // an encapsulated scope: the client is ours (closed with the app), and a host's own @fastify/redis is untouched
   await fastify.register(async (scope) => {
-    // no offline queue: a publish during an outage fails (and is covered by a resync) instead of arriving late
-    await scope.register(fastifyRedis, { url, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'changefeed' })
-    client = (scope as unknown as { redis: Redis }).redis
+    await scope.register(fastifyRedis, { client, closeClient: true })
   })
-  return client!
+  return client
 }
 
 /** `close` may be called more than once; the work is done the first time. */
@@ -63,7 +78,8 @@ export async function createBus (
     }
     case 'redis': {
       const publisher = await redisClient(fastify, options.url)
-      const subscriber = publisher.duplicate({ enableOfflineQueue: true, connectionName: 'changefeed-subscriber' })
+      // not lazy like our publisher: it must be connected (and ready) before its first subscribe
+      const subscriber = publisher.duplicate({ lazyConnect: false, enableOfflineQueue: true, connectionName: 'changefeed-subscriber' })
       const bus = new RedisBus(publisher, subscriber, context, log)
       const interest = new RedisInterest(publisher, options.prefix, instanceId, ttlMs, snapshot, log)
       await interest.start()
