@@ -1,5 +1,5 @@
 /**
- * `changefeed --demo`: Marten-shaped demo tables (Team, Fixture, RugbyGameState), a simulated live match that
+ * `fastify-changefeed --demo`: Marten-shaped demo tables (Team, Fixture, RugbyGameState), a simulated live match that
  * writes a score change every second through real SQL (so the real trigger fires), and the demo page.
  */
 import { readFileSync } from 'node:fs'

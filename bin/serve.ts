@@ -1,31 +1,45 @@
 /**
- * The standalone server: `changefeed [--config FILE] [--port N] [--host H] [--demo]`.
- * With nothing configured it runs on the embedded PGlite and the memory bus, so it starts on a fresh machine.
+ * The standalone server: `fastify-changefeed [--config FILE] [--port N] [--host H] [--demo]`.
+ * It needs a database (DATABASE_URL or the config file); `--demo` without one runs on the embedded PGlite.
  */
 import { parseArgs } from 'node:util'
-import Fastify from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import changefeed from '../lib/index.js'
 import { loadConfig } from '../lib/config.js'
 import type { ResolvedOptions } from '../lib/options.js'
 import { DEMO_ENTITIES, startDemo } from './demo.js'
 import { hashPassword } from '../lib/auth/passwords.js'
-import { startTelemetry } from './telemetry.js'
+import { startTelemetry, type TelemetrySdk } from './telemetry.js'
+import { providePGlite } from './pglite.js'
 
-const USAGE = `Usage: changefeed [options]
-       changefeed hash-password < password.txt     prints the scrypt hash of a password read from stdin
+const USAGE = `Usage: fastify-changefeed [options]
+       fastify-changefeed hash-password < password.txt     prints the scrypt hash of a password read from stdin
 
   --config FILE   JSON config file (see README: Configuration)
   --port N        port to listen on (default 8080; 0 picks a free one)
   --host H        address to bind (default 127.0.0.1)
-  --demo          demo tables, a simulated live match and the demo page
+  --demo          demo tables, a simulated live match and the demo page; with no database configured it runs on
+                  the embedded PostgreSQL (PGlite)
   --help          this text
 
 Environment: DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL, LOG_LEVEL.
-With no database configured the embedded PostgreSQL (PGlite) is used.`
+A database is required (DATABASE_URL, the config file, or --demo).`
 
 function fail (message: string): never {
-  process.stderr.write(`changefeed: ${message}\n`)
+  process.stderr.write(`fastify-changefeed: ${message}\n`)
   process.exit(1)
+}
+
+/**
+ * A failed start: one line on stderr with the code and the message. The structured log gets the code and, at debug
+ * level, the stack; not a second copy of the message.
+ */
+function fatal (err: unknown, app?: FastifyInstance): never {
+  const e = err as Error & { code?: string }
+  const code = e.code ?? 'ERROR'
+  app?.log.fatal({ code }, 'changefeed: failed to start')
+  app?.log.debug({ stack: e.stack, cause: (e.cause as Error | undefined)?.stack }, 'changefeed: failed to start')
+  fail(`${code}: ${e.message}`)
 }
 
 /** Reads a password from stdin (never from the command line, where shell history would keep it). */
@@ -67,28 +81,27 @@ async function main (): Promise<void> {
 
   let options: ResolvedOptions
   try {
-    options = loadConfig({ file: args.config, env: process.env, port, host: args.host })
+    options = loadConfig({ file: args.config, env: process.env, port, host: args.host, demo: args.demo })
   } catch (err) {
-    const e = err as Error & { code?: string }
-    fail(`${e.code ?? 'ERROR'}: ${e.message}`)
+    fatal(err)
   }
   if (args.demo) options = { ...options, entities: { ...DEMO_ENTITIES, ...options.entities } } as ResolvedOptions
 
-  const telemetry = startTelemetry(options.telemetry)
   // Fastify takes a hop count too (proxy-addr); its types leave numbers out
   const trustProxy = options.server.trustProxy as boolean | string | string[]
   const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' }, trustProxy })
+  let telemetry: TelemetrySdk | null = null
   app.addHook('onClose', async () => await telemetry?.shutdown())
   try {
+    if (args.demo && options.databases.some((db) => db.url.startsWith('pglite:'))) await providePGlite((message) => app.log.info(`changefeed: ${message}`))
+    telemetry = await startTelemetry(options.telemetry)
     await telemetry?.attach(app)
     await app.register(changefeed, options)
     if (args.demo) await startDemo(app)
     await app.listen({ host: options.server.host, port: options.server.port })
   } catch (err) {
-    const e = err as Error & { code?: string }
-    app.log.error({ err: e }, 'changefeed: failed to start')
     await app.close().catch(() => {})
-    fail(`${e.code ?? 'ERROR'}: ${e.message}`)
+    fatal(err, app)
   }
 
   let stopping = false

@@ -2,18 +2,22 @@
  * The standalone server's OpenTelemetry SDK (a host that mounts the plugin brings its own): a meter provider with a
  * Prometheus reader served at /metrics and, with `telemetry.otlpUrl`, OTLP/HTTP export of metrics and traces; and
  * @fastify/otel for request and WebSocket-upgrade spans. Installed before the plugin so its instruments bind to it.
+ * The SDK packages are optional peer dependencies, imported only when telemetry is turned on.
  */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { metrics, trace } from '@opentelemetry/api'
-import { MeterProvider, PeriodicExportingMetricReader, type MetricReader } from '@opentelemetry/sdk-metrics'
-import { PrometheusExporter } from '@opentelemetry/exporter-prometheus'
-import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http'
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http'
-import { BatchSpanProcessor, NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
-import { resourceFromAttributes } from '@opentelemetry/resources'
-import { FastifyOtelInstrumentation } from '@fastify/otel'
+import type { MetricReader } from '@opentelemetry/sdk-metrics'
+import type { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import type { ResolvedOptions } from '../lib/options.js'
 import { packageVersion } from '../lib/paths.js'
+import { requirePackages } from '../lib/optional.js'
+
+/** The packages each setting needs, beyond @opentelemetry/api (a dependency of the plugin). */
+export const TELEMETRY_PACKAGES = {
+  prometheus: ['@opentelemetry/sdk-metrics', '@opentelemetry/resources', '@opentelemetry/exporter-prometheus'],
+  otlpUrl: ['@opentelemetry/sdk-metrics', '@opentelemetry/resources', '@opentelemetry/exporter-metrics-otlp-http',
+    '@opentelemetry/exporter-trace-otlp-http', '@opentelemetry/sdk-trace-node', '@fastify/otel']
+}
 
 export interface TelemetrySdk {
   /** registers /metrics (when Prometheus is on) and request tracing on the app */
@@ -21,29 +25,39 @@ export interface TelemetrySdk {
   shutdown(): Promise<void>
 }
 
-export function startTelemetry (options: ResolvedOptions['telemetry']): TelemetrySdk | null {
-  if (!options.prometheus && options.otlpUrl === null) return null
+/** Null when telemetry is off. CHANGEFEED_MISSING_PACKAGE when a package the settings need is not installed. */
+export async function startTelemetry (options: ResolvedOptions['telemetry']): Promise<TelemetrySdk | null> {
+  const wanted = (['prometheus', 'otlpUrl'] as const).filter((setting) => setting === 'prometheus' ? options.prometheus : options.otlpUrl !== null)
+  if (wanted.length === 0) return null
+  requirePackages(wanted.map((setting) => `telemetry.${setting}`).join(' and '), [...new Set(wanted.flatMap((setting) => TELEMETRY_PACKAGES[setting]))])
+
+  const { MeterProvider, PeriodicExportingMetricReader } = await import('@opentelemetry/sdk-metrics')
+  const { resourceFromAttributes } = await import('@opentelemetry/resources')
   const resource = resourceFromAttributes({ 'service.name': process.env.OTEL_SERVICE_NAME ?? 'changefeed', 'service.version': packageVersion })
   const readers: MetricReader[] = []
-  const prometheus = options.prometheus ? new PrometheusExporter({ preventServerStart: true }) : null
+  const prometheus = options.prometheus ? new (await import('@opentelemetry/exporter-prometheus')).PrometheusExporter({ preventServerStart: true }) : null
   if (prometheus !== null) readers.push(prometheus)
   let tracing: NodeTracerProvider | null = null
+  let requestTracing: FastifyPluginCallback | null = null
   if (options.otlpUrl !== null) {
     const base = options.otlpUrl.replace(/\/$/, '')
+    const { OTLPMetricExporter } = await import('@opentelemetry/exporter-metrics-otlp-http')
+    const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-http')
+    const { BatchSpanProcessor, NodeTracerProvider } = await import('@opentelemetry/sdk-trace-node')
+    const { FastifyOtelInstrumentation } = await import('@fastify/otel')
     readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter({ url: `${base}/v1/metrics` }), exportIntervalMillis: 15_000 }))
     tracing = new NodeTracerProvider({ resource, spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${base}/v1/traces` }))] })
     trace.setGlobalTracerProvider(tracing)
+    const instrumentation = new FastifyOtelInstrumentation({ registerOnInitialization: false })
+    instrumentation.setTracerProvider(tracing)
+    requestTracing = instrumentation.plugin()
   }
   const meterProvider = new MeterProvider({ resource, readers })
   metrics.setGlobalMeterProvider(meterProvider)
 
   return {
     async attach (app) {
-      if (tracing !== null) {
-        const instrumentation = new FastifyOtelInstrumentation({ registerOnInitialization: false })
-        instrumentation.setTracerProvider(tracing)
-        await app.register(instrumentation.plugin())
-      }
+      if (requestTracing !== null) await app.register(requestTracing)
       if (prometheus !== null) {
         app.get('/metrics', { config: { otel: false } }, (request, reply) => {
           reply.hijack()

@@ -3,7 +3,7 @@
  * overrides of the common fields, then command-line flags. Every failure names the file and the bad path.
  */
 import { readFileSync } from 'node:fs'
-import { ConfigFileError, InvalidOptionsError } from './errors.js'
+import { ConfigFileError, InvalidOptionsError, NoDatabaseError } from './errors.js'
 import { resolveOptions, type ResolvedOptions } from './options.js'
 
 export interface ConfigSources {
@@ -14,12 +14,19 @@ export interface ConfigSources {
   port?: number
   /** --host */
   host?: string
+  /** --demo: with no database configured, the embedded PostgreSQL (PGlite) */
+  demo?: boolean
 }
 
 type Json = Record<string, any>
 
-/** The embedded database used when nothing else is configured. */
+/** The embedded database `--demo` uses when no other is configured. */
 export const EMBEDDED_DATABASE = { name: 'main', url: 'pglite://memory' }
+
+/** The standalone server serves health and statistics unless the file says otherwise; a mounted plugin does not. */
+export const STANDALONE_TELEMETRY = { healthPath: '/health', statsPath: '/changefeed/stats' }
+
+const isObject = (value: unknown): value is Json => value !== null && typeof value === 'object' && !Array.isArray(value)
 
 function readConfigFile (file: string): Json {
   let text: string
@@ -61,20 +68,27 @@ export function applyEnvironment (config: Json, env: NodeJS.ProcessEnv): Json {
   return out
 }
 
-/** Loads, overrides and validates. With no database configured anywhere, the embedded PGlite is used. */
+/**
+ * Loads, overrides and validates. With no database configured anywhere, `--demo` uses the embedded PGlite and
+ * anything else stops with CHANGEFEED_NO_DATABASE: a server whose database setting went missing must not look healthy.
+ */
 export function loadConfig (sources: ConfigSources): ResolvedOptions {
   let config: Json = sources.file !== undefined ? readConfigFile(sources.file) : {}
   config = applyEnvironment(config, sources.env ?? {})
   if (sources.port !== undefined) config.server = { ...(config.server ?? {}), port: sources.port }
   if (sources.host !== undefined) config.server = { ...(config.server ?? {}), host: sources.host }
-  if (!Array.isArray(config.databases) || config.databases.length === 0) config.databases = [EMBEDDED_DATABASE]
+  if (config.telemetry === undefined || isObject(config.telemetry)) config.telemetry = { ...STANDALONE_TELEMETRY, ...config.telemetry }
+  const noDatabase = config.databases === undefined || (Array.isArray(config.databases) && config.databases.length === 0)
+  if (noDatabase && sources.demo === true) config.databases = [EMBEDDED_DATABASE]
+  let options: ResolvedOptions
   try {
-    const options = resolveOptions(config)
+    options = resolveOptions(config)
     // the standalone server has no host whose Redis client it could share
     if (options.bus.provider === 'redis' && options.bus.url === undefined) throw new InvalidOptionsError('/bus/url is required for provider "redis"')
-    return options
   } catch (err) {
     if (sources.file === undefined) throw err
     throw new ConfigFileError(sources.file, (err as Error).message)
   }
+  if (options.databases.length === 0) throw new NoDatabaseError()
+  return options
 }

@@ -10,6 +10,7 @@ import type { AccessPolicy } from './auth/policy.js'
 import type { ListenerConnection } from './capture/listener.js'
 import type { PubSub } from './bus/index.js'
 import type { ResolvedOptions } from './options.js'
+import { InvalidOptionsError, RouteTakenError } from './errors.js'
 
 export interface HealthReport {
   ready: boolean
@@ -33,6 +34,33 @@ export interface OperationalServices {
   stats: () => Promise<unknown>
   authenticator: Authenticator
   policy: AccessPolicy
+}
+
+/**
+ * Every GET route the plugin will add, with the option that names it: the socket route, and the health and
+ * statistics routes when turned on (a mounted plugin adds only the socket route unless told).
+ */
+export function pluginRoutes (options: ResolvedOptions): Array<{ option: string, path: string }> {
+  const { healthPath, statsPath } = options.telemetry
+  const routes = [{ option: 'server.path', path: options.server.path }]
+  if (healthPath !== null) routes.push({ option: 'telemetry.healthPath', path: `${healthPath}/live` }, { option: 'telemetry.healthPath', path: `${healthPath}/ready` })
+  if (statsPath !== null) routes.push({ option: 'telemetry.statsPath', path: statsPath })
+  return routes
+}
+
+/**
+ * Refuses, before anything is opened, a route the host already has: Fastify would otherwise stop the start with
+ * FST_ERR_DUPLICATED_ROUTE, which names neither the plugin nor the option that moves the route.
+ */
+export function checkRoutesFree (fastify: FastifyInstance, options: ResolvedOptions): void {
+  const pointer = (name: string): string => '/' + name.replace('.', '/')
+  const seen = new Map<string, string>()
+  for (const { option, path } of pluginRoutes(options)) {
+    const other = seen.get(path)
+    if (other !== undefined) throw new InvalidOptionsError(`${pointer(option)} and ${pointer(other)} both make GET ${path}`)
+    seen.set(path, option)
+    if (fastify.hasRoute({ method: 'GET', url: path })) throw new RouteTakenError(option, path)
+  }
 }
 
 export async function registerOperationalRoutes (fastify: FastifyInstance, services: OperationalServices): Promise<void> {

@@ -25,7 +25,7 @@ import { resolveOptions, type ChangefeedOptions, type ResolvedOptions } from './
 import { AlreadyRegisteredError, DatabaseMismatchError, InvalidOptionsError } from './errors.js'
 import { Drops, type DropReason } from './drops.js'
 import { Telemetry, type TelemetrySnapshot } from './telemetry.js'
-import { healthOf, registerOperationalRoutes, type HealthReport } from './health.js'
+import { checkRoutesFree, healthOf, registerOperationalRoutes, type HealthReport } from './health.js'
 import { packageVersion } from './paths.js'
 
 export type { ChangefeedOptions, ResolvedOptions } from './options.js'
@@ -81,7 +81,7 @@ export interface ChangefeedDecorator {
   watchers(entityType: string, entityId: string, tenantId?: string): Promise<number>
   /** Subscriptions per entity type across the cluster. */
   totals(): Promise<Record<string, number>>
-  /** Readiness: the bus works and every database has a working listener (also served at `<healthPath>/ready`). */
+  /** Readiness: the bus works and every database has a working listener (also served at `<telemetry.healthPath>/ready` when that is set). */
   health(): HealthReport
   /** The resolved options (defaults applied). */
   readonly options: ResolvedOptions
@@ -144,6 +144,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
   const options = resolveOptions(fileShaped)
   const log = fastify.log
   refuseUnsupported(fastify, options)
+  checkRoutesFree(fastify, options)
 
   const databases = await openDatabases(fastify, options)
   const registry = new EntityRegistry(options)
@@ -160,8 +161,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     await parts?.close()
     for (const db of databases.values()) await db.close()
   }
-  const announceGap = (database: string, reason: string): void => {
-    fanout.announceGap(database, reason).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
+  const announceGap = (database: string, reason: string, precaution: boolean): void => {
+    fanout.announceGap(database, reason, precaution).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
   }
   /**
    * This instance may have missed messages (its bus subscriber was away): every local watcher resyncs. What this

@@ -197,8 +197,8 @@ const Telemetry = Type.Object(
   {
     prometheus: Type.Boolean({ default: false, description: 'standalone server: serve metrics for Prometheus at /metrics' }),
     otlpUrl: Type.Union([Type.String(), Type.Null()], { default: null, description: 'standalone server: OTLP/HTTP endpoint for metrics and traces (e.g. http://collector:4318)' }),
-    healthPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: '/health', description: '<path>/live and <path>/ready (null: not registered)' }),
-    statsPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: '/changefeed/stats', description: 'admin-only statistics (null: not registered)' })
+    healthPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: null, description: 'GET <path>/live and <path>/ready; null (the plugin\'s default): not registered. The standalone server\'s default: "/health"' }),
+    statsPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: null, description: 'GET admin-only statistics; null (the plugin\'s default): not registered. The standalone server\'s default: "/changefeed/stats"' })
   },
   { default: {}, additionalProperties: false }
 )

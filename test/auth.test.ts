@@ -44,6 +44,8 @@ const { app, url: wsUrl } = await startApp(t, {
     basic: { accounts: [{ username: 'importer', passwordHash: await hashPassword(importerPassword), roles: ['Service'] }] },
     adminRoles: ['Admin']
   },
+  // mounted, the plugin adds them only when told: the redaction test below reads their logs
+  telemetry: { healthPath: '/health', statsPath: '/changefeed/stats' },
   authorize: ({ entityId }) => entityId !== 'blocked'
 }, { logger: { level: 'info', stream: logStream } })
 

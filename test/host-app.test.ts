@@ -1,6 +1,7 @@
 /** The mount example: a host API with its own routes, the plugin beside them, database and direct publish. */
 import t from 'tap'
 import { buildHostApp } from '../examples/host-app.js'
+import type { ChangefeedPluginOptions } from '../lib/index.js'
 import { TestClient, isNotification } from './helpers/client.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 
@@ -67,4 +68,37 @@ t.test('a host that registered @fastify/redis shares its client with the Redis b
   await host.changefeed.publish({ entityType: 'Team', entityId: 'shared', changeType: 'updated' })
   t.equal((await ws.next(isNotification('Team', 'shared'))).data.changeType, 'updated', 'delivered through the host\'s Redis')
   t.equal(await host.changefeed.watchers('Team', 'shared'), 1)
+})
+
+t.test('mounted, the plugin adds only its socket route unless told', async (t) => {
+  t.ok(app.hasRoute({ method: 'GET', url: '/ws' }), '/ws')
+  for (const path of ['/health/live', '/health/ready', '/changefeed/stats']) t.notOk(app.hasRoute({ method: 'GET', url: path }), `not ${path}`)
+  const told = await buildHostApp(undefined, { telemetry: { healthPath: '/changefeed/health', statsPath: '/changefeed/stats' } })
+  t.teardown(async () => await told.close())
+  await told.ready()
+  for (const path of ['/changefeed/health/live', '/changefeed/health/ready', '/changefeed/stats']) t.ok(told.hasRoute({ method: 'GET', url: path }), path)
+})
+
+t.test('a route the host already has is refused up front with CHANGEFEED_ROUTE_TAKEN', async (t) => {
+  const { default: Fastify } = await import('fastify')
+  const { default: changefeed } = await import('../lib/index.js')
+  const cases: Array<[string, ChangefeedPluginOptions]> = [
+    ['/health/ready', { telemetry: { healthPath: '/health' } }],
+    ['/admin/stats', { telemetry: { statsPath: '/admin/stats' } }],
+    ['/ws', {}]
+  ]
+  for (const [taken, options] of cases) {
+    const host = Fastify()
+    t.teardown(async () => await host.close())
+    host.get(taken, async () => 'the host\'s own')
+    await t.rejects(async () => await host.register(changefeed, { entities: { Team: { access: 'public' } }, ...options }), { code: 'CHANGEFEED_ROUTE_TAKEN' }, taken)
+  }
+  const twice = Fastify()
+  t.teardown(async () => await twice.close())
+  await t.rejects(async () => await twice.register(changefeed, { telemetry: { healthPath: '/ops', statsPath: '/ops/live' } }), { code: 'CHANGEFEED_INVALID_OPTIONS' }, 'nor two of its own on one path')
+  const host = Fastify()
+  t.teardown(async () => await host.close())
+  host.get('/health/ready', async () => 'the host\'s own')
+  await host.register(changefeed, { entities: { Team: { access: 'public' } } })
+  t.equal((await host.inject('/health/ready')).body, 'the host\'s own', 'with the defaults the host\'s health route stays its own')
 })

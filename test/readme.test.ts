@@ -16,6 +16,7 @@ t.test('files the README links exist', async (t) => {
 })
 
 t.test('the README starts with what it is, then the start and test commands', async (t) => {
-  t.match(readme, /npx changefeed --demo/)
+  t.match(readme, /npm install fastify-changefeed && npx fastify-changefeed --demo/)
+  t.match(readme, /npm start -- --demo/)
   t.match(readme, /npm test/)
 })

@@ -39,6 +39,7 @@ t.test('changes reach watchers on every instance, over channels of every shard',
   // SPUBLISH reaches only the shard of the channel: nothing goes to every node
   const client = new Cluster([cluster.url.split(',')[0].replace('redis://', '')])
   t.teardown(() => client.disconnect())
+  await client.ping()
   const pubsub = await Promise.all(client.nodes('master').map(async (node) => await node.call('PUBSUB', 'SHARDNUMSUB', `${prefix}:Score:match-0`) as [string, number]))
   t.equal(pubsub.reduce((sum, [, n]) => sum + Number(n), 0), 1, 'one shard carries match-0, with one subscriber')
 })

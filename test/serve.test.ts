@@ -6,7 +6,8 @@ import t from 'tap'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { serve } from './helpers/serve.js'
+import { serve, type Served } from './helpers/serve.js'
+import { REDIS_URL, freePort, requireService } from './helpers/brokers.js'
 import { TestClient, isNotification } from './helpers/client.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { applyEnvironment, loadConfig } from '../lib/config.js'
@@ -80,7 +81,7 @@ t.test('a missing config file and bad flags are refused', async (t) => {
   t.match(badPort.stderr(), /--port must be a port number/)
   const unknown = serve(t, ['--colour'])
   t.equal((await unknown.exit).code, 1)
-  t.match(unknown.stderr(), /Usage: changefeed/)
+  t.match(unknown.stderr(), /Usage: fastify-changefeed/)
 })
 
 t.test('environment variables override the common fields', async (t) => {
@@ -92,7 +93,65 @@ t.test('environment variables override the common fields', async (t) => {
   t.equal(options.server.host, '0.0.0.0')
   t.match(options.bus, { provider: 'redis', url: 'redis://r:6379', prefix: 'changefeed' })
   t.equal(options.auth.jwt?.secret, 's3cret')
-  t.same(loadConfig({}).databases, [{ name: 'main', url: 'pglite://memory' }], 'nothing configured: the embedded database')
+  t.match(options.telemetry, { healthPath: '/health', statsPath: '/changefeed/stats' }, 'the standalone server serves health and statistics')
+  t.same(loadConfig({ env: { DATABASE_URL: 'pglite://memory' } }).databases, [{ name: 'main', url: 'pglite://memory' }], 'the embedded database when asked for')
+})
+
+const stderrLines = (server: Served): string[] => server.stderr().split('\n').filter((line) => line !== '')
+/** The structured log's lines (stdout), parsed. */
+const logLines = (server: Served): Array<{ level: number, msg: string, [key: string]: unknown }> =>
+  server.stdout().split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line))
+
+t.test('no database configured: only --demo runs on the embedded one', async (t) => {
+  t.throws(() => loadConfig({}), { code: 'CHANGEFEED_NO_DATABASE' })
+  t.throws(() => loadConfig({ file: writeConfig('no-database.json', { databases: [] }) }), { code: 'CHANGEFEED_NO_DATABASE' })
+  t.same(loadConfig({ demo: true }).databases, [{ name: 'main', url: 'pglite://memory' }])
+  t.same(loadConfig({ demo: true, env: { DATABASE_URL: 'postgres://db/demo' } }).databases, [{ name: 'main', url: 'postgres://db/demo' }], 'a configured one wins')
+  t.match(loadConfig({ file: writeConfig('quiet.json', { databases: [{ name: 'a', url: 'postgres://x/a' }], telemetry: { healthPath: null } }) }).telemetry,
+    { healthPath: null, statsPath: '/changefeed/stats' }, 'the file may turn health off')
+
+  const server = serve(t, ['--port', '0'])
+  t.equal((await server.exit).code, 1, 'the server refuses to start')
+  t.equal(stderrLines(server).length, 1, 'one line on stderr')
+  t.match(server.stderr(), /CHANGEFEED_NO_DATABASE/)
+})
+
+for (const [provider, userinfo, redacted] of [['redis', 'user:bus-secret', 'user:[redacted]'], ['nats', 'bus-token', '[redacted]']] as const) {
+  t.test(`a ${provider} broker that is down stops the start within a bound, with one coded line naming it`, async (t) => {
+    const address = `127.0.0.1:${await freePort()}`
+    const file = writeConfig(`${provider}-down.json`, {
+      databases: [{ name: 'main', url: await freshDatabase(t, `cli_${provider}_down`) }],
+      bus: { provider, url: `${provider}://${userinfo}@${address}` }
+    })
+    const startedAt = Date.now()
+    const server = serve(t, ['--config', file, '--port', '0'])
+    t.equal((await server.exit).code, 1)
+    t.ok(Date.now() - startedAt < 8000, `within 8 s (${Date.now() - startedAt} ms)`)
+    const [line, ...more] = stderrLines(server)
+    t.same(more, [], 'one line on stderr')
+    t.match(line, /CHANGEFEED_BUS_UNAVAILABLE/)
+    t.ok(line.includes(`${provider}://${redacted}@${address}`), 'names the broker, credentials redacted')
+    t.notMatch(server.stdout() + server.stderr(), /bus-secret|bus-token/, 'no credential anywhere')
+    const message = line.slice(line.indexOf('CHANGEFEED_BUS_UNAVAILABLE: ') + 'CHANGEFEED_BUS_UNAVAILABLE: '.length)
+    t.notOk(server.stdout().includes(message), 'the structured log does not repeat the message')
+    t.match(logLines(server).find((l) => l.level === 60), { code: 'CHANGEFEED_BUS_UNAVAILABLE' }, 'it has the code')
+  })
+}
+
+t.test('a normal start logs nothing at warn level, and says truthfully that it leads', async (t) => {
+  await requireService('Redis')
+  const url = await freshDatabase(t, 'cli_quiet')
+  const sql = await sqlClient(t, url)
+  await sql.query(martenTableSql('mt_doc_team'))
+  const file = writeConfig('quiet-start.json', {
+    databases: [{ name: 'main', url }], entities: { Team: { access: 'public' } },
+    bus: { provider: 'redis', url: REDIS_URL, prefix: `quiet-${process.pid}` }
+  })
+  const server = serve(t, ['--config', file, '--port', '0'])
+  const address = await server.address
+  t.match(await (await fetch(address + '/health/ready')).json(), { ready: true, databases: { main: { leader: true } } })
+  t.match(logLines(server).find((l) => l.msg === 'changefeed: listening'), { leader: true }, 'the log agrees with health')
+  t.same(logLines(server).filter((l) => l.level >= 40), [], 'no warning, no error')
 })
 
 t.test('--demo starts on the embedded PostgreSQL and delivers the live match', async (t) => {

@@ -33,3 +33,14 @@ export function redactUrl (url: string): string {
 export function requestLogSerializer (request: FastifyRequest): Record<string, unknown> {
   return { method: request.method, url: redactUrl(request.url), host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }
 }
+
+/**
+ * A connection URL (or a comma-separated list of them) without its secret, for errors and logs:
+ * `redis://user:secret@host` → `redis://user:[redacted]@host`, `nats://token@host` → `nats://[redacted]@host`.
+ */
+export function redactCredentials (url: string): string {
+  return url.replace(/(\/\/)([^@/?#,]*)@/g, (_match, slashes: string, userinfo: string) => {
+    const colon = userinfo.indexOf(':')
+    return `${slashes}${colon < 0 ? '[redacted]' : userinfo.slice(0, colon) + ':[redacted]'}@`
+  })
+}

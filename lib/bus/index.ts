@@ -5,15 +5,16 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import fastifyRedis from '@fastify/redis'
-import type { Redis } from 'ioredis'
-import type { BusContext, PubSub } from './types.js'
+import { Cluster, Redis } from 'ioredis'
+import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './types.js'
 import { MemoryBus } from './memory.js'
-import { RedisBus, RedisInterest } from './redis.js'
+import { RedisBus, RedisInterest, type RedisClient } from './redis.js'
 import { NatsBus, NatsInterest, connectNats } from './nats.js'
 import { LocalInterest, type InterestStore, type LocalSnapshot } from '../store/interest.js'
 import type { LocalSubscriptionStore } from '../store/local.js'
 import type { ResolvedOptions } from '../options.js'
-import { InvalidOptionsError } from '../errors.js'
+import { BusUnavailableError, InvalidOptionsError } from '../errors.js'
+import { redactCredentials } from '../auth/redact.js'
 
 export type { PubSub, BusContext, BusMessageHandler } from './types.js'
 
@@ -25,20 +26,52 @@ export interface BusParts {
   close(): Promise<void>
 }
 
-async function redisClient (fastify: FastifyInstance, url: string | undefined): Promise<Redis> {
+/** Connects `client` within CONNECT_TIMEOUT_MS, or fails naming the broker (@fastify/redis would wait until the
+ * plugin timeout, and then blame itself). */
+async function connected<C extends RedisClient> (client: C, url: string): Promise<C> {
+  let reason: string | null = null
+  const remember = (err: Error): void => { reason = err.message }
+  client.on('error', remember)
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([client.connect(), new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no answer within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS) })])
+  } catch (err) {
+    client.disconnect()
+    throw new BusUnavailableError('Redis', redactCredentials(url), reason ?? (err as Error).message)
+  } finally {
+    clearTimeout(timer)
+  }
+  client.off('error', remember)
+  return client
+}
+
+/**
+ * The publishing client (a host's @fastify/redis one when no url is given) and this bus's own subscriber. Ours have
+ * no offline queue: a publish during an outage fails (and is covered by a resync) instead of arriving late.
+ */
+async function redisClients (fastify: FastifyInstance, url: string | undefined, cluster: boolean): Promise<{ publisher: RedisClient, subscriber: RedisClient }> {
   const host = (fastify as unknown as { redis?: Redis }).redis
+  let publisher: RedisClient
   if (url === undefined) {
     if (host === undefined || typeof host.duplicate !== 'function') throw new InvalidOptionsError('/bus/url is required unless the host registered @fastify/redis')
-    return host
+    publisher = host
+  } else {
+    const options = { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: CONNECT_TIMEOUT_MS, connectionName: 'changefeed' }
+    const nodes = url.split(',').map((node) => node.trim())
+    publisher = await connected(cluster ? new Cluster(nodes, { lazyConnect: true, enableOfflineQueue: false, redisOptions: options }) : new Redis(url, options), url)
+    const client = publisher
+    // an encapsulated scope: the client is ours (closed with the app), and a host's own @fastify/redis is untouched
+    await fastify.register(async (scope) => {
+      await scope.register(fastifyRedis, { client, closeClient: true })
+    })
   }
-  let client: Redis | undefined
-  // an encapsulated scope: the client is ours, and a host's own @fastify/redis is untouched
-  await fastify.register(async (scope) => {
-    // no offline queue: a publish during an outage fails (and is covered by a resync) instead of arriving late
-    await scope.register(fastifyRedis, { url, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectionName: 'changefeed' })
-    client = (scope as unknown as { redis: Redis }).redis
-  })
-  return client!
+  if (!cluster) {
+    // not lazy like our publisher: it must be connected (and ready) before its first subscribe
+    return { publisher, subscriber: (publisher as Redis).duplicate({ lazyConnect: false, enableOfflineQueue: true, connectionName: 'changefeed-subscriber' }) }
+  }
+  const nodes = (url ?? '').split(',').map((node) => node.trim())
+  const subscriber = new Cluster(nodes, { lazyConnect: true, shardedSubscribers: true, redisOptions: { connectTimeout: CONNECT_TIMEOUT_MS, connectionName: 'changefeed-subscriber' } })
+  return { publisher, subscriber: await connected(subscriber, url ?? '') }
 }
 
 /** `close` may be called more than once; the work is done the first time. */
@@ -62,9 +95,9 @@ export async function createBus (
       return { bus, interest: new LocalInterest(local), instanceId, close: once(async () => await bus.close()) }
     }
     case 'redis': {
-      const publisher = await redisClient(fastify, options.url)
-      const subscriber = publisher.duplicate({ enableOfflineQueue: true, connectionName: 'changefeed-subscriber' })
-      const bus = new RedisBus(publisher, subscriber, context, log)
+      if (options.cluster && options.url === undefined) throw new InvalidOptionsError('/bus/url is required with bus.cluster')
+      const { publisher, subscriber } = await redisClients(fastify, options.url, options.cluster)
+      const bus = new RedisBus(publisher, subscriber, context, log, options.cluster)
       const interest = new RedisInterest(publisher, options.prefix, instanceId, ttlMs, snapshot, log)
       await interest.start()
       return { bus, interest, instanceId, close: once(async () => { await interest.close(); await bus.close() }) }

@@ -8,9 +8,11 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { connect, type KV, type NatsConnection, type Subscription } from 'nats'
-import type { BusContext, PubSub } from './types.js'
+import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './types.js'
 import type { LocalSnapshot } from '../store/interest.js'
 import { ClusterInterest } from '../store/cluster.js'
+import { BusUnavailableError } from '../errors.js'
+import { redactCredentials } from '../auth/redact.js'
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
@@ -21,8 +23,15 @@ export function subjectOf (channel: string): string {
 }
 const keyPart = (s: string): string => Buffer.from(s).toString('base64url')
 
-export async function connectNats (url: string, log: FastifyBaseLogger): Promise<NatsConnection> {
-  const nc = await connect({ servers: url, name: 'fastify-changefeed', reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250 })
+/** Connects, or throws CHANGEFEED_BUS_UNAVAILABLE within `timeoutMs` when no server answers. */
+export async function connectNats (url: string, log: FastifyBaseLogger, timeoutMs = CONNECT_TIMEOUT_MS): Promise<NatsConnection> {
+  let nc: NatsConnection
+  try {
+    nc = await connect({ servers: url, name: 'fastify-changefeed', reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250, timeout: timeoutMs })
+  } catch (err) {
+    // nats.js errors say only their code (CONNECTION_REFUSED, TIMEOUT): the URL is what the operator needs
+    throw new BusUnavailableError('NATS', redactCredentials(url), (err as Error).message)
+  }
   log.info({ server: nc.getServer() }, 'changefeed: connected to NATS')
   return nc
 }

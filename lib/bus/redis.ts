@@ -52,9 +52,19 @@ export class RedisBus implements PubSub {
       client.on('error', (err: Error) => log.debug({ err: err.message }, 'changefeed: Redis error'))
     }
     if (sharded) {
-      // a shard's subscriber that ends loses that shard's messages until the group subscribes it again
-      subscriber.on('-subscriber', () => this.lost(subscriber))
-      subscriber.on('subscribersReady', () => this.back(subscriber))
+      // A shard's subscriber that ends loses that shard's messages until the group has subscribed it again. The
+      // group says 'subscribersReady' after each attempt, a failed one too (its 'error' comes first): every such
+      // attempt after a loss or a failure is reported, so the last report follows the real recovery.
+      let disturbed = false
+      const disturb = (): void => { disturbed = true; this.lost(subscriber) }
+      for (const event of ['-subscriber', '-node', 'error']) subscriber.on(event, disturb)
+      subscriber.on('subscribersReady', () => {
+        if (!disturbed || this.closed) return
+        disturbed = false
+        this.down.delete(subscriber)
+        this.log.info('changefeed: Redis Cluster subscribers ready')
+        this.context.onGap('bus_gap')
+      })
     }
   }
 

@@ -26,3 +26,6 @@ export interface BusContext {
   onMessage: BusMessageHandler
   onGap(reason: string): void
 }
+
+/** How long a broker may take to accept the first connection before the start fails (CHANGEFEED_BUS_UNAVAILABLE). */
+export const CONNECT_TIMEOUT_MS = 5000

@@ -4,6 +4,7 @@
  * (one in-process instance serves both).
  */
 import pg from 'pg'
+import { requirePackages } from '../optional.js'
 
 /** A dedicated connection for LISTEN (outside any pool). */
 export interface ListenSession {
@@ -108,16 +109,32 @@ export interface PGliteLike {
   readonly closed?: boolean
 }
 
+/** What this file uses of the PGlite module. */
+export interface PGliteModule {
+  PGlite: new (dataDir?: string) => PGliteLike & { waitReady: Promise<void> }
+}
+
+/** PGlite is an optional peer dependency (lib/optional.ts); the demo may bring a copy it fetched (usePGlite). */
+let loadPGlite = async (): Promise<PGliteModule> => {
+  requirePackages('a pglite:// database', ['@electric-sql/pglite'])
+  return await import('@electric-sql/pglite') as unknown as PGliteModule
+}
+
+/** Loads PGlite with `load` from now on: the standalone server's `--demo` fetches it when it is not installed. */
+export function usePGlite (load: () => Promise<PGliteModule>): void {
+  loadPGlite = load
+}
+
 /** The embedded PGlite: one in-process PostgreSQL, the same SQL and triggers. Its LISTEN never drops. */
 export class PGliteDatabase implements Database {
   constructor (readonly name: string, readonly db: PGliteLike, private readonly owned: boolean) {}
 
   static async open (name: string, url: string): Promise<PGliteDatabase> {
-    const { PGlite } = await import('@electric-sql/pglite')
+    const { PGlite } = await loadPGlite()
     const dir = url.replace(/^pglite:(\/\/)?/, '')
     const db = dir === 'memory' || dir === '' ? new PGlite() : new PGlite(dir)
     await db.waitReady
-    return new PGliteDatabase(name, db as unknown as PGliteLike, true)
+    return new PGliteDatabase(name, db, true)
   }
 
   async query<R>(text: string, params?: unknown[]): Promise<R[]> {

@@ -2,8 +2,9 @@
  * One dedicated LISTEN connection per database. With a shared bus, exactly one instance per database listens (the
  * leader): it holds a PostgreSQL advisory lock on this very connection, so the lock goes when the connection goes,
  * and a follower that keeps trying takes over within `capture.leaderRetryMs`. NOTIFY is lost while nobody listens,
- * so every start of listening other than the very first of a lone instance fires `onGap`: the sockets watching
- * this database's entities must resync. Never silent.
+ * so every start of listening other than an instance's very first fires `onGap`: the sockets watching this
+ * database's entities must resync. Never silent. With a shared bus, an instance's first start of listening tells
+ * the other instances too, as a precaution (a leader may have died just before it started).
  *
  * Outbox mode: the leader always elects (even alone), a NOTIFY only wakes it, and it publishes the outbox from
  * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
@@ -20,7 +21,12 @@ export type ListenerState = 'idle' | 'following' | 'listening' | 'reconnecting' 
 
 export interface ListenerEvents {
   onChange(change: Change): void
-  onGap(database: string, reason: 'listener_gap' | 'leader_change'): void
+  /**
+   * Changes of `database` may have been lost: its watchers must resync. `precaution`: this instance has just become
+   * the first listener with a shared bus; it lost nothing itself, but the watchers of other instances may have (a
+   * leader that died just before), so they are told too; it is not a gap of this instance.
+   */
+  onGap(database: string, reason: 'listener_gap' | 'leader_change', precaution: boolean): void
   /**
    * Outbox mode: routes a batch of numbered rows; false when any of it failed (the batch is published again).
    * `final`: the batch failed before; give up on what fails now (its watchers resync) rather than stall.
@@ -173,12 +179,15 @@ export class ListenerConnection {
     if (this.lost) this.reconnects++
     const reason = this.lost ? 'listener_gap' : 'leader_change'
     this.lost = false
-    this.log.info({ database: this.db.name, leader: this.options.leaderElection, outbox: this.outbox !== null }, 'changefeed: listening')
+    // listening is leading: this instance publishes the database's changes (alone, or holding the lock)
+    this.log.info({ database: this.db.name, leader: true, election: this.options.leaderElection, outbox: this.outbox !== null }, 'changefeed: listening')
     if (this.outbox !== null) {
       this.startOutbox()
-    } else if (!(first && !this.options.leaderElection)) {
+    } else if (!first) {
       this.gaps++
-      this.events.onGap(this.db.name, reason)
+      this.events.onGap(this.db.name, reason, false)
+    } else if (this.options.leaderElection) {
+      this.events.onGap(this.db.name, reason, true)
     }
     return true
   }

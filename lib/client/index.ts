@@ -69,11 +69,24 @@ export interface EntitySnapshot<T> {
   revision: number
 }
 
-type WebSocketLike = Pick<WebSocket, 'send' | 'close' | 'readyState'> & {
-  onopen: ((ev: unknown) => void) | null
-  onclose: ((ev: { code: number, reason: string }) => void) | null
-  onmessage: ((ev: { data: unknown }) => void) | null
-  onerror: ((ev: unknown) => void) | null
+/**
+ * A handler property the client sets. Declared through a method so that its event parameter is compared both ways:
+ * the client only writes these, and the DOM's handlers and `ws`'s take different event classes.
+ */
+type Handler<E> = { bivarianceHack (event: E): void }['bivarianceHack'] | null
+
+/**
+ * What the client uses of a socket: both the DOM's `WebSocket` and the `ws` package's `WebSocket` have it, and no
+ * DOM type is needed to compile against it.
+ */
+export interface WebSocketLike {
+  readonly readyState: number
+  send(data: string): void
+  close(code?: number, reason?: string): void
+  onopen: Handler<unknown>
+  onclose: Handler<{ code: number, reason: string }>
+  onmessage: Handler<{ data: unknown }>
+  onerror: Handler<unknown>
 }
 
 export interface ClientOptions {
@@ -81,7 +94,7 @@ export interface ClientOptions {
   url: string
   /** Returns a JWT (or null for anonymous). Called before each connection and before the token expires. */
   getToken?: () => Promise<string | null | undefined> | string | null | undefined
-  /** WebSocket constructor (Node: `import WebSocket from 'ws'`); default: the global one */
+  /** WebSocket constructor (Node: `import WebSocket from 'ws'`, or Node 22's global); default: the global one */
   WebSocket?: new (url: string) => WebSocketLike
   /** backoff: first retry cap, ceiling, and how long a connection must stay up before the attempt count resets */
   backoff?: { initialMs?: number, maxMs?: number, resetAfterMs?: number }

@@ -6,7 +6,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/index.js'
 import type { EntityRegistry } from '../entities.js'
 import { channelOf } from '../channels.js'
-import { LocalSubscriptionStore } from '../store/local.js'
+import { LocalSubscriptionStore, type WatchedEntity } from '../store/local.js'
 import type { InterestStore } from '../store/interest.js'
 import { unwrap } from '../bus/envelope.js'
 import { propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api'
@@ -158,30 +158,44 @@ export class Fanout {
     })
   }
 
-  /** Tells every instance that changes of `database` may have been lost. */
-  async announceGap (database: string, reason: string): Promise<void> {
-    this.log.warn({ database, reason }, 'changefeed: change gap, watchers told to resync')
-    await this.bus?.publish(this.gapChannel, JSON.stringify({ database, reason }))
+  /**
+   * Tells every instance that changes of `database` may have been lost. A `precaution` (a new instance's first
+   * listener, see ListenerEvents.onGap) is a normal start: it is logged only where it reaches watchers.
+   */
+  async announceGap (database: string, reason: string, precaution = false): Promise<void> {
+    if (!precaution) this.log.warn({ database, reason }, 'changefeed: change gap, watchers told to resync')
+    await this.bus?.publish(this.gapChannel, JSON.stringify({ database, reason, precaution }))
   }
 
   private onGapMessage (message: string): void {
     try {
-      const { database, reason } = JSON.parse(message) as { database: string, reason: string }
-      this.resyncLocal(reason, (db) => db === database)
+      const { database, reason, precaution } = JSON.parse(message) as { database: string, reason: string, precaution?: boolean }
+      const entities = this.resyncLocal(reason, database)
+      if (precaution === true && entities > 0) this.log.warn({ database, reason, entities }, 'changefeed: another instance took over listening; watchers told to resync')
     } catch {
       this.log.warn('changefeed: ignored a malformed gap message')
     }
   }
 
-  /** Owes `resync` to the local watchers of the entities whose database passes `include` (default: all). */
-  resyncLocal (reason: string, include: (database: string) => boolean = () => true): void {
+  /**
+   * Owes `resync` to the local watchers of every entity (a bus gap: types only a host publishes included), or of the
+   * entities `database` holds. Returns how many entities that concerns.
+   */
+  resyncLocal (reason: string, database?: string): number {
+    let entities = 0
     for (const [channel, entry] of this.store.channels()) {
-      const entity = this.registry.get(entry.entityType)
-      // a database's gap concerns the types it holds; for database tenancy, only its tenant's entities
-      if (entity === undefined || !entity.databases.some(include)) continue
-      if (entity.tenancy === 'database' && entry.tenantId !== null && !include(this.registry.databaseFor(entity, entry.tenantId) ?? '')) continue
+      if (database !== undefined && !this.holds(database, entry)) continue
       this.oweResync(channel, reason)
+      entities++
     }
+    return entities
+  }
+
+  /** Whether a database holds a watched entity: its type's table is there (for database tenancy, its tenant's). */
+  private holds (database: string, entry: WatchedEntity<Watcher>): boolean {
+    const entity = this.registry.get(entry.entityType)
+    if (entity === undefined || !entity.databases.includes(database)) return false
+    return entity.tenancy !== 'database' || entry.tenantId === null || this.registry.databaseFor(entity, entry.tenantId) === database
   }
 
   /**

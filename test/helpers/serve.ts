@@ -1,4 +1,4 @@
-/** Runs the standalone server (`bin/serve`, the built CLI) as a child process. */
+/** Runs the standalone server (`bin/serve`, the built CLI, unless told another) as a child process. */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 
@@ -15,10 +15,12 @@ export interface Served {
   exit: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
 }
 
-export function serve (t: Teardown, args: string[], env: NodeJS.ProcessEnv = {}): Served {
-  const child = spawn(process.execPath, [BIN, ...args], {
+/** `bin`: another copy of the CLI (an installed package's), run from `cwd`. */
+export function serve (t: Teardown, args: string[], env: NodeJS.ProcessEnv = {}, { bin = BIN, cwd }: { bin?: string, cwd?: string } = {}): Served {
+  const child = spawn(process.execPath, [bin, ...args], {
     env: { PATH: process.env.PATH, LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd
   })
   let out = ''
   let err = ''
