@@ -207,7 +207,8 @@ export const OptionsSchema = Type.Object(
     server: Server,
     databases: Type.Array(Database, { default: [] }),
     capture: Capture,
-    entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {} }),
+    // a name outside the pattern matches no patternProperty: refused (TypeBox's Value.Default cannot take `false` here)
+    entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {}, additionalProperties: Type.Never() }),
     discovery: Discovery,
     bus: Bus,
     auth: Auth,
