@@ -39,7 +39,7 @@ const Database = Type.Object(
       description: 'postgres://… connection string, or `pglite://memory` / `pglite:///dir` for the embedded PGlite'
     }),
     schema: Type.Optional(Type.String({ minLength: 1, description: 'schema whose tables are watched in this database (default: capture.schema)' })),
-    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'database per tenant (Marten): every change of this database belongs to this tenant' }))
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[^:]+$', description: 'database per tenant (Marten): every change of this database belongs to this tenant (no ":")' }))
   },
   { additionalProperties: false }
 )
@@ -208,7 +208,8 @@ export const OptionsSchema = Type.Object(
     server: Server,
     databases: Type.Array(Database, { default: [] }),
     capture: Capture,
-    entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {} }),
+    // a name outside the pattern matches no patternProperty: refused (TypeBox's Value.Default cannot take `false` here)
+    entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {}, additionalProperties: Type.Never() }),
     discovery: Discovery,
     bus: Bus,
     auth: Auth,

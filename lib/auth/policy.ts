@@ -82,8 +82,9 @@ export class AccessPolicy {
       return { code: WireError.unauthenticated, reason: 'sign in to watch this entity type' }
     }
     const admin = this.isAdmin(principal)
-    // every tenant's entities: for public types, admins, and where principals carry no tenants at all
-    if (entity.tenancy !== 'none' && tenantId === null && entity.access !== 'public' && !admin && this.options.tenantClaim) {
+    // every tenant's entities, or any tenant's for credentials that name none: for public types, admins, and where
+    // principals carry no tenants at all
+    if (entity.tenancy !== 'none' && (tenantId === null || principal.tenantId === null) && entity.access !== 'public' && !admin && this.options.tenantClaim) {
       return { code: WireError.forbidden, reason: 'the credentials name no tenant' }
     }
     if (entityId === FEED) return this.checkFeed(entity, admin)

@@ -31,14 +31,20 @@ export function unwrap (message: string): Envelope | null {
   if (end < 0) return null
   const [ts, payloadType, traceparent, position, tenant, owner] = message.slice(0, end).split(' ')
   const tenantId = orNull(tenant)
-  const envelope: Envelope = {
-    ts: Number(ts),
-    payloadType,
-    traceparent: orNull(traceparent),
-    position: orNull(position),
-    tenantId: tenantId === null ? null : decodeURIComponent(tenantId),
-    frame: message.slice(end + 1)
+  // a header that wrap() did not write (another publisher on the bus) can hold bad percent-encoding: a URIError
+  // thrown here would escape the bus client's message handler (ioredis rethrows it: the process exits)
+  try {
+    const envelope: Envelope = {
+      ts: Number(ts),
+      payloadType,
+      traceparent: orNull(traceparent),
+      position: orNull(position),
+      tenantId: tenantId === null ? null : decodeURIComponent(tenantId),
+      frame: message.slice(end + 1)
+    }
+    if (owner !== undefined) envelope.owner = owner === 'o' ? null : decodeURIComponent(owner.slice(2))
+    return envelope
+  } catch {
+    return null
   }
-  if (owner !== undefined) envelope.owner = owner === 'o' ? null : decodeURIComponent(owner.slice(2))
-  return envelope
 }

@@ -83,8 +83,15 @@ export abstract class ClusterInterest implements InterestStore {
     const types = [...this.dirtyTypes]
     this.dirtyChannels.clear()
     this.dirtyTypes.clear()
-    if (channels.length > 0) await this.writeChannels(channels)
-    if (types.length > 0) await this.writeTypes(types)
+    try {
+      if (channels.length > 0) await this.writeChannels(channels)
+      if (types.length > 0) await this.writeTypes(types)
+    } catch (err) {
+      // written at the next flush: a count that does not change again would stay wrong in the cluster
+      for (const channel of channels) this.dirtyChannels.add(channel)
+      for (const type of types) this.dirtyTypes.add(type)
+      throw err
+    }
   }
 
   /** After a broker restart: everything this instance watches, from the local store, written again. */

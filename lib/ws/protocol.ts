@@ -20,8 +20,8 @@ export const Envelope = Compile(Type.Object({
   data: Type.Optional(Type.Unknown())
 }))
 
-/** a tenant id (Marten's tenant ids are strings) */
-const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' })
+/** a tenant id (Marten's tenant ids are strings); no ':', which ends the tenant in a subscriptionId */
+const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff:]+$' })
 
 const SubscribeData = Type.Object({
   entityType: EntityTypeName,

@@ -149,14 +149,22 @@ export async function runChaos (options: ChaosOptions, t: Teardown): Promise<Cha
   }, null, 2))
   let started = 0
   const live: Instance[] = []
-  const launch = async (): Promise<Instance> => {
-    const instance = await startInstance(t, config, join(dir, `instance-${++started}.log`))
-    live.push(instance)
-    return instance
+  // as an orchestrator does: an instance that cannot start (its broker is down: CHANGEFEED_BUS_UNAVAILABLE) is
+  // started again, a few times
+  const launch = async (attempts = 5): Promise<Instance> => {
+    try {
+      const instance = await startInstance(t, config, join(dir, `instance-${++started}.log`))
+      live.push(instance)
+      return instance
+    } catch (err) {
+      if (attempts <= 1 || !String(err).includes('CHANGEFEED_BUS_UNAVAILABLE')) throw err
+      log('an instance could not start (its broker was down); starting it again')
+      return await launch(attempts - 1)
+    }
   }
   // the first one alone, so the trigger SQL is applied once before the others start
   await launch()
-  await Promise.all(Array.from({ length: options.instances - 1 }, launch))
+  await Promise.all(Array.from({ length: options.instances - 1 }, async () => await launch()))
   if (!await until(async () => await leaderPid(pg) !== null, 10_000)) throw new Error('no instance became the listener within 10 s')
   log(`${live.length} instances: ${live.map((i) => `${i.pid} ${i.url}`).join(', ')}; logs in ${dir}`)
 

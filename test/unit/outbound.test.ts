@@ -1,13 +1,12 @@
 /**
- * The outbound queue of one socket against a fake sink whose buffered amount the test sets: direct writes, holding
- * above high water, conflation by entity with the net changeType, overflow, and draining in order.
+ * The outbound queue of one socket against a fake sink whose buffered amount the test sets, on a fake clock: direct
+ * writes, holding above high water, conflation by entity with the net changeType, overflow, and draining in order.
  */
 import t from 'tap'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { OutboundQueue, mergeChangeType, type OutboundLimits, type Sink } from '../lib/ws/outbound.js'
-import { encodeNotification } from '../lib/ws/protocol.js'
-
-interface Teardown { teardown(fn: () => unknown): void }
+import type { Clock } from 'clock-mock'
+import { OutboundQueue, mergeChangeType, type OutboundLimits, type Sink } from '../../lib/ws/outbound.js'
+import { encodeNotification } from '../../lib/ws/protocol.js'
+import { fakeClock, type TestContext } from './fixtures/fakes.js'
 
 const limits: OutboundLimits = { highWaterBytes: 1000, lowWaterBytes: 100, maxBufferedBytes: 5000, maxHeldFrames: 5, drainIntervalMs: 5 }
 
@@ -28,13 +27,14 @@ function note (id: string, changeType: string, payload?: unknown): string {
   return encodeNotification({ entityType: 'Team', entityId: id, changeType, payloadType, ts: 0, payload })
 }
 
-/** A queue whose socket is backed up, so every push is held. */
-function backedUp (t: Teardown, overrides: Partial<OutboundLimits> = {}): { sink: FakeSink, queue: OutboundQueue } {
+/** A queue whose socket is backed up, so every push is held; its drain timer runs on the fake clock. */
+function backedUp (t: TestContext, overrides: Partial<OutboundLimits> = {}): { sink: FakeSink, queue: OutboundQueue, clock: Clock } {
+  const clock = fakeClock(t)
   const sink = new FakeSink()
   sink.bufferedAmount = 2000
   const queue = new OutboundQueue(sink, { ...limits, ...overrides })
   t.teardown(() => queue.close())
-  return { sink, queue }
+  return { sink, queue, clock }
 }
 
 t.test('mergeChangeType gives the net change', async (t) => {
@@ -59,17 +59,18 @@ t.test('a calm socket gets each frame at once', async (t) => {
 })
 
 t.test('above high water frames are held, and stay held until the socket drains', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   t.equal(queue.push('a', null), 'held')
   t.equal(queue.held, 1)
   sink.bufferedAmount = 500
   t.equal(queue.push('b', null), 'held', 'below high water but above low water, a queue that holds keeps holding')
-  t.same(sink.frames, [])
+  for (let i = 0; i < 10; i++) clock.advance(limits.drainIntervalMs)
+  t.same(sink.frames, [], 'and does not drain above low water')
   t.equal(queue.held, 2)
 })
 
 t.test('updated then updated: one frame, the later one, at the first one\'s place', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   queue.push(note('1', 'updated', { v: 1 }), 'Team:1')
   queue.push(note('2', 'updated'), 'Team:2')
   queue.push('{"type":"subscribed"}', null)
@@ -78,26 +79,26 @@ t.test('updated then updated: one frame, the later one, at the first one\'s plac
   t.equal(queue.held, 3)
   t.equal(queue.conflated, 1)
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, [later, note('2', 'updated'), '{"type":"subscribed"}'], 'the later frame, unchanged, first')
 })
 
 t.test('created then updated: created, with the later payload', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   queue.push(note('1', 'created', { v: 1 }), 'Team:1')
   queue.push(note('1', 'updated', { v: 2, changeType: 'deleted' }), 'Team:1')
   queue.push(note('1', 'updated', { v: 3, changeType: 'deleted' }), 'Team:1')
   t.equal(queue.held, 1)
   t.equal(queue.conflated, 2)
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.equal(sink.frames.length, 1)
   t.equal(sink.frames[0], note('1', 'created', { v: 3, changeType: 'deleted' }),
     'a changeType field inside the payload is neither read nor changed')
 })
 
 t.test('created then deleted: nothing goes out for the entity', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   queue.push('a', null)
   queue.push(note('1', 'created'), 'Team:1')
   queue.push(note('1', 'deleted'), 'Team:1')
@@ -106,23 +107,23 @@ t.test('created then deleted: nothing goes out for the entity', async (t) => {
   queue.push(note('1', 'created'), 'Team:1')
   t.equal(queue.held, 2, 'a later change of the entity is held anew')
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, ['a', note('1', 'created')])
 })
 
 t.test('deleted then created, and updated then deleted', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   queue.push(note('1', 'deleted'), 'Team:1')
   queue.push(note('1', 'created', { v: 1 }), 'Team:1')
   queue.push(note('2', 'updated'), 'Team:2')
   queue.push(note('2', 'deleted'), 'Team:2')
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, [note('1', 'updated', { v: 1 }), note('2', 'deleted')])
 })
 
 t.test('frames without a key keep their order and are never merged', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   queue.push(note('1', 'updated'), null)
   queue.push(note('2', 'updated'), 'Team:2')
   queue.push(note('1', 'updated'), null)
@@ -130,7 +131,7 @@ t.test('frames without a key keep their order and are never merged', async (t) =
   t.equal(queue.held, 4)
   t.equal(queue.conflated, 0)
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, [note('1', 'updated'), note('2', 'updated'), note('1', 'updated'), '{"type":"pong"}'])
 })
 
@@ -155,18 +156,18 @@ t.test('overflow when too many frames are held; replacing one is still fine', as
 })
 
 t.test('draining writes in order and stops again above high water', async (t) => {
-  const { sink, queue } = backedUp(t, { maxHeldFrames: 10 })
+  const { sink, queue, clock } = backedUp(t, { maxHeldFrames: 10 })
   for (let i = 0; i < 6; i++) queue.push(String(i), null)
   sink.growth = 400
   sink.bufferedAmount = limits.lowWaterBytes
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, [], 'low water itself is not drained')
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, ['0', '1', '2'], 'three writes take the buffer past high water')
   t.equal(queue.held, 3)
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, ['0', '1', '2', '3', '4', '5'])
   t.equal(queue.held, 0)
   sink.growth = 0
@@ -175,13 +176,13 @@ t.test('draining writes in order and stops again above high water', async (t) =>
 })
 
 t.test('close drops the held frames and takes no more', async (t) => {
-  const { sink, queue } = backedUp(t)
+  const { sink, queue, clock } = backedUp(t)
   queue.push('a', null)
   queue.close()
   queue.close()
   t.equal(queue.held, 0)
   sink.bufferedAmount = 0
-  await sleep(limits.drainIntervalMs * 10)
+  clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, [])
   t.equal(queue.push('b', null), 'overflow')
 })

@@ -4,8 +4,8 @@
  */
 import t from 'tap'
 import { Clock } from 'clock-mock'
-import { JwksFailure, JwksKeySet, type JwksKeySetOptions } from '../lib/auth/jwks.js'
-import { rsaKeyPair } from './helpers/tokens.js'
+import { JwksFailure, JwksKeySet, type JwksKeySetOptions } from '../../lib/auth/jwks.js'
+import { rsaKeyPair } from '../helpers/tokens.js'
 
 const keyA = rsaKeyPair()
 const keyB = rsaKeyPair()
