@@ -7,9 +7,9 @@
  * Type names cannot contain '@' or ':', so no two of these can be the same string.
  */
 import type { EntityType } from './entities.js'
+import { FEED } from './protocol/wire.js'
 
-/** The entity id of a type-wide (feed) subscription. */
-export const FEED = '*'
+export { FEED }
 
 export function channelOf (prefix: string, entityType: string, entityId: string, tenantId: string | null = null): string {
   return tenantId === null

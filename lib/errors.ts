@@ -34,40 +34,4 @@ export const NoDatabaseError = coded('CHANGEFEED_NO_DATABASE',
 export const MissingPackageError = coded<[string, string, string]>('CHANGEFEED_MISSING_PACKAGE', '%s needs %s, which is not installed: npm install %s')
 export const RouteTakenError = coded<[string, string]>('CHANGEFEED_ROUTE_TAKEN', 'Option %s: the host already has a route GET %s; choose another path')
 
-/** Codes of `error` and `subscription_error` frames (DESIGN.md §5). */
-export const WireError = {
-  /** the frame is not JSON */
-  invalidJson: 'invalid_json',
-  /** JSON, but not a message of the protocol (unknown type, missing or wrong fields) */
-  badRequest: 'bad_request',
-  /** binary frames are not part of the protocol */
-  binaryFrame: 'binary_not_supported',
-  /** the entity type is neither declared nor discovered with an access rule */
-  unknownEntityType: 'unknown_entity_type',
-  /** no credentials, or credentials not valid, for a type that needs them */
-  unauthenticated: 'unauthenticated',
-  /** authenticated, but not allowed to view this entity */
-  forbidden: 'forbidden',
-  /** maxSubscriptionsPerConnection reached */
-  tooManySubscriptions: 'too_many_subscriptions',
-  /** subscribe/unsubscribe faster than subscribeRatePerSecond */
-  rateLimited: 'rate_limited',
-  /** the server failed; the socket stays usable */
-  internal: 'internal_error'
-} as const
-export type WireErrorCode = typeof WireError[keyof typeof WireError]
-
-/** WebSocket close codes (DESIGN.md §5). */
-export const CloseCode = {
-  normal: 1000,
-  goingAway: 1001,
-  policyViolation: 1008,
-  tooLarge: 1009,
-  internal: 1011,
-  overloaded: 1013,
-  unauthenticated: 4401,
-  forbidden: 4403,
-  idleTimeout: 4408,
-  slowConsumer: 4409,
-  tooManyConnections: 4429
-} as const
+export { WireError, CloseCode, type WireErrorCode } from './protocol/wire.js'

@@ -18,7 +18,7 @@ import { OwedResyncs } from './resync.js'
 import { FEED, channelsOf } from './channels.js'
 import { DocumentReader } from './documents.js'
 import type { Drops } from './drops.js'
-import { encodeNotification, encodeResync } from './ws/protocol.js'
+import { encodeNotification, encodeResync } from './protocol/index.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {

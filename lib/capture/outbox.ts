@@ -10,7 +10,7 @@
  * together, which keeps that property and lets a transaction's rows be coalesced.
  */
 import type { RowChange } from './coalesce.js'
-import { formatPosition, parsePosition } from '../position.js'
+import { formatPosition, parsePosition } from '../protocol/wire.js'
 
 type Query = <R = Record<string, unknown>>(text: string, params?: unknown[]) => Promise<R[]>
 

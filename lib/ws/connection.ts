@@ -20,7 +20,7 @@ import { TokenBucket, type ConnectionCounter } from './limits.js'
 import {
   Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscribed, encodeSubscriptionError, encodeUnsubscribed,
   parseSubscriptionId, subscriptionIdOf, type EntityRef, type RequestIdValue, type SubscribeRequest, type UnsubscribeRequest
-} from './protocol.js'
+} from '../protocol/index.js'
 
 export interface ConnectionServices {
   options: ResolvedOptions

@@ -11,7 +11,7 @@ import type { InterestStore } from '../store/interest.js'
 import { unwrap } from '../bus/envelope.js'
 import { propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api'
 import type { Telemetry } from '../telemetry.js'
-import { encodeResync } from './protocol.js'
+import { encodeResync } from '../protocol/index.js'
 import { BusMembership } from './membership.js'
 import { gapChannelOf } from '../resync.js'
 

@@ -6,6 +6,7 @@
  */
 import type { Watcher } from './fanout.js'
 import { TokenBucket } from './limits.js'
+import { encodeBatch } from '../protocol/index.js'
 
 const MAX_BATCH = 500
 
@@ -40,7 +41,7 @@ export class FeedWatcher implements Watcher {
     this.batch = null
     this.batchBytes = 0
     if (frames === null || frames.length === 0) return true
-    return this.socket.deliver(frames.length === 1 ? frames[0] : `{"type":"batch","data":[${frames.join(',')}]}`)
+    return this.socket.deliver(frames.length === 1 ? frames[0] : encodeBatch(frames))
   }
 
   close (): void {

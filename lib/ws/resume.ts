@@ -3,7 +3,7 @@
  * replay is written they follow, except those the replay already carried (the publisher may still be on its way
  * to changes the outbox had), which are dropped by position until a newer one comes.
  */
-import { isAfter } from '../position.js'
+import { isAfter } from '../protocol/wire.js'
 import type { FrameMeta } from './fanout.js'
 
 export class ResumeBuffer {

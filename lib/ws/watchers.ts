@@ -6,19 +6,12 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { InterestStore } from '../store/interest.js'
 import type { Watcher } from './fanout.js'
-import type { EntityRef } from './protocol.js'
+import { encodeWatchers, type EntityRef } from '../protocol/index.js'
 
 interface Counted {
   ref: EntityRef
   sockets: Set<Watcher>
   last: number | null
-}
-
-export function encodeWatchers (ref: EntityRef, count: number): string {
-  const data = ref.tenantId === undefined || ref.tenantId === null
-    ? { entityType: ref.entityType, entityId: ref.entityId, count }
-    : { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId, count }
-  return JSON.stringify({ type: 'watchers', data })
 }
 
 export class WatcherCounts {

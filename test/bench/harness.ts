@@ -12,7 +12,7 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import hdr from 'hdr-histogram-js'
 import { wrap } from '../../lib/bus/envelope.js'
-import { encodeNotification } from '../../lib/ws/protocol.js'
+import { encodeNotification } from '../../lib/protocol/index.js'
 import { writeReport } from './report.js'
 
 export const here = fileURLToPath(new URL('.', import.meta.url))

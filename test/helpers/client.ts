@@ -1,5 +1,10 @@
-/** A WebSocket test client that queues what arrives, so a test can wait for the message it expects. */
+/**
+ * A WebSocket test client that queues what arrives, so a test can wait for the message it expects. Every frame the
+ * server sends is checked against the protocol's schema (lib/protocol/messages.ts): one that does not match fails
+ * the test that received it.
+ */
 import WebSocket from 'ws'
+import { ServerMessage } from '../../lib/protocol/index.js'
 
 export interface Frame { type: string, id?: string | number, data?: any }
 
@@ -13,7 +18,9 @@ export class TestClient {
     ws.on('message', (data) => {
       const text = data.toString()
       this.raw.push(text)
-      this.messages.push(JSON.parse(text))
+      const message: unknown = JSON.parse(text)
+      if (!ServerMessage.Check(message)) throw new Error(`the server sent a frame outside the protocol: ${text.slice(0, 300)}`)
+      this.messages.push(message as Frame)
       this.wake?.()
     })
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => { resolve({ code, reason: reason.toString() }); this.wake?.() }))

@@ -6,7 +6,7 @@
  */
 import t from 'tap'
 import { TransactionCoalescer, coalesceRows, isRowChange, netChange, type Change, type RowChange } from '../../lib/capture/coalesce.js'
-import { formatPosition, isAfter, parsePosition } from '../../lib/position.js'
+import { formatPosition, isAfter, parsePosition } from '../../lib/protocol/wire.js'
 import { fakeClock } from './fixtures/fakes.js'
 
 const base = { s: 'public', t: 'mt_doc_team', ts: 1000 } as const

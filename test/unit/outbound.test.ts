@@ -5,7 +5,7 @@
 import t from 'tap'
 import type { Clock } from 'clock-mock'
 import { OutboundQueue, mergeChangeType, type OutboundLimits, type Sink } from '../../lib/ws/outbound.js'
-import { encodeNotification } from '../../lib/ws/protocol.js'
+import { encodeNotification } from '../../lib/protocol/index.js'
 import { fakeClock, type TestContext } from './fixtures/fakes.js'
 
 const limits: OutboundLimits = { highWaterBytes: 1000, lowWaterBytes: 100, maxBufferedBytes: 5000, maxHeldFrames: 5, drainIntervalMs: 5 }

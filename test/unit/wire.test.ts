@@ -11,7 +11,7 @@ import { unwrap, wrap, type Envelope as BusEnvelope } from '../../lib/bus/envelo
 import {
   Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeNotification, encodeResync, encodeSubscribed,
   encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf
-} from '../../lib/ws/protocol.js'
+} from '../../lib/protocol/index.js'
 import { WireError } from '../../lib/errors.js'
 
 const entity = (feed: boolean): EntityType => ({

@@ -1,0 +1,86 @@
+/**
+ * Every frame the server sends, built here and nowhere else (their shapes: messages.ts). Notifications are encoded
+ * once per change, for every socket that receives them.
+ */
+import type { WireErrorCode } from './wire.js'
+import type { RequestIdValue } from './messages.js'
+
+/** An entity as replies name it: its type, id, and (when the request named one, or it is implied) its tenant. */
+export interface EntityRef { entityType: string, entityId: string, tenantId?: string | null }
+
+/** What a notification says of one change. */
+export interface NotificationFields extends EntityRef {
+  changeType: string
+  payloadType: string
+  /** the change's time, epoch ms */
+  ts: number
+  version?: string | null
+  origin?: string | null
+  payload?: unknown
+  position?: string | null
+}
+
+const refOf = (ref: EntityRef): Record<string, unknown> =>
+  ref.tenantId === undefined || ref.tenantId === null
+    ? { entityType: ref.entityType, entityId: ref.entityId }
+    : { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }
+
+function withId (id: RequestIdValue, type: string, data: Record<string, unknown>): string {
+  return JSON.stringify(id === undefined ? { type, data } : { type, id, data })
+}
+
+export function encodeNotification (n: NotificationFields): string {
+  const data: Record<string, unknown> = {
+    ...refOf(n),
+    changeType: n.changeType,
+    payloadType: n.payloadType,
+    timestamp: new Date(n.ts).toISOString()
+  }
+  if (n.version !== undefined && n.version !== null) data.version = n.version
+  if (n.position !== undefined && n.position !== null) data.position = n.position
+  if (n.origin !== undefined && n.origin !== null) data.origin = n.origin
+  if (n.payloadType === 'full' || n.payloadType === 'events') data.payload = n.payload ?? null
+  return JSON.stringify({ type: 'notification', data })
+}
+
+/** Notification frames, already encoded, in one frame. */
+export function encodeBatch (frames: readonly string[]): string {
+  return `{"type":"batch","data":[${frames.join(',')}]}`
+}
+
+export function encodeError (id: RequestIdValue, code: WireErrorCode, error: string): string {
+  return withId(id, 'error', { code, error })
+}
+
+/** `recovered` answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch. */
+export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, recovered?: boolean): string {
+  const data: Record<string, unknown> = { subscriptionId, ...refOf(ref) }
+  if (recovered !== undefined) data.recovered = recovered
+  return withId(id, 'subscribed', data)
+}
+
+export function encodeSubscriptionError (id: RequestIdValue, ref: EntityRef, code: WireErrorCode, error: string): string {
+  return withId(id, 'subscription_error', { ...refOf(ref), code, error })
+}
+
+export function encodeUnsubscribed (id: RequestIdValue, subscriptionId: string): string {
+  return withId(id, 'unsubscribed', { subscriptionId })
+}
+
+export function encodeResync (reason: string, ref?: EntityRef): string {
+  return JSON.stringify({ type: 'resync', data: ref === undefined ? { reason } : { reason, ...refOf(ref) } })
+}
+
+export function encodeWatchers (ref: EntityRef, count: number): string {
+  return JSON.stringify({ type: 'watchers', data: { ...refOf(ref), count } })
+}
+
+export function encodeAuthenticated (id: RequestIdValue, principal: { userId: string | null, roles: readonly string[], expiresAt: number | null }): string {
+  return withId(id, 'authenticated', {
+    userId: principal.userId,
+    roles: principal.roles,
+    expiresAt: principal.expiresAt === null ? null : new Date(principal.expiresAt).toISOString()
+  })
+}
+
+export const PONG = '{"type":"pong"}'

@@ -1,0 +1,4 @@
+/** The wire protocol (README.md beside this file): constants and rules, message schemas, and the server's frames. */
+export * from './wire.js'
+export * from './messages.js'
+export * from './encode.js'

@@ -1,0 +1,128 @@
+/**
+ * Every message of the wire protocol as a TypeBox schema, and its type. The server validates what clients send
+ * with the compiled validators here; the tests validate every frame the server sends against `ServerMessage`; the
+ * client SDK imports the types only (no runtime dependency). Unknown top-level fields of a client message are
+ * ignored (newer clients may send more); its `data` is strict.
+ */
+import Type, { type Static } from 'typebox'
+import { Compile } from 'typebox/compile'
+import { WireError } from './wire.js'
+
+const RequestId = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()])
+const EntityTypeName = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' })
+/**
+ * no control characters: they have no place in an id, and PostgreSQL refuses \u0000 in text; no lone surrogates:
+ * they have no UTF-8, so a broker channel or a query would carry U+FFFD instead, the id of another entity
+ */
+const EntityId = Type.String({ minLength: 1, maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' })
+/** a tenant id (Marten's tenant ids are strings); no ':', which ends the tenant in a subscriptionId */
+const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff:]+$' })
+
+// ------------------------------------------------------------------ client → server
+
+/** Every client message: a type, an optional id echoed in the reply, and the type's data. */
+export const ClientEnvelope = Type.Object({
+  type: Type.String({ minLength: 1, maxLength: 32 }),
+  id: Type.Optional(RequestId),
+  data: Type.Optional(Type.Unknown())
+})
+
+export const SubscribeData = Type.Object({
+  entityType: EntityTypeName,
+  /** an entity id, or "*" for every entity of a feed type */
+  entityId: EntityId,
+  /** tenanted types: whose entity; without it, the signed-in user's own tenant (or every tenant for anonymous watchers of public types and admins) */
+  tenantId: Type.Optional(TenantId),
+  /** the last position seen: the missed changes are replayed when they can be (outbox mode) */
+  since: Type.Optional(Type.String({ maxLength: 128 })),
+  /** push the number of watchers of the entity across the cluster when it changes */
+  watchers: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+
+export const UnsubscribeData = Type.Union([
+  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' }) }, { additionalProperties: false }),
+  Type.Object({ entityType: EntityTypeName, entityId: EntityId, tenantId: Type.Optional(TenantId) }, { additionalProperties: false })
+])
+
+export const AuthData = Type.Object({ token: Type.String({ minLength: 1, maxLength: 16384 }) }, { additionalProperties: false })
+
+export type SubscribeRequest = Static<typeof SubscribeData>
+export type UnsubscribeRequest = Static<typeof UnsubscribeData>
+export type AuthRequest = Static<typeof AuthData>
+export type RequestIdValue = string | number | undefined
+
+/** The compiled validators of client messages: the envelope, then `data` by type (a type missing here is unknown). */
+export const Envelope = Compile(ClientEnvelope)
+export const RequestData = {
+  subscribe: Compile(SubscribeData),
+  unsubscribe: Compile(UnsubscribeData),
+  auth: Compile(AuthData)
+} as const
+
+// ------------------------------------------------------------------ server → client
+
+/** An entity as replies name it: its type, id, and (tenanted types) its tenant. */
+const Ref = {
+  entityType: Type.String(),
+  entityId: Type.String(),
+  tenantId: Type.Optional(Type.String())
+}
+const ErrorCode = Type.Enum(Object.values(WireError))
+const reply = <T extends Record<string, Parameters<typeof Type.Object>[0][string]>>(type: string, data: T) =>
+  Type.Object({ type: Type.Literal(type), id: Type.Optional(RequestId), data: Type.Object(data, { additionalProperties: false }) }, { additionalProperties: false })
+
+export const Subscribed = reply('subscribed', {
+  subscriptionId: Type.String(),
+  ...Ref,
+  /** answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch */
+  recovered: Type.Optional(Type.Boolean())
+})
+export const SubscriptionError = reply('subscription_error', { ...Ref, code: ErrorCode, error: Type.String() })
+export const Unsubscribed = reply('unsubscribed', { subscriptionId: Type.String() })
+export const Authenticated = reply('authenticated', {
+  userId: Type.Union([Type.String(), Type.Null()]),
+  roles: Type.Array(Type.String()),
+  expiresAt: Type.Union([Type.String(), Type.Null()])
+})
+export const ErrorReply = reply('error', { code: ErrorCode, error: Type.String() })
+
+export const ChangeType = Type.Enum(['created', 'updated', 'deleted', 'appended', 'archived'])
+export const PayloadType = Type.Enum(['minimal', 'full', 'events'])
+
+export const NotificationData = Type.Object({
+  ...Ref,
+  changeType: ChangeType,
+  payloadType: PayloadType,
+  /** the change's time (the trigger's clock, or the publish call's), ISO 8601 */
+  timestamp: Type.String(),
+  /** Marten's mt_version, or the version a host published */
+  version: Type.Optional(Type.String()),
+  /** where the change stands: compare for equality; send the last one as `since` */
+  position: Type.Optional(Type.String()),
+  /** the writer's tag (changefeed.origin) */
+  origin: Type.Optional(Type.String()),
+  /** `full`: the document (null when deleted); `events`: the appended events */
+  payload: Type.Optional(Type.Unknown())
+}, { additionalProperties: false })
+export const Notification = Type.Object({ type: Type.Literal('notification'), data: NotificationData }, { additionalProperties: false })
+/** a busy feed: several notifications in one frame */
+export const Batch = Type.Object({ type: Type.Literal('batch'), data: Type.Array(Notification) }, { additionalProperties: false })
+export const Watchers = Type.Object({
+  type: Type.Literal('watchers'),
+  data: Type.Object({ ...Ref, count: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })
+}, { additionalProperties: false })
+/** changes may have been missed (of one entity, or of every watched entity when it names none): refetch */
+export const Resync = Type.Object({
+  type: Type.Literal('resync'),
+  data: Type.Object({ reason: Type.String(), entityType: Type.Optional(Type.String()), entityId: Type.Optional(Type.String()), tenantId: Type.Optional(Type.String()) }, { additionalProperties: false })
+}, { additionalProperties: false })
+export const Pong = Type.Object({ type: Type.Literal('pong') }, { additionalProperties: false })
+
+export const ServerMessageSchema = Type.Union([Subscribed, SubscriptionError, Unsubscribed, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
+export type ServerMessage = Static<typeof ServerMessageSchema>
+export type NotificationMessage = Static<typeof NotificationData>
+export type ChangeTypeName = Static<typeof ChangeType>
+export type PayloadTypeName = Static<typeof PayloadType>
+
+/** Validates a frame the server sent (tests). */
+export const ServerMessage = Compile(ServerMessageSchema)

@@ -1,0 +1,88 @@
+/**
+ * The protocol's constants and rules, with no imports: the server and the client SDK (a dependency-free module for
+ * browsers) both use this file. Message shapes are in messages.ts, the frames the server builds in encode.ts.
+ */
+
+/** Codes of `error` and `subscription_error` frames. */
+export const WireError = {
+  /** the frame is not JSON */
+  invalidJson: 'invalid_json',
+  /** JSON, but not a message of the protocol (unknown type, missing or wrong fields) */
+  badRequest: 'bad_request',
+  /** binary frames are not part of the protocol */
+  binaryFrame: 'binary_not_supported',
+  /** the entity type is neither declared nor discovered with an access rule */
+  unknownEntityType: 'unknown_entity_type',
+  /** no credentials, or credentials not valid, for a type that needs them */
+  unauthenticated: 'unauthenticated',
+  /** authenticated, but not allowed to view this entity */
+  forbidden: 'forbidden',
+  /** maxSubscriptionsPerConnection reached */
+  tooManySubscriptions: 'too_many_subscriptions',
+  /** subscribe/unsubscribe faster than subscribeRatePerSecond */
+  rateLimited: 'rate_limited',
+  /** the server failed inside; the socket stays usable, retry */
+  internal: 'internal_error'
+} as const
+export type WireErrorCode = typeof WireError[keyof typeof WireError]
+
+/**
+ * WebSocket close codes of the protocol. This server sends all but `internal`, `overloaded` and `forbidden`, which
+ * the protocol reserves (a proxy or another server of the protocol may send them; clients must understand them).
+ */
+export const CloseCode = {
+  normal: 1000,
+  goingAway: 1001,
+  policyViolation: 1008,
+  tooLarge: 1009,
+  internal: 1011,
+  overloaded: 1013,
+  unauthenticated: 4401,
+  forbidden: 4403,
+  idleTimeout: 4408,
+  slowConsumer: 4409,
+  tooManyConnections: 4429
+} as const
+
+/** Close codes after which reconnecting cannot help (a client must not retry them blindly). */
+export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([CloseCode.policyViolation, CloseCode.tooLarge, CloseCode.forbidden])
+
+/** The entity id of a type-wide (feed) subscription. */
+export const FEED = '*'
+
+/**
+ * The subscriptionId: `<entityType>:<entityId>`, as the users' draft client computes it; a subscription that named
+ * a tenant is `<entityType>@<tenantId>:<entityId>` (type names hold neither '@' nor ':', tenant ids no ':').
+ */
+export function subscriptionIdOf (entityType: string, entityId: string, tenantId?: string): string {
+  return tenantId === undefined ? entityType + ':' + entityId : entityType + '@' + tenantId + ':' + entityId
+}
+
+/** The parts of a subscriptionId, or null when it is not one. */
+export function parseSubscriptionId (subscriptionId: string): { entityType: string, entityId: string, tenantId?: string } | null {
+  const match = /^([A-Za-z_][A-Za-z0-9_.]*)(?:@([^:]+))?:(.+)$/s.exec(subscriptionId)
+  if (match === null) return null
+  return match[2] === undefined ? { entityType: match[1], entityId: match[3] } : { entityType: match[1], tenantId: match[2], entityId: match[3] }
+}
+
+/*
+ * Positions. Outbox mode's `<epoch>:<n>` can be resumed with `since` and is ordered within its epoch; the others
+ * (`n:<txid>` in notify mode, `p:<instance>:<n>` for a host's publish) only tell changes apart.
+ */
+
+export function formatPosition (epoch: string, pos: number | string): string {
+  return epoch + ':' + String(pos)
+}
+
+/** The parts of an outbox position (resumable with `since`); null for any other string. */
+export function parsePosition (position: string): { epoch: string, pos: number } | null {
+  const match = /^([0-9a-f]{8}):(\d{1,15})$/.exec(position)
+  return match === null ? null : { epoch: match[1], pos: Number(match[2]) }
+}
+
+/** False only when both are outbox positions of one epoch and `position` is not later than `than`. */
+export function isAfter (position: string | null, than: string | undefined): boolean {
+  const a = position === null ? null : parsePosition(position)
+  const b = than === undefined ? null : parsePosition(than)
+  return a === null || b === null || a.epoch !== b.epoch || a.pos > b.pos
+}
