@@ -5,9 +5,7 @@
  * that cannot be attributed to an entity type is counted and logged by reason (lib/drops.ts), never silently lost.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { coalesceRows, type Change, type ChangeType } from './capture/coalesce.js'
-import type { Outbox } from './capture/outbox.js'
-import type { Database } from './capture/database.js'
+import { coalesceRows, type Change, type ChangeType, type RowChange } from './capture/coalesce.js'
 import type { EntityRegistry, EntityType } from './entities.js'
 import type { PubSub } from './bus/index.js'
 import type { InterestStore } from './store/interest.js'
@@ -16,8 +14,7 @@ import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type 
 import { InvalidChangeError, UnknownEntityTypeError } from './errors.js'
 import { OwedResyncs } from './resync.js'
 import { FEED, channelsOf } from './channels.js'
-import { DocumentReader } from './documents.js'
-import type { Drops } from './drops.js'
+import { ownerIn, type Notice, type Notices } from './notices.js'
 import { encodeNotification, encodeResync } from './protocol/index.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
@@ -58,43 +55,16 @@ export interface RouterCounters {
 
 const RESCAN_UNKNOWN_MS = 10_000
 
-/** Where a database's outbox is read for `since` replays (outbox mode). */
-export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
-
-/** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
-interface Notice {
-  frame: string
-  payloadType: string
-  tenantId: string | null
-  /** owner types with a full document: who the document says owns it (null: nobody); undefined otherwise */
-  owner?: string | null
-}
-
-/**
- * The owner a full document of an owner type names (ownerPath), so that delivery can stop a subscription whose
- * owner the document no longer names; undefined where there is nothing to check.
- */
-function ownerIn (entity: EntityType, payloadType: string, payload: unknown): string | null | undefined {
-  if (entity.access !== 'owner' || entity.ownerPath === undefined || entity.ownerPath.length === 0 || payloadType !== 'full') return undefined
-  let value: unknown = payload
-  for (const key of entity.ownerPath) value = value !== null && typeof value === 'object' ? (value as Record<string, unknown>)[key] : undefined
-  return typeof value === 'string' || typeof value === 'number' ? String(value) : null
-}
-
 export interface RouterServices {
   registry: EntityRegistry
-  databases: ReadonlyMap<string, Database>
+  /** attribution of changes to entity types and tenants, and their frames */
+  notices: Notices
   interest: InterestStore
   bus: PubSub
   prefix: string
   log: FastifyBaseLogger
-  drops: Drops
-  /** a database's event store, or null: only its tables may report event appends and archived streams */
-  eventStore: (database: string) => { schema: string, table: string, streams: string } | null
   /** looks for new tables in a database (a change of a table not known yet may be of one just created) */
   rescan: (database: string) => Promise<void>
-  /** outbox mode: where each database's outbox is read for replays */
-  replaySources: ReadonlyMap<string, ReplaySource>
   /** every change (watched or not) also goes here: a JetStream stream for service consumers */
   stream: ChangeSink | null
   /** recorded on the publish spans, so a delivery elsewhere can be traced to this instance */
@@ -106,7 +76,6 @@ export class ChangeRouter {
   readonly counters: RouterCounters = { changes: 0, unwatched: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
   /** resyncs owed to the watchers of changes that were lost */
   readonly owed: OwedResyncs
-  private readonly documents: DocumentReader
   private readonly tracer: Tracer
   private readonly prefix: string
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
@@ -118,7 +87,6 @@ export class ChangeRouter {
 
   constructor (private readonly s: RouterServices) {
     this.owed = new OwedResyncs(s.bus, s.prefix, s.log)
-    this.documents = new DocumentReader(s.databases)
     this.tracer = s.tracer ?? trace.getTracer('fastify-changefeed')
     this.prefix = s.prefix
   }
@@ -129,14 +97,14 @@ export class ChangeRouter {
    */
   async routeChange (change: Change, stopAfterFailure = false): Promise<boolean> {
     this.counters.changes++
-    let entity = this.entityOf(change, false)
+    let entity = this.s.notices.entityOf(change, false)
     if (entity === undefined && change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
       // a table created a moment ago: the event trigger's note may still be on its way
       await this.s.rescan(change.database).catch(() => {})
     }
-    entity ??= this.entityOf(change)
+    entity ??= this.s.notices.entityOf(change)
     if (entity === undefined) return true
-    const tenantId = this.tenantOf(entity, change)
+    const tenantId = this.s.notices.tenantOf(entity, change)
     const channels = channelsOf(this.prefix, entity, change.id, tenantId)
     const key = channels[0]
     const previous = this.inFlight.get(key)
@@ -148,6 +116,24 @@ export class ChangeRouter {
     const done = await current
     if (this.inFlight.get(key) === current) this.inFlight.delete(key)
     return done
+  }
+
+  /** Notify mode: a change that fails now is lost, and its watchers must hear of it. */
+  routeCaptured (change: Change): void {
+    void this.routeChange(change).then((ok) => { if (!ok) this.giveUp(change) })
+  }
+
+  /** Outbox mode: one batch of numbered rows (lib/capture/publisher.ts says when it is final). */
+  async routeOutbox (database: string, rows: RowChange[], { final, current }: { final: boolean, current: () => boolean }): Promise<boolean> {
+    const changes = coalesceRows(database, this.s.registry.tenantOfDatabase(database), rows)
+    // a deposed publisher stops at once: the new leader publishes from the stored cursor
+    const results = await Promise.all(changes.map(async (c) => current() && await this.routeChange(c, !final)))
+    if (results.every(Boolean)) return true
+    // during an outage the batch waits (watchers got a bus_gap resync); only a change that fails while
+    // everything works is given up on
+    if (!final || !current() || this.outage) return false
+    for (const [i, change] of changes.entries()) if (!results[i]) this.giveUp(change)
+    return true
   }
 
   /**
@@ -162,33 +148,6 @@ export class ChangeRouter {
     if (this.lookedFor.size >= 1000) this.lookedFor.clear()
     this.lookedFor.set(key, now)
     return true
-  }
-
-  /** The entity type of a change, or undefined (counted and logged as a drop). */
-  private entityOf (change: Change, count = true): EntityType | undefined {
-    const where = { database: change.database, table: `${change.schema}.${change.table}` }
-    if (change.events !== undefined || change.changeType === 'archived') {
-      const store = this.s.eventStore(change.database)
-      const table = change.events !== undefined ? store?.table : store?.streams
-      if (store === null || store.schema !== change.schema || table !== change.table) return this.drop(count, 'not_event_store', where)
-      const entity = this.s.registry.forStream(change.streamType)
-      if (entity !== undefined) return entity
-      return this.drop(count, change.streamType === null || change.streamType === undefined ? 'untyped_stream' : 'unknown_stream_type',
-        { ...where, detail: change.streamType ?? undefined })
-    }
-    const entity = this.s.registry.forTable(change.database, change.schema, change.table)
-    return entity ?? this.drop(count, 'unknown_table', where)
-  }
-
-  private drop (count: boolean, reason: Parameters<Drops['drop']>[0], where: Parameters<Drops['drop']>[1]): undefined {
-    if (count) this.s.drops.drop(reason, where)
-    return undefined
-  }
-
-  /** The tenant a change belongs to for its type: its database's, its row's (conjoined), or none. */
-  private tenantOf (entity: EntityType, change: Change): string | null {
-    if (entity.tenancy === 'database') return this.s.registry.tenantOfDatabase(change.database)
-    return entity.tenancy === 'conjoined' ? change.tenantId : null
   }
 
   private async routeEntityChange (entity: EntityType, channels: string[], tenantId: string | null, change: Change): Promise<boolean> {
@@ -206,9 +165,7 @@ export class ChangeRouter {
     })
     const busErrorsBefore = this.counters.busErrors
     try {
-      const needsRead = change.events !== undefined
-        ? change.events.some((e) => !('data' in e))
-        : entity.payload === 'full' && change.changeType !== 'deleted' && change.changeType !== 'archived' && !change.hasDoc
+      const needsRead = this.s.notices.needsRead(entity, change)
       // locally the check is free; across the cluster it costs a round trip, worth it only to save a read
       const watched = this.s.interest.local || needsRead ? await this.anyoneWatches(channels) : channels
       if (watched.length === 0 && this.s.stream === null) {
@@ -216,7 +173,8 @@ export class ChangeRouter {
         span.setAttribute('changefeed.outcome', 'unwatched')
         return true
       }
-      const notice = await this.frameOf(entity, change, tenantId)
+      const notice = await this.s.notices.noticeOf(entity, change, tenantId)
+      this.counters.documentReads = this.s.notices.reads
       if (this.s.stream !== null) await this.s.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame: notice.frame })
       if (watched.length === 0) {
         this.counters.unwatched++
@@ -238,58 +196,6 @@ export class ChangeRouter {
     }
   }
 
-  /**
-   * The notification of one change, as every watcher receives it. A `full` document is read when the trigger did
-   * not inline it; appended events whose data did not ride inline are read from the event table.
-   */
-  private async frameOf (entity: EntityType, change: Change, tenantId: string | null): Promise<Notice> {
-    const fields = {
-      entityType: entity.name,
-      entityId: change.id,
-      tenantId,
-      changeType: change.changeType,
-      ts: change.ts,
-      version: change.version,
-      origin: change.origin,
-      position: change.position
-    }
-    if (change.events !== undefined) {
-      await this.documents.events(change)
-      this.counters.documentReads = this.documents.reads
-      return { frame: encodeNotification({ ...fields, payloadType: 'events', payload: change.events }), payloadType: 'events', tenantId }
-    }
-    let payload: unknown
-    let payloadType = entity.payload === 'full' && change.changeType !== 'archived' ? 'full' : 'minimal'
-    if (payloadType === 'full' && change.changeType !== 'deleted') {
-      payload = change.hasDoc ? change.doc : await this.documents.document(entity, change.database, change.tenantId, change.id)
-      this.counters.documentReads = this.documents.reads
-      // gone by the time we read it: a later change says so; meanwhile the client refetches
-      if (payload === undefined) payloadType = 'minimal'
-    }
-    return { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload) }
-  }
-
-  /**
-   * Outbox mode: the changes of one (tenant's) entity after `since`, as notification frames, oldest first; null
-   * when they cannot all be given (notify mode, a feed, a position of another epoch, pruned, or too many).
-   */
-  async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<Array<{ frame: string, position: string }> | null> {
-    const database = this.s.registry.databaseFor(entity, tenantId)
-    const source = database === undefined ? undefined : this.s.replaySources.get(database)
-    const db = database === undefined ? undefined : this.s.databases.get(database)
-    if (database === undefined || source === undefined || db === undefined || entityId === '*') return null
-    const tables = [entity.table, ...source.tables]
-    const rowTenant = entity.tenancy === 'conjoined' ? tenantId : null
-    const rows = await source.outbox.replay(async (text, params) => await db.query(text, params), { tables, entityId, tenantId: rowTenant, since, limit: source.maxReplay })
-    if (rows === null) return null
-    const frames: Array<{ frame: string, position: string }> = []
-    for (const change of coalesceRows(database, this.s.registry.tenantOfDatabase(database), rows)) {
-      if (this.entityOf(change, false)?.name !== entity.name) continue
-      frames.push({ frame: (await this.frameOf(entity, change, this.tenantOf(entity, change))).frame, position: change.position })
-    }
-    return frames
-  }
-
   /** Whether a failure now would be an outage (bus or stream down) rather than a change that cannot be carried. */
   get outage (): boolean {
     return !this.s.bus.ready || this.s.stream?.ready === false
@@ -300,11 +206,11 @@ export class ChangeRouter {
    * watchers, wherever they are, get a `resync` (reason `delivery_failed`) as soon as the bus takes it. Never silent.
    */
   giveUp (change: Change): void {
-    const entity = this.entityOf(change, false)
+    const entity = this.s.notices.entityOf(change, false)
     if (entity === undefined) return
     this.counters.givenUp++
     this.s.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be delivered; its watchers resync')
-    this.oweResync(entity, change.database, change.id, this.tenantOf(entity, change))
+    this.oweResync(entity, change.database, change.id, this.s.notices.tenantOf(entity, change))
   }
 
   /** The watchers of the entity, and of its type's feed, are owed a resync for a change they will not get. */

@@ -43,7 +43,8 @@ export class Telemetry {
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 20 })
   private readonly payloadAttributes = new Map<string, Attributes>()
 
-  constructor (version: string, collect: () => TelemetrySnapshot) {
+  /** `collect`: the counts now, or null before the pipeline is up (nothing is observed then) */
+  constructor (version: string, collect: () => TelemetrySnapshot | null) {
     const meter = metrics.getMeter('fastify-changefeed', version)
     this.tracer = trace.getTracer('fastify-changefeed', version)
     this.latency = meter.createHistogram('changefeed.notification.latency', {
@@ -83,6 +84,7 @@ export class Telemetry {
 
     meter.addBatchObservableCallback((result) => {
       const s = collect()
+      if (s === null) return
       const byKey = (instrument: Parameters<typeof result.observe>[0], values: Record<string, number>, key: string): void => {
         for (const [value, n] of Object.entries(values)) result.observe(instrument, n, { [key]: value })
       }

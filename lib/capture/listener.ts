@@ -10,10 +10,11 @@
  * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { createHmac, timingSafeEqual } from 'node:crypto'
 import type { Database, ListenSession } from './database.js'
-import { TransactionCoalescer, isRowChange, type Change, type RowChange } from './coalesce.js'
+import { TransactionCoalescer, isRowChange, type Change } from './coalesce.js'
 import { Outbox } from './outbox.js'
+import { NotifyVerifier } from './signature.js'
+import { OutboxPublisher, type OutboxBatchHandler, type OutboxSettings } from './publisher.js'
 import type { Drops } from '../drops.js'
 import { CaptureKeyError } from '../errors.js'
 
@@ -27,12 +28,8 @@ export interface ListenerEvents {
    * leader that died just before), so they are told too; it is not a gap of this instance.
    */
   onGap(database: string, reason: 'listener_gap' | 'leader_change', precaution: boolean): void
-  /**
-   * Outbox mode: routes a batch of numbered rows; false when any of it failed (the batch is published again).
-   * `final`: the batch failed before; give up on what fails now (its watchers resync) rather than stall.
-   * `current()`: false once this instance is no longer the one publishing (its connection went).
-   */
-  onOutbox(database: string, rows: RowChange[], attempt: { final: boolean, current: () => boolean }): Promise<boolean>
+  /** Outbox mode: routes a batch of numbered rows (lib/capture/publisher.ts). */
+  onOutbox: OutboxBatchHandler
   /** The database's event trigger put the capture trigger on a new table, or could not (`error`). */
   onDdl(database: string, note: DdlNote): void
 }
@@ -43,21 +40,7 @@ export interface DdlNote { ddl: 'installed' | 'failed', s: string, t: string, er
 const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof value === 'object' &&
   ((value as DdlNote).ddl === 'installed' || (value as DdlNote).ddl === 'failed') && typeof (value as DdlNote).t === 'string'
 
-/** hex characters of the HMAC-SHA-256 that precede every signed NOTIFY payload (sql/changefeed.sql) */
-const SIGNATURE_LENGTH = 64
-/** how many signatures are remembered against replays */
-const SEEN_SIGNATURES = 50_000
-
-/** attempts at one outbox batch before what still fails is given up on */
-const OUTBOX_ATTEMPTS = 3
-
-export interface OutboxSettings {
-  batchSize: number
-  pollIntervalMs: number
-  retentionSeconds: number
-  maxRows: number
-  pruneIntervalSeconds: number
-}
+export type { OutboxSettings } from './publisher.js'
 
 export interface ListenerOptions {
   channel: string
@@ -87,19 +70,9 @@ export class ListenerConnection {
   private attempt = 0
   private lost = false
   private readonly coalescer: TransactionCoalescer
-  private readonly outbox: Outbox | null
-  private outboxTimer: NodeJS.Timeout | null = null
-  private lastPrune = 0
-  private draining: Promise<void> | null = null
-  private drainingSession: ListenSession | null = null
-  private drainAgain = false
-  private failedAttempts = 0
-  /** outbox mode: rows published (at least once) by this instance */
-  outboxPublished = 0
-  /** the key the capture triggers sign with: read on every connection, so a reinstall is picked up */
-  private key: Buffer | null = null
-  /** the latest signatures (half of each, oldest first): a payload sent again is not a change */
-  private readonly seenSignatures = new Set<string>()
+  /** outbox mode: publishes the outbox while this instance leads */
+  private readonly outbox: OutboxPublisher | null
+  private readonly verifier = new NotifyVerifier()
 
   constructor (
     private readonly db: Database,
@@ -111,7 +84,14 @@ export class ListenerConnection {
     tenant: string | null
   ) {
     this.coalescer = new TransactionCoalescer(db.name, tenant, events.onChange)
-    this.outbox = options.outbox === null ? null : new Outbox(options.channel)
+    this.outbox = options.outbox === null
+      ? null
+      : new OutboxPublisher(db.name, new Outbox(options.channel), options.outbox, events.onOutbox, () => this.state === 'listening' ? this.session : null, log)
+  }
+
+  /** outbox mode: rows published (at least once) by this instance */
+  get outboxPublished (): number {
+    return this.outbox?.published ?? 0
   }
 
   get isLeader (): boolean {
@@ -129,7 +109,7 @@ export class ListenerConnection {
 
   private async useSession (session: ListenSession): Promise<void> {
     this.session = session
-    this.key = await this.readKey(session)
+    this.verifier.useKey(await this.readKey(session))
     this.startProbe()
     if (await this.tryToLead(session)) return
     this.state = 'following'
@@ -145,23 +125,6 @@ export class ListenerConnection {
     } catch (err) {
       throw new CaptureKeyError(this.db.name, (err as Error).message)
     }
-  }
-
-  /**
-   * The JSON of a NOTIFY the capture triggers signed; null for anything else (any role may NOTIFY). Any role may
-   * also LISTEN, and send a signed payload it saw once more: a signature already seen lately is refused too.
-   */
-  private verified (payload: string): string | null {
-    if (this.key === null || payload.length <= SIGNATURE_LENGTH) return null
-    const body = payload.slice(SIGNATURE_LENGTH)
-    const expected = createHmac('sha256', this.key).update(body, 'utf8').digest()
-    const given = Buffer.from(payload.slice(0, SIGNATURE_LENGTH), 'hex')
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
-    const seen = payload.slice(0, 32)
-    if (this.seenSignatures.has(seen)) return null
-    this.seenSignatures.add(seen)
-    if (this.seenSignatures.size > SEEN_SIGNATURES) this.seenSignatures.delete(this.seenSignatures.values().next().value as string)
-    return body
   }
 
   /** Takes the lock (when electing) and listens. True when this instance now listens. */
@@ -182,7 +145,7 @@ export class ListenerConnection {
     // listening is leading: this instance publishes the database's changes (alone, or holding the lock)
     this.log.info({ database: this.db.name, leader: true, election: this.options.leaderElection, outbox: this.outbox !== null }, 'changefeed: listening')
     if (this.outbox !== null) {
-      this.startOutbox()
+      this.outbox.start()
     } else if (!first) {
       this.gaps++
       this.events.onGap(this.db.name, reason, false)
@@ -231,74 +194,9 @@ export class ListenerConnection {
     }
   }
 
-  private startOutbox (): void {
-    if (this.outboxTimer === null) {
-      this.outboxTimer = setInterval(() => { void this.drain() }, this.options.outbox!.pollIntervalMs)
-      this.outboxTimer.unref()
-    }
-    void this.drain()
-  }
-
-  /**
-   * Publishes the outbox: numbers what is committed, routes what lies after the published cursor, then moves the
-   * cursor. A batch that fails is published again from the cursor (at least once; positions let clients drop
-   * the repeats), and after OUTBOX_ATTEMPTS what still fails is given up on, so one poisonous change cannot stall
-   * the rest. One drain per session at a time; a wake-up during one runs another after it.
-   */
+  /** Outbox mode: publishes what is waiting now (tests, and a NOTIFY's wake-up). */
   async drain (): Promise<void> {
-    if (this.draining !== null && this.drainingSession === this.session) {
-      this.drainAgain = true
-      return await this.draining
-    }
-    const session = this.session
-    const run: Promise<void> = this.drainLoop(session).finally(() => {
-      if (this.draining === run) {
-        this.draining = null
-        this.drainingSession = null
-      }
-    })
-    this.draining = run
-    this.drainingSession = session
-    await run
-  }
-
-  private async drainLoop (session: ListenSession | null): Promise<void> {
-    const outbox = this.outbox!
-    const settings = this.options.outbox!
-    const current = (): boolean => this.session === session && this.state === 'listening'
-    try {
-      do {
-        this.drainAgain = false
-        if (session === null || !current()) return
-        const query = session.query
-        if (Date.now() - this.lastPrune > settings.pruneIntervalSeconds * 1000) {
-          this.lastPrune = Date.now()
-          const pruned = await outbox.prune(query, settings.retentionSeconds, settings.maxRows)
-          if (pruned > 0) this.log.debug({ database: this.db.name, pruned }, 'changefeed: outbox pruned')
-        }
-        const state = await outbox.state(query)
-        let cursor = state.published
-        for (;;) {
-          await outbox.number(query, settings.batchSize)
-          const { rows, last } = await outbox.read(query, state.epoch, cursor, settings.batchSize)
-          if (rows.length === 0) break
-          const final = this.failedAttempts + 1 >= OUTBOX_ATTEMPTS
-          if (!await this.events.onOutbox(this.db.name, rows, { final, current })) {
-            this.failedAttempts++
-            this.log.warn({ database: this.db.name, from: cursor, attempt: this.failedAttempts }, 'changefeed: publishing the outbox failed; retrying from the cursor')
-            return
-          }
-          this.failedAttempts = 0
-          if (!current()) return
-          await outbox.markPublished(query, last)
-          this.outboxPublished += rows.length
-          cursor = last
-        }
-      } while (this.drainAgain)
-    } catch (err) {
-      // the connection failed under us (onLost takes over), or a query failed: the next wake-up or poll retries
-      this.log.warn({ database: this.db.name, err: (err as Error).message }, 'changefeed: outbox drain failed')
-    }
+    await this.outbox?.drain()
   }
 
   private onPayload (payload: string): void {
@@ -309,7 +207,7 @@ export class ListenerConnection {
       if (this.outbox !== null) void this.drain()
       return
     }
-    const body = this.verified(payload)
+    const body = this.verifier.verified(payload)
     if (body === null) return this.drops.drop('forged', { database: this.db.name })
     let row: unknown
     try {
@@ -374,7 +272,7 @@ export class ListenerConnection {
     this.state = 'closed'
     if (this.timer !== null) clearTimeout(this.timer)
     if (this.probeTimer !== null) clearInterval(this.probeTimer)
-    if (this.outboxTimer !== null) clearInterval(this.outboxTimer)
+    this.outbox?.stop()
     this.coalescer.flush()
     const session = this.session
     this.session = null

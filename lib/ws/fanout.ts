@@ -56,7 +56,6 @@ const RESYNC_COALESCE_MS = 100
 export class Fanout {
   readonly store = new LocalSubscriptionStore<Watcher>()
   readonly counters: FanoutCounters = { sentByPayload: {}, failedByPayload: {}, createdByType: {}, removedByType: {}, busErrors: 0 }
-  telemetry: Telemetry | null = null
   /** every instance listens here for gaps announced by whichever instance captures a database */
   readonly gapChannel: string
   private bus: PubSub | null = null
@@ -65,7 +64,12 @@ export class Fanout {
   private readonly owedResyncs = new Map<string, string>()
   private resyncTimer: NodeJS.Timeout | null = null
 
-  constructor (private readonly prefix: string, private readonly registry: EntityRegistry, private readonly log: FastifyBaseLogger) {
+  constructor (
+    private readonly prefix: string,
+    private readonly registry: EntityRegistry,
+    private readonly log: FastifyBaseLogger,
+    private readonly telemetry: Telemetry | null = null
+  ) {
     this.gapChannel = gapChannelOf(prefix)
   }
 

@@ -1,0 +1,44 @@
+/**
+ * Outbox mode: a client resuming with `since` gets the changes of its entity it missed, read from the outbox,
+ * as the same notification frames it would have received live.
+ */
+import { coalesceRows } from './capture/coalesce.js'
+import type { Outbox } from './capture/outbox.js'
+import type { Database } from './capture/database.js'
+import type { EntityRegistry, EntityType } from './entities.js'
+import type { Notices } from './notices.js'
+
+/** Where a database's outbox is read for `since` replays (outbox mode). */
+export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
+
+export type ReplayedFrames = Array<{ frame: string, position: string }>
+
+export class Replayer {
+  constructor (
+    private readonly registry: EntityRegistry,
+    private readonly databases: ReadonlyMap<string, Database>,
+    private readonly sources: ReadonlyMap<string, ReplaySource>,
+    private readonly notices: Notices
+  ) {}
+
+  /**
+   * The changes of one (tenant's) entity after `since`, as notification frames, oldest first; null when they
+   * cannot all be given (notify mode, a feed, a position of another epoch, pruned, or too many).
+   */
+  async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<ReplayedFrames | null> {
+    const database = this.registry.databaseFor(entity, tenantId)
+    const source = database === undefined ? undefined : this.sources.get(database)
+    const db = database === undefined ? undefined : this.databases.get(database)
+    if (database === undefined || source === undefined || db === undefined || entityId === '*') return null
+    const tables = [entity.table, ...source.tables]
+    const rowTenant = entity.tenancy === 'conjoined' ? tenantId : null
+    const rows = await source.outbox.replay(async (text, params) => await db.query(text, params), { tables, entityId, tenantId: rowTenant, since, limit: source.maxReplay })
+    if (rows === null) return null
+    const frames: ReplayedFrames = []
+    for (const change of coalesceRows(database, this.registry.tenantOfDatabase(database), rows)) {
+      if (this.notices.entityOf(change, false)?.name !== entity.name) continue
+      frames.push({ frame: (await this.notices.noticeOf(entity, change, this.notices.tenantOf(entity, change))).frame, position: change.position })
+    }
+    return frames
+  }
+}
