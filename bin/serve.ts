@@ -52,26 +52,28 @@ async function printPasswordHash (): Promise<void> {
   process.stdout.write(await hashPassword(password) + '\n')
 }
 
-async function main (): Promise<void> {
-  let args: any
+const ARGUMENTS = {
+  config: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  demo: { type: 'boolean', default: false },
+  help: { type: 'boolean', default: false }
+} as const
+
+function parseCommandLine (): ReturnType<typeof parseArgs<{ options: typeof ARGUMENTS, allowPositionals: true }>> {
   try {
-    args = parseArgs({
-      options: {
-        config: { type: 'string' },
-        port: { type: 'string' },
-        host: { type: 'string' },
-        demo: { type: 'boolean', default: false },
-        help: { type: 'boolean', default: false }
-      },
-      allowPositionals: true
-    })
+    return parseArgs({ options: ARGUMENTS, allowPositionals: true })
   } catch (err) {
-    fail(`${(err as Error).message}\n\n${USAGE}`)
+    return fail(`${(err as Error).message}\n\n${USAGE}`)
   }
-  const [command, ...extra] = args.positionals
+}
+
+async function main (): Promise<void> {
+  const parsed = parseCommandLine()
+  const [command, ...extra] = parsed.positionals
   if (command === 'hash-password' && extra.length === 0) return await printPasswordHash()
   if (command !== undefined) fail(`unknown command "${command}"\n\n${USAGE}`)
-  args = args.values
+  const args = parsed.values
   if (args.help) {
     process.stdout.write(USAGE + '\n')
     return

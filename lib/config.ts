@@ -18,7 +18,8 @@ export interface ConfigSources {
   demo?: boolean
 }
 
-type Json = Record<string, any>
+/** A JSON object as read from the file: shapes are checked by the options schema, not here. */
+type Json = Record<string, unknown>
 
 /** The embedded database `--demo` uses when no other is configured. */
 export const EMBEDDED_DATABASE = { name: 'main', url: 'pglite://memory' }
@@ -27,6 +28,11 @@ export const EMBEDDED_DATABASE = { name: 'main', url: 'pglite://memory' }
 export const STANDALONE_TELEMETRY = { healthPath: '/health', statsPath: '/changefeed/stats' }
 
 const isObject = (value: unknown): value is Json => value !== null && typeof value === 'object' && !Array.isArray(value)
+/**
+ * `value` with `extra` over it; a value that is there but not an object stays as it is, for the schema to
+ * refuse by its path (an override must not hide a broken file).
+ */
+const merged = (value: unknown, extra: Json): unknown => value === undefined || isObject(value) ? { ...value, ...extra } : value
 
 function readConfigFile (file: string): Json {
   let text: string
@@ -48,23 +54,18 @@ function readConfigFile (file: string): Json {
 /** Environment overrides (DESIGN.md §9): DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL. */
 export function applyEnvironment (config: Json, env: NodeJS.ProcessEnv): Json {
   const out: Json = { ...config }
-  const section = (key: string): Json => (out[key] = { ...(out[key] ?? {}) })
+  const set = (key: string, extra: Json): void => { out[key] = merged(out[key], extra) }
+  const jwt = (extra: Json): void => { out.auth = merged(out.auth, { jwt: merged(isObject(out.auth) ? out.auth.jwt : undefined, extra) }) }
   if (env.DATABASE_URL !== undefined && env.DATABASE_URL !== '') {
-    const databases: Json[] = Array.isArray(out.databases) ? out.databases.filter((d: Json) => d?.name !== 'main') : []
+    const databases: unknown[] = Array.isArray(out.databases) ? out.databases.filter((d: unknown) => !isObject(d) || d.name !== 'main') : []
     out.databases = [{ name: 'main', url: env.DATABASE_URL }, ...databases]
   }
-  if (env.REDIS_URL !== undefined && env.REDIS_URL !== '') Object.assign(section('bus'), { provider: 'redis', url: env.REDIS_URL })
-  if (env.NATS_URL !== undefined && env.NATS_URL !== '') Object.assign(section('bus'), { provider: 'nats', url: env.NATS_URL })
-  if (env.HOST !== undefined && env.HOST !== '') section('server').host = env.HOST
-  if (env.PORT !== undefined && env.PORT !== '') section('server').port = Number(env.PORT)
-  if (env.JWT_SECRET !== undefined && env.JWT_SECRET !== '') {
-    const auth = section('auth')
-    auth.jwt = { ...(auth.jwt ?? {}), secret: env.JWT_SECRET }
-  }
-  if (env.JWT_JWKS_URL !== undefined && env.JWT_JWKS_URL !== '') {
-    const auth = section('auth')
-    auth.jwt = { ...(auth.jwt ?? {}), jwksUrl: env.JWT_JWKS_URL }
-  }
+  if (env.REDIS_URL !== undefined && env.REDIS_URL !== '') set('bus', { provider: 'redis', url: env.REDIS_URL })
+  if (env.NATS_URL !== undefined && env.NATS_URL !== '') set('bus', { provider: 'nats', url: env.NATS_URL })
+  if (env.HOST !== undefined && env.HOST !== '') set('server', { host: env.HOST })
+  if (env.PORT !== undefined && env.PORT !== '') set('server', { port: Number(env.PORT) })
+  if (env.JWT_SECRET !== undefined && env.JWT_SECRET !== '') jwt({ secret: env.JWT_SECRET })
+  if (env.JWT_JWKS_URL !== undefined && env.JWT_JWKS_URL !== '') jwt({ jwksUrl: env.JWT_JWKS_URL })
   return out
 }
 
@@ -75,8 +76,9 @@ export function applyEnvironment (config: Json, env: NodeJS.ProcessEnv): Json {
 export function loadConfig (sources: ConfigSources): ResolvedOptions {
   let config: Json = sources.file !== undefined ? readConfigFile(sources.file) : {}
   config = applyEnvironment(config, sources.env ?? {})
-  if (sources.port !== undefined) config.server = { ...(config.server ?? {}), port: sources.port }
-  if (sources.host !== undefined) config.server = { ...(config.server ?? {}), host: sources.host }
+  if (sources.port !== undefined) config.server = merged(config.server, { port: sources.port })
+  if (sources.host !== undefined) config.server = merged(config.server, { host: sources.host })
+  // the file's own telemetry settings win over the standalone defaults
   if (config.telemetry === undefined || isObject(config.telemetry)) config.telemetry = { ...STANDALONE_TELEMETRY, ...config.telemetry }
   const noDatabase = config.databases === undefined || (Array.isArray(config.databases) && config.databases.length === 0)
   if (noDatabase && sources.demo === true) config.databases = [EMBEDDED_DATABASE]

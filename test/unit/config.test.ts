@@ -5,7 +5,8 @@
  * discovery of the other watched tables, lookup, tenancy, the database of a tenant, event streams, inlined tables.
  */
 import t from 'tap'
-import { describeOptions, optionsMarkdown, resolveOptions, type ChangefeedOptions, type ResolvedOptions } from '../../lib/options.js'
+import { resolveOptions, type ChangefeedOptions, type ResolvedOptions } from '../../lib/options.js'
+import { describeOptions, optionsMarkdown } from '../../bin/docs.js'
 import { EntityRegistry, dotnetShortName, martenTable } from '../../lib/entities.js'
 import type { TestContext } from './fixtures/fakes.js'
 
