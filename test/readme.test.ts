@@ -1,22 +1,52 @@
-/** README.md stays true: the option reference is the one the schema generates, and the examples it names exist. */
+/**
+ * The documents stay true: the option reference is the one the schema generates, every relative link (and the
+ * heading it points at) exists, and the README starts with what it is and the two commands that matter.
+ */
 import t from 'tap'
-import { existsSync, readFileSync } from 'node:fs'
-import { withOptionsTable } from '../bin/docs.js'
+import { existsSync } from 'node:fs'
+import { dirname, join, normalize } from 'node:path'
+import { OPTIONS_DOCUMENT, withOptionsTable } from '../bin/docs.js'
 import { packageRoot } from '../lib/paths.js'
-import { join } from 'node:path'
+import { anchorsOf, documents, readDocument } from './helpers/docs.js'
 
-const readme = readFileSync(join(packageRoot, 'README.md'), 'utf8')
+const readme = readDocument('README.md')
+const docs = documents()
 
-t.equal(withOptionsTable(readme), readme, 'the configuration reference matches lib/options.ts (run `npm run docs`)')
+t.test('the configuration reference matches lib/options.ts (run `npm run docs`)', async (t) => {
+  const text = readDocument(OPTIONS_DOCUMENT)
+  t.equal(withOptionsTable(text), text)
+})
 
-t.test('files the README links exist', async (t) => {
-  const links = [...readme.matchAll(/\]\(((?:lib|sql|examples|test|bin)\/[^)#]+)\)/g)].map((m) => m[1])
-  t.ok(links.length > 0)
-  for (const link of links) t.ok(existsSync(join(packageRoot, link)), link)
+t.test('every relative link of every document reaches a file, and the heading it names', async (t) => {
+  t.ok(docs.length >= 6, `${docs.length} documents: ${docs.join(', ')}`)
+  let links = 0
+  for (const doc of docs) {
+    const text = readDocument(doc).replace(/^```[\s\S]*?^```/gm, '')
+    for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z]+:/.test(target)) continue
+      links++
+      const [path, anchor] = target.split('#') as [string, string | undefined]
+      const file = path === '' ? doc : normalize(join(dirname(doc), path))
+      if (!existsSync(join(packageRoot, file))) {
+        t.fail(`${doc}: ${target} does not exist`)
+        continue
+      }
+      if (anchor !== undefined && file.endsWith('.md')) t.ok(anchorsOf(readDocument(file)).has(anchor), `${doc}: ${target}`)
+    }
+  }
+  t.ok(links > 40, `${links} links checked`)
 })
 
 t.test('the README starts with what it is, then the start and test commands', async (t) => {
-  t.match(readme, /npm install fastify-changefeed && npx fastify-changefeed --demo/)
-  t.match(readme, /npm start -- --demo/)
-  t.match(readme, /npm test/)
+  const firstScreen = readme.split('\n').slice(0, 20).join('\n')
+  t.match(firstScreen, /npm install fastify-changefeed && npx fastify-changefeed --demo/)
+  t.match(firstScreen, /npm start -- --demo/)
+  t.match(firstScreen, /npm test/)
+})
+
+t.test('the README links every reference document', async (t) => {
+  for (const doc of docs) {
+    if (doc === 'README.md' || doc.startsWith('test/') || doc.startsWith('examples/')) continue
+    t.ok(readme.includes(`](${doc})`) || readme.includes(`](${doc}#`), doc)
+  }
 })

@@ -1,14 +1,15 @@
 /**
  * Types as a consumer sees them, against the built package (`npm test` builds first): every entry compiles under
  * NodeNext and bundler resolution with `strict` and the package's own declarations checked; the type tests
- * (tstyche, test/types/*.tst.ts) pass; and every TypeScript block of the README compiles.
+ * (tstyche, test/types/*.tst.ts) pass; and every TypeScript block of the documents (README and reference) compiles.
  */
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { packageRoot } from '../lib/paths.js'
+import { documents, readDocument } from './helpers/docs.js'
 
 const here = join(packageRoot, 'test', 'types')
 const bin = (name: string, file: string): string => join(packageRoot, 'node_modules', name, file)
@@ -68,20 +69,22 @@ declare global {
 }
 `
 
-t.test('every TypeScript block of the README compiles', async (t) => {
-  const readme = readFileSync(join(packageRoot, 'README.md'), 'utf8')
-  const blocks = [...readme.matchAll(/^```(ts|tsx)\n([\s\S]*?)^```/gm)]
+t.test('every TypeScript block of the documents compiles', async (t) => {
+  const blocks = documents().flatMap((doc) => {
+    const text = readDocument(doc)
+    return [...text.matchAll(/^```(ts|tsx)\n([\s\S]*?)^```/gm)].map((block) => ({
+      // each block is a module of its own, named after its document and line
+      name: `${doc.replace(/[/.]/g, '-')}-line-${text.slice(0, block.index).split('\n').length}.${block[1]}`,
+      code: block[2]
+    }))
+  })
   t.ok(blocks.length >= 3, `found ${blocks.length} blocks`)
   // written inside the package (git ignores the folder), so that 'fastify-changefeed' resolves to it by name
   const dir = join(here, 'readme', 'blocks')
   rmSync(dir, { recursive: true, force: true })
   mkdirSync(dir)
   writeFileSync(join(dir, 'placeholders.d.ts'), PLACEHOLDERS)
-  for (const block of blocks) {
-    const line = readme.slice(0, block.index).split('\n').length
-    // each block is a module of its own, named after its line in the README
-    writeFileSync(join(dir, `README-line-${line}.${block[1]}`), block[2] + '\nexport {}\n')
-  }
+  for (const { name, code } of blocks) writeFileSync(join(dir, name), code + '\nexport {}\n')
   const { code, output } = await tsc(join(here, 'readme', 'tsconfig.json'))
   t.equal(code, 0, 'tsc reports nothing', { output })
 })
