@@ -84,8 +84,8 @@ function registerPages (app: FastifyInstance): void {
     '/team': file('examples', 'live-scores', 'team.html')
   }
   for (const [path, html] of Object.entries(pages)) app.get(path, async (_request, reply) => await reply.type('text/html; charset=utf-8').send(html))
-  // the built SDK is one dependency-free ES module: the pages import it as it is
-  const sdk = file('dist', 'lib', 'client', 'index.js').replace(/\n\/\/# sourceMappingURL=.*$/, '')
+  // the SDK bundled into one dependency-free ES module by `npm run build` (its own modules import the protocol's)
+  const sdk = file('dist', 'lib', 'client', 'browser.js')
   app.get('/sdk/client.js', async (_request, reply) => await reply.type('text/javascript; charset=utf-8').send(sdk))
 }
 

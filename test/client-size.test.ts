@@ -1,8 +1,17 @@
-/** The SDK's size budget, measured on the built bundles: core ≤ 6 KB and React part ≤ 1.5 KB, minified + gzipped. */
+/**
+ * The SDK's size budget, measured on the built bundles: core ≤ 6 KB and React part ≤ 1.5 KB, minified + gzipped;
+ * and the bundle the package ships for browsers (dist/lib/client/browser.js, `npm run build`) is one module that
+ * imports nothing, within the same budget.
+ */
 import t from 'tap'
 import { build } from 'esbuild'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { fileURLToPath } from 'node:url'
+import { packageRoot } from '../lib/paths.js'
+
+const CORE_BUDGET = 6 * 1024
 
 async function gzippedSize (entry: string, external: string[]): Promise<number> {
   const result = await build({
@@ -15,11 +24,22 @@ async function gzippedSize (entry: string, external: string[]): Promise<number> 
 t.test('core client', async (t) => {
   const size = await gzippedSize('../lib/client/index.ts', [])
   t.comment(`fastify-changefeed/client: ${size} bytes min+gzip`)
-  t.ok(size <= 6 * 1024, `${size} ≤ 6144`)
+  t.ok(size <= CORE_BUDGET, `${size} ≤ ${CORE_BUDGET}`)
 })
 
 t.test('React bindings (beside the core, React external)', async (t) => {
   const size = await gzippedSize('../lib/client/react.ts', ['react', './index.js'])
   t.comment(`fastify-changefeed/react: ${size} bytes min+gzip`)
   t.ok(size <= 1.5 * 1024, `${size} ≤ 1536`)
+})
+
+t.test('the browser bundle the demo pages load is self-contained and within the budget', async (t) => {
+  const bundle = join(packageRoot, 'dist', 'lib', 'client', 'browser.js')
+  if (!t.ok(existsSync(bundle), 'built (npm run build)')) return
+  // bundling it again pulls in whatever it imports: nothing but itself may come in
+  const { metafile } = await build({ entryPoints: [bundle], absWorkingDir: packageRoot, bundle: true, write: false, metafile: true, format: 'esm', platform: 'browser', logLevel: 'silent' })
+  t.same(Object.keys(metafile.inputs), ['dist/lib/client/browser.js'], 'imports nothing')
+  const size = gzipSync(readFileSync(bundle), { level: 9 }).length
+  t.comment(`dist/lib/client/browser.js: ${size} bytes gzip`)
+  t.ok(size <= CORE_BUDGET, `${size} ≤ ${CORE_BUDGET}`)
 })

@@ -1,7 +1,8 @@
 /**
  * The client SDK in Node against the real server: reference-counted subscriptions, reconnect and resubscribe after
  * a server restart, in-band token refresh, no blind reconnects (4401, 4403), receive-side liveness, and the
- * distribution of the backoff jitter.
+ * distribution of the backoff jitter. Then, with no server: a subscription's state transitions (a fake host), and
+ * the client's wiring of sockets to subscriptions (a fake of its injectable WebSocket, on a fake clock).
  */
 import t from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
@@ -9,7 +10,11 @@ import type { AddressInfo } from 'node:net'
 import { once } from 'node:events'
 import Fastify from 'fastify'
 import changefeed from '../lib/index.js'
-import { ChangefeedClient, backoffDelay, type Notification, type StateChange } from '../lib/client/index.js'
+import { ChangefeedClient, backoffDelay, type Notification, type StateChange, type WebSocketLike } from '../lib/client/index.js'
+import { Subscription, type SubscriptionHost } from '../lib/client/subscription.js'
+import type { ClientMessage } from '../lib/client/protocol.js'
+import type { NotificationMessage } from '../lib/protocol/messages.js'
+import { fakeClock, turn } from './unit/fixtures/fakes.js'
 import { startApp } from './helpers/app.js'
 import { now, signHs256 } from './helpers/tokens.js'
 import { sleep, until } from './helpers/wait.js'
@@ -291,4 +296,171 @@ t.test('a burst of resyncs for one entity reaches the application once', async (
   t.ok(await until(() => resyncs.length > 0))
   await sleep(200)
   t.same(resyncs, ['bus_gap'], 'one callback for three frames (a bounded wait: absence can only be waited for)')
+})
+
+// ------------------------------------------------------------------ units, no server: a fake host, a fake socket
+
+/** A subscription's host that records what it sends; `open` says whether a socket would take it. */
+function fakeHost (): SubscriptionHost & { open: boolean, sent: ClientMessage[], resyncs: string[], releases: number } {
+  const host = {
+    open: false,
+    sent: [] as ClientMessage[],
+    resyncs: [] as string[],
+    releases: 0,
+    origin: 'me',
+    random: () => 0,
+    send: (message: ClientMessage) => host.open && host.sent.push(message) > 0,
+    resynced: (_s: Subscription, reason: string) => { host.resyncs.push(reason) },
+    released: () => { host.releases++ }
+  }
+  return host
+}
+
+const frameOf = (position: string): NotificationMessage =>
+  ({ entityType: 'RugbyGameState', entityId: 'm1', changeType: 'updated', payloadType: 'minimal', timestamp: new Date(0).toISOString(), position })
+
+t.test('a subscription goes through its states as the table in subscription.ts says', async (t) => {
+  const clock = fakeClock(t)
+  const host = fakeHost()
+  const s = new Subscription('RugbyGameState', 'm1', undefined, host)
+  const got: string[] = []
+  const errors: string[] = []
+  const resyncs: string[] = []
+  s.listeners.add({ onNotification: (n) => got.push(n.position ?? ''), onError: (code) => errors.push(code), onResync: (r) => resyncs.push(r) })
+  const lastSent = (): ClientMessage | undefined => host.sent.at(-1)
+
+  s.subscribe()
+  t.equal(s.state, 'unsubscribed', 'no socket: nothing sent, still unsubscribed')
+  host.open = true
+  s.onOpen(false)
+  t.equal(s.state, 'subscribing')
+  t.same(lastSent(), { type: 'subscribe', id: 'RugbyGameState:m1', data: { entityType: 'RugbyGameState', entityId: 'm1' } })
+  s.onSubscribed(undefined)
+  t.equal(s.state, 'subscribed')
+  t.equal(s.snapshot.status, 'subscribed')
+
+  s.onNotification(frameOf('0a0a0a0a:1'), true)
+  s.onResync('bus_gap')
+  t.equal(s.state, 'resuming', 'a resync with a resumable position resumes')
+  t.match(lastSent(), { type: 'subscribe', data: { since: '0a0a0a0a:1' } })
+  s.onNotification(frameOf('0a0a0a0a:3'), true)
+  s.onResync('bus_gap')
+  t.equal(host.sent.length, 2, 'a resync during the resume is answered by it')
+  s.onSubscribed(true)
+  s.onNotification(frameOf('0a0a0a0a:2'), true)
+  clock.advance(100)
+  t.same(got, ['0a0a0a0a:1', '0a0a0a0a:2'], 'what came before the reply was dropped')
+  t.same(resyncs, [], 'recovered: no resync')
+
+  s.onClose()
+  t.equal(s.state, 'unsubscribed', 'connection lost')
+  s.onOpen(true)
+  t.equal(s.state, 'resuming', 'reopened with a position: resuming')
+  s.onSubscribed(false)
+  clock.advance(100)
+  t.same([s.state, resyncs], ['subscribed', ['reconnected']], 'not recovered: the holders refetch')
+
+  s.onRateLimited()
+  t.equal(s.state, 'unsubscribed', 'refused for rate')
+  clock.advance(249)
+  t.equal(host.sent.length, 3)
+  clock.advance(1)
+  t.equal(s.state, 'resuming', 'sent again after the delay')
+  s.onSubscriptionError('internal_error', 'boom')
+  t.equal(s.state, 'unsubscribed', 'the server failed: retried too')
+  s.onClose()
+  clock.advance(2000)
+  t.equal(host.sent.length, 4, 'a retry is dropped with the connection (the reopen sends it)')
+
+  s.onOpen(true)
+  s.onSubscriptionError('unauthenticated', 'sign in')
+  t.same([s.state, s.snapshot.status, errors], ['error', 'error', ['unauthenticated']])
+  s.onSignedIn()
+  t.equal(s.state, 'resuming', 'signed in: asked for again')
+  s.onSubscriptionError('forbidden', 'no')
+  s.onSignedIn()
+  t.equal(s.state, 'error', 'forbidden stays refused')
+
+  s.count()
+  t.match(lastSent(), { type: 'subscribe', data: { watchers: true } }, 'asking for counts subscribes again')
+  s.releaseLater()
+  t.equal(s.state, 'resuming', 'still held: released only when the last holder leaves')
+  s.listeners.clear()
+  s.releaseLater()
+  s.hold()
+  clock.advance(1)
+  t.equal(host.releases, 0, 'held again within the tick: nothing happens')
+  s.releaseLater()
+  clock.advance(1)
+  t.same([s.state, host.releases, lastSent()], ['released', 1, { type: 'unsubscribe', data: { subscriptionId: 'RugbyGameState:m1' } }])
+})
+
+/** A fake of the client's injectable WebSocket constructor: the test opens it and plays the server. */
+function fakeSockets (): { WebSocket: new (url: string) => WebSocketLike, sockets: FakeSocket[] } {
+  const sockets: FakeSocket[] = []
+  return { sockets, WebSocket: class extends FakeSocket { constructor (url: string) { super(url); sockets.push(this) } } }
+}
+
+class FakeSocket implements WebSocketLike {
+  readyState = 0
+  readonly sent: Array<{ type: string, id?: string, data?: Record<string, unknown> }> = []
+  onopen: ((event: unknown) => void) | null = null
+  onclose: ((event: { code: number, reason: string }) => void) | null = null
+  onmessage: ((event: { data: unknown }) => void) | null = null
+  onerror: ((event: unknown) => void) | null = null
+  closedWith: number | undefined
+  constructor (readonly url: string) {}
+  send (data: string): void { this.sent.push(JSON.parse(data)) }
+  close (code = 1000, reason = ''): void {
+    if (this.readyState === 3) return
+    this.readyState = 3
+    this.closedWith = code
+    this.onclose?.({ code, reason })
+  }
+
+  open (): void { this.readyState = 1; this.onopen?.({}) }
+  receive (frame: unknown): void { this.onmessage?.({ data: JSON.stringify(frame) }) }
+}
+
+t.test('connect() while the first socket is still being opened opens no second one', async (t) => {
+  const { WebSocket, sockets } = fakeSockets()
+  const c = client(t, { url: 'ws://fake', WebSocket })
+  c.connect()
+  await turn()
+  c.connect()
+  await turn()
+  t.equal(sockets.length, 1)
+})
+
+t.test('the client wires sockets to subscriptions: resubscribed after a reconnect with since; a garbled frame is dropped', async (t) => {
+  const clock = fakeClock(t)
+  const { WebSocket, sockets } = fakeSockets()
+  const c = client(t, { url: 'ws://fake', WebSocket, random: () => 0.5, backoff: { initialMs: 100 } })
+  const got: Notification[] = []
+  c.subscribe('RugbyGameState', 'm1', { onNotification: (n) => got.push(n) })
+  await turn()
+  t.equal(sockets[0].sent.length, 0, 'nothing sent before the socket opens')
+  sockets[0].open()
+  t.match(sockets[0].sent, [{ type: 'subscribe', id: 'RugbyGameState:m1' }])
+  sockets[0].receive({ type: 'subscribed', id: 'RugbyGameState:m1', data: { subscriptionId: 'RugbyGameState:m1', entityType: 'RugbyGameState', entityId: 'm1' } })
+  sockets[0].onmessage?.({ data: '{"type":"notification"}' })
+  sockets[0].onmessage?.({ data: 'not json' })
+  sockets[0].receive({ type: 'batch', data: [{ type: 'notification', data: frameOf('0a0a0a0a:7') }, null] })
+  t.same(got.map((n) => n.position), ['0a0a0a0a:7'], 'the good frame of the batch arrives, the garbled ones do not throw')
+
+  sockets[0].close(1006)
+  t.equal(c.state, 'reconnecting')
+  clock.advance(50)
+  await turn()
+  t.equal(sockets.length, 2, 'retried after the jittered delay')
+  sockets[1].open()
+  t.match(sockets[1].sent, [{ type: 'subscribe', data: { since: '0a0a0a0a:7' } }], 'with the last position')
+
+  sockets[1].receive({ type: 'error', id: 'RugbyGameState:m1', data: { code: 'rate_limited', error: 'slow down' } })
+  clock.advance(750)
+  t.equal(sockets[1].sent.length, 2, 'a subscribe refused for rate is sent again')
+  sockets[1].close(4403, 'forbidden')
+  clock.advance(60_000)
+  await turn()
+  t.same([c.state, sockets.length], ['closed', 2], '4403: no retry')
 })

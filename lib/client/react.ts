@@ -6,16 +6,18 @@
 import { createContext, createElement, useContext, useEffect, useMemo, useRef, useSyncExternalStore, type ReactNode } from 'react'
 import type { ChangefeedClient, ConnectionState, EntityMap, EntitySnapshot, Notification } from './index.js'
 
-const ClientContext = createContext<ChangefeedClient<any> | null>(null)
+/** A client of any entity map: `ChangefeedClient<Entities>` is one (the entity map only narrows what it is asked). */
+const ClientContext = createContext<ChangefeedClient<EntityMap> | null>(null)
 
-export function ChangefeedProvider ({ client, children }: { client: ChangefeedClient<any>, children?: ReactNode }): ReactNode {
+export function ChangefeedProvider ({ client, children }: { client: ChangefeedClient<EntityMap>, children?: ReactNode }): ReactNode {
   return createElement(ClientContext.Provider, { value: client }, children)
 }
 
+/** The provider's client, typed by the caller's entity map (the provider cannot know it: the caller states it). */
 export function useChangefeedClient<M extends EntityMap = EntityMap> (): ChangefeedClient<M> {
   const client = useContext(ClientContext)
   if (client === null) throw new Error('useChangefeedClient: wrap the app in <ChangefeedProvider client={…}>')
-  return client
+  return client as ChangefeedClient<M>
 }
 
 /**

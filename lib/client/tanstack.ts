@@ -2,7 +2,7 @@
  * TanStack Query adapter: a minimal notification (or a resync) invalidates the entity's query; a full one sets its
  * data, unless the cache already holds something newer. Duck-typed: no dependency on @tanstack/query-core.
  */
-import { subscriptionKey, type ChangefeedClient, type Notification } from './index.js'
+import { subscriptionKey, type ChangefeedClient, type EntityMap, type Notification } from './index.js'
 
 export interface QueryClientLike {
   invalidateQueries(filters: { queryKey: readonly unknown[] }): unknown
@@ -15,7 +15,7 @@ export interface QuerySyncOptions {
 }
 
 /** Keeps `queryClient` in step with every subscription of `client`. Returns the function that stops it. */
-export function syncQueryClient (client: ChangefeedClient<any>, queryClient: QueryClientLike, options: QuerySyncOptions = {}): () => void {
+export function syncQueryClient (client: ChangefeedClient<EntityMap>, queryClient: QueryClientLike, options: QuerySyncOptions = {}): () => void {
   const keyOf = options.queryKey ?? ((entityType: string, entityId: string, tenantId?: string) =>
     tenantId === undefined ? [entityType, entityId] : [entityType, entityId, tenantId])
   const applied = new Map<string, string>()

@@ -1,7 +1,12 @@
-/** The SDK's WebSocket option takes Node's `ws` and the browser's WebSocket, under `strict`. */
+/**
+ * The SDK's WebSocket option takes Node's `ws` and the browser's WebSocket, under `strict`; a client typed by its
+ * entity map is taken by the React and TanStack adapters; error codes are typed by the protocol.
+ */
 import WebSocket from 'ws'
 import { expect, test } from 'tstyche'
-import { ChangefeedClient, type ClientOptions } from 'fastify-changefeed/client'
+import { ChangefeedClient, type ClientOptions, type EntityMap, type WireErrorCode } from 'fastify-changefeed/client'
+import { ChangefeedProvider, useChangefeedClient, useEntity } from 'fastify-changefeed/react'
+import { syncQueryClient } from 'fastify-changefeed/tanstack'
 
 const url = 'ws://127.0.0.1:8080/ws'
 
@@ -26,4 +31,21 @@ test('typed entities reach the notification payload', () => {
     onNotification: (n) => { expect(n.payload).type.toBe<{ homeScore: number, awayScore: number } | null | undefined>() }
   })
   expect(client.subscribe).type.not.toBeCallableWith('Team', 'team-1', {})
+})
+
+test('a typed client goes wherever a client of any entity map is taken (React provider, TanStack adapter)', () => {
+  type Entities = { RugbyGameState: { homeScore: number }, Team: { name: string } }
+  const client = new ChangefeedClient<Entities>({ url, WebSocket })
+  expect<ChangefeedClient<EntityMap>>().type.toBeAssignableFrom(client)
+  expect<ChangefeedClient<Entities>>().type.not.toBeAssignableFrom(new ChangefeedClient<{ Team: { label: number } }>({ url }))
+  expect(ChangefeedProvider).type.toBeCallableWith({ client })
+  expect(syncQueryClient).type.toBeCallableWith(client, { invalidateQueries: () => {}, setQueryData: () => {} })
+  expect(useChangefeedClient<Entities>()).type.toBe<ChangefeedClient<Entities>>()
+  expect(useEntity<Entities, 'Team'>('Team', 'team-1')).type.toBe<{ name: string } | null | undefined>()
+})
+
+test('error codes are the protocol\'s', () => {
+  const client = new ChangefeedClient({ url, WebSocket })
+  client.subscribe('Team', 'team-1', { onError: (code) => { expect(code).type.toBe<WireErrorCode>() } })
+  expect(client.watch('Team', 'team-1').getSnapshot().error?.code).type.toBe<WireErrorCode | undefined>()
 })

@@ -1,0 +1,148 @@
+/**
+ * The SDK's side of the wire protocol: the frames it sends, the frames it receives (typed by lib/protocol/
+ * messages.ts, imported as types only: no schema library reaches a browser), and which subscription each received
+ * frame concerns.
+ */
+import type { Static } from 'typebox'
+import type {
+  Authenticated, AuthRequest, Batch, ErrorReply, NotificationMessage, Notification, Pong, Resync, SubscribeRequest,
+  Subscribed, SubscriptionError, Unsubscribed, UnsubscribeRequest, Watchers
+} from '../protocol/messages.js'
+import { FEED, WireError, subscriptionIdOf } from '../protocol/wire.js'
+import type { Subscription } from './subscription.js'
+
+/** The request id of the `auth` message: an `error` reply with it refuses the token. */
+export const AUTH_ID = 'auth'
+
+/** Every frame the SDK sends. */
+export type ClientMessage =
+  | { type: 'subscribe', id: string, data: SubscribeRequest }
+  | { type: 'unsubscribe', data: UnsubscribeRequest }
+  | { type: 'auth', id: string, data: AuthRequest }
+  | { type: 'ping' }
+
+/**
+ * messages.ts builds its replies with a helper whose `type` is typed `string`: the literal is put back here, so
+ * that a switch on `type` tells the frames apart.
+ */
+type Reply<T extends string, S> = Omit<S, 'type'> & { type: T }
+
+/** Every frame the server sends (lib/protocol/messages.ts, `ServerMessage`). */
+export type ServerFrame =
+  | Reply<'subscribed', Static<typeof Subscribed>>
+  | Reply<'subscription_error', Static<typeof SubscriptionError>>
+  | Reply<'unsubscribed', Static<typeof Unsubscribed>>
+  | Reply<'authenticated', Static<typeof Authenticated>>
+  | Reply<'error', Static<typeof ErrorReply>>
+  | Static<typeof Notification>
+  | Static<typeof Batch>
+  | Static<typeof Watchers>
+  | Static<typeof Resync>
+  | Static<typeof Pong>
+
+/**
+ * The server speaks the protocol, so its frames are not validated here (that would ship a schema library to every
+ * browser); only what is read before the type is known is checked, so that a garbled frame is dropped rather than
+ * thrown inside the socket's handler. A type this SDK does not know (a newer server's) is ignored by dispatch.
+ */
+function isFrame (value: unknown): value is ServerFrame {
+  if (typeof value !== 'object' || value === null) return false
+  const { type, data } = value as { type?: unknown, data?: unknown }
+  return typeof type === 'string' && (type === 'pong' || (typeof data === 'object' && data !== null))
+}
+
+/** A text frame as a server frame, or null when it is not one. */
+export function parseServerFrame (text: string): ServerFrame | null {
+  try {
+    const value: unknown = JSON.parse(text)
+    return isFrame(value) ? value : null
+  } catch {
+    return null
+  }
+}
+
+/** What the frames act on: the client's subscriptions, its sign-in, and its every-notification listeners. */
+export interface DispatchTarget {
+  readonly subscriptions: ReadonlyMap<string, Subscription>
+  /** `authenticated`: the server accepted the token */
+  signedIn (): void
+  /** an `error` reply to the `auth` message: the server refused the token */
+  tokenRefused (): void
+  /** every notification, after the subscriptions it concerns have had it */
+  notified (notification: NotificationMessage): void
+}
+
+interface EntityRef { entityType: string, entityId: string, tenantId?: string }
+
+/**
+ * The keys of the subscriptions a frame about an entity concerns: its own (for a tenant's entity the tenant's and
+ * the every-tenant one), and its type's feeds (entityId "*").
+ */
+function keysOf ({ entityType, entityId, tenantId }: EntityRef): { own: string[], feeds: string[] } {
+  return tenantId === undefined
+    ? { own: [subscriptionIdOf(entityType, entityId)], feeds: [subscriptionIdOf(entityType, FEED)] }
+    : {
+        own: [subscriptionIdOf(entityType, entityId, tenantId), subscriptionIdOf(entityType, entityId)],
+        feeds: [subscriptionIdOf(entityType, FEED, tenantId), subscriptionIdOf(entityType, FEED)]
+      }
+}
+
+/** The subscription a count names (the tenant's, else the one without a tenant). */
+function subscriptionOf (ref: EntityRef, to: DispatchTarget): Subscription | undefined {
+  for (const key of keysOf(ref).own) {
+    const subscription = to.subscriptions.get(key)
+    if (subscription !== undefined) return subscription
+  }
+  return undefined
+}
+
+/**
+ * The subscription a reply answers: by the request id, which is its key (whatever name the server gives the
+ * entity: a discovered type may be asked for in another letter case), else by the entity it names.
+ */
+function requestOf (id: string | number | undefined, ref: EntityRef, to: DispatchTarget): Subscription | undefined {
+  return to.subscriptions.get(String(id)) ?? subscriptionOf(ref, to)
+}
+
+/** Acts on one frame from the server. */
+export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
+  switch (frame.type) {
+    case 'batch':
+      // a busy feed: several notifications in one frame
+      for (const item of frame.data) if (isFrame(item)) dispatch(item, to)
+      return
+    case 'notification': {
+      const { own, feeds } = keysOf(frame.data)
+      for (const key of own) to.subscriptions.get(key)?.onNotification(frame.data, true)
+      for (const key of feeds) to.subscriptions.get(key)?.onNotification(frame.data, false)
+      to.notified(frame.data)
+      return
+    }
+    case 'watchers':
+      subscriptionOf(frame.data, to)?.onWatchers(frame.data.count)
+      return
+    case 'subscribed':
+      requestOf(frame.id, frame.data, to)?.onSubscribed(frame.data.recovered)
+      return
+    case 'subscription_error':
+      requestOf(frame.id, frame.data, to)?.onSubscriptionError(frame.data.code, frame.data.error)
+      return
+    case 'authenticated':
+      to.signedIn()
+      for (const subscription of to.subscriptions.values()) subscription.onSignedIn()
+      return
+    case 'error':
+      if (frame.id === AUTH_ID && frame.data.code === WireError.unauthenticated) return to.tokenRefused()
+      // a subscribe beyond the server's rate: send it again later rather than go without it
+      if (typeof frame.id === 'string' && frame.data.code === WireError.rateLimited) to.subscriptions.get(frame.id)?.onRateLimited()
+      return
+    case 'resync': {
+      const { data } = frame
+      // a resync that names no entity concerns every subscription of the socket
+      const targets = data.entityType === undefined || data.entityId === undefined
+        ? [...to.subscriptions.values()]
+        : keysOf({ entityType: data.entityType, entityId: data.entityId, tenantId: data.tenantId }).own.map((key) => to.subscriptions.get(key))
+      for (const subscription of targets) subscription?.onResync(data.reason)
+    }
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * One watched entity (or feed) of a client: its holders, its snapshot, where it stands in the stream, and where it
+ * stands with the server:
+ *
+ * | from                  | on                                                      | to                    |
+ * | --------------------- | ------------------------------------------------------- | --------------------- |
+ * | unsubscribed          | subscribe sent, no position known                       | subscribing           |
+ * | unsubscribed          | subscribe sent with `since` (a position is known)       | resuming              |
+ * | subscribing, resuming | `subscribed` (holders resync unless it `recovered`)     | subscribed            |
+ * | subscribing, resuming | `subscription_error`: forbidden, unauthenticated, …     | error                 |
+ * | subscribing, resuming | `rate_limited`, `internal_error`: sent again in ≤1.25 s | unsubscribed          |
+ * | subscribed            | `resync`, with a resumable position                     | resuming              |
+ * | subscribed            | watcher counts asked for                                | subscribing, resuming |
+ * | error                 | `authenticated`, having been refused as unauthenticated | subscribing, resuming |
+ * | any                   | connection lost (all are sent again when it opens)      | unsubscribed          |
+ * | any                   | last holder gone, a tick later (unsubscribe sent)       | released (final)      |
+ *
+ * While `resuming`, notifications of the entity are dropped: they were written before the server took the resume,
+ * and the replay that follows the reply carries them in their place.
+ */
+import type { NotificationMessage, SubscribeRequest } from '../protocol/messages.js'
+import { WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
+import type { ClientMessage } from './protocol.js'
+import type { EntitySnapshot, SubscriptionEvents } from './types.js'
+
+export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'resuming' | 'subscribed' | 'error' | 'released'
+
+/** What a subscription needs of its client. */
+export interface SubscriptionHost {
+  /** sends a frame; false when the socket is not open (the subscription is sent again when it opens) */
+  send (message: ClientMessage): boolean
+  /** the client's origin id: notifications carrying it are its own writes */
+  readonly origin: string
+  /** [0, 1), for the jitter of a retry */
+  random (): number
+  /** a resync reached this subscription's holders (the client tells its every-resync listeners) */
+  resynced (subscription: Subscription, reason: string): void
+  /** the last holder left and the unsubscribe is sent: forget it */
+  released (subscription: Subscription): void
+}
+
+/** resyncs of one entity within this long of each other reach the application as one */
+const RESYNC_BURST_MS = 50
+/** how many recent positions are kept to drop a notification delivered again (after a failover) */
+const SEEN_POSITIONS = 64
+
+/** the snapshot of an entity nobody watches yet, and of a new subscription */
+export const PENDING: EntitySnapshot<never> = Object.freeze<EntitySnapshot<never>>({ status: 'pending', revision: 0 })
+
+export class Subscription {
+  state: SubscriptionState = 'unsubscribed'
+  /** the server's subscriptionId, and the request id of every subscribe */
+  readonly key: string
+  /** subscribe() callers */
+  readonly listeners = new Set<SubscriptionEvents<unknown>>()
+  /** React's subscribers to the snapshot (watch()) */
+  readonly watchers = new Set<() => void>()
+  snapshot: EntitySnapshot<unknown> = PENDING
+  /** the last position of the entity: sent as `since` on the next subscribe */
+  private since: string | undefined
+  /** recent positions, of the entity and of a feed's entities alike */
+  private readonly seen: string[] = []
+  /** why it was sent again (a reconnect, a resync): unless the server recovers what was missed, holders refetch */
+  private resubscribed: string | undefined
+  /** watcher counts were asked for (then every subscribe asks) */
+  private counted = false
+  private releaseTimer: ReturnType<typeof setTimeout> | undefined
+  private retryTimer: ReturnType<typeof setTimeout> | undefined
+  private resyncTimer: ReturnType<typeof setTimeout> | undefined
+
+  constructor (readonly entityType: string, readonly entityId: string, readonly tenantId: string | undefined, private readonly host: SubscriptionHost) {
+    this.key = subscriptionIdOf(entityType, entityId, tenantId)
+  }
+
+  // ------------------------------------------------------------------ holders
+
+  /** Someone holds it (again): a pending release is called off. */
+  hold (): void {
+    clearTimeout(this.releaseTimer)
+    this.releaseTimer = undefined
+  }
+
+  /**
+   * A holder left. The last one's leaving unsubscribes on the next tick, so that a release followed at once by a
+   * new hold (React StrictMode's unmount and mount) sends nothing.
+   */
+  releaseLater (): void {
+    if (this.held() || this.releaseTimer !== undefined || this.state === 'released') return
+    this.releaseTimer = setTimeout(() => {
+      this.releaseTimer = undefined
+      if (this.held()) return
+      this.close()
+      this.host.released(this)
+      this.host.send({ type: 'unsubscribe', data: { subscriptionId: this.key } })
+    }, 0)
+  }
+
+  /** Asks for watcher counts: subscribing again is idempotent on the server, and this time it asks for counts too. */
+  count (): void {
+    if (this.counted) return
+    this.counted = true
+    this.subscribe()
+  }
+
+  /** Stops every timer; the subscription is dead (the client was destroyed, or it was released). */
+  close (): void {
+    this.state = 'released'
+    clearTimeout(this.releaseTimer)
+    clearTimeout(this.retryTimer)
+    clearTimeout(this.resyncTimer)
+  }
+
+  // ------------------------------------------------------------------ the connection
+
+  /** The socket opened: ask for it; after a reconnect, holders refetch unless the server recovers what was missed. */
+  onOpen (reconnected: boolean): void {
+    this.resubscribed = reconnected ? 'reconnected' : undefined
+    this.subscribe()
+  }
+
+  /** The socket closed: the server holds nothing of it any more (a pending retry would be sent on no socket). */
+  onClose (): void {
+    if (this.state === 'released') return
+    clearTimeout(this.retryTimer)
+    this.retryTimer = undefined
+    this.state = 'unsubscribed'
+  }
+
+  /** Signed in (again): a subscription refused for want of it is asked for once more. */
+  onSignedIn (): void {
+    if (this.state === 'error' && this.snapshot.error?.code === WireError.unauthenticated) this.subscribe()
+  }
+
+  /** Sends the subscribe, with `since` when a position is known so that the server can replay what was missed. */
+  subscribe (): void {
+    const data: SubscribeRequest = { entityType: this.entityType, entityId: this.entityId }
+    if (this.tenantId !== undefined) data.tenantId = this.tenantId
+    if (this.since !== undefined) data.since = this.since
+    if (this.counted) data.watchers = true
+    // replies carry the key as their id: they are matched by it, whatever name the server gives the entity
+    if (this.host.send({ type: 'subscribe', id: this.key, data })) this.state = this.since === undefined ? 'subscribing' : 'resuming'
+  }
+
+  // ------------------------------------------------------------------ frames
+
+  onSubscribed (recovered: boolean | undefined): void {
+    this.state = 'subscribed'
+    if (this.snapshot.status !== 'subscribed') this.update({ status: 'subscribed', error: undefined }, false)
+    if (this.resubscribed !== undefined && recovered !== true) this.resync(this.resubscribed)
+    this.resubscribed = undefined
+  }
+
+  /** Refused: final (forbidden, unauthenticated, …), unless the server failed rather than the request. */
+  onSubscriptionError (code: WireErrorCode, message: string): void {
+    if (code === WireError.internal) return this.retry()
+    this.state = 'error'
+    this.update({ status: 'error', error: { code, message } })
+    for (const l of this.listeners) l.onError?.(code, message)
+  }
+
+  /** A subscribe beyond the server's rate. */
+  onRateLimited (): void {
+    this.retry()
+  }
+
+  /** A notification of this entity (`own`), or of an entity of this feed. */
+  onNotification (notification: NotificationMessage, own: boolean): void {
+    if (this.state === 'resuming') return
+    const { position } = notification
+    if (position !== undefined) {
+      // delivered again after a failover, or (the entity's own) not after the last one: a repeat
+      if (this.seen.includes(position) || (own && !isAfter(position, this.since))) return
+      if (this.seen.push(position) > SEEN_POSITIONS) this.seen.shift()
+      if (own) this.since = position
+    }
+    this.update({ status: 'subscribed', notification, payload: notification.payloadType === 'full' ? notification.payload : this.snapshot.payload })
+    const mine = notification.origin !== undefined && notification.origin === this.host.origin
+    for (const l of this.listeners) if (!(mine && l.skipOwnWrites === true)) l.onNotification?.(notification)
+  }
+
+  onWatchers (count: number): void {
+    this.update({ watchers: count }, false)
+    for (const l of this.listeners) l.onWatchers?.(count)
+  }
+
+  /**
+   * Changes may have been missed. With a resumable (outbox) position, ask for them (a subscribe with `since`; only
+   * a refusal to replay reaches the holders); otherwise the holders refetch. A resume under way answers it too.
+   */
+  onResync (reason: string): void {
+    if (this.state === 'resuming') return
+    if (this.since !== undefined && parsePosition(this.since) !== null) {
+      this.resubscribed = reason
+      this.subscribe()
+    } else this.resync(reason)
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private held (): boolean {
+    return this.listeners.size > 0 || this.watchers.size > 0
+  }
+
+  /** The server holds nothing of it: send it again after a short random delay. */
+  private retry (): void {
+    this.state = 'unsubscribed'
+    clearTimeout(this.retryTimer)
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined
+      if (this.state !== 'released') this.subscribe()
+    }, 250 + Math.floor(this.host.random() * 1000))
+  }
+
+  /** Tells the holders to refetch: once for a burst of resyncs (one gap can be reported several times). */
+  private resync (reason: string): void {
+    if (this.resyncTimer !== undefined) return
+    this.resyncTimer = setTimeout(() => {
+      this.resyncTimer = undefined
+      if (this.state === 'released') return
+      this.update({})
+      for (const l of this.listeners) l.onResync?.(reason)
+      this.host.resynced(this, reason)
+    }, RESYNC_BURST_MS)
+  }
+
+  private update (change: Partial<EntitySnapshot<unknown>>, bump = true): void {
+    this.snapshot = { ...this.snapshot, ...change, revision: this.snapshot.revision + (bump ? 1 : 0) }
+    for (const w of this.watchers) w()
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * The SDK's public types: options, notifications, snapshots, connection states. What the server sends is typed by
+ * the protocol module (lib/protocol/messages.ts); these only add what the SDK itself makes of it.
+ */
+import type { ChangeTypeName, NotificationMessage } from '../protocol/messages.js'
+import type { WireErrorCode } from '../protocol/wire.js'
+
+/** Entity type name → document type, for typed payloads: `new ChangefeedClient<{ RugbyGameState: GameState }>()`. */
+export type EntityMap = Record<string, unknown>
+
+export type ChangeType = ChangeTypeName
+
+/** A `notification` frame's data (lib/protocol/messages.ts), with the payload typed by the entity map. */
+export interface Notification<T = unknown> extends Omit<NotificationMessage, 'payload'> {
+  /** the document, for `full` types (null when deleted) */
+  payload?: T | null
+}
+
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'unauthorized' | 'closed'
+
+export interface StateChange {
+  from: ConnectionState
+  to: ConnectionState
+  reason: string
+  /** the close code that caused it, if any */
+  code?: number
+  /** reconnection attempt number (1 = first retry) */
+  attempt: number
+  /** ms until the next attempt, when one is scheduled */
+  nextRetryMs?: number
+}
+
+export interface SubscriptionEvents<T> {
+  onNotification?: (notification: Notification<T>) => void
+  /** the number of sockets watching the entity across the cluster, pushed when it changes */
+  onWatchers?: (count: number) => void
+  /** skip notifications of this client's own writes (those tagged with `client.origin`) */
+  skipOwnWrites?: boolean
+  /** changes may have been missed: refetch */
+  onResync?: (reason: string) => void
+  /** the server refused the subscription (code: forbidden, unauthenticated, unknown_entity_type, …) */
+  onError?: (code: WireErrorCode, message: string) => void
+}
+
+/** The latest state of one watched entity, as React reads it. Replaced (never mutated) on each change. */
+export interface EntitySnapshot<T> {
+  status: 'pending' | 'subscribed' | 'error'
+  notification?: Notification<T>
+  /** the latest full payload */
+  payload?: T | null
+  /** watchers across the cluster, for subscriptions that asked (onWatchers, useWatcherCount) */
+  watchers?: number
+  error?: { code: WireErrorCode, message: string }
+  /** increments on every notification or resync: a dependency for refetching */
+  revision: number
+}
+
+/** Observes every resync: (entityType, entityId, reason, tenantId of a tenant's subscription). */
+export type ResyncListener = (entityType: string, entityId: string, reason: string, tenantId?: string) => void
+
+/**
+ * A handler property the client sets. Declared through a method so that its event parameter is compared both ways:
+ * the client only writes these, and the DOM's handlers and `ws`'s take different event classes.
+ */
+type Handler<E> = { bivarianceHack (event: E): void }['bivarianceHack'] | null
+
+/**
+ * What the client uses of a socket: both the DOM's `WebSocket` and the `ws` package's `WebSocket` have it, and no
+ * DOM type is needed to compile against it.
+ */
+export interface WebSocketLike {
+  readonly readyState: number
+  send(data: string): void
+  close(code?: number, reason?: string): void
+  onopen: Handler<unknown>
+  onclose: Handler<{ code: number, reason: string }>
+  onmessage: Handler<{ data: unknown }>
+  onerror: Handler<unknown>
+}
+
+/** A token for the `auth` message; null or undefined: anonymous. */
+export type Token = string | null | undefined
+
+export interface ClientOptions {
+  /** ws:// or wss:// URL of the server's /ws route */
+  url: string
+  /** Returns a JWT (or null for anonymous). Called before each connection and before the token expires. */
+  getToken?: () => Promise<Token> | Token
+  /** WebSocket constructor (Node: `import WebSocket from 'ws'`, or Node 22's global); default: the global one */
+  WebSocket?: new (url: string) => WebSocketLike
+  /** backoff: first retry cap, ceiling, and how long a connection must stay up before the attempt count resets */
+  backoff?: { initialMs?: number, maxMs?: number, resetAfterMs?: number }
+  /** client → server ping interval, and how long to wait for the pong before reconnecting */
+  pingIntervalMs?: number
+  pongTimeoutMs?: number
+  /** refresh the token this long before it expires */
+  refreshBeforeExpiryMs?: number
+  /** connect on construction (default true) */
+  autoConnect?: boolean
+  /** source of randomness for the jitter (tests) */
+  random?: () => number
+  /**
+   * This client's id for its own writes: send it with a write (for example as a header the API puts in
+   * `changefeed.origin`), and the notification of that write carries it back. Default: a random id per client.
+   */
+  origin?: string
+  /**
+   * When the server refuses the token (or it expires) and `getToken()` has no fresh one: false (default) stops
+   * (state `unauthorized`); true stays connected without it, so public subscriptions keep flowing while the others
+   * report `unauthenticated`, and signs in again (resubscribing those) once `reauthenticate()` finds a token.
+   */
+  anonymousFallback?: boolean
+}
+
+/** Which tenant's entity to watch (tenanted types): without it, the server's default for the principal. */
+export interface SubscribeOptions {
+  tenantId?: string
+  /** ask for watcher counts ("N watching") */
+  counted?: boolean
+}
