@@ -68,7 +68,7 @@ const Ref = {
   tenantId: Type.Optional(Type.String())
 }
 const ErrorCode = Type.Enum(Object.values(WireError))
-const reply = <T extends Record<string, Parameters<typeof Type.Object>[0][string]>>(type: string, data: T) =>
+const reply = <K extends string, T extends Record<string, Parameters<typeof Type.Object>[0][string]>>(type: K, data: T) =>
   Type.Object({ type: Type.Literal(type), id: Type.Optional(RequestId), data: Type.Object(data, { additionalProperties: false }) }, { additionalProperties: false })
 
 export const Subscribed = reply('subscribed', {
