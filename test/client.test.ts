@@ -16,6 +16,7 @@ import type { ClientMessage } from '../lib/client/protocol.js'
 import type { NotificationMessage } from '../lib/protocol/messages.js'
 import { fakeClock, turn } from './unit/fixtures/fakes.js'
 import { startApp } from './helpers/app.js'
+import { TestClient } from './helpers/client.js'
 import { now, signHs256 } from './helpers/tokens.js'
 import { sleep, until } from './helpers/wait.js'
 
@@ -26,6 +27,28 @@ const client = (t: { teardown(fn: () => unknown): void }, options: ConstructorPa
   const c = new ChangefeedClient<Entities>({ WebSocket: WebSocket as never, ...options })
   t.teardown(() => c.destroy())
   return c
+}
+
+/** ws's WebSocket, counting the sockets a client makes: an attempt to connect is a socket made. */
+function countedSockets (): { WebSocket: never, made: () => number } {
+  let made = 0
+  class Counted extends WebSocket {
+    constructor (url: string) {
+      super(url)
+      made++
+    }
+  }
+  return { WebSocket: Counted as never, made: () => made }
+}
+
+/**
+ * Lets every timer set so far with no delay run, and what it starts: with no jitter (`random: () => 0`) a retry is
+ * set with no delay, and makes its socket without waiting on any timer of its own. (Node runs timers of one delay in
+ * the order they were set; the immediate first puts this one after any set in the current turn.)
+ */
+const timerTurn = async (): Promise<void> => {
+  await new Promise((resolve) => setImmediate(resolve))
+  await new Promise((resolve) => setTimeout(resolve, 0))
 }
 
 t.test('full jitter: delays are uniform up to the exponential cap', async (t) => {
@@ -49,8 +72,12 @@ t.test('subscriptions are reference-counted: mount, unmount, mount sends one sub
   const second = c.subscribe('Team', 'team-1', { onNotification: (n) => got.push(n) })
   const third = c.subscribe('Team', 'team-1')
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
-  await sleep(100)
-  t.same([app.changefeed.stats().subscriptions.created, app.changefeed.stats().subscriptions.removed], [1, 0], 'one subscribe, no unsubscribe')
+  // a marker: the client sends on one socket and the server handles a socket's requests in order, so once a
+  // subscribe sent now has been handled, so has any unsubscribe the release sent
+  const marker = c.subscribe('Team', 'marker')
+  t.ok(await until(() => app.changefeed.stats().subscriptions.created === 2))
+  t.same([app.changefeed.stats().subscriptions.created, app.changefeed.stats().subscriptions.removed], [2, 0], 'one subscribe (and the marker\'s), no unsubscribe')
+  marker()
   await app.changefeed.publish({ entityType: 'Team', entityId: 'team-1', changeType: 'updated' })
   t.ok(await until(() => got.length === 1), 'the live listener gets it once')
   second()
@@ -89,21 +116,31 @@ t.test('after a server restart the client reconnects, resubscribes in one batch,
 
 t.test('the token is refreshed in-band before it expires; concurrent token requests share one call', async (t) => {
   const { app, url } = await startApp(t, { entities, auth: { jwt: { secret: SECRET } } })
+  // the first token lapses 1.5 s from now (a JWT's exp may have a fraction); the client refreshes it 1 s before
+  const expiresAt = Date.now() + 1500
+  const first = signHs256({ sub: 'user-1', exp: expiresAt / 1000 }, SECRET)
   let calls = 0
   const getToken = async (): Promise<string> => {
     calls++
     await sleep(50)
-    return signHs256({ sub: 'user-1', exp: now() + (calls === 1 ? 3 : 600) }, SECRET)
+    return calls === 1 ? first : signHs256({ sub: 'user-1', exp: now() + 600 }, SECRET)
   }
   const c = client(t, { url, getToken, refreshBeforeExpiryMs: 1000 })
   const got: Notification[] = []
   c.subscribe('User', 'user-1', { onNotification: (n) => got.push(n) })
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
   t.equal(calls, 1, 'one call for the connection')
-  await sleep(3500)
+  // a socket that keeps the first token: the server closes it when the token expires
+  const kept = await TestClient.open(`${url}?token=${first}`)
+  t.equal((await kept.closed).code, 4401, 'the first token expired')
+  // once the clock is past the expiry, the server's expiry timer of the client's socket, had the refresh not replaced
+  // it, runs before the server reads the client's next request
+  t.ok(await until(() => Date.now() > expiresAt))
+  c.subscribe('Team', 'after-expiry')
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 2), 'the server still takes requests from the client')
   t.equal(c.state, 'open', 'still open after the first token expired')
   t.equal(calls, 2, 'refreshed once')
-  t.equal(app.changefeed.stats().connections.opened, 1, 'on the same socket')
+  t.equal(app.changefeed.stats().connections.opened, 2, 'on the same socket (the other one is the expired token\'s)')
   await app.changefeed.publish({ entityType: 'User', entityId: 'user-1', changeType: 'updated' })
   t.ok(await until(() => got.length === 1), 'an owner-only entity still flows')
 })
@@ -111,11 +148,13 @@ t.test('the token is refreshed in-band before it expires; concurrent token reque
 t.test('a refused token stops the client: no reconnect without a fresh token', async (t) => {
   const { app, url } = await startApp(t, { entities, auth: { anonymous: false, jwt: { secret: SECRET } } })
   let calls = 0
-  const c = client(t, { url, getToken: () => { calls++; return 'not-a-valid-token' }, backoff: { initialMs: 20, maxMs: 50 } })
+  const sockets = countedSockets()
+  const c = client(t, { url, getToken: () => { calls++; return 'not-a-valid-token' }, random: () => 0, WebSocket: sockets.WebSocket })
   t.ok(await until(() => c.state === 'unauthorized'), 'unauthorized')
-  const opened = app.changefeed.stats().connections.opened
-  await sleep(500)
-  t.equal(app.changefeed.stats().connections.opened, opened, 'no further attempts')
+  const made = sockets.made()
+  t.ok(app.changefeed.stats().connections.opened >= 1, 'the server saw the token')
+  await timerTurn()
+  t.equal(sockets.made(), made, 'no further attempts')
   t.ok(calls <= 2, `getToken asked at most twice (${calls})`)
 
   const anonymous = client(t, { url, backoff: { initialMs: 20, maxMs: 50 } })
@@ -129,10 +168,12 @@ t.test('4403 is final; a server that never answers is noticed by the client', as
   await once(refusing, 'listening')
   let refusals = 0
   refusing.on('connection', (socket) => { refusals++; socket.close(4403, 'forbidden') })
-  const a = client(t, { url: `ws://127.0.0.1:${(refusing.address() as AddressInfo).port}`, backoff: { initialMs: 10, maxMs: 20 } })
+  const sockets = countedSockets()
+  const a = client(t, { url: `ws://127.0.0.1:${(refusing.address() as AddressInfo).port}`, random: () => 0, WebSocket: sockets.WebSocket })
   t.ok(await until(() => a.state === 'closed'), 'closed')
-  await sleep(200)
-  t.equal(refusals, 1, 'not retried')
+  t.equal(refusals, 1, 'refused once')
+  await timerTurn()
+  t.equal(sockets.made(), 1, 'not retried')
 
   const silent = new WebSocketServer({ port: 0, host: '127.0.0.1', autoPong: false })
   t.teardown(() => silent.close())
@@ -145,15 +186,20 @@ t.test('4403 is final; a server that never answers is noticed by the client', as
 
 t.test('destroy() closes and forgets everything', async (t) => {
   const { app, url } = await startApp(t, { entities })
-  const c = new ChangefeedClient<Entities>({ url, WebSocket: WebSocket as never })
+  const sockets = countedSockets()
+  const c = new ChangefeedClient<Entities>({ url, WebSocket: sockets.WebSocket, autoConnect: false })
   c.subscribe('Team', 'gone')
+  c.connect()
+  await timerTurn()
+  t.equal(sockets.made(), 1, 'connect() makes its socket within a turn of the event loop')
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
   c.destroy()
   t.ok(await until(() => app.changefeed.stats().connections.active === 0), 'the socket is closed')
   t.equal(c.state, 'closed')
   c.connect()
-  await sleep(100)
-  t.equal(app.changefeed.stats().connections.opened, 1, 'and cannot be reused')
+  await timerTurn()
+  t.equal(sockets.made(), 1, 'and cannot be reused')
+  t.equal(app.changefeed.stats().connections.opened, 1)
 })
 
 t.test('subscribes refused for rate are sent again until they hold', async (t) => {
@@ -183,10 +229,17 @@ t.test('positions: a repeated notification is dropped; a resync is answered with
   const send = (m: unknown): void => socket!.send(JSON.stringify(m))
   const note = (position: string): unknown => ({ type: 'notification', data: { entityType: 'RugbyGameState', entityId: 'm1', changeType: 'updated', payloadType: 'minimal', timestamp: new Date().toISOString(), position } })
   const subscribed = (recovered?: boolean): unknown => ({ type: 'subscribed', id: 'RugbyGameState:m1', data: { subscriptionId: 'RugbyGameState:m1', entityType: 'RugbyGameState', entityId: 'm1', recovered } })
+  // a marker: a notification of an entity the client does not watch reaches only its onNotification observers, and
+  // the client handles frames in order: once it is seen, every frame before it has been handled
+  const markers: string[] = []
+  c.onNotification((n) => { if (n.entityId === 'marker') markers.push(n.position!) })
+  const marker = async (position: string): Promise<boolean> => {
+    send({ type: 'notification', data: { entityType: 'RugbyGameState', entityId: 'marker', changeType: 'updated', payloadType: 'minimal', timestamp: new Date().toISOString(), position } })
+    return await until(() => markers.includes(position))
+  }
   send(subscribed())
   for (const p of ['0a0a0a0a:1', '0a0a0a0a:1', '0a0a0a0a:2']) send(note(p))
-  t.ok(await until(() => got.length === 2))
-  await sleep(50)
+  t.ok(await marker('0b0b0b0b:1'))
   t.same(got, ['0a0a0a0a:1', '0a0a0a0a:2'], 'the repeat was dropped')
 
   received.length = 0
@@ -198,8 +251,7 @@ t.test('positions: a repeated notification is dropped; a resync is answered with
   send(subscribed(true))
   send(note('0a0a0a0a:3'))
   send(note('0a0a0a0a:4'))
-  t.ok(await until(() => got.length === 4), 'the replay arrives')
-  await sleep(50)
+  t.ok(await marker('0b0b0b0b:2'), 'the replay arrives')
   t.same(got.slice(2), ['0a0a0a0a:3', '0a0a0a0a:4'], 'in order: what came before the reply was dropped')
   t.same(resyncs, [], 'recovered: the owner refetches nothing')
 
@@ -287,15 +339,22 @@ t.test('a burst of resyncs for one entity reaches the application once', async (
       if (message.type !== 'subscribe') return
       socket.send(JSON.stringify({ type: 'subscribed', id: message.id, data: { subscriptionId: message.id, entityType: 'Team', entityId: 't-1' } }))
       for (let i = 0; i < 3; i++) socket.send(JSON.stringify({ type: 'resync', data: { reason: 'bus_gap', entityType: 'Team', entityId: 't-1' } }))
-      socket.send(JSON.stringify({ type: 'pong' }))
+      // a marker: a notification of an entity the client does not watch, seen by its onNotification observers
+      socket.send(JSON.stringify({ type: 'notification', data: { entityType: 'Team', entityId: 'marker', changeType: 'updated', payloadType: 'minimal', timestamp: new Date().toISOString() } }))
     })
   })
   const c = client(t, { url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}` })
   const resyncs: string[] = []
+  let marked = false
+  c.onNotification((n) => { marked ||= n.entityId === 'marker' })
   c.subscribe('Team', 't-1', { onResync: (reason) => resyncs.push(reason) })
-  t.ok(await until(() => resyncs.length > 0))
-  await sleep(200)
-  t.same(resyncs, ['bus_gap'], 'one callback for three frames (a bounded wait: absence can only be waited for)')
+  // the client handles frames in order: with the marker seen, all three resyncs have been handled
+  t.ok(await until(() => marked))
+  // The client tells the application of a burst within RESYNC_BURST_MS (50 ms, lib/client/index.ts) of its first
+  // resync, on a timer. A 50 ms timer started now fires after every such timer the three frames could have started
+  // (Node runs timers of one duration in the order they were set): after it, no callback is still to come.
+  await sleep(50)
+  t.same(resyncs, ['bus_gap'], 'one callback for three frames')
 })
 
 // ------------------------------------------------------------------ units, no server: a fake host, a fake socket

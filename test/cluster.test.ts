@@ -58,6 +58,7 @@ for (const provider of ['redis', 'nats'] as const) {
       for (const c of pair) {
         t.teardown(() => c.close())
         t.equal((await c.subscribe('Team', 'team-1')).type, 'subscribed')
+        t.equal((await c.subscribe('Team', 'marker')).type, 'subscribed')
       }
       clients.push(pair)
     }
@@ -65,11 +66,21 @@ for (const provider of ['redis', 'nats'] as const) {
     t.equal((await lonely.subscribe('Team', 'only-on-the-leader')).type, 'subscribed')
 
     const notificationsOf = (c: TestClient): Frame[] => c.messages.filter(isNotification('Team', 'team-1'))
+    /**
+     * A marker: a change to another entity every socket watches, committed after the changes before it. The
+     * leader captures and publishes in commit order, and the broker keeps a publisher's order: once a socket has
+     * it, it has every notification of the changes before it.
+     */
+    let marks = 0
+    const marker = async (sockets: TestClient[]): Promise<void> => {
+      await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('marker', $1) ON CONFLICT (id) DO UPDATE SET data = excluded.data`, [JSON.stringify({ v: ++marks })])
+      for (const c of sockets) await c.next(isNotification('Team', 'marker'), 5000)
+    }
     await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-1', '{"v":0}')`)
     for (let v = 1; v <= 3; v++) await sql.query(`UPDATE mt_doc_team SET data = $1 WHERE id = 'team-1'`, [JSON.stringify({ v })])
     const all = clients.flat()
     t.ok(await until(() => all.every((c) => notificationsOf(c).length >= 4), 5000), 'every watcher on every instance is notified')
-    await sleep(300)
+    await marker(all)
     t.same(all.map((c) => notificationsOf(c).map((n) => n.data.changeType)), all.map(() => ['created', 'updated', 'updated', 'updated']),
       'exactly once each, in commit order')
     for (const c of all) c.messages.length = 0
@@ -98,12 +109,12 @@ for (const provider of ['redis', 'nats'] as const) {
     t.comment(`new leader after ${Date.now() - killedAt} ms`)
     const survivors = clients.filter((_, i) => i !== leaderIndex).flat()
     for (const c of survivors) {
-      const resync = await c.next((m) => m.type === 'resync', 5000)
+      const resync = await c.next((m) => m.type === 'resync' && m.data.entityId === 'team-1', 5000)
       t.same(resync.data, { reason: 'leader_change', entityType: 'Team', entityId: 'team-1' }, 'watchers are told to resync')
     }
     await sql.query(`UPDATE mt_doc_team SET data = '{"v":4}' WHERE id = 'team-1'`)
     t.ok(await until(() => survivors.every((c) => notificationsOf(c).length >= 1), 5000), 'changes after the takeover arrive')
-    await sleep(300)
+    await marker(survivors)
     t.same(survivors.map((c) => notificationsOf(c).length), survivors.map(() => 1), 'exactly once')
     t.ok(await until(async () => !await observer.isWatched(lonelyChannel), 3000 + 2000), 'the dead instance\'s interest expires after the TTL')
     t.ok(await until(async () => await observer.watchers(`${prefix}:Team:team-1`) === 4, 3000), 'four watchers left')
@@ -111,7 +122,7 @@ for (const provider of ['redis', 'nats'] as const) {
     // the broker goes away and comes back; nothing is restarted
     for (const c of survivors) c.messages.length = 0
     await broker.stop()
-    await sleep(500)
+    await sleep(500) // the outage itself (nothing is waited for here)
     await broker.start()
     for (const c of survivors) t.equal((await c.next((m) => m.type === 'resync', 10_000)).data.reason, 'bus_gap', 'the outage is a gap')
     t.ok(await until(async () => await Promise.resolve(observer.isWatched(`${prefix}:Team:team-1`)).catch(() => false), 10_000), 'interest is back')
@@ -121,7 +132,7 @@ for (const provider of ['redis', 'nats'] as const) {
     for (const c of survivors) c.messages.length = 0
     await sql.query(`UPDATE mt_doc_team SET data = '{"v":5}' WHERE id = 'team-1'`)
     t.ok(await until(() => survivors.every((c) => notificationsOf(c).length >= 1), 5000), 'delivery works again')
-    await sleep(300)
+    await marker(survivors)
     t.same(survivors.map((c) => notificationsOf(c).length), survivors.map(() => 1), 'exactly once')
   })
 }

@@ -6,10 +6,11 @@ import WebSocket from 'ws'
 import pg from 'pg'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { startApp } from './helpers/app.js'
-import { TestClient, isNotification } from './helpers/client.js'
+import { TestClient, isNotification, type Frame } from './helpers/client.js'
 import { now, signHs256 } from './helpers/tokens.js'
 import { ChangefeedClient, type Notification } from '../lib/client/index.js'
 import { tagOrigin, WireError } from '../lib/index.js'
+import { until } from './helpers/wait.js'
 
 const SECRET = 'feeds-test-secret-0123456789abcdef'
 const url = await freshDatabase(t, 'feeds')
@@ -33,7 +34,6 @@ const as = async (sub: string | null, roles: string[] = []): Promise<TestClient>
   t.teardown(() => c.close())
   return c
 }
-const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
 
 t.test('a feed subscriber of a public type receives every change of the type', async (t) => {
   const feed = await as(null)
@@ -43,7 +43,11 @@ t.test('a feed subscriber of a public type receives every change of the type', a
   for (const id of ['f-1', 'f-2', 'f-3']) await sql.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, $2)', [id, JSON.stringify({ id })])
   for (const id of ['f-1', 'f-2', 'f-3']) t.match((await feed.next(isNotification('Fixture', id))).data, { changeType: 'created', payload: { id } })
   t.equal((await single.next(isNotification('Fixture', 'f-1'))).data.entityId, 'f-1')
-  t.same(await single.collect(200, (m) => m.type === 'notification'), [], 'an entity subscriber gets only its entity')
+  // a marker: a change committed after the others, of an entity it also watches, arrives after anything more
+  await single.subscribe('Fixture', 'f-marker')
+  await sql.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, $2)', ['f-marker', JSON.stringify({ id: 'f-marker' })])
+  await single.next(isNotification('Fixture', 'f-marker'))
+  t.same(single.messages.filter((m) => m.type === 'notification'), [], 'an entity subscriber gets only its entity')
 })
 
 t.test('feeds only for types that opt in, and only for those who may view every entity', async (t) => {
@@ -63,10 +67,12 @@ t.test('a busy feed is batched: fewer frames, every notification', async (t) => 
   await feed.subscribe('Fixture', '*')
   feed.raw.length = 0
   for (let i = 0; i < 100; i++) await app.changefeed.publish({ entityType: 'Fixture', entityId: `burst-${i}`, changeType: 'updated', payload: { i } })
-  await sleep(600)
+  // a marker published last: the feed keeps order, so once it is out, so is everything before it
+  await app.changefeed.publish({ entityType: 'Fixture', entityId: 'end-of-burst', changeType: 'updated', payload: { i: -1 } })
+  const delivered = (): Frame[] => feed.messages.flatMap((m) => m.type === 'batch' ? m.data as Frame[] : [m]).filter((m) => m.type === 'notification')
+  t.ok(await until(() => delivered().some((m) => m.data.entityId === 'end-of-burst')), 'the marker arrives')
   const batches = feed.messages.filter((m) => m.type === 'batch')
-  const notifications = [...feed.messages.filter((m) => m.type === 'notification'), ...batches.flatMap((b) => b.data)]
-    .filter((m) => String(m.data.entityId).startsWith('burst-'))
+  const notifications = delivered().filter((m) => String(m.data.entityId).startsWith('burst-'))
   t.equal(notifications.length, 100, 'all 100 notifications arrive')
   t.same(notifications.map((n) => n.data.payload.i), Array.from({ length: 100 }, (_, i) => i), 'in order')
   t.ok(batches.length > 0, `in batches (${feed.raw.length} frames for 100 notifications)`)
@@ -85,7 +91,10 @@ t.test('watcher counts are pushed when they change', async (t) => {
   const member = await as('user-2', ['Member'])
   member.send({ type: 'subscribe', id: 'x', data: { entityType: 'UserSettings', entityId: 'us-9', watchers: true } })
   t.equal((await member.next((m) => m.id === 'x')).type, 'subscription_error', 'no count without the right to watch')
-  t.same(await member.collect(300, (m) => m.type === 'watchers'), [], 'and nothing revealed')
+  // a marker: a count it may have, asked for later, is sent after any count of the refused subscription would be
+  member.send({ type: 'subscribe', id: 'y', data: { entityType: 'Team', entityId: 'counted', watchers: true } })
+  t.match(await member.next((m) => m.type === 'watchers'), { data: { entityType: 'Team', entityId: 'counted', count: 1 } }, 'and nothing revealed')
+  t.same(member.messages.filter((m) => m.type === 'watchers'), [], 'no other count')
 })
 
 t.test('an origin-tagged write reaches the other tab and is flagged for the writer\'s own tab', async (t) => {
@@ -99,7 +108,7 @@ t.test('an origin-tagged write reaches the other tab and is flagged for the writ
   a.subscribe('Team', 'team-1', { skipOwnWrites: true, onNotification: (n) => got.a.push(n) })
   a.subscribe('Team', 'team-1', { onNotification: (n) => got.aAll.push(n) })
   b.subscribe('Team', 'team-1', { skipOwnWrites: true, onNotification: (n) => got.b.push(n) })
-  while (app.changefeed.stats().subscriptions.active < 2) await sleep(20)
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active >= 2))
 
   const writer = new pg.Client({ connectionString: url })
   await writer.connect()
@@ -108,7 +117,7 @@ t.test('an origin-tagged write reaches the other tab and is flagged for the writ
   await tagOrigin(writer, a.origin)
   await writer.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-1', '{"players":["New Kid"]}')`)
   await writer.query('COMMIT')
-  while (got.b.length === 0 || got.aAll.length === 0) await sleep(20)
+  t.ok(await until(() => got.b.length > 0 && got.aAll.length > 0))
   t.equal(got.b[0].origin, 'tab-a', 'the other tab gets it, with the writer\'s origin')
   t.equal(got.aAll[0].origin, a.origin, 'the writer\'s tab sees its own origin')
   t.same(got.a, [], 'and skips it where asked')

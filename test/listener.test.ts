@@ -6,6 +6,7 @@ import t from 'tap'
 import { adminQuery, freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { startApp } from './helpers/app.js'
 import { isNotification } from './helpers/client.js'
+import { until } from './helpers/wait.js'
 
 const foundryUrl = await freshDatabase(t, 'foundry')
 const ballrUrl = await freshDatabase(t, 'ballr')
@@ -14,6 +15,8 @@ const ballr = await sqlClient(t, ballrUrl)
 await foundry.query(martenTableSql('mt_doc_user'))
 await ballr.query(martenTableSql('mt_doc_team'))
 
+/** the server's warnings, parsed: a failed reconnect attempt is one */
+const warnings: Array<{ msg: string, database?: string }> = []
 const { app, client } = await startApp(t, {
   databases: [{ name: 'foundry', url: foundryUrl }, { name: 'ballr', url: ballrUrl }],
   capture: { channel: 'foundry:db_changes', reconnectMaxDelayMs: 200 },
@@ -22,7 +25,9 @@ const { app, client } = await startApp(t, {
     // public here only so that an anonymous test client may watch it; access rules have their own tests
     User: { database: 'foundry', access: 'public' }
   }
-})
+}, { logger: { level: 'warn', stream: { write: (line: string) => { warnings.push(JSON.parse(line)) } } } })
+const failedReconnects = (database: string): number =>
+  warnings.filter((w) => w.msg === 'changefeed: listener reconnect failed' && w.database === database).length
 
 t.test('two databases feed one server', async (t) => {
   const ws = await client()
@@ -46,7 +51,10 @@ t.test('a killed listener reconnects, its watchers get resync, later changes arr
 
   const resync = await ws.next((m) => m.type === 'resync')
   t.same(resync.data, { reason: 'listener_gap', entityType: 'Team', entityId: 'team-2' }, 'watchers of that database are told')
-  t.same(await ws.collect(100, (m) => m.type === 'resync'), [], 'watchers of the other database are not')
+  // a marker: a change of the other database's watched entity; a resync owed to it would be written first
+  await foundry.query(`INSERT INTO mt_doc_user (id, data) VALUES ('user-2', '{}')`)
+  await ws.next(isNotification('User', 'user-2'))
+  t.same(ws.messages.filter((m) => m.type === 'resync'), [], 'watchers of the other database are not')
   t.equal(app.changefeed.stats().listeners.ballr.reconnects, 1)
   t.equal(app.changefeed.stats().listeners.ballr.state, 'listening')
 
@@ -59,8 +67,9 @@ t.test('a listener keeps retrying while its database refuses connections', async
   await ws.subscribe('User', 'user-3')
   const db = new URL(foundryUrl).pathname.slice(1)
   await adminQuery(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS false`)
+  const failed = failedReconnects('foundry')
   await adminQuery(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'changefeed-listener:foundry:%'`, [db])
-  await new Promise((resolve) => setTimeout(resolve, 800))
+  t.ok(await until(() => failedReconnects('foundry') >= failed + 2, 10_000), 'reconnect attempts fail while connections are refused')
   t.equal(app.changefeed.stats().listeners.foundry.state, 'reconnecting', 'still trying')
   t.same(ws.messages.filter((m) => m.type === 'resync'), [], 'no resync until a new listener runs')
   await adminQuery(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true`)

@@ -6,6 +6,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { startApp } from './helpers/app.js'
 import { TestClient, isNotification, type Frame } from './helpers/client.js'
+import { until } from './helpers/wait.js'
 import { WireError } from '../lib/errors.js'
 
 const entities = {
@@ -28,7 +29,11 @@ t.test('subscribe, notifications, idempotence and unsubscribe', async (t) => {
   t.equal(await app.changefeed.publish({ entityType: 'Team', entityId: 'team-123', changeType: 'updated' }), true)
   const n = await ws.next(isNotification('Team', 'team-123'))
   t.match(n.data, { changeType: 'updated', payloadType: 'minimal' })
-  t.same(await ws.collect(100, isNotification('Team', 'team-123')), [], 'one delivery per change')
+  // a marker: a later change of another entity this socket watches comes after any second delivery of the first
+  await ws.subscribe('Team', 'marker')
+  await app.changefeed.publish({ entityType: 'Team', entityId: 'marker', changeType: 'updated' })
+  await ws.next(isNotification('Team', 'marker'))
+  t.same(ws.messages.filter(isNotification('Team', 'team-123')), [], 'one delivery per change')
 
   ws.send({ type: 'unsubscribe', id: 'r3', data: { subscriptionId: 'Team:team-123' } })
   t.same(await ws.next((m) => m.id === 'r3'), { type: 'unsubscribed', id: 'r3', data: { subscriptionId: 'Team:team-123' } })
@@ -163,7 +168,12 @@ t.test('a subscribe flood is rate limited with rate_limited', async (t) => {
   const { client } = await startApp(t, { entities, limits: { maxSubscriptionsPerConnection: 10, subscribeRatePerSecond: 1, maxBadFramesPerMinute: 1000 } })
   const ws = await client()
   for (let i = 0; i < 30; i++) ws.send({ type: 'subscribe', id: i, data: { entityType: 'Team', entityId: `t-${i}` } })
-  const replies = await ws.collect(300)
+  // every request gets exactly one reply: wait for each, then a ping (answered at once) shows nothing else is on its way
+  const replies: Frame[] = []
+  for (let i = 0; i < 30; i++) replies.push(await ws.next((m) => m.id === i))
+  ws.send({ type: 'ping' })
+  await ws.next((m) => m.type === 'pong')
+  t.same(ws.messages, [], 'one reply per request')
   // the burst is maxSubscriptionsPerConnection + one second's worth: 11
   t.equal(replies.filter((m) => m.type === 'subscribed').length, 10, 'the burst is admitted up to the subscription limit')
   t.equal(replies.filter((m) => m.type === 'subscription_error' && m.data.code === WireError.tooManySubscriptions).length, 1)
@@ -186,8 +196,7 @@ t.test('closing a socket removes all its subscriptions', async (t) => {
   t.equal(app.changefeed.stats().subscriptions.active, 2)
   ws.close()
   await ws.closed
-  await new Promise((resolve) => setTimeout(resolve, 50))
-  t.equal(app.changefeed.stats().subscriptions.active, 0)
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 0), 'the subscriptions end with the socket')
   t.equal(await app.changefeed.publish({ entityType: 'Team', entityId: 'a', changeType: 'updated' }), false)
 })
 
@@ -197,7 +206,10 @@ t.test('idle peers are closed with 4408; shutdown closes with 1001', async (t) =
   const silent = await TestClient.open(url, { autoPong: false })
   t.equal((await silent.closed).code, 4408)
   const live = await TestClient.open(url)
-  await new Promise((resolve) => setTimeout(resolve, 600))
+  // each sweep either closes a peer or pings it: the fifth ping comes from a sweep past the idle timeout (0.3 s)
+  let pings = 0
+  live.ws.on('ping', () => { pings++ })
+  t.ok(await until(() => pings >= 5 || live.ws.readyState !== WebSocket.OPEN), 'pinged past the idle timeout')
   t.equal(live.ws.readyState, WebSocket.OPEN, 'a peer that answers pings stays')
   await app.close()
   t.equal((await live.closed).code, 1001)

@@ -40,9 +40,14 @@ t.test('StrictMode: one subscribe, bounded renders, full payloads rendered', asy
   const view = render(h(StrictMode, null, h(ChangefeedProvider, { client }, h(Score))))
   t.ok(await waitFor(() => view.getByTestId('score').textContent === 'open: –'), 'renders connected, no data yet')
   t.ok(await waitFor(() => app.changefeed.stats().subscriptions.active === 2))
-  await sleep(100)
-  t.same([app.changefeed.stats().subscriptions.created, app.changefeed.stats().subscriptions.removed], [2, 0],
-    'StrictMode mount/unmount/mount: one subscribe per entity, no unsubscribe')
+  // a marker: the client sends on one socket, and the server handles a socket's requests in order, so once a
+  // subscribe sent now has been handled, so has any unsubscribe the unmount sent
+  const releaseMarker = client.subscribe('Team', 'marker')
+  t.ok(await waitFor(() => app.changefeed.stats().subscriptions.created === 3))
+  t.same([app.changefeed.stats().subscriptions.created, app.changefeed.stats().subscriptions.removed], [3, 0],
+    'StrictMode mount/unmount/mount: one subscribe per entity (and the marker\'s), no unsubscribe')
+  releaseMarker()
+  t.ok(await waitFor(() => app.changefeed.stats().subscriptions.active === 2))
 
   const before = renders
   await act(async () => { await app.changefeed.publish({ entityType: 'RugbyGameState', entityId: 'match-1', changeType: 'updated', payload: { homeScore: 7, awayScore: 3 } }) })

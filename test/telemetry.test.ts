@@ -13,7 +13,7 @@ import { TestClient, isNotification } from './helpers/client.js'
 import { adminQuery, freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { ownBroker } from './helpers/brokers.js'
 import { now, signHs256 } from './helpers/tokens.js'
-import { sleep, until } from './helpers/wait.js'
+import { until } from './helpers/wait.js'
 import { closeCodeLabel } from '../lib/telemetry.js'
 
 const SECRET = 'telemetry-test-secret-0123456789'
@@ -59,9 +59,14 @@ t.test('metrics after a scripted scenario', async (t) => {
   await c.next(isNotification('RugbyGameState', 'match-1'))
   b.ws.close(1000)
   await b.closed
-  await sleep(100)
-
-  const text = await (await fetch(http + '/metrics')).text()
+  // the server records the close, and the subscription it ended, once its side of the socket has closed
+  const metrics = async (): Promise<string> => await (await fetch(http + '/metrics')).text()
+  let text = ''
+  t.ok(await until(async () => {
+    text = await metrics()
+    return sample(text, 'changefeed_connections_closed_total', { changefeed_close_code: '1000' }) === 1 &&
+      sample(text, 'changefeed_subscriptions_removed_total', { changefeed_entity_type: 'Team' }) === 1
+  }), 'the close is recorded')
   t.equal(sample(text, 'changefeed_connections_opened_total'), 3)
   t.equal(sample(text, 'changefeed_connections_closed_total', { changefeed_close_code: '1000' }), 1)
   t.equal(sample(text, 'changefeed_connections_active'), 2)

@@ -1,8 +1,9 @@
 /**
- * What the watchers received, against what was committed. Per watcher and entity, after dedupe by position:
- * every n from 1 to the entity's final n is expected once, in increasing order. A missing change is covered when
- * the watcher was told to refetch the entity (a resync for it or for all, or a resume the server could not
- * recover) at or after the change's commit time minus 50 ms: the refetch then returns a state that includes it.
+ * What the watchers' SDK clients delivered, against what was committed. Per watcher and entity, as the SDK
+ * delivered them (after its dedupe by position): every n from 1 to the entity's final n is expected once, in
+ * increasing order. A missing change is covered when the SDK told the application to refetch the entity (a
+ * resync it reported) at or after the change's commit time minus 50 ms: the refetch then returns a state that
+ * includes it.
  */
 import type { Resync, Watcher } from './watcher.js'
 import type { WriteProgress } from './writers.js'
@@ -63,7 +64,6 @@ export function analyse (watchers: Watcher[], progress: WriteProgress, runStart:
     for (const [key, value] of Object.entries(watcher.counts)) result.watcherCounts[key] = (result.watcherCounts[key] ?? 0) + value
     result.notificationsOnWire += watcher.counts.notificationsOnWire
     result.duplicatesOnWire += watcher.counts.duplicatesOnWire
-    result.resyncs += watcher.allResyncs.length
     for (const entity of watcher.entities.values()) {
       result.subscriptions++
       result.resyncs += entity.resyncs.length
@@ -79,7 +79,7 @@ export function analyse (watchers: Watcher[], progress: WriteProgress, runStart:
               watcher: watcher.index,
               entity: entity.id,
               around: entity.received.slice(Math.max(0, i - 4), i + 3).map((r) => `n=${r.n} ${r.position} at ${r.at - runStart}`),
-              resyncs: [...entity.resyncs, ...watcher.allResyncs].map((r) => `${r.why} at ${r.at - runStart}`),
+              resyncs: entity.resyncs.map((r) => `${r.why} at ${r.at - runStart}`),
               recovered: entity.recoveredAt.map((at) => at - runStart),
               opened: watcher.openedAt.map((at) => at - runStart)
             })
@@ -98,7 +98,7 @@ export function analyse (watchers: Watcher[], progress: WriteProgress, runStart:
         if (n < last) result.keptWhileResuming.outOfOrder++
         last = n
       }
-      const resyncTimes = [...entity.resyncs, ...watcher.allResyncs].map((r: Resync) => r.at)
+      const resyncTimes = entity.resyncs.map((r: Resync) => r.at)
       const lastResync = resyncTimes.length === 0 ? null : Math.max(...resyncTimes)
       for (let n = 1; n <= final; n++) {
         if (seen.has(n)) {
@@ -115,7 +115,7 @@ export function analyse (watchers: Watcher[], progress: WriteProgress, runStart:
             entity: entity.id,
             n,
             committedAt: committedAt - runStart,
-            resyncs: [...entity.resyncs, ...watcher.allResyncs].map((r) => `${r.why} at ${r.at - runStart}`),
+            resyncs: entity.resyncs.map((r) => `${r.why} at ${r.at - runStart}`),
             recovered: entity.recoveredAt.map((at) => at - runStart),
             opened: watcher.openedAt.map((at) => at - runStart),
             // what came off the wire for the entity around then

@@ -15,9 +15,12 @@ import { ownBroker } from '../helpers/brokers.js'
 import { martenTableSql } from '../helpers/services.js'
 import { ownPostgres, type OwnPostgres } from './postgres.js'
 import { startInstance, type Instance } from './instances.js'
-import { Watcher, type Mode } from './watcher.js'
+import { Watcher } from './watcher.js'
 import { write, type WriteProgress } from './writers.js'
 import { analyse, type Delivery } from './analyse.js'
+
+/** outbox: positions are resumable (`since` replays what was missed); notify: a gap can only be refetched */
+export type Mode = 'outbox' | 'notify'
 
 export interface ChaosOptions {
   mode: Mode
@@ -32,11 +35,6 @@ export interface ChaosOptions {
    * four events land apart, each on a system that recovered from the one before.
    */
   ratePerSecond?: number
-  /**
-   * Default true: a watcher drops an entity's notifications between a resume (`since`) on an open socket and its
-   * reply, because the replay brings each of them again, in order (test/chaos/watcher.ts). false: it keeps them.
-   */
-  dropDuringResume?: boolean
   log?: (line: string) => void
 }
 
@@ -53,7 +51,6 @@ export interface ChaosReport extends Omit<Delivery, 'watcherCounts' | 'uncovered
   watchers: number
   instances: number
   ratePerSecond: number
-  dropDuringResume: boolean
   events: ChaosEvent[]
   /** from the first change written to the end of the wait for the last deliveries */
   durationMs: number
@@ -173,7 +170,7 @@ export async function runChaos (options: ChaosOptions, t: Teardown): Promise<Cha
   await pg.query(DATABASE, `INSERT INTO mt_doc_item (id, data) SELECT id, jsonb_build_object('id', id, 'n', 0) FROM unnest($1::text[]) AS id`, [entityIds])
 
   const watchers = Array.from({ length: options.watchers }, (_, i) =>
-    new Watcher(i, pick(options.entities, options.entitiesPerWatcher).map((e) => entityIds[e]), mode, () => live.filter((l) => !l.exited).map((l) => l.url), log, options.dropDuringResume ?? true))
+    new Watcher(i, pick(options.entities, options.entitiesPerWatcher).map((e) => entityIds[e]), () => live.filter((l) => !l.exited).map((l) => l.url), log))
   t.teardown(() => { for (const w of watchers) w.close() })
   await Promise.all(watchers.map(async (w) => await w.start()))
   log(`${watchers.length} watchers subscribed to ${watchers.reduce((s, w) => s + w.entities.size, 0)} entities`)
@@ -275,7 +272,6 @@ export async function runChaos (options: ChaosOptions, t: Teardown): Promise<Cha
     watchers: options.watchers,
     instances: options.instances,
     ratePerSecond,
-    dropDuringResume: options.dropDuringResume ?? true,
     ...delivery,
     events,
     durationMs,

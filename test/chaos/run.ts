@@ -1,6 +1,6 @@
 /**
  * The chaos run from the command line (`npm run chaos -- [--mode outbox|notify|both] [--changes 100000]
- * [--entities 500] [--watchers 40] [--entities-per-watcher 25] [--instances 3] [--rate N] [--keep-during-resume]`):
+ * [--entities 500] [--watchers 40] [--entities-per-watcher 25] [--instances 3] [--rate N]`):
  * prints progress, writes test/chaos/results/<mode>.json, regenerates test/chaos/REPORT.md, exits 1 when a
  * criterion fails.
  */
@@ -8,8 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { packageRoot } from '../../lib/paths.js'
-import { runChaos, type ChaosReport } from './chaos.js'
-import type { Mode } from './watcher.js'
+import { runChaos, type ChaosReport, type Mode } from './chaos.js'
 import { writeReport } from './report.js'
 
 const { values } = parseArgs({
@@ -20,8 +19,7 @@ const { values } = parseArgs({
     watchers: { type: 'string', default: '40' },
     'entities-per-watcher': { type: 'string', default: '25' },
     instances: { type: 'string', default: '3' },
-    rate: { type: 'string' },
-    'keep-during-resume': { type: 'boolean', default: false }
+    rate: { type: 'string' }
   }
 })
 
@@ -72,7 +70,6 @@ for (const mode of modes) {
       entitiesPerWatcher: number('entities-per-watcher'),
       instances: number('instances'),
       ratePerSecond: values.rate === undefined ? undefined : number('rate'),
-      dropDuringResume: values['keep-during-resume'] !== true,
       log: (line) => log(`[${mode}] ${line}`)
     }, { teardown: (fn) => cleanups.push(fn) })
   } finally {
