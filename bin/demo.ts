@@ -36,11 +36,11 @@ async function createTables (db: Database): Promise<void> {
   for (const table of ['mt_doc_team', 'mt_doc_fixture', 'mt_doc_rugbygamestate']) await db.query(martenTableSql(table))
   for (const team of TEAMS) {
     await db.query(
-      `INSERT INTO mt_doc_team (id, data, mt_dotnet_type) VALUES ($1, $2, 'Demo.Team') ON CONFLICT (id) DO NOTHING`,
+      'INSERT INTO mt_doc_team (id, data, mt_dotnet_type) VALUES ($1, $2, \'Demo.Team\') ON CONFLICT (id) DO NOTHING',
       [team.id, JSON.stringify(team)])
   }
   await db.query(
-    `INSERT INTO mt_doc_fixture (id, data, mt_dotnet_type) VALUES ('fixture-1', $1, 'Demo.Fixture') ON CONFLICT (id) DO NOTHING`,
+    'INSERT INTO mt_doc_fixture (id, data, mt_dotnet_type) VALUES (\'fixture-1\', $1, \'Demo.Fixture\') ON CONFLICT (id) DO NOTHING',
     [JSON.stringify({ id: 'fixture-1', matchId: 'match-1', homeTeamId: 'team-1', awayTeamId: 'team-2', venue: 'North Oval', status: 'live' })])
 }
 
@@ -127,12 +127,12 @@ export async function startDemo (app: FastifyInstance, intervalMs = Number(proce
   registerPages(app)
   registerReadModel(app, db)
 
-  const [existing] = await db.query<{ data: GameState }>(`SELECT data FROM mt_doc_rugbygamestate WHERE id = 'match-1'`)
+  const [existing] = await db.query<{ data: GameState }>('SELECT data FROM mt_doc_rugbygamestate WHERE id = \'match-1\'')
   let state: GameState = existing?.data ?? {
     id: 'match-1', homeTeamId: 'team-1', awayTeamId: 'team-2', homeScore: 0, awayScore: 0, minute: 0, period: 'First Half', lastEvent: 'Kick-off'
   }
   if (existing === undefined) {
-    await db.query(`INSERT INTO mt_doc_rugbygamestate (id, data, mt_dotnet_type) VALUES ('match-1', $1, 'Demo.RugbyGameState')`, [JSON.stringify(state)])
+    await db.query('INSERT INTO mt_doc_rugbygamestate (id, data, mt_dotnet_type) VALUES (\'match-1\', $1, \'Demo.RugbyGameState\')', [JSON.stringify(state)])
   }
   if (intervalMs <= 0) return () => {}
 
@@ -142,7 +142,7 @@ export async function startDemo (app: FastifyInstance, intervalMs = Number(proce
     writing = true
     state = nextState(state)
     db.query(
-      `UPDATE mt_doc_rugbygamestate SET data = $2, mt_version = gen_random_uuid(), mt_last_modified = now() WHERE id = $1`,
+      'UPDATE mt_doc_rugbygamestate SET data = $2, mt_version = gen_random_uuid(), mt_last_modified = now() WHERE id = $1',
       [state.id, JSON.stringify(state)])
       .catch((err: Error) => app.log.error({ err }, 'demo: writing the match state failed'))
       .finally(() => { writing = false })

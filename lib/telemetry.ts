@@ -53,7 +53,9 @@ export class Telemetry {
       advice: { explicitBucketBoundaries: LATENCY_BUCKETS_S }
     })
     this.subscriptionsPerConnection = meter.createHistogram('changefeed.connection.subscriptions', {
-      unit: '{subscription}', valueType: ValueType.INT, description: 'subscriptions a connection held when it closed',
+      unit: '{subscription}',
+      valueType: ValueType.INT,
+      description: 'subscriptions a connection held when it closed',
       advice: { explicitBucketBoundaries: SUBSCRIPTION_BUCKETS }
     })
     this.loopDelay.enable()

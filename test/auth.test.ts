@@ -24,7 +24,7 @@ const token = (sub: string, roles?: string[], extra?: object): string => signHs2
 const url = await freshDatabase(t, 'auth')
 const sql = await sqlClient(t, url)
 for (const table of ['mt_doc_team', 'mt_doc_memberfeed', 'mt_doc_user', 'mt_doc_usersettings', 'mt_doc_serviceaccount']) await sql.query(martenTableSql(table))
-await sql.query(`INSERT INTO mt_doc_usersettings (id, data) VALUES ('us-1', '{"userId":"user-1","theme":"dark"}')`)
+await sql.query('INSERT INTO mt_doc_usersettings (id, data) VALUES (\'us-1\', \'{"userId":"user-1","theme":"dark"}\')')
 
 const importerPassword = 'correct horse battery staple'
 const logLines: string[] = []

@@ -33,7 +33,7 @@ const open = async (path: string): Promise<Page> => {
   return page
 }
 const setScore = async (home: number, away: number): Promise<void> => {
-  await sql.query(`UPDATE mt_doc_rugbygamestate SET data = data || $1::jsonb, mt_version = gen_random_uuid() WHERE id = 'match-1'`,
+  await sql.query('UPDATE mt_doc_rugbygamestate SET data = data || $1::jsonb, mt_version = gen_random_uuid() WHERE id = \'match-1\'',
     [JSON.stringify({ homeScore: home, awayScore: away, minute: 62, period: 'Second Half', lastEvent: 'Try (home)' })])
 }
 

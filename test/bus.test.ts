@@ -31,7 +31,6 @@ async function instance (t: Teardown, provider: Provider, url: string | undefine
   return { parts: parts!, received, gaps, local, app }
 }
 
-
 await requireService('Redis')
 await requireService('NATS')
 const urls: Record<Provider, string | undefined> = { memory: undefined, redis: REDIS_URL, nats: NATS_URL }
@@ -91,21 +90,21 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     const channel = `${prefix}:Team:t1`
     t.equal(await b.parts.interest.isWatched(channel), false)
     a.local.add(channel, 'Team', 't1', null, 'socket-1')
-    await a.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
+    await a.parts.interest.update([{ channel, entityType: 'Team', count: 1 }])
     t.equal(await b.parts.interest.isWatched(channel), true, 'the first watcher is visible at once')
     if (b !== a) {
       b.local.add(channel, 'Team', 't1', null, 'socket-2')
       b.local.add(channel, 'Team', 't1', null, 'socket-3')
-      await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
-      await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 2 }])
+      await b.parts.interest.update([{ channel, entityType: 'Team', count: 1 }])
+      await b.parts.interest.update([{ channel, entityType: 'Team', count: 2 }])
       t.ok(await until(async () => await a.parts.interest.watchers(channel) === 3), 'counts add up across instances')
       t.ok(await until(async () => (await a.parts.interest.totals()).Team === 3), 'totals per type')
       b.local.remove(channel, 'socket-2')
       b.local.remove(channel, 'socket-3')
-      await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 0 }])
+      await b.parts.interest.update([{ channel, entityType: 'Team', count: 0 }])
     }
     a.local.remove(channel, 'socket-1')
-    await a.parts.interest.update([{ channel: channel, entityType: 'Team', count: 0 }])
+    await a.parts.interest.update([{ channel, entityType: 'Team', count: 0 }])
     t.equal(await b.parts.interest.isWatched(channel), false, 'the last one leaving is visible at once')
   })
 }
@@ -119,7 +118,7 @@ for (const provider of ['redis', 'nats'] as const) {
     const channel = `${prefix}:Team:r1`
     await b.parts.bus.subscribe([channel])
     b.local.add(channel, 'Team', 'r1', null, 'socket')
-    await b.parts.interest.update([{ channel: channel, entityType: 'Team', count: 1 }])
+    await b.parts.interest.update([{ channel, entityType: 'Team', count: 1 }])
 
     await broker.stop()
     t.ok(await until(() => !a.parts.bus.ready && !b.parts.bus.ready), 'not ready while the broker is down')

@@ -36,9 +36,9 @@ t.test('a role that cannot write a watched table cannot make a change reach a br
   const overheard: string[] = []
   spy.on('notification', (m) => { if (m.payload !== undefined) overheard.push(m.payload) })
   await spy.query(`LISTEN "${channel}"`)
-  await t.rejects(spy.query(`INSERT INTO mt_doc_rugbygamestate (id, data) VALUES ('m-1', '{}')`), { code: '42501' }, 'it cannot write the table')
+  await t.rejects(spy.query('INSERT INTO mt_doc_rugbygamestate (id, data) VALUES (\'m-1\', \'{}\')'), { code: '42501' }, 'it cannot write the table')
 
-  await sql.query(`INSERT INTO mt_doc_rugbygamestate (id, data) VALUES ('m-1', '{"homeScore": 5}')`)
+  await sql.query('INSERT INTO mt_doc_rugbygamestate (id, data) VALUES (\'m-1\', \'{"homeScore": 5}\')')
   t.match((await ws.next(isNotification('RugbyGameState', 'm-1'))).data, { payload: { homeScore: 5 } })
   t.ok(await until(() => overheard.length === 1), 'it can listen')
 
@@ -51,18 +51,18 @@ t.test('a role that cannot write a watched table cannot make a change reach a br
   await spy.query('CREATE TABLE decoy (id text PRIMARY KEY, data jsonb, mt_version uuid)')
   await spy.query(`CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW
     EXECUTE FUNCTION changefeed_notify('${channel}', 'true', 'false', 'public', 'mt_doc_rugbygamestate')`)
-  await spy.query(`INSERT INTO decoy (id, data) VALUES ('m-1', '{"homeScore": 77}')`)
+  await spy.query('INSERT INTO decoy (id, data) VALUES (\'m-1\', \'{"homeScore": 77}\')')
   await spy.query('CREATE TABLE fake_events (seq_id bigint, stream_id text, version bigint, type text, data jsonb)')
   await spy.query(`CREATE TRIGGER fake AFTER INSERT ON fake_events FOR EACH ROW
     EXECUTE FUNCTION changefeed_event_notify('${channel}', 'mt_streams', 'false', 'public', 'mt_events')`)
-  await spy.query(`INSERT INTO fake_events VALUES (1, 'm-1', 1, 'TryScored', '{"homeScore": 66}')`)
+  await spy.query('INSERT INTO fake_events VALUES (1, \'m-1\', 1, \'TryScored\', \'{"homeScore": 66}\')')
   await t.rejects(spy.query('SELECT changefeed_send($1, $2)', [channel, '{}']), { code: '42501' }, 'it cannot sign')
   await t.rejects(spy.query('SELECT key FROM changefeed_key'), { code: '42501' }, 'it cannot read the key')
 
   const dropped = (): Record<string, number | undefined> => app.changefeed.stats().dropped
   t.ok(await until(() => dropped().forged === 3 && dropped().unknown_table === 1 && dropped().not_event_store === 1),
     `each attempt is counted by reason: ${JSON.stringify(dropped())}`)
-  await sql.query(`UPDATE mt_doc_rugbygamestate SET data = '{"homeScore": 7}' WHERE id = 'm-1'`)
+  await sql.query('UPDATE mt_doc_rugbygamestate SET data = \'{"homeScore": 7}\' WHERE id = \'m-1\'')
   t.match((await ws.next(isNotification('RugbyGameState', 'm-1'))).data, { payload: { homeScore: 7 } }, 'the next real change')
   t.same(ws.messages.filter(isNotification('RugbyGameState', 'm-1')), [], 'and nothing forged before it')
 })
@@ -81,10 +81,10 @@ t.test('outbox mode: the outbox is not writable by other roles, and a wake-up ca
   const ws = await outboxClient()
   await ws.subscribe('Team', 't-1')
   const change = JSON.stringify({ s: 'public', t: 'mt_doc_team', id: 't-1', op: 'U', x: 1, ts: Date.now(), d: { name: 'forged' } })
-  await t.rejects(spy.query(`INSERT INTO changefeed_outbox (channel, s, t, eid, x, change) VALUES ('trust:outbox', 'public', 'mt_doc_team', 't-1', 1, $1)`, [change]), { code: '42501' })
+  await t.rejects(spy.query('INSERT INTO changefeed_outbox (channel, s, t, eid, x, change) VALUES (\'trust:outbox\', \'public\', \'mt_doc_team\', \'t-1\', 1, $1)', [change]), { code: '42501' })
   await t.rejects(spy.query('SELECT changefeed_record($1, $2)', ['trust:outbox', change]), { code: '42501' })
-  await spy.query(`SELECT pg_notify('trust:outbox', 'outbox')`)
-  await owner.query(`INSERT INTO mt_doc_team (id, data) VALUES ('t-1', '{"name": "real"}')`)
+  await spy.query('SELECT pg_notify(\'trust:outbox\', \'outbox\')')
+  await owner.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-1\', \'{"name": "real"}\')')
   t.match((await ws.next(isNotification('Team', 't-1'))).data, { payload: { name: 'real' } })
   t.same(ws.messages.filter(isNotification('Team', 't-1')), [], 'only the real change')
   t.equal(outboxApp.changefeed.stats().dropped.forged, undefined, 'a wake-up is not a change, forged or not')
@@ -103,13 +103,13 @@ t.test('installed and run by a role that is not superuser', async (t) => {
   })
   const ws = await roleClient()
   await ws.subscribe('Team', 't-1')
-  await db.query(`INSERT INTO mt_doc_team (id, data) VALUES ('t-1', '{}')`)
+  await db.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-1\', \'{}\')')
   t.match((await ws.next(isNotification('Team', 't-1'))).data, { changeType: 'created' })
   // no event trigger without superuser: a table created later is found by a re-scan
   await db.query(martenTableSql('mt_doc_fixture'))
   await roleApp.changefeed.rescan()
   await ws.subscribe('Fixture', 'f-1')
-  await db.query(`INSERT INTO mt_doc_fixture (id, data) VALUES ('f-1', '{}')`)
+  await db.query('INSERT INTO mt_doc_fixture (id, data) VALUES (\'f-1\', \'{}\')')
   t.match((await ws.next(isNotification('Fixture', 'f-1'))).data, { changeType: 'created' })
   // another role's table in the watched schema: it creates it fine; the product cannot put a trigger on it, and says so
   const theirs = await other.client()
@@ -143,4 +143,3 @@ t.test('start-up checks against the database', async (t) => {
   await t.rejects(async () => await elsewhere.register(changefeed, { databases: [{ name: 'ballr', url }], entities: { Team: { access: 'public' } } }).ready(),
     { code: 'CHANGEFEED_DATABASE_MISMATCH' }, 'a host pool of that name connected to another database')
 })
-

@@ -136,7 +136,7 @@ t.test('a writer can tag its transaction with an origin', async (t) => {
   const ws = await client()
   await ws.subscribe('Team', 'team-origin')
   await sql.query('BEGIN')
-  await sql.query(`SET LOCAL changefeed.origin = 'tab-42'`)
+  await sql.query('SET LOCAL changefeed.origin = \'tab-42\'')
   await sql.query('INSERT INTO mt_doc_team (id, data) VALUES ($1, $2)', ['team-origin', doc('team-origin')])
   await sql.query('COMMIT')
   t.equal((await ws.next(isNotification('Team', 'team-origin'))).data.origin, 'tab-42')
@@ -150,12 +150,12 @@ t.test('tables created after the start are captured', async (t) => {
   t.match((await ws.next(isNotification('Later', 'l-1'))).data, { changeType: 'created', payload: { v: 1 } }, 'the event trigger installed it, inline')
 
   await sql.query(martenTableSql('mt_doc_scoreboard'))
-  await sql.query(`INSERT INTO mt_doc_scoreboard (id, data, mt_dotnet_type) VALUES ('s-1', '{}', 'Ballr.Domain.ScoreBoard, Ballr')`)
+  await sql.query('INSERT INTO mt_doc_scoreboard (id, data, mt_dotnet_type) VALUES (\'s-1\', \'{}\', \'Ballr.Domain.ScoreBoard, Ballr\')')
   t.equal((await ws.subscribe('ScoreBoard', 's-1')).type, 'subscription_error', 'not known before a scan')
   await app.changefeed.rescan()
   const reply = await ws.subscribe('ScoreBoard', 's-1', 'again')
   t.match(reply, { type: 'subscribed', data: { entityType: 'ScoreBoard' } }, 'discovered, named after mt_dotnet_type')
-  await sql.query(`UPDATE mt_doc_scoreboard SET data = '{"x":1}' WHERE id = 's-1'`)
+  await sql.query('UPDATE mt_doc_scoreboard SET data = \'{"x":1}\' WHERE id = \'s-1\'')
   t.equal((await ws.next(isNotification('ScoreBoard', 's-1'))).data.changeType, 'updated')
 })
 

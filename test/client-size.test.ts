@@ -16,7 +16,13 @@ const CORE_BUDGET = 6 * 1024
 async function gzippedSize (entry: string, external: string[]): Promise<number> {
   const result = await build({
     entryPoints: [fileURLToPath(new URL(entry, import.meta.url))],
-    bundle: true, minify: true, format: 'esm', platform: 'browser', target: 'es2020', write: false, external
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2020',
+    write: false,
+    external
   })
   return gzipSync(result.outputFiles[0].contents, { level: 9 }).length
 }

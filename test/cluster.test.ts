@@ -21,7 +21,6 @@ import { NatsInterest } from '../lib/bus/nats.js'
 import type { InterestStore } from '../lib/store/interest.js'
 import { sleep, until } from './helpers/wait.js'
 
-
 for (const provider of ['redis', 'nats'] as const) {
   t.test(`three instances on ${provider}`, async (t) => {
     const broker = await ownBroker(t, provider)
@@ -73,11 +72,11 @@ for (const provider of ['redis', 'nats'] as const) {
      */
     let marks = 0
     const marker = async (sockets: TestClient[]): Promise<void> => {
-      await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('marker', $1) ON CONFLICT (id) DO UPDATE SET data = excluded.data`, [JSON.stringify({ v: ++marks })])
+      await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'marker\', $1) ON CONFLICT (id) DO UPDATE SET data = excluded.data', [JSON.stringify({ v: ++marks })])
       for (const c of sockets) await c.next(isNotification('Team', 'marker'), 5000)
     }
-    await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-1', '{"v":0}')`)
-    for (let v = 1; v <= 3; v++) await sql.query(`UPDATE mt_doc_team SET data = $1 WHERE id = 'team-1'`, [JSON.stringify({ v })])
+    await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'team-1\', \'{"v":0}\')')
+    for (let v = 1; v <= 3; v++) await sql.query('UPDATE mt_doc_team SET data = $1 WHERE id = \'team-1\'', [JSON.stringify({ v })])
     const all = clients.flat()
     t.ok(await until(() => all.every((c) => notificationsOf(c).length >= 4), 5000), 'every watcher on every instance is notified')
     await marker(all)
@@ -112,7 +111,7 @@ for (const provider of ['redis', 'nats'] as const) {
       const resync = await c.next((m) => m.type === 'resync' && m.data.entityId === 'team-1', 5000)
       t.same(resync.data, { reason: 'leader_change', entityType: 'Team', entityId: 'team-1' }, 'watchers are told to resync')
     }
-    await sql.query(`UPDATE mt_doc_team SET data = '{"v":4}' WHERE id = 'team-1'`)
+    await sql.query('UPDATE mt_doc_team SET data = \'{"v":4}\' WHERE id = \'team-1\'')
     t.ok(await until(() => survivors.every((c) => notificationsOf(c).length >= 1), 5000), 'changes after the takeover arrive')
     await marker(survivors)
     t.same(survivors.map((c) => notificationsOf(c).length), survivors.map(() => 1), 'exactly once')
@@ -130,7 +129,7 @@ for (const provider of ['redis', 'nats'] as const) {
     const living = instances.filter((_, i) => i !== leaderIndex)
     t.ok(await until(async () => (await Promise.all(living.map(async (i) => (await fetch(`${await i.address}/health/ready`)).status))).every((s) => s === 200), 10_000), 'every instance is ready again')
     for (const c of survivors) c.messages.length = 0
-    await sql.query(`UPDATE mt_doc_team SET data = '{"v":5}' WHERE id = 'team-1'`)
+    await sql.query('UPDATE mt_doc_team SET data = \'{"v":5}\' WHERE id = \'team-1\'')
     t.ok(await until(() => survivors.every((c) => notificationsOf(c).length >= 1), 5000), 'delivery works again')
     await marker(survivors)
     t.same(survivors.map((c) => notificationsOf(c).length), survivors.map(() => 1), 'exactly once')

@@ -115,7 +115,7 @@ t.test('an origin-tagged write reaches the other tab and is flagged for the writ
   t.teardown(async () => await writer.end())
   await writer.query('BEGIN')
   await tagOrigin(writer, a.origin)
-  await writer.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-1', '{"players":["New Kid"]}')`)
+  await writer.query('INSERT INTO mt_doc_team (id, data) VALUES (\'team-1\', \'{"players":["New Kid"]}\')')
   await writer.query('COMMIT')
   t.ok(await until(() => got.b.length > 0 && got.aAll.length > 0))
   t.equal(got.b[0].origin, 'tab-a', 'the other tab gets it, with the writer\'s origin')

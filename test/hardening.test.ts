@@ -20,7 +20,7 @@ const url = await freshDatabase(t, 'hardening')
 const sql = await sqlClient(t, url)
 for (const table of ['mt_doc_team', 'mt_doc_usersettings', 'mt_doc_match']) await sql.query(martenTableSql(table))
 const settings = async (id: string, userId: string, theme = 'dark'): Promise<void> => {
-  await sql.query(`INSERT INTO mt_doc_usersettings (id, data) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET data = excluded.data, mt_version = gen_random_uuid()`,
+  await sql.query('INSERT INTO mt_doc_usersettings (id, data) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET data = excluded.data, mt_version = gen_random_uuid()',
     [id, JSON.stringify({ userId, theme })])
 }
 
@@ -56,11 +56,11 @@ t.test('sockets closed in the middle of any request leave nothing behind', async
     auth: { jwt: { secret: SECRET } },
     limits: { maxConnectionsPerUser: 1000 }
   })
-  await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('t-close', '{"name":"a"}')`)
+  await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-close\', \'{"name":"a"}\')')
   const probe = await TestClient.open(wsUrl)
   probe.send({ type: 'subscribe', id: 'p', data: { entityType: 'Team', entityId: 't-close' } })
   await probe.next((m) => m.id === 'p')
-  await sql.query(`UPDATE mt_doc_team SET data = '{"name":"b"}' WHERE id = 't-close'`)
+  await sql.query('UPDATE mt_doc_team SET data = \'{"name":"b"}\' WHERE id = \'t-close\'')
   const since = (await probe.next(isNotification('Team', 't-close'))).data.position as string
   probe.close()
 
@@ -163,7 +163,7 @@ t.test('since replays are bounded per address: past the limit the answer is reco
   })
   const probe = await client()
   await probe.subscribe('Match', 'm-r')
-  await sql.query(`INSERT INTO mt_doc_match (id, data) VALUES ('m-r', '{}')`)
+  await sql.query('INSERT INTO mt_doc_match (id, data) VALUES (\'m-r\', \'{}\')')
   const since = (await probe.next(isNotification('Match', 'm-r'))).data.position as string
   const recovered: boolean[] = []
   for (let i = 0; i < 15; i++) {

@@ -26,7 +26,7 @@ t.test('database changes and host publishes reach a /ws client', async (t) => {
   await ws.subscribe('Team', 'team-1')
   await ws.subscribe('LiveCommentary', 'match-1')
 
-  await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-1', '{"name":"Sharks"}')`)
+  await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'team-1\', \'{"name":"Sharks"}\')')
   t.equal((await ws.next(isNotification('Team', 'team-1'))).data.changeType, 'created')
 
   const res = await fetch(`${base}/api/matches/match-1/commentary`, {

@@ -65,12 +65,12 @@ t.test('Marten\'s application role creates every kind of document table and part
   t.equal(triggered.mt_doc_roster_red, true, 'a partition has its table\'s trigger, cloned')
   t.equal(triggered.mt_doc_roster_blue, true, 'so has a partition added later')
   // a table of its own, triggered, then attached as a partition (and detached again): DDL the product must not break
-  await t.resolves(run(`CREATE TABLE mt_doc_roster_purple (LIKE mt_doc_roster INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`))
-  await t.resolves(run(`ALTER TABLE mt_doc_roster ATTACH PARTITION mt_doc_roster_purple FOR VALUES IN ('Purple')`), 'ATTACH PARTITION')
-  await t.resolves(run(`ALTER TABLE mt_doc_roster DETACH PARTITION mt_doc_roster_purple`), 'DETACH PARTITION')
-  const own = await run(`SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'mt_doc_roster_purple'::regclass AND tgname = 'changefeed_notify' AND tgparentid = 0`)
+  await t.resolves(run('CREATE TABLE mt_doc_roster_purple (LIKE mt_doc_roster INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'))
+  await t.resolves(run('ALTER TABLE mt_doc_roster ATTACH PARTITION mt_doc_roster_purple FOR VALUES IN (\'Purple\')'), 'ATTACH PARTITION')
+  await t.resolves(run('ALTER TABLE mt_doc_roster DETACH PARTITION mt_doc_roster_purple'), 'DETACH PARTITION')
+  const own = await run('SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = \'mt_doc_roster_purple\'::regclass AND tgname = \'changefeed_notify\' AND tgparentid = 0')
   t.equal(own.rows[0].n, 1, 'a detached table has its own trigger again')
-  await run(`ALTER TABLE mt_doc_roster ATTACH PARTITION mt_doc_roster_purple FOR VALUES IN ('Purple')`)
+  await run('ALTER TABLE mt_doc_roster ATTACH PARTITION mt_doc_roster_purple FOR VALUES IN (\'Purple\')')
   // the event trigger tells the server about each table: the types are known without a re-scan
   t.ok(await until(() => app.changefeed.registry.get('Squad')?.tenancy === 'conjoined' && app.changefeed.registry.get('Roster')?.tenancy === 'conjoined'),
     'conjoined tenancy is recognised from the tables Marten created')

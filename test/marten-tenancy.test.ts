@@ -112,7 +112,6 @@ t.test('conjoined tenancy', async (t) => {
     const blueUser = await client(`?token=${token('r-user', 'Blue')}`)
     t.match(await blueUser.subscribe('UserSettings', 'prefs'), { data: { code: WireError.forbidden } }, 'the same user id in another tenant owns nothing there')
   })
-
 })
 
 t.test('outbox mode: a resume replays one tenant\'s entity', async (t) => {

@@ -118,7 +118,7 @@ t.test('concurrent writers: every entity\'s changes arrive in commit order', asy
     for (let i = 0; i < 25; i++) {
       const id = ids[(i + w) % ids.length]
       await db.query('BEGIN')
-      await db.query(`INSERT INTO mt_doc_fixture (id, data) VALUES ($1, '{"n":0}') ON CONFLICT (id) DO UPDATE SET data = jsonb_set(mt_doc_fixture.data, '{n}', to_jsonb((mt_doc_fixture.data->>'n')::int + 1))`, [id])
+      await db.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, \'{"n":0}\') ON CONFLICT (id) DO UPDATE SET data = jsonb_set(mt_doc_fixture.data, \'{n}\', to_jsonb((mt_doc_fixture.data->>\'n\')::int + 1))', [id])
       const { rows: [row] } = await db.query('SELECT (data->>\'n\')::int AS n FROM mt_doc_fixture WHERE id = $1', [id])
       if (i % 3 === 0) await db.query('SELECT pg_sleep(0.005)')
       await db.query('COMMIT')

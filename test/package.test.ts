@@ -84,8 +84,15 @@ t.test('its declarations compile in the host (strict, skipLibCheck false)', asyn
   // Node's own types come from this repository: a host has @types/node; everything else from the install
   writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({
     compilerOptions: {
-      target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', lib: ['ES2023'], strict: true, skipLibCheck: false,
-      noEmit: true, types: ['node'], typeRoots: [join(packageRoot, 'node_modules', '@types')]
+      target: 'ES2022',
+      module: 'NodeNext',
+      moduleResolution: 'NodeNext',
+      lib: ['ES2023'],
+      strict: true,
+      skipLibCheck: false,
+      noEmit: true,
+      types: ['node'],
+      typeRoots: [join(packageRoot, 'node_modules', '@types')]
     },
     files: ['host.ts']
   }))

@@ -18,7 +18,7 @@ t.test('changes on PGlite reach watchers, coalesced per transaction', async (t) 
   const ws = await client()
   await ws.subscribe('RugbyGameState', 'match-1')
   await ws.subscribe('Team', 'team-1')
-  await db.query(`INSERT INTO mt_doc_rugbygamestate (id, data) VALUES ('match-1', '{"homeScore":0}')`)
+  await db.query('INSERT INTO mt_doc_rugbygamestate (id, data) VALUES (\'match-1\', \'{"homeScore":0}\')')
   t.match((await ws.next(isNotification('RugbyGameState', 'match-1'))).data, { changeType: 'created', payloadType: 'full', payload: { homeScore: 0 } })
 
   await db.execScript(`
@@ -29,11 +29,11 @@ t.test('changes on PGlite reach watchers, coalesced per transaction', async (t) 
   t.equal((await ws.next(isNotification('Team', 'team-1'))).data.changeType, 'created')
   // a marker: a change committed later, to another entity this socket watches, arrives after anything more
   await ws.subscribe('Team', 'marker')
-  await db.query(`INSERT INTO mt_doc_team (id, data) VALUES ('marker', '{}')`)
+  await db.query('INSERT INTO mt_doc_team (id, data) VALUES (\'marker\', \'{}\')')
   await ws.next(isNotification('Team', 'marker'))
   t.same(ws.messages.filter((m) => m.type === 'notification'), [], 'one notification per entity')
 
-  await db.query(`UPDATE mt_doc_team SET mt_deleted = true WHERE id = 'team-1'`)
+  await db.query('UPDATE mt_doc_team SET mt_deleted = true WHERE id = \'team-1\'')
   t.equal((await ws.next(isNotification('Team', 'team-1'))).data.changeType, 'deleted', 'soft delete')
   t.equal(app.changefeed.stats().listeners.main.state, 'listening')
 })

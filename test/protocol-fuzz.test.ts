@@ -60,7 +60,7 @@ const url = await freshDatabase(t, 'protocol_fuzz')
 const sql = await sqlClient(t, url)
 await sql.query(martenTableSql('mt_doc_team'))
 await sql.query(martenTableSql('mt_doc_usersettings'))
-await sql.query(`INSERT INTO mt_doc_usersettings (id, data) VALUES ('us-1', '{"userId":"user-1"}'), ('us-2', '{"userId":"user-2"}')`)
+await sql.query('INSERT INTO mt_doc_usersettings (id, data) VALUES (\'us-1\', \'{"userId":"user-1"}\'), (\'us-2\', \'{"userId":"user-2"}\')')
 
 const { app, url: wsUrl } = await startApp(t, {
   databases: [{ name: 'main', url }],
@@ -177,9 +177,17 @@ const command: fc.Arbitrary<Command> = fc.oneof(
     weight: 4,
     arbitrary: fc.record({ kind: fc.constant('ping' as const), s: socket, id: oneIn(3, fc.constant('p')), data: oneIn(3, fc.constantFrom<unknown>(5, {}, 'x')) })
   },
-  { weight: 8, arbitrary: fc.record({ kind: fc.constant('auth' as const), s: socket, token: fc.oneof(
-    { weight: 20, arbitrary: fc.constantFrom(...Object.keys(TOKENS) as TokenName[]) },
-    { weight: 1, arbitrary: fc.constant<TokenName>('user-1, expiring') }), numericId: requestIdKind }) },
+  {
+    weight: 8,
+    arbitrary: fc.record({
+      kind: fc.constant('auth' as const),
+      s: socket,
+      token: fc.oneof(
+        { weight: 20, arbitrary: fc.constantFrom(...Object.keys(TOKENS) as TokenName[]) },
+        { weight: 1, arbitrary: fc.constant<TokenName>('user-1, expiring') }),
+      numericId: requestIdKind
+    })
+  },
   { weight: 16, arbitrary: fc.record({ kind: fc.constant('bad' as const), s: socket, bad: badShape, times: fc.constant(1) }) },
   // persistent abuse: past limits.maxBadFramesPerMinute the socket is closed with 1008
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('bad' as const), s: socket, bad: badShape, times: fc.integer({ min: 2, max: MAX_BAD_FRAMES + 2 }) }) },
@@ -327,7 +335,10 @@ class Run {
   async execute (c: Command): Promise<void> {
     if (c.kind === 'publish') return await this.publish(c.target)
     // with requests on their way; checked by check(): at most once, and only where the entity was watched
-    if (c.kind === 'publishNow') return void await app.changefeed.publish({ ...c.target, changeType: 'created' })
+    if (c.kind === 'publishNow') {
+      await app.changefeed.publish({ ...c.target, changeType: 'created' })
+      return
+    }
     const s = this.sockets[c.s % this.sockets.length]
     switch (c.kind) {
       case 'subscribe': {
@@ -399,7 +410,7 @@ class Run {
     const watchers = live.filter((s) => s.watched.has(subscriptionIdOf(target)))
     // 'updated' tells it from the 'created' of publishNow, which may still be on its way
     const delivered = await app.changefeed.publish({ ...target, changeType: 'updated' })
-    if (delivered !== watchers.length > 0) this.violations.push(`publish ${subscriptionIdOf(target)} returned ${String(delivered)} with ${watchers.length} watchers`)
+    if (delivered !== (watchers.length > 0)) this.violations.push(`publish ${subscriptionIdOf(target)} returned ${String(delivered)} with ${watchers.length} watchers`)
     // the change was written to the sockets before publish resolved: a pong after it comes behind it
     for (const s of live) s.pings++
     for (const s of live) s.client.send({ type: 'ping' })

@@ -44,7 +44,7 @@ t.test('a config file with several databases and one channel runs against Postgr
   const ws = await TestClient.open(address.replace('http', 'ws') + '/ws')
   t.teardown(() => ws.close())
   t.equal((await ws.subscribe('RugbyGameState', 'match-1')).type, 'subscribed')
-  await ballr.query(`INSERT INTO mt_doc_rugbygamestate (id, data) VALUES ('match-1', '{"homeScore":3}')`)
+  await ballr.query('INSERT INTO mt_doc_rugbygamestate (id, data) VALUES (\'match-1\', \'{"homeScore":3}\')')
   t.match((await ws.next(isNotification('RugbyGameState', 'match-1'))).data, { payloadType: 'full', payload: { homeScore: 3 } })
   t.match(await ws.subscribe('User', 'user-1'), { type: 'subscription_error', data: { code: 'unauthenticated' } }, 'owner types need a user')
   t.notMatch(server.stdout() + server.stderr(), /postgres:\/\/[^"]*@/, 'no connection string with credentials in the logs')
@@ -144,7 +144,8 @@ t.test('a normal start logs nothing at warn level, and says truthfully that it l
   const sql = await sqlClient(t, url)
   await sql.query(martenTableSql('mt_doc_team'))
   const file = writeConfig('quiet-start.json', {
-    databases: [{ name: 'main', url }], entities: { Team: { access: 'public' } },
+    databases: [{ name: 'main', url }],
+    entities: { Team: { access: 'public' } },
     bus: { provider: 'redis', url: REDIS_URL, prefix: `quiet-${process.pid}` }
   })
   const server = serve(t, ['--config', file, '--port', '0'])

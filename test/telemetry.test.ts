@@ -51,10 +51,10 @@ t.test('metrics after a scripted scenario', async (t) => {
   await b.subscribe('Team', 'team-1')
   await c.subscribe('RugbyGameState', 'match-1')
 
-  await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-1', '{}')`)
-  await sql.query(`UPDATE mt_doc_team SET data = '{"v":2}' WHERE id = 'team-1'`)
-  await sql.query(`INSERT INTO mt_doc_rugbygamestate (id, data) VALUES ('match-1', '{"homeScore":3}')`)
-  await sql.query(`INSERT INTO mt_doc_team (id, data) VALUES ('team-unwatched', '{}')`)
+  await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'team-1\', \'{}\')')
+  await sql.query('UPDATE mt_doc_team SET data = \'{"v":2}\' WHERE id = \'team-1\'')
+  await sql.query('INSERT INTO mt_doc_rugbygamestate (id, data) VALUES (\'match-1\', \'{"homeScore":3}\')')
+  await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'team-unwatched\', \'{}\')')
   for (const client of [a, b]) { await client.next(isNotification('Team', 'team-1')); await client.next(isNotification('Team', 'team-1')) }
   await c.next(isNotification('RugbyGameState', 'match-1'))
   b.ws.close(1000)
@@ -112,7 +112,8 @@ t.test('close codes outside the protocol are counted as `other`: a client cannot
 t.test('readiness follows the bus and the listener', async (t) => {
   const redis = await ownBroker(t, 'redis')
   const server = serve(t, ['--config', configFile('ready.json', {
-    databases: [{ name: 'main', url }], entities,
+    databases: [{ name: 'main', url }],
+    entities,
     capture: { reconnectMaxDelayMs: 200, leaderRetryMs: 200 },
     bus: { provider: 'redis', url: redis.url, prefix: `ready-${randomUUID().slice(0, 8)}` }
   }), '--port', '0'])
@@ -130,7 +131,7 @@ t.test('readiness follows the bus and the listener', async (t) => {
   const db = new URL(url).pathname.slice(1)
   await adminQuery(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS false`)
   t.teardown(async () => { await adminQuery(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true`) })
-  await adminQuery(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'changefeed-listener:%'`, [db])
+  await adminQuery('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE \'changefeed-listener:%\'', [db])
   t.ok(await until(async () => await ready() === 503, 5000), 'not ready without a listener')
   const report = await (await fetch(http + '/health/ready')).json()
   t.match(report, { ready: false, databases: { main: { state: 'reconnecting' } } })
@@ -161,7 +162,9 @@ t.test('statistics are for admins only', async (t) => {
 t.test('SIGTERM: sockets get 1001, the process exits, another instance leads at once', async (t) => {
   const redis = await ownBroker(t, 'redis')
   const file = configFile('sigterm.json', {
-    databases: [{ name: 'main', url }], entities, capture: { leaderRetryMs: 200 },
+    databases: [{ name: 'main', url }],
+    entities,
+    capture: { leaderRetryMs: 200 },
     bus: { provider: 'redis', url: redis.url, prefix: `sigterm-${randomUUID().slice(0, 8)}` }
   })
   const first = serve(t, ['--config', file, '--port', '0'])

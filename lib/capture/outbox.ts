@@ -24,7 +24,6 @@ export interface OutboxState {
   pruned: number
 }
 
-
 interface Row { pos: string, change: RowChange }
 
 function withPosition (epoch: string, rows: Row[]): RowChange[] {

@@ -21,7 +21,10 @@ export function syncQueryClient (client: ChangefeedClient<EntityMap>, queryClien
   const applied = new Map<string, string>()
   const stopNotifications = client.onNotification((n: Notification) => {
     const queryKey = keyOf(n.entityType, n.entityId, n.tenantId)
-    if (n.payloadType !== 'full') return void queryClient.invalidateQueries({ queryKey })
+    if (n.payloadType !== 'full') {
+      void queryClient.invalidateQueries({ queryKey })
+      return
+    }
     const id = subscriptionKey(n.entityType, n.entityId, n.tenantId)
     // ISO timestamps compare as strings; a notification older than what was applied is stale
     const last = applied.get(id)

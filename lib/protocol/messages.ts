@@ -1,7 +1,7 @@
 /**
  * Every message of the wire protocol as a TypeBox schema, and its type. The server validates what clients send
- * with the compiled validators here; the tests validate every frame the server sends against `ServerMessage`; the
- * client SDK imports the types only (no runtime dependency). Unknown top-level fields of a client message are
+ * with the compiled validators here; the tests check every frame the server sends with `ServerMessageValidator`;
+ * the client SDK imports the types only (no runtime dependency). Unknown top-level fields of a client message are
  * ignored (newer clients may send more); its `data` is strict.
  */
 import Type, { type Static } from 'typebox'
@@ -125,4 +125,4 @@ export type ChangeTypeName = Static<typeof ChangeType>
 export type PayloadTypeName = Static<typeof PayloadType>
 
 /** Validates a frame the server sent (tests). */
-export const ServerMessage = Compile(ServerMessageSchema)
+export const ServerMessageValidator = Compile(ServerMessageSchema)

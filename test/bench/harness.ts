@@ -188,7 +188,6 @@ export async function metric (httpBase: string, name: string, labels = ''): Prom
   return text.split('\n').filter((l) => l.startsWith(name) && l.includes(labels)).reduce((a, l) => a + Number(l.split(' ').pop()), 0)
 }
 
-
 /** Stops every process a scenario started. */
 export function cleanup (): void {
   for (const c of started) if (c.exitCode === null) c.kill('SIGKILL')

@@ -29,7 +29,7 @@ function barChart (title: string, unit: string, groups: string[], series: string
   const y = (v: number): number => top + (height - top - bottom) * (1 - v / max)
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="system-ui, sans-serif" font-size="12">`,
-    `<rect width="100%" height="100%" fill="#fff"/>`,
+    '<rect width="100%" height="100%" fill="#fff"/>',
     `<text x="${left}" y="20" font-size="14" font-weight="600">${title}</text>`,
     `<text x="10" y="${top - 8}" fill="#475569">${unit}</text>`
   ]

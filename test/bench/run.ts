@@ -81,7 +81,7 @@ async function s6 (): Promise<void> {
   const db = new pg.Client({ connectionString: url })
   await db.connect()
   await db.query(MARTEN('mt_doc_match'))
-  await db.query(`INSERT INTO mt_doc_match (id, data) VALUES ('hot', '{}')`)
+  await db.query('INSERT INTO mt_doc_match (id, data) VALUES (\'hot\', \'{}\')')
   // a deep send buffer: this scenario counts database reads, not how fast the load generators read
   const target = await startChangefeed({ server: { port: 0 }, databases: [{ name: 'main', url }], entities: { Match: { access: 'public', payload: 'full' } }, telemetry: { prometheus: true }, limits: { maxConnectionsPerIp: 100_000, maxBufferedBytes: 64 * 1024 * 1024 } })
   const http = target.url.replace('ws', 'http').replace(/\/ws$/, '')
@@ -116,7 +116,7 @@ async function s2 (): Promise<void> {
   const pool = new pg.Pool({ connectionString: url, max: 4 })
   await pool.query(MARTEN('mt_doc_match'))
   const entities = Array.from({ length: 1000 }, (_, i) => `m-${i}`)
-  await pool.query(`INSERT INTO mt_doc_match (id, data) SELECT 'm-' || g, '{"homeScore":0}' FROM generate_series(0, 999) g`)
+  await pool.query('INSERT INTO mt_doc_match (id, data) SELECT \'m-\' || g, \'{"homeScore":0}\' FROM generate_series(0, 999) g')
   const target = await startChangefeed({ server: { port: 0 }, databases: [{ name: 'main', url }], entities: { Match: { access: 'public', payload: 'full' } }, limits: { maxConnectionsPerIp: 100_000 } })
   const load = await startLoad([target], SOCKETS, 2, entities, 'Match', 'trigger')
   await sleep(1500)
@@ -147,7 +147,7 @@ async function s4 (): Promise<void> {
   const url = await freshDatabase('changefeed_bench_s4')
   const pool = new pg.Pool({ connectionString: url, max: 8 })
   await pool.query(MARTEN('mt_doc_match'))
-  await pool.query(`INSERT INTO mt_doc_match (id, data) SELECT 'm-' || g, '{"n":0}' FROM generate_series(0, 9999) g`)
+  await pool.query('INSERT INTO mt_doc_match (id, data) SELECT \'m-\' || g, \'{"n":0}\' FROM generate_series(0, 9999) g')
   const target = await startChangefeed({ server: { port: 0 }, databases: [{ name: 'main', url }], entities: { Match: { access: 'public', payload: 'minimal' } }, bus: { provider: 'redis', url: REDIS_URL, prefix: `bench${Date.now()}` }, telemetry: { prometheus: true } })
   const http = target.url.replace('ws', 'http').replace(/\/ws$/, '')
   const rows: object[] = []

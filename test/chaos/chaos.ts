@@ -167,7 +167,7 @@ export async function runChaos (options: ChaosOptions, t: Teardown): Promise<Cha
 
   // the entities, at n = 0, before anyone watches
   const entityIds = Array.from({ length: options.entities }, (_, i) => `item-${i}`)
-  await pg.query(DATABASE, `INSERT INTO mt_doc_item (id, data) SELECT id, jsonb_build_object('id', id, 'n', 0) FROM unnest($1::text[]) AS id`, [entityIds])
+  await pg.query(DATABASE, 'INSERT INTO mt_doc_item (id, data) SELECT id, jsonb_build_object(\'id\', id, \'n\', 0) FROM unnest($1::text[]) AS id', [entityIds])
 
   const watchers = Array.from({ length: options.watchers }, (_, i) =>
     new Watcher(i, pick(options.entities, options.entitiesPerWatcher).map((e) => entityIds[e]), () => live.filter((l) => !l.exited).map((l) => l.url), log))

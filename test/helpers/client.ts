@@ -4,7 +4,7 @@
  * the test that received it.
  */
 import WebSocket from 'ws'
-import { ServerMessage } from '../../lib/protocol/index.js'
+import { ServerMessageValidator } from '../../lib/protocol/index.js'
 
 export interface Frame { type: string, id?: string | number, data?: any }
 
@@ -19,7 +19,7 @@ export class TestClient {
       const text = data.toString()
       this.raw.push(text)
       const message: unknown = JSON.parse(text)
-      if (!ServerMessage.Check(message)) throw new Error(`the server sent a frame outside the protocol: ${text.slice(0, 300)}`)
+      if (!ServerMessageValidator.Check(message)) throw new Error(`the server sent a frame outside the protocol: ${text.slice(0, 300)}`)
       this.messages.push(message as Frame)
       this.wake?.()
     })

@@ -11,8 +11,10 @@ const port = Number(process.env.PORT)
 const channel = process.env.BENCH_CHANNEL ?? 'bench:host'
 const kind = process.env.BENCH_BUS ?? 'memory'
 const url = process.env.BENCH_BUS_URL
-const bus = kind === 'memory' ? { provider: 'memory' as const }
-  : kind === 'nats' ? { provider: 'nats' as const, url }
+const bus = kind === 'memory'
+  ? { provider: 'memory' as const }
+  : kind === 'nats'
+    ? { provider: 'nats' as const, url }
     : { provider: 'redis' as const, url, cluster: kind === 'redis-cluster', prefix: `bench${process.pid}` }
 
 const app = Fastify({ logger: { level: 'warn' } })
