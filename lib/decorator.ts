@@ -9,6 +9,7 @@ import type { PublishInput, RouterCounters } from './router.js'
 import type { ResolvedOptions } from './options.js'
 import type { DropReason } from './drops.js'
 import type { HealthReport } from './health.js'
+import type { DeltaCounters } from './delta/index.js'
 
 export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
@@ -21,6 +22,8 @@ export interface ChangefeedStats {
   /** `channels`: entity channels this instance is subscribed to on the bus (one per locally watched entity) */
   bus: { provider: string, ready: boolean, instanceId: string, channels: number }
   router: RouterCounters
+  /** `delta` types, on the publisher: patches made, changes sent full only, and the documents kept (`cacheBytes`) */
+  deltas: DeltaCounters & { cacheBytes: number }
   /** changes not delivered for a reason other than "nobody watches", by reason (lib/drops.ts) */
   dropped: Partial<Record<DropReason, number>>
   /** watched tables the capture trigger could not be put on ("database.schema.table" → why) */

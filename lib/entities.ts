@@ -28,6 +28,11 @@ export interface EntityType {
   tenancy: Tenancy
 }
 
+/** Whether a type's notifications carry its document: `full` and `delta` types. */
+export function carriesDocument (entity: EntityType): boolean {
+  return entity.payload === 'full' || entity.payload === 'delta'
+}
+
 const normalise = (name: string): string => name.toLowerCase().replace(/[^a-z0-9]/g, '')
 
 /** Marten's table name for a document type: mt_doc_ + the lowercased type name. */
@@ -166,9 +171,9 @@ export class EntityRegistry {
     return this.all().filter((e) => e.declared && e.databases.includes(database))
   }
 
-  /** Tables of `full` types in a database and schema: the trigger inlines their documents when they fit. */
+  /** Tables of `full` and `delta` types in a database and schema: the trigger inlines their documents when they fit. */
   inlineTables (database: string, schema: string): string[] {
-    return this.all().filter((e) => e.databases.includes(database) && e.schema === schema && e.payload === 'full').map((e) => e.table)
+    return this.all().filter((e) => e.databases.includes(database) && e.schema === schema && carriesDocument(e)).map((e) => e.table)
   }
 
   all (): EntityType[] {

@@ -113,7 +113,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const drops = new Drops(log)
     const notices = new Notices(registry, databases, eventStore, drops)
     const changeRouter = router = new ChangeRouter({
-      registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, rescan: async (database) => await capture?.rescanDatabase(database)
+      registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, rescan: async (database) => await capture?.rescanDatabase(database)
     })
     const replayer = new Replayer(registry, databases, replaySourcesOf(options, databases, eventStore), notices)
     capture = new Capture(databases, registry, options, {

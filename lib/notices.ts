@@ -6,10 +6,10 @@
  */
 import type { Change } from './capture/coalesce.js'
 import type { Database } from './capture/database.js'
-import type { EntityRegistry, EntityType } from './entities.js'
+import { carriesDocument, type EntityRegistry, type EntityType } from './entities.js'
 import type { Drops } from './drops.js'
 import { DocumentReader } from './documents.js'
-import { encodeNotification } from './protocol/index.js'
+import { encodeNotification, type NotificationFields } from './protocol/index.js'
 
 /** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
 export interface Notice {
@@ -18,6 +18,9 @@ export interface Notice {
   tenantId: string | null
   /** owner types with a full document: who the document says owns it (null: nobody); undefined otherwise */
   owner?: string | null
+  /** what the frame says besides its payload, and its document (undefined: none): a `delta` type's patch is made of them */
+  fields?: Omit<NotificationFields, 'payloadType'>
+  document?: unknown
 }
 
 /** A database's event store: only its tables may report event appends and archived streams. */
@@ -82,7 +85,7 @@ export class Notices {
   needsRead (entity: EntityType, change: Change): boolean {
     return change.events !== undefined
       ? change.events.some((e) => !('data' in e))
-      : entity.payload === 'full' && change.changeType !== 'deleted' && change.changeType !== 'archived' && !change.hasDoc
+      : carriesDocument(entity) && change.changeType !== 'deleted' && change.changeType !== 'archived' && !change.hasDoc
   }
 
   /** The notification of one change, as every watcher receives it. */
@@ -102,12 +105,12 @@ export class Notices {
       return { frame: encodeNotification({ ...fields, payloadType: 'events', payload: change.events }), payloadType: 'events', tenantId }
     }
     let payload: unknown
-    let payloadType = entity.payload === 'full' && change.changeType !== 'archived' ? 'full' : 'minimal'
+    let payloadType = carriesDocument(entity) && change.changeType !== 'archived' ? 'full' : 'minimal'
     if (payloadType === 'full' && change.changeType !== 'deleted') {
       payload = change.hasDoc ? change.doc : await this.documents.document(entity, change.database, change.tenantId, change.id)
       // gone by the time we read it: a later change says so; meanwhile the client refetches
       if (payload === undefined) payloadType = 'minimal'
     }
-    return { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload) }
+    return { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload), fields, document: payload }
   }
 }

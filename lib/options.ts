@@ -10,8 +10,8 @@ import { InvalidOptionsError } from './errors.js'
 const AccessKind = Type.Enum(['public', 'authenticated', 'owner', 'admin'],
   { description: 'who may subscribe: anyone, any signed-in user, the owner of the entity, or an admin role' }
 )
-const PayloadMode = Type.Enum(['minimal', 'full'], {
-  description: '`minimal`: the client refetches; `full`: the document rides in the notification'
+const PayloadMode = Type.Enum(['minimal', 'full', 'delta'], {
+  description: '`minimal`: the client refetches; `full`: the document rides in the notification; `delta`: the first notification a socket gets of an entity is `full`, the next ones an RFC 6902 patch from the document it was sent last (full whenever that is not proven, or the patch is not smaller)'
 })
 
 const Server = Type.Object(
@@ -188,6 +188,7 @@ const Limits = Type.Object(
     watcherCountIntervalMs: Type.Integer({ minimum: 100, default: 1000, description: 'how often watcher counts are checked and pushed when changed' }),
     authTimeoutSeconds: Type.Number({ minimum: 1, default: 10, description: 'with auth.anonymous false: a socket that opened without credentials must send an `auth` message within this time, else 4401' }),
     maxAuthFailuresPerMinute: Type.Integer({ minimum: 1, default: 30, description: 'failed sign-ins per IP address per minute before further attempts are refused unchecked' }),
+    deltaCacheBytes: Type.Integer({ minimum: 0, default: 16777216, description: '`delta` types: the publisher keeps the last document of each changed entity, up to this many bytes of JSON (least recently changed dropped first), to make the next change\'s patch; a document not kept goes out `full` (0: always full)' }),
     replaysPerIpPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100, description: '`since` replays per IP address (burst: ten seconds\' worth; across the server at most 16 run at once); past it the answer is `recovered: false` and the client refetches' })
   },
   { default: {}, additionalProperties: false }

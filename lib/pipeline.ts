@@ -63,6 +63,7 @@ export function statsOf (p: Pipeline): ChangefeedStats {
     stream: stream === null ? null : { published: stream.published, failed: stream.failed },
     bus: { provider: bus.provider, ready: bus.ready, instanceId: p.instanceId, channels: fanout.busChannels },
     router: routerCounters(p),
+    deltas: { ...p.router.deltas.counters, cacheBytes: p.router.deltas.bytes },
     dropped: { ...drops.counts },
     untriggeredTables: Object.fromEntries(capture.untriggered),
     auth: structuredClone(authenticator.counters)

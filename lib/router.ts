@@ -1,7 +1,8 @@
 /**
  * Route: from a captured change (or a host's direct publish) to one encoded frame on the bus. Drops changes
- * nobody watches before any work; for `full` types reads the document at most once per changed entity per
- * transaction (not at all when the trigger inlined it); encodes the wire message once for every watcher. A change
+ * nobody watches before any work; for `full` and `delta` types reads the document at most once per changed entity
+ * per transaction (not at all when the trigger inlined it); encodes the wire message once for every watcher (a
+ * `delta` type's change twice: full, and its patch from the entity's previous document, lib/delta/). A change
  * that cannot be attributed to an entity type is counted and logged by reason (lib/drops.ts), never silently lost.
  */
 import type { FastifyBaseLogger } from 'fastify'
@@ -16,6 +17,7 @@ import { OwedResyncs } from './resync.js'
 import { FEED, channelsOf } from './channels.js'
 import { ownerIn, type Notice, type Notices } from './notices.js'
 import { encodeNotification, encodeResync } from './protocol/index.js'
+import { Deltas } from './delta/index.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {
@@ -24,7 +26,7 @@ export interface PublishInput {
   changeType: ChangeType
   /** the tenant of the entity: required for tenanted types, refused for the others */
   tenantId?: string
-  /** the document; when given the notification is `full`, otherwise `minimal` */
+  /** the document (JSON); when given the notification is `full` (or for a `delta` type a patch), otherwise `minimal` */
   payload?: unknown
   version?: string | number
 }
@@ -69,6 +71,8 @@ export interface RouterServices {
   stream: ChangeSink | null
   /** recorded on the publish spans, so a delivery elsewhere can be traced to this instance */
   instanceId: string
+  /** `delta` types: limits.deltaCacheBytes */
+  deltaCacheBytes: number
   tracer?: Tracer
 }
 
@@ -76,6 +80,8 @@ export class ChangeRouter {
   readonly counters: RouterCounters = { changes: 0, unwatched: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
   /** resyncs owed to the watchers of changes that were lost */
   readonly owed: OwedResyncs
+  /** `delta` types: the last document of each entity, and the patches made from them */
+  readonly deltas: Deltas
   private readonly tracer: Tracer
   private readonly prefix: string
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
@@ -87,6 +93,7 @@ export class ChangeRouter {
 
   constructor (private readonly s: RouterServices) {
     this.owed = new OwedResyncs(s.bus, s.prefix, s.log)
+    this.deltas = new Deltas(s.deltaCacheBytes)
     this.tracer = s.tracer ?? trace.getTracer('fastify-changefeed')
     this.prefix = s.prefix
   }
@@ -169,6 +176,8 @@ export class ChangeRouter {
       // locally the check is free; across the cluster it costs a round trip, worth it only to save a read
       const watched = this.s.interest.local || needsRead ? await this.anyoneWatches(channels) : channels
       if (watched.length === 0 && this.s.stream === null) {
+        // its next watcher gets a full document first: the one kept here would only take room
+        this.deltas.forget(channels[0])
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'unwatched')
         return true
@@ -177,11 +186,12 @@ export class ChangeRouter {
       this.counters.documentReads = this.s.notices.reads
       if (this.s.stream !== null) await this.s.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame: notice.frame })
       if (watched.length === 0) {
+        this.deltas.forget(channels[0])
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'streamed')
         return true
       }
-      await this.send(watched, change.ts, notice, change.position, span)
+      await this.send(watched, change.ts, this.withDelta(entity, channels[0], notice), change.position, span)
       span.setAttribute('changefeed.outcome', 'published')
       return true
     } catch (err) {
@@ -220,11 +230,26 @@ export class ChangeRouter {
       [channel, encodeResync('delivery_failed', { entityType: entity.name, entityId: i < entityChannels ? entityId : FEED, tenantId })] as const))
   }
 
+  /**
+   * A `delta` type's notice with a document: its payload type on the bus is `delta` (delivery then tracks what each
+   * socket was sent), and it carries the patch frame when there is one. `key` is the entity's own channel.
+   */
+  private withDelta (entity: EntityType, key: string, notice: Notice): Notice & { delta?: { frame: string, base: string } } {
+    if (entity.payload !== 'delta') return notice
+    if (notice.payloadType !== 'full' || notice.fields === undefined) {
+      // gone by the time it was read: the next change is full
+      this.deltas.forget(key)
+      return notice
+    }
+    const delta = this.deltas.frameOf(key, notice.fields, notice.document, notice.frame) ?? undefined
+    return { ...notice, payloadType: 'delta', delta }
+  }
+
   /** Hands one encoded notification to the bus, on every channel whose watchers see it, with the span's context. */
-  private async send (channels: string[], ts: number, notice: Notice, position: string, span?: Span): Promise<void> {
+  private async send (channels: string[], ts: number, notice: Notice & { delta?: { frame: string, base: string } }, position: string, span?: Span): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
-    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame })
+    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta })
     try {
       for (const channel of channels) await this.s.bus.publish(channel, message)
     } catch (err) {
@@ -256,19 +281,21 @@ export class ChangeRouter {
     const payloadType = input.payload !== undefined ? 'full' : 'minimal'
     const now = Date.now()
     const position = `p:${this.s.instanceId.slice(0, 8)}:${++this.published}`
-    const frame = encodeNotification({
+    const fields = {
       entityType: entity.name,
       entityId: input.entityId,
       tenantId,
       changeType: input.changeType,
-      payloadType,
       ts: now,
       version: input.version === undefined ? null : String(input.version),
-      payload: input.payload,
       position
-    })
+    }
+    // a patch is made between documents as clients parse them (no Dates, no undefined): the JSON of the payload
+    const document = entity.payload === 'delta' && input.payload !== undefined && input.changeType !== 'deleted' ? JSON.parse(JSON.stringify(input.payload)) as unknown : undefined
+    const frame = encodeNotification({ ...fields, payloadType, payload: document ?? input.payload })
+    const notice: Notice = { frame, payloadType, tenantId, owner: ownerIn(entity, payloadType, input.payload), fields, document }
     try {
-      await this.send(watched, now, { frame, payloadType, tenantId, owner: ownerIn(entity, payloadType, input.payload) }, position)
+      await this.send(watched, now, this.withDelta(entity, channels[0], notice), position)
     } catch (err) {
       // the host hears of it from the rejection; the watchers, from a resync once the bus is back
       this.oweResync(entity, this.s.registry.databaseFor(entity, tenantId) ?? '', input.entityId, tenantId)

@@ -7,7 +7,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Database } from './database.js'
 import { applyTriggerScript, watchTables, type WatchedTable } from './install.js'
 import { ListenerConnection, type DdlNote, type ListenerEvents } from './listener.js'
-import type { EntityRegistry } from '../entities.js'
+import { carriesDocument, type EntityRegistry } from '../entities.js'
 import type { ResolvedOptions } from '../options.js'
 import type { Drops } from '../drops.js'
 import { CaptureKeyError, DatabaseUnavailableError, EntityTableError } from '../errors.js'
@@ -130,8 +130,8 @@ export class Capture {
     if (entity?.declared === true) {
       this.missing.delete(where)
       if (found.tenantColumn) this.registry.markConjoined(entity)
-      if (entity.payload === 'full' && !found.dataColumn) {
-        const err = new EntityTableError(entity.name, `payload "full" needs a data column, and ${schema}.${table} has none`)
+      if (carriesDocument(entity) && !found.dataColumn) {
+        const err = new EntityTableError(entity.name, `payload "${entity.payload}" needs a data column, and ${schema}.${table} has none`)
         if (strict) throw err
         this.log.error({ err }, 'changefeed: an entity type cannot be delivered in full')
       }

@@ -93,9 +93,14 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       return
     case 'notification': {
       const { own, feeds } = keysOf(frame.data)
-      for (const key of own) to.subscriptions.get(key)?.onNotification(frame.data, true)
+      // a patch reaches the observers only as its subscription made it whole
+      let whole = frame.data.payloadType === 'delta' ? undefined : frame.data
+      for (const key of own) {
+        const made = to.subscriptions.get(key)?.onNotification(frame.data, true)
+        whole ??= made
+      }
       for (const key of feeds) to.subscriptions.get(key)?.onNotification(frame.data, false)
-      to.notified(frame.data)
+      if (whole !== undefined) to.notified(whole)
       return
     }
     case 'watchers':

@@ -17,9 +17,16 @@
  *
  * While `resuming`, notifications of the entity are dropped: they were written before the server took the resume,
  * and the replay that follows the reply carries them in their place.
+ *
+ * `delta` types: the subscription keeps the document and the position it stands at, as the server knows them (it
+ * sends a patch only on the document it last sent). A patch whose base is not that document, or that does not
+ * apply, is never turned into a document: the subscription asks again (with `since` when a position is known;
+ * the server's next frame is then full), and unless the server replays what was missed, holders resync
+ * (`patch_failed`).
  */
 import type { NotificationMessage, SubscribeRequest } from '../protocol/messages.js'
-import { WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
+import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
+import { applyPatch } from '../protocol/patch.js'
 import type { ClientMessage } from './protocol.js'
 import type { EntitySnapshot, SubscriptionEvents } from './types.js'
 
@@ -58,6 +65,9 @@ export class Subscription {
   snapshot: EntitySnapshot<unknown> = PENDING
   /** the last position of the entity: sent as `since` on the next subscribe */
   private since: string | undefined
+  /** the latest document of the entity (full or patched) and its position: the base of the next patch */
+  private document: unknown
+  private documentAt: string | undefined
   /** recent positions, of the entity and of a feed's entities alike */
   private readonly seen: string[] = []
   /** why it was sent again (a reconnect, a resync): unless the server recovers what was missed, holders refetch */
@@ -163,19 +173,69 @@ export class Subscription {
     this.retry()
   }
 
-  /** A notification of this entity (`own`), or of an entity of this feed. */
-  onNotification (notification: NotificationMessage, own: boolean): void {
+  /**
+   * A notification of this entity (`own`), or of an entity of this feed. Returns it as holders got it (a patch
+   * with the whole document as its payload), or undefined when they did not.
+   */
+  onNotification (notification: NotificationMessage, own: boolean): NotificationMessage | undefined {
     if (this.state === 'resuming') return
-    const { position } = notification
+    const { position, payloadType } = notification
+    if (payloadType === 'delta') {
+      // a feed gets full frames; a patch of its entities is another subscription's
+      if (!own || this.entityId === FEED) return
+      const document = this.patched(notification)
+      if (document === undefined) return
+      notification = { ...notification, payload: document.value }
+    } else if (payloadType === 'full') {
+      // kept even when a repeat: the server's next patch is made on the document it sent last
+      this.document = notification.payload
+      this.documentAt = position
+    }
     if (position !== undefined) {
       // delivered again after a failover, or (the entity's own) not after the last one: a repeat
       if (this.seen.includes(position) || (own && !isAfter(position, this.since))) return
       if (this.seen.push(position) > SEEN_POSITIONS) this.seen.shift()
       if (own) this.since = position
     }
-    this.update({ status: 'subscribed', notification, payload: notification.payloadType === 'full' ? notification.payload : this.snapshot.payload })
+    const whole = payloadType === 'full' || payloadType === 'delta'
+    this.update({ status: 'subscribed', notification, payload: whole ? notification.payload : this.snapshot.payload })
     const mine = notification.origin !== undefined && notification.origin === this.host.origin
     for (const l of this.listeners) if (!(mine && l.skipOwnWrites === true)) l.onNotification?.(notification)
+    return notification
+  }
+
+  /**
+   * The document a patch makes of the one held, now held in its place; undefined when it is a repeat of the one
+   * held, or does not apply (then the subscription asks again).
+   */
+  private patched ({ position, basePosition, patch }: NotificationMessage): { value: unknown } | undefined {
+    // its full frame came first, on another channel (a feed's)
+    if (position !== undefined && position === this.documentAt) return
+    let value: unknown
+    try {
+      if (basePosition === undefined || basePosition !== this.documentAt || patch === undefined) throw new Error('not the base held')
+      value = applyPatch(this.document, patch)
+    } catch {
+      this.patchFailed()
+      return
+    }
+    this.document = value
+    this.documentAt = position
+    return { value }
+  }
+
+  /**
+   * A patch did not apply to the document held: ask again from the last position whose document was whole (the
+   * server sends the next one full); holders refetch unless the server replays what was missed. A subscribe on
+   * its way already asks.
+   */
+  private patchFailed (): void {
+    this.since = this.documentAt
+    this.document = undefined
+    this.documentAt = undefined
+    if (this.state !== 'subscribed') return
+    this.resubscribed = 'patch_failed'
+    this.subscribe()
   }
 
   onWatchers (count: number): void {

@@ -1,6 +1,6 @@
 /**
- * TanStack Query adapter: a minimal notification (or a resync) invalidates the entity's query; a full one sets its
- * data, unless the cache already holds something newer. Duck-typed: no dependency on @tanstack/query-core.
+ * TanStack Query adapter: a minimal notification (or a resync) invalidates the entity's query; a full one (or a
+ * delta, made whole by the client) sets its data, unless the cache already holds something newer. Duck-typed: no dependency on @tanstack/query-core.
  */
 import { subscriptionKey, type ChangefeedClient, type EntityMap, type Notification } from './index.js'
 
@@ -21,7 +21,8 @@ export function syncQueryClient (client: ChangefeedClient<EntityMap>, queryClien
   const applied = new Map<string, string>()
   const stopNotifications = client.onNotification((n: Notification) => {
     const queryKey = keyOf(n.entityType, n.entityId, n.tenantId)
-    if (n.payloadType !== 'full') {
+    // a delta type's notification reaches observers with the whole document, as a full one does
+    if (n.payloadType !== 'full' && n.payloadType !== 'delta') {
       void queryClient.invalidateQueries({ queryKey })
       return
     }

@@ -10,9 +10,12 @@ export type EntityMap = Record<string, unknown>
 
 export type ChangeType = ChangeTypeName
 
-/** A `notification` frame's data (lib/protocol/messages.ts), with the payload typed by the entity map. */
+/**
+ * A `notification` frame's data (lib/protocol/messages.ts), with the payload typed by the entity map. A `delta`
+ * notification comes with the whole document as its payload, made by the client; its `patch` is on the side.
+ */
 export interface Notification<T = unknown> extends Omit<NotificationMessage, 'payload'> {
-  /** the document, for `full` types (null when deleted) */
+  /** the document, for `full` and `delta` types (null when deleted) */
   payload?: T | null
 }
 
@@ -46,7 +49,7 @@ export interface SubscriptionEvents<T> {
 export interface EntitySnapshot<T> {
   status: 'pending' | 'subscribed' | 'error'
   notification?: Notification<T>
-  /** the latest full payload */
+  /** the latest document (`full` and `delta` types) */
   payload?: T | null
   /** watchers across the cluster, for subscriptions that asked (onWatchers, useWatcherCount) */
   watchers?: number

@@ -4,6 +4,7 @@
  */
 import type { WireErrorCode } from './wire.js'
 import type { RequestIdValue } from './messages.js'
+import type { PatchOperation } from './patch.js'
 
 /** An entity as replies name it: its type, id, and (when the request named one, or it is implied) its tenant. */
 export interface EntityRef { entityType: string, entityId: string, tenantId?: string | null }
@@ -18,6 +19,9 @@ export interface NotificationFields extends EntityRef {
   origin?: string | null
   payload?: unknown
   position?: string | null
+  /** `delta`: the RFC 6902 patch from the document at `basePosition` to this one */
+  patch?: readonly PatchOperation[]
+  basePosition?: string
 }
 
 const refOf = (ref: EntityRef): Record<string, unknown> =>
@@ -40,6 +44,10 @@ export function encodeNotification (n: NotificationFields): string {
   if (n.position !== undefined && n.position !== null) data.position = n.position
   if (n.origin !== undefined && n.origin !== null) data.origin = n.origin
   if (n.payloadType === 'full' || n.payloadType === 'events') data.payload = n.payload ?? null
+  else if (n.payloadType === 'delta') {
+    data.basePosition = n.basePosition
+    data.patch = n.patch
+  }
   return JSON.stringify({ type: 'notification', data })
 }
 

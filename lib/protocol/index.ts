@@ -2,3 +2,4 @@
 export * from './wire.js'
 export * from './messages.js'
 export * from './encode.js'
+export * from './patch.js'

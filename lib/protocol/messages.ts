@@ -87,7 +87,13 @@ export const Authenticated = reply('authenticated', {
 export const ErrorReply = reply('error', { code: ErrorCode, error: Type.String() })
 
 export const ChangeType = Type.Enum(['created', 'updated', 'deleted', 'appended', 'archived'])
-export const PayloadType = Type.Enum(['minimal', 'full', 'events'])
+export const PayloadType = Type.Enum(['minimal', 'full', 'events', 'delta'])
+
+/** One RFC 6902 operation of a `delta` notification's patch (the server writes add, remove and replace). */
+export const PatchOperationSchema = Type.Union([
+  Type.Object({ op: Type.Enum(['add', 'replace']), path: Type.String(), value: Type.Unknown() }, { additionalProperties: false }),
+  Type.Object({ op: Type.Literal('remove'), path: Type.String() }, { additionalProperties: false })
+])
 
 export const NotificationData = Type.Object({
   ...Ref,
@@ -102,7 +108,11 @@ export const NotificationData = Type.Object({
   /** the writer's tag (changefeed.origin) */
   origin: Type.Optional(Type.String()),
   /** `full`: the document (null when deleted); `events`: the appended events */
-  payload: Type.Optional(Type.Unknown())
+  payload: Type.Optional(Type.Unknown()),
+  /** `delta`: the position of the document the patch applies to (the last one this socket was sent of the entity) */
+  basePosition: Type.Optional(Type.String()),
+  /** `delta`: the RFC 6902 patch from the document at `basePosition` to this change's */
+  patch: Type.Optional(Type.Array(PatchOperationSchema))
 }, { additionalProperties: false })
 export const Notification = Type.Object({ type: Type.Literal('notification'), data: NotificationData }, { additionalProperties: false })
 /** a busy feed: several notifications in one frame */

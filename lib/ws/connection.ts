@@ -89,17 +89,34 @@ export class Connection implements Subscriber {
   }
 
   /**
-   * Writes a pre-encoded frame. While the peer reads slowly, notifications of `full` and `minimal` entities are
-   * held and conflated (the latest state per entity); a peer that falls further behind is closed (4409).
+   * Writes a pre-encoded frame. While the peer reads slowly, notifications of `full`, `delta` and `minimal`
+   * entities are held and conflated (the latest state per entity); a peer that falls further behind is closed
+   * (4409). A `delta` type's change goes out as its patch when the last frame of the entity this socket was sent
+   * is the patch's base, otherwise in full.
    */
   deliver (frame: string, meta?: FrameMeta): boolean {
     if (this.state !== 'open') return false
-    if (meta !== undefined && this.subscriptions.intercept(frame, meta)) return true
-    const conflatable = meta !== undefined && (meta.payloadType === 'full' || meta.payloadType === 'minimal')
-    return this.write(frame, conflatable ? meta.key : null, meta?.bytes)
+    if (meta === undefined) return this.write(frame, null)
+    if (this.subscriptions.intercept(frame, meta)) return true
+    switch (meta.payloadType) {
+      case 'delta': {
+        const { patch } = meta
+        const base = this.subscriptions.advance(meta)
+        if (patch === undefined || base !== patch.base) return this.write(frame, meta.key, meta.bytes)
+        patch.sent++
+        // held and then conflated with a later change, it becomes that change's full frame
+        return this.write(patch.frame, meta.key, patch.bytes, frame)
+      }
+      case 'full':
+      case 'minimal':
+        return this.write(frame, meta.key, meta.bytes)
+      default:
+        return this.write(frame, null, meta.bytes)
+    }
   }
 
-  private write (frame: string, key: string | null, bytes?: Buffer): boolean {
+  /** `full`: a patch frame's full counterpart, what it becomes when a later frame of the entity is merged into it. */
+  private write (frame: string, key: string | null, bytes?: Buffer, full?: string): boolean {
     if (this.state !== 'open') return false
     // a socket that keeps up (nearly all of them) writes at once and never needs a queue
     if (this.outbound === undefined && this.socket.bufferedAmount <= this.services.outboundLimits.highWaterBytes) {
@@ -108,7 +125,7 @@ export class Connection implements Subscriber {
     }
     const outbound = this.outbound ??= new OutboundQueue(this.socket, this.services.outboundLimits)
     const before = outbound.conflated
-    const result = outbound.push(frame, key, bytes)
+    const result = outbound.push(frame, key, bytes, full)
     this.services.counters.conflated += outbound.conflated - before
     if (result !== 'overflow') return true
     this.services.counters.slowConsumerCloses++

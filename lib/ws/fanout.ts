@@ -29,6 +29,21 @@ export interface FrameMeta {
   bytes: Buffer
   /** owner types with full documents: the owner the document names (null: none); undefined: nothing to check */
   owner?: string | null
+  /**
+   * payload type `delta` (a `delta` type's change with a document; `bytes` is then its full frame): its patch frame,
+   * when it has one, for the sockets whose last frame of the entity was the one at `base`. `sent` counts them.
+   */
+  patch?: PatchFrame
+}
+
+/** A change's patch frame, encoded once for every socket it goes to. */
+export interface PatchFrame {
+  frame: string
+  bytes: Buffer
+  /** the position of the document the patch applies to */
+  base: string
+  /** sockets it was written to */
+  sent: number
 }
 
 /** Anything that receives frames: one per socket. */
@@ -141,11 +156,17 @@ export class Fanout {
     const meta: FrameMeta = {
       channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner, bytes: Buffer.from(envelope.frame)
     }
+    const { delta } = envelope
+    if (delta !== undefined) meta.patch = { frame: delta.frame, bytes: Buffer.from(delta.frame), base: delta.base, sent: 0 }
     let sent = 0
     for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
+    // a delta type's change went out as a patch to some sockets, and in full to the others
+    const patched = meta.patch?.sent ?? 0
+    const payloadType = envelope.payloadType === 'delta' ? 'full' : envelope.payloadType
     const { sentByPayload, failedByPayload } = this.counters
-    sentByPayload[envelope.payloadType] = (sentByPayload[envelope.payloadType] ?? 0) + sent
-    if (sent < entry.watchers.size) failedByPayload[envelope.payloadType] = (failedByPayload[envelope.payloadType] ?? 0) + entry.watchers.size - sent
+    sentByPayload[payloadType] = (sentByPayload[payloadType] ?? 0) + sent - patched
+    if (patched > 0) sentByPayload.delta = (sentByPayload.delta ?? 0) + patched
+    if (sent < entry.watchers.size) failedByPayload[payloadType] = (failedByPayload[payloadType] ?? 0) + entry.watchers.size - sent
     this.telemetry?.recordDelivery(envelope.ts, envelope.payloadType)
     span?.end()
   }

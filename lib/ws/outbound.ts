@@ -88,10 +88,12 @@ export class OutboundQueue {
   /**
    * Writes `frame` now, or holds it while the socket is backed up. `key` is the entity channel of a notification
    * that a later one may replace, or null for a frame that must be delivered as is (replies, events, batches).
-   * `bytes`: the frame already encoded, shared by every socket it goes to. A closed queue takes nothing and
-   * answers 'overflow'.
+   * `bytes`: the frame already encoded, shared by every socket it goes to. `full`: for a patch frame (payload type
+   * `delta`), the full frame of the same change: merged with the frame held before it, the patch would apply to a
+   * document the client never gets, so the merge is made of the full one. A closed queue takes nothing and answers
+   * 'overflow'.
    */
-  push (frame: string, key: string | null, bytes?: Buffer): PushResult {
+  push (frame: string, key: string | null, bytes?: Buffer, full?: string): PushResult {
     if (this.closed || this.sink.bufferedAmount > this.limits.maxBufferedBytes) return 'overflow'
     if (this.held === 0 && this.sink.bufferedAmount <= this.limits.highWaterBytes) {
       this.sink.send(bytes ?? frame, TEXT)
@@ -101,7 +103,7 @@ export class OutboundQueue {
     if (key !== null) {
       const earlier = pending.get(key)
       if (earlier !== undefined) {
-        const merged = mergeFrames(earlier, frame)
+        const merged = mergeFrames(earlier, full ?? frame)
         if (merged === null) {
           pending.delete(key)
           this.conflated += 2

@@ -27,6 +27,12 @@ export interface Subscription extends EntityRef {
   watcher: Watcher
   /** the socket asked for watcher counts */
   counted: boolean
+  /**
+   * `delta` types only (absent for the others): the position of the last frame of the entity written to the socket,
+   * the base a patch must have to be sent; null when none can be proven (nothing sent yet, or since the last
+   * subscribe: a client that asks again may have lost its document)
+   */
+  sent?: string | null
 }
 
 export type ReplayedFrames = Array<{ frame: string, position: string }>
@@ -85,6 +91,19 @@ export class Subscriptions {
       return true
     }
     return this.resumeBuffer?.intercept(frame, meta) === true
+  }
+
+  /**
+   * A `delta` type's change is being written: returns the position of the frame of the entity written before (null:
+   * none proven), and records this one's. A channel of every tenant carries several tenants' entities: nothing is
+   * proven there, and a feed's frames are always full (its watcher gets no meta).
+   */
+  advance (meta: FrameMeta): string | null {
+    const subscription = this.byChannel.get(meta.channel)
+    if (subscription?.sent === undefined || subscription.tenantId !== meta.tenantId) return null
+    const before = subscription.sent
+    subscription.sent = meta.position
+    return before
   }
 
   /** Whether `subscription` is still this open socket's (a close or an unsubscribe may have come during an await). */
@@ -176,6 +195,8 @@ export class Subscriptions {
       ? new FeedWatcher(this.socket, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
       : this.socket
     const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, tenantId, watcher, counted: false }
+    // only delta types pay for tracking what each socket holds
+    if (entity.payload === 'delta' && watcher === this.socket) subscription.sent = null
     this.byChannel.set(channel, subscription)
     // resuming: what arrives live from now on waits until the replay is written
     if (req.since !== undefined) this.resumes().hold(channel)
@@ -194,6 +215,8 @@ export class Subscriptions {
 
   /** The `subscribed` reply (after a replay, on `since`), then watcher counts when asked for. */
   private async confirm (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, req: SubscribeRequest): Promise<void> {
+    // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
+    if (subscription.sent !== undefined) subscription.sent = null
     if (req.since !== undefined) await this.resume(reply, subscriptionId, entity, channel, subscription, req.since)
     else reply.send(encodeSubscribed(reply.id, subscriptionId, subscription))
     if (req.watchers === true && !subscription.counted && this.holds(channel, subscription)) {

@@ -97,6 +97,21 @@ t.test('created then updated: created, with the later payload', async (t) => {
     'a changeType field inside the payload is neither read nor changed')
 })
 
+t.test('a patch (delta) held alone goes out as it is; merged with the frame before or after it, as the full frame of the latest change', async (t) => {
+  const { sink, queue, clock } = backedUp(t)
+  const patch = (id: string, v: number): string => encodeNotification({ entityType: 'Team', entityId: id, changeType: 'updated', payloadType: 'delta', ts: 0, basePosition: `n:${v - 1}`, patch: [{ op: 'replace', path: '/v', value: v }], position: `n:${v}` })
+  queue.push(patch('1', 2), 'Team:1', undefined, note('1', 'updated', { v: 2 }))
+  queue.push(note('2', 'updated', { v: 1 }), 'Team:2')
+  queue.push(patch('2', 2), 'Team:2', undefined, note('2', 'updated', { v: 2 }))
+  queue.push(patch('3', 2), 'Team:3', undefined, note('3', 'updated', { v: 2 }))
+  queue.push(patch('3', 3), 'Team:3', undefined, note('3', 'created', { v: 3 }))
+  t.equal(queue.held, 3)
+  sink.bufferedAmount = 0
+  clock.advance(limits.drainIntervalMs)
+  t.same(sink.frames, [patch('1', 2), note('2', 'updated', { v: 2 }), note('3', 'updated', { v: 3 })],
+    'the lone patch unchanged; a full frame then a patch: the full of the patch\'s change; two patches: the full of the later, with the net changeType')
+})
+
 t.test('created then deleted: nothing goes out for the entity', async (t) => {
   const { sink, queue, clock } = backedUp(t)
   queue.push('a', null)

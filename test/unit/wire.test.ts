@@ -71,6 +71,20 @@ t.test('bus envelope: the header is one line of space-separated fields, the fram
   t.equal(unwrap('5 full - - -\n{"a":"\\n"}\nmore')?.frame, '{"a":"\\n"}\nmore', 'only the first newline ends the header')
 })
 
+t.test('bus envelope: a delta type\'s change carries its patch frame after the full one, and the patch\'s base', async (t) => {
+  const patchFrame = JSON.stringify({ type: 'notification', data: { payloadType: 'delta', patch: [{ op: 'replace', path: '/text', value: 'a\nb' }] } })
+  for (const base of ['n:12', '0000abcd:5', 'p:a b%:1']) {
+    for (const owner of [undefined, null, 'u 1']) {
+      const envelope: BusEnvelope = { ts: 5, payloadType: 'delta', traceparent: null, position: 'n:13', tenantId: 'red', frame: notificationFrame, delta: { frame: patchFrame, base } }
+      if (owner !== undefined) envelope.owner = owner
+      t.same(unwrap(wrap(envelope)), envelope, JSON.stringify({ base, owner }))
+    }
+  }
+  t.equal(wrap({ ts: 5, payloadType: 'delta', position: 'n:2', frame: '{}', delta: { frame: '[]', base: 'n:1' } }), '5 delta - n:2 - b:n%3A1\n{}\n[]')
+  t.same(unwrap('5 delta - n:2 - b:n%3A1\n{}'), { ts: 5, payloadType: 'delta', traceparent: null, position: 'n:2', tenantId: null, frame: '{}' },
+    'a base without a second frame: no patch')
+})
+
 t.test('bus envelope: malformed messages', async (t) => {
   t.equal(unwrap(''), null)
   t.equal(unwrap('5 full - - - {"no":"newline"}'), null, 'no header line')
