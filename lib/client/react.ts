@@ -45,7 +45,7 @@ export function useEntitySubscription<M extends EntityMap = EntityMap, K extends
   return snapshot
 }
 
-/** The latest full payload of an entity (undefined until the first `full` notification). */
+/** The latest document of an entity, `full` or made whole from a `delta` (undefined until the first one). */
 export function useEntity<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (
   entityType: K, entityId: string, options: { tenantId?: string } = {}
 ): M[K] | null | undefined {
