@@ -96,7 +96,7 @@ export async function startHost (bus: HostBus, busUrl?: string): Promise<Target>
   return { kind: 'host', label: `changefeed-${bus}`, url: `ws://127.0.0.1:${port}/ws`, pid: child.pid!, stop: async () => await stopChild(child) }
 }
 
-export interface LoadReport { received: number, connected: number, failed: number, histogram: string }
+export interface LoadReport { received: number, bytes: number, connected: number, failed: number, histogram: string }
 export interface Load { children: ChildProcess[], connected: number, failed: number, seconds: number }
 
 /** Spreads `count` connections over `processes` load generators, each from its own 127.0.0.x address. */
@@ -123,14 +123,21 @@ export async function ask<T> (children: ChildProcess[], command: string): Promis
 
 export interface Latency { count: number, p50: number, p90: number, p99: number, max: number }
 
+/** CPU time (user + system) a process has used so far, in ms (Linux: /proc/<pid>/stat, in clock ticks of 10 ms). */
+export function cpuMs (pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')
+  // after "pid (comm) ": state is field 3; utime and stime are fields 14 and 15
+  return (Number(fields[11]) + Number(fields[12])) * 10
+}
+
 /** Received count and merged latency (ms) of every load generator; resets them for the next step. */
-export async function collect (load: Load): Promise<Latency> {
+export async function collect (load: Load): Promise<Latency & { bytes: number }> {
   const reports = await ask<LoadReport>(load.children, 'report')
   const merged = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 })
   for (const r of reports) merged.add(hdr.decodeFromCompressedBase64(r.histogram))
   await ask(load.children, 'reset')
   const ms = (micros: number): number => Math.round(micros / 10) / 100
-  return { count: reports.reduce((a, r) => a + r.received, 0), p50: ms(merged.getValueAtPercentile(50)), p90: ms(merged.getValueAtPercentile(90)), p99: ms(merged.getValueAtPercentile(99)), max: ms(merged.maxValue) }
+  return { count: reports.reduce((a, r) => a + r.received, 0), bytes: reports.reduce((a, r) => a + (r.bytes ?? 0), 0), p50: ms(merged.getValueAtPercentile(50)), p90: ms(merged.getValueAtPercentile(90)), p99: ms(merged.getValueAtPercentile(99)), max: ms(merged.maxValue) }
 }
 
 export async function stopLoad (load: Load): Promise<void> {

@@ -25,6 +25,8 @@ interface Job {
 const job = JSON.parse(process.env.BENCH_JOB ?? '{}') as Job
 const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 })
 let received = 0
+/** bytes of the notification frames received (what a change costs on the wire) */
+let bytes = 0
 let connected = 0
 let failed = 0
 const sockets: Array<WebSocket | Socket> = []
@@ -38,6 +40,7 @@ function record (sentMs: number): void {
 function onFrame (text: string): void {
   const message = JSON.parse(text) as { type: string, data?: { payload?: { t?: number }, timestamp?: string } }
   if (message.type !== 'notification') return
+  bytes += Buffer.byteLength(text)
   const sent = job.clock === 'payload' ? message.data?.payload?.t : Date.parse(message.data?.timestamp ?? '')
   if (typeof sent === 'number' && !Number.isNaN(sent)) record(sent)
 }
@@ -87,9 +90,10 @@ async function connectAll (): Promise<void> {
 
 process.on('message', (command: string) => {
   if (command === 'report') {
-    process.send?.({ received, connected, failed, histogram: hdr.encodeIntoCompressedBase64(histogram) })
+    process.send?.({ received, bytes, connected, failed, histogram: hdr.encodeIntoCompressedBase64(histogram) })
   } else if (command === 'reset') {
     received = 0
+    bytes = 0
     histogram.reset()
     process.send?.({ reset: true })
   } else if (command === 'close') {

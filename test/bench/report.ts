@@ -190,6 +190,12 @@ export function writeReport (dir: string): void {
     out.push('## S6 — document reads for full payloads', '', s6.description + '.', '', `Machine: ${JSON.stringify(s6.machine)}`, '',
       table(s6.rows, [['watchers', 'watchers'], ['changes', 'changes'], ['documentReads', 'document reads'], ['readsPerChange', 'reads per change'], ['deliveries', 'deliveries'], ['p50', 'p50 ms'], ['p99', 'p99 ms']]), '')
   }
+  const s7 = load(dir, 's7')
+  if (s7 !== null) {
+    out.push('## S7 — `full` and `delta` payloads', '', s7.description + '.', '', `Machine: ${JSON.stringify(s7.machine)}`, '',
+      table((s7 as Result & { summary: Row[] }).summary, [['kind', 'change'], ['documentBytes', 'document bytes'], ['fullBytes', 'full: bytes per change'], ['deltaBytes', 'delta: bytes per change'],
+        ['bytesRatio', 'delta / full'], ['fullCpuMicros', 'full: server CPU µs per delivery'], ['deltaCpuMicros', 'delta: server CPU µs per delivery']]), '')
+  }
   out.push(...scaleSections(dir))
   writeFileSync(join(dir, '..', 'REPORT.md'), out.join('\n') + '\n')
 }

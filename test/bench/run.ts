@@ -1,5 +1,5 @@
 /**
- * Benchmarks: `npm run bench -- <s1|s2|s3|s4|s5|s6|report>`. Each scenario starts what it needs on this machine
+ * Benchmarks: `npm run bench -- <s1|s2|s3|s4|s5|s6|s7|report>`. Each scenario starts what it needs on this machine
  * (loopback only), measures, stops every process it started, writes test/bench/results/<scenario>.json and
  * regenerates test/bench/REPORT.md with its charts. Peers run in the same run, one after another, on the same
  * machine, for the same job: receive a change from Redis, deliver it to every watcher.
@@ -12,6 +12,7 @@ import {
   startLoad, startPeer, stopLoad, type Target
 } from './harness.js'
 import { scaleScenarios } from './scale.js'
+import { deltaScenarios } from './delta.js'
 
 // ---------------------------------------------------------------- scenarios
 
@@ -208,7 +209,7 @@ async function s5 (): Promise<void> {
   save('s5', { description: `${total.toLocaleString('en')} connections over ${instances} instances and one Redis; one broadcast of one hot entity to every socket`, rows: [row] })
 }
 
-const scenarios: Record<string, () => Promise<void>> = { s1, s2, s3, s4, s5, s6, ...scaleScenarios, report: async () => writeReport(resultsDir) }
+const scenarios: Record<string, () => Promise<void>> = { s1, s2, s3, s4, s5, s6, ...scaleScenarios, ...deltaScenarios, report: async () => writeReport(resultsDir) }
 const name = process.argv[2] ?? ''
 if (!(name in scenarios)) {
   log(`usage: npm run bench -- <${Object.keys(scenarios).join('|')}>`)
