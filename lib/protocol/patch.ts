@@ -23,7 +23,10 @@ function unescapePointer (segment: string): string {
 
 /** Thrown when a patch does not apply to the document (a wrong base, a corrupt operation). */
 export class PatchError extends Error {
-  override name = 'PatchError'
+  constructor (message: string) {
+    super(message)
+    this.name = 'PatchError'
+  }
 }
 
 /** An array index of a pointer: digits without a leading zero, below `max` (add may name the end: '-' or length). */
