@@ -3,8 +3,9 @@
  * envelope) reach real connections (lib/ws/connection.ts, subscriptions.ts, fanout.ts) on fake sockets. A socket
  * gets a patch only when the last frame of the entity it was sent is the patch's base: its first, after a subscribe
  * again, after a change it was not sent, on a channel of every tenant and on a feed it gets full. A socket that
- * reads slowly gets its held patch merged into the full frame of the latest change. Non-delta types carry no
- * tracking state.
+ * reads slowly gets its held patch merged into the full frame of the latest change. A property: whatever mix of
+ * changes, backed-up and draining sockets, changes a socket missed and subscribes again, the frames every socket got
+ * apply as a chain to the latest document. Non-delta types carry no tracking state.
  */
 import t from 'tap'
 import type { WebSocket } from 'ws'
@@ -21,7 +22,8 @@ import { wrap } from '../../lib/bus/envelope.js'
 import { applyPatch, encodeNotification, type PatchOperation } from '../../lib/protocol/index.js'
 import type { Authenticator } from '../../lib/auth/authenticate.js'
 import type { InterestStore } from '../../lib/store/interest.js'
-import { recordingLogger, turn } from './fixtures/fakes.js'
+import fc from 'fast-check'
+import { fakeClock, recordingLogger, turn } from './fixtures/fakes.js'
 
 /** The part of ws's WebSocket a Connection uses, recording what is written. */
 class FakeSocket {
@@ -84,10 +86,10 @@ async function socket (...subscriptions: Array<{ entityType: string, entityId: s
   return { ws, connection }
 }
 
+/** Subscribes, and lets the request be handled (its reply may be held while the socket is backed up). */
 async function subscribe (ws: FakeSocket, data: object): Promise<void> {
-  const before = ws.frames.length
   ws.receive({ type: 'subscribe', id: 's', data })
-  while (ws.frames.length === before) await turn()
+  for (let i = 0; i < 10; i++) await turn()
 }
 
 /** The publisher: one Deltas, and the bus message of each change, as the router makes it. */
@@ -184,3 +186,59 @@ t.test('types other than delta: no tracking on the subscription, frames as befor
   t.same(ws.frames.at(-1), frame)
   connection.onClosed(1000)
 })
+
+/** What a client does with one entity's frames: a patch must apply to the document at its base. */
+function chain (frames: Array<Record<string, any>>): unknown {
+  let document: unknown
+  let at: string | undefined
+  for (const n of frames) {
+    if (n.payloadType === 'delta') {
+      if (n.basePosition !== at) throw new Error(`a patch on ${String(n.basePosition)} after ${String(at)}`)
+      document = applyPatch(document, n.patch as PatchOperation[])
+    } else document = n.payload
+    at = n.position
+  }
+  return document
+}
+
+t.test('property: any mix of changes, slow and draining sockets, missed changes and subscribes again chains', async (t) => {
+  const clock = fakeClock(t)
+  const action = fc.oneof(
+    fc.record({ kind: fc.constant('change' as const), key: fc.constantFrom('a', 'b', 'c'), value: fc.integer({ min: 0, max: 5 }), deleted: fc.nat(9).map((n) => n === 0) }),
+    fc.record({ kind: fc.constantFrom('backup' as const, 'drain' as const, 'missed' as const, 'again' as const), socket: fc.nat(2) }))
+  let run = 0
+  await fc.assert(fc.asyncProperty(fc.array(action, { maxLength: 40 }), async (actions) => {
+    const id = `prop-${run++}`
+    const sockets = [await socket({ entityType: 'Match', entityId: id }), await socket({ entityType: 'Match', entityId: id }), await socket({ entityType: 'Match', entityId: id })]
+    let document: Record<string, unknown> = { text: 'y'.repeat(300) }
+    for (const a of actions) {
+      if (a.kind === 'change') {
+        document = { ...document, [a.key]: a.value }
+        publish('Match', id, a.deleted ? null : document, null, a.deleted ? 'deleted' : 'updated')
+      } else if (a.kind === 'backup') sockets[a.socket].ws.bufferedAmount = 1000
+      else if (a.kind === 'drain') {
+        sockets[a.socket].ws.bufferedAmount = 0
+        clock.advance(5)
+      } else if (a.kind === 'missed') {
+        deltas.frameOf(fanout.channel('Match', id), { entityType: 'Match', entityId: id, tenantId: null, changeType: 'updated', ts: 0, position: `n:${++positions}` }, { missed: true }, 'x'.repeat(1000))
+      } else await subscribe(sockets[a.socket].ws, { entityType: 'Match', entityId: id })
+    }
+    for (const s of sockets) s.ws.bufferedAmount = 0
+    clock.advance(5)
+    const last = { ...document, last: true }
+    publish('Match', id, last)
+    const ok = sockets.every((s) => isDeepStrictEqualJson(chain(s.ws.notifications().filter((n) => n.entityId === id)), last))
+    for (const s of sockets) s.connection.onClosed(1000)
+    return ok
+  }), { numRuns: 300 })
+})
+
+function isDeepStrictEqualJson (a: unknown, b: unknown): boolean {
+  return JSON.stringify(sorted(a)) === JSON.stringify(sorted(b))
+}
+
+function sorted (value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sorted)
+  if (typeof value !== 'object' || value === null) return value
+  return Object.fromEntries(Object.keys(value).sort().map((k) => [k, sorted((value as Record<string, unknown>)[k])]))
+}
