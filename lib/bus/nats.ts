@@ -108,6 +108,8 @@ export class NatsInterest extends ClusterInterest {
   private kv!: Bucket
   private registered = false
   private beats = 0
+  /** the types whose key this instance's index holds (a type's index entry stays while the instance lives) */
+  private readonly indexedTypes = new Set<string>()
 
   constructor (private readonly nc: NatsConnection, private readonly prefix: string, instanceId: string, ttlMs: number, snapshot: LocalSnapshot, log: FastifyBaseLogger) {
     super(instanceId, ttlMs, snapshot, log)
@@ -171,12 +173,15 @@ export class NatsInterest extends ClusterInterest {
     await Promise.all(Array.from({ length: Math.min(WRITE_CONCURRENCY, items.length) }, worker))
   }
 
-  protected async writeChannels (channels: readonly string[]): Promise<void> {
+  protected async writeChannels (channels: readonly string[], crossed: boolean): Promise<void> {
     await this.each(channels, async (channel) => {
       const key = this.watchKey(channel)
-      await this.setCount(key, this.instanceId, () => this.countOf(channel))
-      if (this.countOf(channel) > 0) await this.kv.put(this.ownKey(this.instanceId, key), encoder.encode('1'))
-      else await this.kv.purge(this.ownKey(this.instanceId, key))
+      const count = this.setCount(key, this.instanceId, () => this.countOf(channel))
+      // the index of this instance's keys changes only when it starts or stops holding one; both requests go out
+      // at once (one round trip less for each first and last watcher)
+      if (!crossed) return await count
+      const own = this.ownKey(this.instanceId, key)
+      await Promise.all([count, this.countOf(channel) > 0 ? this.kv.put(own, encoder.encode('1')) : this.kv.purge(own)])
     })
   }
 
@@ -184,7 +189,10 @@ export class NatsInterest extends ClusterInterest {
     await this.each(types, async (type) => {
       const n = (): number => this.typeCounts.get(type) ?? 0
       await this.setCount(this.typeKey(type), this.instanceId, n)
-      if (n() > 0) await this.kv.put(this.ownKey(this.instanceId, this.typeKey(type)), encoder.encode('1'))
+      if (n() > 0 && !this.indexedTypes.has(type)) {
+        await this.kv.put(this.ownKey(this.instanceId, this.typeKey(type)), encoder.encode('1'))
+        this.indexedTypes.add(type)
+      }
     })
   }
 
@@ -210,7 +218,10 @@ export class NatsInterest extends ClusterInterest {
     const mine = await this.kv.get('i.' + this.instanceId)
     await this.kv.put('i.' + this.instanceId, encoder.encode(JSON.stringify({ expiresAt: now + this.ttlMs })))
     // gone while we were registered: the server lost its state (or declared us dead); write everything again
-    if (this.registered && (mine === null || mine.operation !== 'PUT')) await this.rewrite()
+    if (this.registered && (mine === null || mine.operation !== 'PUT')) {
+      this.indexedTypes.clear()
+      await this.rewrite()
+    }
     this.registered = true
     for await (const key of await this.kv.keys('i.*')) {
       const id = key.slice(2)
@@ -228,10 +239,10 @@ export class NatsInterest extends ClusterInterest {
     // keys from its listing; every key either instance listed is cleaned before its marker is purged
     const owned: string[] = []
     for await (const own of await this.kv.keys(`o.${id}.>`)) owned.push(own)
-    for (const own of owned) {
+    await this.each(owned, async (own) => {
       await this.setCount(own.slice(`o.${id}.`.length), id, () => 0)
       await this.kv.purge(own)
-    }
+    })
     await this.kv.purge('i.' + id)
     this.log.info({ instance: id, entries: owned.length }, 'changefeed: removed the interest of an instance that stopped')
   }

@@ -138,13 +138,15 @@ export class RedisInterest extends ClusterInterest {
     this.heartbeat().catch(() => {})
   }
 
-  protected async writeChannels (channels: readonly string[]): Promise<void> {
+  protected async writeChannels (channels: readonly string[], crossed: boolean): Promise<void> {
     const tx = this.redis.multi()
     for (const channel of channels) {
       const key = this.k.watch(channel)
       const count = this.countOf(channel)
-      if (count > 0) tx.hset(key, this.instanceId, count).sadd(this.k.of(this.instanceId), key)
-      else tx.hdel(key, this.instanceId).srem(this.k.of(this.instanceId), key)
+      if (count > 0) tx.hset(key, this.instanceId, count)
+      else tx.hdel(key, this.instanceId)
+      // the index of this instance's keys changes only when it starts or stops holding one
+      if (crossed) tx[count > 0 ? 'sadd' : 'srem'](this.k.of(this.instanceId), key)
     }
     await tx.exec()
   }

@@ -20,7 +20,9 @@ export abstract class ClusterInterest implements InterestStore {
   protected readonly typeCounts = new Map<string, number>()
   private readonly dirtyChannels = new Set<string>()
   private readonly dirtyTypes = new Set<string>()
-  private readonly timers: NodeJS.Timeout[] = []
+  private heartbeatTimer: NodeJS.Timeout | null = null
+  /** the next flush; null once stopped */
+  private flushTimer: NodeJS.Timeout | null = null
 
   constructor (
     readonly instanceId: string,
@@ -29,8 +31,12 @@ export abstract class ClusterInterest implements InterestStore {
     protected readonly log: FastifyBaseLogger
   ) {}
 
-  /** Writes this instance's current count of each channel (0: removes its entry). */
-  protected abstract writeChannels (channels: readonly string[]): Promise<void>
+  /**
+   * Writes this instance's current count of each channel (0: removes its entry). `crossed`: these channels went
+   * from no watcher to some or back (a store that indexes the entries an instance holds updates its index then
+   * only); false for counts that changed in between.
+   */
+  protected abstract writeChannels (channels: readonly string[], crossed: boolean): Promise<void>
   /** Writes this instance's current totals of these types (0: removes its entry). */
   protected abstract writeTypes (types: readonly string[]): Promise<void>
   /** Renews this instance, rewrites after a loss, removes the instances that stopped. */
@@ -46,17 +52,32 @@ export abstract class ClusterInterest implements InterestStore {
   }
 
   protected startTimers (): void {
-    const every = (ms: number, task: () => Promise<void>, what: string): void => {
-      const timer = setInterval(() => { task().catch((err: Error) => this.log.warn({ err: err.message }, `changefeed: ${what} failed`)) }, ms)
-      timer.unref()
-      this.timers.push(timer)
-    }
-    every(Math.max(100, Math.floor(this.ttlMs / 3)), async () => await this.heartbeat(), 'cluster heartbeat')
-    every(FLUSH_MS, async () => await this.flush(), 'cluster count flush')
+    const warn = (what: string) => (err: Error): void => { this.log.warn({ err: err.message }, `changefeed: ${what} failed`) }
+    this.heartbeatTimer = setInterval(() => { this.heartbeat().catch(warn('cluster heartbeat')) }, Math.max(100, Math.floor(this.ttlMs / 3)))
+    this.heartbeatTimer.unref()
+    this.scheduleFlush(FLUSH_MS, warn('cluster count flush'))
+  }
+
+  /**
+   * The next flush, `delayMs` from now. Flushes never overlap, and a slow one spaces out the next (twice its time):
+   * when many sockets arrive at once, the counts in between yield the store to the first and last watchers, which
+   * the sockets wait for.
+   */
+  private scheduleFlush (delayMs: number, onError: (err: Error) => void): void {
+    const timer = setTimeout(() => {
+      const started = Date.now()
+      this.flush().catch(onError).finally(() => {
+        if (this.flushTimer === timer) this.scheduleFlush(Math.max(FLUSH_MS, 2 * (Date.now() - started)), onError)
+      })
+    }, delayMs)
+    timer.unref()
+    this.flushTimer = timer
   }
 
   protected stopTimers (): void {
-    for (const timer of this.timers) clearInterval(timer)
+    if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer)
+    if (this.flushTimer !== null) clearTimeout(this.flushTimer)
+    this.heartbeatTimer = this.flushTimer = null
   }
 
   async update (updates: readonly InterestUpdate[]): Promise<void> {
@@ -74,7 +95,7 @@ export abstract class ClusterInterest implements InterestStore {
         now.push(channel)
       }
     }
-    if (now.length > 0) await this.writeChannels(now)
+    if (now.length > 0) await this.writeChannels(now, true)
   }
 
   /** Writes the counts that changed since the last flush (neither first nor last watcher). */
@@ -84,7 +105,7 @@ export abstract class ClusterInterest implements InterestStore {
     this.dirtyChannels.clear()
     this.dirtyTypes.clear()
     try {
-      if (channels.length > 0) await this.writeChannels(channels)
+      if (channels.length > 0) await this.writeChannels(channels, false)
       if (types.length > 0) await this.writeTypes(types)
     } catch (err) {
       // written at the next flush: a count that does not change again would stay wrong in the cluster
@@ -102,7 +123,7 @@ export abstract class ClusterInterest implements InterestStore {
       this.counts.set(channel, { entityType, count })
       this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count)
     }
-    await this.writeChannels([...this.counts.keys()])
+    await this.writeChannels([...this.counts.keys()], true)
     for (const type of this.typeCounts.keys()) this.dirtyTypes.add(type)
   }
 }

@@ -19,9 +19,9 @@ const LABELS: Record<string, string> = {
 /** A grouped bar chart: one group per x value, one bar per series. */
 function barChart (title: string, unit: string, groups: string[], series: string[], value: (group: string, series: string) => number): string {
   const width = 640
-  const height = 300
+  const height = 320
   const left = 70
-  const bottom = 40
+  const bottom = 60
   const top = 40
   const max = Math.max(1, ...groups.flatMap((g) => series.map((s) => value(g, s))))
   const groupWidth = (width - left - 20) / groups.length
@@ -36,7 +36,7 @@ function barChart (title: string, unit: string, groups: string[], series: string
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4
     parts.push(`<line x1="${left}" x2="${width - 10}" y1="${y(v)}" y2="${y(v)}" stroke="#e2e8f0"/>`,
-      `<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" fill="#475569">${v >= 1000 ? Math.round(v / 1000) + 'k' : Math.round(v * 10) / 10}</text>`)
+      `<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" fill="#475569">${v >= 1000 ? `${Math.round(v / 100) / 10}k` : v >= 10 ? Math.round(v) : Math.round(v * 10) / 10}</text>`)
   }
   groups.forEach((g, gi) => {
     const x0 = left + gi * groupWidth + (groupWidth - barWidth * series.length) / 2
@@ -46,9 +46,13 @@ function barChart (title: string, unit: string, groups: string[], series: string
     })
     parts.push(`<text x="${left + gi * groupWidth + groupWidth / 2}" y="${height - bottom + 16}" text-anchor="middle">${g}</text>`)
   })
+  // the legend: two to a line
+  const legendWidth = (width - left) / 2
   series.forEach((s, si) => {
-    parts.push(`<rect x="${left + si * 200}" y="${height - 14}" width="10" height="10" fill="${COLORS[s] ?? '#0f172a'}"/>`,
-      `<text x="${left + si * 200 + 14}" y="${height - 5}">${LABELS[s] ?? s}</text>`)
+    const x = left + (si % 2) * legendWidth
+    const ly = height - 28 + Math.floor(si / 2) * 14
+    parts.push(`<rect x="${x}" y="${ly - 9}" width="10" height="10" fill="${COLORS[s] ?? '#0f172a'}"/>`,
+      `<text x="${x + 14}" y="${ly}">${LABELS[s] ?? s}</text>`)
   })
   parts.push('</svg>')
   return parts.join('\n')
@@ -64,8 +68,6 @@ function table (rows: Row[], columns: Array<[string, string]>): string {
     ...rows.map((r) => `| ${columns.map(([k]) => Array.isArray(r[k]) ? r[k].join(', ') : r[k] ?? '').join(' | ')} |`)].join('\n')
 }
 
-const ratio = (a: number, b: number): string => b === 0 ? '–' : `${(a / b).toFixed(2)}×`
-
 const median = (values: number[]): number => {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = Math.floor(sorted.length / 2)
@@ -74,8 +76,9 @@ const median = (values: number[]): number => {
 const spread = (values: number[]): string => values.length === 0 ? '–' : `${Math.min(...values)}–${Math.max(...values)}`
 
 /**
- * Rows of interleaved rounds folded into one row per (target, key): the median and range of each measure, and the
- * median's ratio to the reference target's for the same key.
+ * Rows of interleaved rounds folded into one row per (target, key): the median and range of each measure, and its
+ * ratio to the reference target's for the same key, paired by round (a round's targets ran back to back, on the
+ * machine as it was then): the median of the per-round ratios, and their range.
  */
 function rounds (rows: Row[], keys: string[], measures: string[], reference: string): Row[] {
   const groups = new Map<string, Row[]>()
@@ -92,11 +95,24 @@ function rounds (rows: Row[], keys: string[], measures: string[], reference: str
     for (const m of measures) {
       const values = group.map((r) => Number(r[m]))
       row[m] = `${Math.round(median(values) * 100) / 100} (${spread(values)})`
-      row[`${m}Ratio`] = ref.length === 0 ? '–' : ratio(median(values), median(ref.map((r) => Number(r[m]))))
+      const paired = group.flatMap((r) => {
+        const other = ref.find((o) => o.round === r.round)
+        return other === undefined || Number(other[m]) === 0 ? [] : [Number(r[m]) / Number(other[m])]
+      })
+      row[`${m}Ratio`] = paired.length === 0 ? '–' : `${median(paired).toFixed(2)}×${paired.length > 1 ? ` (${Math.min(...paired).toFixed(2)}–${Math.max(...paired).toFixed(2)})` : ''}`
     }
     out.push(row)
   }
   return out
+}
+
+/** A chart of one measure's medians over the rounds: groups by `key`, one bar per target. */
+function roundsChart (file: string, title: string, unit: string, rows: Row[], key: string, label: (value: unknown) => string, measure: string): void {
+  const keys = [...new Set(rows.map((r) => r[key]))]
+  const targets = [...new Set(rows.map((r) => r.target as string))]
+  const value = (group: string, target: string): number =>
+    median(rows.filter((r) => r.target === target && label(r[key]) === group).map((r) => Number(r[measure])))
+  writeFileSync(file, barChart(title, unit, keys.map(label), targets, value))
 }
 
 function scaleSections (dir: string): string[] {
@@ -105,14 +121,17 @@ function scaleSections (dir: string): string[] {
   if (memory !== null) {
     out.push('## Memory per idle socket', '', memory.description + '.', '', `Machine: ${JSON.stringify(memory.machine)}`, '',
       table(rounds(memory.rows, ['entities'], ['kibPerConnection'], 'ws'),
-        [['target', 'target'], ['entities', 'entities'], ['rounds', 'rounds'], ['kibPerConnection', 'KiB per socket, median (range)'], ['kibPerConnectionRatio', 'to raw ws']]), '')
+        [['target', 'target'], ['entities', 'entities'], ['rounds', 'rounds'], ['kibPerConnection', 'KiB per socket, median (range)'], ['kibPerConnectionRatio', 'to raw ws']]), '', '![memory per idle socket](results/memory.svg)', '')
+    roundsChart(join(dir, 'memory.svg'), 'Server memory per idle socket, 10K sockets (median)', 'KiB', memory.rows, 'entities',
+      (n) => `${Number(n).toLocaleString('en')} ${n === 1 ? 'entity' : 'entities'}`, 'kibPerConnection')
   }
   const fanout = load(dir, 'fanout')
   if (fanout !== null) {
     out.push('## Fan-out of one hot entity', '', fanout.description + '.', '', `Machine: ${JSON.stringify(fanout.machine)}`, '',
       table(rounds(fanout.rows, ['rate'], ['deliveredPerSecond', 'p50', 'p99'], 'ws'),
         [['target', 'target'], ['rate', 'changes/s'], ['rounds', 'rounds'], ['deliveredPerSecond', 'delivered/s'], ['deliveredPerSecondRatio', 'to raw ws'],
-          ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '')
+          ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '', '![fan-out p99](results/fanout-p99.svg)', '')
+    roundsChart(join(dir, 'fanout-p99.svg'), 'One hot entity, 10K sockets: p99 latency (median)', 'ms', fanout.rows, 'rate', (n) => `${String(n)} changes/s`, 'p99')
   }
   const storm = load(dir, 'storm')
   if (storm !== null) {
@@ -134,43 +153,15 @@ export function writeReport (dir: string): void {
     'Produced by `npm run bench -- <scenario>` (test/bench/run.ts); each run rewrites its results/*.json and this report.',
     'Everything runs on one machine over loopback: servers, load generators (several processes, each from its own',
     '127.0.0.x address) and Redis/PostgreSQL share its cores, so absolute numbers are this machine\'s; ratios between',
-    'targets measured in the same run are the meaningful part.', '']
-  const s1 = load(dir, 's1')
-  if (s1 !== null) {
-    const rates = [...new Set(s1.rows.map((r) => r.rate))]
-    const targets = [...new Set(s1.rows.map((r) => r.target as string))]
-    const at = (target: string, rate: number): Row | undefined => s1.rows.find((r) => r.target === target && r.rate === rate)
-    writeFileSync(join(dir, 's1-throughput.svg'), barChart('S1: delivered notifications per second', 'msgs/s', rates.map(String), targets, (g, s) => at(s, Number(g))?.deliveredPerSecond ?? 0))
-    writeFileSync(join(dir, 's1-p99.svg'), barChart('S1: latency p99 (scheduled send → received)', 'ms', rates.map(String), targets, (g, s) => at(s, Number(g))?.p99 ?? 0))
-    out.push('## S1 — one hot entity', '', s1.description + '.', '', `Machine: ${JSON.stringify(s1.machine)}`, '',
-      table(s1.rows.map((r) => ({ ...r, target: LABELS[r.target] ?? r.target, complete: `${((r.delivered / r.expected) * 100).toFixed(1)}%` })),
-        [['target', 'target'], ['rate', 'changes/s'], ['sockets', 'sockets'], ['deliveredPerSecond', 'delivered/s'], ['complete', 'delivered'], ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['max', 'max ms']]),
-      '', 'Ratios, fastify-changefeed to each peer (delivered/s; p99 latency, lower is better):', '',
-      table(rates.map((rate) => {
-        const us = at('changefeed', rate)
-        const ws = at('ws', rate)
-        const sio = at('socketio', rate)
-        return { rate, vsWs: us && ws ? `${ratio(us.deliveredPerSecond, ws.deliveredPerSecond)} / ${ratio(us.p99, ws.p99)}` : '–', vsSio: us && sio ? `${ratio(us.deliveredPerSecond, sio.deliveredPerSecond)} / ${ratio(us.p99, sio.p99)}` : '–' }
-      }), [['rate', 'changes/s'], ['vsWs', 'vs raw ws (throughput / p99)'], ['vsSio', 'vs Socket.IO (throughput / p99)']]),
-      '', 'Reading it: up to 5 changes/s (50,000 deliveries/s) every target delivers everything, and the latencies compare',
-      'the servers. From 10 changes/s (100,000 deliveries/s) the two load-generator processes, which share the two cores',
-      'with the server and Redis, cannot read that fast: "delivered" counts what arrived within 1.5 s after the step,',
-      'and fastify-changefeed closes sockets that stop reading (4409) where the peers buffer without bound.',
-      '', '![S1 throughput](results/s1-throughput.svg)', '', '![S1 p99](results/s1-p99.svg)', '')
-  }
+    'targets measured in the same run are the meaningful part. The scenarios that run in interleaved rounds (memory,',
+    'fan-out, storm, Redis Cluster) give each measure as median (range) over the rounds, and each ratio paired by',
+    'round: the targets of a round ran back to back on the machine as it was then, so the ratio is taken in each round',
+    'and the report gives their median (range).', '']
+  out.push(...scaleSections(dir))
   const s2 = load(dir, 's2')
   if (s2 !== null) {
     out.push('## S2 — sparse changes through PostgreSQL', '', s2.description + '.', '', `Machine: ${JSON.stringify(s2.machine)}`, '',
       table(s2.rows, [['sockets', 'sockets'], ['entities', 'entities'], ['changesPerSecond', 'changes/s'], ['writes', 'writes'], ['delivered', 'delivered'], ['expected', 'expected'], ['p50', 'p50 ms'], ['p90', 'p90 ms'], ['p99', 'p99 ms'], ['max', 'max ms']]), '')
-  }
-  const s3 = load(dir, 's3')
-  if (s3 !== null) {
-    writeFileSync(join(dir, 's3-memory.svg'), barChart('S3: server memory per idle connection', 'KiB', ['10K idle sockets'], s3.rows.map((r) => r.target), (_g, s) => s3.rows.find((r) => r.target === s)?.kibPerConnection ?? 0))
-    const us = s3.rows.find((r) => r.target === 'changefeed')
-    out.push('## S3 — memory per idle connection', '', s3.description + '.', '', `Machine: ${JSON.stringify(s3.machine)}`, '',
-      table(s3.rows.map((r) => ({ ...r, target: LABELS[r.target] ?? r.target, vsUs: us === undefined ? '–' : ratio(r.kibPerConnection, us.kibPerConnection) })),
-        [['target', 'target'], ['sockets', 'sockets'], ['rssBeforeMiB', 'RSS before MiB'], ['rssAfterMiB', 'RSS after MiB'], ['kibPerConnection', 'KiB per connection'], ['vsUs', 'relative to fastify-changefeed']]),
-      '', '![S3 memory](results/s3-memory.svg)', '')
   }
   const s4 = load(dir, 's4')
   if (s4 !== null) {
@@ -196,6 +187,5 @@ export function writeReport (dir: string): void {
       table((s7 as Result & { summary: Row[] }).summary, [['kind', 'change'], ['documentBytes', 'document bytes'], ['fullBytes', 'full: bytes per change'], ['deltaBytes', 'delta: bytes per change'],
         ['bytesRatio', 'delta / full'], ['fullCpuMicros', 'full: server CPU µs per delivery'], ['deltaCpuMicros', 'delta: server CPU µs per delivery']]), '')
   }
-  out.push(...scaleSections(dir))
   writeFileSync(join(dir, '..', 'REPORT.md'), out.join('\n') + '\n')
 }

@@ -1,5 +1,5 @@
 /**
- * Benchmarks: `npm run bench -- <s1|s2|s3|s4|s5|s6|s7|report>`. Each scenario starts what it needs on this machine
+ * Benchmarks: `npm run bench -- <memory|fanout|storm|cluster|s2|s4|s5|s6|s7|report>`. Each scenario starts what it needs on this machine
  * (loopback only), measures, stops every process it started, writes test/bench/results/<scenario>.json and
  * regenerates test/bench/REPORT.md with its charts. Peers run in the same run, one after another, on the same
  * machine, for the same job: receive a change from Redis, deliver it to every watcher.
@@ -9,7 +9,7 @@ import pg from 'pg'
 import { writeReport } from './report.js'
 import {
   MARTEN, REDIS_URL, cleanup, collect, freshDatabase, log, messageFor, metric, publishAt, resultsDir, rssMiB, save, sleep, startChangefeed,
-  startLoad, startPeer, stopLoad, type Target
+  startLoad, stopLoad, type Target
 } from './harness.js'
 import { scaleScenarios } from './scale.js'
 import { deltaScenarios } from './delta.js'
@@ -17,64 +17,6 @@ import { deltaScenarios } from './delta.js'
 // ---------------------------------------------------------------- scenarios
 
 const SOCKETS = Number(process.env.BENCH_SOCKETS ?? 10_000)
-/** a small database for targets that capture nothing, so no embedded PGlite weighs on the measurements */
-let quietDatabase: string | null = null
-async function quiet (): Promise<Array<{ name: string, url: string }>> {
-  quietDatabase ??= await freshDatabase('changefeed_bench_quiet')
-  return [{ name: 'main', url: quietDatabase }]
-}
-
-/** S1: one hot entity watched by 10K sockets, changes at increasing rates, per target. */
-async function s1 (): Promise<void> {
-  const rates = [1, 5, 10, 20]
-  const seconds = 5
-  const redis = new Redis(REDIS_URL)
-  const rows: object[] = []
-  for (const kind of ['changefeed', 'ws', 'socketio'] as const) {
-    const prefix = `bench${Date.now()}`
-    const target = kind === 'changefeed'
-      ? await startChangefeed({ server: { port: 0 }, databases: await quiet(), entities: { Match: { access: 'public', payload: 'full' } }, bus: { provider: 'redis', url: REDIS_URL, prefix }, limits: { maxConnectionsPerIp: 100_000 } })
-      : await startPeer(kind, kind === 'ws' ? 'bench:raw' : 'bench:socketio')
-    const load = await startLoad([target], SOCKETS, 2, ['hot'], 'Match', 'payload')
-    log(`s1 ${kind}: ${load.connected} connected in ${load.seconds.toFixed(1)} s (${load.failed} failed)`)
-    await sleep(1500)
-    await collect(load)
-    for (const rate of rates) {
-      const sent = await publishAt(redis, rate, seconds, (t, seq) => messageFor(kind, prefix, 'hot', t, seq))
-      await sleep(1500)
-      const lat = await collect(load)
-      const row = { target: kind, rate, sockets: load.connected, expected: sent * load.connected, delivered: lat.count, deliveredPerSecond: Math.round(lat.count / seconds), ...lat }
-      log(JSON.stringify(row))
-      rows.push(row)
-    }
-    await stopLoad(load)
-    await target.stop()
-  }
-  redis.disconnect()
-  save('s1', { description: `${SOCKETS} sockets on one entity; each target receives every change from Redis and delivers it to every watcher; ${seconds} s per rate`, rows })
-}
-
-/** S3: server memory per idle connection at 10K, per target. */
-async function s3 (): Promise<void> {
-  const rows: object[] = []
-  for (const kind of ['changefeed', 'ws', 'socketio'] as const) {
-    const target = kind === 'changefeed'
-      ? await startChangefeed({ server: { port: 0 }, databases: await quiet(), entities: { Match: { access: 'public', payload: 'full' } }, bus: { provider: 'redis', url: REDIS_URL, prefix: `bench${Date.now()}` }, limits: { maxConnectionsPerIp: 100_000 } })
-      : await startPeer(kind, `bench:idle:${kind}`)
-    await sleep(2000)
-    const before = rssMiB(target.pid)
-    const entities = Array.from({ length: 1000 }, (_, i) => `m-${i}`)
-    const load = await startLoad([target], SOCKETS, 2, entities, 'Match', 'payload')
-    await sleep(5000)
-    const after = rssMiB(target.pid)
-    const row = { target: kind, sockets: load.connected, rssBeforeMiB: Math.round(before), rssAfterMiB: Math.round(after), kibPerConnection: Math.round(((after - before) * 1024) / load.connected * 10) / 10 }
-    log(JSON.stringify(row))
-    rows.push(row)
-    await stopLoad(load)
-    await target.stop()
-  }
-  save('s3', { description: `${SOCKETS} idle sockets, each subscribed to one of 1,000 entities; server RSS growth per connection`, rows })
-}
 
 /** S6: database reads per changed entity per transaction, with 1 and with 10,000 watchers. */
 async function s6 (): Promise<void> {
@@ -209,7 +151,7 @@ async function s5 (): Promise<void> {
   save('s5', { description: `${total.toLocaleString('en')} connections over ${instances} instances and one Redis; one broadcast of one hot entity to every socket`, rows: [row] })
 }
 
-const scenarios: Record<string, () => Promise<void>> = { s1, s2, s3, s4, s5, s6, ...scaleScenarios, ...deltaScenarios, report: async () => writeReport(resultsDir) }
+const scenarios: Record<string, () => Promise<void>> = { ...scaleScenarios, s2, s4, s5, s6, ...deltaScenarios, report: async () => writeReport(resultsDir) }
 const name = process.argv[2] ?? ''
 if (!(name in scenarios)) {
   log(`usage: npm run bench -- <${Object.keys(scenarios).join('|')}>`)

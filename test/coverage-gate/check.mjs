@@ -7,12 +7,14 @@
  *
  * Only what tests run in their own process counts: the standalone servers the tests start as child processes
  * (bin/serve) are not measured. A file of lib/ that no test loaded counts with all its lines uncovered, as V8
- * coverage counts lines (every line of the file), so that a test that stops loading it lowers the number.
+ * coverage counts lines (every line of the file), so that a test that stops loading it lowers the number. A file of
+ * types alone (nothing left once TypeScript erases the types) has no code to run, and does not count.
  */
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import ts from 'typescript'
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
 const summaryFile = join(root, '.tap', 'report', 'coverage-summary.json')
@@ -45,7 +47,12 @@ const linesOf = (file) => {
   const text = readFileSync(join(root, file), 'utf8')
   return text.split('\n').length - (text.endsWith('\n') ? 1 : 0)
 }
-const unloaded = sources(join(root, 'lib')).filter((file) => !measured.has(file)).map((file) => ({ file, covered: 0, total: linesOf(file), pct: 0, unloaded: true }))
+/** true when the file is types only: its JavaScript is empty, or only `export {}` */
+const typesOnly = (file) => {
+  const js = ts.transpileModule(readFileSync(join(root, file), 'utf8'), { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, removeComments: true } }).outputText
+  return js.replace(/export\s*\{\s*\};?/g, '').trim() === ''
+}
+const unloaded = sources(join(root, 'lib')).filter((file) => !measured.has(file) && !typesOnly(file)).map((file) => ({ file, covered: 0, total: linesOf(file), pct: 0, unloaded: true }))
 files.push(...unloaded)
 
 const covered = summary.total.lines.covered

@@ -236,6 +236,12 @@ t.test('BusMembership: any interleaving of syncs and answers ends with the bus s
 class MemoryInterest extends ClusterInterest {
   /** each writeChannels call: channel → the count written (0: the entry removed) */
   readonly channelWrites: Array<Record<string, number>> = []
+  /** each writeChannels call: whether its channels crossed between no watcher and some */
+  readonly crossings: boolean[] = []
+  /** while set, channel writes wait for it (a slow store) */
+  slow: Promise<void> | null = null
+  /** channel writes under way */
+  writing = 0
   readonly typeWrites: Array<Record<string, number>> = []
   heartbeats = 0
   failing: Error | null = null
@@ -249,9 +255,13 @@ class MemoryInterest extends ClusterInterest {
     this.startTimers()
   }
 
-  protected async writeChannels (channels: readonly string[]): Promise<void> {
+  protected async writeChannels (channels: readonly string[], crossed: boolean): Promise<void> {
     if (this.failing !== null) throw this.failing
     this.channelWrites.push(Object.fromEntries(channels.map((c) => [c, this.countOf(c)])))
+    this.crossings.push(crossed)
+    this.writing++
+    if (this.slow !== null) await this.slow
+    this.writing--
   }
 
   protected async writeTypes (types: readonly string[]): Promise<void> {
@@ -300,6 +310,7 @@ t.test('ClusterInterest: a first watcher is written before update() resolves; co
   t.equal(interest.channelWrites.length, 1)
   await flush(clock)
   t.same(interest.channelWrites, [{ A: 1 }, { A: 3 }], 'the flush writes the latest count once')
+  t.same(interest.crossings, [true, false], 'the first watcher crossed from none; the flush writes a count only')
   t.same(interest.typeWrites, [{ Team: 3 }], 'and the type total')
   await flush(clock)
   t.equal(interest.channelWrites.length, 2, 'nothing changed: nothing written')
@@ -376,6 +387,31 @@ t.test('ClusterInterest: rewrite() after a loss writes every channel from the lo
   t.same(interest.typeWrites.at(-1), { Team: 4, Player: 2 })
   await interest.update([team('A', 5)])
   t.equal(interest.channelWrites.length, 2, 'the counts continue from the rewritten state: A 4 → 5 is not a first')
+})
+
+t.test('ClusterInterest: flushes never overlap; a slow one spaces out the next; what changed meanwhile goes in it', async (t) => {
+  const { clock, interest } = store(t)
+  await interest.update([team('A', 1)])
+  await interest.update([team('A', 2)])
+  let release = (): void => {}
+  interest.slow = new Promise((resolve) => { release = resolve })
+  await flush(clock)
+  t.equal(interest.writing, 1, 'the flush writes A: 2, slowly')
+  await interest.update([team('A', 3)])
+  for (let i = 0; i < 4; i++) await flush(clock)
+  t.equal(interest.writing, 1, 'no second flush starts while it writes')
+  interest.slow = null
+  release()
+  await turn()
+  await flush(clock)
+  t.equal(interest.channelWrites.length, 2, 'the flush took 1 s: the next waits twice that')
+  clock.advance(1749)
+  await turn()
+  t.equal(interest.channelWrites.length, 2)
+  clock.advance(1)
+  await turn()
+  t.same(interest.channelWrites, [{ A: 1 }, { A: 2 }, { A: 3 }], 'then the count that changed meanwhile, once')
+  t.same(interest.crossings, [true, false, false])
 })
 
 t.test('ClusterInterest: close stops the timers', async (t) => {

@@ -27,12 +27,9 @@ subscriber.on('message', (_channel: string, message: string) => {
   const { entityId, frame } = JSON.parse(message) as { entityId: string, frame: string }
   const sockets = watchers.get(entityId)
   if (sockets === undefined) return
-  // frame once, write the same bytes to every socket
-  const framed = Sender.frame(Buffer.from(frame), { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false })
-  for (const socket of sockets) {
-    const raw = (socket as unknown as { _socket: { write(b: Buffer): void } })._socket
-    for (const part of framed) raw.write(part)
-  }
+  // frame once (header and payload in one buffer), write the same bytes to every socket: one write each
+  const framed = Buffer.concat(Sender.frame(Buffer.from(frame), { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false }))
+  for (const socket of sockets) (socket as unknown as { _socket: { write(b: Buffer): void } })._socket.write(framed)
 })
 // the server may be listening already by now
 if (server.address() !== null) process.send?.({ listening: port })
