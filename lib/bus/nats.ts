@@ -176,12 +176,11 @@ export class NatsInterest extends ClusterInterest {
   protected async writeChannels (channels: readonly string[], crossed: boolean): Promise<void> {
     await this.each(channels, async (channel) => {
       const key = this.watchKey(channel)
-      const count = this.setCount(key, this.instanceId, () => this.countOf(channel))
-      // the index of this instance's keys changes only when it starts or stops holding one; both requests go out
-      // at once (one round trip less for each first and last watcher)
-      if (!crossed) return await count
-      const own = this.ownKey(this.instanceId, key)
-      await Promise.all([count, this.countOf(channel) > 0 ? this.kv.put(own, encoder.encode('1')) : this.kv.purge(own)])
+      await this.setCount(key, this.instanceId, () => this.countOf(channel))
+      // the index of this instance's keys changes only when it starts or stops holding one
+      if (!crossed) return
+      if (this.countOf(channel) > 0) await this.kv.put(this.ownKey(this.instanceId, key), encoder.encode('1'))
+      else await this.kv.purge(this.ownKey(this.instanceId, key))
     })
   }
 
