@@ -17,7 +17,7 @@ import { OwedResyncs } from './resync.js'
 import { FEED, channelsOf } from './channels.js'
 import { ownerIn, type Notice, type Notices } from './notices.js'
 import { encodeNotification, encodeResync } from './protocol/index.js'
-import { Deltas } from './delta/index.js'
+import { Deltas, type DeltaFrame } from './delta/index.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {
@@ -234,7 +234,7 @@ export class ChangeRouter {
    * A `delta` type's notice with a document: its payload type on the bus is `delta` (delivery then tracks what each
    * socket was sent), and it carries the patch frame when there is one. `key` is the entity's own channel.
    */
-  private withDelta (entity: EntityType, key: string, notice: Notice): Notice & { delta?: { frame: string, base: string } } {
+  private withDelta (entity: EntityType, key: string, notice: Notice): Notice & { delta?: DeltaFrame } {
     if (entity.payload !== 'delta') return notice
     if (notice.payloadType !== 'full' || notice.fields === undefined) {
       // gone by the time it was read: the next change is full
@@ -246,7 +246,7 @@ export class ChangeRouter {
   }
 
   /** Hands one encoded notification to the bus, on every channel whose watchers see it, with the span's context. */
-  private async send (channels: string[], ts: number, notice: Notice & { delta?: { frame: string, base: string } }, position: string, span?: Span): Promise<void> {
+  private async send (channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
     const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta })

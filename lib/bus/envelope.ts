@@ -7,6 +7,8 @@
  * then the header ends with 'b:<the patch's base position, URI-encoded>' and the patch frame follows the full one
  * after a '\n'.
  */
+import type { DeltaFrame } from '../delta/index.js'
+
 export interface Envelope {
   ts: number
   payloadType: string
@@ -18,7 +20,7 @@ export interface Envelope {
   owner?: string | null
   frame: string
   /** `delta` types: the change's patch frame, when it has one, and the position of the document it applies to */
-  delta?: { frame: string, base: string }
+  delta?: DeltaFrame
 }
 
 export function wrap (envelope: Omit<Envelope, 'traceparent' | 'position' | 'tenantId'> & Partial<Envelope>): string {
