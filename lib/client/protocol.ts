@@ -107,6 +107,8 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       subscriptionOf(frame.data, to)?.onWatchers(frame.data.count)
       return
     case 'subscribed':
+      // a reply to entityIds (subscribeMany) is not sent by this client yet
+      if (!('subscriptionId' in frame.data)) return
       requestOf(frame.id, frame.data, to)?.onSubscribed(frame.data.recovered)
       return
     case 'subscription_error':

@@ -3,7 +3,8 @@
  * once per change, for every socket that receives them.
  */
 import type { WireErrorCode } from './wire.js'
-import type { RequestIdValue } from './messages.js'
+import type { EntitySnapshotData, FeedSnapshotData, RequestIdValue } from './messages.js'
+import type { Where } from './where.js'
 import type { PatchOperation } from './patch.js'
 
 /** An entity as replies name it: its type, id, and (when the request named one, or it is implied) its tenant. */
@@ -60,11 +61,37 @@ export function encodeError (id: RequestIdValue, code: WireErrorCode, error: str
   return withId(id, 'error', { code, error })
 }
 
-/** `recovered` answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch. */
-export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, recovered?: boolean): string {
+/** What a `subscribed` reply may add: the answer to `since`, the snapshot, a filtered feed's conditions. */
+export interface SubscribedExtras {
+  /** answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch */
+  recovered?: boolean
+  snapshot?: EntitySnapshotData | FeedSnapshotData
+  where?: Where
+}
+
+export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, extras: SubscribedExtras = {}): string {
   const data: Record<string, unknown> = { subscriptionId, ...refOf(ref) }
-  if (recovered !== undefined) data.recovered = recovered
+  if (extras.where !== undefined) data.where = extras.where
+  if (extras.recovered !== undefined) data.recovered = extras.recovered
+  if (extras.snapshot !== undefined) data.snapshot = extras.snapshot
   return withId(id, 'subscribed', data)
+}
+
+/** The reply to a subscribe with `entityIds`. */
+export function encodeSubscribedMany (id: RequestIdValue, entityType: string, tenantId: string | undefined, result: {
+  subscribed: string[]
+  errors: Array<{ entityId: string, code: WireErrorCode, error: string }>
+  snapshots?: Record<string, EntitySnapshotData>
+}): string {
+  const data: Record<string, unknown> = tenantId === undefined ? { entityType } : { entityType, tenantId }
+  data.subscribed = result.subscribed
+  data.errors = result.errors
+  if (result.snapshots !== undefined) data.snapshots = result.snapshots
+  return withId(id, 'subscribed', data)
+}
+
+export function encodeUnsubscribedMany (id: RequestIdValue, entityType: string, tenantId: string | undefined, unsubscribed: string[]): string {
+  return withId(id, 'unsubscribed', tenantId === undefined ? { entityType, unsubscribed } : { entityType, tenantId, unsubscribed })
 }
 
 export function encodeSubscriptionError (id: RequestIdValue, ref: EntityRef, code: WireErrorCode, error: string): string {

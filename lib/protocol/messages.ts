@@ -27,7 +27,19 @@ export const ClientEnvelope = Type.Object({
   data: Type.Optional(Type.Unknown())
 })
 
-export const SubscribeData = Type.Object({
+/** A filtered feed's condition value: equality with a JSON scalar, or (an array) with any of them. */
+const WhereScalar = Type.Union([Type.String({ maxLength: 512 }), Type.Number(), Type.Boolean(), Type.Null()])
+/**
+ * A filtered feed's conditions: every one must hold. Keys are top-level or dotted paths into the document
+ * (`"teamId"`, `"venue.city"`); a value is compared for JSON equality, an array means any of its values.
+ */
+export const WhereSchema = Type.Record(
+  Type.String({ pattern: '^[A-Za-z_$][A-Za-z0-9_$]*(\\.[A-Za-z_$][A-Za-z0-9_$]*)*$', maxLength: 200 }),
+  Type.Union([WhereScalar, Type.Array(WhereScalar, { minItems: 1, maxItems: 100 })]),
+  { minProperties: 1, maxProperties: 8 })
+
+/** A subscribe to one entity, a feed ("*"), or a filtered feed ("*" with `where`). */
+export const SubscribeOneData = Type.Object({
   entityType: EntityTypeName,
   /** an entity id, or "*" for every entity of a feed type */
   entityId: EntityId,
@@ -36,17 +48,35 @@ export const SubscribeData = Type.Object({
   /** the last position seen: the missed changes are replayed when they can be (outbox mode) */
   since: Type.Optional(Type.String({ maxLength: 128 })),
   /** push the number of watchers of the entity across the cluster when it changes */
-  watchers: Type.Optional(Type.Boolean())
+  watchers: Type.Optional(Type.Boolean()),
+  /** the reply carries the current state, read so that every later change arrives as a notification and none before it does */
+  snapshot: Type.Optional(Type.Boolean()),
+  /** with entityId "*": only the entities whose document matches (`full` and `delta` types), with entered/left */
+  where: Type.Optional(WhereSchema)
 }, { additionalProperties: false })
 
+/** A subscribe to many entities of one type in one request (at most limits.maxSubscriptionsPerConnection): one reply for all. */
+export const SubscribeManyData = Type.Object({
+  entityType: EntityTypeName,
+  entityIds: Type.Array(EntityId, { minItems: 1, maxItems: 1000 }),
+  tenantId: Type.Optional(TenantId),
+  snapshot: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+
+export const SubscribeData = Type.Union([SubscribeOneData, SubscribeManyData])
+
 export const UnsubscribeData = Type.Union([
-  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 700, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' }) }, { additionalProperties: false }),
-  Type.Object({ entityType: EntityTypeName, entityId: EntityId, tenantId: Type.Optional(TenantId) }, { additionalProperties: false })
+  Type.Object({ subscriptionId: Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' }) }, { additionalProperties: false }),
+  Type.Object({ entityType: EntityTypeName, entityId: EntityId, tenantId: Type.Optional(TenantId), where: Type.Optional(WhereSchema) }, { additionalProperties: false }),
+  Type.Object({ entityType: EntityTypeName, entityIds: Type.Array(EntityId, { minItems: 1, maxItems: 1000 }), tenantId: Type.Optional(TenantId) }, { additionalProperties: false })
 ])
 
 export const AuthData = Type.Object({ token: Type.String({ minLength: 1, maxLength: 16384 }) }, { additionalProperties: false })
 
 export type SubscribeRequest = Static<typeof SubscribeData>
+export type SubscribeOneRequest = Static<typeof SubscribeOneData>
+export type SubscribeManyRequest = Static<typeof SubscribeManyData>
+export type WhereConditions = Static<typeof WhereSchema>
 export type UnsubscribeRequest = Static<typeof UnsubscribeData>
 export type AuthRequest = Static<typeof AuthData>
 export type RequestIdValue = string | number | undefined
@@ -71,14 +101,42 @@ const ErrorCode = Type.Enum(Object.values(WireError))
 const reply = <K extends string, T extends Record<string, Parameters<typeof Type.Object>[0][string]>>(type: K, data: T) =>
   Type.Object({ type: Type.Literal(type), id: Type.Optional(RequestId), data: Type.Object(data, { additionalProperties: false }) }, { additionalProperties: false })
 
+/**
+ * An entity's state when its subscription began: every change after it arrives as a notification, none before it
+ * does. `payload` (`full` and `delta` types): the document, null when there is none; `position`: that of the change
+ * that wrote it, when known (a `delta` type's next patch may apply to it).
+ */
+export const EntitySnapshot = Type.Object({
+  payload: Type.Optional(Type.Unknown()),
+  version: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  position: Type.Optional(Type.String())
+}, { additionalProperties: false })
+/** A filtered feed's snapshot: the entities that match now. */
+export const FeedSnapshot = Type.Object({
+  entities: Type.Array(Type.Object({ entityId: Type.String(), tenantId: Type.Optional(Type.String()), ...EntitySnapshot.properties }, { additionalProperties: false }))
+}, { additionalProperties: false })
+
 export const Subscribed = reply('subscribed', {
   subscriptionId: Type.String(),
   ...Ref,
+  /** a filtered feed: its conditions as the server holds them (the subscriptionId names them too) */
+  where: Type.Optional(WhereSchema),
   /** answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch */
-  recovered: Type.Optional(Type.Boolean())
+  recovered: Type.Optional(Type.Boolean()),
+  /** answers a subscribe with `snapshot` (with `since`: only when not recovered) */
+  snapshot: Type.Optional(Type.Union([EntitySnapshot, FeedSnapshot]))
+})
+/** The reply to a subscribe with `entityIds`: the ids now watched, the refused ones, and (with `snapshot`) their states. */
+export const SubscribedMany = reply('subscribed', {
+  entityType: Type.String(),
+  tenantId: Type.Optional(Type.String()),
+  subscribed: Type.Array(Type.String()),
+  errors: Type.Array(Type.Object({ entityId: Type.String(), code: Type.Enum(Object.values(WireError)), error: Type.String() }, { additionalProperties: false })),
+  snapshots: Type.Optional(Type.Record(Type.String(), EntitySnapshot))
 })
 export const SubscriptionError = reply('subscription_error', { ...Ref, code: ErrorCode, error: Type.String() })
 export const Unsubscribed = reply('unsubscribed', { subscriptionId: Type.String() })
+export const UnsubscribedMany = reply('unsubscribed', { entityType: Type.String(), tenantId: Type.Optional(Type.String()), unsubscribed: Type.Array(Type.String()) })
 export const Authenticated = reply('authenticated', {
   userId: Type.Union([Type.String(), Type.Null()]),
   roles: Type.Array(Type.String()),
@@ -86,7 +144,8 @@ export const Authenticated = reply('authenticated', {
 })
 export const ErrorReply = reply('error', { code: ErrorCode, error: Type.String() })
 
-export const ChangeType = Type.Enum(['created', 'updated', 'deleted', 'appended', 'archived'])
+/** `entered` and `left`: filtered feeds only, an entity that began or stopped matching */
+export const ChangeType = Type.Enum(['created', 'updated', 'deleted', 'appended', 'archived', 'entered', 'left'])
 export const PayloadType = Type.Enum(['minimal', 'full', 'events', 'delta'])
 
 /** One RFC 6902 operation of a `delta` notification's patch (the server writes add, remove and replace). */
@@ -112,7 +171,9 @@ export const NotificationData = Type.Object({
   /** `delta`: the position of the document the patch applies to (the last one this socket was sent of the entity) */
   basePosition: Type.Optional(Type.String()),
   /** `delta`: the RFC 6902 patch from the document at `basePosition` to this change's */
-  patch: Type.Optional(Type.Array(PatchOperationSchema))
+  patch: Type.Optional(Type.Array(PatchOperationSchema)),
+  /** filtered feeds: the subscription the notification is for (a socket may hold several filters of one type) */
+  subscriptionId: Type.Optional(Type.String())
 }, { additionalProperties: false })
 export const Notification = Type.Object({ type: Type.Literal('notification'), data: NotificationData }, { additionalProperties: false })
 /** a busy feed: several notifications in one frame */
@@ -128,10 +189,12 @@ export const Resync = Type.Object({
 }, { additionalProperties: false })
 export const Pong = Type.Object({ type: Type.Literal('pong') }, { additionalProperties: false })
 
-export const ServerMessageSchema = Type.Union([Subscribed, SubscriptionError, Unsubscribed, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
+export const ServerMessageSchema = Type.Union([Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
 export type ServerMessage = Static<typeof ServerMessageSchema>
 export type NotificationMessage = Static<typeof NotificationData>
 export type ChangeTypeName = Static<typeof ChangeType>
+export type EntitySnapshotData = Static<typeof EntitySnapshot>
+export type FeedSnapshotData = Static<typeof FeedSnapshot>
 export type PayloadTypeName = Static<typeof PayloadType>
 
 /** Validates a frame the server sent (tests). */

@@ -19,6 +19,8 @@ export const WireError = {
   forbidden: 'forbidden',
   /** maxSubscriptionsPerConnection reached */
   tooManySubscriptions: 'too_many_subscriptions',
+  /** limits.maxFiltersPerType distinct filters of the type are held on this server already */
+  tooManyFilters: 'too_many_filters',
   /** subscribe/unsubscribe faster than subscribeRatePerSecond */
   rateLimited: 'rate_limited',
   /** the server failed inside; the socket stays usable, retry */

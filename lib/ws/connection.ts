@@ -220,7 +220,7 @@ export class Connection implements Subscriber {
       case 'subscribe':
         if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId, since?}')
         if (!this.subscribeTokens().take()) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
-        return this.request(id, () => encodeSubscriptionError(id, body, WireError.internal, 'the server failed; retry'),
+        return this.request(id, () => encodeSubscriptionError(id, { entityType: body.entityType, entityId: 'entityId' in body ? body.entityId : '', tenantId: body.tenantId }, WireError.internal, 'the server failed; retry'),
           async (reply) => await this.subscriptions.subscribe(reply, body))
       case 'unsubscribe':
         if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId} or {entityType, entityId}')

@@ -15,8 +15,8 @@ import { ResumeBuffer } from './resume.js'
 import type { WatcherCounts } from './watchers.js'
 import type { Reply } from './requests.js'
 import {
-  encodeSubscribed, encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf,
-  type EntityRef, type SubscribeRequest, type UnsubscribeRequest
+  encodeError, encodeSubscribed, encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf,
+  type EntityRef, type SubscribeOneRequest, type SubscribeRequest, type UnsubscribeRequest
 } from '../protocol/index.js'
 
 /** A socket's subscription to one channel: an entity (of one tenant, or of every tenant), or a feed. */
@@ -168,6 +168,9 @@ export class Subscriptions {
   }
 
   async subscribe (reply: Reply, req: SubscribeRequest): Promise<void> {
+    if ('entityIds' in req || req.where !== undefined || req.snapshot === true) {
+      return reply.send(encodeError(reply.id, WireError.badRequest, 'not supported yet'))
+    }
     const { registry, policy, fanout, log } = this.services
     const entity = registry.get(req.entityType)
     if (entity === undefined || (entity.access === null && !entity.declared)) {
@@ -214,7 +217,7 @@ export class Subscriptions {
   }
 
   /** The `subscribed` reply (after a replay, on `since`), then watcher counts when asked for. */
-  private async confirm (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, req: SubscribeRequest): Promise<void> {
+  private async confirm (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, req: SubscribeOneRequest): Promise<void> {
     // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
     if (subscription.sent !== undefined) subscription.sent = null
     if (req.since !== undefined) await this.resume(reply, subscriptionId, entity, channel, subscription, req.since)
@@ -239,7 +242,7 @@ export class Subscriptions {
       this.services.log.warn({ connection: this.socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
     }
     if (!this.socket.isOpen) return
-    reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, frames !== null))
+    reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: frames !== null }))
     if (frames !== null) this.socket.writeReplay(channel, frames)
     this.services.counters.replayed += frames?.length ?? 0
     const waiting = this.resumes().release(channel, frames === null ? null : frames.at(-1)?.position ?? since)
@@ -248,6 +251,7 @@ export class Subscriptions {
 
   async unsubscribe (reply: Reply, req: UnsubscribeRequest): Promise<void> {
     const { registry, policy, fanout } = this.services
+    if ('entityIds' in req) return reply.send(encodeError(reply.id, WireError.badRequest, 'not supported yet'))
     const target = 'subscriptionId' in req ? parseSubscriptionId(req.subscriptionId) : req
     const entity = target === null ? undefined : registry.get(target.entityType)
     const scope = target === null || entity === undefined ? null : policy.scope(entity, target.tenantId, this.socket.principal)

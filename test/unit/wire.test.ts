@@ -148,9 +148,9 @@ t.test('encodeNotification: optional fields only when set; a payload only for fu
 t.test('protocol replies: with and without a request id and a tenant', async (t) => {
   t.same(json(encodeSubscribed('r1', 'Team:42', { entityType: 'Team', entityId: '42' })),
     { type: 'subscribed', id: 'r1', data: { subscriptionId: 'Team:42', entityType: 'Team', entityId: '42' } })
-  t.same(json(encodeSubscribed(7, 'Team@red:42', { entityType: 'Team', entityId: '42', tenantId: 'red' }, true)),
+  t.same(json(encodeSubscribed(7, 'Team@red:42', { entityType: 'Team', entityId: '42', tenantId: 'red' }, { recovered: true })),
     { type: 'subscribed', id: 7, data: { subscriptionId: 'Team@red:42', entityType: 'Team', entityId: '42', tenantId: 'red', recovered: true } })
-  t.same(json(encodeSubscribed(undefined, 'Team:42', { entityType: 'Team', entityId: '42', tenantId: null }, false)),
+  t.same(json(encodeSubscribed(undefined, 'Team:42', { entityType: 'Team', entityId: '42', tenantId: null }, { recovered: false })),
     { type: 'subscribed', data: { subscriptionId: 'Team:42', entityType: 'Team', entityId: '42', recovered: false } }, 'no id, a null tenant left out')
 
   t.same(json(encodeSubscriptionError('r2', { entityType: 'Team', entityId: '42', tenantId: 'red' }, WireError.forbidden, 'no')),
@@ -179,15 +179,24 @@ t.test('Envelope: a type of 1..32 characters, an id string ≤ 128 or integer, o
   for (const value of refused) t.notOk(Envelope.Check(value), JSON.stringify(value))
 })
 
-t.test('RequestData.subscribe: the entity, an optional tenant, since and watchers; nothing else', async (t) => {
+t.test('RequestData.subscribe: the entity (or entityIds), an optional tenant, since, watchers, snapshot, where; nothing else', async (t) => {
   const ok = { entityType: 'Team', entityId: '42' }
   const accepted = [
     ok, { ...ok, entityId: '*' }, { entityType: 'Ns.Team_2', entityId: 'é 日本' }, { entityType: '_' + 'a'.repeat(127), entityId: 'x'.repeat(512) },
-    { ...ok, tenantId: 't'.repeat(128), since: 's'.repeat(128), watchers: true }, { ...ok, since: '' }
+    { ...ok, tenantId: 't'.repeat(128), since: 's'.repeat(128), watchers: true }, { ...ok, since: '' }, { ...ok, snapshot: true },
+    { entityType: 'Player', entityIds: ['p1', 'p2'], snapshot: true }, { entityType: 'Player', entityId: '*', where: { teamId: 'team-1', 'stats.position': ['wing', 7, true, null] } }
   ]
   for (const value of accepted) t.ok(RequestData.subscribe.Check(value), JSON.stringify(value))
   const refused: Record<string, unknown> = {
     'no entityId': { entityType: 'Team' },
+    'entityId and entityIds': { ...ok, entityIds: ['1'] },
+    'no entityIds': { entityType: 'Team', entityIds: [] },
+    'entityIds with since': { entityType: 'Team', entityIds: ['1'], since: 'x' },
+    'empty where': { ...ok, entityId: '*', where: {} },
+    'where with a bad path': { ...ok, entityId: '*', where: { 'a..b': 1 } },
+    'where with an object value': { ...ok, entityId: '*', where: { a: { b: 1 } } },
+    'where with an empty list': { ...ok, entityId: '*', where: { a: [] } },
+    'where with 9 conditions': { ...ok, entityId: '*', where: Object.fromEntries(Array.from({ length: 9 }, (_, i) => ['k' + String(i), i])) },
     'empty entityId': { ...ok, entityId: '' },
     'entityId of 513': { ...ok, entityId: 'x'.repeat(513) },
     'entityId a number': { ...ok, entityId: 42 },
@@ -209,10 +218,10 @@ t.test('RequestData.subscribe: the entity, an optional tenant, since and watcher
 })
 
 t.test('RequestData.unsubscribe: a subscriptionId, or the entity, never both', async (t) => {
-  const accepted = [{ subscriptionId: 'Team:42' }, { subscriptionId: 'x'.repeat(700) }, { entityType: 'Team', entityId: '42' }, { entityType: 'Team', entityId: '42', tenantId: 'red' }]
+  const accepted = [{ subscriptionId: 'Team:42' }, { subscriptionId: 'x'.repeat(4096) }, { entityType: 'Team', entityId: '42' }, { entityType: 'Team', entityId: '42', tenantId: 'red' }]
   for (const value of accepted) t.ok(RequestData.unsubscribe.Check(value), JSON.stringify(value))
   const refused: unknown[] = [
-    {}, { subscriptionId: '' }, { subscriptionId: 'x'.repeat(701) }, { subscriptionId: 'Team:42', entityType: 'Team', entityId: '42' },
+    {}, { subscriptionId: '' }, { subscriptionId: 'x'.repeat(4097) }, { subscriptionId: 'Team:42', entityType: 'Team', entityId: '42' },
     { entityType: 'Team' }, { entityType: 'Team', entityId: '42', since: 'x' }, ...controls.map((c) => ({ subscriptionId: `Team:4${c}2` }))
   ]
   for (const value of refused) t.notOk(RequestData.unsubscribe.Check(value), JSON.stringify(value))

@@ -1,0 +1,80 @@
+/**
+ * Filtered feeds' conditions (`where`), with no imports: the server and the client SDK both use this file. A
+ * condition holds when the document's value at its path equals the value (JSON equality), or one of the values of
+ * an array. Conditions are held in one canonical form, so two clients that ask for the same filter share it, and
+ * its subscriptionId names it: `<entityType>:*{…canonical JSON…}` (`<entityType>@<tenant>:*{…}` with a tenant).
+ */
+
+export type WhereScalar = string | number | boolean | null
+export type Where = Record<string, WhereScalar | WhereScalar[]>
+
+/** One condition in canonical form: its path split, and the JSON of each value it allows (sorted, distinct). */
+export interface Condition {
+  path: string
+  parts: string[]
+  values: string[]
+}
+
+/** The conditions of `where`, sorted by path; each value list sorted and without repeats. */
+export function conditionsOf (where: Where): Condition[] {
+  return Object.keys(where).sort().map((path) => {
+    const value = where[path]
+    const values = [...new Set((Array.isArray(value) ? value : [value]).map(jsonKey))].sort()
+    return { path, parts: path.split('.'), values }
+  })
+}
+
+/** The canonical JSON of a filter: the same for every spelling of the same conditions. */
+export function whereKey (where: Where): string {
+  const parts = conditionsOf(where).map(({ path, values }) =>
+    JSON.stringify(path) + ':' + (values.length === 1 ? values[0] : '[' + values.join(',') + ']'))
+  return '{' + parts.join(',') + '}'
+}
+
+/** The JSON of a value as equality compares it: numbers by value (1 and 1.0 are one), strings as they are. */
+function jsonKey (value: unknown): string {
+  return JSON.stringify(value) ?? 'null'
+}
+
+/** The value at a path of a document; undefined when any step is missing or not an object. */
+export function valueAt (document: unknown, parts: readonly string[]): unknown {
+  let value = document
+  for (const part of parts) {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined
+    value = Object.prototype.hasOwnProperty.call(value, part) ? (value as Record<string, unknown>)[part] : undefined
+  }
+  return value
+}
+
+/** The key an index looks a document's value up by: only scalars can equal a condition's value. */
+export function scalarKey (value: unknown): string | undefined {
+  if (value === undefined) return undefined
+  if (value !== null && typeof value === 'object') return undefined
+  return jsonKey(value)
+}
+
+/** Whether a document matches every condition. */
+export function matches (document: unknown, conditions: readonly Condition[]): boolean {
+  if (document === null || typeof document !== 'object') return false
+  for (const { parts, values } of conditions) {
+    const key = scalarKey(valueAt(document, parts))
+    if (key === undefined || !values.includes(key)) return false
+  }
+  return true
+}
+
+/** The entity id part of a filtered feed's subscriptionId: `*` then the canonical filter. */
+export function filterIdOf (where: Where): string {
+  return '*' + whereKey(where)
+}
+
+/** The filter a subscriptionId's entity id names (`*{…}`), or null when it names none (or not a valid one). */
+export function parseFilterId (entityId: string): Where | null {
+  if (!entityId.startsWith('*{')) return null
+  try {
+    const where = JSON.parse(entityId.slice(1)) as unknown
+    return where !== null && typeof where === 'object' && !Array.isArray(where) ? where as Where : null
+  } catch {
+    return null
+  }
+}
