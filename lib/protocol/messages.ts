@@ -36,7 +36,7 @@ const WhereScalar = Type.Union([Type.String({ maxLength: 512 }), Type.Number(), 
 export const WhereSchema = Type.Record(
   Type.String({ pattern: '^[A-Za-z_$][A-Za-z0-9_$]*(\\.[A-Za-z_$][A-Za-z0-9_$]*)*$', maxLength: 200 }),
   Type.Union([WhereScalar, Type.Array(WhereScalar, { minItems: 1, maxItems: 100 })]),
-  { minProperties: 1, maxProperties: 8 })
+  { minProperties: 1, maxProperties: 8, additionalProperties: false })
 
 /** A subscribe to one entity, a feed ("*"), or a filtered feed ("*" with `where`). */
 export const SubscribeOneData = Type.Object({
