@@ -18,6 +18,7 @@ import { Authenticator } from './auth/authenticate.js'
 import { createBus, type BusParts } from './bus/index.js'
 import { ChangeRouter } from './router.js'
 import { Notices } from './notices.js'
+import { SnapshotReader } from './snapshot.js'
 import { Replayer, type ReplaySource } from './replay.js'
 import { Fanout } from './ws/fanout.js'
 import { registerRoute } from './ws/route.js'
@@ -115,7 +116,9 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const changeRouter = router = new ChangeRouter({
       registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, rescan: async (database) => await capture?.rescanDatabase(database)
     })
-    const replayer = new Replayer(registry, databases, replaySourcesOf(options, databases, eventStore), notices)
+    const replaySources = replaySourcesOf(options, databases, eventStore)
+    const replayer = new Replayer(registry, databases, replaySources, notices)
+    const snapshots = new SnapshotReader(registry, databases, replaySources)
     capture = new Capture(databases, registry, options, {
       onChange: (change) => changeRouter.routeCaptured(change),
       onOutbox: async (database, rows, attempt) => await changeRouter.routeOutbox(database, rows, attempt),
@@ -133,7 +136,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     })
     const authenticator = new Authenticator(options.auth, log, options.limits.maxAuthFailuresPerMinute)
     const connections = await registerRoute(fastify, {
-      options, registry, policy, authenticator, fanout, log, telemetry, interest, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
+      options, registry, policy, authenticator, fanout, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
     const running: Pipeline = pipeline = {
       options, registry, databases, bus, instanceId, interest, capture, stream, notices, router: changeRouter, drops, fanout, connections, authenticator

@@ -189,7 +189,9 @@ const Limits = Type.Object(
     authTimeoutSeconds: Type.Number({ minimum: 1, default: 10, description: 'with auth.anonymous false: a socket that opened without credentials must send an `auth` message within this time, else 4401' }),
     maxAuthFailuresPerMinute: Type.Integer({ minimum: 1, default: 30, description: 'failed sign-ins per IP address per minute before further attempts are refused unchecked' }),
     deltaCacheBytes: Type.Integer({ minimum: 0, default: 16777216, description: '`delta` types: the publisher keeps the last document of each changed entity, up to this many bytes of JSON (least recently changed dropped first), to make the next change\'s patch; a document not kept goes out `full` (0: always full)' }),
-    replaysPerIpPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100, description: '`since` replays per IP address (burst: ten seconds\' worth; across the server at most 16 run at once); past it the answer is `recovered: false` and the client refetches' })
+    replaysPerIpPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100, description: '`since` replays and `snapshot` reads per IP address (burst: ten seconds\' worth; across the server at most 16 run at once); past it a replay is answered `recovered: false` (the client refetches), a snapshot `rate_limited`' }),
+    maxFiltersPerType: Type.Integer({ minimum: 1, default: 1000, description: 'filtered feeds (`where`): different filters of one entity type held by this server (sockets asking for the same conditions share one); past it: `too_many_filters`' }),
+    maxFilterMatches: Type.Integer({ minimum: 1, default: 1000, description: 'filtered feeds: a filter matching more entities than this is refused (`bad_request`: narrow it)' })
   },
   { default: {}, additionalProperties: false }
 )

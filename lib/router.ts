@@ -191,7 +191,7 @@ export class ChangeRouter {
         span.setAttribute('changefeed.outcome', 'streamed')
         return true
       }
-      await this.send(watched, change.ts, this.withDelta(entity, channels[0], notice), change.position, span)
+      await this.send(watched, change.ts, this.withDelta(entity, channels[0], notice), change.position, span, change.txid)
       span.setAttribute('changefeed.outcome', 'published')
       return true
     } catch (err) {
@@ -246,10 +246,10 @@ export class ChangeRouter {
   }
 
   /** Hands one encoded notification to the bus, on every channel whose watchers see it, with the span's context. */
-  private async send (channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span): Promise<void> {
+  private async send (channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span, txid?: string): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
-    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta })
+    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta, txid })
     try {
       for (const channel of channels) await this.s.bus.publish(channel, message)
     } catch (err) {

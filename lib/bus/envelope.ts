@@ -5,7 +5,8 @@
  * names ('o:<owner, URI-encoded>', 'o' for none; absent for other types). JSON frames contain no raw newline, so
  * the first '\n' ends the header. A `delta` type's change (payload type `delta`) may carry a second frame, its patch:
  * then the header ends with 'b:<the patch's base position, URI-encoded>' and the patch frame follows the full one
- * after a '\n'.
+ * after a '\n'. A change captured from PostgreSQL ends the header with 'x:<its transaction id>', which tells a
+ * subscriber whose snapshot saw it that it has it already.
  */
 import type { DeltaFrame } from '../delta/index.js'
 
@@ -21,13 +22,16 @@ export interface Envelope {
   frame: string
   /** `delta` types: the change's patch frame, when it has one, and the position of the document it applies to */
   delta?: DeltaFrame
+  /** changes captured from PostgreSQL: the writer's transaction id */
+  txid?: string
 }
 
 export function wrap (envelope: Omit<Envelope, 'traceparent' | 'position' | 'tenantId'> & Partial<Envelope>): string {
-  const { ts, payloadType, traceparent, position, tenantId, owner, frame, delta } = envelope
+  const { ts, payloadType, traceparent, position, tenantId, owner, frame, delta, txid } = envelope
   const ownerField = owner === undefined ? '' : owner === null ? ' o' : ' o:' + encodeURIComponent(owner)
   const tenantField = tenantId === undefined || tenantId === null ? '-' : encodeURIComponent(tenantId)
-  const header = `${ts} ${payloadType} ${traceparent ?? '-'} ${position ?? '-'} ${tenantField}${ownerField}`
+  const txidField = txid === undefined ? '' : ' x:' + txid
+  const header = `${ts} ${payloadType} ${traceparent ?? '-'} ${position ?? '-'} ${tenantField}${ownerField}${txidField}`
   return delta === undefined ? `${header}\n${frame}` : `${header} b:${encodeURIComponent(delta.base)}\n${frame}\n${delta.frame}`
 }
 
@@ -40,6 +44,7 @@ export function unwrap (message: string): Envelope | null {
   const tenantId = orNull(tenant)
   const owner = optional.find((field) => field[0] === 'o')
   const base = optional.find((field) => field.startsWith('b:'))
+  const txid = optional.find((field) => field.startsWith('x:'))
   // a header that wrap() did not write (another publisher on the bus) can hold bad percent-encoding: a URIError
   // thrown here would escape the bus client's message handler (ioredis rethrows it: the process exits)
   try {
@@ -52,6 +57,7 @@ export function unwrap (message: string): Envelope | null {
       frame: message.slice(end + 1)
     }
     if (owner !== undefined) envelope.owner = owner === 'o' ? null : decodeURIComponent(owner.slice(2))
+    if (txid !== undefined) envelope.txid = txid.slice(2)
     const second = base === undefined ? -1 : envelope.frame.indexOf('\n')
     if (base !== undefined && second >= 0) {
       envelope.delta = { frame: envelope.frame.slice(second + 1), base: decodeURIComponent(base.slice(2)) }

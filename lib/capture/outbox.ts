@@ -31,7 +31,7 @@ function withPosition (epoch: string, rows: Row[]): RowChange[] {
 }
 
 export class Outbox {
-  constructor (private readonly channel: string) {}
+  constructor (readonly channel: string) {}
 
   async state (query: Query): Promise<OutboxState> {
     await query('SELECT changefeed_outbox_init($1)', [this.channel])

@@ -15,7 +15,7 @@ import { OutboundQueue, type OutboundLimits } from './outbound.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type ReplayedFrames, type Subscriber, type SubscriptionServices } from './subscriptions.js'
-import { Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
+import { Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {
   options: ResolvedOptions
@@ -217,14 +217,18 @@ export class Connection implements Subscriber {
       case 'ping':
         this.send(PONG)
         return
-      case 'subscribe':
-        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId, since?}')
-        if (!this.subscribeTokens().take()) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
-        return this.request(id, () => encodeSubscriptionError(id, { entityType: body.entityType, entityId: 'entityId' in body ? body.entityId : '', tenantId: body.tenantId }, WireError.internal, 'the server failed; retry'),
-          async (reply) => await this.subscriptions.subscribe(reply, body))
+      case 'subscribe': {
+        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
+        // the rate counts entities, not frames
+        if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
+        const failure = 'entityIds' in body
+          ? () => encodeSubscribedMany(id, body.entityType, body.tenantId, { subscribed: [], errors: body.entityIds.map((entityId) => ({ entityId, code: WireError.internal, error: 'the server failed; retry' })) })
+          : () => encodeSubscriptionError(id, body, WireError.internal, 'the server failed; retry')
+        return this.request(id, failure, async (reply) => await this.subscriptions.subscribe(reply, body))
+      }
       case 'unsubscribe':
-        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId} or {entityType, entityId}')
-        if (!this.subscribeTokens().take()) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
+        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
+        if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
         return this.request(id, failed, async (reply) => await this.subscriptions.unsubscribe(reply, body))
       case 'auth':
         if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')

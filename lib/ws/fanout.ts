@@ -27,6 +27,8 @@ export interface FrameMeta {
   key: string
   /** the frame's bytes, encoded once for every socket it goes to */
   bytes: Buffer
+  /** changes captured from PostgreSQL: the writer's transaction id (a snapshot that saw it has the change already) */
+  txid?: string
   /** owner types with full documents: the owner the document names (null: none); undefined: nothing to check */
   owner?: string | null
   /**
@@ -156,6 +158,7 @@ export class Fanout {
     const meta: FrameMeta = {
       channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner, bytes: Buffer.from(envelope.frame)
     }
+    if (envelope.txid !== undefined) meta.txid = envelope.txid
     const { delta } = envelope
     if (delta !== undefined) meta.patch = { frame: delta.frame, bytes: Buffer.from(delta.frame), base: delta.base, sent: 0 }
     let sent = 0

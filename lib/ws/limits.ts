@@ -9,12 +9,13 @@ export class TokenBucket {
     this.tokens = capacity
   }
 
-  take (): boolean {
+  /** Takes `count` tokens, or none when there are fewer. */
+  take (count = 1): boolean {
     const now = Date.now()
     this.tokens = Math.min(this.capacity, this.tokens + ((now - this.last) / 1000) * this.perSecond)
     this.last = now
-    if (this.tokens < 1) return false
-    this.tokens -= 1
+    if (this.tokens < count) return false
+    this.tokens -= count
     return true
   }
 }

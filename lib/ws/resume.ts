@@ -1,16 +1,22 @@
 /**
- * Resuming with `since`, per socket: while a channel's replay is read, its live notifications wait here; once the
- * replay is written they follow, except those the replay already carried (the publisher may still be on its way
- * to changes the outbox had), which are dropped by position until a newer one comes.
+ * Resuming with `since`, or starting from a snapshot, per socket: while a channel's replay (or snapshot) is read, its
+ * live notifications wait here; once the reply is written they follow, except those the replay or snapshot already
+ * carried (the publisher may still be on its way to them), which are dropped until one it did not carry comes.
  */
 import { isAfter } from '../protocol/wire.js'
 import type { FrameMeta } from './fanout.js'
 
+/** Whether a live notification is one the replay or snapshot carried already. */
+export type Carried = (meta: FrameMeta) => boolean
+
+/** A replay that ended at `last` carried every notification not after it. */
+export const replayedUpTo = (last: string): Carried => (meta) => !isAfter(meta.position, last)
+
 export class ResumeBuffer {
   /** channels being resumed: the live notifications that arrived meanwhile */
   private readonly waiting = new Map<string, Array<{ frame: string, meta: FrameMeta }>>()
-  /** channels just resumed: the last position replayed */
-  private readonly resumedAt = new Map<string, string>()
+  /** channels just resumed: what the replay or snapshot carried */
+  private readonly resumedAt = new Map<string, Carried>()
 
   /** From now on, live notifications of `channel` wait for `release`. */
   hold (channel: string): void {
@@ -24,21 +30,21 @@ export class ResumeBuffer {
       held.push({ frame, meta })
       return true
     }
-    const resumed = this.resumedAt.get(meta.channel)
-    if (resumed === undefined) return false
-    if (!isAfter(meta.position, resumed)) return true
+    const carried = this.resumedAt.get(meta.channel)
+    if (carried === undefined) return false
+    if (carried(meta)) return true
     this.resumedAt.delete(meta.channel)
     return false
   }
 
   /**
-   * The replay is written (`last`: the position it ended at; null when nothing was recovered): returns the held
+   * The replay or snapshot is written (`carried`: what it holds; null when nothing was recovered): returns the held
    * notifications, to be delivered now.
    */
-  release (channel: string, last: string | null): Array<{ frame: string, meta: FrameMeta }> {
+  release (channel: string, carried: Carried | null): Array<{ frame: string, meta: FrameMeta }> {
     const held = this.waiting.get(channel) ?? []
     this.waiting.delete(channel)
-    if (last !== null) this.resumedAt.set(channel, last)
+    if (carried !== null) this.resumedAt.set(channel, carried)
     return held
   }
 

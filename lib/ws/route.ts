@@ -12,6 +12,8 @@ import { requestLogSerializer } from '../auth/redact.js'
 import { CloseCode } from '../errors.js'
 import { Connection, userKey, type ConnectionServices } from './connection.js'
 import { ConnectionCounter, ReplayLimiter } from './limits.js'
+import { Filters } from './filters.js'
+import type { SnapshotReader } from '../snapshot.js'
 import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../store/interest.js'
 import { WatcherCounts } from './watchers.js'
@@ -59,7 +61,11 @@ function release (socket: WebSocket, request: FastifyRequest): void {
   tcp._httpMessage?.detachSocket?.(tcp)
 }
 
-type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts' | 'outboundLimits'> & { telemetry?: Telemetry, interest: InterestStore }
+type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts' | 'outboundLimits' | 'filters' | 'snapshot'> & {
+  telemetry?: Telemetry
+  interest: InterestStore
+  snapshots: SnapshotReader
+}
 
 export async function registerRoute (fastify: FastifyInstance, services: RouteServices): Promise<ConnectionSet> {
   const { options, authenticator } = services
@@ -71,6 +77,10 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   const replays = new ReplayLimiter(options.limits.replaysPerIpPerSecond)
   const replay: ConnectionServices['replay'] = async (entity, entityId, tenantId, since, ip) =>
     await replays.run(ip, async () => await services.replay(entity, entityId, tenantId, since, ip))
+  // snapshots are database reads too: the same limiter
+  const snapshot: ConnectionServices['snapshot'] = async (entity, tenantId, entityIds, ip) =>
+    await replays.run(ip, async () => await services.snapshots.entities(entity, tenantId, entityIds))
+  const filters = new Filters(services.fanout, services.snapshots, options.limits)
   fastify.addHook('onClose', async () => watcherCounts.close())
 
   if (!fastify.hasDecorator('websocketServer')) {
@@ -107,7 +117,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
     maxHeldFrames: limits.maxHeldFrames,
     drainIntervalMs: 50
   }
-  const connectionServices: ConnectionServices = { ...services, replay, users, watcherCounts, counters: connections.counters, onClosed, outboundLimits }
+  const connectionServices: ConnectionServices = { ...services, replay, snapshot, filters, users, watcherCounts, counters: connections.counters, onClosed, outboundLimits }
 
   await fastify.register(async (scope) => {
     await authenticator.register(scope)

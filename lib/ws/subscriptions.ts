@@ -1,9 +1,10 @@
 /**
  * What one socket watches: its subscriptions by channel, how each starts (access checked, the bus told, a replay
- * on `since`) and ends (unsubscribe, a token refresh that no longer allows it, an owner change, the socket closing).
+ * on `since`, the state on `snapshot`; many entities in one request, or a filtered feed) and ends (unsubscribe, a
+ * token refresh that no longer allows it, an owner change, the socket closing).
  */
-import type { EntityRegistry, EntityType } from '../entities.js'
-import type { AccessPolicy } from '../auth/policy.js'
+import { carriesDocument, type EntityRegistry, type EntityType } from '../entities.js'
+import type { AccessPolicy, Denial } from '../auth/policy.js'
 import type { Principal } from '../auth/principal.js'
 import type { ResolvedOptions } from '../options.js'
 import type { FastifyBaseLogger } from 'fastify'
@@ -11,12 +12,17 @@ import { WireError } from '../errors.js'
 import { FEED } from '../channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { FeedWatcher } from './feed.js'
-import { ResumeBuffer } from './resume.js'
+import { ResumeBuffer, replayedUpTo, type Carried } from './resume.js'
+import { FilterLimitError, type Filters } from './filters.js'
+import { SnapshotUnavailable, type SnapshotResult } from '../snapshot.js'
+import { Compile } from 'typebox/compile'
 import type { WatcherCounts } from './watchers.js'
 import type { Reply } from './requests.js'
 import {
-  encodeError, encodeSubscribed, encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf,
-  type EntityRef, type SubscribeOneRequest, type SubscribeRequest, type UnsubscribeRequest
+  WhereSchema, conditionsOf, encodeSubscribed, encodeSubscribedMany, encodeSubscriptionError, encodeUnsubscribed,
+  encodeUnsubscribedMany, filterIdOf, parseFilterId, parseSubscriptionId, subscriptionIdOf, type EntityRef,
+  type EntitySnapshotData, type SubscribeManyRequest, type SubscribeOneRequest, type SubscribeRequest,
+  type UnsubscribeRequest, type Where, type WireErrorCode
 } from '../protocol/index.js'
 
 /** A socket's subscription to one channel: an entity (of one tenant, or of every tenant), or a feed. */
@@ -33,6 +39,8 @@ export interface Subscription extends EntityRef {
    * subscribe: a client that asks again may have lost its document)
    */
   sent?: string | null
+  /** a filtered feed: its type's feed channel and its subscriptionId (it is held by another key than a channel) */
+  filter?: { feedChannel: string, subscriptionId: string }
 }
 
 export type ReplayedFrames = Array<{ frame: string, position: string }>
@@ -44,6 +52,9 @@ export interface SubscriptionServices {
   watcherCounts: WatcherCounts
   log: FastifyBaseLogger
   counters: { replayed: number }
+  filters: Filters
+  /** The entities' states now (lib/snapshot.ts); null when refused (limits.replaysPerIpPerSecond). */
+  snapshot(entity: EntityType, tenantId: string | null, entityIds: string[], ip: string): Promise<SnapshotResult | null>
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
   replay(entity: EntityType, entityId: string, tenantId: string | null, since: string, ip: string): Promise<ReplayedFrames | null>
 }
@@ -68,6 +79,8 @@ export class Subscriptions {
   private resumeBuffer: ResumeBuffer | undefined
   /** owner-scoped channels whose document named another owner: dropped here until their subscription has ended */
   private revoked: Set<string> | undefined
+  /** subscriptions being opened (a batch opens its entities at once): they count towards the limit */
+  private opening = 0
 
   constructor (
     private readonly socket: Subscriber,
@@ -125,7 +138,8 @@ export class Subscriptions {
     if (watcher instanceof FeedWatcher) watcher.close()
     this.resumeBuffer?.forget(channel)
     if (counted) this.services.watcherCounts.remove(this.socket, channel)
-    await this.services.fanout.unwatch(watcher, channel, entityType)
+    if (subscription.filter !== undefined) await this.services.filters.leave(watcher, subscription.filter.feedChannel, subscription.filter.subscriptionId, entityType)
+    else await this.services.fanout.unwatch(watcher, channel, entityType)
   }
 
   /** The socket closed: every subscription ends. */
@@ -168,60 +182,95 @@ export class Subscriptions {
   }
 
   async subscribe (reply: Reply, req: SubscribeRequest): Promise<void> {
-    if ('entityIds' in req || req.where !== undefined || req.snapshot === true) {
-      return reply.send(encodeError(reply.id, WireError.badRequest, 'not supported yet'))
-    }
-    const { registry, policy, fanout, log } = this.services
+    if ('entityIds' in req) return await this.subscribeMany(reply, req)
+    if (req.where !== undefined) return await this.subscribeWhere(reply, req, req.where)
+    const { registry, policy, fanout } = this.services
     const entity = registry.get(req.entityType)
-    if (entity === undefined || (entity.access === null && !entity.declared)) {
+    if (!subscribable(entity)) {
       return reply.send(encodeSubscriptionError(reply.id, req, WireError.unknownEntityType, `unknown entity type "${req.entityType}"`))
     }
     const scope = policy.scope(entity, req.tenantId, this.socket.principal)
     const ref: EntityRef = { entityType: entity.name, entityId: req.entityId, tenantId: 'code' in scope ? req.tenantId : scope.tenantId }
     if ('code' in scope) return reply.send(encodeSubscriptionError(reply.id, ref, scope.code, scope.reason))
-    const { tenantId } = scope
-    const channel = fanout.channel(entity.name, req.entityId, tenantId)
     // the reply names the subscription as the request did (the draft client computes `<type>:<id>` itself)
     const subscriptionId = subscriptionIdOf(entity.name, req.entityId, req.tenantId)
+    const channel = fanout.channel(entity.name, req.entityId, scope.tenantId)
     const existing = this.byChannel.get(channel)
     if (existing !== undefined) return await this.confirm(reply, subscriptionId, entity, channel, existing, req)
-    if (this.byChannel.size >= this.limits.maxSubscriptionsPerConnection) {
-      return reply.send(encodeSubscriptionError(reply.id, ref, WireError.tooManySubscriptions,
-        `at most ${this.limits.maxSubscriptionsPerConnection} subscriptions per connection`))
+    let opened: Opened
+    try {
+      opened = await this.open(entity, req.entityId, scope.tenantId, req.since !== undefined || req.snapshot === true)
+    } catch (err) {
+      this.services.log.error({ err }, 'changefeed: bus subscribe failed')
+      return reply.fail()
     }
-    const denial = await policy.check(entity, req.entityId, tenantId, this.socket.principal)
-    if (!this.socket.isOpen) return
-    if (denial !== null) return reply.send(encodeSubscriptionError(reply.id, ref, denial.code, denial.reason))
+    if (opened === null) return
+    if ('code' in opened) return reply.send(encodeSubscriptionError(reply.id, ref, opened.code, opened.reason))
+    await this.confirm(reply, subscriptionId, entity, channel, opened, req)
+  }
+
+  /**
+   * Starts the socket's subscription to one entity (or feed): the limit, access, then the bus. `hold`: its live
+   * notifications wait (a replay or a snapshot comes first). Resolves null when the socket closed meanwhile.
+   * Rejects when the bus or the interest store failed (nothing is left behind).
+   */
+  private async open (entity: EntityType, entityId: string, tenantId: string | null, hold: boolean): Promise<Opened> {
+    const { policy, fanout } = this.services
+    const channel = fanout.channel(entity.name, entityId, tenantId)
+    // places being opened count: a batch opens its entities at once
+    if (this.byChannel.size + this.opening >= this.limits.maxSubscriptionsPerConnection) {
+      return { code: WireError.tooManySubscriptions, reason: `at most ${this.limits.maxSubscriptionsPerConnection} subscriptions per connection` }
+    }
+    this.opening++
+    let denial: Denial | null
+    try {
+      denial = await policy.check(entity, entityId, tenantId, this.socket.principal)
+    } finally {
+      this.opening--
+    }
+    if (!this.socket.isOpen) return null
+    if (denial !== null) return denial
     // (a subscribe of the same channel cannot have come meanwhile: this socket's requests run one at a time)
-    const watcher = req.entityId === FEED
-      // a feed's batch frame is written before it grows past a quarter of the buffer: it must never overflow the socket
-      ? new FeedWatcher(this.socket, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
-      : this.socket
-    const subscription: Subscription = { entityType: entity.name, entityId: req.entityId, tenantId, watcher, counted: false }
+    const watcher = entityId === FEED ? this.feedWatcher() : this.socket
+    const subscription: Subscription = { entityType: entity.name, entityId, tenantId, watcher, counted: false }
     // only delta types pay for tracking what each socket holds
     if (entity.payload === 'delta' && watcher === this.socket) subscription.sent = null
     this.byChannel.set(channel, subscription)
-    // resuming: what arrives live from now on waits until the replay is written
-    if (req.since !== undefined) this.resumes().hold(channel)
+    // resuming, or starting from a snapshot: what arrives live from now on waits until the reply is written
+    if (hold) this.resumes().hold(channel)
     try {
-      await fanout.watch(watcher, channel, entity.name, req.entityId, tenantId)
+      await fanout.watch(watcher, channel, entity.name, entityId, tenantId)
     } catch (err) {
       this.resumeBuffer?.forget(channel)
       if (this.byChannel.get(channel) === subscription) this.byChannel.delete(channel)
       if (watcher instanceof FeedWatcher) watcher.close()
-      log.error({ err }, 'changefeed: bus subscribe failed')
-      return reply.fail()
+      throw err
     }
     // closed meanwhile: the close ended the subscription (and unwatched) already
-    if (this.holds(channel, subscription)) await this.confirm(reply, subscriptionId, entity, channel, subscription, req)
+    return this.holds(channel, subscription) ? subscription : null
   }
 
-  /** The `subscribed` reply (after a replay, on `since`), then watcher counts when asked for. */
+  /** A feed's watcher: its batch frame is written before it grows past a quarter of the buffer, so it never overflows the socket. */
+  private feedWatcher (): FeedWatcher {
+    return new FeedWatcher(this.socket, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
+  }
+
+  /** The `subscribed` reply (after a replay, on `since`; with the state, on `snapshot`), then watcher counts when asked for. */
   private async confirm (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, req: SubscribeOneRequest): Promise<void> {
     // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
     if (subscription.sent !== undefined) subscription.sent = null
-    if (req.since !== undefined) await this.resume(reply, subscriptionId, entity, channel, subscription, req.since)
-    else reply.send(encodeSubscribed(reply.id, subscriptionId, subscription))
+    const recovered = req.since === undefined ? undefined : await this.resume(reply, entity, channel, subscription, req.since, req.snapshot !== true ? subscriptionId : null)
+    if (recovered === true || !this.holds(channel, subscription)) {
+      // answered with the replay
+    } else if (req.snapshot === true) {
+      const snapshots = await this.snapshot(reply, entity, [[channel, subscription]], () =>
+        encodeSubscriptionError(reply.id, subscription, WireError.rateLimited, 'too many snapshot reads; retry later'))
+      if (snapshots === null) return
+      reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered, snapshot: snapshots[0] }))
+      this.releaseHeld(channel, this.carried)
+    } else if (recovered === undefined) {
+      reply.send(encodeSubscribed(reply.id, subscriptionId, subscription))
+    }
     if (req.watchers === true && !subscription.counted && this.holds(channel, subscription)) {
       subscription.counted = true
       this.services.watcherCounts.add(this.socket, channel, subscription)
@@ -230,10 +279,11 @@ export class Subscriptions {
 
   /**
    * Answers a subscribe with `since`: `subscribed` with `recovered: true` and the missed notifications, oldest
-   * first, or `recovered: false` (the client refetches). Live notifications that arrived meanwhile follow, without
-   * those the replay already carried.
+   * first, or (when `subscriptionId` is given) `recovered: false`: the client refetches. Live notifications that
+   * arrived meanwhile follow, without those the replay already carried. Resolves whether it recovered; when it did
+   * not and no `subscriptionId` was given, nothing is sent and the live notifications still wait (a snapshot follows).
    */
-  private async resume (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, since: string): Promise<void> {
+  private async resume (reply: Reply, entity: EntityType, channel: string, subscription: Subscription, since: string, subscriptionId: string | null): Promise<boolean> {
     this.resumes().hold(channel)
     let frames: ReplayedFrames | null = null
     try {
@@ -241,25 +291,209 @@ export class Subscriptions {
     } catch (err) {
       this.services.log.warn({ connection: this.socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
     }
-    if (!this.socket.isOpen) return
-    reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: frames !== null }))
+    if (!this.socket.isOpen) return false
+    if (frames === null && subscriptionId === null) return false
+    reply.send(encodeSubscribed(reply.id, subscriptionId ?? subscriptionIdOf(entity.name, subscription.entityId), subscription, { recovered: frames !== null }))
     if (frames !== null) this.socket.writeReplay(channel, frames)
     this.services.counters.replayed += frames?.length ?? 0
-    const waiting = this.resumes().release(channel, frames === null ? null : frames.at(-1)?.position ?? since)
-    for (const { frame, meta } of waiting) this.socket.deliver(frame, meta)
+    this.releaseHeld(channel, frames === null ? null : replayedUpTo(frames.at(-1)?.position ?? since))
+    return frames !== null
+  }
+
+  /** Delivers a channel's notifications held while its reply was made, without those the reply carried. */
+  private releaseHeld (channel: string, carried: Carried | null): void {
+    for (const { frame, meta } of this.resumes().release(channel, carried)) this.socket.deliver(frame, meta)
+  }
+
+  /** what the last snapshot read saw (set by `snapshot`, used at once by its caller) */
+  private carried: Carried | null = null
+
+  /**
+   * The states of subscribed entities (their live notifications held), in order; a `delta` type's subscription
+   * takes each as the base of its next patch. Null when the read was refused or impossible: the subscriptions
+   * ended, and the reply is sent (`refused` for the limiter, `bad_request` for an impossible one). Rejects (the
+   * subscriptions ended) when the database failed.
+   */
+  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: () => string): Promise<EntitySnapshotData[] | null> {
+    const [, first] = opened[0]
+    for (const [channel] of opened) this.resumes().hold(channel)
+    let result: SnapshotResult | null
+    try {
+      result = await this.services.snapshot(entity, first.tenantId, opened.map(([, s]) => s.entityId), this.socket.ip)
+    } catch (err) {
+      await Promise.all(opened.map(async ([channel]) => await this.end(channel)))
+      if (!(err instanceof SnapshotUnavailable)) throw err
+      reply.send(encodeSubscriptionError(reply.id, first, WireError.badRequest, err.message))
+      return null
+    }
+    if (result === null) {
+      await Promise.all(opened.map(async ([channel]) => await this.end(channel)))
+      reply.send(refused())
+      return null
+    }
+    const byId = new Map(result.entities.map((e) => [e.entityId, e.snapshot]))
+    const { visibility } = result
+    this.carried = (meta) => visibility.saw(meta.txid)
+    return opened.map(([, subscription]) => {
+      const snapshot = byId.get(subscription.entityId) ?? (carriesDocument(entity) ? { payload: null, version: null } : { version: null })
+      if (subscription.sent !== undefined) subscription.sent = snapshot.position ?? null
+      return snapshot
+    })
+  }
+
+  /** A subscribe with `entityIds`: each entity as if subscribed alone, one reply for all. */
+  private async subscribeMany (reply: Reply, req: SubscribeManyRequest): Promise<void> {
+    const { registry, policy, fanout, log } = this.services
+    const ids = [...new Set(req.entityIds)]
+    const errors: ManyErrors = []
+    const answer = (subscribed: string[], snapshots?: Record<string, EntitySnapshotData>): void =>
+      reply.send(encodeSubscribedMany(reply.id, req.entityType, req.tenantId, { subscribed, errors, snapshots }))
+    const refuseAll = (code: WireErrorCode, error: string): void => {
+      for (const entityId of ids) errors.push({ entityId, code, error })
+      answer([])
+    }
+    const entity = registry.get(req.entityType)
+    if (!subscribable(entity)) return refuseAll(WireError.unknownEntityType, `unknown entity type "${req.entityType}"`)
+    const scope = policy.scope(entity, req.tenantId, this.socket.principal)
+    if ('code' in scope) return refuseAll(scope.code, scope.reason)
+    const { tenantId } = scope
+    const hold = req.snapshot === true
+    const opened: Array<[string, Subscription]> = []
+    await Promise.all(ids.map(async (entityId) => {
+      if (entityId === FEED) return errors.push({ entityId, code: WireError.badRequest, error: 'a feed ("*") is subscribed to alone' })
+      const channel = fanout.channel(entity.name, entityId, tenantId)
+      const existing = this.byChannel.get(channel)
+      if (existing !== undefined) {
+        if (existing.sent !== undefined) existing.sent = null
+        if (hold) this.resumes().hold(channel)
+        return opened.push([channel, existing])
+      }
+      try {
+        const result = await this.open(entity, entityId, tenantId, hold)
+        if (result === null) return
+        if ('code' in result) return errors.push({ entityId, code: result.code, error: result.reason })
+        opened.push([channel, result])
+      } catch (err) {
+        log.error({ err }, 'changefeed: bus subscribe failed')
+        errors.push({ entityId, code: WireError.internal, error: 'the server failed; retry' })
+      }
+    }))
+    if (!this.socket.isOpen) return
+    // in the order asked for
+    const order = new Map(ids.map((id, i) => [id, i]))
+    opened.sort(([, a], [, b]) => (order.get(a.entityId) ?? 0) - (order.get(b.entityId) ?? 0))
+    const subscribed = opened.map(([, s]) => s.entityId)
+    if (!hold || opened.length === 0) return answer(subscribed)
+    const states = await this.snapshot(reply, entity, opened, () => {
+      for (const entityId of subscribed) errors.push({ entityId, code: WireError.rateLimited, error: 'too many snapshot reads; retry later' })
+      return encodeSubscribedMany(reply.id, req.entityType, req.tenantId, { subscribed: [], errors })
+    })
+    if (states === null) return
+    answer(subscribed, Object.fromEntries(subscribed.map((id, i) => [id, states[i]])))
+    const carried = this.carried
+    for (const [channel] of opened) this.releaseHeld(channel, carried)
+  }
+
+  /** A filtered feed: the entities of the type whose document matches `where` (lib/ws/filters.ts). */
+  private async subscribeWhere (reply: Reply, req: SubscribeOneRequest, where: Where): Promise<void> {
+    const { registry, policy, fanout, filters, log } = this.services
+    const entity = registry.get(req.entityType)
+    const ref: EntityRef = { entityType: req.entityType, entityId: req.entityId, tenantId: req.tenantId }
+    const refuse = (code: WireErrorCode, error: string): void => reply.send(encodeSubscriptionError(reply.id, ref, code, error))
+    if (!subscribable(entity)) return refuse(WireError.unknownEntityType, `unknown entity type "${req.entityType}"`)
+    if (req.entityId !== FEED) return refuse(WireError.badRequest, 'a filter (where) goes with entityId "*"')
+    if (req.since !== undefined || req.watchers === true) return refuse(WireError.badRequest, 'a filtered feed takes neither since nor watchers')
+    if (!carriesDocument(entity)) return refuse(WireError.badRequest, `${entity.name} notifications carry no document (payload "minimal"): it cannot be filtered`)
+    const scope = policy.scope(entity, req.tenantId, this.socket.principal)
+    if ('code' in scope) return refuse(scope.code, scope.reason)
+    const { tenantId } = scope
+    const subscriptionId = subscriptionIdOf(entity.name, filterIdOf(where), req.tenantId)
+    const feedChannel = fanout.channel(entity.name, FEED, tenantId)
+    const key = feedChannel + '\u0000' + subscriptionId
+    const existing = this.byChannel.get(key)
+    // asked again with a snapshot: the filter starts over, so the state and the frames after it agree
+    if (existing !== undefined && req.snapshot === true) await this.end(key)
+    else if (existing !== undefined) return reply.send(encodeSubscribed(reply.id, subscriptionId, ref, { where: canonicalWhere(where) }))
+    if (this.byChannel.size >= this.limits.maxSubscriptionsPerConnection) {
+      return refuse(WireError.tooManySubscriptions, `at most ${this.limits.maxSubscriptionsPerConnection} subscriptions per connection`)
+    }
+    const denial = await policy.check(entity, FEED, tenantId, this.socket.principal)
+    if (!this.socket.isOpen) return
+    if (denial !== null) return refuse(denial.code, denial.reason)
+    const watcher = this.feedWatcher()
+    const subscription: Subscription = { entityType: entity.name, entityId: FEED, tenantId, watcher, counted: false, filter: { feedChannel, subscriptionId } }
+    this.byChannel.set(key, subscription)
+    let joined: Awaited<ReturnType<Filters['join']>>
+    try {
+      joined = await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true })
+    } catch (err) {
+      if (this.byChannel.get(key) === subscription) this.byChannel.delete(key)
+      watcher.close()
+      if (err instanceof FilterLimitError) return refuse(WireError.tooManyFilters, err.message)
+      if (err instanceof SnapshotUnavailable) return refuse(WireError.badRequest, err.message)
+      log.error({ err }, 'changefeed: a filtered feed could not start')
+      return reply.fail()
+    }
+    if (!this.holds(key, subscription)) return
+    const snapshot = joined.entities === null
+      ? undefined
+      : { entities: joined.entities.map(({ entityId, tenantId, snapshot }) => tenantId === null ? { entityId, ...snapshot } : { entityId, tenantId, ...snapshot }) }
+    const frame = encodeSubscribed(reply.id, subscriptionId, ref, { where: canonicalWhere(where), snapshot })
+    // a reply the socket could not buffer would close it as a slow consumer
+    if (frame.length > this.limits.maxBufferedBytes / 2) {
+      await this.end(key)
+      return refuse(WireError.badRequest, `the snapshot is too large (${frame.length} bytes, limits.maxBufferedBytes / 2): narrow the filter, or subscribe without snapshot`)
+    }
+    reply.send(frame)
+    joined.start()
   }
 
   async unsubscribe (reply: Reply, req: UnsubscribeRequest): Promise<void> {
-    const { registry, policy, fanout } = this.services
-    if ('entityIds' in req) return reply.send(encodeError(reply.id, WireError.badRequest, 'not supported yet'))
+    const { registry, policy } = this.services
+    if ('entityIds' in req) {
+      const entity = registry.get(req.entityType)
+      const scope = entity === undefined ? null : policy.scope(entity, req.tenantId, this.socket.principal)
+      if (entity !== undefined && scope !== null && !('code' in scope)) {
+        await Promise.all(req.entityIds.map(async (id) => await this.end(this.keyOf(entity, id, scope.tenantId, req.tenantId))))
+      }
+      return reply.send(encodeUnsubscribedMany(reply.id, req.entityType, req.tenantId, [...new Set(req.entityIds)]))
+    }
     const target = 'subscriptionId' in req ? parseSubscriptionId(req.subscriptionId) : req
     const entity = target === null ? undefined : registry.get(target.entityType)
     const scope = target === null || entity === undefined ? null : policy.scope(entity, target.tenantId, this.socket.principal)
     // unsubscribing from something not watched is not an error: reference-counting clients may do it twice
     if (target !== null && entity !== undefined && scope !== null && !('code' in scope)) {
-      await this.end(fanout.channel(entity.name, target.entityId, scope.tenantId))
+      await this.end(this.keyOf(entity, target.entityId, scope.tenantId, target.tenantId, (target as { where?: Where }).where))
     }
-    const subscriptionId = 'subscriptionId' in req ? req.subscriptionId : subscriptionIdOf(entity?.name ?? req.entityType, req.entityId, req.tenantId)
+    const subscriptionId = 'subscriptionId' in req
+      ? req.subscriptionId
+      : subscriptionIdOf(entity?.name ?? req.entityType, req.where === undefined ? req.entityId : filterIdOf(req.where), req.tenantId)
     reply.send(encodeUnsubscribed(reply.id, subscriptionId))
   }
+
+  /**
+   * The key a subscription is held by: its channel, or for a filtered feed (`where`, or an entity id `*{…}` from a
+   * subscriptionId) the feed channel and the filter. `named`: the tenant as the request named it.
+   */
+  private keyOf (entity: EntityType, entityId: string, tenantId: string | null, named: string | undefined, where?: Where): string {
+    const filter = where ?? parseFilterId(entityId)
+    const channel = this.services.fanout.channel(entity.name, filter === null ? entityId : FEED, tenantId)
+    if (filter === null || !WhereCheck.Check(filter)) return channel
+    return channel + '\u0000' + subscriptionIdOf(entity.name, filterIdOf(filter), named)
+  }
 }
+
+type Opened = Subscription | Denial | { code: WireErrorCode, reason: string } | null
+type ManyErrors = Array<{ entityId: string, code: WireErrorCode, error: string }>
+
+/** Whether a type can be subscribed to: declared, or discovered with an access rule. */
+function subscribable (entity: EntityType | undefined): entity is EntityType {
+  return entity !== undefined && (entity.access !== null || entity.declared)
+}
+
+/** A filter as the server holds it (keys sorted, values sorted and distinct). */
+function canonicalWhere (where: Where): Where {
+  return JSON.parse(filterIdOf(where).slice(1)) as Where
+}
+
+const WhereCheck = Compile(WhereSchema)

@@ -9,7 +9,7 @@
  */
 import t from 'tap'
 import { FeedWatcher } from '../../lib/ws/feed.js'
-import { ResumeBuffer } from '../../lib/ws/resume.js'
+import { ResumeBuffer, replayedUpTo } from '../../lib/ws/resume.js'
 import { ConnectionCounter, ReplayLimiter, TokenBucket } from '../../lib/ws/limits.js'
 import type { FrameMeta, Watcher } from '../../lib/ws/fanout.js'
 import { OwedResyncs, gapChannelOf } from '../../lib/resync.js'
@@ -150,7 +150,7 @@ t.test('ResumeBuffer: held notifications wait, in order, and only on the held ch
 t.test('ResumeBuffer: after a replay, notifications it carried are dropped until a newer one comes', async (t) => {
   const buffer = new ResumeBuffer()
   buffer.hold(A)
-  buffer.release(A, '0000abcd:5')
+  buffer.release(A, replayedUpTo('0000abcd:5'))
   t.equal(intercept(buffer, live(A, '0000abcd:3')), true, 'older: the replay had it')
   t.equal(intercept(buffer, live(A, '0000abcd:5')), true, 'the replay\'s last')
   t.equal(intercept(buffer, live(B, '0000abcd:1')), false, 'another channel is not filtered')
@@ -161,7 +161,7 @@ t.test('ResumeBuffer: after a replay, notifications it carried are dropped until
 t.test('ResumeBuffer: a position that cannot be compared ends the filter', async (t) => {
   for (const position of [null, 'n:7', '1111abcd:1']) {
     const buffer = new ResumeBuffer()
-    buffer.release(A, '0000abcd:5')
+    buffer.release(A, replayedUpTo('0000abcd:5'))
     t.equal(intercept(buffer, live(A, position)), false, String(position))
     t.equal(intercept(buffer, live(A, '0000abcd:4')), false, `nothing filtered after ${String(position)}`)
   }
@@ -175,12 +175,12 @@ t.test('ResumeBuffer: forget and clear drop the held notifications and the filte
   t.equal(intercept(buffer, live(A, '0000abcd:10')), false, 'no longer held')
   t.same(buffer.release(A, null), [], 'what was held is gone')
 
-  buffer.release(A, '0000abcd:5')
+  buffer.release(A, replayedUpTo('0000abcd:5'))
   buffer.forget(A)
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false, 'the filter is gone')
 
   buffer.hold(A)
-  buffer.release(B, '0000abcd:5')
+  buffer.release(B, replayedUpTo('0000abcd:5'))
   buffer.clear()
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false)
   t.equal(intercept(buffer, live(B, '0000abcd:1')), false)

@@ -22,6 +22,7 @@ import { wrap } from '../../lib/bus/envelope.js'
 import { applyPatch, encodeNotification, type PatchOperation } from '../../lib/protocol/index.js'
 import type { Authenticator } from '../../lib/auth/authenticate.js'
 import type { InterestStore } from '../../lib/store/interest.js'
+import type { Filters } from '../../lib/ws/filters.js'
 import fc from 'fast-check'
 import { fakeClock, recordingLogger, turn } from './fixtures/fakes.js'
 
@@ -76,7 +77,9 @@ const services: ConnectionServices = {
   counters: { slowConsumerCloses: 0, conflated: 0, replayed: 0 },
   outboundLimits: { highWaterBytes: 100, lowWaterBytes: 50, maxBufferedBytes: 1 << 20, maxHeldFrames: 100, drainIntervalMs: 5 },
   onClosed: () => {},
-  replay: async () => null
+  replay: async () => null,
+  snapshot: async () => null,
+  filters: {} as Filters
 }
 
 async function socket (...subscriptions: Array<{ entityType: string, entityId: string, tenantId?: string }>): Promise<{ ws: FakeSocket, connection: Connection }> {

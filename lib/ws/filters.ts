@@ -1,0 +1,319 @@
+/**
+ * Filtered feeds (`where`): the entities of a type whose document matches. This instance watches the type's feed
+ * channel once (whatever the number of filters), and each change is matched once for all of them:
+ *
+ * - sockets that asked for the same conditions (in canonical form) share one FilterGroup: one membership, one
+ *   frame per change;
+ * - groups are indexed by the value of their first condition, and entities by the groups they are members of, so a
+ *   change visits the groups it may enter or leave, not every group of the type;
+ * - a group knows its members from a read when it is made (lib/snapshot.ts) and from every change after it; a
+ *   change the read already saw is skipped, so none is missed or counted twice.
+ *
+ * An entity that begins to match reaches the group's watchers as `entered`, one that stops as `left` (`deleted`
+ * when it was deleted); changes of members go out as they are. Every frame names the subscription it is for.
+ */
+import type { EntityType } from '../entities.js'
+import { FEED } from '../channels.js'
+import type { Fanout, FrameMeta, Watcher } from './fanout.js'
+import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../snapshot.js'
+import { matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
+
+/** A change of the type as the groups see it. */
+interface TypeChange {
+  frame: string
+  changeType: string
+  txid: string | undefined
+  /** tenant and id */
+  key: string
+  /** the document after the change; null: deleted; undefined: not known (a minimal frame: the read found nothing) */
+  document: unknown
+}
+
+/** A socket's place in a group: frames wait while its own snapshot is read, then those the snapshot saw are skipped. */
+interface Seat {
+  held: Array<{ frame: string, txid: string | undefined }> | null
+  saw: Visibility | null
+}
+
+export class FilterLimitError extends Error {}
+
+const entityKey = (tenantId: string | null | undefined, entityId: string): string => (tenantId ?? '') + '\u0000' + entityId
+
+/** The watchers of one filter of one feed channel, and the entities that match it. */
+class FilterGroup {
+  readonly members = new Set<string>()
+  readonly seats = new Map<Watcher, Seat>()
+  /** changes that came while the membership was being read */
+  pending: TypeChange[] | null = []
+  /** after the read: changes it saw may still be on their way, and are skipped until a later one comes */
+  saw: Visibility | null = null
+  /** the membership read: the matching entities (with documents when its creator asked for a snapshot) */
+  loaded: Promise<SnapshotEntity[]> = Promise.resolve([])
+
+  constructor (readonly subscriptionId: string, readonly conditions: Condition[]) {}
+
+  /** Applies a change of the type: membership, then the frame to the watchers when it concerns the filter. */
+  apply (change: TypeChange, index: TypeFilters): void {
+    if (this.pending !== null) {
+      this.pending.push(change)
+      return
+    }
+    if (this.saw !== null) {
+      if (this.saw.saw(change.txid)) return
+      this.saw = null
+    }
+    const was = this.members.has(change.key)
+    const now = change.document === undefined ? was : matches(change.document, this.conditions)
+    if (!was && !now) return
+    let changeType = change.changeType
+    if (now && !was) {
+      changeType = 'entered'
+      this.members.add(change.key)
+      index.joined(change.key, this)
+    } else if (was && !now) {
+      if (changeType !== 'deleted') changeType = 'left'
+      this.members.delete(change.key)
+      index.left(change.key, this)
+    }
+    this.emit(tagged(change.frame, change.changeType, changeType, this.subscriptionId), change.txid)
+  }
+
+  emit (frame: string, txid: string | undefined): void {
+    for (const [watcher, seat] of this.seats) {
+      if (seat.held !== null) {
+        seat.held.push({ frame, txid })
+        continue
+      }
+      if (seat.saw !== null) {
+        if (seat.saw.saw(txid)) continue
+        seat.saw = null
+      }
+      watcher.deliver(frame)
+    }
+  }
+}
+
+/** The frame of a change as one group sends it: its change type for that group, and the group's subscriptionId. */
+function tagged (frame: string, from: string, to: string, subscriptionId: string): string {
+  // the first `"changeType":"` is the field's: inside a JSON string every '"' is escaped
+  const typed = from === to ? frame : frame.replace(`"changeType":"${from}"`, `"changeType":"${to}"`)
+  return typed.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
+}
+
+/** Every filter of one feed channel on this instance: the one watcher of the channel. */
+class TypeFilters implements Watcher {
+  readonly groups = new Map<string, FilterGroup>()
+  /** groups by their first condition's path, then by each value it allows */
+  private readonly index = new Map<string, { parts: string[], byValue: Map<string, Set<FilterGroup>> }>()
+  /** entity key → the groups it is a member of */
+  private readonly memberOf = new Map<string, Set<FilterGroup>>()
+  /** groups reading their membership: they see every change */
+  private readonly loading = new Set<FilterGroup>()
+  /** the feed channel is watched */
+  ready: Promise<void> = Promise.resolve()
+
+  add (group: FilterGroup): void {
+    this.groups.set(group.subscriptionId, group)
+    this.loading.add(group)
+  }
+
+  /** The group's membership is read: from now on it sees only the changes that may concern it. */
+  loadedFrom (group: FilterGroup, entities: readonly SnapshotEntity[], saw: Visibility): void {
+    this.loading.delete(group)
+    for (const { entityId, tenantId } of entities) {
+      const key = entityKey(tenantId, entityId)
+      group.members.add(key)
+      this.joined(key, group)
+    }
+    const [first] = group.conditions
+    let path = this.index.get(first.path)
+    if (path === undefined) this.index.set(first.path, path = { parts: first.parts, byValue: new Map() })
+    for (const value of first.values) {
+      let groups = path.byValue.get(value)
+      if (groups === undefined) path.byValue.set(value, groups = new Set())
+      groups.add(group)
+    }
+    const pending = group.pending ?? []
+    group.pending = null
+    group.saw = saw
+    for (const change of pending) group.apply(change, this)
+  }
+
+  remove (group: FilterGroup): void {
+    this.groups.delete(group.subscriptionId)
+    this.loading.delete(group)
+    for (const key of group.members) this.left(key, group)
+    const [first] = group.conditions
+    const path = this.index.get(first.path)
+    for (const value of first.values) {
+      const groups = path?.byValue.get(value)
+      groups?.delete(group)
+      if (groups?.size === 0) path?.byValue.delete(value)
+    }
+    if (path?.byValue.size === 0) this.index.delete(first.path)
+  }
+
+  joined (key: string, group: FilterGroup): void {
+    let groups = this.memberOf.get(key)
+    if (groups === undefined) this.memberOf.set(key, groups = new Set())
+    groups.add(group)
+  }
+
+  left (key: string, group: FilterGroup): void {
+    const groups = this.memberOf.get(key)
+    groups?.delete(group)
+    if (groups?.size === 0) this.memberOf.delete(key)
+  }
+
+  deliver (frame: string, meta?: FrameMeta): boolean {
+    if (meta === undefined) {
+      // a resync: every filter of the type may have missed a change
+      for (const group of this.groups.values()) group.emit(frame, undefined)
+      return true
+    }
+    const change = changeOf(frame, meta)
+    if (change === null) return true
+    const candidates = new Set(this.loading)
+    for (const group of this.memberOf.get(change.key) ?? []) candidates.add(group)
+    if (change.document !== undefined && change.document !== null) {
+      for (const { parts, byValue } of this.index.values()) {
+        const value = scalarKey(valueAt(change.document, parts))
+        for (const group of (value === undefined ? undefined : byValue.get(value)) ?? []) candidates.add(group)
+      }
+    }
+    for (const group of candidates) group.apply(change, this)
+    return true
+  }
+}
+
+/** What the groups need of a feed frame; null for a frame that is not a notification. */
+function changeOf (frame: string, meta: FrameMeta): TypeChange | null {
+  let parsed: { type?: string, data?: { entityId?: string, tenantId?: string, changeType?: string, payload?: unknown } }
+  try {
+    parsed = JSON.parse(frame)
+  } catch {
+    return null
+  }
+  const data = parsed.data
+  if (parsed.type !== 'notification' || data === undefined || typeof data.entityId !== 'string' || typeof data.changeType !== 'string') return null
+  const document = data.changeType === 'deleted' ? null : 'payload' in data ? data.payload : undefined
+  return { frame, changeType: data.changeType, txid: meta.txid, key: entityKey(data.tenantId, data.entityId), document }
+}
+
+export interface JoinRequest {
+  entity: EntityType
+  /** the feed's tenant (null: every tenant's) */
+  tenantId: string | null
+  feedChannel: string
+  subscriptionId: string
+  conditions: Condition[]
+  /** the joiner wants the matching entities and their documents now */
+  snapshot: boolean
+}
+
+/** This instance's filtered feeds. */
+export class Filters {
+  private readonly byChannel = new Map<string, TypeFilters>()
+  /** groups per entity type (limits.maxFiltersPerType) */
+  private readonly perType = new Map<string, number>()
+  /** groups made, and changes matched (telemetry, tests) */
+  readonly counters = { groups: 0 }
+
+  constructor (
+    private readonly fanout: Fanout,
+    private readonly snapshots: SnapshotReader,
+    private readonly limits: { maxFiltersPerType: number, maxFilterMatches: number }
+  ) {}
+
+  /** Groups held now. */
+  get size (): number {
+    let n = 0
+    for (const filters of this.byChannel.values()) n += filters.groups.size
+    return n
+  }
+
+  /**
+   * Adds `watcher` to the filter's group (made, and its membership read, when it is the first). Resolves with the
+   * matching entities when `snapshot` was asked for, and `start`, which lets the filter's frames through (those
+   * that came meanwhile first): call it once the subscriber has its reply. Rejects with FilterLimitError,
+   * SnapshotUnavailable, or a database or bus error; the watcher is then not added.
+   */
+  async join (watcher: Watcher, request: JoinRequest): Promise<{ entities: SnapshotEntity[] | null, start: () => void }> {
+    const { entity, tenantId, feedChannel, subscriptionId, conditions } = request
+    let filters = this.byChannel.get(feedChannel)
+    let group = filters?.groups.get(subscriptionId)
+    if (group === undefined && (this.perType.get(entity.name) ?? 0) >= this.limits.maxFiltersPerType) {
+      throw new FilterLimitError(`at most ${this.limits.maxFiltersPerType} different filters of ${entity.name} (limits.maxFiltersPerType)`)
+    }
+    if (filters === undefined) {
+      const made = filters = new TypeFilters()
+      this.byChannel.set(feedChannel, made)
+      made.ready = this.fanout.watch(made, feedChannel, entity.name, FEED, tenantId).catch((err) => {
+        if (this.byChannel.get(feedChannel) === made) this.byChannel.delete(feedChannel)
+        throw err
+      })
+    }
+    const creator = group === undefined
+    if (group === undefined) {
+      const made = group = new FilterGroup(subscriptionId, conditions)
+      filters.add(made)
+      this.perType.set(entity.name, (this.perType.get(entity.name) ?? 0) + 1)
+      this.counters.groups++
+      const channel = filters
+      made.loaded = (async () => {
+        await channel.ready
+        const read = await this.snapshots.matching(entity, tenantId, conditions, request.snapshot, this.limits.maxFilterMatches)
+        // every watcher may have left meanwhile: the group is gone then
+        if (channel.groups.get(subscriptionId) === made) channel.loadedFrom(made, read.entities, read.visibility)
+        return read.entities
+      })()
+    }
+    // frames wait until the subscriber has its reply (and, for a later joiner with a snapshot, its own read)
+    const seat: Seat = { held: [], saw: null }
+    group.seats.set(watcher, seat)
+    const start = (): void => {
+      const held = seat.held ?? []
+      seat.held = null
+      for (const { frame, txid } of held) {
+        if (seat.saw?.saw(txid) === true) continue
+        seat.saw = null
+        watcher.deliver(frame)
+      }
+    }
+    try {
+      const members = await group.loaded
+      if (creator) return { entities: request.snapshot ? members : null, start }
+      if (!request.snapshot) return { entities: null, start }
+      const { entities, visibility } = await this.snapshots.matching(entity, tenantId, conditions, true, this.limits.maxFilterMatches)
+      seat.saw = visibility
+      return { entities, start }
+    } catch (err) {
+      await this.leave(watcher, feedChannel, subscriptionId, entity.name)
+      // a read the creator could not make is every joiner's failure
+      if (creator && group.pending !== null) await this.drop(filters, group, feedChannel, entity.name)
+      throw err
+    }
+  }
+
+  /** Removes `watcher` from the filter's group; the last one out ends the group, and the last group the watch. */
+  async leave (watcher: Watcher, feedChannel: string, subscriptionId: string, entityType: string): Promise<void> {
+    const filters = this.byChannel.get(feedChannel)
+    const group = filters?.groups.get(subscriptionId)
+    if (filters === undefined || group === undefined || !group.seats.delete(watcher) || group.seats.size > 0) return
+    await this.drop(filters, group, feedChannel, entityType)
+  }
+
+  private async drop (filters: TypeFilters, group: FilterGroup, feedChannel: string, entityType: string): Promise<void> {
+    if (filters.groups.get(group.subscriptionId) !== group) return
+    filters.remove(group)
+    group.seats.clear()
+    const left = (this.perType.get(entityType) ?? 1) - 1
+    if (left > 0) this.perType.set(entityType, left)
+    else this.perType.delete(entityType)
+    if (filters.groups.size > 0 || this.byChannel.get(feedChannel) !== filters) return
+    this.byChannel.delete(feedChannel)
+    await this.fanout.unwatch(filters, feedChannel, entityType)
+  }
+}
+
+export { SnapshotUnavailable }
