@@ -1,0 +1,167 @@
+/**
+ * Filtered feeds without services: the groups, their index, membership from a read and the changes after it, and
+ * snapshot visibility. (test/live-queries.test.ts runs them on PostgreSQL and Redis.)
+ */
+import t from 'tap'
+import { Filters, FilterLimitError } from '../../lib/ws/filters.js'
+import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/snapshot.js'
+import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
+import type { EntityType } from '../../lib/entities.js'
+import { conditionsOf, encodeNotification, filterIdOf, matches, subscriptionIdOf, whereKey, type Where } from '../../lib/protocol/index.js'
+
+const Player: EntityType = { name: 'Player', databases: ['main'], schema: 'public', table: 'mt_doc_player', access: 'public', payload: 'full', feed: true, declared: true, tenancy: 'none' }
+const FEED = 'cf:Player:*'
+
+/** A fanout that hands out the channel's one watcher, and a reader whose reads the test answers. */
+function harness (limits = { maxFiltersPerType: 100, maxFilterMatches: 1000 }): {
+  filters: Filters
+  channel: () => Watcher | undefined
+  unwatched: string[]
+  reads: Array<{ documents: boolean, answer: (entities: SnapshotEntity[], snapshot?: string) => void, fail: (err: Error) => void }>
+} {
+  const watchers = new Map<string, Watcher>()
+  const unwatched: string[] = []
+  const fanout = {
+    watch: async (watcher: Watcher, channel: string) => { watchers.set(channel, watcher) },
+    unwatch: async (_watcher: Watcher, channel: string) => { watchers.delete(channel); unwatched.push(channel) }
+  } as unknown as Fanout
+  const reads: ReturnType<typeof harness>['reads'] = []
+  const reader = {
+    matching: async (_e: EntityType, _t: string | null, _c: unknown, documents: boolean) => await new Promise((resolve, reject) => {
+      reads.push({ documents, answer: (entities, snapshot = '100:100:') => resolve({ entities, visibility: new Visibility(snapshot) }), fail: reject })
+    })
+  } as unknown as SnapshotReader
+  return { filters: new Filters(fanout, reader, limits), channel: () => watchers.get(FEED), unwatched, reads }
+}
+
+class Socket implements Watcher {
+  readonly frames: Array<{ entityId: string, changeType: string, subscriptionId: string }> = []
+  deliver (frame: string): boolean {
+    this.frames.push(JSON.parse(frame).data)
+    return true
+  }
+}
+
+let txid = 100
+/** A change of a player as the feed channel carries it (a transaction after the reads' snapshot unless told). */
+function change (to: Watcher | undefined, entityId: string, document: object | null, at = String(++txid)): void {
+  const changeType = document === null ? 'deleted' : 'updated'
+  const frame = encodeNotification({ entityType: 'Player', entityId, changeType, payloadType: 'full', ts: 0, payload: document })
+  const meta: FrameMeta = { channel: FEED, position: 'n:' + at, payloadType: 'full', tenantId: null, key: FEED, bytes: Buffer.from(frame), txid: at }
+  to?.deliver(frame, meta)
+}
+const idOf = (where: Where): string => subscriptionIdOf('Player', filterIdOf(where))
+const join = (h: ReturnType<typeof harness>, socket: Watcher, where: Where, snapshot = false): ReturnType<Filters['join']> =>
+  h.filters.join(socket, { entity: Player, tenantId: null, feedChannel: FEED, subscriptionId: idOf(where), conditions: conditionsOf(where), snapshot })
+const turn = async (): Promise<void> => await new Promise((resolve) => setImmediate(resolve))
+
+t.test('conditions: canonical form, and matching by JSON equality on paths', async (t) => {
+  t.equal(whereKey({ b: ['y', 'x', 'x'], a: 1 }), '{"a":1,"b":["x","y"]}')
+  t.equal(whereKey({ a: [1] }), whereKey({ a: 1 }), 'a list of one is the value')
+  const c = conditionsOf({ 'team.id': 'reds', caps: [10, 11], active: true, note: null })
+  t.ok(matches({ team: { id: 'reds' }, caps: 10, active: true, note: null }, c))
+  t.notOk(matches({ team: { id: 'reds' }, caps: '10', active: true, note: null }, c), 'the string "10" is not 10')
+  t.notOk(matches({ team: { id: 'reds' }, caps: 10, active: true }, c), 'a missing key is not null')
+  t.notOk(matches({ team: ['reds'], caps: 10, active: true, note: null }, c), 'a path does not go into arrays')
+  t.notOk(matches(null, c))
+})
+
+t.test('visibility: what a snapshot saw', async (t) => {
+  const v = new Visibility('100:105:101,103')
+  t.ok(v.saw('99'))
+  t.ok(v.saw('102'), 'committed between xmin and xmax')
+  t.notOk(v.saw('101'), 'in progress')
+  t.notOk(v.saw('105'), 'from xmax on')
+  t.notOk(v.saw(undefined), 'a host publish has no transaction')
+  t.notOk(v.saw('not-a-number'))
+})
+
+t.test('a group: members from its read, then entered, updated, left, deleted; frames wait for start()', async (t) => {
+  const h = harness()
+  const socket = new Socket()
+  const joining = join(h, socket, { teamId: 'reds' }, true)
+  await turn()
+  // while the read runs: a change it saw (skipped)
+  change(h.channel(), 'p-1', { teamId: 'reds' }, '99')
+  h.reads[0].answer([{ entityId: 'p-1', tenantId: null, snapshot: { payload: { teamId: 'reds' } } }])
+  const { entities, start } = await joining
+  t.same(entities?.map((e) => e.entityId), ['p-1'])
+  // after it: a late change it saw (still skipped), then one it did not see
+  change(h.channel(), 'p-1', { teamId: 'reds', caps: 1 }, '98')
+  change(h.channel(), 'p-2', { teamId: 'reds' }, '150')
+  t.same(socket.frames, [], 'nothing before the reply')
+  start()
+  t.same(socket.frames.map((f) => [f.entityId, f.changeType]), [['p-2', 'entered']])
+  change(h.channel(), 'p-1', { teamId: 'reds', caps: 2 })
+  change(h.channel(), 'p-2', { teamId: 'blues' })
+  change(h.channel(), 'p-1', null)
+  change(h.channel(), 'p-9', { teamId: 'greens' })
+  t.same(socket.frames.map((f) => [f.entityId, f.changeType, f.subscriptionId]), [
+    ['p-2', 'entered', idOf({ teamId: 'reds' })],
+    ['p-1', 'updated', idOf({ teamId: 'reds' })],
+    ['p-2', 'left', idOf({ teamId: 'reds' })],
+    ['p-1', 'deleted', idOf({ teamId: 'reds' })]
+  ])
+})
+
+t.test('sockets with the same filter share a group; a later joiner with a snapshot reads its own', async (t) => {
+  const h = harness()
+  const [a, b] = [new Socket(), new Socket()]
+  const first = join(h, a, { teamId: 'reds' })
+  await turn()
+  h.reads[0].answer([])
+  ;(await first).start()
+  t.equal(h.reads[0].documents, false, 'without a snapshot only ids are read')
+  const second = join(h, b, { teamId: ['reds'] }, true)
+  await turn()
+  t.equal(h.reads.length, 2)
+  // after the group's read (snapshot 100), before the second socket's (140)
+  change(h.channel(), 'p-1', { teamId: 'reds' }, '120')
+  change(h.channel(), 'p-2', { teamId: 'reds' }, '150')
+  h.reads[1].answer([{ entityId: 'p-1', tenantId: null, snapshot: { payload: { teamId: 'reds' } } }], '140:140:')
+  ;(await second).start()
+  t.same(a.frames.map((f) => f.entityId), ['p-1', 'p-2'], 'the first socket gets both')
+  t.same(b.frames.map((f) => f.entityId), ['p-2'], 'the second, only what its snapshot did not have')
+  t.equal(h.filters.size, 1, 'one group')
+})
+
+t.test('the index: a change visits the groups it may concern, not all of them', async (t) => {
+  const h = harness({ maxFiltersPerType: 20_000, maxFilterMatches: 1000 })
+  const sockets: Socket[] = []
+  for (let i = 0; i < 10_000; i++) {
+    const socket = new Socket()
+    sockets.push(socket)
+    const joined = join(h, socket, { teamId: `team-${i}` })
+    await turn()
+    h.reads[i].answer([])
+    ;(await joined).start()
+  }
+  change(h.channel(), 'p-1', { teamId: 'team-42' })
+  change(h.channel(), 'p-1', { teamId: 'team-43' })
+  t.same(sockets[42].frames.map((f) => f.changeType), ['entered', 'left'])
+  t.same(sockets[43].frames.map((f) => f.changeType), ['entered'])
+  t.equal(sockets.reduce((n, s) => n + s.frames.length, 0), 3, 'no other group heard of it')
+})
+
+t.test('limits, failures and leaving', async (t) => {
+  const h = harness({ maxFiltersPerType: 1, maxFilterMatches: 10 })
+  const [a, b] = [new Socket(), new Socket()]
+  const joined = join(h, a, { teamId: 'reds' })
+  await turn()
+  h.reads[0].answer([])
+  ;(await joined).start()
+  await t.rejects(join(h, b, { teamId: 'blues' }), { constructor: FilterLimitError, message: /maxFiltersPerType/ }, 'a second filter of the type is one too many')
+  const failing = join(h, b, { teamId: 'reds' }, true)
+  await turn()
+  h.reads[1].fail(new Error('database down'))
+  await t.rejects(failing, /database down/)
+  t.equal(h.filters.size, 1, 'the group stays for its other socket')
+  await h.filters.leave(a, FEED, idOf({ teamId: 'reds' }), 'Player')
+  t.same(h.unwatched, [FEED], 'the last group out unwatches the feed channel')
+  const creatorFails = join(h, a, { teamId: 'blues' })
+  await turn()
+  h.reads[2].fail(new Error('read failed'))
+  await t.rejects(creatorFails, /read failed/)
+  t.equal(h.filters.size, 0, 'a group whose read failed is gone')
+  t.same(h.unwatched, [FEED, FEED])
+})
