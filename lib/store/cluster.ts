@@ -3,9 +3,9 @@
  * last watcher of a channel are written at once while counts in between are batched, the heartbeat and flush
  * timers, and rewriting everything from the local store after the broker lost its state.
  *
- * Writes carry no value of their own: a store writes what this instance's counts are when the write is issued
- * (Redis: commands go out in order on one connection) or after it read the entry it replaces (NATS: compare and
- * set). So writes that overlap, a flush and a last watcher leaving, can only ever leave the latest count behind.
+ * Writes carry no value of their own: a store writes what this instance's counts are when the write is issued, and
+ * its writes go out in order on one connection (Redis commands, NATS puts). So writes that overlap, a flush and a
+ * last watcher leaving, can only ever leave the latest count behind.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { InterestStore, InterestUpdate, LocalSnapshot } from './interest.js'
