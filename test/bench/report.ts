@@ -187,5 +187,10 @@ export function writeReport (dir: string): void {
       table((s7 as Result & { summary: Row[] }).summary, [['kind', 'change'], ['documentBytes', 'document bytes'], ['fullBytes', 'full: bytes per change'], ['deltaBytes', 'delta: bytes per change'],
         ['bytesRatio', 'delta / full'], ['fullCpuMicros', 'full: server CPU µs per delivery'], ['deltaCpuMicros', 'delta: server CPU µs per delivery']]), '')
   }
+  const s8 = load(dir, 's8')
+  if (s8 !== null) {
+    out.push('## S8 — filtered feeds', '', s8.description + '.', '', `Machine: ${JSON.stringify(s8.machine)}`, '',
+      table(s8.rows, [['filters', 'filters on the type'], ['cpuMicrosPerChange', 'server CPU µs per change (median)'], ['range', 'range'], ['ratio', 'to the unfiltered feed'], ['framesPerChange', 'frames per change']]), '')
+  }
   writeFileSync(join(dir, '..', 'REPORT.md'), out.join('\n') + '\n')
 }
