@@ -51,6 +51,26 @@ t.test('notifications carry positions that grow per entity', async (t) => {
   t.ok(numbers[0] < numbers[1] && numbers[1] < numbers[2], 'positions grow')
 })
 
+t.test('a snapshot stands at the outbox position of its last change; since with it resumes; since with snapshot falls back', async (t) => {
+  await upsert('mt_doc_fixture', 'snap', { score: 1 })
+  t.ok(await settled())
+  const ws = await client()
+  ws.send({ type: 'subscribe', id: 'snap', data: { entityType: 'Fixture', entityId: 'snap', snapshot: true } })
+  const reply = await ws.next((m) => m.id === 'snap')
+  t.match(reply.data.snapshot, { payload: { score: 1 }, position: /^[0-9a-f]{8}:\d+$/ }, 'an outbox position')
+  ws.close()
+  await upsert('mt_doc_fixture', 'snap', { score: 2 })
+  t.ok(await settled())
+  const again = await client()
+  again.send({ type: 'subscribe', id: 'resume', data: { entityType: 'Fixture', entityId: 'snap', since: reply.data.snapshot.position, snapshot: true } })
+  const resumed = await again.next((m) => m.id === 'resume')
+  t.match(resumed, { data: { recovered: true } })
+  t.notOk('snapshot' in resumed.data, 'recovered: no snapshot in the reply')
+  t.match((await again.next(isNotification('Fixture', 'snap'))).data, { payload: { score: 2 } }, 'the missed change, replayed')
+  again.send({ type: 'subscribe', id: 'lost', data: { entityType: 'Fixture', entityId: 'snap', since: 'ffffffff:1', snapshot: true } })
+  t.match(await again.next((m) => m.id === 'lost'), { data: { recovered: false, snapshot: { payload: { score: 2 } } } }, 'an unknown position: the snapshot instead')
+})
+
 t.test('since replays what a client missed, then live changes follow without repeats', async (t) => {
   const first = await client()
   await first.subscribe('Fixture', 'f-2')
