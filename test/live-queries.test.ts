@@ -10,7 +10,7 @@ import { startApp } from './helpers/app.js'
 import { TestClient, isNotification, type Frame } from './helpers/client.js'
 import { now, signHs256 } from './helpers/tokens.js'
 import { REDIS_URL } from './helpers/brokers.js'
-import { WireError } from '../lib/index.js'
+import { WireError, type ChangefeedPluginOptions } from '../lib/index.js'
 import { until } from './helpers/wait.js'
 
 const SECRET = 'live-queries-test-secret-0123456789'
@@ -204,7 +204,7 @@ t.test('filtered feeds refuse what they cannot do', async (t) => {
 
 t.test('across instances on Redis: a filter on one instance, the change captured by another', async (t) => {
   const prefix = `lq-${randomUUID().slice(0, 8)}`
-  const cluster = { databases: [{ name: 'main', url }], entities, bus: { provider: 'redis', url: REDIS_URL, prefix }, capture: { channel: `lq:${prefix}` } } as const
+  const cluster: ChangefeedPluginOptions = { databases: [{ name: 'main', url }], entities, bus: { provider: 'redis', url: REDIS_URL, prefix }, capture: { channel: `lq:${prefix}` } }
   const instances = await Promise.all([startApp(t, cluster), startApp(t, cluster), startApp(t, cluster)])
   const watchers = await Promise.all(instances.map(async ({ url }) => await open(url)))
   for (const w of watchers) t.equal((await ask(w, 'subscribe', { entityType: 'Player', entityId: '*', where: { teamId: 'cluster' }, snapshot: true })).type, 'subscribed')

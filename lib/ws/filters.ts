@@ -37,6 +37,9 @@ interface Seat {
 
 export class FilterLimitError extends Error {}
 
+/** a membership read after a gap that failed is tried again after this long */
+const RELOAD_RETRY_MS = 1000
+
 const entityKey = (tenantId: string | null | undefined, entityId: string): string => (tenantId ?? '') + '\u0000' + entityId
 
 /** The watchers of one filter of one feed channel, and the entities that match it. */
@@ -50,7 +53,7 @@ class FilterGroup {
   /** the membership read: the matching entities (with documents when its creator asked for a snapshot) */
   loaded: Promise<SnapshotEntity[]> = Promise.resolve([])
 
-  constructor (readonly subscriptionId: string, readonly conditions: Condition[]) {}
+  constructor (readonly subscriptionId: string, readonly conditions: Condition[], readonly read: (documents: boolean) => Promise<{ entities: SnapshotEntity[], visibility: Visibility }>) {}
 
   /** Applies a change of the type: membership, then the frame to the watchers when it concerns the filter. */
   apply (change: TypeChange, index: TypeFilters): void {
@@ -139,10 +142,35 @@ class TypeFilters implements Watcher {
     for (const change of pending) group.apply(change, this)
   }
 
+  /** Reads the group's members again: after a gap its membership may be out of date. */
+  private reload (group: FilterGroup): void {
+    if (group.pending !== null) return
+    this.unindex(group)
+    this.loading.add(group)
+    const attempt = (): void => {
+      // what waited so far was committed before this read starts: the read has it
+      group.pending = []
+      group.loaded = group.read(false).then(({ entities, visibility }) => {
+        if (this.groups.get(group.subscriptionId) === group) this.loadedFrom(group, entities, visibility)
+        return entities
+      })
+      group.loaded.catch(() => {
+        setTimeout(() => { if (this.groups.get(group.subscriptionId) === group) attempt() }, RELOAD_RETRY_MS).unref()
+      })
+    }
+    attempt()
+  }
+
   remove (group: FilterGroup): void {
     this.groups.delete(group.subscriptionId)
     this.loading.delete(group)
+    this.unindex(group)
+  }
+
+  /** Takes the group out of the index, and its members out of the membership index. */
+  private unindex (group: FilterGroup): void {
     for (const key of group.members) this.left(key, group)
+    group.members.clear()
     const [first] = group.conditions
     const path = this.index.get(first.path)
     for (const value of first.values) {
@@ -167,8 +195,12 @@ class TypeFilters implements Watcher {
 
   deliver (frame: string, meta?: FrameMeta): boolean {
     if (meta === undefined) {
-      // a resync: every filter of the type may have missed a change
-      for (const group of this.groups.values()) group.emit(frame, undefined)
+      // a resync: every filter of the type may have missed a change, so its watchers refetch, and it reads its
+      // members again (changes meanwhile wait, as when it was made)
+      for (const group of this.groups.values()) {
+        group.emit(frame, undefined)
+        this.reload(group)
+      }
       return true
     }
     const change = changeOf(frame, meta)
@@ -255,14 +287,15 @@ export class Filters {
     }
     const creator = group === undefined
     if (group === undefined) {
-      const made = group = new FilterGroup(subscriptionId, conditions)
+      const made = group = new FilterGroup(subscriptionId, conditions, async (documents) =>
+        await this.snapshots.matching(entity, tenantId, conditions, documents, this.limits.maxFilterMatches))
       filters.add(made)
       this.perType.set(entity.name, (this.perType.get(entity.name) ?? 0) + 1)
       this.counters.groups++
       const channel = filters
       made.loaded = (async () => {
         await channel.ready
-        const read = await this.snapshots.matching(entity, tenantId, conditions, request.snapshot, this.limits.maxFilterMatches)
+        const read = await made.read(request.snapshot)
         // every watcher may have left meanwhile: the group is gone then
         if (channel.groups.get(subscriptionId) === made) channel.loadedFrom(made, read.entities, read.visibility)
         return read.entities
@@ -284,7 +317,7 @@ export class Filters {
       const members = await group.loaded
       if (creator) return { entities: request.snapshot ? members : null, start }
       if (!request.snapshot) return { entities: null, start }
-      const { entities, visibility } = await this.snapshots.matching(entity, tenantId, conditions, true, this.limits.maxFilterMatches)
+      const { entities, visibility } = await group.read(true)
       seat.saw = visibility
       return { entities, start }
     } catch (err) {

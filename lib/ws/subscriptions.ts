@@ -259,15 +259,15 @@ export class Subscriptions {
   private async confirm (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, req: SubscribeOneRequest): Promise<void> {
     // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
     if (subscription.sent !== undefined) subscription.sent = null
-    const recovered = req.since === undefined ? undefined : await this.resume(reply, entity, channel, subscription, req.since, req.snapshot !== true ? subscriptionId : null)
+    const recovered = req.since === undefined ? undefined : await this.resume(reply, subscriptionId, entity, channel, subscription, req.since, req.snapshot === true)
     if (recovered === true || !this.holds(channel, subscription)) {
       // answered with the replay
     } else if (req.snapshot === true) {
-      const snapshots = await this.snapshot(reply, entity, [[channel, subscription]], () =>
+      const read = await this.snapshot(reply, entity, [[channel, subscription]], () =>
         encodeSubscriptionError(reply.id, subscription, WireError.rateLimited, 'too many snapshot reads; retry later'))
-      if (snapshots === null) return
-      reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered, snapshot: snapshots[0] }))
-      this.releaseHeld(channel, this.carried)
+      if (read === null) return
+      reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered, snapshot: read.states[0] }))
+      this.releaseHeld(channel, read.carried)
     } else if (recovered === undefined) {
       reply.send(encodeSubscribed(reply.id, subscriptionId, subscription))
     }
@@ -279,11 +279,11 @@ export class Subscriptions {
 
   /**
    * Answers a subscribe with `since`: `subscribed` with `recovered: true` and the missed notifications, oldest
-   * first, or (when `subscriptionId` is given) `recovered: false`: the client refetches. Live notifications that
-   * arrived meanwhile follow, without those the replay already carried. Resolves whether it recovered; when it did
-   * not and no `subscriptionId` was given, nothing is sent and the live notifications still wait (a snapshot follows).
+   * first, or `recovered: false`: the client refetches. Live notifications that arrived meanwhile follow, without
+   * those the replay already carried. Resolves whether it recovered; when it did not and a snapshot `follows`,
+   * nothing is sent and the live notifications still wait.
    */
-  private async resume (reply: Reply, entity: EntityType, channel: string, subscription: Subscription, since: string, subscriptionId: string | null): Promise<boolean> {
+  private async resume (reply: Reply, subscriptionId: string, entity: EntityType, channel: string, subscription: Subscription, since: string, follows: boolean): Promise<boolean> {
     this.resumes().hold(channel)
     let frames: ReplayedFrames | null = null
     try {
@@ -292,8 +292,8 @@ export class Subscriptions {
       this.services.log.warn({ connection: this.socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
     }
     if (!this.socket.isOpen) return false
-    if (frames === null && subscriptionId === null) return false
-    reply.send(encodeSubscribed(reply.id, subscriptionId ?? subscriptionIdOf(entity.name, subscription.entityId), subscription, { recovered: frames !== null }))
+    if (frames === null && follows) return false
+    reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: frames !== null }))
     if (frames !== null) this.socket.writeReplay(channel, frames)
     this.services.counters.replayed += frames?.length ?? 0
     this.releaseHeld(channel, frames === null ? null : replayedUpTo(frames.at(-1)?.position ?? since))
@@ -305,16 +305,13 @@ export class Subscriptions {
     for (const { frame, meta } of this.resumes().release(channel, carried)) this.socket.deliver(frame, meta)
   }
 
-  /** what the last snapshot read saw (set by `snapshot`, used at once by its caller) */
-  private carried: Carried | null = null
-
   /**
    * The states of subscribed entities (their live notifications held), in order; a `delta` type's subscription
    * takes each as the base of its next patch. Null when the read was refused or impossible: the subscriptions
    * ended, and the reply is sent (`refused` for the limiter, `bad_request` for an impossible one). Rejects (the
    * subscriptions ended) when the database failed.
    */
-  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: () => string): Promise<EntitySnapshotData[] | null> {
+  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: () => string): Promise<{ states: EntitySnapshotData[], carried: Carried } | null> {
     const [, first] = opened[0]
     for (const [channel] of opened) this.resumes().hold(channel)
     let result: SnapshotResult | null
@@ -333,12 +330,12 @@ export class Subscriptions {
     }
     const byId = new Map(result.entities.map((e) => [e.entityId, e.snapshot]))
     const { visibility } = result
-    this.carried = (meta) => visibility.saw(meta.txid)
-    return opened.map(([, subscription]) => {
+    const states = opened.map(([, subscription]) => {
       const snapshot = byId.get(subscription.entityId) ?? (carriesDocument(entity) ? { payload: null, version: null } : { version: null })
       if (subscription.sent !== undefined) subscription.sent = snapshot.position ?? null
       return snapshot
     })
+    return { states, carried: (meta) => visibility.saw(meta.txid) }
   }
 
   /** A subscribe with `entityIds`: each entity as if subscribed alone, one reply for all. */
@@ -384,14 +381,13 @@ export class Subscriptions {
     opened.sort(([, a], [, b]) => (order.get(a.entityId) ?? 0) - (order.get(b.entityId) ?? 0))
     const subscribed = opened.map(([, s]) => s.entityId)
     if (!hold || opened.length === 0) return answer(subscribed)
-    const states = await this.snapshot(reply, entity, opened, () => {
+    const read = await this.snapshot(reply, entity, opened, () => {
       for (const entityId of subscribed) errors.push({ entityId, code: WireError.rateLimited, error: 'too many snapshot reads; retry later' })
       return encodeSubscribedMany(reply.id, req.entityType, req.tenantId, { subscribed: [], errors })
     })
-    if (states === null) return
-    answer(subscribed, Object.fromEntries(subscribed.map((id, i) => [id, states[i]])))
-    const carried = this.carried
-    for (const [channel] of opened) this.releaseHeld(channel, carried)
+    if (read === null) return
+    answer(subscribed, Object.fromEntries(subscribed.map((id, i) => [id, read.states[i]])))
+    for (const [channel] of opened) this.releaseHeld(channel, read.carried)
   }
 
   /** A filtered feed: the entities of the type whose document matches `where` (lib/ws/filters.ts). */

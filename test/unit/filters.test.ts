@@ -165,3 +165,27 @@ t.test('limits, failures and leaving', async (t) => {
   t.equal(h.filters.size, 0, 'a group whose read failed is gone')
   t.same(h.unwatched, [FEED, FEED])
 })
+
+t.test('after a gap a group reads its members again; changes meanwhile wait for the read', async (t) => {
+  const h = harness()
+  const socket = new Socket()
+  const joined = join(h, socket, { teamId: 'reds' })
+  await turn()
+  h.reads[0].answer([{ entityId: 'p-1', tenantId: null, snapshot: {} }])
+  ;(await joined).start()
+  h.channel()?.deliver('{"type":"resync","data":{"reason":"listener_gap","entityType":"Player","entityId":"*"}}')
+  t.same(socket.frames.length, 1, 'the watchers hear of the gap')
+  t.equal(h.reads.length, 2, 'the group reads its members again')
+  change(h.channel(), 'p-2', { teamId: 'reds' }, '300')
+  h.reads[1].fail(new Error('database blip'))
+  await turn()
+  // the read is tried again a moment later
+  t.ok(await new Promise((resolve) => { const timer = setInterval(() => { if (h.reads.length === 3) { clearInterval(timer); resolve(true) } }, 20) }))
+  change(h.channel(), 'p-3', { teamId: 'reds' }, '401')
+  // the members now: p-1 left during the gap, p-3's change came after the read's snapshot
+  h.reads[2].answer([{ entityId: 'p-2', tenantId: null, snapshot: {} }], '400:400:')
+  await turn()
+  change(h.channel(), 'p-1', { teamId: 'blues' })
+  change(h.channel(), 'p-2', { teamId: 'reds', caps: 1 })
+  t.same(socket.frames.slice(1).map((f) => [f.entityId, f.changeType]), [['p-3', 'entered'], ['p-2', 'updated']], 'p-1 was no member any more; p-2 is')
+})
