@@ -134,7 +134,7 @@ const badShape: fc.Arbitrary<BadShape> = fc.oneof(
   ).map((data) => ({ shape: 'bad data' as const, type: 'subscribe' as const, data })),
   fc.oneof(
     fc.constantFrom<unknown>(undefined, null, {}, { subscriptionId: '' }, { subscriptionId: 5 }, { subscriptionId: 'Team:t-1', entityType: 'Team' },
-      { entityType: 'Team' }, { entityId: 't-1' }, { subscriptionId: 'S'.repeat(701) }, { subscriptionId: 'Team:x\ud800' }, { entityType: 'Team', entityId: 'x\udfff' }),
+      { entityType: 'Team' }, { entityId: 't-1' }, { subscriptionId: 'Team:\u0007' }, { subscriptionId: 'Team:x\ud800' }, { entityType: 'Team', entityId: 'x\udfff' }),
     withControl('Team:t-1').map((subscriptionId) => ({ subscriptionId })),
     withControl('t-1').map((entityId) => ({ entityType: 'Team', entityId }))
   ).map((data) => ({ shape: 'bad data' as const, type: 'unsubscribe' as const, data })),
