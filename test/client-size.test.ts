@@ -1,5 +1,5 @@
 /**
- * The SDK's size budget, measured on the built bundles: core ≤ 6 KB and React part ≤ 1.5 KB, minified + gzipped;
+ * The SDK's size budget, measured on the built bundles: core ≤ 8.5 KB and React part ≤ 1.5 KB, minified + gzipped;
  * and the bundle the package ships for browsers (dist/lib/client/browser.js, `npm run build`) is one module that
  * imports nothing, within the same budget.
  */
@@ -11,7 +11,8 @@ import { gzipSync } from 'node:zlib'
 import { fileURLToPath } from 'node:url'
 import { packageRoot } from '../lib/paths.js'
 
-const CORE_BUDGET = 6 * 1024
+// 6 KB until live queries: snapshots, requests for many and filtered feeds took the core from 5.5 KB to 8.2 KB
+const CORE_BUDGET = 8.5 * 1024
 
 async function gzippedSize (entry: string, external: string[]): Promise<number> {
   const result = await build({

@@ -370,7 +370,8 @@ function fakeHost (): SubscriptionHost & { open: boolean, sent: ClientMessage[],
     random: () => 0,
     send: (message: ClientMessage) => host.open && host.sent.push(message) > 0,
     resynced: (_s: Subscription, reason: string) => { host.resyncs.push(reason) },
-    released: () => { host.releases++ }
+    released: () => { host.releases++ },
+    snapshotted: () => {}
   }
   return host
 }

@@ -53,9 +53,14 @@ export class Connection {
 
   /** Sends a frame when the socket is open; false when it is not. */
   send (message: ClientMessage): boolean {
-    if (this.ws === null || this.ws.readyState !== OPEN || this.state !== 'open') return false
-    this.ws.send(JSON.stringify(message))
+    if (!this.writable()) return false
+    this.ws?.send(JSON.stringify(message))
     return true
+  }
+
+  /** Whether a frame sent now would go out. */
+  writable (): boolean {
+    return this.ws !== null && this.ws.readyState === OPEN && this.state === 'open'
   }
 
   /** Asks `getToken()` now and signs in with what it gives, unless it is the token refused last. */

@@ -3,6 +3,9 @@
  *
  * - one socket; subscriptions are reference-counted per entity, so mount/unmount/mount (React StrictMode) sends one
  *   subscribe and no unsubscribe; after a reconnect every subscription is sent again in one batch, with `since`;
+ * - snapshots: a subscription can start from the entity's state, read by the server so that every later change
+ *   arrives as a notification; many entities of a type go in one request; a live query (`subscribeWhere`) keeps
+ *   the entities matching a filter;
  * - reconnects with full-jitter exponential backoff, and never blindly: not after 4403/1008/1009, and after 4401
  *   only with a fresh token from `getToken()`;
  * - signs in in-band (`auth` message), so the token never appears in a URL, and refreshes it before it expires;
@@ -10,23 +13,28 @@
  *   comes back online, or is restored from the back/forward cache.
  *
  * The parts: connection.ts (the socket, backoff.ts, credentials.ts, liveness.ts), subscription.ts (one entity's
- * state with the server), protocol.ts (frames in and out); the protocol's constants and rules are
- * lib/protocol/wire.ts, shared with the server. Browsers without a bundler load dist/lib/client/browser.js, all of
+ * state with the server), query.ts (a live query), batch.ts (requests for many), protocol.ts (frames in and out);
+ * the protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with the server. Browsers without a bundler load dist/lib/client/browser.js, all of
  * it in one module (`npm run build`).
  */
 import { subscriptionIdOf } from '../protocol/wire.js'
+import { filterIdOf, type Where } from '../protocol/where.js'
+import { Batcher } from './batch.js'
 import { Connection } from './connection.js'
 import { dispatch, type DispatchTarget } from './protocol.js'
+import { Filter, PENDING_QUERY, type FilterHost } from './query.js'
 import { PENDING, Subscription, type SubscriptionHost } from './subscription.js'
 import type {
-  ClientOptions, ConnectionState, EntityMap, EntitySnapshot, Notification, ResyncListener, StateChange,
-  SubscribeOptions, SubscriptionEvents
+  ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, ExternalStore, LiveQuery, LiveQueryOptions,
+  LiveQueryState, Notification, ResyncListener, StateChange, SubscribeOptions, SubscriptionEvents
 } from './types.js'
 
 export type {
-  ChangeType, ClientOptions, ConnectionState, EntityMap, EntitySnapshot, Notification, ResyncListener, StateChange,
-  SubscribeOptions, SubscriptionEvents, Token, WebSocketLike
+  ChangeType, ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, ExternalStore, LiveQuery,
+  LiveQueryOptions, LiveQueryState, Notification, ResyncListener, StateChange, SubscribeOptions, SubscriptionEvents,
+  Token, WebSocketLike
 } from './types.js'
+export type { Where, WhereScalar } from '../protocol/where.js'
 export type { WireErrorCode } from '../protocol/wire.js'
 export { CloseCode, WireError } from '../protocol/wire.js'
 export { backoffDelay } from './backoff.js'
@@ -38,31 +46,54 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
   readonly origin: string
   private readonly connection: Connection
   private readonly subscriptions = new Map<string, Subscription>()
+  private readonly filters = new Map<string, Filter>()
+  private readonly batcher: Batcher
+  private readonly snapshotListeners = new Set<(state: EntityState) => void>()
   private readonly stateListeners = new Set<(change: StateChange) => void>()
   private readonly notificationListeners = new Set<(notification: Notification) => void>()
   private readonly resyncListeners = new Set<ResyncListener>()
   private readonly host: SubscriptionHost
+  private readonly filterHost: FilterHost
 
   constructor (options: ClientOptions) {
     const origin = options.origin ?? Math.random().toString(36).slice(2) + Date.now().toString(36)
     this.origin = origin
+    const random = options.random ?? Math.random
+    const snapshotted = (state: EntityState): void => { for (const l of this.snapshotListeners) l(state) }
+    this.batcher = new Batcher({ write: (message) => this.connection.send(message), writable: () => this.connection.writable() }, this.subscriptions)
     this.host = {
       origin,
-      random: options.random ?? Math.random,
-      send: (message) => this.connection.send(message),
+      random,
+      send: (message) => this.batcher.send(message),
       resynced: (s, reason) => { for (const l of this.resyncListeners) l(s.entityType, s.entityId, reason, s.tenantId) },
-      released: (s) => { if (this.subscriptions.get(s.key) === s) this.subscriptions.delete(s.key) }
+      released: (s) => { if (this.subscriptions.get(s.key) === s) this.subscriptions.delete(s.key) },
+      snapshotted
+    }
+    this.filterHost = {
+      random,
+      send: (message) => this.connection.send(message),
+      released: (f) => { if (this.filters.get(f.key) === f) this.filters.delete(f.key) },
+      snapshotted
     }
     const target: DispatchTarget = {
       subscriptions: this.subscriptions,
+      filters: this.filters,
+      batches: this.batcher,
       signedIn: () => this.connection.signedIn(),
       tokenRefused: () => this.connection.tokenRefused(),
       notified: (notification) => { for (const l of this.notificationListeners) l(notification) }
     }
     this.connection = new Connection(options, {
       state: (change) => { for (const l of this.stateListeners) l(change) },
-      opened: (reconnected) => { for (const s of this.subscriptions.values()) s.onOpen(reconnected) },
-      closed: () => { for (const s of this.subscriptions.values()) s.onClose() },
+      opened: (reconnected) => {
+        this.batcher.together(() => { for (const s of this.subscriptions.values()) s.onOpen(reconnected) })
+        for (const f of this.filters.values()) f.onOpen(reconnected)
+      },
+      closed: () => {
+        this.batcher.closed()
+        for (const s of this.subscriptions.values()) s.onClose()
+        for (const f of this.filters.values()) f.onClose()
+      },
       frame: (frame) => dispatch(frame, target)
     })
     if (options.autoConnect ?? true) this.connection.connect()
@@ -85,10 +116,19 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     return () => this.notificationListeners.delete(listener)
   }
 
-  /** Observes every resync: (entityType, entityId, reason, tenantId of a tenant's subscription). */
+  /**
+   * Observes every resync: (entityType, entityId, reason, tenantId of a tenant's subscription). A resync answered
+   * with a fresh state (a snapshot with the document) reaches `onSnapshot` instead.
+   */
   onResync (listener: ResyncListener): () => void {
     this.resyncListeners.add(listener)
     return () => this.resyncListeners.delete(listener)
+  }
+
+  /** Observes every snapshot of every subscription, and every entity of a live query's (adapters: TanStack Query). */
+  onSnapshot (listener: (state: EntityState) => void): () => void {
+    this.snapshotListeners.add(listener)
+    return () => this.snapshotListeners.delete(listener)
   }
 
   /**
@@ -97,11 +137,16 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
    * a new subscribe sends nothing). Returns the release.
    */
   subscribe<K extends keyof M & string>(entityType: K, entityId: string, events: SubscriptionEvents<M[K]> = {}, options: SubscribeOptions = {}): () => void {
-    const subscription = this.hold(entityType, entityId, options.tenantId)
+    const subscription = this.hold(entityType, entityId, options.tenantId, options.snapshot === true || events.onSnapshot !== undefined)
     // the entity map is the application's word for what the server sends of this type
     const listener = events as SubscriptionEvents<unknown>
     subscription.listeners.add(listener)
     if (events.onWatchers !== undefined) subscription.count()
+    // a late holder starts from the state the subscription holds already
+    const { current } = subscription
+    if (current !== undefined && listener.onSnapshot !== undefined) {
+      queueMicrotask(() => { if (subscription.listeners.has(listener)) listener.onSnapshot?.(current) })
+    }
     let released = false
     return () => {
       if (released) return
@@ -111,12 +156,111 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     }
   }
 
-  /** For useSyncExternalStore: subscribe to one entity's snapshot (`counted`: ask for watcher counts). */
-  watch<K extends keyof M & string>(entityType: K, entityId: string, options: SubscribeOptions = {}): { subscribe: (onChange: () => void) => () => void, getSnapshot: () => EntitySnapshot<M[K]> } {
+  /**
+   * Watches many entities of one type: those not watched yet are asked for in one request (one per 1000 ids), and
+   * each is then a subscription of its own, shared and reference-counted as subscribe()'s are (one `events` for
+   * all: a notification names its entity, and so do `onSnapshot`'s state, `onError` and `onResync`). Returns the
+   * release of them all; releases within one tick unsubscribe in one request.
+   */
+  subscribeMany<K extends keyof M & string>(entityType: K, entityIds: readonly string[], events: SubscriptionEvents<M[K]> = {}, options: SubscribeOptions = {}): () => void {
+    const releases: Array<() => void> = []
+    this.batcher.together(() => { for (const id of new Set(entityIds)) releases.push(this.subscribe(entityType, id, events, options)) })
+    return () => { for (const release of releases) release() }
+  }
+
+  /**
+   * A live query: the entities of `entityType` whose document matches every condition of `where` (a value, or an
+   * array of values any of which will do, per top-level or dotted path), each with its latest document. It starts
+   * from the server's snapshot of the matches (`snapshot: false`: from none) and follows entered, updated, left and
+   * deleted changes; after a reconnect it is read afresh. Handles of one filter (however its conditions are
+   * spelled) share one server subscription; the last `close()` unsubscribes.
+   */
+  subscribeWhere<K extends keyof M & string>(entityType: K, where: Where, options: LiveQueryOptions = {}): LiveQuery<M[K]> {
+    const snapshot = options.snapshot ?? true
+    const key = subscriptionIdOf(entityType, filterIdOf(where), options.tenantId)
+    let filter = this.filters.get(key)
+    if (filter === undefined) {
+      filter = new Filter(entityType, where, options.tenantId, snapshot, this.filterHost)
+      this.filters.set(key, filter)
+      filter.subscribe()
+    }
+    filter.hold(snapshot)
+    const held = filter
+    const listeners = new Set<() => void>()
+    let closed = false
+    // as in subscribe(): the entity map says what the documents are
+    const state = (): LiveQueryState<M[K]> => held.state as LiveQueryState<M[K]>
+    return {
+      subscriptionId: key,
+      get status () { return state().status },
+      get entities () { return state().entities },
+      getSnapshot: state,
+      onChange: (listener) => {
+        const watcher = (): void => listener(state())
+        listeners.add(watcher)
+        held.watchers.add(watcher)
+        return () => { listeners.delete(watcher); held.watchers.delete(watcher) }
+      },
+      close: () => {
+        if (closed) return
+        closed = true
+        for (const watcher of listeners) held.watchers.delete(watcher)
+        held.release()
+      }
+    }
+  }
+
+  /** For useSyncExternalStore: a live query while subscribed to (see subscribeWhere). */
+  watchWhere<K extends keyof M & string>(entityType: K, where: Where, options: LiveQueryOptions = {}): ExternalStore<LiveQueryState<M[K]>> {
+    const key = subscriptionIdOf(entityType, filterIdOf(where), options.tenantId)
+    return {
+      subscribe: (onChange) => {
+        const query = this.subscribeWhere(entityType, where, options)
+        const stop = query.onChange(onChange)
+        return () => { stop(); query.close() }
+      },
+      getSnapshot: () => (this.filters.get(key)?.state ?? PENDING_QUERY) as LiveQueryState<M[K]>
+    }
+  }
+
+  /** For useSyncExternalStore: many entities' snapshots by id, in one request (see subscribeMany). */
+  watchMany<K extends keyof M & string>(entityType: K, entityIds: readonly string[], options: SubscribeOptions = {}): ExternalStore<ReadonlyMap<string, EntitySnapshot<M[K]>>> {
+    const ids = [...new Set(entityIds)]
+    let parts: Array<EntitySnapshot<unknown>> = []
+    let snapshots: ReadonlyMap<string, EntitySnapshot<M[K]>> = new Map()
+    return {
+      subscribe: (onChange) => {
+        const held: Subscription[] = []
+        this.batcher.together(() => { for (const id of ids) held.push(this.hold(entityType, id, options.tenantId, options.snapshot === true)) })
+        for (const subscription of held) subscription.watchers.add(onChange)
+        return () => {
+          for (const subscription of held) {
+            subscription.watchers.delete(onChange)
+            subscription.releaseLater()
+          }
+        }
+      },
+      // a new Map only when one of them changed: React compares snapshots by identity
+      getSnapshot: () => {
+        const now = ids.map((id) => this.subscriptions.get(subscriptionIdOf(entityType, id, options.tenantId))?.snapshot ?? PENDING)
+        if (now.length !== parts.length || now.some((s, i) => s !== parts[i])) {
+          parts = now
+          snapshots = new Map(ids.map((id, i) => [id, now[i] as EntitySnapshot<M[K]>]))
+        }
+        return snapshots
+      }
+    }
+  }
+
+  /**
+   * For useSyncExternalStore: subscribe to one entity's snapshot (`counted`: ask for watcher counts; `snapshot`:
+   * start from the entity's state).
+   */
+  watch<K extends keyof M & string>(entityType: K, entityId: string, options: SubscribeOptions = {}): ExternalStore<EntitySnapshot<M[K]>> {
     const key = subscriptionIdOf(entityType, entityId, options.tenantId)
     return {
       subscribe: (onChange) => {
-        const subscription = this.hold(entityType, entityId, options.tenantId)
+        const subscription = this.hold(entityType, entityId, options.tenantId, options.snapshot === true)
         subscription.watchers.add(onChange)
         if (options.counted === true) subscription.count()
         return () => {
@@ -145,22 +289,30 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
   /** Closes the socket and forgets the token and every subscription. The client cannot be used again. */
   destroy (): void {
     for (const subscription of this.subscriptions.values()) subscription.close()
+    for (const filter of this.filters.values()) filter.close()
     this.subscriptions.clear()
+    this.filters.clear()
+    this.batcher.closed()
+    this.snapshotListeners.clear()
     this.connection.destroy()
     this.stateListeners.clear()
     this.notificationListeners.clear()
     this.resyncListeners.clear()
   }
 
-  /** The subscription of an entity, created (and sent) on first use; a pending release is called off. */
-  private hold (entityType: string, entityId: string, tenantId: string | undefined): Subscription {
+  /**
+   * The subscription of an entity, created (and sent) on first use; a pending release is called off. `snapshot`:
+   * the holder wants the entity's state.
+   */
+  private hold (entityType: string, entityId: string, tenantId: string | undefined, snapshot: boolean): Subscription {
     const key = subscriptionIdOf(entityType, entityId, tenantId)
     let subscription = this.subscriptions.get(key)
     if (subscription === undefined) {
       subscription = new Subscription(entityType, entityId, tenantId, this.host)
       this.subscriptions.set(key, subscription)
+      if (snapshot) subscription.askSnapshot()
       subscription.subscribe()
-    }
+    } else if (snapshot) subscription.askSnapshot()
     subscription.hold()
     return subscription
   }

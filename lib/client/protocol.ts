@@ -5,6 +5,8 @@
  */
 import type { AuthRequest, NotificationMessage, ServerMessage, SubscribeRequest, UnsubscribeRequest } from '../protocol/messages.js'
 import { FEED, WireError, subscriptionIdOf } from '../protocol/wire.js'
+import type { Batcher } from './batch.js'
+import type { Filter } from './query.js'
 import type { Subscription } from './subscription.js'
 
 /** The request id of the `auth` message: an `error` reply with it refuses the token. */
@@ -41,9 +43,15 @@ export function parseServerFrame (text: string): ServerFrame | null {
   }
 }
 
-/** What the frames act on: the client's subscriptions, its sign-in, and its every-notification listeners. */
+/**
+ * What the frames act on: the client's subscriptions, its filtered feeds, its requests for many, its sign-in, and
+ * its every-notification listeners.
+ */
 export interface DispatchTarget {
   readonly subscriptions: ReadonlyMap<string, Subscription>
+  /** filtered feeds, by subscriptionId */
+  readonly filters: ReadonlyMap<string, Filter>
+  readonly batches: Pick<Batcher, 'answered' | 'refused'>
   /** `authenticated`: the server accepted the token */
   signedIn (): void
   /** an `error` reply to the `auth` message: the server refused the token */
@@ -92,6 +100,11 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       for (const item of frame.data) if (isFrame(item)) dispatch(item, to)
       return
     case 'notification': {
+      // a filtered feed's: its own subscription's only (the entity's and its type's feed have their own frames)
+      if (frame.data.subscriptionId !== undefined) {
+        to.filters.get(frame.data.subscriptionId)?.onNotification(frame.data)
+        return to.notified(frame.data)
+      }
       const { own, feeds } = keysOf(frame.data)
       // a patch reaches the observers only as its subscription made it whole
       let whole = frame.data.payloadType === 'delta' ? undefined : frame.data
@@ -106,23 +119,36 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
     case 'watchers':
       subscriptionOf(frame.data, to)?.onWatchers(frame.data.count)
       return
-    case 'subscribed':
-      // a reply to entityIds (subscribeMany) is not sent by this client yet
-      if (!('subscriptionId' in frame.data)) return
-      requestOf(frame.id, frame.data, to)?.onSubscribed(frame.data.recovered)
+    case 'subscribed': {
+      const { data } = frame
+      if (!('subscriptionId' in data)) return to.batches.answered(frame.id, data)
+      const filter = to.filters.get(String(frame.id))
+      if (filter !== undefined) return filter.onSubscribed(data.snapshot !== undefined && 'entities' in data.snapshot ? data.snapshot : undefined)
+      requestOf(frame.id, data, to)?.onSubscribed(data.recovered, data.snapshot !== undefined && !('entities' in data.snapshot) ? data.snapshot : undefined)
       return
-    case 'subscription_error':
-      requestOf(frame.id, frame.data, to)?.onSubscriptionError(frame.data.code, frame.data.error)
+    }
+    case 'subscription_error': {
+      const { code, error } = frame.data
+      if (to.batches.refused(frame.id, code, error)) return
+      ;(to.filters.get(String(frame.id)) ?? requestOf(frame.id, frame.data, to))?.onSubscriptionError(code, error)
       return
+    }
     case 'authenticated':
       to.signedIn()
       for (const subscription of to.subscriptions.values()) subscription.onSignedIn()
       return
-    case 'error':
-      if (frame.id === AUTH_ID && frame.data.code === WireError.unauthenticated) return to.tokenRefused()
+    case 'error': {
+      const { code, error } = frame.data
+      if (frame.id === AUTH_ID && code === WireError.unauthenticated) return to.tokenRefused()
+      if (typeof frame.id !== 'string' || to.batches.refused(frame.id, code, error)) return
+      const filter = to.filters.get(frame.id)
+      if (filter !== undefined && (code === WireError.rateLimited || code === WireError.badRequest)) return filter.onSubscriptionError(code, error)
       // a subscribe beyond the server's rate: send it again later rather than go without it
-      if (typeof frame.id === 'string' && frame.data.code === WireError.rateLimited) to.subscriptions.get(frame.id)?.onRateLimited()
+      if (code === WireError.rateLimited) to.subscriptions.get(frame.id)?.onRateLimited()
+      // a server that predates snapshots refuses a subscribe asking for one
+      if (code === WireError.badRequest) to.subscriptions.get(frame.id)?.onBadRequest()
       return
+    }
     case 'resync': {
       const { data } = frame
       // a resync that names no entity concerns every subscription of the socket
@@ -130,6 +156,8 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
         ? [...to.subscriptions.values()]
         : keysOf({ entityType: data.entityType, entityId: data.entityId, tenantId: data.tenantId }).own.map((key) => to.subscriptions.get(key))
       for (const subscription of targets) subscription?.onResync(data.reason)
+      // a gap in a type may have changed which of its entities match
+      for (const filter of to.filters.values()) if (data.entityType === undefined || data.entityType === filter.entityType) filter.onResync()
     }
   }
 }

@@ -21,14 +21,20 @@
  * `delta` types: the subscription keeps the document and the position it stands at, as the server knows them (it
  * sends a patch only on the document it last sent). A patch whose base is not that document, or that does not
  * apply, is never turned into a document: the subscription asks again (with `since` when a position is known;
- * the server's next frame is then full), and unless the server replays what was missed, holders resync
- * (`patch_failed`).
+ * the server's next frame is then full, and with `snapshot`), and unless the server replays what was missed or
+ * sends a fresh state, holders resync (`patch_failed`).
+ *
+ * Snapshots: a holder that asks for the entity's state gets it with the `subscribed` reply. A subscription that
+ * holds a state (a snapshot, or a whole document) asks for one again whenever it subscribes again after a loss (a
+ * reconnect, a resync, a patch that did not apply), with `since`: the server replays what was missed, or sends the
+ * state afresh; holders that take snapshots get it instead of a resync. A server that predates snapshots answers
+ * `bad_request`: the subscribe is sent again without.
  */
-import type { NotificationMessage, SubscribeRequest } from '../protocol/messages.js'
+import type { EntitySnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { applyPatch } from '../protocol/patch.js'
 import type { ClientMessage } from './protocol.js'
-import type { EntitySnapshot, SubscriptionEvents } from './types.js'
+import type { EntitySnapshot, EntityState, SubscriptionEvents } from './types.js'
 
 export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'resuming' | 'subscribed' | 'error' | 'released'
 
@@ -44,6 +50,8 @@ export interface SubscriptionHost {
   resynced (subscription: Subscription, reason: string): void
   /** the last holder left and the unsubscribe is sent: forget it */
   released (subscription: Subscription): void
+  /** a snapshot reached this subscription's holders (the client tells its every-snapshot listeners) */
+  snapshotted (state: EntityState): void
 }
 
 /** resyncs of one entity within this long of each other reach the application as one */
@@ -74,9 +82,21 @@ export class Subscription {
   private resubscribed: string | undefined
   /** watcher counts were asked for (then every subscribe asks) */
   private counted = false
+  /** a holder takes snapshots */
+  private snapshotAsked = false
+  /** the next subscribe asks for a snapshot */
+  private snapshotDue = false
+  /** the subscribe on its way asked for one */
+  private snapshotSent = false
+  /** the server refused a subscribe with a snapshot as a bad request (it predates them) */
+  private snapshotRefused = false
+  /** the entity's state as last known (a snapshot, or a whole document, and the changes since): a late holder's start */
+  current: EntityState | undefined
   private releaseTimer: ReturnType<typeof setTimeout> | undefined
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private resyncTimer: ReturnType<typeof setTimeout> | undefined
+  /** a resync of the burst under way brought no fresh state */
+  private resyncStale = false
 
   constructor (readonly entityType: string, readonly entityId: string, readonly tenantId: string | undefined, private readonly host: SubscriptionHost) {
     this.key = subscriptionIdOf(entityType, entityId, tenantId)
@@ -112,6 +132,18 @@ export class Subscription {
     this.subscribe()
   }
 
+  /**
+   * A holder wants the entity's state. With one known, it is the holder's to read; otherwise the next subscribe
+   * asks for it, and a subscribe on its way without it is sent again with it.
+   */
+  askSnapshot (): void {
+    if (this.snapshotAsked || this.entityId === FEED) return
+    this.snapshotAsked = true
+    if (this.current !== undefined || this.snapshotRefused) return
+    this.snapshotDue = true
+    if (this.state === 'subscribing' || this.state === 'subscribed') this.subscribe()
+  }
+
   /** Stops every timer; the subscription is dead (the client was destroyed, or it was released). */
   close (): void {
     this.state = 'released'
@@ -125,6 +157,7 @@ export class Subscription {
   /** The socket opened: ask for it; after a reconnect, holders refetch unless the server recovers what was missed. */
   onOpen (reconnected: boolean): void {
     this.resubscribed = reconnected ? 'reconnected' : undefined
+    if (reconnected) this.renewState()
     this.subscribe()
   }
 
@@ -143,21 +176,77 @@ export class Subscription {
 
   /** Sends the subscribe, with `since` when a position is known so that the server can replay what was missed. */
   subscribe (): void {
-    const data: SubscribeRequest = { entityType: this.entityType, entityId: this.entityId }
+    // replies carry the key as their id: they are matched by it, whatever name the server gives the entity
+    if (this.host.send({ type: 'subscribe', id: this.key, data: this.request() })) this.sent()
+  }
+
+  /** What a subscribe of it asks for now. */
+  request (): SubscribeOneRequest {
+    const data: SubscribeOneRequest = { entityType: this.entityType, entityId: this.entityId }
     if (this.tenantId !== undefined) data.tenantId = this.tenantId
     if (this.since !== undefined) data.since = this.since
     if (this.counted) data.watchers = true
-    // replies carry the key as their id: they are matched by it, whatever name the server gives the entity
-    if (this.host.send({ type: 'subscribe', id: this.key, data })) this.state = this.since === undefined ? 'subscribing' : 'resuming'
+    this.snapshotSent = this.snapshotDue && !this.snapshotRefused
+    if (this.snapshotSent) data.snapshot = true
+    return data
+  }
+
+  /** Its subscribe went out (alone, or in a request for many). */
+  sent (): void {
+    this.state = this.since === undefined ? 'subscribing' : 'resuming'
+  }
+
+  /** Subscribing again after a loss: a subscription that holds a state asks for it afresh. */
+  private renewState (): void {
+    if (this.entityId !== FEED && (this.snapshotAsked || this.current !== undefined)) this.snapshotDue = true
   }
 
   // ------------------------------------------------------------------ frames
 
-  onSubscribed (recovered: boolean | undefined): void {
+  onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void {
     this.state = 'subscribed'
-    if (this.snapshot.status !== 'subscribed') this.update({ status: 'subscribed', error: undefined }, false)
-    if (this.resubscribed !== undefined && recovered !== true) this.resync(this.resubscribed)
+    this.snapshotSent = false
+    if (recovered === true) this.snapshotDue = false
+    if (snapshot !== undefined) this.took(snapshot)
+    else if (this.snapshot.status !== 'subscribed') this.update({ status: 'subscribed', error: undefined }, false)
+    const reason = this.resubscribed
     this.resubscribed = undefined
+    // a fresh document stands in for what was missed, for the holders that take it; the others refetch
+    if (reason !== undefined && recovered !== true) this.resync(reason, snapshot !== undefined && 'payload' in snapshot)
+  }
+
+  /** `bad_request`: a server that predates snapshots refuses a subscribe that asks for one; ask without. */
+  onBadRequest (): void {
+    if (!this.snapshotSent || this.state === 'released') return
+    this.snapshotRefused = true
+    this.snapshotDue = false
+    this.subscribe()
+  }
+
+  /**
+   * The entity's state with the reply. It is the base of the next patch (a `delta` type's), and where a resume
+   * starts from; one older than a notification applied meanwhile (outbox positions tell) does not roll it back.
+   */
+  private took (snapshot: EntitySnapshotData): void {
+    this.snapshotDue = false
+    const { position } = snapshot
+    if (position === undefined || position === this.since || isAfter(position, this.since)) {
+      if ('payload' in snapshot) {
+        this.document = snapshot.payload
+        this.documentAt = position
+      }
+      if (position !== undefined) this.since = this.remember(position)
+      this.current = { ...this.ref(), ...snapshot }
+    }
+    const state = this.current ?? { ...this.ref(), ...snapshot }
+    this.update({ status: 'subscribed', error: undefined, version: state.version, ...('payload' in state ? { payload: state.payload } : {}) })
+    for (const l of this.listeners) l.onSnapshot?.(state)
+    this.host.snapshotted(state)
+  }
+
+  /** The entity as replies and states name it. */
+  private ref (): Pick<EntityState, 'entityType' | 'entityId' | 'tenantId'> {
+    return this.tenantId === undefined ? { entityType: this.entityType, entityId: this.entityId } : { entityType: this.entityType, entityId: this.entityId, tenantId: this.tenantId }
   }
 
   /** Refused: final (forbidden, unauthenticated, …), unless the server failed rather than the request. */
@@ -165,7 +254,7 @@ export class Subscription {
     if (code === WireError.internal) return this.retry()
     this.state = 'error'
     this.update({ status: 'error', error: { code, message } })
-    for (const l of this.listeners) l.onError?.(code, message)
+    for (const l of this.listeners) l.onError?.(code, message, this.entityId)
   }
 
   /** A subscribe beyond the server's rate. */
@@ -194,11 +283,15 @@ export class Subscription {
     if (position !== undefined) {
       // delivered again after a failover, or (the entity's own) not after the last one: a repeat
       if (this.seen.includes(position) || (own && !isAfter(position, this.since))) return
-      if (this.seen.push(position) > SEEN_POSITIONS) this.seen.shift()
+      this.remember(position)
       if (own) this.since = position
     }
     const whole = payloadType === 'full' || payloadType === 'delta'
-    this.update({ status: 'subscribed', notification, payload: whole ? notification.payload : this.snapshot.payload })
+    const version = own && notification.version !== undefined ? notification.version : this.snapshot.version
+    if (own && (whole || this.current !== undefined)) {
+      this.current = { ...this.current, ...this.ref(), version, position, ...(whole ? { payload: notification.payload } : {}) }
+    }
+    this.update({ status: 'subscribed', notification, version, payload: whole ? notification.payload : this.snapshot.payload })
     const mine = notification.origin !== undefined && notification.origin === this.host.origin
     for (const l of this.listeners) if (!(mine && l.skipOwnWrites === true)) l.onNotification?.(notification)
     return notification
@@ -234,6 +327,7 @@ export class Subscription {
     this.document = undefined
     this.documentAt = undefined
     if (this.state !== 'subscribed') return
+    this.renewState()
     this.resubscribed = 'patch_failed'
     this.subscribe()
   }
@@ -251,6 +345,7 @@ export class Subscription {
     if (this.state === 'resuming') return
     if (this.since !== undefined && parsePosition(this.since) !== null) {
       this.resubscribed = reason
+      this.renewState()
       this.subscribe()
     } else this.resync(reason)
   }
@@ -271,16 +366,28 @@ export class Subscription {
     }, 250 + Math.floor(this.host.random() * 1000))
   }
 
-  /** Tells the holders to refetch: once for a burst of resyncs (one gap can be reported several times). */
-  private resync (reason: string): void {
+  /**
+   * Tells the holders to refetch: once for a burst of resyncs (one gap can be reported several times). `fresh`: a
+   * snapshot brought the state, so only holders that do not take snapshots refetch.
+   */
+  private resync (reason: string, fresh = false): void {
+    if (!fresh) this.resyncStale = true
     if (this.resyncTimer !== undefined) return
     this.resyncTimer = setTimeout(() => {
       this.resyncTimer = undefined
+      const stale = this.resyncStale
+      this.resyncStale = false
       if (this.state === 'released') return
       this.update({})
-      for (const l of this.listeners) l.onResync?.(reason)
-      this.host.resynced(this, reason)
+      for (const l of this.listeners) if (stale || l.onSnapshot === undefined) l.onResync?.(reason, this.entityId)
+      if (stale) this.host.resynced(this, reason)
     }, RESYNC_BURST_MS)
+  }
+
+  /** Keeps a position among the recent ones; returns it. */
+  private remember (position: string): string {
+    if (this.seen.push(position) > SEEN_POSITIONS) this.seen.shift()
+    return position
   }
 
   private update (change: Partial<EntitySnapshot<unknown>>, bump = true): void {

@@ -1,6 +1,7 @@
 /**
  * TanStack Query adapter: a minimal notification (or a resync) invalidates the entity's query; a full one (or a
- * delta, made whole by the client) sets its data, unless the cache already holds something newer. Duck-typed: no dependency on @tanstack/query-core.
+ * delta, made whole by the client) sets its data, unless the cache already holds something newer; a snapshot (of a
+ * subscription, or of a live query's entities) seeds it. Duck-typed: no dependency on @tanstack/query-core.
  */
 import { subscriptionKey, type ChangefeedClient, type EntityMap, type Notification } from './index.js'
 
@@ -20,6 +21,8 @@ export function syncQueryClient (client: ChangefeedClient<EntityMap>, queryClien
     tenantId === undefined ? [entityType, entityId] : [entityType, entityId, tenantId])
   const applied = new Map<string, string>()
   const stopNotifications = client.onNotification((n: Notification) => {
+    // an entity that left a live query's filter: its document when the frame has it, else it is not gone
+    if (n.changeType === 'left' && n.payload === undefined) return
     const queryKey = keyOf(n.entityType, n.entityId, n.tenantId)
     // a delta type's notification reaches observers with the whole document, as a full one does
     if (n.payloadType !== 'full' && n.payloadType !== 'delta') {
@@ -37,5 +40,11 @@ export function syncQueryClient (client: ChangefeedClient<EntityMap>, queryClien
     applied.delete(subscriptionKey(entityType, entityId, tenantId))
     void queryClient.invalidateQueries({ queryKey: keyOf(entityType, entityId, tenantId) })
   })
-  return () => { stopNotifications(); stopResyncs() }
+  // a snapshot is the state when it was read: whatever the cache held of the entity before is older
+  const stopSnapshots = client.onSnapshot(({ entityType, entityId, tenantId, payload }) => {
+    if (payload === undefined) return
+    applied.delete(subscriptionKey(entityType, entityId, tenantId))
+    queryClient.setQueryData(keyOf(entityType, entityId, tenantId), payload)
+  })
+  return () => { stopNotifications(); stopResyncs(); stopSnapshots() }
 }

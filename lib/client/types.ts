@@ -33,24 +33,45 @@ export interface StateChange {
   nextRetryMs?: number
 }
 
+/**
+ * An entity's state as the server read it when its subscription began (a snapshot), or as the client holds it
+ * since: every later change arrives as a notification. `payload` (`full` and `delta` types): the document, null
+ * when there is none; minimal types have only `version` and `position`.
+ */
+export interface EntityState<T = unknown> {
+  entityType: string
+  entityId: string
+  tenantId?: string
+  payload?: T | null
+  version?: string | null
+  position?: string
+}
+
 export interface SubscriptionEvents<T> {
+  /**
+   * The entity's state when the subscription began, then again whenever the client asked for it afresh (a reconnect
+   * the server could not replay, a patch that did not apply). Giving it asks for snapshots (SubscribeOptions.snapshot).
+   */
+  onSnapshot?: (state: EntityState<T>) => void
   onNotification?: (notification: Notification<T>) => void
   /** the number of sockets watching the entity across the cluster, pushed when it changes */
   onWatchers?: (count: number) => void
   /** skip notifications of this client's own writes (those tagged with `client.origin`) */
   skipOwnWrites?: boolean
-  /** changes may have been missed: refetch */
-  onResync?: (reason: string) => void
+  /** changes may have been missed: refetch (not called when `onSnapshot` is given and a fresh state came instead) */
+  onResync?: (reason: string, entityId: string) => void
   /** the server refused the subscription (code: forbidden, unauthenticated, unknown_entity_type, …) */
-  onError?: (code: WireErrorCode, message: string) => void
+  onError?: (code: WireErrorCode, message: string, entityId: string) => void
 }
 
 /** The latest state of one watched entity, as React reads it. Replaced (never mutated) on each change. */
 export interface EntitySnapshot<T> {
   status: 'pending' | 'subscribed' | 'error'
   notification?: Notification<T>
-  /** the latest document (`full` and `delta` types) */
+  /** the latest document (`full` and `delta` types): from the snapshot when one was asked for, then each change */
   payload?: T | null
+  /** the latest version known (from the snapshot or a notification) */
+  version?: string | null
   /** watchers across the cluster, for subscriptions that asked (onWatchers, useWatcherCount) */
   watchers?: number
   error?: { code: WireErrorCode, message: string }
@@ -120,4 +141,44 @@ export interface SubscribeOptions {
   tenantId?: string
   /** ask for watcher counts ("N watching") */
   counted?: boolean
+  /** ask for the entity's state with the subscription (`onSnapshot`, and `payload` from the start) */
+  snapshot?: boolean
+}
+
+export interface LiveQueryOptions {
+  /** tenanted types: whose entities (without it, the server's default for the principal) */
+  tenantId?: string
+  /** start from the entities that match now (default true); false: start empty and add what changes */
+  snapshot?: boolean
+}
+
+/** A live query's state, as React reads it. Replaced (never mutated) on each change. */
+export interface LiveQueryState<T> {
+  /** pending until the server answers; ready: `entities` holds every match; error: refused (see `error`) */
+  status: 'pending' | 'ready' | 'error'
+  /** the matching entities by id, each with its latest document */
+  entities: ReadonlyMap<string, T>
+  error?: { code: WireErrorCode, message: string }
+  /** increments on every change */
+  revision: number
+}
+
+/** The handle of a live query (`client.subscribeWhere`). */
+export interface LiveQuery<T> {
+  /** the server's subscriptionId of the filter: `<type>:*{…canonical conditions…}` */
+  readonly subscriptionId: string
+  readonly status: LiveQueryState<T>['status']
+  /** the matching entities now (a new Map after each change) */
+  readonly entities: ReadonlyMap<string, T>
+  getSnapshot (): LiveQueryState<T>
+  /** Called after every change; returns the function that stops it. */
+  onChange (listener: (state: LiveQueryState<T>) => void): () => void
+  /** Stops this handle; the last handle of a filter unsubscribes (on the next tick). Safe to call twice. */
+  close (): void
+}
+
+/** The store React's useSyncExternalStore reads. */
+export interface ExternalStore<S> {
+  subscribe: (onChange: () => void) => () => void
+  getSnapshot: () => S
 }

@@ -1,11 +1,12 @@
 /**
  * The SDK's WebSocket option takes Node's `ws` and the browser's WebSocket, under `strict`; a client typed by its
- * entity map is taken by the React and TanStack adapters; error codes are typed by the protocol.
+ * entity map is taken by the React and TanStack adapters; error codes are typed by the protocol; snapshots, requests
+ * for many and live queries are typed by the entity map, and filters by the protocol's conditions.
  */
 import WebSocket from 'ws'
 import { expect, test } from 'tstyche'
-import { ChangefeedClient, type ClientOptions, type EntityMap, type WireErrorCode } from 'fastify-changefeed/client'
-import { ChangefeedProvider, useChangefeedClient, useEntity } from 'fastify-changefeed/react'
+import { ChangefeedClient, type ClientOptions, type EntityMap, type EntitySnapshot, type LiveQuery, type LiveQueryState, type WireErrorCode } from 'fastify-changefeed/client'
+import { ChangefeedProvider, useChangefeedClient, useEntities, useEntity, useLiveQuery } from 'fastify-changefeed/react'
 import { syncQueryClient } from 'fastify-changefeed/tanstack'
 
 const url = 'ws://127.0.0.1:8080/ws'
@@ -48,4 +49,20 @@ test('error codes are the protocol\'s', () => {
   const client = new ChangefeedClient({ url, WebSocket })
   client.subscribe('Team', 'team-1', { onError: (code) => { expect(code).type.toBe<WireErrorCode>() } })
   expect(client.watch('Team', 'team-1').getSnapshot().error?.code).type.toBe<WireErrorCode | undefined>()
+})
+
+test('live queries: snapshots, many entities and filtered feeds carry the entity map\'s documents', () => {
+  type Player = { name: string, teamId: string }
+  type Entities = { Player: Player }
+  const client = new ChangefeedClient<Entities>({ url, WebSocket })
+  client.subscribe('Player', 'p1', { onSnapshot: (s) => { expect(s.payload).type.toBe<Player | null | undefined>() } })
+  client.subscribeMany('Player', ['p1', 'p2'], { onError: (code, _message, entityId) => { expect(code).type.toBe<WireErrorCode>(); expect(entityId).type.toBe<string>() } })
+  expect(client.subscribeMany).type.not.toBeCallableWith('Team', ['t1'])
+  const query = client.subscribeWhere('Player', { teamId: 'team-1', position: ['wing', 'centre'], 'venue.city': null })
+  expect(query).type.toBe<LiveQuery<Player>>()
+  expect(query.entities).type.toBe<ReadonlyMap<string, Player>>()
+  expect(client.subscribeWhere).type.not.toBeCallableWith('Player', { teamId: { nested: true } })
+  expect(client.subscribeWhere).type.not.toBeCallableWith('Player', { teamId: [['nested']] })
+  expect(useEntities<Entities, 'Player'>('Player', ['p1'])).type.toBe<ReadonlyMap<string, EntitySnapshot<Player>>>()
+  expect(useLiveQuery<Entities, 'Player'>('Player', { teamId: 'team-1' })).type.toBe<LiveQueryState<Player>>()
 })

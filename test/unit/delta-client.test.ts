@@ -20,7 +20,8 @@ function fakeHost (): SubscriptionHost & { sent: ClientMessage[], resyncs: strin
     random: () => 0,
     send: (message: ClientMessage) => host.sent.push(message) > 0,
     resynced: (_s: Subscription, reason: string) => { host.resyncs.push(reason) },
-    released: () => {}
+    released: () => {},
+    snapshotted: () => {}
   }
   return host
 }
@@ -116,6 +117,8 @@ t.test('dispatch: observers get a patch only made whole; feeds and deleted chang
   const seen: NotificationMessage[] = []
   const target: DispatchTarget = {
     subscriptions: new Map([[s.key, s], [feed.key, feed]]),
+    filters: new Map(),
+    batches: { answered: () => {}, refused: () => false },
     signedIn: () => {},
     tokenRefused: () => {},
     notified: (n) => seen.push(n)
