@@ -42,7 +42,8 @@ export interface SnapshotEntity {
 }
 
 export interface SnapshotResult {
-  visibility: Visibility
+  /** null: the type has no table to read (its changes come from a host's publish): there is no state to give */
+  visibility: Visibility | null
   entities: SnapshotEntity[]
 }
 
@@ -108,19 +109,22 @@ export class SnapshotReader {
    * The entities that match every condition; SnapshotUnavailable when more than `limit` do. Without `documents`
    * only their ids (a filter's membership).
    */
-  async matching (entity: EntityType, tenantId: string | null, conditions: readonly Condition[], documents: boolean, limit: number): Promise<SnapshotResult> {
+  async matching (entity: EntityType, tenantId: string | null, conditions: readonly Condition[], documents: boolean, limit: number): Promise<{ visibility: Visibility, entities: SnapshotEntity[] }> {
     const result = await this.read(entity, tenantId, documents, (params) => conditions.map(({ parts, values }) => {
       params.push(parts, values)
       return `t.data #> $${params.length - 1}::text[] = ANY($${params.length}::jsonb[])`
     }).join(' AND '), limit + 1)
     if (result.entities.length > limit) throw new SnapshotUnavailable(`the filter matches more than ${limit} entities (limits.maxFilterMatches): narrow it`)
-    return result
+    if (result.visibility === null) throw new SnapshotUnavailable(`${entity.name} has no table to filter`)
+    return { visibility: result.visibility, entities: result.entities }
   }
 
   private async read (entity: EntityType, tenantId: string | null, documents: boolean, where: (params: unknown[]) => string, limit?: number): Promise<SnapshotResult> {
+    // no database at all: a type only a host publishes
+    if (entity.databases.length === 0) return { visibility: null, entities: [] }
     const { name, db } = this.databaseOf(entity, tenantId)
     const columns = await this.columnsOf(name, db, entity)
-    if (columns === null) throw new SnapshotUnavailable(`${entity.name} has no table to read a snapshot from`)
+    if (columns === null) return { visibility: null, entities: [] }
     const params: unknown[] = []
     const conditions = [where(params)]
     if (columns.tenant && tenantId !== null && entity.tenancy === 'conjoined') {

@@ -311,7 +311,7 @@ export class Subscriptions {
    * ended, and the reply is sent (`refused` for the limiter, `bad_request` for an impossible one). Rejects (the
    * subscriptions ended) when the database failed.
    */
-  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: () => string): Promise<{ states: EntitySnapshotData[], carried: Carried } | null> {
+  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: () => string): Promise<{ states: Array<EntitySnapshotData | undefined>, carried: Carried | null } | null> {
     const [, first] = opened[0]
     for (const [channel] of opened) this.resumes().hold(channel)
     let result: SnapshotResult | null
@@ -328,8 +328,10 @@ export class Subscriptions {
       reply.send(refused())
       return null
     }
-    const byId = new Map(result.entities.map((e) => [e.entityId, e.snapshot]))
     const { visibility } = result
+    // a type only a host publishes has no state here: the reply goes without one
+    if (visibility === null) return { states: opened.map(() => undefined), carried: null }
+    const byId = new Map(result.entities.map((e) => [e.entityId, e.snapshot]))
     const states = opened.map(([, subscription]) => {
       const snapshot = byId.get(subscription.entityId) ?? (carriesDocument(entity) ? { payload: null, version: null } : { version: null })
       if (subscription.sent !== undefined) subscription.sent = snapshot.position ?? null
@@ -386,7 +388,7 @@ export class Subscriptions {
       return encodeSubscribedMany(reply.id, req.entityType, req.tenantId, { subscribed: [], errors })
     })
     if (read === null) return
-    answer(subscribed, Object.fromEntries(subscribed.map((id, i) => [id, read.states[i]])))
+    answer(subscribed, read.carried === null ? undefined : Object.fromEntries(subscribed.map((id, i) => [id, read.states[i] ?? {}])))
     for (const [channel] of opened) this.releaseHeld(channel, read.carried)
   }
 
