@@ -15,6 +15,8 @@ export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
   /** `counted`: subscriptions that receive watcher counts */
   subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number, counted: number }
+  /** filtered feeds on this instance: different filters held (`groups`), sockets' subscriptions to them, reads made */
+  filters: { groups: number, subscriptions: number, reads: number }
   /** `outboxPublished`: outbox rows this instance published (outbox mode) */
   listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number }>
   /** the JetStream stream of all changes, when enabled */

@@ -139,7 +139,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       options, registry, policy, authenticator, fanout, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
     const running: Pipeline = pipeline = {
-      options, registry, databases, bus, instanceId, interest, capture, stream, notices, router: changeRouter, drops, fanout, connections, authenticator
+      options, registry, databases, bus, instanceId, interest, capture, stream, notices, router: changeRouter, drops, fanout, connections, authenticator, snapshots
     }
     const decorator = decoratorOf(running)
     fastify.decorate('changefeed', decorator)

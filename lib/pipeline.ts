@@ -6,6 +6,7 @@ import type { Database } from './capture/database.js'
 import type { Capture } from './capture/index.js'
 import type { ChangeStream } from './stream.js'
 import type { EntityRegistry } from './entities.js'
+import type { SnapshotReader } from './snapshot.js'
 import type { Authenticator } from './auth/authenticate.js'
 import type { PubSub } from './bus/index.js'
 import type { InterestStore } from './store/interest.js'
@@ -34,6 +35,8 @@ export interface Pipeline {
   fanout: Fanout
   connections: ConnectionSet
   authenticator: Authenticator
+  /** snapshots and filters' reads */
+  snapshots: SnapshotReader
 }
 
 const sum = (counts: Record<string, number>): number => Object.values(counts).reduce((a, b) => a + b, 0)
@@ -59,6 +62,7 @@ export function statsOf (p: Pipeline): ChangefeedStats {
       removed: sum(fanout.counters.removedByType),
       counted: connections.watcherCounts.sockets
     },
+    filters: { groups: connections.filters?.size ?? 0, subscriptions: connections.filters?.subscriptions ?? 0, reads: p.snapshots.reads },
     listeners: listenerStats(p),
     stream: stream === null ? null : { published: stream.published, failed: stream.failed },
     bus: { provider: bus.provider, ready: bus.ready, instanceId: p.instanceId, channels: fanout.busChannels },

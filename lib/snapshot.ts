@@ -111,8 +111,14 @@ export class SnapshotReader {
    */
   async matching (entity: EntityType, tenantId: string | null, conditions: readonly Condition[], documents: boolean, limit: number): Promise<{ visibility: Visibility, entities: SnapshotEntity[] }> {
     const result = await this.read(entity, tenantId, documents, (params) => conditions.map(({ parts, values }) => {
+      // containment (`@>`) lets a GIN index on data (Marten's jsonb_path_ops) find the rows; it also matches arrays
+      // that hold the value, so equality at the path decides
+      const contains = values.map((value) => {
+        params.push(JSON.stringify(parts.reduceRight<unknown>((inner, key) => ({ [key]: inner }), JSON.parse(value))))
+        return `t.data @> $${params.length}::jsonb`
+      })
       params.push(parts, values)
-      return `t.data #> $${params.length - 1}::text[] = ANY($${params.length}::jsonb[])`
+      return `(${contains.join(' OR ')}) AND t.data #> $${params.length - 1}::text[] = ANY($${params.length}::jsonb[])`
     }).join(' AND '), limit + 1)
     if (result.entities.length > limit) throw new SnapshotUnavailable(`the filter matches more than ${limit} entities (limits.maxFilterMatches): narrow it`)
     if (result.visibility === null) throw new SnapshotUnavailable(`${entity.name} has no table to filter`)

@@ -25,7 +25,7 @@ const entities = {
   Team: { access: 'public', feed: true },
   UserSettings: { access: 'owner', payload: 'full' }
 } as const
-const { url: wsUrl } = await startApp(t, {
+const { app, url: wsUrl } = await startApp(t, {
   databases: [{ name: 'main', url }],
   entities,
   auth: { jwt: { secret: SECRET } },
@@ -191,6 +191,7 @@ t.test('filters are shared and indexed: the same filter on many sockets, differe
   const frames = await other.collect(300, (m) => m.type === 'notification')
   t.same(frames.map((m) => [m.data.subscriptionId, m.data.changeType]).sort(), [['Player:*{"stats.caps":10,"teamId":"greens"}', 'left'], ['Player:*{"teamId":"golds"}', 'entered']])
   t.match(await ask(other, 'subscribe', { entityType: 'Player', entityId: '*', where: { teamId: 'a' } }), { data: { code: WireError.tooManyFilters } }, 'limits.maxFiltersPerType')
+  t.match(app.changefeed.stats().filters, { groups: 3, subscriptions: 5 }, 'three filters, five sockets\' subscriptions to them')
 })
 
 t.test('filtered feeds refuse what they cannot do', async (t) => {

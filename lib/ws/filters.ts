@@ -248,8 +248,6 @@ export class Filters {
   private readonly byChannel = new Map<string, TypeFilters>()
   /** groups per entity type (limits.maxFiltersPerType) */
   private readonly perType = new Map<string, number>()
-  /** groups made, and changes matched (telemetry, tests) */
-  readonly counters = { groups: 0 }
 
   constructor (
     private readonly fanout: Fanout,
@@ -261,6 +259,13 @@ export class Filters {
   get size (): number {
     let n = 0
     for (const filters of this.byChannel.values()) n += filters.groups.size
+    return n
+  }
+
+  /** Sockets' subscriptions to filters now. */
+  get subscriptions (): number {
+    let n = 0
+    for (const filters of this.byChannel.values()) for (const group of filters.groups.values()) n += group.seats.size
     return n
   }
 
@@ -291,7 +296,6 @@ export class Filters {
         await this.snapshots.matching(entity, tenantId, conditions, documents, this.limits.maxFilterMatches))
       filters.add(made)
       this.perType.set(entity.name, (this.perType.get(entity.name) ?? 0) + 1)
-      this.counters.groups++
       const channel = filters
       made.loaded = (async () => {
         await channel.ready

@@ -26,6 +26,9 @@ export class ConnectionSet {
   readonly closedByCode: Record<string, number> = {}
   private sweepTimer: NodeJS.Timeout | null = null
 
+  /** the filtered feeds of this instance's sockets (set when the route is registered) */
+  filters: Filters | null = null
+
   /** `watcherCounts`: the sockets that asked for watcher counts */
   constructor (readonly watcherCounts: WatcherCounts) {}
 
@@ -61,7 +64,7 @@ function release (socket: WebSocket, request: FastifyRequest): void {
   tcp._httpMessage?.detachSocket?.(tcp)
 }
 
-type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts' | 'outboundLimits' | 'filters' | 'snapshot'> & {
+type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts' | 'outboundLimits' | 'filters' | 'snapshot' | 'limitRead'> & {
   telemetry?: Telemetry
   interest: InterestStore
   snapshots: SnapshotReader
@@ -80,7 +83,8 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   // snapshots are database reads too: the same limiter
   const snapshot: ConnectionServices['snapshot'] = async (entity, tenantId, entityIds, ip) =>
     await replays.run(ip, async () => await services.snapshots.entities(entity, tenantId, entityIds))
-  const filters = new Filters(services.fanout, services.snapshots, options.limits)
+  const limitRead: ConnectionServices['limitRead'] = async (ip, read) => await replays.run(ip, read)
+  const filters = connections.filters = new Filters(services.fanout, services.snapshots, options.limits)
   fastify.addHook('onClose', async () => watcherCounts.close())
 
   if (!fastify.hasDecorator('websocketServer')) {
@@ -117,7 +121,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
     maxHeldFrames: limits.maxHeldFrames,
     drainIntervalMs: 50
   }
-  const connectionServices: ConnectionServices = { ...services, replay, snapshot, filters, users, watcherCounts, counters: connections.counters, onClosed, outboundLimits }
+  const connectionServices: ConnectionServices = { ...services, replay, snapshot, filters, limitRead, users, watcherCounts, counters: connections.counters, onClosed, outboundLimits }
 
   await fastify.register(async (scope) => {
     await authenticator.register(scope)

@@ -53,6 +53,8 @@ export interface SubscriptionServices {
   log: FastifyBaseLogger
   counters: { replayed: number }
   filters: Filters
+  /** Runs a database read for `ip` within limits.replaysPerIpPerSecond; null when refused. */
+  limitRead<T>(ip: string, read: () => Promise<T>): Promise<T | null>
   /** The entities' states now (lib/snapshot.ts); null when refused (limits.replaysPerIpPerSecond). */
   snapshot(entity: EntityType, tenantId: string | null, entityIds: string[], ip: string): Promise<SnapshotResult | null>
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
@@ -421,9 +423,11 @@ export class Subscriptions {
     const watcher = this.feedWatcher()
     const subscription: Subscription = { entityType: entity.name, entityId: FEED, tenantId, watcher, counted: false, filter: { feedChannel, subscriptionId } }
     this.byChannel.set(key, subscription)
-    let joined: Awaited<ReturnType<Filters['join']>>
+    let joined: Awaited<ReturnType<Filters['join']>> | null
     try {
-      joined = await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true })
+      // a filter's reads are database reads a client asks for: the same budget as replays and snapshots
+      joined = await this.services.limitRead(this.socket.ip, async () =>
+        await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true }))
     } catch (err) {
       if (this.byChannel.get(key) === subscription) this.byChannel.delete(key)
       watcher.close()
@@ -431,6 +435,11 @@ export class Subscriptions {
       if (err instanceof SnapshotUnavailable) return refuse(WireError.badRequest, err.message)
       log.error({ err }, 'changefeed: a filtered feed could not start')
       return reply.fail()
+    }
+    if (joined === null) {
+      if (this.byChannel.get(key) === subscription) this.byChannel.delete(key)
+      watcher.close()
+      return refuse(WireError.rateLimited, 'too many database reads; retry later')
     }
     if (!this.holds(key, subscription)) return
     const snapshot = joined.entities === null

@@ -79,6 +79,7 @@ const services: ConnectionServices = {
   onClosed: () => {},
   replay: async () => null,
   snapshot: async () => null,
+  limitRead: async () => null,
   filters: {} as Filters
 }
 
