@@ -121,6 +121,11 @@ async function s7 (): Promise<void> {
   await target.stop()
   await db.end()
   const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
+  const ratios = (kind: string): { median: number, min: number, max: number } => {
+    const cpu = (round: number, mode: Mode): number => rows.find((r) => r.round === round && r.kind === kind && r.mode === mode)?.cpuMicrosPerDelivery as number
+    const values = Array.from({ length: ROUNDS }, (_, round) => cpu(round, 'delta') / cpu(round, 'full'))
+    return { median: median(values), min: Math.min(...values), max: Math.max(...values) }
+  }
   const summary = Object.keys(KINDS).map((kind) => {
     const of = (mode: Mode, key: string): number => median(rows.filter((r) => r.kind === kind && r.mode === mode).map((r) => r[key] as number))
     return {
@@ -130,7 +135,9 @@ async function s7 (): Promise<void> {
       deltaBytes: of('delta', 'bytesPerChange'),
       bytesRatio: Math.round((of('delta', 'bytesPerChange') / of('full', 'bytesPerChange')) * 1000) / 1000,
       fullCpuMicros: of('full', 'cpuMicrosPerDelivery'),
-      deltaCpuMicros: of('delta', 'cpuMicrosPerDelivery')
+      deltaCpuMicros: of('delta', 'cpuMicrosPerDelivery'),
+      // the two modes of one kind run back to back in each round: their ratio is paired
+      cpuRatio: `${ratios(kind).median.toFixed(2)}× (${ratios(kind).min.toFixed(2)}–${ratios(kind).max.toFixed(2)})`
     }
   })
   for (const row of summary) log(JSON.stringify(row))

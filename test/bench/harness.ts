@@ -130,6 +130,25 @@ export function cpuMs (pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * 10
 }
 
+/**
+ * Waits until the machine is quiet: the previous target's ten thousand sockets take the kernel and the stopped
+ * processes a few seconds to clear, and whichever target runs next would pay for them (at most `maxMs`).
+ */
+export async function quiet (maxMs = 20_000): Promise<void> {
+  const busy = (): [number, number] => {
+    const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)
+    const ticks = fields.map(Number)
+    return [ticks.reduce((a, b) => a + b, 0), ticks[3] + ticks[4]]
+  }
+  const deadline = Date.now() + maxMs
+  while (Date.now() < deadline) {
+    const [total0, idle0] = busy()
+    await sleep(1000)
+    const [total1, idle1] = busy()
+    if ((idle1 - idle0) / Math.max(1, total1 - total0) > 0.85) return
+  }
+}
+
 /** Received count and merged latency (ms) of every load generator; resets them for the next step. */
 export async function collect (load: Load): Promise<Latency & { bytes: number }> {
   const reports = await ask<LoadReport>(load.children, 'report')

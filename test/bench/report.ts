@@ -133,6 +133,13 @@ function scaleSections (dir: string): string[] {
           ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '', '![fan-out p99](results/fanout-p99.svg)', '')
     roundsChart(join(dir, 'fanout-p99.svg'), 'One hot entity, 10K sockets: p99 latency (median)', 'ms', fanout.rows, 'rate', (n) => `${String(n)} changes/s`, 'p99')
   }
+  const saturation = load(dir, 'saturation')
+  if (saturation !== null) {
+    out.push('## Saturation: one hot entity at 10 changes/s', '', saturation.description + '.', '', `Machine: ${JSON.stringify(saturation.machine)}`, '',
+      table(rounds(saturation.rows, ['rate'], ['deliveredPerSecond', 'p50', 'p99'], 'ws'),
+        [['target', 'target'], ['rounds', 'rounds'], ['deliveredPerSecond', 'delivered/s'], ['deliveredPerSecondRatio', 'to raw ws'],
+          ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '')
+  }
   const storm = load(dir, 'storm')
   if (storm !== null) {
     out.push('## Reconnect storm', '', storm.description + '.', '', `Machine: ${JSON.stringify(storm.machine)}`, '',
@@ -185,7 +192,7 @@ export function writeReport (dir: string): void {
   if (s7 !== null) {
     out.push('## S7 — `full` and `delta` payloads', '', s7.description + '.', '', `Machine: ${JSON.stringify(s7.machine)}`, '',
       table((s7 as Result & { summary: Row[] }).summary, [['kind', 'change'], ['documentBytes', 'document bytes'], ['fullBytes', 'full: bytes per change'], ['deltaBytes', 'delta: bytes per change'],
-        ['bytesRatio', 'delta / full'], ['fullCpuMicros', 'full: server CPU µs per delivery'], ['deltaCpuMicros', 'delta: server CPU µs per delivery']]), '')
+        ['bytesRatio', 'delta / full'], ['fullCpuMicros', 'full: server CPU µs per delivery'], ['deltaCpuMicros', 'delta: server CPU µs per delivery'], ['cpuRatio', 'delta / full CPU, paired by round']]), '')
   }
   const s8 = load(dir, 's8')
   if (s8 !== null) {

@@ -1,5 +1,5 @@
 /**
- * Benchmarks: `npm run bench -- <memory|fanout|storm|cluster|s2|s4|s5|s6|s7|s8|report>`. Each scenario starts what it needs on this machine
+ * Benchmarks: `npm run bench -- <memory|fanout|saturation|storm|cluster|s2|s4|s5|s6|s7|s8|report>`. Each scenario starts what it needs on this machine
  * (loopback only), measures, stops every process it started, writes test/bench/results/<scenario>.json and
  * regenerates test/bench/REPORT.md with its charts. Peers run in the same run, one after another, on the same
  * machine, for the same job: receive a change from Redis, deliver it to every watcher.

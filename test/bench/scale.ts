@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import {
-  REDIS_URL, collect, freePort, log, messageFor, publishAt, rssMiB, save, sleep, started, startHost, startLoad, startPeer, stopLoad,
+  REDIS_URL, collect, freePort, log, messageFor, publishAt, quiet, rssMiB, save, sleep, started, startHost, startLoad, startPeer, stopLoad,
   type HostBus, type Target
 } from './harness.js'
 
@@ -62,13 +62,21 @@ async function memory (): Promise<void> {
 
 /** One hot entity watched by every socket, at 2, 5 and 10 changes/s. */
 async function fanout (): Promise<void> {
-  const rates = [2, 5, 10]
+  await hot('fanout', [2, 5, 10], ['ws', 'memory', 'redis', 'socketio'])
+}
+
+/** Saturation alone: 10 changes/s (100,000 deliveries/s), ours on both buses against raw ws. */
+async function saturation (): Promise<void> {
+  await hot('saturation', [10], ['ws', 'memory', 'redis'])
+}
+
+async function hot (name: string, rates: number[], peers: Peer[]): Promise<void> {
   const seconds = 5
   const redis = new Redis(REDIS_URL)
   const rows: object[] = []
-  const peers: Peer[] = ['ws', 'memory', 'redis', 'socketio']
   for (let round = 0; round < ROUNDS; round++) {
     for (const peer of rotated(peers, round)) {
+      await quiet()
       const target = await start(peer)
       const load = await startLoad([target], SOCKETS, 2, ['hot'], 'Match', 'payload')
       await sleep(1500)
@@ -86,7 +94,7 @@ async function fanout (): Promise<void> {
     }
   }
   redis.disconnect()
-  save('fanout', { description: `${SOCKETS} sockets on one entity; each change arrives on Redis and goes to every watcher; ${seconds} s per rate; ${ROUNDS} interleaved rounds`, rows })
+  save(name, { description: `${SOCKETS} sockets on one entity; each change arrives on Redis and goes to every watcher; ${seconds} s per rate; ${ROUNDS} interleaved rounds, each target started on a quiet machine`, rows })
 }
 
 /** 10K sockets opening and subscribing at once over 1,000 entities, as after an instance restart. */
@@ -157,4 +165,4 @@ async function cluster (): Promise<void> {
   save('cluster', { description: `${SOCKETS} sockets; one Redis against a three-master Redis Cluster (sharded pub/sub): one hot entity at 5 changes/s, and 200 changes/s spread over 1,000 entities; ${ROUNDS} interleaved rounds`, rows })
 }
 
-export const scaleScenarios: Record<string, () => Promise<void>> = { memory, fanout, storm, cluster }
+export const scaleScenarios: Record<string, () => Promise<void>> = { memory, fanout, saturation, storm, cluster }
