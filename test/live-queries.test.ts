@@ -23,7 +23,8 @@ const entities = {
   Counter: { access: 'public', payload: 'full' },
   Match: { access: 'public', payload: 'delta', feed: true },
   Team: { access: 'public', feed: true },
-  UserSettings: { access: 'owner', payload: 'full' }
+  UserSettings: { access: 'owner', payload: 'full' },
+  Roster: { access: 'public', payload: 'full', tenanted: true }
 } as const
 const { app, url: wsUrl } = await startApp(t, {
   databases: [{ name: 'main', url }],
@@ -132,6 +133,15 @@ t.test('many entities in one request: subscribed, refused and unknown ids in one
   t.notOk(c.messages.some(isNotification('Player', 'bp-2')), 'unsubscribed ids get nothing more')
 })
 
+t.test('a snapshot that cannot be read: a tenanted type without a tenant, alone and in a batch', async (t) => {
+  const c = await open()
+  t.match(await ask(c, 'subscribe', { entityType: 'Roster', entityId: 'r-1', snapshot: true }), { type: 'subscription_error', data: { code: WireError.badRequest, error: /tenant/ } })
+  t.match(await ask(c, 'subscribe', { entityType: 'Roster', entityIds: ['r-1', 'r-2'], snapshot: true }),
+    { type: 'subscribed', data: { subscribed: [], errors: [{ entityId: 'r-1', code: WireError.badRequest }, { entityId: 'r-2', code: WireError.badRequest }] } })
+  t.equal(app.changefeed.stats().subscriptions.byType.Roster ?? 0, 0, 'nothing is left subscribed')
+  t.match(await ask(c, 'subscribe', { entityType: 'Roster', entityId: 'r-1', tenantId: 'red' }), { type: 'subscribed' }, 'without a snapshot it subscribes')
+})
+
 t.test('a batch counts entities: the per-connection limit and the rate', async (t) => {
   const c = await open()
   // the burst is maxSubscriptionsPerConnection + subscribeRatePerSecond: 25
@@ -201,6 +211,7 @@ t.test('filtered feeds refuse what they cannot do', async (t) => {
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: 'p-1', where: { n: 1 } }), { data: { code: WireError.badRequest } }, 'where needs "*"')
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { n: 1 }, since: 'x' }), { data: { code: WireError.badRequest } })
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { n: { $gt: 1 } } }), { type: 'error', data: { code: WireError.badRequest } })
+  t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', snapshot: true }), { type: 'subscription_error', data: { code: WireError.badRequest } }, 'a whole feed has no snapshot')
 })
 
 t.test('across instances on Redis: a filter on one instance, the change captured by another', async (t) => {

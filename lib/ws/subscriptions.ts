@@ -194,6 +194,9 @@ export class Subscriptions {
     const scope = policy.scope(entity, req.tenantId, this.socket.principal)
     const ref: EntityRef = { entityType: entity.name, entityId: req.entityId, tenantId: 'code' in scope ? req.tenantId : scope.tenantId }
     if ('code' in scope) return reply.send(encodeSubscriptionError(reply.id, ref, scope.code, scope.reason))
+    if (req.entityId === FEED && req.snapshot === true) {
+      return reply.send(encodeSubscriptionError(reply.id, ref, WireError.badRequest, 'a feed has no one state: a filtered feed (where) gives the entities that match'))
+    }
     // the reply names the subscription as the request did (the draft client computes `<type>:<id>` itself)
     const subscriptionId = subscriptionIdOf(entity.name, req.entityId, req.tenantId)
     const channel = fanout.channel(entity.name, req.entityId, scope.tenantId)
@@ -265,8 +268,7 @@ export class Subscriptions {
     if (recovered === true || !this.holds(channel, subscription)) {
       // answered with the replay
     } else if (req.snapshot === true) {
-      const read = await this.snapshot(reply, entity, [[channel, subscription]], () =>
-        encodeSubscriptionError(reply.id, subscription, WireError.rateLimited, 'too many snapshot reads; retry later'))
+      const read = await this.snapshot(reply, entity, [[channel, subscription]], (code, error) => encodeSubscriptionError(reply.id, subscription, code, error))
       if (read === null) return
       reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered, snapshot: read.states[0] }))
       this.releaseHeld(channel, read.carried)
@@ -309,11 +311,11 @@ export class Subscriptions {
 
   /**
    * The states of subscribed entities (their live notifications held), in order; a `delta` type's subscription
-   * takes each as the base of its next patch. Null when the read was refused or impossible: the subscriptions
-   * ended, and the reply is sent (`refused` for the limiter, `bad_request` for an impossible one). Rejects (the
-   * subscriptions ended) when the database failed.
+   * takes each as the base of its next patch. Null when the read was refused (`rate_limited`) or impossible
+   * (`bad_request`): the subscriptions ended, and the reply `refused` made is sent. Rejects (the subscriptions
+   * ended) when the database failed.
    */
-  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: () => string): Promise<{ states: Array<EntitySnapshotData | undefined>, carried: Carried | null } | null> {
+  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: (code: WireErrorCode, error: string) => string): Promise<{ states: Array<EntitySnapshotData | undefined>, carried: Carried | null } | null> {
     const [, first] = opened[0]
     for (const [channel] of opened) this.resumes().hold(channel)
     let result: SnapshotResult | null
@@ -322,12 +324,12 @@ export class Subscriptions {
     } catch (err) {
       await Promise.all(opened.map(async ([channel]) => await this.end(channel)))
       if (!(err instanceof SnapshotUnavailable)) throw err
-      reply.send(encodeSubscriptionError(reply.id, first, WireError.badRequest, err.message))
+      reply.send(refused(WireError.badRequest, err.message))
       return null
     }
     if (result === null) {
       await Promise.all(opened.map(async ([channel]) => await this.end(channel)))
-      reply.send(refused())
+      reply.send(refused(WireError.rateLimited, 'too many snapshot reads; retry later'))
       return null
     }
     const { visibility } = result
@@ -385,8 +387,8 @@ export class Subscriptions {
     opened.sort(([, a], [, b]) => (order.get(a.entityId) ?? 0) - (order.get(b.entityId) ?? 0))
     const subscribed = opened.map(([, s]) => s.entityId)
     if (!hold || opened.length === 0) return answer(subscribed)
-    const read = await this.snapshot(reply, entity, opened, () => {
-      for (const entityId of subscribed) errors.push({ entityId, code: WireError.rateLimited, error: 'too many snapshot reads; retry later' })
+    const read = await this.snapshot(reply, entity, opened, (code, error) => {
+      for (const entityId of subscribed) errors.push({ entityId, code, error })
       return encodeSubscribedMany(reply.id, req.entityType, req.tenantId, { subscribed: [], errors })
     })
     if (read === null) return
