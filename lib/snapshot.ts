@@ -93,14 +93,15 @@ export class SnapshotReader {
     // every tenant's entity with that id is several entities: which one would the state be?
     if (entity.tenancy !== 'none' && tenantId === null) throw new SnapshotUnavailable(`a snapshot of a tenanted type (${entity.name}) needs a tenant: name tenantId`)
     const byId = (asText: boolean) => (params: unknown[]): string => {
-      params.push(ids)
-      return asText ? `t.id::text = ANY($${params.length}::text[])` : `t.id = ANY($${params.length})`
+      params.push(asText ? ids.map((id) => id.toLowerCase()) : ids)
+      return asText ? `lower(t.id::text) = ANY($${params.length}::text[])` : `t.id = ANY($${params.length})`
     }
     try {
       return await this.read(entity, tenantId, carriesDocument(entity), byId(false))
     } catch (err) {
-      // an id that is not of the column's type (a uuid column asked for "p1"): compared as text, it matches nothing
-      if ((err as { code?: string }).code !== '22P02') throw err
+      // an id the column's type cannot hold (a uuid column asked for "p1", a bigint out of range: data exceptions,
+      // class 22) matches nothing; the others are compared as text, as the column prints them (uuids in lower case)
+      if ((err as { code?: string }).code?.startsWith('22') !== true) throw err
       return await this.read(entity, tenantId, carriesDocument(entity), byId(true))
     }
   }
@@ -109,7 +110,7 @@ export class SnapshotReader {
    * The entities that match every condition; SnapshotUnavailable when more than `limit` do. Without `documents`
    * only their ids (a filter's membership).
    */
-  async matching (entity: EntityType, tenantId: string | null, conditions: readonly Condition[], documents: boolean, limit: number): Promise<{ visibility: Visibility, entities: SnapshotEntity[] }> {
+  async matching (entity: EntityType, tenantId: string | null, conditions: readonly Condition[], documents: boolean, limit: number | null): Promise<{ visibility: Visibility, entities: SnapshotEntity[] }> {
     const result = await this.read(entity, tenantId, documents, (params) => conditions.map(({ parts, values }) => {
       // containment (`@>`) lets a GIN index on data (Marten's jsonb_path_ops) find the rows; it also matches arrays
       // that hold the value, so equality at the path decides
@@ -119,8 +120,8 @@ export class SnapshotReader {
       })
       params.push(parts, values)
       return `(${contains.join(' OR ')}) AND t.data #> $${params.length - 1}::text[] = ANY($${params.length}::jsonb[])`
-    }).join(' AND '), limit + 1)
-    if (result.entities.length > limit) throw new SnapshotUnavailable(`the filter matches more than ${limit} entities (limits.maxFilterMatches): narrow it`)
+    }).join(' AND '), limit === null ? undefined : limit + 1)
+    if (limit !== null && result.entities.length > limit) throw new SnapshotUnavailable(`the filter matches more than ${limit} entities (limits.maxFilterMatches): narrow it`)
     if (result.visibility === null) throw new SnapshotUnavailable(`${entity.name} has no table to filter`)
     return { visibility: result.visibility, entities: result.entities }
   }

@@ -27,8 +27,11 @@ export const ClientEnvelope = Type.Object({
   data: Type.Optional(Type.Unknown())
 })
 
-/** A filtered feed's condition value: equality with a JSON scalar, or (an array) with any of them. */
-const WhereScalar = Type.Union([Type.String({ maxLength: 512 }), Type.Number(), Type.Boolean(), Type.Null()])
+/**
+ * A filtered feed's condition value: equality with a JSON scalar, or (an array) with any of them. Strings as ids are:
+ * no control characters and no lone surrogates, which PostgreSQL's jsonb cannot hold.
+ */
+const WhereScalar = Type.Union([Type.String({ maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*$' }), Type.Number(), Type.Boolean(), Type.Null()])
 /**
  * A filtered feed's conditions: every one must hold. Keys are top-level or dotted paths into the document
  * (`"teamId"`, `"venue.city"`); a value is compared for JSON equality, an array means any of its values.

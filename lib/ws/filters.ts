@@ -53,7 +53,11 @@ class FilterGroup {
   /** the membership read: the matching entities (with documents when its creator asked for a snapshot) */
   loaded: Promise<SnapshotEntity[]> = Promise.resolve([])
 
-  constructor (readonly subscriptionId: string, readonly conditions: Condition[], readonly read: (documents: boolean) => Promise<{ entities: SnapshotEntity[], visibility: Visibility }>) {}
+  /**
+   * `read`: the matching entities, with their documents or not; past `limited` matches (limits.maxFilterMatches) it
+   * rejects with SnapshotUnavailable, without it (a reload of a group that grew past it live) it reads them all
+   */
+  constructor (readonly subscriptionId: string, readonly conditions: Condition[], readonly read: (documents: boolean, limited?: boolean) => Promise<{ entities: SnapshotEntity[], visibility: Visibility }>) {}
 
   /** Applies a change of the type: membership, then the frame to the watchers when it concerns the filter. */
   apply (change: TypeChange, index: TypeFilters): void {
@@ -150,7 +154,7 @@ class TypeFilters implements Watcher {
     const attempt = (): void => {
       // what waited so far was committed before this read starts: the read has it
       group.pending = []
-      group.loaded = group.read(false).then(({ entities, visibility }) => {
+      group.loaded = group.read(false, false).then(({ entities, visibility }) => {
         if (this.groups.get(group.subscriptionId) === group) this.loadedFrom(group, entities, visibility)
         return entities
       })
@@ -292,8 +296,8 @@ export class Filters {
     }
     const creator = group === undefined
     if (group === undefined) {
-      const made = group = new FilterGroup(subscriptionId, conditions, async (documents) =>
-        await this.snapshots.matching(entity, tenantId, conditions, documents, this.limits.maxFilterMatches))
+      const made = group = new FilterGroup(subscriptionId, conditions, async (documents, limited = true) =>
+        await this.snapshots.matching(entity, tenantId, conditions, documents, limited ? this.limits.maxFilterMatches : null))
       filters.add(made)
       this.perType.set(entity.name, (this.perType.get(entity.name) ?? 0) + 1)
       const channel = filters

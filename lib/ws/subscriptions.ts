@@ -14,6 +14,7 @@ import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { FeedWatcher } from './feed.js'
 import { ResumeBuffer, replayedUpTo, type Carried } from './resume.js'
 import { FilterLimitError, type Filters } from './filters.js'
+import { ownerIn } from '../notices.js'
 import { SnapshotUnavailable, type SnapshotResult } from '../snapshot.js'
 import { Compile } from 'typebox/compile'
 import type { WatcherCounts } from './watchers.js'
@@ -270,7 +271,9 @@ export class Subscriptions {
     } else if (req.snapshot === true) {
       const read = await this.snapshot(reply, entity, [[channel, subscription]], (code, error) => encodeSubscriptionError(reply.id, subscription, code, error))
       if (read === null) return
-      reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered, snapshot: read.states[0] }))
+      const [state] = read.states
+      if (state === null) return reply.send(encodeSubscriptionError(reply.id, subscription, WireError.forbidden, 'only the owner may watch this entity'))
+      reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered, snapshot: state }))
       this.releaseHeld(channel, read.carried)
     } else if (recovered === undefined) {
       reply.send(encodeSubscribed(reply.id, subscriptionId, subscription))
@@ -315,7 +318,7 @@ export class Subscriptions {
    * (`bad_request`): the subscriptions ended, and the reply `refused` made is sent. Rejects (the subscriptions
    * ended) when the database failed.
    */
-  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: (code: WireErrorCode, error: string) => string): Promise<{ states: Array<EntitySnapshotData | undefined>, carried: Carried | null } | null> {
+  private async snapshot (reply: Reply, entity: EntityType, opened: Array<[string, Subscription]>, refused: (code: WireErrorCode, error: string) => string): Promise<{ states: Array<EntitySnapshotData | undefined | null>, carried: Carried | null } | null> {
     const [, first] = opened[0]
     for (const [channel] of opened) this.resumes().hold(channel)
     let result: SnapshotResult | null
@@ -336,12 +339,24 @@ export class Subscriptions {
     // a type only a host publishes has no state here: the reply goes without one
     if (visibility === null) return { states: opened.map(() => undefined), carried: null }
     const byId = new Map(result.entities.map((e) => [e.entityId, e.snapshot]))
-    const states = opened.map(([, subscription]) => {
+    const states = await Promise.all(opened.map(async ([channel, subscription]) => {
       const snapshot = byId.get(subscription.entityId) ?? (carriesDocument(entity) ? { payload: null, version: null } : { version: null })
+      // the owner was checked before the read: a document that names someone else now is not theirs to see
+      if (!this.mayRead(entity, snapshot.payload)) {
+        await this.end(channel)
+        return null
+      }
       if (subscription.sent !== undefined) subscription.sent = snapshot.position ?? null
       return snapshot
-    })
+    }))
     return { states, carried: (meta) => visibility.saw(meta.txid) }
+  }
+
+  /** Whether an owner-scoped document may reach this socket: it names its user (or the user is an admin). */
+  private mayRead (entity: EntityType, document: unknown): boolean {
+    const owner = ownerIn(entity, 'full', document)
+    const { principal } = this.socket
+    return owner === undefined || document === null || owner === principal.userId || this.services.policy.isAdmin(principal)
   }
 
   /** A subscribe with `entityIds`: each entity as if subscribed alone, one reply for all. */
@@ -392,8 +407,19 @@ export class Subscriptions {
       return encodeSubscribedMany(reply.id, req.entityType, req.tenantId, { subscribed: [], errors })
     })
     if (read === null) return
-    answer(subscribed, read.carried === null ? undefined : Object.fromEntries(subscribed.map((id, i) => [id, read.states[i] ?? {}])))
-    for (const [channel] of opened) this.releaseHeld(channel, read.carried)
+    const snapshots: Record<string, EntitySnapshotData> = {}
+    const allowed: string[] = []
+    for (const [i, entityId] of subscribed.entries()) {
+      const state = read.states[i]
+      if (state === null) {
+        errors.push({ entityId, code: WireError.forbidden, error: 'only the owner may watch this entity' })
+        continue
+      }
+      allowed.push(entityId)
+      snapshots[entityId] = state ?? {}
+    }
+    answer(allowed, read.carried === null ? undefined : snapshots)
+    for (const [channel, subscription] of opened) if (this.holds(channel, subscription)) this.releaseHeld(channel, read.carried)
   }
 
   /** A filtered feed: the entities of the type whose document matches `where` (lib/ws/filters.ts). */
@@ -443,7 +469,11 @@ export class Subscriptions {
       watcher.close()
       return refuse(WireError.rateLimited, 'too many database reads; retry later')
     }
-    if (!this.holds(key, subscription)) return
+    if (!this.holds(key, subscription)) {
+      // closed or unsubscribed while the filter was joined: its end found no seat to leave, so leave it here
+      watcher.close()
+      return await filters.leave(watcher, feedChannel, subscriptionId, entity.name)
+    }
     const snapshot = joined.entities === null
       ? undefined
       : { entities: joined.entities.map(({ entityId, tenantId, snapshot }) => tenantId === null ? { entityId, ...snapshot } : { entityId, tenantId, ...snapshot }) }
@@ -451,7 +481,7 @@ export class Subscriptions {
     // a reply the socket could not buffer would close it as a slow consumer
     if (frame.length > this.limits.maxBufferedBytes / 2) {
       await this.end(key)
-      return refuse(WireError.badRequest, `the snapshot is too large (${frame.length} bytes, limits.maxBufferedBytes / 2): narrow the filter, or subscribe without snapshot`)
+      return refuse(WireError.badRequest, `the reply would be too large (${frame.length} bytes, limits.maxBufferedBytes / 2): narrow the filter, or subscribe without snapshot`)
     }
     reply.send(frame)
     joined.start()
