@@ -7,7 +7,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import changefeed from '../lib/index.js'
 import { loadConfig } from '../lib/config.js'
 import type { ResolvedOptions } from '../lib/options.js'
-import { DEMO_ENTITIES, startDemo } from './demo.js'
+import { demoOptions, startDemo } from './demo.js'
 import { hashPassword } from '../lib/auth/passwords.js'
 import { startTelemetry, type TelemetrySdk } from './telemetry.js'
 import { providePGlite } from './pglite.js'
@@ -87,7 +87,7 @@ async function main (): Promise<void> {
   } catch (err) {
     fatal(err)
   }
-  if (args.demo) options = { ...options, entities: { ...DEMO_ENTITIES, ...options.entities } } as ResolvedOptions
+  if (args.demo) options = demoOptions(options)
 
   // Fastify takes a hop count too (proxy-addr); its types leave numbers out
   const trustProxy = options.server.trustProxy as boolean | string | string[]
