@@ -235,7 +235,8 @@ export class ChangeRouter {
    * socket was sent), and it carries the patch frame when there is one. `key` is the entity's own channel.
    */
   private withDelta (entity: EntityType, key: string, notice: Notice): Notice & { delta?: DeltaFrame } {
-    if (entity.payload !== 'delta') return notice
+    // events appended to the entity's stream leave its document (and the patch base) as it was
+    if (entity.payload !== 'delta' || notice.payloadType === 'events') return notice
     if (notice.payloadType !== 'full' || notice.fields === undefined) {
       // gone by the time it was read: the next change is full
       this.deltas.forget(key)

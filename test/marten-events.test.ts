@@ -132,3 +132,37 @@ t.test('a conjoined event store keeps tenants\' streams apart', async (t) => {
   const second = await appended(ws, 'm-1')
   t.same([first[0].type, second[0].type], ['RedOnly', 'BlueOnly'], 'each tenant\'s event data, read within its tenant')
 })
+
+t.test('an inline projection: the aggregate\'s document and its events in one transaction, on a delta type', async (t) => {
+  const url = await freshDatabase(t, 'events_inline')
+  const marten = await role(t, url, 'events_inline_app', ['public', 'events'])
+  const db = await marten.client()
+  const store: EventStoreOptions = { schema: 'events', streamIdentity: 'string' }
+  await db.query(eventStore(store))
+  const game = { schema: 'public', name: 'game', idType: 'string' } as const
+  await db.query(documentSchema(game))
+  const app = await startApp(t, {
+    databases: [{ name: 'ballr', url, schema: 'public' }],
+    capture: { channel: 'ballr:inline', events: { enabled: true, schema: 'events' } },
+    entities: { Game: { access: 'public', payload: 'delta' } }
+  })
+  const ws = await app.client()
+  await ws.subscribe('Game', 'g-1')
+  const venue = 'North Oval '.repeat(40)
+  // Marten's SaveChanges: the events appended and the projected document upserted, one transaction
+  const play = async (version: number, doc: object): Promise<void> => {
+    const { rows } = await db.query(reserveSequencesSql('events', 1))
+    await run(db, [
+      ...richAppendCommands(store, { streamId: 'g-1', streamType: 'game', currentVersion: version === 1 ? null : version - 1, sequences: [rows[0].nextval as string], events: [event('Scored', doc)] }),
+      upsertCall(game, 'upsert', { id: 'g-1', doc })
+    ])
+  }
+  await play(1, { venue, home: 3 })
+  const first = [await ws.next(isNotification('Game', 'g-1')), await ws.next(isNotification('Game', 'g-1'))]
+  t.same(first.map((m) => m.data.changeType).sort(), ['appended', 'created'], 'both: the document and the events')
+  t.not(first[0].data.position, first[1].data.position, 'each with its own position (a client drops a repeated one)')
+  await play(2, { venue, home: 10 })
+  const second = [await ws.next(isNotification('Game', 'g-1')), await ws.next(isNotification('Game', 'g-1'))]
+  const update = second.find((m) => m.data.changeType === 'updated')
+  t.match(update?.data, { payloadType: 'delta', patch: [{ op: 'replace', path: '/home', value: 10 }] }, 'the events did not make the publisher forget the document: a patch')
+})

@@ -50,7 +50,8 @@ export interface Change {
   /**
    * Where the change stands in its database's change log, carried by the notification so a client can resume.
    * Outbox mode: `<epoch>:<number>` (the position of the transaction's last row for the entity), resumable with
-   * `since`. Notify mode: `n:<txid>`, only for telling changes apart.
+   * `since`. Notify mode: `n:<txid>` (`n:<txid>:events` for the events appended to a stream), only for telling
+   * changes apart.
    */
   position: string
   version: string | null
@@ -134,7 +135,9 @@ export class TransactionCoalescer {
           tenantId,
           changeType: 'appended',
           txid,
-          position,
+          // a Marten inline projection writes the aggregate's document in the same transaction: in notify mode the
+          // document's change is `n:<txid>`, and a position names one notification
+          position: last.p ?? `n:${txid}:events`,
           version: String(Math.max(...events.map((e) => e.version))),
           ts: last.ts,
           origin: last.o ?? null,

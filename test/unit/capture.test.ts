@@ -138,7 +138,14 @@ t.test('TransactionCoalescer: appended events: one change per stream, events in 
   t.match(game, { id: 's1', changeType: 'appended', version: '3', streamType: 'Game', ts: 20, position: '0000abcd:42', hasDoc: false })
   t.same(game.events, [event(1, { points: 3 }), event(2), event(3)], 'sorted by version, data kept')
   t.equal(game.doc, undefined)
-  t.match(untyped, { id: 's2', version: '9', streamType: null, position: 'n:7' })
+  t.match(untyped, { id: 's2', version: '9', streamType: null, position: 'n:7:events' })
+})
+
+t.test('TransactionCoalescer: a document and its stream\'s events in one transaction (an inline projection): two positions', async (t) => {
+  const { push, emitted, flush } = coalescer()
+  push(row('m-1', 'U', 7, { t: 'mt_doc_game' }), row('m-1', 'A', 7, { t: 'mt_events', st: 'Game', e: { type: 'scored', version: 4 } }))
+  flush()
+  t.same(emitted.map((c) => [c.changeType, c.position]), [['updated', 'n:7'], ['appended', 'n:7:events']], 'a client that drops repeated positions keeps both')
 })
 
 t.test('TransactionCoalescer: an archived stream: archived, with its stream type', async (t) => {
