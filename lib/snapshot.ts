@@ -11,7 +11,7 @@ import { quoteIdent, type Database } from './capture/database.js'
 import type { EntityRegistry, EntityType } from './entities.js'
 import { carriesDocument } from './entities.js'
 import type { ReplaySource } from './replay.js'
-import { formatPosition, type Condition, type EntitySnapshotData } from './protocol/index.js'
+import { formatPosition, notifyPosition, type Condition, type EntitySnapshotData } from './protocol/index.js'
 
 /** Which transactions a PostgreSQL snapshot (`pg_current_snapshot()`, 'xmin:xmax:xip,…') saw as committed. */
 export class Visibility {
@@ -66,6 +66,15 @@ interface Columns { version: boolean, deleted: boolean, tenant: boolean }
 /** `t.xmin` (32 bits, wraps) as the 64-bit transaction id the trigger reports, relative to the snapshot's xmax. */
 const FULL_XMIN = `((pg_snapshot_xmax(s.sn)::text::bigint >> 32) << 32) + t.xmin::text::bigint
   - CASE WHEN t.xmin::text::bigint > (pg_snapshot_xmax(s.sn)::text::bigint & 4294967295) THEN 4294967296 ELSE 0 END`
+
+/** Outbox mode: the columns of the row's last numbered change (its position) and the outbox's epoch. */
+function outboxPosition (source: ReplaySource, entity: EntityType, params: unknown[]): string {
+  params.push(source.outbox.channel, entity.table)
+  const [channel, table] = [params.length - 1, params.length]
+  return `(SELECT o.pos::text FROM changefeed_outbox o WHERE o.channel = $${channel} AND o.t = $${table} AND o.eid = t.id::text
+      AND o.x = ${FULL_XMIN} AND o.pos IS NOT NULL ORDER BY o.pos DESC LIMIT 1) AS pos,
+    (SELECT st.epoch FROM changefeed_outbox_state st WHERE st.channel = $${channel}) AS epoch`
+}
 
 export class SnapshotReader {
   /** reads made (telemetry, tests) */
@@ -140,15 +149,7 @@ export class SnapshotReader {
     }
     if (columns.deleted) conditions.push('NOT coalesce(t.mt_deleted, false)')
     const source = this.sources.get(name)
-    const position = source === undefined
-      ? 'NULL::text AS pos, NULL::text AS epoch'
-      : (() => {
-          params.push(source.outbox.channel, entity.table)
-          const [channel, table] = [params.length - 1, params.length]
-          return `(SELECT o.pos::text FROM changefeed_outbox o WHERE o.channel = $${channel} AND o.t = $${table} AND o.eid = t.id::text
-              AND o.x = ${FULL_XMIN} AND o.pos IS NOT NULL ORDER BY o.pos DESC LIMIT 1) AS pos,
-            (SELECT st.epoch FROM changefeed_outbox_state st WHERE st.channel = $${channel}) AS epoch`
-        })()
+    const position = source === undefined ? 'NULL::text AS pos, NULL::text AS epoch' : outboxPosition(source, entity, params)
     if (limit !== undefined) params.push(limit)
     const text = `SELECT s.sn::text AS snap, d.* FROM (SELECT pg_current_snapshot() AS sn) s LEFT JOIN LATERAL (
         SELECT t.id::text AS id, ${columns.tenant ? 't.tenant_id::text' : 'NULL::text'} AS tenant,
@@ -166,7 +167,7 @@ export class SnapshotReader {
       if (row.id === null) continue
       const snapshot: EntitySnapshotData = { version: row.version }
       if (documents) snapshot.payload = row.data ?? null
-      const at = row.pos !== null && row.epoch !== null ? formatPosition(row.epoch, row.pos) : source === undefined && row.fx !== null ? 'n:' + row.fx : undefined
+      const at = row.pos !== null && row.epoch !== null ? formatPosition(row.epoch, row.pos) : source === undefined && row.fx !== null ? notifyPosition(row.fx) : undefined
       if (at !== undefined) snapshot.position = at
       entities.push({ entityId: row.id, tenantId: row.tenant ?? databaseTenant, snapshot })
     }

@@ -68,13 +68,17 @@ t.test('snapshot with concurrent writes: each client\'s snapshot plus its notifi
   await write('mt_doc_counter', 'hot', { n: 0 })
   const FINAL = 150
   const clients = await Promise.all(Array.from({ length: 8 }, async () => await open()))
+  let written = 0
   const writer = (async () => {
-    for (let n = 1; n <= FINAL; n++) await write('mt_doc_counter', 'hot', { n })
+    for (let n = 1; n <= FINAL; n++) {
+      await write('mt_doc_counter', 'hot', { n })
+      written = n
+    }
   })()
   const starts: number[] = []
   for (const c of clients) {
-    // spread over the writes
-    await new Promise((resolve) => setTimeout(resolve, 20))
+    // spread over the writes: each client subscribes a few writes after the one before it
+    t.ok(await until(() => written >= Math.min(FINAL, (starts.at(-1) ?? 0) + 5), 10_000))
     const reply = await ask(c, 'subscribe', { entityType: 'Counter', entityId: 'hot', snapshot: true })
     starts.push(reply.data.snapshot.payload.n)
   }

@@ -6,6 +6,8 @@
  * describes the entity truthfully (created then updated), just not in one message.
  */
 
+import { notifyPosition } from '../protocol/wire.js'
+
 /** insert, update, delete; an event appended; a stream archived */
 export type RowOp = 'I' | 'U' | 'D' | 'A' | 'R'
 export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended' | 'archived'
@@ -124,7 +126,7 @@ export class TransactionCoalescer {
     const groups = [...this.pending.values()]
     this.pending.clear()
     for (const { first, last, events } of groups) {
-      const position = last.p ?? 'n:' + txid
+      const position = last.p ?? notifyPosition(txid)
       const tenantId = last.tn ?? this.tenant
       if (events !== undefined) {
         this.emit({
@@ -137,7 +139,7 @@ export class TransactionCoalescer {
           txid,
           // a Marten inline projection writes the aggregate's document in the same transaction: in notify mode the
           // document's change is `n:<txid>`, and a position names one notification
-          position: last.p ?? `n:${txid}:events`,
+          position: last.p ?? notifyPosition(txid, true),
           version: String(Math.max(...events.map((e) => e.version))),
           ts: last.ts,
           origin: last.o ?? null,

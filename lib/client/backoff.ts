@@ -3,6 +3,11 @@
  * that starts over once a connection has stayed up long enough (a link that flaps does not retry at full speed).
  */
 
+/** How long a request the server refused for now (`rate_limited`, `internal_error`) waits: 250 to 1,250 ms. `random`: [0, 1). */
+export function retryDelay (random: number): number {
+  return 250 + Math.floor(random * 1000)
+}
+
 /** Full jitter: a uniformly random delay up to min(maxMs, initialMs · 2^(attempt-1)). */
 export function backoffDelay (attempt: number, initialMs: number, maxMs: number, random: () => number = Math.random): number {
   return Math.floor(random() * Math.min(maxMs, initialMs * 2 ** Math.max(0, attempt - 1)))

@@ -11,6 +11,7 @@
 import type { FeedSnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { filterIdOf, type Where } from '../protocol/where.js'
+import { retryDelay } from './backoff.js'
 import type { ClientMessage } from './protocol.js'
 import type { EntityState, LiveQueryState } from './types.js'
 
@@ -133,7 +134,7 @@ export class Filter {
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined
       if (this.phase !== 'released') this.subscribe()
-    }, 250 + Math.floor(this.host.random() * 1000))
+    }, retryDelay(this.host.random()))
   }
 
   private update (change: Partial<LiveQueryState<unknown>>): void {

@@ -33,6 +33,7 @@
 import type { EntitySnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { applyPatch } from '../protocol/patch.js'
+import { retryDelay } from './backoff.js'
 import type { ClientMessage } from './protocol.js'
 import type { EntitySnapshot, EntityState, SubscriptionEvents } from './types.js'
 
@@ -363,7 +364,7 @@ export class Subscription {
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined
       if (this.state !== 'released') this.subscribe()
-    }, 250 + Math.floor(this.host.random() * 1000))
+    }, retryDelay(this.host.random()))
   }
 
   /**

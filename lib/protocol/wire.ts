@@ -72,6 +72,11 @@ export function parseSubscriptionId (subscriptionId: string): { entityType: stri
  * (`n:<txid>` in notify mode, `p:<instance>:<n>` for a host's publish) only tell changes apart.
  */
 
+/** A notify-mode position: the writer's transaction (`:events` for the events it appended to a stream). */
+export function notifyPosition (txid: string, events = false): string {
+  return events ? 'n:' + txid + ':events' : 'n:' + txid
+}
+
 export function formatPosition (epoch: string, pos: number | string): string {
   return epoch + ':' + String(pos)
 }

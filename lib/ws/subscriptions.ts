@@ -437,7 +437,7 @@ export class Subscriptions {
     const { tenantId } = scope
     const subscriptionId = subscriptionIdOf(entity.name, filterIdOf(where), req.tenantId)
     const feedChannel = fanout.channel(entity.name, FEED, tenantId)
-    const key = feedChannel + '\u0000' + subscriptionId
+    const key = filterKey(feedChannel, subscriptionId)
     const existing = this.byChannel.get(key)
     // asked again with a snapshot: the filter starts over, so the state and the frames after it agree
     if (existing !== undefined && req.snapshot === true) await this.end(key)
@@ -518,7 +518,7 @@ export class Subscriptions {
     const filter = where ?? parseFilterId(entityId)
     const channel = this.services.fanout.channel(entity.name, filter === null ? entityId : FEED, tenantId)
     if (filter === null || !WhereCheck.Check(filter)) return channel
-    return channel + '\u0000' + subscriptionIdOf(entity.name, filterIdOf(filter), named)
+    return filterKey(channel, subscriptionIdOf(entity.name, filterIdOf(filter), named))
   }
 }
 
@@ -529,6 +529,9 @@ type ManyErrors = Array<{ entityId: string, code: WireErrorCode, error: string }
 function subscribable (entity: EntityType | undefined): entity is EntityType {
   return entity !== undefined && (entity.access !== null || entity.declared)
 }
+
+/** The key a filtered feed's subscription is held by: never a channel (channels hold no NUL). */
+const filterKey = (feedChannel: string, subscriptionId: string): string => feedChannel + '\u0000' + subscriptionId
 
 /** A filter as the server holds it (keys sorted, values sorted and distinct). */
 function canonicalWhere (where: Where): Where {

@@ -8,6 +8,7 @@ import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/
 import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
 import type { EntityType } from '../../lib/entities.js'
 import { conditionsOf, encodeNotification, filterIdOf, matches, subscriptionIdOf, whereKey, type Where } from '../../lib/protocol/index.js'
+import { until } from '../helpers/wait.js'
 
 const Player: EntityType = { name: 'Player', databases: ['main'], schema: 'public', table: 'mt_doc_player', access: 'public', payload: 'full', feed: true, declared: true, tenancy: 'none' }
 const FEED = 'cf:Player:*'
@@ -180,7 +181,7 @@ t.test('after a gap a group reads its members again; changes meanwhile wait for 
   h.reads[1].fail(new Error('database blip'))
   await turn()
   // the read is tried again a moment later
-  t.ok(await new Promise((resolve) => { const timer = setInterval(() => { if (h.reads.length === 3) { clearInterval(timer); resolve(true) } }, 20) }))
+  t.ok(await until(() => h.reads.length === 3), 'the read is tried again')
   change(h.channel(), 'p-3', { teamId: 'reds' }, '401')
   // the members now: p-1 left during the gap, p-3's change came after the read's snapshot
   h.reads[2].answer([{ entityId: 'p-2', tenantId: null, snapshot: {} }], '400:400:')
