@@ -1,7 +1,7 @@
 /**
  * Live queries against PostgreSQL: a subscription that starts from the current state with no gap and no duplicate
  * (`snapshot`), many entities in one request (`entityIds`), and filtered feeds (`where`) with entered and left,
- * on one instance and across instances on Redis.
+ * on one instance and across instances on Redis and on NATS.
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
@@ -9,7 +9,7 @@ import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { startApp } from './helpers/app.js'
 import { TestClient, isNotification, type Frame } from './helpers/client.js'
 import { now, signHs256 } from './helpers/tokens.js'
-import { REDIS_URL } from './helpers/brokers.js'
+import { NATS_URL, REDIS_URL } from './helpers/brokers.js'
 import { WireError, type ChangefeedPluginOptions } from '../lib/index.js'
 import { until } from './helpers/wait.js'
 
@@ -218,16 +218,29 @@ t.test('filtered feeds refuse what they cannot do', async (t) => {
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', snapshot: true }), { type: 'subscription_error', data: { code: WireError.badRequest } }, 'a whole feed has no snapshot')
 })
 
-t.test('across instances on Redis: a filter on one instance, the change captured by another', async (t) => {
-  const prefix = `lq-${randomUUID().slice(0, 8)}`
-  const cluster: ChangefeedPluginOptions = { databases: [{ name: 'main', url }], entities, bus: { provider: 'redis', url: REDIS_URL, prefix }, capture: { channel: `lq:${prefix}` } }
-  const instances = await Promise.all([startApp(t, cluster), startApp(t, cluster), startApp(t, cluster)])
-  const watchers = await Promise.all(instances.map(async ({ url }) => await open(url)))
-  for (const w of watchers) t.equal((await ask(w, 'subscribe', { entityType: 'Player', entityId: '*', where: { teamId: 'cluster' }, snapshot: true })).type, 'subscribed')
-  await write('mt_doc_player', 'c-1', { teamId: 'cluster' })
-  await write('mt_doc_player', 'c-1', { teamId: 'elsewhere' })
-  for (const w of watchers) {
-    t.match((await w.next((m) => m.type === 'notification')).data, { entityId: 'c-1', changeType: 'entered' })
-    t.match((await w.next((m) => m.type === 'notification')).data, { entityId: 'c-1', changeType: 'left' })
-  }
-})
+for (const provider of ['redis', 'nats'] as const) {
+  t.test(`across instances on ${provider}: filters and batch snapshots on every instance, the change captured by one`, async (t) => {
+    const prefix = `lq-${randomUUID().slice(0, 8)}`
+    const cluster: ChangefeedPluginOptions = {
+      databases: [{ name: 'main', url }],
+      entities,
+      bus: { provider, url: provider === 'redis' ? REDIS_URL : NATS_URL, prefix },
+      capture: { channel: `lq:${prefix}` }
+    }
+    const instances = await Promise.all([startApp(t, cluster), startApp(t, cluster), startApp(t, cluster)])
+    const watchers = await Promise.all(instances.map(async ({ url }) => await open(url)))
+    const id = `c-${provider}`
+    for (const w of watchers) {
+      t.equal((await ask(w, 'subscribe', { entityType: 'Player', entityId: '*', where: { teamId: `cluster-${provider}` }, snapshot: true })).type, 'subscribed')
+      t.match(await ask(w, 'subscribe', { entityType: 'Counter', entityIds: [id], snapshot: true }), { data: { subscribed: [id] } })
+    }
+    await write('mt_doc_player', id, { teamId: `cluster-${provider}` })
+    await write('mt_doc_player', id, { teamId: 'elsewhere' })
+    await write('mt_doc_counter', id, { n: 1 })
+    for (const w of watchers) {
+      t.match((await w.next((m) => m.type === 'notification' && m.data.entityType === 'Player')).data, { entityId: id, changeType: 'entered' })
+      t.match((await w.next((m) => m.type === 'notification' && m.data.entityType === 'Player')).data, { entityId: id, changeType: 'left' })
+      t.match((await w.next(isNotification('Counter', id))).data, { changeType: 'created', payload: { n: 1 } })
+    }
+  })
+}
