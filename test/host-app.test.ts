@@ -70,6 +70,26 @@ t.test('a host that registered @fastify/redis shares its client with the Redis b
   t.equal(await host.changefeed.watchers('Team', 'shared'), 1)
 })
 
+t.test('a host whose @fastify/websocket compresses: notifications go through ws, compressed, in order', async (t) => {
+  const { default: Fastify } = await import('fastify')
+  const { default: websocket } = await import('@fastify/websocket')
+  const { default: changefeed } = await import('../lib/index.js')
+  const host = Fastify()
+  t.teardown(async () => await host.close())
+  await host.register(websocket, { options: { perMessageDeflate: { threshold: 0 } } })
+  await host.register(changefeed, { entities: { Team: { access: 'public', payload: 'full' } } })
+  await host.listen({ host: '127.0.0.1', port: 0 })
+  const ws = await TestClient.open(`ws://127.0.0.1:${(host.server.address() as { port: number }).port}/ws`, { perMessageDeflate: true })
+  t.teardown(() => ws.close())
+  t.equal(ws.ws.extensions, 'permessage-deflate', 'compression negotiated')
+  await ws.subscribe('Team', 'squeezed')
+  const names = Array.from({ length: 20 }, (_, i) => `name ${i} `.repeat(200))
+  for (const name of names) await host.changefeed.publish({ entityType: 'Team', entityId: 'squeezed', changeType: 'updated', payload: { name } })
+  const got: unknown[] = []
+  for (let i = 0; i < names.length; i++) got.push((await ws.next(isNotification('Team', 'squeezed'))).data.payload)
+  t.same(got, names.map((name) => ({ name })), 'every notification, whole and in order')
+})
+
 t.test('mounted, the plugin adds only its socket route unless told', async (t) => {
   t.ok(app.hasRoute({ method: 'GET', url: '/ws' }), '/ws')
   for (const path of ['/health/live', '/health/ready', '/changefeed/stats']) t.notOk(app.hasRoute({ method: 'GET', url: path }), `not ${path}`)

@@ -12,6 +12,7 @@ import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
 import type { FrameMeta } from './fanout.js'
 import { OutboundQueue, type OutboundLimits } from './outbound.js'
+import { sendPrepared, writesDirect, type PreparedFrame } from './prepared.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type ReplayedFrames, type Subscriber, type SubscriptionServices } from './subscriptions.js'
@@ -59,6 +60,8 @@ export class Connection implements Subscriber {
   /** made when the socket first falls behind: it holds and conflates while the peer reads slowly */
   private outbound: OutboundQueue | undefined
   private readonly limits: ResolvedOptions['limits']
+  /** prepared frames go straight to the TCP stream (lib/ws/prepared.ts) */
+  private readonly direct: boolean
   private expiryTimer: NodeJS.Timeout | null = null
   private _principal: Principal
 
@@ -70,6 +73,7 @@ export class Connection implements Subscriber {
     private readonly services: ConnectionServices
   ) {
     this.limits = services.options.limits
+    this.direct = writesDirect(socket)
     this._principal = principal
     this.subscriptions = new Subscriptions(this, services, this.limits)
     this.scheduleExpiry()
@@ -102,30 +106,31 @@ export class Connection implements Subscriber {
       case 'delta': {
         const { patch } = meta
         const base = this.subscriptions.advance(meta)
-        if (patch === undefined || base !== patch.base) return this.write(frame, meta.key, meta.bytes)
+        if (patch === undefined || base !== patch.base) return this.write(frame, meta.key, meta.prepared)
         patch.sent++
         // held and then conflated with a later change, it becomes that change's full frame
-        return this.write(patch.frame, meta.key, patch.bytes, frame)
+        return this.write(patch.frame, meta.key, patch.prepared, frame)
       }
       case 'full':
       case 'minimal':
-        return this.write(frame, meta.key, meta.bytes)
+        return this.write(frame, meta.key, meta.prepared)
       default:
-        return this.write(frame, null, meta.bytes)
+        return this.write(frame, null, meta.prepared)
     }
   }
 
   /** `full`: a patch frame's full counterpart, what it becomes when a later frame of the entity is merged into it. */
-  private write (frame: string, key: string | null, bytes?: Buffer, full?: string): boolean {
+  private write (frame: string, key: string | null, prepared?: PreparedFrame, full?: string): boolean {
     if (this.state !== 'open') return false
     // a socket that keeps up (nearly all of them) writes at once and never needs a queue
     if (this.outbound === undefined && this.socket.bufferedAmount <= this.services.outboundLimits.highWaterBytes) {
-      this.socket.send(bytes ?? frame, TEXT)
+      if (prepared === undefined) this.socket.send(frame, TEXT)
+      else sendPrepared(this.socket, this.direct, prepared)
       return true
     }
     const outbound = this.outbound ??= new OutboundQueue(this.socket, this.services.outboundLimits)
     const before = outbound.conflated
-    const result = outbound.push(frame, key, bytes, full)
+    const result = outbound.push(frame, key, prepared?.bytes, full)
     this.services.counters.conflated += outbound.conflated - before
     if (result !== 'overflow') return true
     this.services.counters.slowConsumerCloses++

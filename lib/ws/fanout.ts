@@ -14,6 +14,7 @@ import type { Telemetry } from '../telemetry.js'
 import { encodeResync } from '../protocol/index.js'
 import { BusMembership } from './membership.js'
 import { gapChannelOf } from '../resync.js'
+import { PreparedFrame } from './prepared.js'
 
 /** What a watcher knows of a notification besides its frame. */
 export interface FrameMeta {
@@ -25,14 +26,14 @@ export interface FrameMeta {
   tenantId: string | null
   /** what a socket's later notification of the same entity may replace while the socket reads slowly */
   key: string
-  /** the frame's bytes, encoded once for every socket it goes to */
-  bytes: Buffer
+  /** the frame encoded and framed once for every socket it goes to */
+  prepared: PreparedFrame
   /** changes captured from PostgreSQL: the writer's transaction id (a snapshot that saw it has the change already) */
   txid?: string
   /** owner types with full documents: the owner the document names (null: none); undefined: nothing to check */
   owner?: string | null
   /**
-   * payload type `delta` (a `delta` type's change with a document; `bytes` is then its full frame): its patch frame,
+   * payload type `delta` (a `delta` type's change with a document; `prepared` is then its full frame): its patch frame,
    * when it has one, for the sockets whose last frame of the entity was the one at `base`. `sent` counts them.
    */
   patch?: PatchFrame
@@ -41,7 +42,7 @@ export interface FrameMeta {
 /** A change's patch frame, encoded once for every socket it goes to. */
 export interface PatchFrame {
   frame: string
-  bytes: Buffer
+  prepared: PreparedFrame
   /** the position of the document the patch applies to */
   base: string
   /** sockets it was written to */
@@ -156,11 +157,11 @@ export class Fanout {
     // a channel of every tenant carries each tenant's entity: theirs are different entities
     const key = envelope.tenantId === null || entry.tenantId !== null ? channel : channel + '\u0000' + envelope.tenantId
     const meta: FrameMeta = {
-      channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner, bytes: Buffer.from(envelope.frame)
+      channel, position: envelope.position, payloadType: envelope.payloadType, tenantId: envelope.tenantId, key, owner: envelope.owner, prepared: new PreparedFrame(envelope.frame)
     }
     if (envelope.txid !== undefined) meta.txid = envelope.txid
     const { delta } = envelope
-    if (delta !== undefined) meta.patch = { frame: delta.frame, bytes: Buffer.from(delta.frame), base: delta.base, sent: 0 }
+    if (delta !== undefined) meta.patch = { frame: delta.frame, prepared: new PreparedFrame(delta.frame), base: delta.base, sent: 0 }
     let sent = 0
     for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
     // a delta type's change went out as a patch to some sockets, and in full to the others

@@ -9,6 +9,7 @@
  */
 import t from 'tap'
 import { FeedWatcher } from '../../lib/ws/feed.js'
+import { PreparedFrame } from '../../lib/ws/prepared.js'
 import { ResumeBuffer, replayedUpTo } from '../../lib/ws/resume.js'
 import { ConnectionCounter, ReplayLimiter, TokenBucket } from '../../lib/ws/limits.js'
 import type { FrameMeta, Watcher } from '../../lib/ws/fanout.js'
@@ -125,7 +126,7 @@ const B = 'cf:Team:b'
 /** a live notification of `channel` */
 function live (channel: string, position: string | null): { frame: string, meta: FrameMeta } {
   const text = `{"position":${JSON.stringify(position)}}`
-  return { frame: text, meta: { channel, position, payloadType: 'minimal', tenantId: null, key: channel, bytes: Buffer.from(text) } }
+  return { frame: text, meta: { channel, position, payloadType: 'minimal', tenantId: null, key: channel, prepared: new PreparedFrame(text) } }
 }
 
 const intercept = (buffer: ResumeBuffer, n: { frame: string, meta: FrameMeta }): boolean => buffer.intercept(n.frame, n.meta)

@@ -4,6 +4,7 @@
  */
 import t from 'tap'
 import { Filters, FilterLimitError } from '../../lib/ws/filters.js'
+import { PreparedFrame } from '../../lib/ws/prepared.js'
 import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/snapshot.js'
 import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
 import type { EntityType } from '../../lib/entities.js'
@@ -48,7 +49,7 @@ let txid = 100
 function change (to: Watcher | undefined, entityId: string, document: object | null, at = String(++txid)): void {
   const changeType = document === null ? 'deleted' : 'updated'
   const frame = encodeNotification({ entityType: 'Player', entityId, changeType, payloadType: 'full', ts: 0, payload: document })
-  const meta: FrameMeta = { channel: FEED, position: 'n:' + at, payloadType: 'full', tenantId: null, key: FEED, bytes: Buffer.from(frame), txid: at }
+  const meta: FrameMeta = { channel: FEED, position: 'n:' + at, payloadType: 'full', tenantId: null, key: FEED, prepared: new PreparedFrame(frame), txid: at }
   to?.deliver(frame, meta)
 }
 const idOf = (where: Where): string => subscriptionIdOf('Player', filterIdOf(where))
