@@ -115,6 +115,16 @@ function roundsChart (file: string, title: string, unit: string, rows: Row[], ke
   writeFileSync(file, barChart(title, unit, keys.map(label), targets, value))
 }
 
+/** The hot-entity table (fan-out, saturation): with the server's CPU per delivery when the run measured it. */
+function hotTable (rows: Row[], byRate: boolean): string {
+  const cpu = rows.every((r) => r.cpuUsPerDelivery !== undefined)
+  const measures = ['deliveredPerSecond', 'p50', 'p99', ...cpu ? ['cpuUsPerDelivery'] : []]
+  const columns: Array<[string, string]> = [['target', 'target'], ...byRate ? [['rate', 'changes/s'] as [string, string]] : [], ['rounds', 'rounds'],
+    ['deliveredPerSecond', 'delivered/s'], ['deliveredPerSecondRatio', 'to raw ws'], ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws'],
+    ...cpu ? [['cpuUsPerDelivery', 'server CPU µs per delivery'], ['cpuUsPerDeliveryRatio', 'to raw ws']] as Array<[string, string]> : []]
+  return table(rounds(rows, ['rate'], measures, 'ws'), columns)
+}
+
 function scaleSections (dir: string): string[] {
   const out: string[] = []
   const memory = load(dir, 'memory')
@@ -128,17 +138,13 @@ function scaleSections (dir: string): string[] {
   const fanout = load(dir, 'fanout')
   if (fanout !== null) {
     out.push('## Fan-out of one hot entity', '', fanout.description + '.', '', `Machine: ${JSON.stringify(fanout.machine)}`, '',
-      table(rounds(fanout.rows, ['rate'], ['deliveredPerSecond', 'p50', 'p99'], 'ws'),
-        [['target', 'target'], ['rate', 'changes/s'], ['rounds', 'rounds'], ['deliveredPerSecond', 'delivered/s'], ['deliveredPerSecondRatio', 'to raw ws'],
-          ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '', '![fan-out p99](results/fanout-p99.svg)', '')
+      hotTable(fanout.rows, true), '', '![fan-out p99](results/fanout-p99.svg)', '')
     roundsChart(join(dir, 'fanout-p99.svg'), 'One hot entity, 10K sockets: p99 latency (median)', 'ms', fanout.rows, 'rate', (n) => `${String(n)} changes/s`, 'p99')
   }
   const saturation = load(dir, 'saturation')
   if (saturation !== null) {
     out.push('## Saturation: one hot entity at 10 changes/s', '', saturation.description + '.', '', `Machine: ${JSON.stringify(saturation.machine)}`, '',
-      table(rounds(saturation.rows, ['rate'], ['deliveredPerSecond', 'p50', 'p99'], 'ws'),
-        [['target', 'target'], ['rounds', 'rounds'], ['deliveredPerSecond', 'delivered/s'], ['deliveredPerSecondRatio', 'to raw ws'],
-          ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['p99Ratio', 'p99 to raw ws']]), '')
+      hotTable(saturation.rows, false), '')
   }
   const storm = load(dir, 'storm')
   if (storm !== null) {

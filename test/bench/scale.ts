@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import {
-  REDIS_URL, collect, freePort, log, messageFor, publishAt, quiet, rssMiB, save, sleep, started, startHost, startLoad, startPeer, stopLoad,
+  REDIS_URL, collect, cpuMs, freePort, log, messageFor, publishAt, quiet, rssMiB, save, sleep, started, startHost, startLoad, startPeer, stopLoad,
   type HostBus, type Target
 } from './harness.js'
 
@@ -82,10 +82,13 @@ async function hot (name: string, rates: number[], peers: Peer[]): Promise<void>
       await sleep(1500)
       await collect(load)
       for (const rate of rates) {
+        const cpuBefore = cpuMs(target.pid)
         const sent = await publishAt(redis, rate, seconds, (t, seq) => messageFor(target.kind, '', 'hot', t, seq))
         await sleep(1500)
+        // the server's CPU for the step (user + system, in 10 ms ticks), per delivery: what delivering one costs
+        const cpuUsPerDelivery = Math.round((cpuMs(target.pid) - cpuBefore) * 1000 / Math.max(1, sent * load.connected) * 100) / 100
         const lat = await collect(load)
-        const row = { round, target: target.label, rate, sockets: load.connected, expected: sent * load.connected, delivered: lat.count, deliveredPerSecond: Math.round(lat.count / seconds), ...lat }
+        const row = { round, target: target.label, rate, sockets: load.connected, expected: sent * load.connected, delivered: lat.count, deliveredPerSecond: Math.round(lat.count / seconds), cpuUsPerDelivery, ...lat }
         log(JSON.stringify(row))
         rows.push(row)
       }
