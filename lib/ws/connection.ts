@@ -98,9 +98,9 @@ export class Connection implements Subscriber {
    * (4409). A `delta` type's change goes out as its patch when the last frame of the entity this socket was sent
    * is the patch's base, otherwise in full.
    */
-  deliver (frame: string, meta?: FrameMeta): boolean {
+  deliver (frame: string, meta?: FrameMeta, shared?: PreparedFrame): boolean {
     if (this.state !== 'open') return false
-    if (meta === undefined) return this.write(frame, null)
+    if (meta === undefined) return this.write(frame, null, shared)
     if (this.subscriptions.intercept(frame, meta)) return true
     switch (meta.payloadType) {
       case 'delta': {

@@ -52,10 +52,11 @@ export interface PatchFrame {
 /** Anything that receives frames: one per socket. */
 export interface Watcher {
   /**
-   * `meta` comes with notifications (not with resync and other frames). False when the frame was not written
-   * (the socket is closing, or was just closed as a slow consumer).
+   * `meta` comes with notifications (not with resync and other frames). `shared`: a frame without meta that goes
+   * to many sockets as is, prepared once. False when the frame was not written (the socket is closing, or was just
+   * closed as a slow consumer).
    */
-  deliver(frame: string, meta?: FrameMeta): boolean
+  deliver(frame: string, meta?: FrameMeta, shared?: PreparedFrame): boolean
 }
 
 /** Counts read by telemetry. */
@@ -249,7 +250,8 @@ export class Fanout {
     if (owed === undefined || entry === undefined) return
     // a frame from the bus (a publisher gave up on a change), or a reason given here
     const frame = owed.startsWith('{') ? owed : encodeResync(owed, entry)
-    for (const watcher of entry.watchers) watcher.deliver(frame)
+    const shared = new PreparedFrame(frame)
+    for (const watcher of entry.watchers) watcher.deliver(frame, undefined, shared)
   }
 
   close (): void {

@@ -17,6 +17,7 @@ import { FEED } from '../channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../snapshot.js'
 import { matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
+import { PreparedFrame } from './prepared.js'
 
 /** A change of the type as the groups see it. */
 interface TypeChange {
@@ -86,6 +87,7 @@ class FilterGroup {
   }
 
   emit (frame: string, txid: string | undefined): void {
+    const shared = new PreparedFrame(frame)
     for (const [watcher, seat] of this.seats) {
       if (seat.held !== null) {
         seat.held.push({ frame, txid })
@@ -95,7 +97,7 @@ class FilterGroup {
         if (seat.saw.saw(txid)) continue
         seat.saw = null
       }
-      watcher.deliver(frame)
+      watcher.deliver(frame, undefined, shared)
     }
   }
 }

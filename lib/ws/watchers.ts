@@ -7,6 +7,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { InterestStore } from '../store/interest.js'
 import type { Watcher } from './fanout.js'
 import { encodeWatchers, type EntityRef } from '../protocol/index.js'
+import { PreparedFrame } from './prepared.js'
 
 interface Counted {
   ref: EntityRef
@@ -70,7 +71,8 @@ export class WatcherCounts {
         if (count === entry.last) continue
         entry.last = count
         const frame = encodeWatchers(entry.ref, count)
-        for (const socket of entry.sockets) socket.deliver(frame)
+        const shared = new PreparedFrame(frame)
+        for (const socket of entry.sockets) socket.deliver(frame, undefined, shared)
       }
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'changefeed: watcher counts unavailable')
