@@ -18,6 +18,9 @@ import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../store/interest.js'
 import { WatcherCounts } from './watchers.js'
 
+/** the sweep visits this many slices of the sockets, one per tick, each socket once per ping interval */
+const SWEEP_SLICES = 10
+
 export class ConnectionSet {
   readonly open = new Set<Connection>()
   opened = 0
@@ -32,16 +35,23 @@ export class ConnectionSet {
   /** `watcherCounts`: the sockets that asked for watcher counts */
   constructor (readonly watcherCounts: WatcherCounts) {}
 
-  /** One timer for every socket: ping the live ones, close those silent for longer than the idle timeout. */
+  /**
+   * One timer for every socket: ping the live ones, close those silent for longer than the idle timeout. Each
+   * socket is visited once per interval, a tenth of them at a time: ten thousand pings written in one turn would
+   * hold up the notifications due meanwhile.
+   */
   startSweep (pingIntervalSeconds: number, idleTimeoutSeconds: number): void {
     if (pingIntervalSeconds <= 0) return
+    let tick = 0
     this.sweepTimer = setInterval(() => {
+      const slice = tick++ % SWEEP_SLICES
       const idleBefore = Date.now() - idleTimeoutSeconds * 1000
       for (const c of this.open) {
+        if (c.id % SWEEP_SLICES !== slice) continue
         if (idleTimeoutSeconds > 0 && c.lastSeen < idleBefore) c.close(CloseCode.idleTimeout, 'idle timeout')
         else c.ping()
       }
-    }, pingIntervalSeconds * 1000)
+    }, (pingIntervalSeconds * 1000) / SWEEP_SLICES)
     this.sweepTimer.unref()
   }
 

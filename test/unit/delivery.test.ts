@@ -10,6 +10,9 @@
 import t from 'tap'
 import { FeedWatcher } from '../../lib/ws/feed.js'
 import { PreparedFrame } from '../../lib/ws/prepared.js'
+import { ConnectionSet } from '../../lib/ws/route.js'
+import type { Connection } from '../../lib/ws/connection.js'
+import type { WatcherCounts } from '../../lib/ws/watchers.js'
 import { ResumeBuffer, replayedUpTo } from '../../lib/ws/resume.js'
 import { ConnectionCounter, ReplayLimiter, TokenBucket } from '../../lib/ws/limits.js'
 import type { FrameMeta, Watcher } from '../../lib/ws/fanout.js'
@@ -385,4 +388,30 @@ t.test('OwedResyncs: close: nothing more is published or owed', async (t) => {
   await advance(clock, 1000)
   t.same(bus.published, [])
   t.equal(bus.publishAttempts, 1)
+})
+
+t.test('the ping sweep visits a tenth of the sockets per tick, each once per interval; silent ones are closed', async (t) => {
+  const clock = fakeClock(t)
+  const set = new ConnectionSet({} as WatcherCounts)
+  const pinged: number[] = []
+  const closed: Array<[number, number]> = []
+  const sockets = Array.from({ length: 1000 }, (_, i) => ({
+    id: i + 1,
+    lastSeen: Date.now(),
+    ping () { pinged.push(this.id) },
+    close (code: number) { closed.push([this.id, code]); set.open.delete(this as unknown as Connection) }
+  }))
+  for (const s of sockets) set.open.add(s as unknown as Connection)
+  sockets[6].lastSeen = Date.now() - 60_000
+  set.startSweep(30, 45)
+  clock.advance(3000)
+  t.equal(pinged.length + closed.length, 100, 'one tick: a tenth of them')
+  for (let tick = 1; tick < 10; tick++) clock.advance(3000)
+  t.equal(pinged.length, 999, 'one interval: every live socket pinged')
+  t.equal(new Set(pinged).size, 999, 'each once')
+  t.same(closed, [[7, 4408]], 'the silent one closed as idle')
+  set.closeAll(1001, 'bye')
+  const after = pinged.length
+  for (let tick = 0; tick < 20; tick++) clock.advance(3000)
+  t.equal(pinged.length, after, 'no sweep after closeAll')
 })
