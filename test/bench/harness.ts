@@ -164,13 +164,19 @@ export async function stopLoad (load: Load): Promise<void> {
   await Promise.all(load.children.map(async (c) => await new Promise((resolve) => { if (c.exitCode !== null) resolve(null); else c.once('exit', resolve) })))
 }
 
-/** The same change for each target, in the form each expects on Redis. */
+/**
+ * The same change for each target, in the form each expects on Redis. Raw ws gets the notification frame a host's
+ * publish makes, position included, so both put the same bytes on the wire and the clients read the same frames.
+ */
 export function messageFor (target: Target['kind'], prefix: string, entityId: string, t: number, seq: number): [string, string] {
   const payload = { t, seq, homeScore: seq % 50, awayScore: 7, period: 'Second Half' }
   if (target === 'host') return ['bench:host', JSON.stringify({ entityId, payload })]
   const frame = encodeNotification({ entityType: 'Match', entityId, changeType: 'updated', payloadType: 'full', ts: Math.floor(t), payload })
   if (target === 'changefeed') return [`${prefix}:Match:${entityId}`, wrap({ ts: Math.floor(t), payloadType: 'full', frame })]
-  if (target === 'ws') return ['bench:raw', JSON.stringify({ entityId, frame })]
+  if (target === 'ws') {
+    const position = `p:${'0'.repeat(8)}:${seq + 1}`
+    return ['bench:raw', JSON.stringify({ entityId, frame: encodeNotification({ entityType: 'Match', entityId, changeType: 'updated', payloadType: 'full', ts: Math.floor(t), position, payload }) })]
+  }
   return ['bench:socketio', JSON.stringify({ entityId, payload })]
 }
 
