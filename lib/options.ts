@@ -175,7 +175,7 @@ const Limits = Type.Object(
     maxSubscriptionsPerConnection: Type.Integer({ minimum: 1, default: 100, description: 'past it: `too_many_subscriptions`' }),
     subscribeRatePerSecond: Type.Number({ exclusiveMinimum: 0, default: 20, description: 'subscribe/unsubscribe token bucket rate; burst: maxSubscriptionsPerConnection + this; excess: `rate_limited`' }),
     maxMessageBytes: Type.Integer({ minimum: 256, default: 4096, description: 'largest inbound frame; larger closes with 1009' }),
-    pingIntervalSeconds: Type.Number({ minimum: 0, default: 30, description: 'server WebSocket ping interval (0: none)' }),
+    pingIntervalSeconds: Type.Number({ minimum: 0, default: 30, description: 'server WebSocket ping interval (0: none); each socket is pinged once per interval, a tenth of the sockets at a time' }),
     idleTimeoutSeconds: Type.Number({ minimum: 0, default: 90, description: 'nothing heard (frame or pong) for this long closes with 4408' }),
     maxConnectionsPerUser: Type.Integer({ minimum: 1, default: 20, description: 'past it: close 4429' }),
     maxConnectionsPerIp: Type.Integer({ minimum: 1, default: 1000, description: 'past it: close 4429' }),
