@@ -70,24 +70,41 @@ t.test('a host that registered @fastify/redis shares its client with the Redis b
   t.equal(await host.changefeed.watchers('Team', 'shared'), 1)
 })
 
-t.test('a host whose @fastify/websocket compresses: notifications go through ws, compressed, in order', async (t) => {
+t.test('notifications go straight to the socket, or through ws when the host\'s @fastify/websocket compresses', async (t) => {
   const { default: Fastify } = await import('fastify')
   const { default: websocket } = await import('@fastify/websocket')
   const { default: changefeed } = await import('../lib/index.js')
-  const host = Fastify()
-  t.teardown(async () => await host.close())
-  await host.register(websocket, { options: { perMessageDeflate: { threshold: 0 } } })
-  await host.register(changefeed, { entities: { Team: { access: 'public', payload: 'full' } } })
-  await host.listen({ host: '127.0.0.1', port: 0 })
-  const ws = await TestClient.open(`ws://127.0.0.1:${(host.server.address() as { port: number }).port}/ws`, { perMessageDeflate: true })
-  t.teardown(() => ws.close())
-  t.equal(ws.ws.extensions, 'permessage-deflate', 'compression negotiated')
-  await ws.subscribe('Team', 'squeezed')
   const names = Array.from({ length: 20 }, (_, i) => `name ${i} `.repeat(200))
-  for (const name of names) await host.changefeed.publish({ entityType: 'Team', entityId: 'squeezed', changeType: 'updated', payload: { name } })
-  const got: unknown[] = []
-  for (let i = 0; i < names.length; i++) got.push((await ws.next(isNotification('Team', 'squeezed'))).data.payload)
-  t.same(got, names.map((name) => ({ name })), 'every notification, whole and in order')
+  const raw = names.reduce((sum, name) => sum + name.length, 0)
+  for (const compress of [false, true]) {
+    const host = Fastify()
+    t.teardown(async () => await host.close())
+    if (compress) await host.register(websocket, { options: { perMessageDeflate: { threshold: 0 } } })
+    await host.register(changefeed, { entities: { Team: { access: 'public', payload: 'full' } } })
+    await host.listen({ host: '127.0.0.1', port: 0 })
+    const ws = await TestClient.open(`ws://127.0.0.1:${(host.server.address() as { port: number }).port}/ws`, { perMessageDeflate: compress })
+    t.teardown(() => ws.close())
+    t.equal(ws.ws.extensions, compress ? 'permessage-deflate' : '', compress ? 'compression negotiated' : 'no extension')
+    await ws.subscribe('Team', 'squeezed')
+    // the server's end of the socket: how many frames go through ws's own send
+    const [server] = host.websocketServer.clients
+    let sends = 0
+    const send = server.send.bind(server)
+    server.send = ((...args: Parameters<typeof send>) => { sends++; send(...args) }) as typeof server.send
+    const read = (ws.ws as unknown as { _socket: { bytesRead: number } })._socket.bytesRead
+    for (const name of names) await host.changefeed.publish({ entityType: 'Team', entityId: 'squeezed', changeType: 'updated', payload: { name } })
+    const got: unknown[] = []
+    for (let i = 0; i < names.length; i++) got.push((await ws.next(isNotification('Team', 'squeezed'))).data.payload)
+    t.same(got, names.map((name) => ({ name })), 'every notification, whole and in order')
+    const bytes = (ws.ws as unknown as { _socket: { bytesRead: number } })._socket.bytesRead - read
+    if (compress) {
+      t.equal(sends, names.length, 'through ws')
+      t.ok(bytes < raw / 4, `compressed: ${bytes} bytes for ${raw} of names`)
+    } else {
+      t.equal(sends, 0, 'written straight to the TCP stream')
+      t.ok(bytes > raw, 'uncompressed')
+    }
+  }
 })
 
 t.test('mounted, the plugin adds only its socket route unless told', async (t) => {
