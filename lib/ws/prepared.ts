@@ -9,11 +9,20 @@
  */
 import type { WebSocket } from 'ws'
 
-/** A text frame encoded once (`bytes`) and framed once (`frame`), for every socket it goes to. */
+/**
+ * A text frame encoded once (`bytes`) and framed once (`frame`), for every socket it goes to; each is made when a
+ * socket first needs it (a filter group whose sockets all wait needs neither).
+ */
 export class PreparedFrame {
+  private encoded: Buffer | undefined
   private framed: Buffer | undefined
 
-  constructor (readonly text: string, readonly bytes: Buffer = Buffer.from(text)) {}
+  constructor (readonly text: string) {}
+
+  get bytes (): Buffer {
+    this.encoded ??= Buffer.from(this.text)
+    return this.encoded
+  }
 
   /** The whole WebSocket frame, header and payload in one buffer. */
   get frame (): Buffer {

@@ -171,12 +171,9 @@ export async function stopLoad (load: Load): Promise<void> {
 export function messageFor (target: Target['kind'], prefix: string, entityId: string, t: number, seq: number): [string, string] {
   const payload = { t, seq, homeScore: seq % 50, awayScore: 7, period: 'Second Half' }
   if (target === 'host') return ['bench:host', JSON.stringify({ entityId, payload })]
-  const frame = encodeNotification({ entityType: 'Match', entityId, changeType: 'updated', payloadType: 'full', ts: Math.floor(t), payload })
-  if (target === 'changefeed') return [`${prefix}:Match:${entityId}`, wrap({ ts: Math.floor(t), payloadType: 'full', frame })]
-  if (target === 'ws') {
-    const position = `p:${'0'.repeat(8)}:${seq + 1}`
-    return ['bench:raw', JSON.stringify({ entityId, frame: encodeNotification({ entityType: 'Match', entityId, changeType: 'updated', payloadType: 'full', ts: Math.floor(t), position, payload }) })]
-  }
+  const fields = { entityType: 'Match', entityId, changeType: 'updated', payloadType: 'full', ts: Math.floor(t), payload } as const
+  if (target === 'changefeed') return [`${prefix}:Match:${entityId}`, wrap({ ts: Math.floor(t), payloadType: 'full', frame: encodeNotification(fields) })]
+  if (target === 'ws') return ['bench:raw', JSON.stringify({ entityId, frame: encodeNotification({ ...fields, position: `p:${'0'.repeat(8)}:${seq + 1}` }) })]
   return ['bench:socketio', JSON.stringify({ entityId, payload })]
 }
 
