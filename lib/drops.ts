@@ -6,8 +6,12 @@
 import type { FastifyBaseLogger } from 'fastify'
 
 export type DropReason =
-  /** a NOTIFY on the channel that the capture triggers did not sign (another role's pg_notify), or a signed one sent again */
+  /** a NOTIFY on the channel that the capture triggers did not sign (another role's pg_notify) */
   | 'forged'
+  /** a signed NOTIFY sent again: received already, or of a transaction that was over before it could still arrive */
+  | 'replayed'
+  /** a change a trigger could not announce: its writing role lacked the right (granted once the server sees it) */
+  | 'unannounced'
   /** a signed NOTIFY that is not a change this version understands */
   | 'malformed'
   /** a change of a table no entity type is bound to */

@@ -12,27 +12,9 @@ import type { EntityRegistry, EntityType } from './entities.js'
 import { carriesDocument } from './entities.js'
 import type { ReplaySource } from './replay.js'
 import { formatPosition, notifyPosition, type Condition, type EntitySnapshotData } from './protocol/index.js'
+import { Visibility } from './capture/visibility.js'
 
-/** Which transactions a PostgreSQL snapshot (`pg_current_snapshot()`, 'xmin:xmax:xip,…') saw as committed. */
-export class Visibility {
-  private readonly xmin: bigint
-  private readonly xmax: bigint
-  private readonly inProgress: Set<bigint>
-
-  constructor (snapshot: string) {
-    const [xmin, xmax, xip] = snapshot.split(':')
-    this.xmin = BigInt(xmin)
-    this.xmax = BigInt(xmax)
-    this.inProgress = new Set(xip === undefined || xip === '' ? [] : xip.split(',').map(BigInt))
-  }
-
-  /** Whether the transaction's changes are in the snapshot (committed before it was taken). */
-  saw (txid: string | undefined): boolean {
-    if (txid === undefined || !/^\d{1,20}$/.test(txid)) return false
-    const x = BigInt(txid)
-    return x < this.xmin || (x < this.xmax && !this.inProgress.has(x))
-  }
-}
+export { Visibility }
 
 /** One entity's state as a snapshot read it. */
 export interface SnapshotEntity {

@@ -2,31 +2,44 @@
 --
 -- Plain, idempotent SQL: a DBA can read it and apply it by hand in one transaction (psql -1 -f sql/changefeed.sql),
 -- and the plugin applies it at start when `capture.installTriggers` is on. Applying it twice changes nothing. It
--- installs into the first schema of the search path.
+-- installs into the first schema of the search path. A database that has an earlier version applies the files of
+-- sql/migrations/ first, in order (the plugin does, and records them in changefeed_migrations).
 --
---   changefeed_notify()                      row trigger: sends one small signed NOTIFY per changed row
+--   changefeed_notify()                 row trigger of document tables
+--   changefeed_event_notify()           row trigger of Marten's event table (an appended event)
+--   changefeed_stream_notify()          row trigger of Marten's stream table (a stream archived)
+--   changefeed_announce(relid, change)  the one function that acts with this schema's owner's rights for a caller
 --   changefeed_install(schema, table, channel, inline, outbox)    puts the trigger on one table
 --   changefeed_watch(schema, pattern, channel, inline_tables, outbox)
---                                            records a pattern and installs on every matching table now;
---                                            the event trigger below installs on matching tables created later
+--                                       records a pattern and installs on every matching table now; the event
+--                                       trigger below installs on matching tables created later
 --   changefeed_watch_events(schema, events, streams, channel, outbox)
---                                            Marten's event store: appends and archived streams
+--                                       Marten's event store: appends and archived streams
 --
--- Trust. Every NOTIFY the triggers send is signed (HMAC-SHA-256 with a key in changefeed_key), and the listener
--- drops what is not: any role may pg_notify on the channel, but only a write to a watched table makes a change the
--- listener believes. The trigger functions run as the owner of these objects (SECURITY DEFINER) with a pinned
--- search path, so writers need no rights on them, cannot read the key, and cannot call them directly; nothing here
--- is granted to PUBLIC.
+-- Privileges (sql/README.md has the whole model). The trigger functions run as the writer (SECURITY INVOKER): they
+-- read the changed row with the writer's own rights and call changefeed_announce, which alone runs as the owner of
+-- these objects. It takes no identifier from its caller: the relation is an oid, which it looks up in
+-- changefeed_tables (the tables installed here); the channel, the schema and table, the transaction id and the
+-- time come from there and from the server, never from the caller; it executes no dynamic SQL and converts nothing
+-- the caller made. Nothing that runs with the owner's rights is granted to PUBLIC (only changefeed_pass, which runs
+-- as its caller, is callable by all). EXECUTE on changefeed_announce is granted, when a table is
+-- installed, to the roles that may write it; EXECUTE on the trigger functions to the roles that own a watched table
+-- (creating a partition clones the trigger). A role that writes no watched table can do nothing with any of it.
+--
+-- Trust. Every NOTIFY changefeed_announce sends is signed (HMAC-SHA-256 with a key in changefeed_key, which only the
+-- owner reads): any role may pg_notify on the channel, but only a write to a watched table makes a change the
+-- listener believes. The payload carries the writer's transaction id, set here, so the listener can refuse a
+-- signed payload sent again after the transaction was over (lib/capture/signature.ts).
 --
 -- Never the host's failure. A trigger that cannot announce a change warns and lets the write commit (notify mode);
 -- the event trigger that installs on new tables never raises, so no role's CREATE TABLE fails because of it. A
 -- partition is covered by its partitioned table's trigger and never gets one of its own. In outbox mode the change
 -- is recorded in the writer's transaction: zero loss means a write that cannot be recorded does not commit.
 --
--- Outbox mode (outbox = true): the trigger appends the change (the document always inline for inline tables,
--- whatever its size) to changefeed_outbox in the writer's transaction, and the NOTIFY only wakes the listener
--- (payload "outbox"). The listener that holds the channel's leadership numbers committed rows (pos) in an
--- order that keeps every entity's changes in commit order, publishes them, and records how far it published in
+-- Outbox mode: changefeed_announce appends the change (the document always inline for inline tables, whatever its
+-- size) to changefeed_outbox in the writer's transaction, and the NOTIFY only wakes the listener (payload
+-- "outbox"). The listener that holds the channel's leadership numbers committed rows (pos) in an order that keeps
+-- every entity's changes in commit order, publishes them, and records how far it published in
 -- changefeed_outbox_state; a crash, a restart or a failover resumes from there and loses nothing.
 --
 -- NOTIFY payload (always < 8000 bytes): 64 hex characters of signature, then the JSON
@@ -36,8 +49,9 @@
 -- A change in a partition is reported as a change of its partitioned table. Marten soft delete: an UPDATE that
 -- sets mt_deleted to true is sent as "D"; one that clears it as "I".
 
--- Every function below runs with this search path (SET search_path FROM CURRENT): the schema it is installed in,
--- then pg_temp, so that no role's own objects, temporary tables included, can stand in for these.
+-- The functions below run with this search path (SET search_path FROM CURRENT; the two helpers that only they call
+-- inherit it): the schema it is installed in, then pg_temp, so that no role's own objects, temporary tables
+-- included, can stand in for these.
 DO $$
 BEGIN
   IF current_schema() IS NULL THEN
@@ -47,14 +61,27 @@ BEGIN
 END;
 $$;
 
+CREATE TABLE IF NOT EXISTS changefeed_migrations (
+  name       text        PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE IF NOT EXISTS changefeed_patterns (
-  schema_name   text   NOT NULL,
-  pattern       text   NOT NULL,
-  channel       text   NOT NULL,
-  inline_tables text[] NOT NULL DEFAULT '{}',
+  schema_name   text    NOT NULL,
+  pattern       text    NOT NULL,
+  channel       text    NOT NULL,
+  inline_tables text[]  NOT NULL DEFAULT '{}',
+  outbox        boolean NOT NULL DEFAULT false,
   PRIMARY KEY (schema_name, pattern, channel)
 );
-ALTER TABLE changefeed_patterns ADD COLUMN IF NOT EXISTS outbox boolean NOT NULL DEFAULT false;
+
+-- The tables installed here (partitioned tables stand for their partitions): what changefeed_announce accepts.
+CREATE TABLE IF NOT EXISTS changefeed_tables (
+  relid   oid     PRIMARY KEY,
+  channel text    NOT NULL,
+  inline  boolean NOT NULL,
+  outbox  boolean NOT NULL
+);
 
 -- The signing key: 32 random bytes, and the HMAC pads derived from it once.
 CREATE TABLE IF NOT EXISTS changefeed_key (
@@ -82,21 +109,20 @@ FROM (SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, 
 ON CONFLICT (one) DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS changefeed_outbox (
-  id         bigserial   PRIMARY KEY,
-  channel    text        NOT NULL,
-  s          text        NOT NULL,
-  t          text        NOT NULL,
-  eid        text        NOT NULL,
-  x          bigint      NOT NULL,
-  change     jsonb       NOT NULL,
+  id          bigserial   PRIMARY KEY,
+  channel     text        NOT NULL,
+  s           text        NOT NULL,
+  t           text        NOT NULL,
+  eid         text        NOT NULL,
+  x           bigint      NOT NULL,
+  change      jsonb       NOT NULL,
   pos         bigint,
   created_at  timestamptz NOT NULL DEFAULT now(),
   -- retention counts from here: positions are given in this order, so pruning by it keeps `pruned` truthful
-  numbered_at timestamptz
+  numbered_at timestamptz,
+  -- the tenant of the changed row (Marten conjoined tenancy), so a replay reads one tenant's entity
+  tn          text
 );
-ALTER TABLE changefeed_outbox ADD COLUMN IF NOT EXISTS numbered_at timestamptz;
--- the tenant of the changed row (Marten conjoined tenancy), so a replay reads one tenant's entity
-ALTER TABLE changefeed_outbox ADD COLUMN IF NOT EXISTS tn text;
 CREATE INDEX IF NOT EXISTS changefeed_outbox_unnumbered ON changefeed_outbox (channel, id) WHERE pos IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS changefeed_outbox_position ON changefeed_outbox (channel, pos);
 CREATE INDEX IF NOT EXISTS changefeed_outbox_entity ON changefeed_outbox (channel, eid, pos);
@@ -120,67 +146,104 @@ LANGUAGE sql SET search_path FROM CURRENT AS $$
   ON CONFLICT (channel) DO NOTHING;
 $$;
 
--- Earlier versions appended through this function; the triggers now write the outbox themselves.
-DROP FUNCTION IF EXISTS changefeed_outbox_append(text, jsonb);
-
--- Sends one signed change (or a note from the event trigger) on the channel. A NOTIFY that cannot be sent (a full
--- queue: some listener stopped reading) is the server's loss, never the writer's error.
-CREATE OR REPLACE FUNCTION changefeed_send(p_channel text, p_body text) RETURNS void
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- The signed form of a body: 64 hex characters of HMAC-SHA-256, then the body. For the owner's own functions only.
+-- PL/pgSQL, so that its plan is kept for the session (an SQL function would be planned again at every row), and
+-- without a search path of its own: its callers (the owner's functions) pin theirs.
+CREATE OR REPLACE FUNCTION changefeed_sign(p_body text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
   k changefeed_key;
 BEGIN
   SELECT * INTO k FROM changefeed_key;
-  BEGIN
-    PERFORM pg_notify(p_channel, encode(sha256(k.opad || sha256(k.ipad || convert_to(p_body, 'UTF8'))), 'hex') || p_body);
-  EXCEPTION WHEN OTHERS THEN
-    RAISE WARNING 'changefeed: a change could not be announced on "%": %', p_channel, SQLERRM;
-  END;
+  RETURN encode(sha256(k.opad || sha256(k.ipad || convert_to(p_body, 'UTF8'))), 'hex') || p_body;
 END;
 $$;
 
--- Records one change in the outbox and wakes the listener (PostgreSQL folds identical NOTIFYs of a transaction;
--- a wake-up that cannot be sent is made up for by the listener's polling).
-CREATE OR REPLACE FUNCTION changefeed_record(p_channel text, p_change jsonb) RETURNS void
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-BEGIN
-  INSERT INTO changefeed_outbox (channel, s, t, eid, tn, x, change)
-  VALUES (p_channel, p_change->>'s', p_change->>'t', p_change->>'id', p_change->>'tn', (p_change->>'x')::bigint, p_change);
-  BEGIN
-    PERFORM pg_notify(p_channel, 'outbox');
-  EXCEPTION WHEN OTHERS THEN
-    RAISE WARNING 'changefeed: the listener could not be woken: %', SQLERRM;
-  END;
-END;
-$$;
-
--- The table a change is reported under: the table itself, or for a partition its partitioned table (whose trigger
--- PostgreSQL cloned onto it). Read from the catalog, never from the trigger's arguments: anyone may put these
--- trigger functions on a table of their own (creating a partition needs that right), and must not be able to
--- make it speak for another table.
-CREATE OR REPLACE FUNCTION changefeed_reported(p_relid oid, OUT sch text, OUT tbl text)
-LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
-  SELECT n.nspname, c.relname
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.oid = (SELECT CASE WHEN relispartition THEN pg_partition_root(oid) ELSE oid END FROM pg_class WHERE oid = p_relid);
-$$;
-
--- Trigger arguments: channel, inline, outbox, and the schema and table it was installed on (so a plain table is
--- reported without a catalog lookup; a partition, whose names differ, is looked up).
-CREATE OR REPLACE FUNCTION changefeed_notify() RETURNS trigger
+-- Announces one change of a watched table, for the trigger functions: signed on the table's channel (notify mode),
+-- or appended to the outbox with a wake-up (outbox mode). It acts only for a relation installed here that carries
+-- one of these triggers, and only from inside a trigger; what the server trusts (the channel, schema and table, the
+-- transaction, the time) is set here. A NOTIFY that cannot be sent (a full queue) is the server's loss, never the
+-- writer's error.
+CREATE OR REPLACE FUNCTION changefeed_announce(p_relid oid, p_change jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
-  channel    text := TG_ARGV[0];
-  inline     boolean := coalesce(TG_ARGV[1], 'false')::boolean;
-  outbox     boolean := coalesce(TG_ARGV[2], 'false')::boolean;
-  sch        text := TG_TABLE_SCHEMA;
-  tbl        text := TG_TABLE_NAME;
-  row_json   jsonb;
-  old_json   jsonb;
-  op         text;
-  msg        jsonb;
-  body       text;
-  with_doc   text;
+  reported oid;
+  sch      name;
+  tbl      name;
+  w        changefeed_tables;
+  msg      jsonb;
+  body     text;
+BEGIN
+  SELECT CASE WHEN c.relispartition THEN pg_partition_root(c.oid) ELSE c.oid END INTO reported FROM pg_class c WHERE c.oid = p_relid;
+  SELECT * INTO w FROM changefeed_tables WHERE relid = reported;
+  IF NOT FOUND OR pg_trigger_depth() < 1 OR NOT EXISTS (
+    SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND NOT tgisinternal
+      AND tgfoid IN ('changefeed_notify()'::regprocedure, 'changefeed_event_notify()'::regprocedure, 'changefeed_stream_notify()'::regprocedure)
+  ) THEN
+    RAISE WARNING 'changefeed: relation % is not watched; nothing announced', p_relid;
+    RETURN;
+  END IF;
+  SELECT n.nspname, c.relname INTO sch, tbl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = reported;
+  msg := (p_change - ARRAY['s', 't', 'x', 'ts']) || jsonb_build_object(
+    's', sch, 't', tbl, 'x', txid_current(), 'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+  IF NOT w.inline THEN
+    msg := msg - 'd';
+  END IF;
+  IF w.outbox THEN
+    INSERT INTO changefeed_outbox (channel, s, t, eid, tn, x, change)
+    VALUES (w.channel, sch, tbl, coalesce(msg->>'id', ''), msg->>'tn', (msg->>'x')::bigint, msg);
+    BEGIN
+      PERFORM pg_notify(w.channel, 'outbox');
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'changefeed: the listener could not be woken: %', SQLERRM;
+    END;
+    RETURN;
+  END IF;
+  body := msg::text;
+  IF octet_length(body) >= 7800 THEN
+    -- too large to ride inline: the server reads the document (or the event data) itself
+    body := (msg - 'd' #- '{e,data}')::text;
+  END IF;
+  BEGIN
+    PERFORM pg_notify(w.channel, changefeed_sign(body));
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'changefeed: a change could not be announced on "%": %', w.channel, SQLERRM;
+  END;
+END;
+$$;
+
+-- For the trigger functions: announces the change, or, where the writing role may not (a role given write rights on
+-- a watched table after it was installed), warns and tells the server on the trigger's channel, unsigned: the
+-- server then grants the rights it finds missing and tells the table's watchers to refetch. The write commits.
+-- Every role may call it (any role may write a watched table it was given rights on): it runs as its caller, with
+-- its caller's search path (the trigger functions pin theirs), and does nothing its caller could not do itself.
+CREATE OR REPLACE FUNCTION changefeed_pass(p_relid oid, p_channel text, p_change jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF has_function_privilege('changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
+    PERFORM changefeed_announce(p_relid, p_change);
+    RETURN;
+  END IF;
+  RAISE WARNING 'changefeed: role % may not announce changes of %; the server is told', current_user, p_relid::regclass;
+  IF p_channel IS NOT NULL THEN
+    BEGIN
+      PERFORM pg_notify(p_channel, jsonb_build_object('unannounced', p_relid, 'role', current_user)::text);
+    EXCEPTION WHEN OTHERS THEN
+      NULL;
+    END;
+  END IF;
+END;
+$$;
+
+-- Trigger argument: the channel (for changefeed_pass's note only; changefeed_announce takes the channel from
+-- changefeed_tables).
+CREATE OR REPLACE FUNCTION changefeed_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+  row_json jsonb;
+  old_json jsonb;
+  op       text;
+  msg      jsonb;
 BEGIN
   IF TG_OP = 'DELETE' THEN
     row_json := to_jsonb(OLD);
@@ -203,87 +266,152 @@ BEGIN
       RETURN NULL;
     END IF;
   END IF;
-
-  IF TG_ARGV[3] IS DISTINCT FROM TG_TABLE_SCHEMA OR TG_ARGV[4] IS DISTINCT FROM TG_TABLE_NAME THEN
-    SELECT r.sch, r.tbl INTO sch, tbl FROM changefeed_reported(TG_RELID) r;
-  END IF;
   msg := jsonb_build_object(
-    's',  sch,
-    't',  tbl,
     'id', row_json->>'id',
     'op', op,
-    'x',  txid_current(),
     'v',  row_json->>'mt_version',
-    'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint,
     'o',  nullif(current_setting('changefeed.origin', true), '')
   );
   IF row_json ? 'tenant_id' THEN
     msg := msg || jsonb_build_object('tn', row_json->>'tenant_id');
   END IF;
-  IF outbox THEN
-    IF inline AND op <> 'D' AND row_json ? 'data' THEN
-      msg := jsonb_set(msg, '{d}', row_json->'data');
-    END IF;
-    PERFORM changefeed_record(channel, msg);
-    RETURN NULL;
+  IF op <> 'D' AND row_json ? 'data' THEN
+    msg := msg || jsonb_build_object('d', row_json->'data');
   END IF;
-  body := msg::text;
-
-  IF inline AND op <> 'D' AND row_json ? 'data' THEN
-    with_doc := jsonb_set(msg, '{d}', row_json->'data')::text;
-    IF octet_length(with_doc) < 7800 THEN
-      body := with_doc;
-    END IF;
-  END IF;
-
-  PERFORM changefeed_send(channel, body);
+  PERFORM changefeed_pass(TG_RELID, TG_ARGV[0], msg);
   RETURN NULL;
 END;
 $$;
 
-DROP FUNCTION IF EXISTS changefeed_install(text, text, text, boolean);
+-- Event streams (opt-in, capture.events): an event appended to Marten's mt_events is reported as a change of its
+-- stream's aggregate. Payload: {"s","t","id":<stream id>,"op":"A","x","ts","o","tn","st":<mt_streams.type>,
+-- "e":{"type":<event type>,"version":<version>,"data":<event data, when it fits>}}. Archiving copies a stream's
+-- events into the archived partition (UseArchivedStreamPartitioning): those rows are not appends.
+-- Trigger arguments: channel, and the stream table (in the event table's schema), which the writer reads.
+CREATE OR REPLACE FUNCTION changefeed_event_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+  row_json    jsonb := to_jsonb(NEW);
+  tenant      text := row_json->>'tenant_id';
+  stream_type text;
+BEGIN
+  IF coalesce((row_json->>'is_archived')::boolean, false) THEN
+    RETURN NULL;
+  END IF;
+  EXECUTE format('SELECT type FROM %I.%I WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) LIMIT 1', TG_TABLE_SCHEMA, TG_ARGV[1])
+    INTO stream_type USING NEW.stream_id, tenant;
+  PERFORM changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
+    'id', NEW.stream_id::text,
+    'op', 'A',
+    'o',  nullif(current_setting('changefeed.origin', true), ''),
+    'tn', tenant,
+    'st', stream_type,
+    'e',  jsonb_build_object('type', NEW.type, 'version', NEW.version, 'data', row_json->'data')
+  ));
+  RETURN NULL;
+END;
+$$;
+
+-- A stream archived (mt_archive_stream: an UPDATE of is_archived, or with archived-stream partitioning a copy of
+-- the row into the archived partition) is one change of its aggregate: {"op":"R","id":<stream id>,"st":type,...}.
+-- Trigger argument: channel.
+CREATE OR REPLACE FUNCTION changefeed_stream_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+DECLARE
+  row_json jsonb := to_jsonb(NEW);
+BEGIN
+  IF NOT coalesce((row_json->>'is_archived')::boolean, false)
+     OR (TG_OP = 'UPDATE' AND coalesce((to_jsonb(OLD)->>'is_archived')::boolean, false)) THEN
+    RETURN NULL;
+  END IF;
+  PERFORM changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
+    'id', row_json->>'id',
+    'op', 'R',
+    'v',  row_json->>'version',
+    'o',  nullif(current_setting('changefeed.origin', true), ''),
+    'tn', row_json->>'tenant_id',
+    'st', row_json->>'type'
+  ));
+  RETURN NULL;
+END;
+$$;
+
+-- Registers a table as installed and grants what its writers need: EXECUTE on changefeed_announce to every role
+-- that may insert, update or delete in it (its owner, and the grantees; PUBLIC where PUBLIC may write it), and on
+-- the trigger functions to its owner (a partition it creates clones the trigger). Returns how many roles were
+-- granted EXECUTE on changefeed_announce now: more than none means a writer may have written unannounced before.
+CREATE OR REPLACE FUNCTION changefeed_register(p_relid oid, p_channel text, p_inline boolean, p_outbox boolean) RETURNS int
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  writer  record;
+  granted int := 0;
+BEGIN
+  INSERT INTO changefeed_tables (relid, channel, inline, outbox) VALUES (p_relid, p_channel, p_inline, p_outbox)
+  ON CONFLICT (relid) DO UPDATE SET channel = excluded.channel, inline = excluded.inline, outbox = excluded.outbox;
+  FOR writer IN
+    SELECT DISTINCT w.grantee FROM (
+      SELECT relowner AS grantee FROM pg_class WHERE oid = p_relid
+      UNION ALL
+      SELECT a.grantee FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = p_relid AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE')
+    ) w
+  LOOP
+    IF NOT has_function_privilege(CASE writer.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(writer.grantee) END, 'changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
+      -- two transactions granting on one function at once fail ("tuple concurrently updated"): one at a time
+      PERFORM pg_advisory_xact_lock(hashtext('fastify-changefeed:install'));
+      EXECUTE format('GRANT EXECUTE ON FUNCTION changefeed_announce(oid, jsonb) TO %s', CASE writer.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(writer.grantee)) END);
+      granted := granted + 1;
+    END IF;
+  END LOOP;
+  IF NOT has_function_privilege((SELECT relowner FROM pg_class WHERE oid = p_relid), 'changefeed_notify()', 'EXECUTE') THEN
+    PERFORM pg_advisory_xact_lock(hashtext('fastify-changefeed:install'));
+    EXECUTE format('GRANT EXECUTE ON FUNCTION changefeed_notify(), changefeed_event_notify(), changefeed_stream_notify() TO %I',
+      (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = p_relid));
+  END IF;
+  RETURN granted;
+END;
+$$;
+
+-- Whether a relation has the named trigger, on the function, with these arguments (as this version installs it).
+CREATE OR REPLACE FUNCTION changefeed_triggered(p_relid oid, p_name text, p_function regprocedure, p_args text[]) RETURNS boolean
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+  SELECT EXISTS (
+    SELECT 1 FROM pg_trigger
+    WHERE tgrelid = p_relid AND tgname = p_name AND tgfoid = p_function
+      AND tgargs = (SELECT string_agg(convert_to(a, 'UTF8') || decode('00', 'hex'), ''::bytea) FROM unnest(p_args) a)
+  );
+$$;
+
 -- Puts the trigger on one table; nothing on a partition, which its partitioned table's trigger covers. A partitioned
 -- table's trigger (cloned by PostgreSQL onto every partition, now and later) is named changefeed_partitioned, an
 -- ordinary table's changefeed_notify: two names, so that a table that has its own can still be attached as a
--- partition (the event trigger then drops its own).
+-- partition (the event trigger then drops its own). Returns the roles granted rights now (changefeed_register).
 CREATE OR REPLACE FUNCTION changefeed_install(p_schema text, p_table text, p_channel text, p_inline boolean, p_outbox boolean DEFAULT false)
-RETURNS void
+RETURNS int
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
+  rel  oid := to_regclass(format('%I.%I', p_schema, p_table));
   kind char;
   part boolean;
 BEGIN
-  SELECT c.relkind, c.relispartition INTO kind, part
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE n.nspname = p_schema AND c.relname = p_table;
-  IF part THEN
-    RETURN;
+  SELECT c.relkind, c.relispartition INTO kind, part FROM pg_class c WHERE c.oid = rel;
+  IF rel IS NULL OR part THEN
+    RETURN 0;
   END IF;
-  IF kind = 'p' AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = format('%I.%I', p_schema, p_table)::regclass AND tgname = 'changefeed_notify') THEN
-    -- earlier versions named it as on an ordinary table
-    EXECUTE format('DROP TRIGGER changefeed_notify ON %I.%I', p_schema, p_table);
+  -- a trigger in place is left alone: replacing it would lock the table against writers at every scan
+  IF NOT changefeed_triggered(rel, CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END, 'changefeed_notify()', ARRAY[p_channel]) THEN
+    EXECUTE format(
+      'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I FOR EACH ROW EXECUTE FUNCTION changefeed_notify(%L)',
+      CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END, p_schema, p_table, p_channel);
   END IF;
-  EXECUTE format(
-    'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I '
-    'FOR EACH ROW EXECUTE FUNCTION changefeed_notify(%L, %L, %L, %L, %L)',
-    CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END,
-    p_schema, p_table, p_channel, p_inline::text, p_outbox::text, p_schema, p_table);
+  RETURN changefeed_register(rel, p_channel, p_inline, p_outbox);
 END;
 $$;
 
 -- Installs on every table of p_schema whose name matches p_pattern (LIKE) and has an "id" column, partitions
--- aside. One row per table: `error` is null when the trigger is in place, else why not (the others go on).
-DROP FUNCTION IF EXISTS changefeed_watch(text, text, text, text[]);
-DO $$
-BEGIN
-  -- earlier versions returned only the table names
-  IF pg_get_function_result(to_regprocedure('changefeed_watch(text, text, text, text[], boolean)')) = 'SETOF text' THEN
-    DROP FUNCTION changefeed_watch(text, text, text, text[], boolean);
-  END IF;
-END;
-$$;
+-- aside. One row per table: `error` is null when the trigger is in place, else why not (the others go on);
+-- `granted`, the roles given rights now. Forgets the installed tables that were dropped.
 CREATE OR REPLACE FUNCTION changefeed_watch(p_schema text, p_pattern text, p_channel text, p_inline_tables text[], p_outbox boolean DEFAULT false)
-RETURNS TABLE (tbl text, error text)
+RETURNS TABLE (tbl text, error text, granted int)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   INSERT INTO changefeed_patterns (schema_name, pattern, channel, inline_tables, outbox)
@@ -292,6 +420,7 @@ BEGIN
   IF p_outbox THEN
     PERFORM changefeed_outbox_init(p_channel);
   END IF;
+  DELETE FROM changefeed_tables t WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.relid);
 
   FOR tbl IN
     SELECT c.relname
@@ -305,8 +434,9 @@ BEGIN
     ORDER BY c.relname
   LOOP
     error := NULL;
+    granted := 0;
     BEGIN
-      PERFORM changefeed_install(p_schema, tbl, p_channel, tbl = ANY (coalesce(p_inline_tables, '{}')), p_outbox);
+      granted := changefeed_install(p_schema, tbl, p_channel, tbl = ANY (coalesce(p_inline_tables, '{}')), p_outbox);
     EXCEPTION WHEN OTHERS THEN
       error := SQLERRM;
     END;
@@ -316,10 +446,13 @@ END;
 $$;
 
 -- Tables created later (Marten creates mt_doc_* tables on first use, under its own role): install as they appear,
--- and tell the server, which then knows the new type at once. After an ALTER TABLE: a table attached as a partition
--- loses its own trigger (its partitioned table's now covers it), a detached one gets its own again. It runs as the
--- owner of these objects, whoever runs the DDL, and never raises: a failure is a warning to the one who ran it and
--- a note to the server.
+-- and tell the server (a signed note), which then knows the new type at once. After an ALTER TABLE: a table attached
+-- as a partition loses its own trigger (its partitioned table's now covers it), a detached one gets its own again,
+-- and one with a new owner is registered again. After a GRANT on tables, every watched table's writers are.
+-- An event trigger fires on DDL only: no role can call it. It runs as the owner of these objects, to put the trigger
+-- on a table another role created; it acts only on tables of the watched schemas whose names match a watched
+-- pattern, with names read from the catalog, and never raises: a failure is a warning to the one who ran the DDL
+-- and a note to the server.
 CREATE OR REPLACE FUNCTION changefeed_on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
@@ -327,7 +460,17 @@ DECLARE
   rel record;
   w   record;
 BEGIN
-  FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
+  FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE lower(object_type) = 'table' LOOP
+    -- rights on tables were granted (the command names no table): a new writer of a watched table gets the right to
+    -- announce its changes before its first write
+    IF cmd.command_tag = 'GRANT' THEN
+      BEGIN
+        PERFORM changefeed_register(t.relid, t.channel, t.inline, t.outbox) FROM changefeed_tables t WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.relid);
+      EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'changefeed: granting the writers of watched tables failed: %', SQLERRM;
+      END;
+      CONTINUE;
+    END IF;
     BEGIN
       -- the table; after an ALTER TABLE (an ATTACH or DETACH names the partitioned table) every table of its
       -- schema: the watched ones among them are few
@@ -344,17 +487,25 @@ BEGIN
           END IF;
           CONTINUE;
         END IF;
-        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel.oid AND a.attname = 'id' AND NOT a.attisdropped)
-           OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel.oid AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
+        IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel.oid AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
+          -- installed already; its owner may have changed
+          PERFORM changefeed_register(t.relid, t.channel, t.inline, t.outbox) FROM changefeed_tables t WHERE t.relid = rel.oid;
+          CONTINUE;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel.oid AND a.attname = 'id' AND NOT a.attisdropped) THEN
           CONTINUE;
         END IF;
         FOR w IN SELECT * FROM changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
           BEGIN
             PERFORM changefeed_install(rel.nspname, rel.relname, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
-            PERFORM changefeed_send(w.channel, jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current(), 'ts', clock_timestamp())::text);
+            PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current())::text));
           EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
-            PERFORM changefeed_send(w.channel, jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current(), 'ts', clock_timestamp())::text);
+            BEGIN
+              PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
+            EXCEPTION WHEN OTHERS THEN
+              NULL;
+            END;
           END;
         END LOOP;
       END LOOP;
@@ -368,16 +519,12 @@ END;
 $$;
 
 -- An event trigger needs superuser (or, from PostgreSQL 17, a role allowed to create one). Without that
--- right the plugin still picks up new tables by re-scanning on an interval. Created by an earlier version for
--- CREATE TABLE only: it learns ALTER TABLE.
+-- right the plugin still picks up new tables by re-scanning on an interval.
 DO $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'changefeed_on_ddl' AND NOT 'ALTER TABLE' = ANY (evttags)) THEN
-    DROP EVENT TRIGGER changefeed_on_ddl;
-  END IF;
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'changefeed_on_ddl') THEN
     CREATE EVENT TRIGGER changefeed_on_ddl ON ddl_command_end
-      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'GRANT')
       EXECUTE FUNCTION changefeed_on_ddl();
   END IF;
 EXCEPTION WHEN insufficient_privilege THEN
@@ -385,132 +532,45 @@ EXCEPTION WHEN insufficient_privilege THEN
 END;
 $$;
 
--- Event streams (opt-in, capture.events): an event appended to Marten's mt_events is reported as a change of its
--- stream's aggregate. Payload: {"s","t","id":<stream id>,"op":"A","x","ts","o","tn","st":<mt_streams.type>,
--- "e":{"type":<event type>,"version":<version>,"data":<event data, when it fits>}}. Archiving copies a stream's
--- events into the archived partition (UseArchivedStreamPartitioning): those rows are not appends.
--- Trigger arguments: channel, streams table, outbox, and the schema and table reported.
-CREATE OR REPLACE FUNCTION changefeed_event_notify() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-DECLARE
-  channel      text := TG_ARGV[0];
-  streams      text := TG_ARGV[1];
-  outbox       boolean := coalesce(TG_ARGV[2], 'false')::boolean;
-  sch          text := TG_TABLE_SCHEMA;
-  tbl          text := TG_TABLE_NAME;
-  row_json     jsonb := to_jsonb(NEW);
-  tenant       text := row_json->>'tenant_id';
-  stream_type  text;
-  msg          jsonb;
-  body         text;
-  with_data    text;
-BEGIN
-  IF coalesce((row_json->>'is_archived')::boolean, false) THEN
-    RETURN NULL;
-  END IF;
-  IF TG_ARGV[3] IS DISTINCT FROM sch OR TG_ARGV[4] IS DISTINCT FROM tbl THEN
-    SELECT r.sch, r.tbl INTO sch, tbl FROM changefeed_reported(TG_RELID) r;
-  END IF;
-  EXECUTE format('SELECT type FROM %I.%I WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) LIMIT 1', sch, streams)
-    INTO stream_type USING NEW.stream_id, tenant;
-  msg := jsonb_build_object(
-    's',  sch,
-    't',  tbl,
-    'id', NEW.stream_id::text,
-    'op', 'A',
-    'x',  txid_current(),
-    'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint,
-    'o',  nullif(current_setting('changefeed.origin', true), ''),
-    'tn', tenant,
-    'st', stream_type,
-    'e',  jsonb_build_object('type', NEW.type, 'version', NEW.version)
-  );
-  IF outbox THEN
-    PERFORM changefeed_record(channel, jsonb_set(msg, '{e,data}', to_jsonb(NEW.data)));
-    RETURN NULL;
-  END IF;
-  body := msg::text;
-  with_data := jsonb_set(msg, '{e,data}', to_jsonb(NEW.data))::text;
-  IF octet_length(with_data) < 7800 THEN
-    body := with_data;
-  END IF;
-  PERFORM changefeed_send(channel, body);
-  RETURN NULL;
-END;
-$$;
-
--- A stream archived (mt_archive_stream: an UPDATE of is_archived, or with archived-stream partitioning a copy of
--- the row into the archived partition) is one change of its aggregate: {"op":"R","id":<stream id>,"st":type,...}.
--- Trigger arguments: channel, outbox, and the schema and table reported.
-CREATE OR REPLACE FUNCTION changefeed_stream_notify() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-DECLARE
-  channel  text := TG_ARGV[0];
-  outbox   boolean := coalesce(TG_ARGV[1], 'false')::boolean;
-  row_json jsonb := to_jsonb(NEW);
-  sch      text := TG_TABLE_SCHEMA;
-  tbl      text := TG_TABLE_NAME;
-  msg      jsonb;
-BEGIN
-  IF NOT coalesce((row_json->>'is_archived')::boolean, false)
-     OR (TG_OP = 'UPDATE' AND coalesce((to_jsonb(OLD)->>'is_archived')::boolean, false)) THEN
-    RETURN NULL;
-  END IF;
-  IF TG_ARGV[2] IS DISTINCT FROM sch OR TG_ARGV[3] IS DISTINCT FROM tbl THEN
-    SELECT r.sch, r.tbl INTO sch, tbl FROM changefeed_reported(TG_RELID) r;
-  END IF;
-  msg := jsonb_build_object(
-    's',  sch,
-    't',  tbl,
-    'id', row_json->>'id',
-    'op', 'R',
-    'x',  txid_current(),
-    'v',  row_json->>'version',
-    'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint,
-    'o',  nullif(current_setting('changefeed.origin', true), ''),
-    'tn', row_json->>'tenant_id',
-    'st', row_json->>'type'
-  );
-  IF outbox THEN
-    PERFORM changefeed_record(channel, msg);
-  ELSE
-    PERFORM changefeed_send(channel, msg::text);
-  END IF;
-  RETURN NULL;
-END;
-$$;
-
--- Installs the event store's triggers (default mt_events and mt_streams). False when the event table is not there.
-DROP FUNCTION IF EXISTS changefeed_watch_events(text, text, text, text);
+-- Installs the event store's triggers (default mt_events and mt_streams). Null when the event table is not there,
+-- else the roles granted rights now (changefeed_register).
 CREATE OR REPLACE FUNCTION changefeed_watch_events(p_schema text, p_events text, p_streams text, p_channel text, p_outbox boolean DEFAULT false)
-RETURNS boolean
+RETURNS int
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  events  oid := to_regclass(format('%I.%I', p_schema, p_events));
+  streams oid := to_regclass(format('%I.%I', p_schema, p_streams));
+  granted int;
 BEGIN
-  IF to_regclass(format('%I.%I', p_schema, p_events)) IS NULL OR to_regclass(format('%I.%I', p_schema, p_streams)) IS NULL THEN
-    RETURN false;
+  IF events IS NULL OR streams IS NULL THEN
+    RETURN NULL;
   END IF;
-  EXECUTE format(
-    'CREATE OR REPLACE TRIGGER changefeed_event_notify AFTER INSERT ON %I.%I '
-    'FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify(%L, %L, %L, %L, %L)',
-    p_schema, p_events, p_channel, p_streams, p_outbox::text, p_schema, p_events);
-  -- streams are archived from Marten 7 on (is_archived); an older store has nothing to archive
-  IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', p_schema, p_streams))
-             AND attname = 'is_archived' AND NOT attisdropped) THEN
+  IF NOT changefeed_triggered(events, 'changefeed_event_notify', 'changefeed_event_notify()', ARRAY[p_channel, p_streams]) THEN
     EXECUTE format(
-      'CREATE OR REPLACE TRIGGER changefeed_stream_notify AFTER INSERT OR UPDATE OF is_archived ON %I.%I '
-      'FOR EACH ROW EXECUTE FUNCTION changefeed_stream_notify(%L, %L, %L, %L)',
-      p_schema, p_streams, p_channel, p_outbox::text, p_schema, p_streams);
+      'CREATE OR REPLACE TRIGGER changefeed_event_notify AFTER INSERT ON %I.%I FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify(%L, %L)',
+      p_schema, p_events, p_channel, p_streams);
   END IF;
-  RETURN true;
+  granted := changefeed_register(events, p_channel, true, p_outbox);
+  -- streams are archived from Marten 7 on (is_archived); an older store has nothing to archive
+  IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = streams AND attname = 'is_archived' AND NOT attisdropped) THEN
+    IF NOT changefeed_triggered(streams, 'changefeed_stream_notify', 'changefeed_stream_notify()', ARRAY[p_channel]) THEN
+      EXECUTE format(
+        'CREATE OR REPLACE TRIGGER changefeed_stream_notify AFTER INSERT OR UPDATE OF is_archived ON %I.%I FOR EACH ROW EXECUTE FUNCTION changefeed_stream_notify(%L)',
+        p_schema, p_streams, p_channel);
+    END IF;
+    granted := granted + changefeed_register(streams, p_channel, false, p_outbox);
+  END IF;
+  RETURN granted;
 END;
 $$;
 
--- Nothing of this is anyone else's to use: the triggers run as the owner, and the owner (or whom it grants) reads.
--- The three trigger functions stay executable: creating a partition of a watched table clones their trigger, which
--- PostgreSQL allows only to a role that may execute them (and a trigger function cannot be called otherwise).
-REVOKE ALL ON TABLE changefeed_patterns, changefeed_key, changefeed_outbox, changefeed_outbox_state FROM PUBLIC;
-REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(text), changefeed_send(text, text),
-  changefeed_record(text, jsonb), changefeed_reported(oid), changefeed_install(text, text, text, boolean, boolean),
+-- Nothing of this is anyone else's to use: the owner (or whom it grants) reads and calls; changefeed_register grants
+-- a watched table's writers what they need.
+REVOKE ALL ON TABLE changefeed_migrations, changefeed_patterns, changefeed_tables, changefeed_key, changefeed_outbox, changefeed_outbox_state FROM PUBLIC;
+REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(text), changefeed_sign(text),
+  changefeed_triggered(oid, text, regprocedure, text[]),
+  changefeed_announce(oid, jsonb), changefeed_pass(oid, text, jsonb), changefeed_notify(), changefeed_event_notify(),
+  changefeed_stream_notify(), changefeed_register(oid, text, boolean, boolean), changefeed_install(text, text, text, boolean, boolean),
   changefeed_watch(text, text, text, text[], boolean), changefeed_on_ddl(),
   changefeed_watch_events(text, text, text, text, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION changefeed_notify(), changefeed_event_notify(), changefeed_stream_notify() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION changefeed_pass(oid, text, jsonb) TO PUBLIC;

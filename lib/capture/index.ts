@@ -23,7 +23,10 @@ export class Capture {
   readonly listeners = new Map<string, ListenerConnection>()
   /** tables the trigger could not be put on ("database.schema.table" → why): their changes are not captured */
   readonly untriggered = new Map<string, string>()
-  private readonly eventsInstalled = new Set<string>()
+  /** databases whose event store was looked for and not found (said once) */
+  private readonly eventsMissing = new Set<string>()
+  /** when each database's grants were last looked at for an unannounced change */
+  private readonly lookedAtGrants = new Map<string, number>()
   /** declared tables found missing (warned once each) */
   private readonly missing = new Set<string>()
   private rescanTimer: NodeJS.Timeout | null = null
@@ -33,7 +36,7 @@ export class Capture {
     private readonly databases: Map<string, Database>,
     private readonly registry: EntityRegistry,
     private readonly options: ResolvedOptions,
-    private readonly events: Omit<ListenerEvents, 'onDdl'>,
+    private readonly events: Omit<ListenerEvents, 'onDdl' | 'onUnannounced'>,
     private readonly log: FastifyBaseLogger,
     /** with a shared bus only one instance per database listens */
     private readonly leaderElection: boolean,
@@ -52,7 +55,11 @@ export class Capture {
         leaderRetryMs: capture.leaderRetryMs,
         probeIntervalMs: capture.probeIntervalSeconds * 1000,
         outbox: capture.mode === 'outbox' ? capture.outbox : null
-      }, { ...this.events, onDdl: (database, note) => this.onDdl(database, note) }, this.log, this.drops, this.registry.tenantOfDatabase(db.name))
+      }, {
+        ...this.events,
+        onDdl: (database, note) => this.onDdl(database, note),
+        onUnannounced: (database) => this.onUnannounced(database)
+      }, this.log, this.drops, this.registry.tenantOfDatabase(db.name))
       try {
         await listener.start()
       } catch (err) {
@@ -84,10 +91,16 @@ export class Capture {
     const install = capture.installTriggers
     const outbox = capture.mode === 'outbox'
     const store = eventStoreOf(capture, db.name, this.registry.schemaOf(db.name))
-    if (install && store !== null && !this.eventsInstalled.has(db.name)) {
-      const [row] = await db.query<{ ok: boolean }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS ok', [store.schema, store.table, store.streams, capture.channel, outbox])
-      if (row?.ok === true) this.eventsInstalled.add(db.name)
-      else this.log.info({ database: db.name, schema: store.schema, table: store.table }, 'changefeed: no event store yet; looking again at the next scan')
+    let granted = 0
+    if (install && store !== null) {
+      const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS granted', [store.schema, store.table, store.streams, capture.channel, outbox])
+      if (row?.granted === null || row === undefined) {
+        if (!this.eventsMissing.has(db.name)) this.log.info({ database: db.name, schema: store.schema, table: store.table }, 'changefeed: no event store yet; looking again at the next scan')
+        this.eventsMissing.add(db.name)
+      } else {
+        this.eventsMissing.delete(db.name)
+        granted += row.granted
+      }
     }
     const declared = this.registry.declaredIn(db.name)
     const found = new Set<string>()
@@ -103,8 +116,15 @@ export class Capture {
       })
       for (const table of tables) {
         found.add(schema + '.' + table.table)
+        granted += table.granted
         this.checkTable(db, table, strict)
       }
+    }
+    // a role that may write a watched table lacked the right to announce its changes until now: what it wrote
+    // meanwhile reached nobody, so the database's watchers refetch
+    if (granted > 0 && !strict) {
+      this.log.warn({ database: db.name, roles: granted }, 'changefeed: roles that write watched tables were given the right to announce changes; watchers resync')
+      this.events.onGap(db.name, 'unannounced', false)
     }
     for (const entity of declared) {
       const where = `${db.name}.${entity.schema}.${entity.table}`
@@ -151,6 +171,17 @@ export class Capture {
     }
     const db = this.databases.get(database)
     if (db !== undefined) void this.scanOnce(db)
+  }
+
+  /**
+   * A trigger's unsigned note that its writing role may not announce changes. Anyone may send one, so it only makes
+   * the server look, at most once a second per database: the grants the scan finds missing are the evidence.
+   */
+  private onUnannounced (database: string): void {
+    const now = Date.now()
+    if ((this.lookedAtGrants.get(database) ?? 0) > now - 1000) return
+    this.lookedAtGrants.set(database, now)
+    void this.rescanDatabase(database)
   }
 
   /** One scan of a database at a time; a request during one is served by it. */

@@ -3,7 +3,7 @@
  * columns that tell what they are) when installation is left to a DBA. Several instances may start at once: an
  * advisory lock serialises the install.
  */
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { quoteIdent, type Database } from './database.js'
 import { packageRoot } from '../paths.js'
@@ -17,6 +17,12 @@ export function triggerScript (): string {
   return script
 }
 
+/** sql/migrations/*.sql in order: what takes a database that has an earlier version of the script to this one. */
+export function migrations (): Array<{ name: string, script: string }> {
+  const dir = join(packageRoot, 'sql', 'migrations')
+  return readdirSync(dir).filter((f) => f.endsWith('.sql')).sort().map((f) => ({ name: f.slice(0, -4), script: readFileSync(join(dir, f), 'utf8') }))
+}
+
 /** A watched table and what its columns say about it. */
 export interface WatchedTable {
   schema: string
@@ -28,12 +34,24 @@ export interface WatchedTable {
   dataColumn: boolean
   /** why the trigger could not be put on it, when installing failed */
   error: string | null
+  /**
+   * roles given the right to announce changes now (sql/changefeed.sql, changefeed_register): after the first
+   * install, more than none means one of them may have written the table unannounced before
+   */
+  granted: number
 }
 
-/** Applies the SQL once per database (idempotent). */
+/**
+ * Applies the migrations the database has not recorded, then the script (idempotent), in one transaction. Two
+ * instances starting at once may both find a migration missing: the lock runs them one after the other, and a
+ * migration is idempotent, so the second run changes nothing.
+ */
 export async function applyTriggerScript (db: Database): Promise<void> {
   try {
-    await db.execScript(INSTALL_LOCK + triggerScript())
+    const [{ recorded }] = await db.query<{ recorded: boolean }>('SELECT to_regclass(\'changefeed_migrations\') IS NOT NULL AS recorded')
+    const applied = new Set(recorded ? (await db.query<{ name: string }>('SELECT name FROM changefeed_migrations')).map((r) => r.name) : [])
+    const pending = migrations().filter((m) => !applied.has(m.name)).map((m) => m.script)
+    await db.execScript([INSTALL_LOCK, ...pending, triggerScript()].join('\n'))
   } catch (err) {
     throw new TriggerInstallError(db.name, (err as Error).message)
   }
@@ -59,10 +77,14 @@ export interface WatchRequest {
 export async function watchTables (db: Database, request: WatchRequest): Promise<WatchedTable[]> {
   const { schema, channel, inlineTables, outbox } = request
   const errors = new Map<string, string | null>()
+  const granted = new Map<string, number>()
   if (request.install) {
     for (const pattern of request.patterns) {
-      const rows = await db.query<{ tbl: string, error: string | null }>('SELECT tbl, error FROM changefeed_watch($1, $2, $3, $4, $5)', [schema, pattern, channel, inlineTables, outbox])
-      for (const row of rows) errors.set(row.tbl, row.error)
+      const rows = await db.query<{ tbl: string, error: string | null, granted: number }>('SELECT tbl, error, granted FROM changefeed_watch($1, $2, $3, $4, $5)', [schema, pattern, channel, inlineTables, outbox])
+      for (const row of rows) {
+        errors.set(row.tbl, row.error)
+        granted.set(row.tbl, row.granted)
+      }
     }
   }
   const rows = await db.query<{ t: string, columns: string[], triggered: boolean }>(
@@ -79,7 +101,8 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
     if (request.install && !errors.has(table)) {
       // a declared table outside the patterns
       try {
-        await db.query('SELECT changefeed_install($1, $2, $3, $4, $5)', [schema, table, channel, inlineTables.includes(table), outbox])
+        const [row] = await db.query<{ granted: number }>('SELECT changefeed_install($1, $2, $3, $4, $5) AS granted', [schema, table, channel, inlineTables.includes(table), outbox])
+        granted.set(table, row?.granted ?? 0)
       } catch (err) {
         error = (err as Error).message
       }
@@ -92,7 +115,8 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
       dotnetType: columns.includes('mt_dotnet_type') ? await dotnetTypeOf(db, schema, table, columns.includes('mt_doc_type')) : null,
       tenantColumn: columns.includes('tenant_id'),
       dataColumn: columns.includes('data'),
-      error
+      error,
+      granted: granted.get(table) ?? 0
     })
   }
   return result

@@ -27,15 +27,35 @@ export interface ListenerEvents {
    * the first listener with a shared bus; it lost nothing itself, but the watchers of other instances may have (a
    * leader that died just before), so they are told too; it is not a gap of this instance.
    */
-  onGap(database: string, reason: 'listener_gap' | 'leader_change', precaution: boolean): void
+  onGap(database: string, reason: 'listener_gap' | 'leader_change' | 'unannounced', precaution: boolean): void
   /** Outbox mode: routes a batch of numbered rows (lib/capture/publisher.ts). */
   onOutbox: OutboxBatchHandler
   /** The database's event trigger put the capture trigger on a new table, or could not (`error`). */
   onDdl(database: string, note: DdlNote): void
+  /** A trigger said, unsigned, that its writing role may not announce changes: the database's grants need a look. */
+  onUnannounced(database: string): void
 }
 
 /** What the event trigger tells the listener about a table created while it runs. */
 export interface DdlNote { ddl: 'installed' | 'failed', s: string, t: string, error?: string }
+
+/** The transaction id a signed payload names (changes and DDL notes both carry it); null when it has none. */
+function transactionOf (row: unknown): string | null {
+  const x = row !== null && typeof row === 'object' ? (row as { x?: unknown }).x : undefined
+  return typeof x === 'number' || (typeof x === 'string' && /^\d{1,20}$/.test(x)) ? String(x) : null
+}
+
+/** `{"role": <name>, "unannounced": "<relation oid>"}`, as changefeed_pass sends it; null for anything else. */
+function unannouncedNote (payload: string): { role: string } | null {
+  if (!payload.startsWith('{"role"') && !payload.startsWith('{"unannounced"')) return null
+  try {
+    const note = JSON.parse(payload) as { unannounced?: unknown, role?: unknown }
+    // an oid is text in JSON
+    return typeof note.unannounced === 'string' && typeof note.role === 'string' ? { role: note.role.slice(0, 64) } : null
+  } catch {
+    return null
+  }
+}
 
 const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof value === 'object' &&
   ((value as DdlNote).ddl === 'installed' || (value as DdlNote).ddl === 'failed') && typeof (value as DdlNote).t === 'string'
@@ -133,6 +153,9 @@ export class ListenerConnection {
       const [row] = await session.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1)) AS ok', [`fastify-changefeed:${this.options.channel}`])
       if (row?.ok !== true) return false
     }
+    // the transactions over before LISTEN: their NOTIFYs can no longer reach this listener
+    const [{ snap }] = await session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap')
+    this.verifier.listening(snap)
     await session.listen(this.options.channel)
     if ((this.state as ListenerState) === 'closed') return true
     const first = this.leaderships === 0 && !this.lost
@@ -181,10 +204,11 @@ export class ListenerConnection {
     if (session === null) return
     let timeout: NodeJS.Timeout | undefined
     try {
-      await Promise.race([
-        session.query('SELECT 1'),
-        new Promise((_resolve, reject) => { timeout = setTimeout(() => reject(new Error('no answer to the probe')), PROBE_TIMEOUT_MS) })
+      const [row] = await Promise.race([
+        session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap'),
+        new Promise<never>((_resolve, reject) => { timeout = setTimeout(() => reject(new Error('no answer to the probe')), PROBE_TIMEOUT_MS) })
       ])
+      if (this.session === session && this.state === 'listening') this.verifier.advance(row.snap)
     } catch (err) {
       if (this.session !== session) return
       void session.close().catch(() => {})
@@ -208,18 +232,33 @@ export class ListenerConnection {
       return
     }
     const body = this.verifier.verified(payload)
-    if (body === null) return this.drops.drop('forged', { database: this.db.name })
+    if (body === null) return this.unsigned(payload)
     let row: unknown
     try {
       row = JSON.parse(body)
     } catch {
       row = null
     }
+    const txid = transactionOf(row)
+    if (txid === null) return this.drops.drop('malformed', { database: this.db.name, detail: `${body.length} bytes` })
+    if (this.verifier.admit(payload, txid) === 'replayed') return this.drops.drop('replayed', { database: this.db.name })
     if (isDdlNote(row)) return this.events.onDdl(this.db.name, row)
     // outbox mode records changes; a NOTIFY carrying one comes from triggers installed for notify mode
     if (this.outbox !== null) return
     if (!isRowChange(row)) return this.drops.drop('malformed', { database: this.db.name, detail: `${body.length} bytes` })
     this.coalescer.push(row)
+  }
+
+  /**
+   * An unsigned payload: a forgery, or the note of a trigger whose writing role may not announce changes
+   * (sql/changefeed.sql, changefeed_pass). Nothing in it is believed; a note only makes the server look at the
+   * database's grants, which tell whether such a role exists.
+   */
+  private unsigned (payload: string): void {
+    const note = unannouncedNote(payload)
+    if (note === null) return this.drops.drop('forged', { database: this.db.name })
+    this.drops.drop('unannounced', { database: this.db.name, detail: note.role })
+    this.events.onUnannounced(this.db.name)
   }
 
   private onLost (err: Error): void {
