@@ -8,11 +8,12 @@
  */
 import t from 'tap'
 import { existsSync, mkdirSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { randomUUID } from 'node:crypto'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { serve } from './helpers/serve.js'
+import { packageRoot } from '../lib/paths.js'
 import { freshDatabase, sqlClient } from './helpers/services.js'
 import { reserveSequencesSql, richAppendCommands, streamStateSql, type EventInput, type EventStoreOptions } from './fixtures/marten/index.js'
 
@@ -36,7 +37,7 @@ const open = async (path: string): Promise<Page> => {
   await page.waitForSelector('#status[data-state="open"]')
   return page
 }
-const artifacts = fileURLToPath(new URL('./artifacts/', import.meta.url))
+const artifacts = join(packageRoot, 'test', 'artifacts')
 mkdirSync(artifacts, { recursive: true })
 /** Waits until the element's text is `equals`, or has every string of `has` and none of `lacks`. */
 interface Expected { equals?: string, has?: string[], lacks?: string[] }

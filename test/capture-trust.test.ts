@@ -7,10 +7,12 @@
  */
 import t from 'tap'
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import fastifyPostgres from '@fastify/postgres'
 import changefeed from '../lib/index.js'
+import { packageRoot } from '../lib/paths.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { role } from './helpers/roles.js'
 import { startApp } from './helpers/app.js'
@@ -277,7 +279,7 @@ t.test('a database with the script of before migrations: upgraded at start, its 
   const oldUrl = await freshDatabase(t, 'trust_upgrade')
   const owner = await sqlClient(t, oldUrl)
   await owner.query(martenTableSql('mt_doc_team'))
-  await owner.query(readFileSync(new URL('./fixtures/sql/changefeed-before-migrations.sql', import.meta.url), 'utf8'))
+  await owner.query(readFileSync(join(packageRoot, 'test', 'fixtures', 'sql', 'changefeed-before-migrations.sql'), 'utf8'))
   await owner.query('SELECT * FROM changefeed_watch(\'public\', \'mt_doc_%\', \'trust:upgrade\', \'{}\', false)')
   const old = await role(t, oldUrl, 'trust_upgrade_intruder')
   const before = await old.client()

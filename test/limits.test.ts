@@ -6,7 +6,8 @@
 import t from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { spawnSync } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
+import { packageRoot } from '../lib/paths.js'
 import { startApp } from './helpers/app.js'
 import { TestClient } from './helpers/client.js'
 import { now, signHs256 } from './helpers/tokens.js'
@@ -139,7 +140,7 @@ t.test('a client that falls behind on more than it may hold is closed with 4409'
 })
 
 t.test('changefeed hash-password prints a scrypt hash that verifies', async (t) => {
-  const bin = fileURLToPath(new URL('../bin/serve', import.meta.url))
+  const bin = join(packageRoot, 'bin', 'serve')
   const result = spawnSync(process.execPath, [bin, 'hash-password'], { input: 'p@ss word\n', encoding: 'utf8' })
   t.equal(result.status, 0)
   const hash = result.stdout.trim()

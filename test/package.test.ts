@@ -5,11 +5,11 @@
  */
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
-import { packageRoot, packageVersion } from '../lib/paths.js'
+import { packageRoot } from '../lib/paths.js'
 import { serve } from './helpers/serve.js'
 import { TestClient, isNotification } from './helpers/client.js'
 
@@ -34,9 +34,27 @@ function sizeOf (dir: string): number {
   return bytes
 }
 
+const work = mkdtempSync(join(tmpdir(), 'changefeed-package-'))
+t.teardown(() => rmSync(work, { recursive: true, force: true }))
+const app = join(work, 'app')
+
+/**
+ * The package as `npm pack` makes it, from a copy of what it is made of (its own prepack build, not the test run's
+ * compiled dist/, which other tests are using meanwhile); resolves with the tarball's path and its files.
+ */
+const packed = (async (): Promise<{ tarball: string, files: Set<string> }> => {
+  const source = join(work, 'source')
+  mkdirSync(source)
+  for (const entry of ['package.json', 'README.md', 'LICENSE', 'tsconfig.json', 'tsconfig.build.json', 'bin', 'lib', 'sql', 'examples']) {
+    cpSync(join(packageRoot, entry), join(source, entry), { recursive: true })
+  }
+  symlinkSync(join(packageRoot, 'node_modules'), join(source, 'node_modules'))
+  const [{ filename, files }] = JSON.parse(await npm(['pack', '--json', '--pack-destination', work], source)) as Array<{ filename: string, files: Array<{ path: string }> }>
+  return { tarball: join(work, filename), files: new Set(files.map((f) => f.path)) }
+})()
+
 t.test('the tarball holds the licence, the README, built code with declarations, the SQL and the demo pages', async (t) => {
-  const [{ files }] = JSON.parse(await npm(['pack', '--dry-run', '--json', '--ignore-scripts'], packageRoot)) as Array<{ files: Array<{ path: string }> }>
-  const paths = new Set(files.map((f) => f.path))
+  const { files: paths } = await packed
   const expected = ['LICENSE', 'README.md', 'package.json', 'bin/serve', 'dist/bin/serve.js', 'dist/bin/demo.js', 'dist/bin/pglite.js',
     'dist/lib/index.js', 'dist/lib/index.d.ts', 'dist/lib/client/index.js', 'dist/lib/client/index.d.ts', 'dist/lib/client/react.d.ts',
     'dist/lib/client/tanstack.d.ts', 'sql/changefeed.sql', 'examples/live-scores/index.html', 'examples/live-scores/team.html']
@@ -44,21 +62,17 @@ t.test('the tarball holds the licence, the README, built code with declarations,
   for (const path of paths) {
     if (!path.endsWith('.map')) continue
     // a source map may ship only with the sources it points at
-    const { sources } = JSON.parse(readFileSync(join(packageRoot, path), 'utf8')) as { sources: string[] }
+    const { sources } = JSON.parse(readFileSync(join(work, 'source', path), 'utf8')) as { sources: string[] }
     for (const source of sources) t.ok(paths.has(join(dirname(path), source)), `${path} → ${source} ships`)
   }
   t.notOk([...paths].some((p) => p.startsWith('test/') || p.startsWith('dist/test/')), 'no tests')
 })
 
-const work = mkdtempSync(join(tmpdir(), 'changefeed-package-'))
-t.teardown(() => rmSync(work, { recursive: true, force: true }))
-const app = join(work, 'app')
-
 t.test('installed from the tarball, as a host installs it', async (t) => {
-  await npm(['pack', '--ignore-scripts', '--pack-destination', work], packageRoot)
+  const { tarball } = await packed
   mkdirSync(app)
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'host', private: true, type: 'module' }))
-  await npm(['install', '--no-audit', '--no-fund', '--prefer-offline', join(work, `fastify-changefeed-${packageVersion}.tgz`)], app)
+  await npm(['install', '--no-audit', '--no-fund', '--prefer-offline', tarball], app)
   const modules = join(app, 'node_modules')
   t.ok(existsSync(join(modules, 'fastify-changefeed', 'dist', 'lib', 'index.js')), 'the package')
   t.ok(existsSync(join(modules, 'fastify', 'package.json')), 'fastify, its peer dependency')

@@ -1,8 +1,9 @@
 /** Runs the standalone server (`bin/serve`, the built CLI, unless told another) as a child process. */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
+import { packageRoot } from '../../lib/paths.js'
 
-const BIN = fileURLToPath(new URL('../../bin/serve', import.meta.url))
+const BIN = join(packageRoot, 'bin', 'serve')
 
 interface Teardown { teardown(fn: () => unknown): void }
 
