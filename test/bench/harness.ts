@@ -204,7 +204,7 @@ export async function freshDatabase (name: string): Promise<string> {
   const admin = new pg.Client({ connectionString: PG_ADMIN })
   await admin.connect()
   await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.query(`CREATE DATABASE ${name} TEMPLATE template0`)
   await admin.end()
   return PG_ADMIN.replace(/\/[^/]*$/, `/${name}`)
 }

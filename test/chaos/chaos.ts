@@ -121,7 +121,7 @@ export async function runChaos (options: ChaosOptions, t: Teardown): Promise<Cha
 
   // services of the run's own
   const pg = await ownPostgres(t)
-  await pg.query('postgres', `CREATE DATABASE ${DATABASE}`)
+  await pg.query('postgres', `CREATE DATABASE ${DATABASE} TEMPLATE template0`)
   await pg.query(DATABASE, martenTableSql('mt_doc_item'))
   const redis = await ownBroker(t, 'redis')
   log(`postgres ${pg.url(DATABASE)}, redis ${redis.url}`)

@@ -35,11 +35,15 @@ export async function adminQuery (sql: string, params: unknown[] = []): Promise<
 
 interface Teardown { teardown(fn: () => unknown): void }
 
-/** A fresh, empty database for one test file; dropped at teardown. Returns its connection string. */
+/**
+ * A fresh, empty database for one test file; dropped at teardown. Returns its connection string. Made from
+ * template0: PostgreSQL refuses to copy template1 while any other session is connected to it (55006), which
+ * another program on the same server may well be.
+ */
 export async function freshDatabase (t: Teardown, label: string): Promise<string> {
   const name = `cf_test_${label}_${process.pid}`
   await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-  await adminQuery(`CREATE DATABASE ${name}`)
+  await adminQuery(`CREATE DATABASE ${name} TEMPLATE template0`)
   t.teardown(async () => { await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) })
   return `postgres://postgres@${PG_HOST}:5432/${name}`
 }
