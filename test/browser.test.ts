@@ -37,7 +37,7 @@ const open = async (path: string): Promise<Page> => {
   await page.waitForSelector('#status[data-state="open"]')
   return page
 }
-const artifacts = join(packageRoot, 'test', 'artifacts')
+const artifacts = join(packageRoot, 'test', 'artifacts') + '/'
 mkdirSync(artifacts, { recursive: true })
 /** Waits until the element's text is `equals`, or has every string of `has` and none of `lacks`. */
 interface Expected { equals?: string, has?: string[], lacks?: string[] }
