@@ -28,10 +28,12 @@ export type EventStoreOf = (database: string) => { schema: string, table: string
 
 /**
  * The owner a full document of an owner type names (ownerPath), so that delivery can stop a subscription whose
- * owner the document no longer names; undefined where there is nothing to check.
+ * owner the document no longer names; undefined where there is nothing to check. A frame without a document (a
+ * `deleted` change) carries nothing to protect: its watchers hear of the deletion, and a later document decides.
  */
 export function ownerIn (entity: EntityType, payloadType: string, payload: unknown): string | null | undefined {
   if (entity.access !== 'owner' || entity.ownerPath === undefined || entity.ownerPath.length === 0 || payloadType !== 'full') return undefined
+  if (payload === undefined || payload === null) return undefined
   let value: unknown = payload
   for (const key of entity.ownerPath) value = value !== null && typeof value === 'object' ? (value as Record<string, unknown>)[key] : undefined
   return typeof value === 'string' || typeof value === 'number' ? String(value) : null

@@ -1,6 +1,7 @@
 /**
  * Owner-scoped documents on every path a frame takes to a socket: a `since` replay (outbox mode) of an entity that
- * changed hands never carries the previous owner's documents to the new owner.
+ * changed hands never carries the previous owner's documents to the new owner; a deletion reaches the owner as
+ * `deleted` (it carries no document) and the subscription holds, in both capture modes, hard and soft deletes.
  */
 import t from 'tap'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
@@ -9,6 +10,7 @@ import { isNotification, type Frame, type TestClient } from './helpers/client.js
 import { now, signHs256 } from './helpers/tokens.js'
 import { until } from './helpers/wait.js'
 import { WireError } from '../lib/errors.js'
+import { hardDeleteSql, softDeleteSql, undoDeleteSql, type DocumentOptions } from './fixtures/marten/index.js'
 
 const SECRET = 'owner-delivery-test-secret-0123456789'
 const token = (sub: string, roles: string[] = []): string => signHs256({ sub, roles, exp: now() + 600 }, SECRET)
@@ -63,3 +65,56 @@ t.test('outbox mode: a since replay of a document that changed hands', async (t)
   t.ok(await until(() => b.messages.some((m) => isNotification('UserSettings', 'moved')(m) && m.data.payload.theme === 'of-b-later')), 'and is written')
   t.notOk(b.raw.some((f) => f.includes('private-to-a')), 'still nothing of a\'s')
 })
+
+for (const mode of ['notify', 'outbox'] as const) {
+  t.test(`${mode} mode: the owner of a deleted document hears deleted and keeps its subscription`, async (t) => {
+    const db = await freshDatabase(t, `owner_deleted_${mode}`)
+    const writer = await sqlClient(t, db)
+    const shapes: Record<string, DocumentOptions> = {
+      UserSettings: { schema: 'public', name: 'usersettings', idType: 'string', softDelete: true },
+      UserBoard: { schema: 'public', name: 'userboard', idType: 'string', softDelete: true }
+    }
+    for (const shape of Object.values(shapes)) await writer.query(martenTableSql(`mt_doc_${shape.name}`))
+    const { client } = await startApp(t, {
+      databases: [{ name: 'main', url: db }],
+      capture: { mode, channel: `cf_owner_deleted_${mode}`, outbox: { pollIntervalMs: 50 } },
+      entities: {
+        UserSettings: { access: 'owner', ownerPath: ['userId'], payload: 'full' },
+        UserBoard: { access: 'owner', ownerPath: ['userId'], payload: 'delta' }
+      },
+      auth: { jwt: { secret: SECRET } }
+    })
+    for (const [type, shape] of Object.entries(shapes)) {
+      t.test(type, async (t) => {
+        const table = `mt_doc_${shape.name}`
+        const run = async ({ text, values }: { text: string, values: unknown[] }): Promise<void> => { await writer.query(text, values) }
+        const put = async (userId: string, theme: string): Promise<void> => {
+          await writer.query(`INSERT INTO ${table} (id, data) VALUES ('doc', $1) ON CONFLICT (id) DO UPDATE SET data = excluded.data, mt_version = gen_random_uuid()`,
+            [JSON.stringify({ userId, theme, notes: 'n'.repeat(500) })])
+        }
+        await put('owner', 'first')
+        const owner = await client(`?token=${token('owner')}`)
+        // from a snapshot: the creation, which the outbox may publish after the subscribe, is in it, not after it
+        owner.send({ type: 'subscribe', id: 's', data: { entityType: type, entityId: 'doc', snapshot: true } })
+        t.match(await owner.next((m) => m.id === 's'), { type: 'subscribed', data: { snapshot: { payload: { theme: 'first' } } } })
+        const next = async (): Promise<Frame> => await owner.next((m) => isNotification(type, 'doc')(m) || m.type === 'subscription_error')
+
+        await run(hardDeleteSql(shape, 'doc'))
+        t.match(await next(), { type: 'notification', data: { changeType: 'deleted', payloadType: 'full', payload: null } }, 'a hard delete: deleted')
+        await put('owner', 'again')
+        t.match(await next(), { type: 'notification', data: { changeType: 'created', payload: { theme: 'again' } } }, 'the subscription held')
+
+        await run(softDeleteSql(shape, 'doc'))
+        t.match(await next(), { type: 'notification', data: { changeType: 'deleted', payloadType: 'full', payload: null } }, 'a Marten soft delete: deleted')
+        await run(undoDeleteSql(shape, 'doc'))
+        t.match(await next(), { type: 'notification', data: { changeType: 'created', payload: { theme: 'again' } } }, 'the subscription held')
+
+        await run(hardDeleteSql(shape, 'doc'))
+        t.match(await next(), { type: 'notification', data: { changeType: 'deleted' } })
+        await put('someone-else', 'not-for-the-owner')
+        t.match(await next(), { type: 'subscription_error', data: { code: WireError.forbidden } }, 're-created naming someone else: the subscription ends')
+        t.notOk(owner.raw.some((f) => f.includes('not-for-the-owner')), 'without the other owner\'s document')
+      })
+    }
+  })
+}

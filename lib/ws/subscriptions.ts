@@ -367,7 +367,7 @@ export class Subscriptions {
 
   /** Whether an owner-scoped document may reach this socket: it names its user (or the user is an admin). */
   private mayRead (entity: EntityType, document: unknown): boolean {
-    return document === null || !this.foreign(ownerIn(entity, 'full', document))
+    return !this.foreign(ownerIn(entity, 'full', document))
   }
 
   /** A subscribe with `entityIds`: each entity as if subscribed alone, one reply for all. */
