@@ -21,6 +21,11 @@ export interface Notice {
   /** what the frame says besides its payload, and its document (undefined: none): a `delta` type's patch is made of them */
   fields?: Omit<NotificationFields, 'payloadType'>
   document?: unknown
+  /**
+   * the document was read back after a later transaction wrote the row: it is that newer version, not the one at
+   * the change's position, so it goes out whole and is no base for a patch
+   */
+  stale?: true
 }
 
 /** A database's event store: only its tables may report event appends and archived streams. */
@@ -107,12 +112,20 @@ export class Notices {
       return { frame: encodeNotification({ ...fields, payloadType: 'events', payload: change.events }), payloadType: 'events', tenantId }
     }
     let payload: unknown
+    let stale = false
     let payloadType = carriesDocument(entity) && change.changeType !== 'archived' ? 'full' : 'minimal'
     if (payloadType === 'full' && change.changeType !== 'deleted') {
-      payload = change.hasDoc ? change.doc : await this.documents.document(entity, change.database, change.tenantId, change.id)
+      if (change.hasDoc) payload = change.doc
+      else {
+        const read = await this.documents.document(entity, change.database, change.tenantId, change.id)
+        payload = read?.data
+        stale = read !== undefined && read.txid !== change.txid
+      }
       // gone by the time we read it: a later change says so; meanwhile the client refetches
       if (payload === undefined) payloadType = 'minimal'
     }
-    return { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload), fields, document: payload }
+    const notice: Notice = { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload), fields, document: payload }
+    if (stale) notice.stale = true
+    return notice
   }
 }
