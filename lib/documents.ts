@@ -6,22 +6,39 @@ import { quoteIdent, type Database } from './capture/database.js'
 import type { Change } from './capture/coalesce.js'
 import type { EntityType } from './entities.js'
 
+/**
+ * The transaction that wrote the version of row `t` read in snapshot `s.sn`: its `xmin` (32 bits, wraps) as the
+ * 64-bit id the trigger reports (`txid_current()`), relative to the snapshot's xmax.
+ */
+export const FULL_XMIN = `((pg_snapshot_xmax(s.sn)::text::bigint >> 32) << 32) + t.xmin::text::bigint
+  - CASE WHEN t.xmin::text::bigint > (pg_snapshot_xmax(s.sn)::text::bigint & 4294967295) THEN 4294967296 ELSE 0 END`
+
+/** A document as read back, and the transaction that wrote the version read. */
+export interface ReadDocument {
+  data: unknown
+  txid: string
+}
+
 export class DocumentReader {
   /** documents and event batches read */
   reads = 0
 
   constructor (private readonly databases: ReadonlyMap<string, Database>) {}
 
-  /** The document of one tenant's entity in `database`; undefined when there is none (deleted meanwhile). */
-  async document (entity: EntityType, database: string, tenantId: string | null, id: string): Promise<unknown> {
+  /**
+   * The document of one tenant's entity in `database`, and the transaction that wrote it (a later one than the
+   * change being routed when the row was written again meanwhile); undefined when there is none (deleted meanwhile).
+   */
+  async document (entity: EntityType, database: string, tenantId: string | null, id: string): Promise<ReadDocument | undefined> {
     const db = this.databases.get(database)
     if (db === undefined) return undefined
     this.reads++
     const byTenant = entity.tenancy === 'conjoined' && tenantId !== null
-    const rows = await db.query<{ data: unknown }>(
-      `SELECT data FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id = $1${byTenant ? ' AND tenant_id = $2' : ''}`,
+    const rows = await db.query<ReadDocument>(
+      `SELECT t.data, (${FULL_XMIN})::text AS txid FROM (SELECT pg_current_snapshot() AS sn) s, ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} t
+       WHERE t.id = $1${byTenant ? ' AND t.tenant_id = $2' : ''}`,
       byTenant ? [id, tenantId] : [id])
-    return rows[0]?.data
+    return rows[0]
   }
 
   /** Fills in the data of appended events that did not ride inline, from the event table of the change. */

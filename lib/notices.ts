@@ -21,6 +21,11 @@ export interface Notice {
   /** what the frame says besides its payload, and its document (undefined: none): a `delta` type's patch is made of them */
   fields?: Omit<NotificationFields, 'payloadType'>
   document?: unknown
+  /**
+   * the document was read back after a later transaction wrote the row: it is that newer version, not the one at
+   * the change's position, so it goes out whole and is no base for a patch
+   */
+  stale?: true
 }
 
 /** A database's event store: only its tables may report event appends and archived streams. */
@@ -28,10 +33,12 @@ export type EventStoreOf = (database: string) => { schema: string, table: string
 
 /**
  * The owner a full document of an owner type names (ownerPath), so that delivery can stop a subscription whose
- * owner the document no longer names; undefined where there is nothing to check.
+ * owner the document no longer names; undefined where there is nothing to check. A frame without a document (a
+ * `deleted` change) carries nothing to protect: its watchers hear of the deletion, and a later document decides.
  */
 export function ownerIn (entity: EntityType, payloadType: string, payload: unknown): string | null | undefined {
   if (entity.access !== 'owner' || entity.ownerPath === undefined || entity.ownerPath.length === 0 || payloadType !== 'full') return undefined
+  if (payload === undefined || payload === null) return undefined
   let value: unknown = payload
   for (const key of entity.ownerPath) value = value !== null && typeof value === 'object' ? (value as Record<string, unknown>)[key] : undefined
   return typeof value === 'string' || typeof value === 'number' ? String(value) : null
@@ -105,12 +112,20 @@ export class Notices {
       return { frame: encodeNotification({ ...fields, payloadType: 'events', payload: change.events }), payloadType: 'events', tenantId }
     }
     let payload: unknown
+    let stale = false
     let payloadType = carriesDocument(entity) && change.changeType !== 'archived' ? 'full' : 'minimal'
     if (payloadType === 'full' && change.changeType !== 'deleted') {
-      payload = change.hasDoc ? change.doc : await this.documents.document(entity, change.database, change.tenantId, change.id)
+      if (change.hasDoc) payload = change.doc
+      else {
+        const read = await this.documents.document(entity, change.database, change.tenantId, change.id)
+        payload = read?.data
+        stale = read !== undefined && read.txid !== change.txid
+      }
       // gone by the time we read it: a later change says so; meanwhile the client refetches
       if (payload === undefined) payloadType = 'minimal'
     }
-    return { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload), fields, document: payload }
+    const notice: Notice = { frame: encodeNotification({ ...fields, payloadType, payload }), payloadType, tenantId, owner: ownerIn(entity, payloadType, payload), fields, document: payload }
+    if (stale) notice.stale = true
+    return notice
   }
 }

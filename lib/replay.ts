@@ -11,7 +11,8 @@ import type { Notices } from './notices.js'
 /** Where a database's outbox is read for `since` replays (outbox mode). */
 export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
 
-export type ReplayedFrames = Array<{ frame: string, position: string }>
+/** `owner`: as on a live notification (lib/notices.ts), what delivery checks before the frame may reach a socket */
+export type ReplayedFrames = Array<{ frame: string, position: string, owner?: string | null }>
 
 export class Replayer {
   constructor (
@@ -37,7 +38,8 @@ export class Replayer {
     const frames: ReplayedFrames = []
     for (const change of coalesceRows(database, this.registry.tenantOfDatabase(database), rows)) {
       if (this.notices.entityOf(change, false)?.name !== entity.name) continue
-      frames.push({ frame: (await this.notices.noticeOf(entity, change, this.notices.tenantOf(entity, change))).frame, position: change.position })
+      const { frame, owner } = await this.notices.noticeOf(entity, change, this.notices.tenantOf(entity, change))
+      frames.push({ frame, position: change.position, owner })
     }
     return frames
   }

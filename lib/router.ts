@@ -242,6 +242,12 @@ export class ChangeRouter {
       this.deltas.forget(key)
       return notice
     }
+    if (notice.stale === true) {
+      // a later version than its position says: whole, without a patch, and no base for one (delivery still
+      // records what each socket was sent, so no patch goes to a socket holding something else)
+      this.deltas.stale(key)
+      return { ...notice, payloadType: 'delta' }
+    }
     const delta = this.deltas.frameOf(key, notice.fields, notice.document, notice.frame) ?? undefined
     return { ...notice, payloadType: 'delta', delta }
   }

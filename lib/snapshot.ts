@@ -8,6 +8,7 @@
  * the outbox position in outbox mode (when numbered already). A `delta` type's next patch may apply to it.
  */
 import { quoteIdent, type Database } from './capture/database.js'
+import { FULL_XMIN } from './documents.js'
 import type { EntityRegistry, EntityType } from './entities.js'
 import { carriesDocument } from './entities.js'
 import type { ReplaySource } from './replay.js'
@@ -44,10 +45,6 @@ interface Row {
 }
 
 interface Columns { version: boolean, deleted: boolean, tenant: boolean }
-
-/** `t.xmin` (32 bits, wraps) as the 64-bit transaction id the trigger reports, relative to the snapshot's xmax. */
-const FULL_XMIN = `((pg_snapshot_xmax(s.sn)::text::bigint >> 32) << 32) + t.xmin::text::bigint
-  - CASE WHEN t.xmin::text::bigint > (pg_snapshot_xmax(s.sn)::text::bigint & 4294967295) THEN 4294967296 ELSE 0 END`
 
 /** Outbox mode: the columns of the row's last numbered change (its position) and the outbox's epoch. */
 function outboxPosition (source: ReplaySource, entity: EntityType, params: unknown[]): string {

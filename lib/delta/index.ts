@@ -32,10 +32,12 @@ export interface DeltaCounters {
   larger: number
   /** documents dropped from the cache to stay within deltaCacheBytes */
   evicted: number
+  /** changes whose document was read back after a later write of the row: full, and no base for the next patch */
+  stale: number
 }
 
 export class Deltas {
-  readonly counters: DeltaCounters = { patches: 0, misses: 0, larger: 0, evicted: 0 }
+  readonly counters: DeltaCounters = { patches: 0, misses: 0, larger: 0, evicted: 0, stale: 0 }
   /** by entity key (its own channel); Map order is the order of last change: the first is evicted first */
   private readonly kept = new Map<string, Kept>()
   private keptBytes = 0
@@ -70,6 +72,16 @@ export class Deltas {
     }
     this.counters.patches++
     return { frame, base: before.position }
+  }
+
+  /**
+   * A change whose document is a later version than its position: labelled with that position, it would be the
+   * base of a patch a client holding the change's own version (a snapshot at it) applies to the wrong document. It
+   * goes out full, and the entity's next change too.
+   */
+  stale (key: string): void {
+    this.counters.stale++
+    this.forget(key)
   }
 
   /** The entity's document is not known any more (nobody watched a change of it). */

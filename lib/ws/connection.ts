@@ -15,7 +15,8 @@ import { OutboundQueue, type OutboundLimits } from './outbound.js'
 import { sendPrepared, writesDirect, type PreparedFrame } from './prepared.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
-import { Subscriptions, type ReplayedFrames, type Subscriber, type SubscriptionServices } from './subscriptions.js'
+import { Subscriptions, type Subscriber, type SubscriptionServices } from './subscriptions.js'
+import type { ReplayedFrames } from '../replay.js'
 import { Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {

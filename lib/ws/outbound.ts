@@ -1,7 +1,8 @@
 /**
  * Deliver, per socket: a consumer that reads slower than its entities change gets each entity's latest state
  * instead of every intermediate one. Frames wait here while the socket's buffer is full; a later notification for
- * the same entity replaces the waiting one, and a socket that still falls behind is reported as a slow consumer.
+ * the same entity replaces the waiting one (unless a frame that goes as is, such as a reply, waits between them),
+ * and a socket that still falls behind is reported as a slow consumer.
  */
 
 /** The part of a WebSocket the queue writes to (ws's `send(data, { binary: false })` for text frames). */
@@ -66,16 +67,24 @@ function mergeFrames (first: string, last: string): string | null {
   return JSON.stringify(message)
 }
 
+/** A frame held for a slow socket; `key`: the entity channel a later notification of it may merge into it by. */
+interface Held {
+  frame: string
+  key: string | null
+}
+
 export class OutboundQueue {
   /** frames replaced by a later one of the same key and never written; a create and delete that cancel count both */
   conflated = 0
+  /** Held frames in the order they go out, by a number each; made when the first is held (most sockets never hold one). */
+  private pending: Map<number, Held> | null = null
   /**
-   * Held frames in the order they go out, made when the first is held (most sockets never hold one). Conflatable
-   * frames are keyed by channel, so a replacement keeps the first one's place (Map.set on an existing key); frames
-   * that must be kept get a number of their own.
+   * The held frame of each key that a later notification of the entity may merge into: only those held after the
+   * last frame that must be delivered as is. Merging into a frame ahead of such a frame (a `subscribed` reply with
+   * a snapshot, a resync) would send the later state before it, and the client would end on the older one.
    */
-  private pending: Map<string | number, string> | null = null
-  private nextUnkeyed = 0
+  private readonly mergeable = new Map<string, number>()
+  private nextHeld = 0
   private timer: NodeJS.Timeout | null = null
   private closed = false
 
@@ -87,11 +96,11 @@ export class OutboundQueue {
 
   /**
    * Writes `frame` now, or holds it while the socket is backed up. `key` is the entity channel of a notification
-   * that a later one may replace, or null for a frame that must be delivered as is (replies, events, batches).
-   * `bytes`: the frame already encoded, shared by every socket it goes to. `full`: for a patch frame (payload type
-   * `delta`), the full frame of the same change: merged with the frame held before it, the patch would apply to a
-   * document the client never gets, so the merge is made of the full one. A closed queue takes nothing and answers
-   * 'overflow'.
+   * that a later one may replace, or null for a frame that must be delivered as is (replies, events, batches):
+   * a barrier, that no later frame merges across. `bytes`: the frame already encoded, shared by every socket it
+   * goes to. `full`: for a patch frame (payload type `delta`), the full frame of the same change: merged with the
+   * frame held before it, the patch would apply to a document the client never gets, so the merge is made of the
+   * full one. A closed queue takes nothing and answers 'overflow'.
    */
   push (frame: string, key: string | null, bytes?: Buffer, full?: string): PushResult {
     if (this.closed || this.sink.bufferedAmount > this.limits.maxBufferedBytes) return 'overflow'
@@ -100,37 +109,43 @@ export class OutboundQueue {
       return 'sent'
     }
     const pending = this.pending ??= new Map()
-    if (key !== null) {
-      const earlier = pending.get(key)
-      if (earlier !== undefined) {
-        const merged = mergeFrames(earlier, full ?? frame)
-        if (merged === null) {
-          pending.delete(key)
-          this.conflated += 2
-          if (pending.size === 0) this.stopTimer()
-        } else {
-          pending.set(key, merged)
-          this.conflated++
-        }
-        return 'held'
+    const at = key === null ? undefined : this.mergeable.get(key)
+    const earlier = at === undefined ? undefined : pending.get(at)
+    if (key !== null && at !== undefined && earlier !== undefined) {
+      const merged = mergeFrames(earlier.frame, full ?? frame)
+      if (merged === null) {
+        pending.delete(at)
+        this.mergeable.delete(key)
+        this.conflated += 2
+        if (pending.size === 0) this.stopTimer()
+      } else {
+        earlier.frame = merged
+        this.conflated++
       }
+      return 'held'
     }
     if (pending.size >= this.limits.maxHeldFrames) return 'overflow'
-    pending.set(key ?? this.nextUnkeyed++, frame)
+    const id = this.nextHeld++
+    pending.set(id, { frame, key })
+    if (key === null) this.mergeable.clear()
+    else this.mergeable.set(key, id)
     this.timer ??= setInterval(() => this.drain(), this.limits.drainIntervalMs).unref()
     return 'held'
   }
 
   /**
-   * Drops the held frames of a channel, if any (a replay about to be written covers them): the one keyed by the
+   * Drops the held frames of a channel, if any (a replay about to be written covers them): those keyed by the
    * channel, and on a channel of every tenant those keyed by channel and tenant.
    */
   discard (channel: string): void {
     const pending = this.pending
     if (pending === null) return
-    pending.delete(channel)
     const tenants = channel + '\u0000'
-    for (const key of pending.keys()) if (typeof key === 'string' && key.startsWith(tenants)) pending.delete(key)
+    for (const [id, { key }] of pending) {
+      if (key === null || (key !== channel && !key.startsWith(tenants))) continue
+      pending.delete(id)
+      if (this.mergeable.get(key) === id) this.mergeable.delete(key)
+    }
     if (pending.size === 0) this.stopTimer()
   }
 
@@ -138,6 +153,7 @@ export class OutboundQueue {
   close (): void {
     this.closed = true
     this.pending = null
+    this.mergeable.clear()
     this.stopTimer()
   }
 
@@ -145,9 +161,10 @@ export class OutboundQueue {
   private drain (): void {
     const pending = this.pending
     if (pending === null || this.sink.bufferedAmount >= this.limits.lowWaterBytes) return
-    for (const [key, frame] of pending) {
+    for (const [id, { frame, key }] of pending) {
       if (this.sink.bufferedAmount > this.limits.highWaterBytes) return
-      pending.delete(key)
+      pending.delete(id)
+      if (key !== null && this.mergeable.get(key) === id) this.mergeable.delete(key)
       this.sink.send(frame, TEXT)
     }
     this.stopTimer()

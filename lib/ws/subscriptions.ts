@@ -16,6 +16,7 @@ import { ResumeBuffer, replayedUpTo, type Carried } from './resume.js'
 import { FilterLimitError, type Filters } from './filters.js'
 import { ownerIn } from '../notices.js'
 import { SnapshotUnavailable, type SnapshotResult } from '../snapshot.js'
+import type { ReplayedFrames } from '../replay.js'
 import { Compile } from 'typebox/compile'
 import type { WatcherCounts } from './watchers.js'
 import type { Reply } from './requests.js'
@@ -43,8 +44,6 @@ export interface Subscription extends EntityRef {
   /** a filtered feed: its type's feed channel and its subscriptionId (it is held by another key than a channel) */
   filter?: { feedChannel: string, subscriptionId: string }
 }
-
-export type ReplayedFrames = Array<{ frame: string, position: string }>
 
 export interface SubscriptionServices {
   registry: EntityRegistry
@@ -100,13 +99,21 @@ export class Subscriptions {
    * else now (the subscription ends), or its subscription is resuming (it waits for the replay).
    */
   intercept (frame: string, meta: FrameMeta): boolean {
-    const { principal } = this.socket
-    if (meta.owner !== undefined && (this.revoked?.has(meta.channel) === true ||
-        (meta.owner !== principal.userId && !this.services.policy.isAdmin(principal)))) {
+    if (meta.owner !== undefined && (this.revoked?.has(meta.channel) === true || this.foreign(meta.owner))) {
       this.revoke(meta.channel)
       return true
     }
     return this.resumeBuffer?.intercept(frame, meta) === true
+  }
+
+  /**
+   * Whether a frame's owner-scoped document (`owner`: the owner it names, lib/notices.ts; undefined: nothing to
+   * check) is someone else's: it must not reach this socket, unless its user is an admin. Every frame a socket is
+   * sent passes here: live, replayed, and the states of snapshots.
+   */
+  private foreign (owner: string | null | undefined): boolean {
+    const { principal } = this.socket
+    return owner !== undefined && owner !== principal.userId && !this.services.policy.isAdmin(principal)
   }
 
   /**
@@ -299,6 +306,12 @@ export class Subscriptions {
       this.services.log.warn({ connection: this.socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
     }
     if (!this.socket.isOpen) return false
+    // the owner was checked against the document of now; what the entity was before may have been someone
+    // else's: the client refetches what it may see (or, with `snapshot`, is given it)
+    if (frames?.some(({ owner }) => this.foreign(owner)) === true) {
+      this.services.log.info({ connection: this.socket.id, entityType: entity.name }, 'changefeed: a replay held another owner\'s documents; the client refetches')
+      frames = null
+    }
     if (frames === null && follows) return false
     reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: frames !== null }))
     if (frames !== null) this.socket.writeReplay(channel, frames)
@@ -354,9 +367,7 @@ export class Subscriptions {
 
   /** Whether an owner-scoped document may reach this socket: it names its user (or the user is an admin). */
   private mayRead (entity: EntityType, document: unknown): boolean {
-    const owner = ownerIn(entity, 'full', document)
-    const { principal } = this.socket
-    return owner === undefined || document === null || owner === principal.userId || this.services.policy.isAdmin(principal)
+    return !this.foreign(ownerIn(entity, 'full', document))
   }
 
   /** A subscribe with `entityIds`: each entity as if subscribed alone, one reply for all. */

@@ -73,14 +73,38 @@ t.test('updated then updated: one frame, the later one, at the first one\'s plac
   const { sink, queue, clock } = backedUp(t)
   queue.push(note('1', 'updated', { v: 1 }), 'Team:1')
   queue.push(note('2', 'updated'), 'Team:2')
-  queue.push('{"type":"subscribed"}', null)
   const later = note('1', 'updated', { v: 2 })
   t.equal(queue.push(later, 'Team:1'), 'held')
-  t.equal(queue.held, 3)
+  t.equal(queue.held, 2)
   t.equal(queue.conflated, 1)
   sink.bufferedAmount = 0
   clock.advance(limits.drainIntervalMs)
-  t.same(sink.frames, [later, note('2', 'updated'), '{"type":"subscribed"}'], 'the later frame, unchanged, first')
+  t.same(sink.frames, [later, note('2', 'updated')], 'the later frame, unchanged, first')
+})
+
+t.test('a frame delivered as is is a barrier: nothing after it merges into a frame held before it', async (t) => {
+  const { sink, queue, clock } = backedUp(t, { maxHeldFrames: 10 })
+  const reply = '{"type":"subscribed","data":{"snapshot":{"payload":{"v":1}}}}'
+  queue.push(note('1', 'updated', { v: 0 }), 'Team:1')
+  queue.push(note('2', 'updated', { v: 0 }), 'Team:2')
+  queue.push(reply, null)
+  // made after the snapshot in the reply: it must reach the client after it, or the client ends on the older state
+  t.equal(queue.push(note('1', 'updated', { v: 2 }), 'Team:1'), 'held')
+  t.equal(queue.push(note('1', 'updated', { v: 3 }), 'Team:1'), 'held')
+  t.equal(queue.push(note('1', 'deleted'), 'Team:1'), 'held')
+  t.equal(queue.push(note('1', 'created', { v: 4 }), 'Team:1'), 'held')
+  t.equal(queue.held, 4, 'the frames after the barrier merge among themselves')
+  t.equal(queue.conflated, 3)
+  queue.push('{"type":"pong"}', null)
+  queue.push(note('1', 'updated', { v: 5 }), 'Team:1')
+  queue.push(note('2', 'deleted'), 'Team:2')
+  t.equal(queue.held, 7, 'and not with the frames before the next barrier')
+  sink.bufferedAmount = 0
+  clock.advance(limits.drainIntervalMs)
+  t.same(sink.frames, [
+    note('1', 'updated', { v: 0 }), note('2', 'updated', { v: 0 }), reply, note('1', 'updated', { v: 4 }),
+    '{"type":"pong"}', note('1', 'updated', { v: 5 }), note('2', 'deleted')
+  ])
 })
 
 t.test('created then updated: created, with the later payload', async (t) => {
@@ -135,6 +159,23 @@ t.test('deleted then created, and updated then deleted', async (t) => {
   sink.bufferedAmount = 0
   clock.advance(limits.drainIntervalMs)
   t.same(sink.frames, [note('1', 'updated', { v: 1 }), note('2', 'deleted')])
+})
+
+t.test('discard drops the held frames of a channel (and of its tenants\' keys) before a replay; later ones are held anew', async (t) => {
+  const { sink, queue, clock } = backedUp(t, { maxHeldFrames: 10 })
+  queue.push(note('1', 'updated', { v: 1 }), 'Team:1')
+  queue.push(note('1', 'updated', { v: 1, tenant: 'red' }), 'Team:1\u0000red')
+  queue.push(note('10', 'updated'), 'Team:10')
+  queue.discard('Team:1')
+  queue.discard('Team:nothing')
+  t.equal(queue.held, 1)
+  t.equal(queue.push(note('1', 'updated', { v: 2 }), 'Team:1'), 'held')
+  t.equal(queue.conflated, 0, 'nothing left to merge into')
+  sink.bufferedAmount = 0
+  clock.advance(limits.drainIntervalMs)
+  t.same(sink.frames, [note('10', 'updated'), note('1', 'updated', { v: 2 })])
+  queue.discard('Team:1')
+  t.equal(queue.held, 0)
 })
 
 t.test('frames without a key keep their order and are never merged', async (t) => {

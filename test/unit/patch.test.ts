@@ -144,7 +144,18 @@ t.test('Deltas: a patch from the document kept at the last position; full when i
   t.equal(deltas.frameOf('k', fields('n:3'), small, fullOf('n:3', small)), null, 'a patch not smaller than the document: full')
   t.equal(deltas.frameOf('k', fields('n:4'), undefined, fullOf('n:4', null)), null, 'deleted: no patch')
   t.equal(deltas.frameOf('k', fields('n:5'), small, fullOf('n:5', small)), null, 'and after it, no base')
-  t.same(deltas.counters, { patches: 1, misses: 3, larger: 1, evicted: 0 })
+  t.same(deltas.counters, { patches: 1, misses: 3, larger: 1, evicted: 0, stale: 0 })
+})
+
+t.test('Deltas: a change whose document is a later version than its position is no base: the next change is full', async (t) => {
+  const deltas = new Deltas(1 << 20)
+  const doc = (n: number): Record<string, unknown> => ({ n, text: 'x'.repeat(500) })
+  deltas.frameOf('k', fields('n:1'), doc(1), fullOf('n:1', doc(1)))
+  deltas.stale('k')
+  t.equal(deltas.bytes, 0, 'the kept document is dropped')
+  t.equal(deltas.frameOf('k', fields('n:3'), doc(3), fullOf('n:3', doc(3))), null, 'the next change: full')
+  t.not(deltas.frameOf('k', fields('n:4'), doc(4), fullOf('n:4', doc(4))), null, 'then patches again')
+  t.equal(deltas.counters.stale, 1)
 })
 
 t.test('Deltas: bounded by deltaCacheBytes, the least recently changed entity dropped first', async (t) => {
