@@ -93,7 +93,7 @@ type Command =
   | { kind: 'subscribe', s: number, target: Target, since?: string, watchers?: boolean, tenantId?: string, numericId: boolean, extraField: boolean }
   | { kind: 'unsubscribe', s: number, target: Target, by: 'subscriptionId' | 'entity', tenantId?: string, numericId: boolean }
   | { kind: 'unsubscribeRaw', s: number, subscriptionId: string }
-  | { kind: 'ping', s: number, id?: string, data?: unknown }
+  | { kind: 'ping', s: number, id?: 'string' | 'numeric', data?: unknown }
   | { kind: 'auth', s: number, token: TokenName, numericId: boolean }
   | { kind: 'bad', s: number, bad: BadShape, times: number }
   | { kind: 'oversized', s: number }
@@ -175,7 +175,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('unsubscribeRaw' as const), s: socket, subscriptionId: fc.constantFrom('garbage', 'Nope:x', 'Team@t:t-1', ':t-1', 'Team:') }) },
   {
     weight: 4,
-    arbitrary: fc.record({ kind: fc.constant('ping' as const), s: socket, id: oneIn(3, fc.constant('p')), data: oneIn(3, fc.constantFrom<unknown>(5, {}, 'x')) })
+    arbitrary: fc.record({ kind: fc.constant('ping' as const), s: socket, id: oneIn(3, fc.constantFrom('string' as const, 'numeric' as const)), data: oneIn(3, fc.constantFrom<unknown>(5, {}, 'x')) })
   },
   {
     weight: 8,
@@ -204,6 +204,7 @@ type Expected =
   | { type: 'subscription_error' | 'error', code: string }
   | { type: 'unsubscribed', subscriptionId: string }
   | { type: 'authenticated', userId: string }
+  | { type: 'pong' }
 
 const keyOf = (id: string | number): string => typeof id + ':' + String(id)
 const subscriptionIdOf = ({ entityType, entityId }: Target, tenantId?: string): string =>
@@ -359,10 +360,14 @@ class Run {
       }
       case 'unsubscribeRaw':
         return this.request(s, this.requestId(false), { type: 'unsubscribe', data: { subscriptionId: c.subscriptionId } }, { type: 'unsubscribed', subscriptionId: c.subscriptionId })
-      case 'ping':
-        s.pings++
-        s.client.send(JSON.stringify({ type: 'ping', id: c.id, data: c.data }))
+      case 'ping': {
+        // answered at once, not in the socket's queue; with an id, the pong carries it
+        const id = c.id === undefined ? undefined : this.requestId(c.id === 'numeric')
+        if (id === undefined) s.pings++
+        else s.requests.set(keyOf(id), { type: 'pong' })
+        s.client.send(JSON.stringify({ type: 'ping', id, data: c.data }))
         return
+      }
       case 'auth':
         return this.request(s, this.requestId(c.numericId), { type: 'auth', data: { token: tokenOf(c.token) } }, s.authenticate(c.token))
       case 'bad':
@@ -510,6 +515,7 @@ function matches (m: Frame, expected: Expected): boolean {
         m.data.entityId === expected.target.entityId && m.data.recovered === expected.recovered
     case 'unsubscribed': return m.data?.subscriptionId === expected.subscriptionId
     case 'authenticated': return m.data?.userId === expected.userId
+    case 'pong': return m.data === undefined
     default: return m.data?.code === expected.code
   }
 }

@@ -190,7 +190,8 @@ export const Resync = Type.Object({
   type: Type.Literal('resync'),
   data: Type.Object({ reason: Type.String(), entityType: Type.Optional(Type.String()), entityId: Type.Optional(Type.String()), tenantId: Type.Optional(Type.String()) }, { additionalProperties: false })
 }, { additionalProperties: false })
-export const Pong = Type.Object({ type: Type.Literal('pong') }, { additionalProperties: false })
+/** the answer to a ping, with the ping's id when it had one */
+export const Pong = Type.Object({ type: Type.Literal('pong'), id: Type.Optional(RequestId) }, { additionalProperties: false })
 
 export const ServerMessageSchema = Type.Union([Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
 export type ServerMessage = Static<typeof ServerMessageSchema>

@@ -16,7 +16,7 @@ import { sendPrepared, writesDirect, type PreparedFrame } from './prepared.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type ReplayedFrames, type Subscriber, type SubscriptionServices } from './subscriptions.js'
-import { Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
+import { Envelope, RequestData, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {
   options: ResolvedOptions
@@ -220,7 +220,7 @@ export class Connection implements Subscriber {
     const failed = (): string => encodeError(id, WireError.internal, 'the server failed; retry')
     switch (type) {
       case 'ping':
-        this.send(PONG)
+        this.send(encodePong(id))
         return
       case 'subscribe': {
         if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
