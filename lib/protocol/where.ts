@@ -15,6 +15,39 @@ export interface Condition {
   values: string[]
 }
 
+/**
+ * Significant digits every double holds: a decimal of at most this many is read back as written. More may have been
+ * rounded on the way in (the JSON parser), and the value compared would not be the one the client wrote.
+ */
+const EXACT_DIGITS = 15
+
+/**
+ * Whether a number is compared the same by the snapshot read (PostgreSQL's exact numeric, from the number's JSON)
+ * and by the live matcher (a JS number parsed from the document): an integer within ±(2^53 − 1), or another number
+ * of at most 15 significant digits. `9007199254740993` arrives as 9007199254740992: the read would look for the one
+ * and the matcher take documents holding either.
+ */
+function exactNumber (value: number): boolean {
+  if (Number.isInteger(value)) return Number.isSafeInteger(value)
+  const [mantissa] = value.toExponential().split('e')
+  return mantissa.replace(/[-.]/g, '').length <= EXACT_DIGITS
+}
+
+/**
+ * Why a filter cannot be held as asked (the server answers `bad_request` with it), or null. The shapes are the
+ * schema's (messages.ts); this is what a schema cannot say.
+ */
+export function whereProblem (where: Where): string | null {
+  for (const [path, value] of Object.entries(where)) {
+    for (const v of Array.isArray(value) ? value : [value]) {
+      if (typeof v === 'number' && !exactNumber(v)) {
+        return `where ${JSON.stringify(path)}: ${JSON.stringify(v)} is not held exactly by a JS number (integers within ±${Number.MAX_SAFE_INTEGER}, other numbers of at most ${EXACT_DIGITS} significant digits): compare it as a string, and store it as one`
+      }
+    }
+  }
+  return null
+}
+
 /** The conditions of `where`, sorted by path; each value list sorted and without repeats. */
 export function conditionsOf (where: Where): Condition[] {
   return Object.keys(where).sort().map((path) => {

@@ -21,7 +21,7 @@ import type { WatcherCounts } from './watchers.js'
 import type { Reply } from './requests.js'
 import {
   WhereSchema, conditionsOf, encodeSubscribed, encodeSubscribedMany, encodeSubscriptionError, encodeUnsubscribed,
-  encodeUnsubscribedMany, filterIdOf, parseFilterId, parseSubscriptionId, subscriptionIdOf, type EntityRef,
+  encodeUnsubscribedMany, filterIdOf, parseFilterId, parseSubscriptionId, subscriptionIdOf, whereProblem, type EntityRef,
   type EntitySnapshotData, type SubscribeManyRequest, type SubscribeOneRequest, type SubscribeRequest,
   type UnsubscribeRequest, type Where, type WireErrorCode
 } from '../protocol/index.js'
@@ -432,6 +432,8 @@ export class Subscriptions {
     if (req.entityId !== FEED) return refuse(WireError.badRequest, 'a filter (where) goes with entityId "*"')
     if (req.since !== undefined || req.watchers === true) return refuse(WireError.badRequest, 'a filtered feed takes neither since nor watchers')
     if (!carriesDocument(entity)) return refuse(WireError.badRequest, `${entity.name} notifications carry no document (payload "minimal"): it cannot be filtered`)
+    const problem = whereProblem(where)
+    if (problem !== null) return refuse(WireError.badRequest, problem)
     const scope = policy.scope(entity, req.tenantId, this.socket.principal)
     if ('code' in scope) return refuse(scope.code, scope.reason)
     const { tenantId } = scope

@@ -8,7 +8,7 @@ import { PreparedFrame } from '../../lib/ws/prepared.js'
 import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/snapshot.js'
 import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
 import type { EntityType } from '../../lib/entities.js'
-import { conditionsOf, encodeNotification, filterIdOf, matches, subscriptionIdOf, whereKey, type Where } from '../../lib/protocol/index.js'
+import { conditionsOf, encodeNotification, filterIdOf, matches, subscriptionIdOf, whereKey, whereProblem, type Where } from '../../lib/protocol/index.js'
 import { until } from '../helpers/wait.js'
 
 const Player: EntityType = { name: 'Player', databases: ['main'], schema: 'public', table: 'mt_doc_player', access: 'public', payload: 'full', feed: true, declared: true, tenancy: 'none' }
@@ -66,6 +66,22 @@ t.test('conditions: canonical form, and matching by JSON equality on paths', asy
   t.notOk(matches({ team: { id: 'reds' }, caps: 10, active: true }, c), 'a missing key is not null')
   t.notOk(matches({ team: ['reds'], caps: 10, active: true, note: null }, c), 'a path does not go into arrays')
   t.notOk(matches(null, c))
+})
+
+t.test('numbers in where: only those a JS number holds exactly, so the read (SQL numeric) and the matcher agree', async (t) => {
+  for (const value of [0, -0, 1, -42, Number.MAX_SAFE_INTEGER, Number.MIN_SAFE_INTEGER, 0.1, 2.5, -1e-7, 123456789.012345, 5e-324]) {
+    t.equal(whereProblem({ n: value }), null, `${value} is held exactly`)
+  }
+  // 9007199254740993 parses as 9007199254740992: the read would compare the one, the matcher the other
+  for (const text of ['9007199254740993', '9007199254740992', '-9007199254740992', '1e21', '1.5e300', '9007199254740993.5']) {
+    const value = JSON.parse(text) as number
+    t.match(whereProblem({ id: value }), /"id".*string/, `${text}: refused, naming the path and suggesting a string`)
+    t.match(whereProblem({ ok: 1, id: [1, value] }), /"id"/, `${text} in a list`)
+  }
+  // more significant digits than every double holds: the value compared may not be the one written
+  t.match(whereProblem({ x: 0.30000000000000004 }), /"x"/)
+  t.match(whereProblem({ x: 123456789.0123456 }), /"x"/)
+  t.equal(whereProblem({ s: '9007199254740993', b: true, z: null }), null, 'strings, booleans and null are exact')
 })
 
 t.test('visibility: what a snapshot saw', async (t) => {
