@@ -259,7 +259,8 @@ class FuzzSocket {
     const subscriptionId = subscriptionIdOf(target)
     const subscribed: Expected = since === undefined ? { type: 'subscribed', subscriptionId, target } : { type: 'subscribed', subscriptionId, target, recovered: false }
     if (!DECLARED.has(target.entityType)) return { type: 'subscription_error', code: WireError.unknownEntityType }
-    if (tenantId !== undefined) return { type: 'subscription_error', code: WireError.badRequest }
+    // access is decided before the tenant is looked at: a type closed to the socket is refused whatever it names
+    if (tenantId !== undefined) return { type: 'subscription_error', code: this.closed(target) ?? WireError.badRequest }
     if (this.watched.has(subscriptionId)) return subscribed
     const denial = this.denial(target)
     if (denial !== null) return { type: 'subscription_error', code: denial }
@@ -268,8 +269,15 @@ class FuzzSocket {
     return subscribed
   }
 
-  private denial ({ entityType, entityId }: Target): string | null {
-    if (entityType === 'UserSettings' && this.user === null) return WireError.unauthenticated
+  /** The refusal of every entity of the type, whatever the request names. */
+  private closed ({ entityType }: Target): string | null {
+    return entityType === 'UserSettings' && this.user === null ? WireError.unauthenticated : null
+  }
+
+  private denial (target: Target): string | null {
+    const closed = this.closed(target)
+    if (closed !== null) return closed
+    const { entityType, entityId } = target
     if (entityId === '*') return WireError.forbidden
     if (entityType === 'Team' || this.user?.admin === true) return null
     const owners: Record<string, string> = { 'us-1': 'user-1', 'us-2': 'user-2' }

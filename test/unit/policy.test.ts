@@ -83,6 +83,25 @@ t.test('scope: database tenancy needs a database of the named tenant', async (t)
   t.same(outcome(p.scope(type('User'), 'blue', redUser)), { code: WireError.forbidden }, 'another tenant: forbidden before the database is looked up')
 })
 
+t.test('scope: who may not watch the type learns nothing of its tenants (access is decided first)', async (t) => {
+  const p = policy()
+  const user = type('User')
+  const cases: Array<[string, Principal, AccessPolicy]> = [
+    ['anonymous, authenticated type', ANONYMOUS, p],
+    ['a user without a tenant where tokens carry them', plainUser, p],
+    ['anonymous where sign-in is required', ANONYMOUS, policy({ anonymousAllowed: false })]
+  ]
+  for (const [what, principal, rules] of cases) {
+    const known = rules.scope(user, 'blue', principal)
+    t.ok('code' in known, `${what}: refused`)
+    t.same(rules.scope(user, 'green', principal), known, `${what}: a tenant without a database is answered the same`)
+  }
+  const audit = registry.get('Audit')!
+  t.same(p.scope(audit, 'red', redUser), p.scope(audit, undefined, redUser), 'an admin type: the same denial whatever the request names')
+  t.same(outcome(p.scope(type('User'), 'green', plainUser)), { code: WireError.forbidden })
+  t.same(outcome(policy({ tenantClaim: false }).scope(type('User'), 'green', plainUser)), { code: WireError.badRequest }, 'who may name tenants learns that one has no database')
+})
+
 /** The denial's code, or 'allowed'. */
 async function verdict (p: AccessPolicy, name: string, entityId: string, tenantId: string | null, principal: Principal): Promise<string> {
   const entity = name === 'hidden' ? hidden : type(name)
