@@ -72,6 +72,7 @@ const { app, url: wsUrl } = await startApp(t, {
     subscribeRatePerSecond: 100_000,
     maxSubscriptionsPerConnection: 1000,
     maxAuthFailuresPerMinute: 1_000_000,
+    authMessagesPerMinute: 1_000_000,
     maxConnectionsPerUser: 1000
   }
 })

@@ -21,7 +21,7 @@ export const WireError = {
   tooManySubscriptions: 'too_many_subscriptions',
   /** limits.maxFiltersPerType distinct filters of the type are held on this server already */
   tooManyFilters: 'too_many_filters',
-  /** subscribe/unsubscribe faster than subscribeRatePerSecond */
+  /** subscribe/unsubscribe faster than subscribeRatePerSecond, auth more often than authMessagesPerMinute */
   rateLimited: 'rate_limited',
   /** the server failed inside; the socket stays usable, retry */
   internal: 'internal_error'

@@ -7,7 +7,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import type { Authenticator } from '../auth/authenticate.js'
-import type { Principal } from '../auth/principal.js'
+import { sameIdentity, type Principal } from '../auth/principal.js'
 import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
 import type { FrameMeta } from './fanout.js'
@@ -56,6 +56,7 @@ export class Connection implements Subscriber {
   // what a socket needs only once it does something: made then (10,000 idle sockets should cost little)
   private requests: RequestQueue | undefined
   private subscribeBucket: TokenBucket | undefined
+  private authBucket: TokenBucket | undefined
   private badFrameBucket: TokenBucket | undefined
   /** made when the socket first falls behind: it holds and conflates while the peer reads slowly */
   private outbound: OutboundQueue | undefined
@@ -237,6 +238,9 @@ export class Connection implements Subscriber {
         return this.request(id, failed, async (reply) => await this.subscriptions.unsubscribe(reply, body))
       case 'auth':
         if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')
+        // each one costs a signature check, and may re-check every subscription: a client refreshes once per token
+        this.authBucket ??= new TokenBucket(this.limits.authMessagesPerMinute, this.limits.authMessagesPerMinute / 60)
+        if (!this.authBucket.take()) return this.reject(id, WireError.rateLimited, 'too many auth messages; refresh once per token lifetime')
         return this.request(id, failed, async (reply) => await this.authenticate(reply, body.token))
       default:
         return this.reject(id, WireError.badRequest, `unknown message type "${type.slice(0, 32)}"`)
@@ -265,7 +269,9 @@ export class Connection implements Subscriber {
 
   /**
    * In-band sign-in or token refresh. The socket keeps its identity when the token is refused. A refreshed
-   * token must be the same user's; subscriptions it no longer allows end with a `subscription_error`.
+   * token must be the same user's; subscriptions it no longer allows end with a `subscription_error`. A refresh
+   * with the same identity, roles and tenant only moves the expiry: access, owner queries included, depends on
+   * nothing else of the principal.
    */
   private async authenticate (reply: Reply, token: string): Promise<void> {
     const identity = await this.services.authenticator.verifyInBand(token, this.ip)
@@ -278,9 +284,10 @@ export class Connection implements Subscriber {
     if (before === null && after !== null && !this.services.users.acquire(after)) {
       return this.close(CloseCode.tooManyConnections, 'too many connections for this user')
     }
+    const unchanged = sameIdentity(this._principal, next)
     this._principal = next
     this.scheduleExpiry()
-    await this.subscriptions.recheck(next)
+    if (!unchanged) await this.subscriptions.recheck(next)
     reply.send(encodeAuthenticated(reply.id, next))
   }
 }

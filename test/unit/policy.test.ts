@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { AccessPolicy, type AuthorizeContext, type PolicyOptions } from '../../lib/auth/policy.js'
-import { ANONYMOUS, type Principal } from '../../lib/auth/principal.js'
+import { ANONYMOUS, sameIdentity, type Principal } from '../../lib/auth/principal.js'
 import { EntityRegistry, type EntityType } from '../../lib/entities.js'
 import { resolveOptions } from '../../lib/options.js'
 import { WireError } from '../../lib/errors.js'
@@ -42,6 +42,19 @@ function policy (options: Partial<PolicyOptions> = {}): AccessPolicy {
 
 /** A scope without its denial's reason (tests assert codes, not text). */
 const outcome = (scope: ReturnType<AccessPolicy['scope']>): object => 'code' in scope ? { code: scope.code } : scope
+
+t.test('sameIdentity: kind, user, tenant and roles (in any order); not the expiry', async (t) => {
+  const base: Principal = { kind: 'user', userId: 'u1', roles: ['Member', 'Coach'], tenantId: 'red', expiresAt: 1 }
+  t.ok(sameIdentity(base, { ...base, roles: ['Coach', 'Member'], expiresAt: 2 }), 'a refresh that only moves the expiry')
+  for (const [what, other] of [
+    ['another user', { ...base, userId: 'u2' }],
+    ['another tenant', { ...base, tenantId: null }],
+    ['a role less', { ...base, roles: ['Member'] }],
+    ['a role more', { ...base, roles: ['Member', 'Coach', 'Admin'] }],
+    ['a role replaced', { ...base, roles: ['Member', 'Admin'] }],
+    ['a service account of that name', { ...base, kind: 'service' }]
+  ] as const) t.notOk(sameIdentity(base, other as Principal), what)
+})
 
 t.test('isAdmin: any of the admin roles', async (t) => {
   const p = policy()
