@@ -199,7 +199,12 @@ const Limits = Type.Object(
 
 const Telemetry = Type.Object(
   {
-    prometheus: Type.Boolean({ default: false, description: 'standalone server: serve metrics for Prometheus at /metrics' }),
+    prometheus: Type.Union([Type.Boolean(), Type.Object({
+      public: Type.Boolean({ default: false, description: 'true: /metrics answers without credentials' })
+    }, { additionalProperties: false })], {
+      default: false,
+      description: 'standalone server: serve metrics for Prometheus at /metrics. `true` (or `{ "public": false }`): for admin credentials only, as the statistics route (Basic or Bearer; a scraper signs in as an account with an admin role); `{ "public": true }`: without credentials (a network only Prometheus reaches)'
+    }),
     otlpUrl: Type.Union([Type.String(), Type.Null()], { default: null, description: 'standalone server: OTLP/HTTP endpoint for metrics and traces (e.g. http://collector:4318)' }),
     healthPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: null, description: 'GET <path>/live and <path>/ready; null (the plugin\'s default): not registered. The standalone server\'s default: "/health"' }),
     statsPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: null, description: 'GET admin-only statistics; null (the plugin\'s default): not registered. The standalone server\'s default: "/changefeed/stats"' })
@@ -222,6 +227,12 @@ export const OptionsSchema = Type.Object(
   },
   { additionalProperties: false }
 )
+
+/** `telemetry.prometheus` as the standalone server acts on it: whether /metrics is served, and to whom. */
+export function prometheusOf (telemetry: ResolvedOptions['telemetry']): { enabled: boolean, public: boolean } {
+  const { prometheus } = telemetry
+  return typeof prometheus === 'boolean' ? { enabled: prometheus, public: false } : { enabled: true, public: prometheus.public }
+}
 
 /** The options as they are after defaults: what every part of the plugin receives. */
 export type ResolvedOptions = Static<typeof OptionsSchema>
