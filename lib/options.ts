@@ -192,6 +192,8 @@ const Limits = Type.Object(
     deltaCacheBytes: Type.Integer({ minimum: 0, default: 16777216, description: '`delta` types: the publisher keeps the last document of each changed entity, up to this many bytes of JSON (least recently changed dropped first), to make the next change\'s patch; a document not kept goes out `full` (0: always full)' }),
     replaysPerIpPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100, description: '`since` replays and `snapshot` reads per IP address (burst: ten seconds\' worth; across the server at most 16 run at once); past it a replay is answered `recovered: false` (the client refetches), a snapshot `rate_limited`' }),
     maxFiltersPerType: Type.Integer({ minimum: 1, default: 1000, description: 'filtered feeds (`where`): different filters of one entity type held by this server (sockets asking for the same conditions share one); past it: `too_many_filters`' }),
+    maxFiltersPerConnection: Type.Integer({ minimum: 1, default: 20, description: 'filtered feeds one connection may hold; past it: `too_many_filters`' }),
+    maxFiltersPerIp: Type.Integer({ minimum: 1, default: 100, description: 'different filters the connections of one client address may hold on this server, all types together (sockets of that address sharing one count it once), so one client cannot take a type\'s maxFiltersPerType or make every change cost more than its share; past it: `too_many_filters`' }),
     maxFilterMatches: Type.Integer({ minimum: 1, default: 1000, description: 'filtered feeds: a filter matching more entities than this is refused (`bad_request`: narrow it)' })
   },
   { default: {}, additionalProperties: false }

@@ -16,7 +16,7 @@ import { sendPrepared, writesDirect, type PreparedFrame } from './prepared.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type ReplayedFrames, type Subscriber, type SubscriptionServices } from './subscriptions.js'
-import { Envelope, RequestData, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
+import { Envelope, RequestData, whereRefusal, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {
   options: ResolvedOptions
@@ -224,7 +224,7 @@ export class Connection implements Subscriber {
         this.send(encodePong(id))
         return
       case 'subscribe': {
-        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
+        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
         // the rate counts entities, not frames
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
         const failure = 'entityIds' in body
@@ -233,7 +233,7 @@ export class Connection implements Subscriber {
         return this.request(id, failure, async (reply) => await this.subscriptions.subscribe(reply, body))
       }
       case 'unsubscribe':
-        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
+        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
         return this.request(id, failed, async (reply) => await this.subscriptions.unsubscribe(reply, body))
       case 'auth':

@@ -457,7 +457,7 @@ export class Subscriptions {
     try {
       // a filter's reads are database reads a client asks for: the same budget as replays and snapshots
       joined = await this.services.limitRead(this.socket.ip, async () =>
-        await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true }))
+        await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true, holder: this.socket }))
     } catch (err) {
       if (this.byChannel.get(key) === subscription) this.byChannel.delete(key)
       watcher.close()
