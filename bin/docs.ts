@@ -21,6 +21,7 @@ function typeName (node: SchemaNode): string {
   if (node.const !== undefined) return JSON.stringify(node.const)
   if (node.enum !== undefined) return node.enum.map((v) => JSON.stringify(v)).join(' \\| ')
   if (node.type === 'array' && node.items !== undefined) return `${typeName(node.items)}[]`
+  if (node.type === 'object' && node.properties !== undefined) return `{ ${Object.entries(node.properties).map(([key, child]) => `${key}: ${typeName(child)}`).join(', ')} }`
   return node.type ?? 'any'
 }
 

@@ -11,6 +11,7 @@ import { demoOptions, startDemo } from './demo.js'
 import { hashPassword } from '../lib/auth/passwords.js'
 import { startTelemetry, type TelemetrySdk } from './telemetry.js'
 import { providePGlite } from './pglite.js'
+import { redactedNotFound, requestLogSerializer } from '../lib/auth/redact.js'
 
 const USAGE = `Usage: fastify-changefeed [options]
        fastify-changefeed hash-password < password.txt     prints the scrypt hash of a password read from stdin
@@ -91,7 +92,9 @@ async function main (): Promise<void> {
 
   // Fastify takes a hop count too (proxy-addr); its types leave numbers out
   const trustProxy = options.server.trustProxy as boolean | string | string[]
-  const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' }, trustProxy })
+  // every request the process logs, on any path, with credentials in its URL redacted (not only the plugin's routes)
+  const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info', serializers: { req: requestLogSerializer } }, trustProxy })
+  app.setNotFoundHandler(redactedNotFound)
   let telemetry: TelemetrySdk | null = null
   app.addHook('onClose', async () => await telemetry?.shutdown())
   try {
@@ -99,6 +102,7 @@ async function main (): Promise<void> {
     telemetry = await startTelemetry(options.telemetry)
     await telemetry?.attach(app)
     await app.register(changefeed, options)
+    telemetry?.serveMetrics(app)
     if (args.demo) await startDemo(app)
     await app.listen({ host: options.server.host, port: options.server.port })
   } catch (err) {

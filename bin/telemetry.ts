@@ -1,14 +1,16 @@
 /**
  * The standalone server's OpenTelemetry SDK (a host that mounts the plugin brings its own): a meter provider with a
- * Prometheus reader served at /metrics and, with `telemetry.otlpUrl`, OTLP/HTTP export of metrics and traces; and
- * @fastify/otel for request and WebSocket-upgrade spans. Installed before the plugin so its instruments bind to it.
- * The SDK packages are optional peer dependencies, imported only when telemetry is turned on.
+ * Prometheus reader served at /metrics (for admins unless the config makes it public) and, with
+ * `telemetry.otlpUrl`, OTLP/HTTP export of metrics and traces; and @fastify/otel for request and WebSocket-upgrade
+ * spans, their URL redacted as in the logs. Installed before the plugin so its instruments bind to it. The SDK
+ * packages are optional peer dependencies, imported only when telemetry is turned on.
  */
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import { metrics, trace } from '@opentelemetry/api'
 import type { MetricReader } from '@opentelemetry/sdk-metrics'
 import type { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
-import type { ResolvedOptions } from '../lib/options.js'
+import { prometheusOf, type ResolvedOptions } from '../lib/options.js'
+import { redactUrl } from '../lib/auth/redact.js'
 import { packageVersion } from '../lib/paths.js'
 import { requirePackages } from '../lib/optional.js'
 
@@ -20,14 +22,17 @@ export const TELEMETRY_PACKAGES = {
 }
 
 export interface TelemetrySdk {
-  /** registers /metrics (when Prometheus is on) and request tracing on the app */
+  /** registers request tracing on the app: before the plugin, so that its routes are traced */
   attach(app: FastifyInstance): Promise<void>
+  /** registers /metrics when Prometheus is on: after the plugin, whose admin check guards it */
+  serveMetrics(app: FastifyInstance): void
   shutdown(): Promise<void>
 }
 
 /** Null when telemetry is off. CHANGEFEED_MISSING_PACKAGE when a package the settings need is not installed. */
 export async function startTelemetry (options: ResolvedOptions['telemetry']): Promise<TelemetrySdk | null> {
-  const wanted = (['prometheus', 'otlpUrl'] as const).filter((setting) => setting === 'prometheus' ? options.prometheus : options.otlpUrl !== null)
+  const metricsRoute = prometheusOf(options)
+  const wanted = (['prometheus', 'otlpUrl'] as const).filter((setting) => setting === 'prometheus' ? metricsRoute.enabled : options.otlpUrl !== null)
   if (wanted.length === 0) return null
   requirePackages(wanted.map((setting) => `telemetry.${setting}`).join(' and '), [...new Set(wanted.flatMap((setting) => TELEMETRY_PACKAGES[setting]))])
 
@@ -35,7 +40,7 @@ export async function startTelemetry (options: ResolvedOptions['telemetry']): Pr
   const { resourceFromAttributes } = await import('@opentelemetry/resources')
   const resource = resourceFromAttributes({ 'service.name': process.env.OTEL_SERVICE_NAME ?? 'changefeed', 'service.version': packageVersion })
   const readers: MetricReader[] = []
-  const prometheus = options.prometheus ? new (await import('@opentelemetry/exporter-prometheus')).PrometheusExporter({ preventServerStart: true }) : null
+  const prometheus = metricsRoute.enabled ? new (await import('@opentelemetry/exporter-prometheus')).PrometheusExporter({ preventServerStart: true }) : null
   if (prometheus !== null) readers.push(prometheus)
   let tracing: NodeTracerProvider | null = null
   let requestTracing: FastifyPluginCallback | null = null
@@ -48,7 +53,11 @@ export async function startTelemetry (options: ResolvedOptions['telemetry']): Pr
     readers.push(new PeriodicExportingMetricReader({ exporter: new OTLPMetricExporter({ url: `${base}/v1/metrics` }), exportIntervalMillis: 15_000 }))
     tracing = new NodeTracerProvider({ resource, spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: `${base}/v1/traces` }))] })
     trace.setGlobalTracerProvider(tracing)
-    const instrumentation = new FastifyOtelInstrumentation({ registerOnInitialization: false })
+    // a span's url.path is the URL with its query: a browser's ?token= must not reach the collector
+    const instrumentation = new FastifyOtelInstrumentation({
+      registerOnInitialization: false,
+      requestHook: (span, request) => { span.setAttribute('url.path', redactUrl(request.url)) }
+    })
     instrumentation.setTracerProvider(tracing)
     requestTracing = instrumentation.plugin()
   }
@@ -58,12 +67,18 @@ export async function startTelemetry (options: ResolvedOptions['telemetry']): Pr
   return {
     async attach (app) {
       if (requestTracing !== null) await app.register(requestTracing)
-      if (prometheus !== null) {
-        app.get('/metrics', { config: { otel: false } }, (request, reply) => {
-          reply.hijack()
-          prometheus.getMetricsRequestHandler(request.raw, reply.raw)
-        })
+    },
+    serveMetrics (app) {
+      if (prometheus === null) return
+      const { auth } = app.changefeed.options
+      if (!metricsRoute.public && auth.jwt === undefined && (auth.basic?.accounts.length ?? 0) === 0) {
+        app.log.warn('changefeed: /metrics is for admin credentials, and no auth.jwt or auth.basic account is configured: nothing can scrape it (set telemetry.prometheus to { "public": true } on a network only Prometheus reaches)')
       }
+      app.get('/metrics', { config: { otel: false } }, async (request, reply) => {
+        if (!metricsRoute.public && !await app.changefeed.requireAdmin(request, reply)) return reply
+        reply.hijack()
+        prometheus.getMetricsRequestHandler(request.raw, reply.raw)
+      })
     },
     async shutdown () {
       await meterProvider.shutdown().catch(() => {})

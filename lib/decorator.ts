@@ -2,6 +2,7 @@
  * What the plugin shows of itself: the `fastify.changefeed` decorator and its statistics (the types a host
  * compiles against; lib/pipeline.ts fills them from the running pipeline).
  */
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Database } from './capture/database.js'
 import type { EntityRegistry } from './entities.js'
 import type { AuthCounters } from './auth/authenticate.js'
@@ -55,6 +56,12 @@ export interface ChangefeedDecorator {
   totals(): Promise<Record<string, number>>
   /** Readiness: the bus works and every database has a working listener (also served at `<telemetry.healthPath>/ready` when that is set). */
   health(): HealthReport
+  /**
+   * The admin check of the statistics route, for a host's own operational routes: resolves true when the request
+   * carries admin credentials (Basic, Bearer or `?token=`, checked as for the socket, under the same attempt limits);
+   * otherwise it has answered 401 or 403 and resolves false.
+   */
+  requireAdmin(request: FastifyRequest, reply: FastifyReply): Promise<boolean>
   /** The resolved options (defaults applied). */
   readonly options: ResolvedOptions
   /** The entity registry: declared and discovered types. */

@@ -3,7 +3,7 @@
  * works and every database has a working listener: leading, or following another instance that leads), and an
  * admin-only statistics endpoint.
  */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Authenticator } from './auth/authenticate.js'
 import { requestLogSerializer } from './auth/redact.js'
 import type { AccessPolicy } from './auth/policy.js'
@@ -63,6 +63,25 @@ export function checkRoutesFree (fastify: FastifyInstance, options: ResolvedOpti
   }
 }
 
+/**
+ * The admin check of the operational routes: resolves true for a request with admin credentials (Basic, Bearer or
+ * `?token=`, as for the socket); otherwise answers 401 (none, or refused) or 403 (not an admin) and resolves false.
+ */
+export function adminCheck ({ authenticator, policy }: Pick<OperationalServices, 'authenticator' | 'policy'>): (request: FastifyRequest, reply: FastifyReply) => Promise<boolean> {
+  return async (request, reply) => {
+    const identity = await authenticator.identify(request, reply)
+    if ('failure' in identity || identity.principal.kind === 'anonymous') {
+      await reply.code(401).send({ code: 'unauthenticated', error: 'admin credentials required' })
+      return false
+    }
+    if (!policy.isAdmin(identity.principal)) {
+      await reply.code(403).send({ code: 'forbidden', error: 'an admin role is required' })
+      return false
+    }
+    return true
+  }
+}
+
 export async function registerOperationalRoutes (fastify: FastifyInstance, services: OperationalServices): Promise<void> {
   const { healthPath, statsPath } = services.options.telemetry
   // the stats endpoint takes `?token=` like the socket route does; no route logs one
@@ -75,13 +94,7 @@ export async function registerOperationalRoutes (fastify: FastifyInstance, servi
     })
   }
   if (statsPath !== null) {
-    fastify.get(statsPath, logged, async (request, reply) => {
-      const identity = await services.authenticator.identify(request, reply)
-      if ('failure' in identity || identity.principal.kind === 'anonymous') {
-        return await reply.code(401).send({ code: 'unauthenticated', error: 'admin credentials required' })
-      }
-      if (!services.policy.isAdmin(identity.principal)) return await reply.code(403).send({ code: 'forbidden', error: 'an admin role is required' })
-      return await services.stats()
-    })
+    const isAdmin = adminCheck(services)
+    fastify.get(statsPath, logged, async (request, reply) => await isAdmin(request, reply) ? await services.stats() : reply)
   }
 }

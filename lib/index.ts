@@ -40,6 +40,7 @@ export type { ChangefeedDecorator, ChangefeedStats } from './decorator.js'
 export type { HealthReport } from './health.js'
 export { WireError, CloseCode } from './errors.js'
 export { resolveOptions, OptionsSchema } from './options.js'
+export { redactUrl, redactedNotFound, requestLogSerializer } from './auth/redact.js'
 export { tagOrigin } from './origin.js'
 
 /** Plugin options: the config file's shape, plus what only code can pass. */
@@ -139,7 +140,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       options, registry, policy, authenticator, fanout, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
     const running: Pipeline = pipeline = {
-      options, registry, databases, bus, instanceId, interest, capture, stream, notices, router: changeRouter, drops, fanout, connections, authenticator, snapshots
+      options, registry, databases, bus, instanceId, interest, capture, stream, notices, router: changeRouter, drops, fanout, connections, authenticator, policy, snapshots
     }
     const decorator = decoratorOf(running)
     fastify.decorate('changefeed', decorator)

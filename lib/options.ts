@@ -188,9 +188,12 @@ const Limits = Type.Object(
     watcherCountIntervalMs: Type.Integer({ minimum: 100, default: 1000, description: 'how often watcher counts are checked and pushed when changed' }),
     authTimeoutSeconds: Type.Number({ minimum: 1, default: 10, description: 'with auth.anonymous false: a socket that opened without credentials must send an `auth` message within this time, else 4401' }),
     maxAuthFailuresPerMinute: Type.Integer({ minimum: 1, default: 30, description: 'failed sign-ins per IP address per minute before further attempts are refused unchecked' }),
+    authMessagesPerMinute: Type.Number({ exclusiveMinimum: 0, default: 6, description: 'in-band `auth` messages (sign-in, token refresh) per connection: a token bucket of a minute\'s worth, refilled at this rate; excess: `error` with `rate_limited`, counted as a bad frame (a client refreshes a token once per lifetime)' }),
     deltaCacheBytes: Type.Integer({ minimum: 0, default: 16777216, description: '`delta` types: the publisher keeps the last document of each changed entity, up to this many bytes of JSON (least recently changed dropped first), to make the next change\'s patch; a document not kept goes out `full` (0: always full)' }),
     replaysPerIpPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100, description: '`since` replays and `snapshot` reads per IP address (burst: ten seconds\' worth; across the server at most 16 run at once); past it a replay is answered `recovered: false` (the client refetches), a snapshot `rate_limited`' }),
     maxFiltersPerType: Type.Integer({ minimum: 1, default: 1000, description: 'filtered feeds (`where`): different filters of one entity type held by this server (sockets asking for the same conditions share one); past it: `too_many_filters`' }),
+    maxFiltersPerConnection: Type.Integer({ minimum: 1, default: 20, description: 'filtered feeds one connection may hold; past it: `too_many_filters`' }),
+    maxFiltersPerIp: Type.Integer({ minimum: 1, default: 100, description: 'different filters the connections of one client address may hold on this server, all types together (sockets of that address sharing one count it once), so one client cannot take a type\'s maxFiltersPerType or make every change cost more than its share; past it: `too_many_filters`' }),
     maxFilterMatches: Type.Integer({ minimum: 1, default: 1000, description: 'filtered feeds: a filter matching more entities than this is refused (`bad_request`: narrow it)' })
   },
   { default: {}, additionalProperties: false }
@@ -198,7 +201,12 @@ const Limits = Type.Object(
 
 const Telemetry = Type.Object(
   {
-    prometheus: Type.Boolean({ default: false, description: 'standalone server: serve metrics for Prometheus at /metrics' }),
+    prometheus: Type.Union([Type.Boolean(), Type.Object({
+      public: Type.Boolean({ default: false, description: 'true: /metrics answers without credentials' })
+    }, { additionalProperties: false })], {
+      default: false,
+      description: 'standalone server: serve metrics for Prometheus at /metrics. `true` (or `{ "public": false }`): for admin credentials only, as the statistics route (Basic or Bearer; a scraper signs in as an account with an admin role); `{ "public": true }`: without credentials (a network only Prometheus reaches)'
+    }),
     otlpUrl: Type.Union([Type.String(), Type.Null()], { default: null, description: 'standalone server: OTLP/HTTP endpoint for metrics and traces (e.g. http://collector:4318)' }),
     healthPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: null, description: 'GET <path>/live and <path>/ready; null (the plugin\'s default): not registered. The standalone server\'s default: "/health"' }),
     statsPath: Type.Union([Type.String({ pattern: '^/' }), Type.Null()], { default: null, description: 'GET admin-only statistics; null (the plugin\'s default): not registered. The standalone server\'s default: "/changefeed/stats"' })
@@ -221,6 +229,12 @@ export const OptionsSchema = Type.Object(
   },
   { additionalProperties: false }
 )
+
+/** `telemetry.prometheus` as the standalone server acts on it: whether /metrics is served, and to whom. */
+export function prometheusOf (telemetry: ResolvedOptions['telemetry']): { enabled: boolean, public: boolean } {
+  const { prometheus } = telemetry
+  return typeof prometheus === 'boolean' ? { enabled: prometheus, public: false } : { enabled: true, public: prometheus.public }
+}
 
 /** The options as they are after defaults: what every part of the plugin receives. */
 export type ResolvedOptions = Static<typeof OptionsSchema>

@@ -8,6 +8,7 @@ import type { ChangeStream } from './stream.js'
 import type { EntityRegistry } from './entities.js'
 import type { SnapshotReader } from './snapshot.js'
 import type { Authenticator } from './auth/authenticate.js'
+import type { AccessPolicy } from './auth/policy.js'
 import type { PubSub } from './bus/index.js'
 import type { InterestStore } from './store/interest.js'
 import type { ChangeRouter, RouterCounters } from './router.js'
@@ -18,7 +19,7 @@ import type { ResolvedOptions } from './options.js'
 import type { Drops } from './drops.js'
 import type { TelemetrySnapshot } from './telemetry.js'
 import type { ChangefeedDecorator, ChangefeedStats } from './decorator.js'
-import { healthOf } from './health.js'
+import { adminCheck, healthOf } from './health.js'
 
 export interface Pipeline {
   options: ResolvedOptions
@@ -35,6 +36,7 @@ export interface Pipeline {
   fanout: Fanout
   connections: ConnectionSet
   authenticator: Authenticator
+  policy: AccessPolicy
   /** snapshots and filters' reads */
   snapshots: SnapshotReader
 }
@@ -109,6 +111,7 @@ export function decoratorOf (p: Pipeline): ChangefeedDecorator {
     totals: async () => await interest.totals(),
     health: () => healthOf(bus, capture.listeners),
     stats: () => statsOf(p),
+    requireAdmin: adminCheck(p),
     options: p.options,
     registry,
     databases: p.databases

@@ -4,6 +4,10 @@
  * The counting on a fake clock, then real scrypt checks through the Authenticator, then a real socket.
  */
 import t from 'tap'
+import Fastify from 'fastify'
+import pg from 'pg'
+import type { AddressInfo } from 'node:net'
+import changefeed from '../lib/index.js'
 import { Clock } from 'clock-mock'
 import { AuthFailure } from '../lib/auth/authenticate.js'
 import { ConcurrencyLimit, SignInLimiter, type Reservation } from '../lib/auth/limiter.js'
@@ -11,6 +15,8 @@ import { hashPassword } from '../lib/auth/passwords.js'
 import { startApp } from './helpers/app.js'
 import { standaloneAuthenticator } from './helpers/authenticator.js'
 import { TestClient } from './helpers/client.js'
+import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
+import { until } from './helpers/wait.js'
 import { now, signHs256 } from './helpers/tokens.js'
 import { WireError } from '../lib/errors.js'
 
@@ -123,7 +129,8 @@ t.test('password checks run 4 at a time with 32 waiting; beyond that attempts ar
 
 t.test('the in-band auth message is limited and counted with the sign-ins of its address', async (t) => {
   const SECRET = 'in-band-limit-secret-0123456789'
-  const { app, url } = await startApp(t, { entities: { MemberFeed: { access: 'authenticated' } }, auth: { jwt: { secret: SECRET } } })
+  // the socket's own bucket of auth messages is not what this is about
+  const { app, url } = await startApp(t, { entities: { MemberFeed: { access: 'authenticated' } }, auth: { jwt: { secret: SECRET } }, limits: { authMessagesPerMinute: 1000 } })
   const good = signHs256({ sub: 'user-1', exp: now() + 600 }, SECRET)
   const ws = await TestClient.open(url)
   t.teardown(() => ws.close())
@@ -140,4 +147,63 @@ t.test('the in-band auth message is limited and counted with the sign-ins of its
   const { auth } = app.changefeed.stats()
   t.equal(auth.attempts.jwt, 32)
   t.equal(auth.failures.jwt, 32)
+})
+
+t.test('a flood of valid auth messages: at most the bucket\'s worth are checked, and a refresh of the same identity reads no owner', async (t) => {
+  const SECRET = 'auth-flood-secret-0123456789'
+  const url = await freshDatabase(t, 'auth_flood')
+  // made on a connection of its own that ends, so that what it counted (index builds scan the table) is in before the first count
+  const setup = new pg.Client({ connectionString: url })
+  await setup.connect()
+  await setup.query(martenTableSql('mt_doc_wallet'))
+  await setup.query('INSERT INTO mt_doc_wallet (id, data) VALUES (\'w-1\', \'{"owner":"user-1"}\'), (\'w-2\', \'{"owner":"user-1"}\'), (\'w-3\', \'{"owner":"user-1"}\')')
+  await setup.end()
+  const sql = await sqlClient(t, url)
+  const fresh = (jti: number, roles = ['Member']): string => signHs256({ sub: 'user-1', roles, jti, exp: now() + 600 }, SECRET)
+  /**
+   * Reads of the owned table, counted by PostgreSQL once the plugin's connections have ended (a backend reports its
+   * counts when it exits, not at once): one run of the app each.
+   */
+  const reads = async (): Promise<number> => {
+    const settled = await until(async () => (await sql.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()')).rows[0].n === 0, 10_000)
+    t.ok(settled, 'the plugin\'s connections have ended')
+    const { rows } = await sql.query('SELECT seq_scan + coalesce(idx_scan, 0) AS n FROM pg_stat_user_tables WHERE relname = \'mt_doc_wallet\'')
+    return Number(rows[0].n)
+  }
+  /** One run: a user watches its three wallets, then sends `refreshes` auth messages of the same identity. */
+  const run = async (refreshes: number): Promise<{ reads: number, checked: number, authenticated: number, limited: number }> => {
+    const before = await reads()
+    const app = Fastify({ logger: false })
+    await app.register(changefeed, {
+      databases: [{ name: 'main', url }],
+      entities: { Wallet: { access: 'owner', ownerPath: ['owner'] } },
+      auth: { jwt: { secret: SECRET } }
+    })
+    await app.listen({ host: '127.0.0.1', port: 0 })
+    const address = app.server.address() as AddressInfo
+    const ws = await TestClient.open(`ws://127.0.0.1:${address.port}/ws?token=${fresh(0)}`)
+    for (const id of ['w-1', 'w-2', 'w-3']) t.equal((await ws.subscribe('Wallet', id)).type, 'subscribed')
+    const attemptsBefore = app.changefeed.stats().auth.attempts.jwt
+    for (let i = 1; i <= refreshes; i++) ws.send({ type: 'auth', id: `a${i}`, data: { token: fresh(i) } })
+    const replies = await Promise.all(Array.from({ length: refreshes }, async (_, i) => await ws.next((m) => m.id === `a${i + 1}`)))
+    const checked = app.changefeed.stats().auth.attempts.jwt - attemptsBefore
+    t.equal(ws.ws.readyState, 1, 'the socket stays open')
+    ws.close()
+    await ws.closed
+    await app.close()
+    return {
+      reads: await reads() - before,
+      checked,
+      authenticated: replies.filter((m) => m.type === 'authenticated').length,
+      limited: replies.filter((m) => m.type === 'error' && m.data.code === WireError.rateLimited).length
+    }
+  }
+  const quiet = await run(0)
+  t.ok(quiet.reads >= 3, `without refreshes: ${quiet.reads} reads of the table (the three owner checks among them)`)
+  const flood = await run(40)
+  t.ok(flood.authenticated >= 1, `some refreshes go through (${flood.authenticated})`)
+  t.ok(flood.authenticated <= 7, `at most a minute's worth, the default bucket, of the 40 are taken (${flood.authenticated})`)
+  t.equal(flood.checked, flood.authenticated, 'only those are checked')
+  t.equal(flood.limited, 40 - flood.authenticated, 'the rest are rate_limited')
+  t.equal(flood.reads, quiet.reads, `a refresh of the same user with the same roles reads no owner (${flood.reads} reads, ${quiet.reads} without refreshes)`)
 })

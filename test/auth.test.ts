@@ -13,6 +13,8 @@ import { now, signHs256, unsigned } from './helpers/tokens.js'
 import { until } from './helpers/wait.js'
 import { hashPassword } from '../lib/auth/passwords.js'
 import { WireError } from '../lib/errors.js'
+import Fastify from 'fastify'
+import changefeed, { redactedNotFound, requestLogSerializer } from '../lib/index.js'
 
 const SECRET = 'a-test-secret-of-enough-length-0123456789'
 const ISSUER = 'https://clerk.ballr.test'
@@ -218,6 +220,23 @@ t.test('no route of the plugin logs a credential in its URL', async (t) => {
   const all = logLines.join('')
   for (const part of admin.split('.')) t.notOk(all.includes(part), 'no part of the token in any log line')
   t.notOk(all.includes('hunter2-canary'), 'nor the password')
+})
+
+t.test('a host that applies the exported serializer and not-found handler logs no credential on any path', async (t) => {
+  const lines: string[] = []
+  const stream = new Writable({ write (chunk, _enc, done) { lines.push(chunk.toString()); done() } })
+  const host = Fastify({ logger: { level: 'info', stream, serializers: { req: requestLogSerializer } } })
+  host.setNotFoundHandler(redactedNotFound)
+  t.teardown(async () => await host.close())
+  await host.register(changefeed, { entities: { Team: { access: 'public' } }, auth: { jwt: { secret: SECRET, issuer: ISSUER, audience: AUDIENCE } } })
+  host.get('/api/health', async () => ({ ok: true }))
+  const canary = token('user-1', ['Member'], { jti: 'HOST-LOG-CANARY-1122334455' })
+  const missing = await host.inject({ url: `/ws/?token=${canary}` })
+  t.equal(missing.statusCode, 404)
+  t.notOk(missing.body.includes(canary), 'nor in the 404 answer')
+  t.equal((await host.inject({ url: `/api/health?access_token=${canary}` })).statusCode, 200)
+  t.ok(lines.some((l) => l.includes('/ws/?token=[redacted]')) && lines.some((l) => l.includes('/api/health?access_token=[redacted]')), 'logged, redacted')
+  for (const part of canary.split('.').slice(1)) t.notOk(lines.join('').includes(part), 'no part of the token in any log line')
 })
 
 t.test('auth counters count attempts and failures by method', async (t) => {

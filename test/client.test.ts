@@ -145,6 +145,25 @@ t.test('the token is refreshed in-band before it expires; concurrent token reque
   t.ok(await until(() => got.length === 1), 'an owner-only entity still flows')
 })
 
+t.test('a token provider that hands out its cached token until later: the same token is never sent twice', async (t) => {
+  const { app, url } = await startApp(t, { entities, auth: { jwt: { secret: SECRET } } })
+  // due for a refresh 1 s from now; the provider keeps handing out the same token until 1.5 s from now
+  const startedAt = Date.now()
+  const expiresAt = startedAt + 4000
+  const cached = signHs256({ sub: 'user-1', exp: expiresAt / 1000 }, SECRET)
+  const renewed = signHs256({ sub: 'user-1', exp: now() + 600 }, SECRET)
+  let calls = 0
+  const getToken = (): string => { calls++; return Date.now() < startedAt + 1500 ? cached : renewed }
+  const c = client(t, { url, getToken, refreshBeforeExpiryMs: 3000 })
+  c.subscribe('User', 'user-1', {})
+  t.ok(await until(() => app.changefeed.stats().subscriptions.active === 1))
+  t.ok(await until(() => app.changefeed.stats().auth.attempts.jwt === 2, 5000), 'the renewed token is sent once it is handed out')
+  t.ok(calls >= 3, `the provider was asked again until it renewed (${calls} calls)`)
+  t.ok(await until(() => Date.now() > expiresAt))
+  t.equal(app.changefeed.stats().auth.attempts.jwt, 2, 'the cached token was sent once, at the connection')
+  t.equal(c.state, 'open', 'signed in past the cached token\'s expiry')
+})
+
 t.test('a refused token stops the client: no reconnect without a fresh token', async (t) => {
   const { app, url } = await startApp(t, { entities, auth: { anonymous: false, jwt: { secret: SECRET } } })
   let calls = 0

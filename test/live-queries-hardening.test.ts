@@ -161,6 +161,10 @@ t.test('bad input for the database is a bad_request, not a retryable internal_er
   t.match(nul, { data: { code: WireError.badRequest } }, 'a where value with U+0000 (jsonb refuses it)', { nul })
   const surrogate = await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { teamId: '\ud83d' } })
   t.not(surrogate.data?.code, WireError.internal, 'a where value with a lone surrogate', { surrogate })
+  // 2^53 + 1 reaches the server as 2^53: the read would miss a document holding it, the live matcher take it
+  await sql.query('INSERT INTO mt_doc_player (id, data) VALUES (\'huge\', \'{"teamId":"huge","caps":9007199254740993}\')')
+  c.send('{"type":"subscribe","id":"huge","data":{"entityType":"Player","entityId":"*","where":{"caps":9007199254740993},"snapshot":true}}')
+  t.match(await c.next((m) => m.id === 'huge'), { type: 'subscription_error', data: { code: WireError.badRequest } }, 'an integer a JS number does not hold exactly')
   t.equal(app.changefeed.stats().filters.groups, 0, 'no filter left behind')
   // bigint id column: an id that is a number too large for it
   await sql.query('INSERT INTO mt_doc_longdoc (id, data) VALUES (7, \'{"v":7}\')')
@@ -515,6 +519,49 @@ t.test('the same filter from two sockets while the first read is slow; the first
   t.equal(b.raw.filter((r) => r.includes('"id":"b"')).length, 1, 'one reply')
   b.close()
   t.ok(await until(() => { const f = app.changefeed.stats().filters; return f.groups === 0 && f.subscriptions === 0 && app.changefeed.stats().subscriptions.active === 0 }), 'all released')
+})
+
+t.test('fair shares: one address cannot take more than its share of filters, another still gets them, closed sockets give theirs back', async (t) => {
+  const { app, url: other } = await makeApp({ maxFiltersPerType: 100, maxFiltersPerConnection: 2, maxFiltersPerIp: 4 })
+  const from = async (localAddress: string): Promise<TestClient> => {
+    const c = await TestClient.open(other, { localAddress })
+    t.teardown(() => c.close())
+    return c
+  }
+  const filter = async (c: TestClient, teamId: string): Promise<string> => {
+    const reply = await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { teamId } })
+    return reply.type === 'subscribed' ? 'subscribed' : reply.data.code
+  }
+  const groups = (): number => app.changefeed.stats().filters.groups
+  const [a, b, c] = [await from('127.0.0.1'), await from('127.0.0.1'), await from('127.0.0.1')]
+  t.same([await filter(a, 'f1'), await filter(a, 'f2'), await filter(a, 'f3')], ['subscribed', 'subscribed', WireError.tooManyFilters], 'a connection: maxFiltersPerConnection')
+  t.same([await filter(b, 'f3'), await filter(b, 'f4'), await filter(c, 'f5')], ['subscribed', 'subscribed', WireError.tooManyFilters], 'the sockets of an address: maxFiltersPerIp different filters')
+  t.equal(await filter(c, 'f1'), 'subscribed', 'a filter the address holds already counts once')
+  const d = await from('127.0.0.2')
+  t.same([await filter(d, 'g1'), await filter(d, 'g2')], ['subscribed', 'subscribed'], 'another address still gets filters')
+
+  // a closes: f2 is given back (f1 stays: c holds it)
+  a.close()
+  t.ok(await until(() => groups() === 5), 'the closed socket\'s filter is gone')
+  // a socket that closes while its filter is being joined (its read waits for a lock) gives its place back too
+  const locker = new pg.Client({ connectionString: url })
+  await locker.connect()
+  t.teardown(async () => await locker.end().catch(() => {}))
+  await locker.query('BEGIN')
+  await locker.query('LOCK TABLE mt_doc_player IN ACCESS EXCLUSIVE MODE')
+  const e = await from('127.0.0.1')
+  e.send({ type: 'subscribe', id: 'mid', data: { entityType: 'Player', entityId: '*', where: { teamId: 'f6' } } })
+  t.ok(await until(() => groups() === 6), 'its filter is being read')
+  const active = app.changefeed.stats().connections.active
+  e.close()
+  t.ok(await until(() => app.changefeed.stats().connections.active === active - 1), 'closed mid-join')
+  await locker.query('COMMIT')
+  t.ok(await until(() => groups() === 5), 'its filter is gone')
+  t.equal(await filter(c, 'f5'), 'subscribed', 'the address has its places back (f1, f3, f4, f5)')
+  const f = await from('127.0.0.1')
+  t.equal(await filter(f, 'f7'), WireError.tooManyFilters, 'and is at its share again')
+  t.equal((await ask(b, 'unsubscribe', { entityType: 'Player', entityId: '*', where: { teamId: 'f3' } })).type, 'unsubscribed')
+  t.equal(await filter(f, 'f7'), 'subscribed', 'an unsubscribe gives a place back')
 })
 
 t.test('every request gets exactly one reply, whatever the mix; nothing leaks when sockets close mid-flight', async (t) => {

@@ -215,6 +215,7 @@ t.test('filtered feeds refuse what they cannot do', async (t) => {
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: 'p-1', where: { n: 1 } }), { data: { code: WireError.badRequest } }, 'where needs "*"')
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { n: 1 }, since: 'x' }), { data: { code: WireError.badRequest } })
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { n: { $gt: 1 } } }), { type: 'error', data: { code: WireError.badRequest } })
+  t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', where: { 'a.b.c.d.e.f': 1 } }), { type: 'error', data: { code: WireError.badRequest } }, 'a path deeper than a filter may look')
   t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: '*', snapshot: true }), { type: 'subscription_error', data: { code: WireError.badRequest } }, 'a whole feed has no snapshot')
 })
 

@@ -151,6 +151,18 @@ t.test('a database per tenant feeds one entity type', async (t) => {
   t.match(await admin.subscribe('Squad', 's-1'), { type: 'subscribed' })
   admin.send({ type: 'subscribe', id: 'nobody', data: { entityType: 'Squad', entityId: 's-1', tenantId: 'Green' } })
   t.match(await admin.next((m) => m.id === 'nobody'), { data: { code: WireError.badRequest } }, 'a tenant without a database')
+  // who may not watch the type learns nothing of its tenants: a known and an unknown one are answered alike
+  const anonymous = await client()
+  const tenantless = await client(`?token=${token('drifter', null)}`)
+  for (const [who, socket] of [['anonymous', anonymous], ['a user whose token names no tenant', tenantless]] as const) {
+    const [known, unknown] = await Promise.all(['Blue', 'Green'].map(async (tenantId) => {
+      socket.send({ type: 'subscribe', id: tenantId, data: { entityType: 'Squad', entityId: 's-1', tenantId } })
+      const reply = await socket.next((m) => m.id === tenantId)
+      return { type: reply.type, code: reply.data.code, error: reply.data.error }
+    }))
+    t.not(known.code, undefined, `${who}: refused`)
+    t.same(unknown, known, `${who}: a tenant without a database is answered as one with a database`)
+  }
   const single = { ...squad, tenancy: 'single' as const }
   await blueDb.run(upsertCall(single, 'upsert', { id: 's-1', doc: { from: 'blue' } }))
   t.match((await admin.next(isNotification('Squad', 's-1'))).data, { tenantId: 'Blue', payload: { from: 'blue' } })

@@ -72,6 +72,7 @@ const { app, url: wsUrl } = await startApp(t, {
     subscribeRatePerSecond: 100_000,
     maxSubscriptionsPerConnection: 1000,
     maxAuthFailuresPerMinute: 1_000_000,
+    authMessagesPerMinute: 1_000_000,
     maxConnectionsPerUser: 1000
   }
 })
@@ -93,7 +94,7 @@ type Command =
   | { kind: 'subscribe', s: number, target: Target, since?: string, watchers?: boolean, tenantId?: string, numericId: boolean, extraField: boolean }
   | { kind: 'unsubscribe', s: number, target: Target, by: 'subscriptionId' | 'entity', tenantId?: string, numericId: boolean }
   | { kind: 'unsubscribeRaw', s: number, subscriptionId: string }
-  | { kind: 'ping', s: number, id?: string, data?: unknown }
+  | { kind: 'ping', s: number, id?: 'string' | 'numeric', data?: unknown }
   | { kind: 'auth', s: number, token: TokenName, numericId: boolean }
   | { kind: 'bad', s: number, bad: BadShape, times: number }
   | { kind: 'oversized', s: number }
@@ -175,7 +176,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('unsubscribeRaw' as const), s: socket, subscriptionId: fc.constantFrom('garbage', 'Nope:x', 'Team@t:t-1', ':t-1', 'Team:') }) },
   {
     weight: 4,
-    arbitrary: fc.record({ kind: fc.constant('ping' as const), s: socket, id: oneIn(3, fc.constant('p')), data: oneIn(3, fc.constantFrom<unknown>(5, {}, 'x')) })
+    arbitrary: fc.record({ kind: fc.constant('ping' as const), s: socket, id: oneIn(3, fc.constantFrom('string' as const, 'numeric' as const)), data: oneIn(3, fc.constantFrom<unknown>(5, {}, 'x')) })
   },
   {
     weight: 8,
@@ -204,6 +205,7 @@ type Expected =
   | { type: 'subscription_error' | 'error', code: string }
   | { type: 'unsubscribed', subscriptionId: string }
   | { type: 'authenticated', userId: string }
+  | { type: 'pong' }
 
 const keyOf = (id: string | number): string => typeof id + ':' + String(id)
 const subscriptionIdOf = ({ entityType, entityId }: Target, tenantId?: string): string =>
@@ -258,7 +260,8 @@ class FuzzSocket {
     const subscriptionId = subscriptionIdOf(target)
     const subscribed: Expected = since === undefined ? { type: 'subscribed', subscriptionId, target } : { type: 'subscribed', subscriptionId, target, recovered: false }
     if (!DECLARED.has(target.entityType)) return { type: 'subscription_error', code: WireError.unknownEntityType }
-    if (tenantId !== undefined) return { type: 'subscription_error', code: WireError.badRequest }
+    // access is decided before the tenant is looked at: a type closed to the socket is refused whatever it names
+    if (tenantId !== undefined) return { type: 'subscription_error', code: this.closed(target) ?? WireError.badRequest }
     if (this.watched.has(subscriptionId)) return subscribed
     const denial = this.denial(target)
     if (denial !== null) return { type: 'subscription_error', code: denial }
@@ -267,8 +270,15 @@ class FuzzSocket {
     return subscribed
   }
 
-  private denial ({ entityType, entityId }: Target): string | null {
-    if (entityType === 'UserSettings' && this.user === null) return WireError.unauthenticated
+  /** The refusal of every entity of the type, whatever the request names. */
+  private closed ({ entityType }: Target): string | null {
+    return entityType === 'UserSettings' && this.user === null ? WireError.unauthenticated : null
+  }
+
+  private denial (target: Target): string | null {
+    const closed = this.closed(target)
+    if (closed !== null) return closed
+    const { entityType, entityId } = target
     if (entityId === '*') return WireError.forbidden
     if (entityType === 'Team' || this.user?.admin === true) return null
     const owners: Record<string, string> = { 'us-1': 'user-1', 'us-2': 'user-2' }
@@ -359,10 +369,14 @@ class Run {
       }
       case 'unsubscribeRaw':
         return this.request(s, this.requestId(false), { type: 'unsubscribe', data: { subscriptionId: c.subscriptionId } }, { type: 'unsubscribed', subscriptionId: c.subscriptionId })
-      case 'ping':
-        s.pings++
-        s.client.send(JSON.stringify({ type: 'ping', id: c.id, data: c.data }))
+      case 'ping': {
+        // answered at once, not in the socket's queue; with an id, the pong carries it
+        const id = c.id === undefined ? undefined : this.requestId(c.id === 'numeric')
+        if (id === undefined) s.pings++
+        else s.requests.set(keyOf(id), { type: 'pong' })
+        s.client.send(JSON.stringify({ type: 'ping', id, data: c.data }))
         return
+      }
       case 'auth':
         return this.request(s, this.requestId(c.numericId), { type: 'auth', data: { token: tokenOf(c.token) } }, s.authenticate(c.token))
       case 'bad':
@@ -510,6 +524,7 @@ function matches (m: Frame, expected: Expected): boolean {
         m.data.entityId === expected.target.entityId && m.data.recovered === expected.recovered
     case 'unsubscribed': return m.data?.subscriptionId === expected.subscriptionId
     case 'authenticated': return m.data?.userId === expected.userId
+    case 'pong': return m.data === undefined
     default: return m.data?.code === expected.code
   }
 }

@@ -49,6 +49,17 @@ t.test('subscribe, notifications, idempotence and unsubscribe', async (t) => {
   t.same(await ws.next((m) => m.type === 'pong'), { type: 'pong' })
 })
 
+t.test('a ping with an id is answered with a pong carrying it, like every other request', async (t) => {
+  const { client } = await startApp(t, { entities })
+  const ws = await client()
+  ws.send({ type: 'ping', id: 'p1' })
+  ws.send({ type: 'ping', id: 42 })
+  ws.send({ type: 'ping' })
+  t.same(await ws.next((m) => m.type === 'pong'), { type: 'pong', id: 'p1' })
+  t.same(await ws.next((m) => m.type === 'pong'), { type: 'pong', id: 42 }, 'integer ids too')
+  t.same(await ws.next((m) => m.type === 'pong'), { type: 'pong' }, 'no id, none echoed')
+})
+
 t.test('notify mode: every notification has a position; since cannot be replayed, so recovered is false', async (t) => {
   const { app, client } = await startApp(t, { entities })
   const ws = await client()

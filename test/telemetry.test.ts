@@ -8,6 +8,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { serve } from './helpers/serve.js'
 import { TestClient, isNotification } from './helpers/client.js'
 import { adminQuery, freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
@@ -39,8 +41,11 @@ await sql.query(martenTableSql('mt_doc_team'))
 await sql.query(martenTableSql('mt_doc_rugbygamestate'))
 const entities = { Team: { access: 'public' }, RugbyGameState: { access: 'public', payload: 'full' } }
 
+const bearer = (sub: string, roles: string[], extra: object = {}): string => signHs256({ sub, roles, exp: now() + 600, ...extra }, SECRET)
+const as = (roles: string[]): RequestInit => ({ headers: { authorization: `Bearer ${bearer('u', roles)}` } })
+
 t.test('metrics after a scripted scenario', async (t) => {
-  const server = serve(t, ['--config', configFile('metrics.json', { databases: [{ name: 'main', url }], entities, telemetry: { prometheus: true } }), '--port', '0'])
+  const server = serve(t, ['--config', configFile('metrics.json', { databases: [{ name: 'main', url }], entities, auth: { jwt: { secret: SECRET } }, telemetry: { prometheus: true } }), '--port', '0'])
   const http = await server.address
   const ws = http.replace('http', 'ws') + '/ws'
   const a = await TestClient.open(ws)
@@ -60,7 +65,7 @@ t.test('metrics after a scripted scenario', async (t) => {
   b.ws.close(1000)
   await b.closed
   // the server records the close, and the subscription it ended, once its side of the socket has closed
-  const metrics = async (): Promise<string> => await (await fetch(http + '/metrics')).text()
+  const metrics = async (): Promise<string> => await (await fetch(http + '/metrics', as(['Admin']))).text()
   let text = ''
   t.ok(await until(async () => {
     text = await metrics()
@@ -92,7 +97,7 @@ t.test('close codes outside the protocol are counted as `other`: a client cannot
   t.same([1000, 1005, 1006, 4401, 4429].map(closeCodeLabel), ['1000', '1005', '1006', '4401', '4429'])
   t.same([3000, 4000, 4999, 1004].map(closeCodeLabel), ['other', 'other', 'other', 'other'])
 
-  const server = serve(t, ['--config', configFile('close-codes.json', { databases: [{ name: 'main', url }], entities, telemetry: { prometheus: true } }), '--port', '0'])
+  const server = serve(t, ['--config', configFile('close-codes.json', { databases: [{ name: 'main', url }], entities, telemetry: { prometheus: { public: true } } }), '--port', '0'])
   const http = await server.address
   for (let i = 0; i < 150; i++) {
     const client = await TestClient.open(http.replace('http', 'ws') + '/ws')
@@ -147,7 +152,6 @@ t.test('statistics are for admins only', async (t) => {
   const viewer = await TestClient.open(http.replace('http', 'ws') + '/ws')
   t.teardown(() => viewer.close())
   await viewer.subscribe('Team', 'popular')
-  const as = (roles: string[]): RequestInit => ({ headers: { authorization: `Bearer ${signHs256({ sub: 'u', roles, exp: now() + 60 }, SECRET)}` } })
   t.equal((await fetch(http + '/changefeed/stats')).status, 401)
   t.equal((await fetch(http + '/changefeed/stats', as(['Member']))).status, 403)
   const res = await fetch(http + '/changefeed/stats', as(['Admin']))
@@ -157,6 +161,66 @@ t.test('statistics are for admins only', async (t) => {
     cluster: { subscriptionsByType: { Team: 1 } },
     busiest: [{ entityType: 'Team', entityId: 'popular', local: 1, cluster: 1 }]
   })
+})
+
+t.test('/metrics is for admins unless the config makes it public', async (t) => {
+  const server = serve(t, ['--config', configFile('metrics-admin.json', { databases: [{ name: 'main', url }], entities, auth: { jwt: { secret: SECRET } }, telemetry: { prometheus: true } }), '--port', '0'])
+  const http = await server.address
+  t.equal((await fetch(http + '/metrics')).status, 401, 'without credentials')
+  t.equal((await fetch(http + '/metrics', as(['Member']))).status, 403, 'without an admin role')
+  const admin = await fetch(http + '/metrics', as(['Admin']))
+  t.equal(admin.status, 200, 'with admin credentials')
+  t.match(await admin.text(), /changefeed_connections_active/)
+  t.equal((await fetch(`${http}/metrics?token=${bearer('u', ['Admin'])}`)).status, 200, 'a scraper may send the token as ?token= too')
+
+  const open = serve(t, ['--config', configFile('metrics-public.json', { databases: [{ name: 'main', url }], entities, telemetry: { prometheus: { public: true } } }), '--port', '0'])
+  t.equal((await fetch(await open.address + '/metrics')).status, 200, '{ "public": true }: without credentials')
+  const warnings = (s: typeof server): unknown[] => s.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l)).filter((l) => l.level === 40)
+  t.same(warnings(open), [], 'no warning')
+
+  const locked = serve(t, ['--config', configFile('metrics-locked.json', { databases: [{ name: 'main', url }], entities, telemetry: { prometheus: true } }), '--port', '0'])
+  t.equal((await fetch(await locked.address + '/metrics')).status, 401)
+  t.match(warnings(locked), [{ msg: /\/metrics/ }], 'admin-only with no way to sign in: a warning at start')
+})
+
+t.test('no credential in a log line or a trace, whatever the route: 404s, /metrics, the socket route', async (t) => {
+  // a collector of OTLP/HTTP exports (JSON)
+  const exported: string[] = []
+  const collector = createServer((request, response) => {
+    let body = ''
+    request.on('data', (chunk: Buffer) => { body += chunk.toString() })
+    request.on('end', () => { exported.push(`${request.url ?? ''} ${body}`); response.end('{}') })
+  })
+  await new Promise<void>((resolve) => collector.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => collector.close())
+  const otlpUrl = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`
+  const server = serve(t, ['--config', configFile('redacted.json', {
+    databases: [{ name: 'main', url }], entities, auth: { jwt: { secret: SECRET } }, telemetry: { prometheus: true, otlpUrl }
+  }), '--port', '0'])
+  const http = await server.address
+  const member = bearer('user-1', ['Member'], { jti: 'MEMBER-LOG-CANARY-123456789' })
+  const admin = bearer('admin-1', ['Admin'], { jti: 'ADMIN-LOG-CANARY-987654321' })
+  const paths = [`/ws/?token=${member}`, `/WS?token=${member}`, `/no-such-route?x=1&token=${member}`, `/metrics?token=${member}`, `/metrics?token=${admin}`]
+  const statuses = await Promise.all(paths.map(async (path) => (await fetch(http + path)).status))
+  t.same(statuses, [404, 404, 404, 403, 200])
+  const ws = await TestClient.open(`${http.replace('http', 'ws')}/ws?token=${member}`)
+  t.equal((await ws.subscribe('Team', 'logged')).type, 'subscribed')
+  ws.close()
+  await ws.closed
+  // the spans are exported at shutdown at the latest
+  server.child.kill('SIGTERM')
+  t.equal((await server.exit).code, 0)
+  const logs = server.stdout() + server.stderr()
+  for (const path of ['/ws/', '/WS', '/no-such-route?x=1&', '/metrics', '/ws']) {
+    t.ok(logs.includes(`${path}${path.endsWith('&') ? '' : '?'}token=[redacted]`), `${path}: logged, redacted`)
+  }
+  t.ok(exported.some((e) => e.startsWith('/v1/traces') && e.includes('token=[redacted]')), 'traced, redacted')
+  const everything = logs + exported.join('\n')
+  for (const token of [member, admin]) {
+    const [, claims, signature] = token.split('.')
+    t.notOk(everything.includes(claims), 'no token claims anywhere')
+    t.notOk(everything.includes(signature), 'no token signature anywhere')
+  }
 })
 
 t.test('SIGTERM: sockets get 1001, the process exits, another instance leads at once', async (t) => {

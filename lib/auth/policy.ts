@@ -39,6 +39,8 @@ export interface PolicyOptions {
   tenantClaim: boolean
 }
 
+const NO_TENANT: Denial = { code: WireError.forbidden, reason: 'the credentials name no tenant' }
+
 export class AccessPolicy {
   constructor (
     private readonly databases: ReadonlyMap<string, Database>,
@@ -55,10 +57,14 @@ export class AccessPolicy {
    * (or an untenanted type). A denial when the principal may not choose that.
    */
   scope (entity: EntityType, requested: string | undefined, principal: Principal): { tenantId: string | null } | Denial {
+    const admin = this.isAdmin(principal)
+    // access first: a principal the type is closed to gets one answer, whatever tenant it names, and so cannot
+    // tell a tenant that has a database from one that has none
+    const refused = this.refusal(entity, principal, admin)
+    if (refused !== null) return refused
     if (entity.tenancy === 'none') {
       return requested === undefined ? { tenantId: null } : { code: WireError.badRequest, reason: `${entity.name} is not tenanted: no tenantId` }
     }
-    const admin = this.isAdmin(principal)
     const own = principal.tenantId
     if (requested === undefined) return { tenantId: own !== null && !admin ? own : null }
     if (own !== null && requested !== own && !admin) return { code: WireError.forbidden, reason: 'another tenant\'s entity' }
@@ -76,20 +82,35 @@ export class AccessPolicy {
     return allowed ? null : { code: WireError.forbidden, reason: 'denied by the authorize rule' }
   }
 
-  private async checkAccessKind (entity: EntityType, entityId: string, tenantId: string | null, principal: Principal): Promise<Denial | null> {
+  /**
+   * What refuses this principal every entity of the type, whatever the request names (entity, tenant): the access
+   * kind alone, before anything is looked up.
+   */
+  private refusal (entity: EntityType, principal: Principal, admin: boolean): Denial | null {
     if (entity.access === null) return { code: WireError.forbidden, reason: 'this entity type is not open to subscriptions' }
     if (principal.kind === 'anonymous' && (entity.access !== 'public' || !this.options.anonymousAllowed)) {
       return { code: WireError.unauthenticated, reason: 'sign in to watch this entity type' }
     }
+    if (entity.access === 'admin' && !admin) return { code: WireError.forbidden, reason: 'an admin role is required' }
+    if (this.needsTenant(entity, admin) && principal.tenantId === null) return NO_TENANT
+    return null
+  }
+
+  /**
+   * Every tenant's entities, or any tenant's for credentials that name none, are for public types, admins, and
+   * deployments whose principals carry no tenants at all.
+   */
+  private needsTenant (entity: EntityType, admin: boolean): boolean {
+    return entity.tenancy !== 'none' && entity.access !== 'public' && !admin && this.options.tenantClaim
+  }
+
+  private async checkAccessKind (entity: EntityType, entityId: string, tenantId: string | null, principal: Principal): Promise<Denial | null> {
     const admin = this.isAdmin(principal)
-    // every tenant's entities, or any tenant's for credentials that name none: for public types, admins, and where
-    // principals carry no tenants at all
-    if (entity.tenancy !== 'none' && (tenantId === null || principal.tenantId === null) && entity.access !== 'public' && !admin && this.options.tenantClaim) {
-      return { code: WireError.forbidden, reason: 'the credentials name no tenant' }
-    }
+    const refused = this.refusal(entity, principal, admin)
+    if (refused !== null) return refused
+    if (tenantId === null && this.needsTenant(entity, admin)) return NO_TENANT
     if (entityId === FEED) return this.checkFeed(entity, admin)
     if (entity.access === 'public' || entity.access === 'authenticated' || admin) return null
-    if (entity.access === 'admin') return { code: WireError.forbidden, reason: 'an admin role is required' }
     if (entity.tenancy !== 'none' && tenantId === null) return { code: WireError.badRequest, reason: 'name the tenant (tenantId) of an owned entity' }
     return await this.isOwner(entity, entityId, tenantId, principal)
       ? null

@@ -11,3 +11,12 @@ export interface Principal {
 }
 
 export const ANONYMOUS: Principal = Object.freeze({ kind: 'anonymous', userId: null, roles: [], tenantId: null, expiresAt: null })
+
+/**
+ * Whether two principals are the same identity with the same rights: what access depends on. A token refresh
+ * between such principals moves only the expiry.
+ */
+export function sameIdentity (a: Principal, b: Principal): boolean {
+  return a.kind === b.kind && a.userId === b.userId && a.tenantId === b.tenantId &&
+    a.roles.length === b.roles.length && a.roles.every((role) => b.roles.includes(role)) && b.roles.every((role) => a.roles.includes(role))
+}

@@ -1,9 +1,10 @@
 /**
  * Credentials out of the logs: browsers send a token in the URL (`?token=`, since they cannot set headers on a
  * WebSocket), and Fastify logs the URL of every request. Every route the plugin registers logs its requests through
- * `requestLogSerializer`.
+ * `requestLogSerializer`; a request for another path (`/ws/?token=`, a typo) is logged by the host's logger and
+ * not-found handler, to which the standalone server, and a host that wants it, gives these too.
  */
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 
 const CREDENTIAL_PARAMETERS = new Set(['token', 'access_token', 'password'])
 
@@ -32,6 +33,16 @@ export function redactUrl (url: string): string {
 /** Fastify's request log fields, with the URL redacted: the `logSerializers.req` of every route of the plugin. */
 export function requestLogSerializer (request: FastifyRequest): Record<string, unknown> {
   return { method: request.method, url: redactUrl(request.url), host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }
+}
+
+/**
+ * Fastify's answer to a request no route matches, and its log line, with the URL redacted (Fastify's own handler
+ * writes the URL into both): `app.setNotFoundHandler(redactedNotFound)`.
+ */
+export function redactedNotFound (request: FastifyRequest, reply: FastifyReply): void {
+  const message = `Route ${request.method}:${redactUrl(request.url)} not found`
+  request.log.info(message)
+  void reply.code(404).send({ message, error: 'Not Found', statusCode: 404 })
 }
 
 /**

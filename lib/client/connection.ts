@@ -24,6 +24,8 @@ export interface ConnectionHooks {
 const OPEN = 1
 /** This side closes with a private-use code: 4401 and the like are the server's to send. */
 const CLIENT_CLOSE = 4000
+/** getToken() handed out the token the socket holds already: it is asked again after this long */
+const SAME_TOKEN_RETRY_MS = 1000
 
 export class Connection {
   state: ConnectionState = 'idle'
@@ -32,6 +34,8 @@ export class Connection {
   private opening = false
   private destroyed = false
   private everOpened = false
+  /** the token last sent on this socket */
+  private sent: string | null = null
   private readonly backoff: Backoff
   private readonly credentials: Credentials
   private readonly liveness: Liveness
@@ -67,8 +71,8 @@ export class Connection {
   async reauthenticate (): Promise<void> {
     const token = await this.credentials.token()
     if (!this.credentials.isFresh(token)) return
-    if (this.state === 'open') this.authenticate(token)
-    else this.connect()
+    if (this.state !== 'open') this.connect()
+    else if (token !== this.sent) this.authenticate(token)
   }
 
   /** `authenticated`: the token holds, whatever was refused before. */
@@ -122,6 +126,7 @@ export class Connection {
     ws.onopen = () => {
       if (this.ws !== ws) return
       if (token === null || token === undefined) this.credentials.freshRequired = false
+      this.sent = null
       this.setState('open', 'connected')
       // signing in first: the server handles a socket's messages in order, so the subscribes that follow run signed in
       if (token !== null && token !== undefined) this.authenticate(token)
@@ -147,6 +152,7 @@ export class Connection {
   }
 
   private authenticate (token: string): void {
+    this.sent = token
     this.send({ type: 'auth', id: AUTH_ID, data: { token } })
     this.credentials.refreshBeforeExpiry(token, () => { void this.refresh() })
   }
@@ -154,7 +160,11 @@ export class Connection {
   private async refresh (): Promise<void> {
     try {
       const token = await this.credentials.token()
-      if (token !== null && token !== undefined && this.state === 'open') this.authenticate(token)
+      if (token === null || token === undefined || this.state !== 'open') return
+      // a token provider may hand out its cached token until shortly before it expires: sent again, it would change
+      // nothing, and the server allows a socket few auth messages (limits.authMessagesPerMinute)
+      if (token === this.sent) return this.credentials.refreshIn(SAME_TOKEN_RETRY_MS, () => { void this.refresh() })
+      this.authenticate(token)
     } catch {
       // the server closes with 4401 at expiry; the reconnect asks again
     }

@@ -62,7 +62,13 @@ export class Credentials {
     if (expiresAt === null) return
     const wait = Math.max(0, expiresAt - Date.now() - this.refreshBeforeExpiryMs)
     // setTimeout fires at once for delays beyond 2^31-1 ms
-    this.refreshTimer = setTimeout(refresh, Math.min(wait, 2 ** 31 - 1))
+    this.refreshIn(Math.min(wait, 2 ** 31 - 1), refresh)
+  }
+
+  /** Calls `refresh` in `ms`. */
+  refreshIn (ms: number, refresh: () => void): void {
+    this.stopRefresh()
+    this.refreshTimer = setTimeout(refresh, ms)
   }
 
   stopRefresh (): void {

@@ -118,4 +118,9 @@ export function encodeAuthenticated (id: RequestIdValue, principal: { userId: st
   })
 }
 
-export const PONG = '{"type":"pong"}'
+const PONG = '{"type":"pong"}'
+
+/** The answer to a ping: its id echoed, as every request's is. */
+export function encodePong (id: RequestIdValue): string {
+  return id === undefined ? PONG : JSON.stringify({ type: 'pong', id })
+}

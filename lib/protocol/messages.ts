@@ -7,6 +7,7 @@
 import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { WireError } from './wire.js'
+import { WHERE_LIMITS } from './where.js'
 
 const RequestId = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()])
 const EntityTypeName = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' })
@@ -31,15 +32,17 @@ export const ClientEnvelope = Type.Object({
  * A filtered feed's condition value: equality with a JSON scalar, or (an array) with any of them. Strings as ids are:
  * no control characters and no lone surrogates, which PostgreSQL's jsonb cannot hold.
  */
-const WhereScalar = Type.Union([Type.String({ maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*$' }), Type.Number(), Type.Boolean(), Type.Null()])
+const WhereScalar = Type.Union([Type.String({ maxLength: WHERE_LIMITS.string, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*$' }), Type.Number(), Type.Boolean(), Type.Null()])
 /**
  * A filtered feed's conditions: every one must hold. Keys are top-level or dotted paths into the document
- * (`"teamId"`, `"venue.city"`); a value is compared for JSON equality, an array means any of its values.
+ * (`"teamId"`, `"venue.city"`); a value is compared for JSON equality, an array means any of its values. The sizes
+ * are WHERE_LIMITS (where.ts): what one filter may cost the server per change.
  */
 export const WhereSchema = Type.Record(
-  Type.String({ pattern: '^[A-Za-z_$][A-Za-z0-9_$]*(\\.[A-Za-z_$][A-Za-z0-9_$]*)*$', maxLength: 200 }),
-  Type.Union([WhereScalar, Type.Array(WhereScalar, { minItems: 1, maxItems: 100 })]),
-  { minProperties: 1, maxProperties: 8, additionalProperties: false })
+  // a record's keys are checked by their pattern alone: the length is in it
+  Type.String({ pattern: `^(?=.{1,${WHERE_LIMITS.pathLength}}$)[A-Za-z_$][A-Za-z0-9_$]*(\\.[A-Za-z_$][A-Za-z0-9_$]*){0,${WHERE_LIMITS.depth - 1}}$` }),
+  Type.Union([WhereScalar, Type.Array(WhereScalar, { minItems: 1, maxItems: WHERE_LIMITS.values })]),
+  { minProperties: 1, maxProperties: WHERE_LIMITS.conditions, additionalProperties: false })
 
 /** A subscribe to one entity, a feed ("*"), or a filtered feed ("*" with `where`). */
 export const SubscribeOneData = Type.Object({
@@ -83,6 +86,16 @@ export type WhereConditions = Static<typeof WhereSchema>
 export type UnsubscribeRequest = Static<typeof UnsubscribeData>
 export type AuthRequest = Static<typeof AuthData>
 export type RequestIdValue = string | number | undefined
+
+const WhereValidator = Compile(WhereSchema)
+const { conditions, depth, pathLength, string, values } = WHERE_LIMITS
+
+/** Why a request's `where` is refused, naming the limits; null when it has none, or one the protocol allows. */
+export function whereRefusal (data: unknown): string | null {
+  const where = data !== null && typeof data === 'object' ? (data as { where?: unknown }).where : undefined
+  if (where === undefined || WhereValidator.Check(where)) return null
+  return `where: 1 to ${conditions} conditions, each a dotted path of at most ${depth} names and ${pathLength} characters, and a JSON scalar (a string of at most ${string} characters, without control characters) or a list of 1 to ${values} of them`
+}
 
 /** The compiled validators of client messages: the envelope, then `data` by type (a type missing here is unknown). */
 export const Envelope = Compile(ClientEnvelope)
@@ -190,7 +203,8 @@ export const Resync = Type.Object({
   type: Type.Literal('resync'),
   data: Type.Object({ reason: Type.String(), entityType: Type.Optional(Type.String()), entityId: Type.Optional(Type.String()), tenantId: Type.Optional(Type.String()) }, { additionalProperties: false })
 }, { additionalProperties: false })
-export const Pong = Type.Object({ type: Type.Literal('pong') }, { additionalProperties: false })
+/** the answer to a ping, with the ping's id when it had one */
+export const Pong = Type.Object({ type: Type.Literal('pong'), id: Type.Optional(RequestId) }, { additionalProperties: false })
 
 export const ServerMessageSchema = Type.Union([Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
 export type ServerMessage = Static<typeof ServerMessageSchema>

@@ -8,19 +8,73 @@
 export type WhereScalar = string | number | boolean | null
 export type Where = Record<string, WhereScalar | WhereScalar[]>
 
+/**
+ * What one filter may hold. Each change of a type is matched against its filters on the server, so these bound what
+ * one filter costs per change, whoever asked for it: at most `conditions` lookups of at most `depth` steps, each of a
+ * value compared by its key in a set (a string longer than `string` can equal none). The schema (messages.ts)
+ * refuses more.
+ */
+export const WHERE_LIMITS = {
+  /** conditions of one filter */
+  conditions: 8,
+  /** values of one condition (any of) */
+  values: 100,
+  /** segments of a dotted path */
+  depth: 5,
+  /** characters of a path */
+  pathLength: 128,
+  /** characters of a string value */
+  string: 512
+} as const
+
 /** One condition in canonical form: its path split, and the JSON of each value it allows (sorted, distinct). */
 export interface Condition {
   path: string
   parts: string[]
   values: string[]
+  /** `values`, to look a document's value up in */
+  allowed: ReadonlySet<string>
+}
+
+/**
+ * Significant digits every double holds: a decimal of at most this many is read back as written. More may have been
+ * rounded on the way in (the JSON parser), and the value compared would not be the one the client wrote.
+ */
+const EXACT_DIGITS = 15
+
+/**
+ * Whether a number is compared the same by the snapshot read (PostgreSQL's exact numeric, from the number's JSON)
+ * and by the live matcher (a JS number parsed from the document): an integer within ±(2^53 − 1), or another number
+ * of at most 15 significant digits. `9007199254740993` arrives as 9007199254740992: the read would look for the one
+ * and the matcher take documents holding either.
+ */
+function exactNumber (value: number): boolean {
+  if (Number.isInteger(value)) return Number.isSafeInteger(value)
+  const [mantissa] = value.toExponential().split('e')
+  return mantissa.replace(/[-.]/g, '').length <= EXACT_DIGITS
+}
+
+/**
+ * Why a filter cannot be held as asked (the server answers `bad_request` with it), or null. The shapes are the
+ * schema's (messages.ts); this is what a schema cannot say.
+ */
+export function whereProblem (where: Where): string | null {
+  for (const [path, value] of Object.entries(where)) {
+    for (const v of Array.isArray(value) ? value : [value]) {
+      if (typeof v === 'number' && !exactNumber(v)) {
+        return `where ${JSON.stringify(path)}: ${JSON.stringify(v)} is not held exactly by a JS number (integers within ±${Number.MAX_SAFE_INTEGER}, other numbers of at most ${EXACT_DIGITS} significant digits): compare it as a string, and store it as one`
+      }
+    }
+  }
+  return null
 }
 
 /** The conditions of `where`, sorted by path; each value list sorted and without repeats. */
 export function conditionsOf (where: Where): Condition[] {
   return Object.keys(where).sort().map((path) => {
     const value = where[path]
-    const values = [...new Set((Array.isArray(value) ? value : [value]).map(jsonKey))].sort()
-    return { path, parts: path.split('.'), values }
+    const allowed = new Set((Array.isArray(value) ? value : [value]).map(jsonKey))
+    return { path, parts: path.split('.'), values: [...allowed].sort(), allowed }
   })
 }
 
@@ -46,19 +100,37 @@ export function valueAt (document: unknown, parts: readonly string[]): unknown {
   return value
 }
 
-/** The key an index looks a document's value up by: only scalars can equal a condition's value. */
+/**
+ * The key an index looks a document's value up by: only scalars can equal a condition's value, and no string longer
+ * than a condition's may (a large field of the document is not copied to find that out).
+ */
 export function scalarKey (value: unknown): string | undefined {
   if (value === undefined) return undefined
   if (value !== null && typeof value === 'object') return undefined
+  if (typeof value === 'string' && value.length > WHERE_LIMITS.string) return undefined
   return jsonKey(value)
 }
 
-/** Whether a document matches every condition. */
-export function matches (document: unknown, conditions: readonly Condition[]): boolean {
+/** A document's keys by path, each read once however many conditions of however many filters ask for it. */
+export class DocumentKeys {
+  private readonly keys = new Map<string, string | undefined>()
+
+  constructor (readonly document: unknown) {}
+
+  at (path: string, parts: readonly string[]): string | undefined {
+    if (this.keys.has(path)) return this.keys.get(path)
+    const key = scalarKey(valueAt(this.document, parts))
+    this.keys.set(path, key)
+    return key
+  }
+}
+
+/** Whether a document (or its keys, read for other filters too) matches every condition. */
+export function matches (document: unknown, conditions: readonly Condition[], keys = new DocumentKeys(document)): boolean {
   if (document === null || typeof document !== 'object') return false
-  for (const { parts, values } of conditions) {
-    const key = scalarKey(valueAt(document, parts))
-    if (key === undefined || !values.includes(key)) return false
+  for (const { path, parts, allowed } of conditions) {
+    const key = keys.at(path, parts)
+    if (key === undefined || !allowed.has(key)) return false
   }
   return true
 }

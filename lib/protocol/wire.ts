@@ -19,9 +19,9 @@ export const WireError = {
   forbidden: 'forbidden',
   /** maxSubscriptionsPerConnection reached */
   tooManySubscriptions: 'too_many_subscriptions',
-  /** limits.maxFiltersPerType distinct filters of the type are held on this server already */
+  /** limits.maxFiltersPerType distinct filters of the type are held on this server already, or the connection's or its address's share is taken */
   tooManyFilters: 'too_many_filters',
-  /** subscribe/unsubscribe faster than subscribeRatePerSecond */
+  /** subscribe/unsubscribe faster than subscribeRatePerSecond, auth more often than authMessagesPerMinute */
   rateLimited: 'rate_limited',
   /** the server failed inside; the socket stays usable, retry */
   internal: 'internal_error'

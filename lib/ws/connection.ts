@@ -7,7 +7,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { RawData, WebSocket } from 'ws'
 import type { Authenticator } from '../auth/authenticate.js'
-import type { Principal } from '../auth/principal.js'
+import { sameIdentity, type Principal } from '../auth/principal.js'
 import { CloseCode, WireError, type WireErrorCode } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
 import type { FrameMeta } from './fanout.js'
@@ -17,7 +17,7 @@ import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type Subscriber, type SubscriptionServices } from './subscriptions.js'
 import type { ReplayedFrames } from '../replay.js'
-import { Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
+import { Envelope, RequestData, whereRefusal, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {
   options: ResolvedOptions
@@ -57,6 +57,7 @@ export class Connection implements Subscriber {
   // what a socket needs only once it does something: made then (10,000 idle sockets should cost little)
   private requests: RequestQueue | undefined
   private subscribeBucket: TokenBucket | undefined
+  private authBucket: TokenBucket | undefined
   private badFrameBucket: TokenBucket | undefined
   /** made when the socket first falls behind: it holds and conflates while the peer reads slowly */
   private outbound: OutboundQueue | undefined
@@ -221,10 +222,10 @@ export class Connection implements Subscriber {
     const failed = (): string => encodeError(id, WireError.internal, 'the server failed; retry')
     switch (type) {
       case 'ping':
-        this.send(PONG)
+        this.send(encodePong(id))
         return
       case 'subscribe': {
-        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
+        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
         // the rate counts entities, not frames
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
         const failure = 'entityIds' in body
@@ -233,11 +234,14 @@ export class Connection implements Subscriber {
         return this.request(id, failure, async (reply) => await this.subscriptions.subscribe(reply, body))
       }
       case 'unsubscribe':
-        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
+        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
         return this.request(id, failed, async (reply) => await this.subscriptions.unsubscribe(reply, body))
       case 'auth':
         if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')
+        // each one costs a signature check, and may re-check every subscription: a client refreshes once per token
+        this.authBucket ??= new TokenBucket(this.limits.authMessagesPerMinute, this.limits.authMessagesPerMinute / 60)
+        if (!this.authBucket.take()) return this.reject(id, WireError.rateLimited, 'too many auth messages; refresh once per token lifetime')
         return this.request(id, failed, async (reply) => await this.authenticate(reply, body.token))
       default:
         return this.reject(id, WireError.badRequest, `unknown message type "${type.slice(0, 32)}"`)
@@ -266,7 +270,9 @@ export class Connection implements Subscriber {
 
   /**
    * In-band sign-in or token refresh. The socket keeps its identity when the token is refused. A refreshed
-   * token must be the same user's; subscriptions it no longer allows end with a `subscription_error`.
+   * token must be the same user's; subscriptions it no longer allows end with a `subscription_error`. A refresh
+   * with the same identity, roles and tenant only moves the expiry: access, owner queries included, depends on
+   * nothing else of the principal.
    */
   private async authenticate (reply: Reply, token: string): Promise<void> {
     const identity = await this.services.authenticator.verifyInBand(token, this.ip)
@@ -279,9 +285,10 @@ export class Connection implements Subscriber {
     if (before === null && after !== null && !this.services.users.acquire(after)) {
       return this.close(CloseCode.tooManyConnections, 'too many connections for this user')
     }
+    const unchanged = sameIdentity(this._principal, next)
     this._principal = next
     this.scheduleExpiry()
-    await this.subscriptions.recheck(next)
+    if (!unchanged) await this.subscriptions.recheck(next)
     reply.send(encodeAuthenticated(reply.id, next))
   }
 }

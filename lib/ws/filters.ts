@@ -5,18 +5,23 @@
  * - sockets that asked for the same conditions (in canonical form) share one FilterGroup: one membership, one
  *   frame per change;
  * - groups are indexed by the value of their first condition, and entities by the groups they are members of, so a
- *   change visits the groups it may enter or leave, not every group of the type;
+ *   change visits the groups it may enter or leave, not every group of the type; a visit costs what a filter may
+ *   hold (WHERE_LIMITS), each value of the document read once per change for every filter that asks for it;
  * - a group knows its members from a read when it is made (lib/snapshot.ts) and from every change after it; a
  *   change the read already saw is skipped, so none is missed or counted twice.
  *
  * An entity that begins to match reaches the group's watchers as `entered`, one that stops as `left` (`deleted`
  * when it was deleted); changes of members go out as they are. Every frame names the subscription it is for.
+ *
+ * The filters of a type are one pool (limits.maxFiltersPerType); a connection holds at most
+ * limits.maxFiltersPerConnection of them and the sockets of one address at most limits.maxFiltersPerIp different
+ * ones, so one client cannot take the pool, nor make every change cost more than its share.
  */
 import type { EntityType } from '../entities.js'
 import { FEED } from '../channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../snapshot.js'
-import { matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
+import { DocumentKeys, matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
 
 /** A change of the type as the groups see it. */
@@ -28,12 +33,21 @@ interface TypeChange {
   key: string
   /** the document after the change; null: deleted; undefined: not known (a minimal frame: the read found nothing) */
   document: unknown
+  /** the document's values as conditions compare them, read once for every group */
+  keys: DocumentKeys
+}
+
+/** Whose a seat is: the connection (its id), and its client address. */
+export interface FilterHolder {
+  readonly id: number
+  readonly ip: string
 }
 
 /** A socket's place in a group: frames wait while its own snapshot is read, then those the snapshot saw are skipped. */
 interface Seat {
   held: Array<{ frame: string, txid: string | undefined }> | null
   saw: Visibility | null
+  holder: FilterHolder
 }
 
 export class FilterLimitError extends Error {}
@@ -71,7 +85,7 @@ class FilterGroup {
       this.saw = null
     }
     const was = this.members.has(change.key)
-    const now = change.document === undefined ? was : matches(change.document, this.conditions)
+    const now = change.document === undefined ? was : matches(change.document, this.conditions, change.keys)
     if (!was && !now) return
     let changeType = change.changeType
     if (now && !was) {
@@ -214,6 +228,7 @@ class TypeFilters implements Watcher {
     const candidates = new Set(this.loading)
     for (const group of this.memberOf.get(change.key) ?? []) candidates.add(group)
     if (change.document !== undefined && change.document !== null) {
+      // read directly: every path here is another (the cache is for the groups' conditions, which share paths)
       for (const { parts, byValue } of this.index.values()) {
         const value = scalarKey(valueAt(change.document, parts))
         for (const group of (value === undefined ? undefined : byValue.get(value)) ?? []) candidates.add(group)
@@ -235,7 +250,7 @@ function changeOf (frame: string, meta: FrameMeta): TypeChange | null {
   const data = parsed.data
   if (parsed.type !== 'notification' || data === undefined || typeof data.entityId !== 'string' || typeof data.changeType !== 'string') return null
   const document = data.changeType === 'deleted' ? null : 'payload' in data ? data.payload : undefined
-  return { frame, changeType: data.changeType, txid: meta.txid, key: entityKey(data.tenantId, data.entityId), document }
+  return { frame, changeType: data.changeType, txid: meta.txid, key: entityKey(data.tenantId, data.entityId), document, keys: new DocumentKeys(document) }
 }
 
 export interface JoinRequest {
@@ -247,6 +262,8 @@ export interface JoinRequest {
   conditions: Condition[]
   /** the joiner wants the matching entities and their documents now */
   snapshot: boolean
+  /** whose subscription it is (limits.maxFiltersPerConnection, limits.maxFiltersPerIp) */
+  holder: FilterHolder
 }
 
 /** This instance's filtered feeds. */
@@ -254,11 +271,15 @@ export class Filters {
   private readonly byChannel = new Map<string, TypeFilters>()
   /** groups per entity type (limits.maxFiltersPerType) */
   private readonly perType = new Map<string, number>()
+  /** seats per connection (limits.maxFiltersPerConnection) */
+  private readonly perConnection = new Map<number, number>()
+  /** per client address, the groups its sockets hold seats in, and how many seats each (limits.maxFiltersPerIp) */
+  private readonly perAddress = new Map<string, Map<FilterGroup, number>>()
 
   constructor (
     private readonly fanout: Fanout,
     private readonly snapshots: SnapshotReader,
-    private readonly limits: { maxFiltersPerType: number, maxFilterMatches: number }
+    private readonly limits: { maxFiltersPerType: number, maxFilterMatches: number, maxFiltersPerConnection: number, maxFiltersPerIp: number }
   ) {}
 
   /** Groups held now. */
@@ -282,12 +303,10 @@ export class Filters {
    * SnapshotUnavailable, or a database or bus error; the watcher is then not added.
    */
   async join (watcher: Watcher, request: JoinRequest): Promise<{ entities: SnapshotEntity[] | null, start: () => void }> {
-    const { entity, tenantId, feedChannel, subscriptionId, conditions } = request
+    const { entity, tenantId, feedChannel, subscriptionId, conditions, holder } = request
     let filters = this.byChannel.get(feedChannel)
     let group = filters?.groups.get(subscriptionId)
-    if (group === undefined && (this.perType.get(entity.name) ?? 0) >= this.limits.maxFiltersPerType) {
-      throw new FilterLimitError(`at most ${this.limits.maxFiltersPerType} different filters of ${entity.name} (limits.maxFiltersPerType)`)
-    }
+    this.admit(holder, group, entity.name)
     if (filters === undefined) {
       const made = filters = new TypeFilters()
       this.byChannel.set(feedChannel, made)
@@ -312,8 +331,9 @@ export class Filters {
       })()
     }
     // frames wait until the subscriber has its reply (and, for a later joiner with a snapshot, its own read)
-    const seat: Seat = { held: [], saw: null }
+    const seat: Seat = { held: [], saw: null, holder }
     group.seats.set(watcher, seat)
+    this.count(holder, group, 1)
     const start = (): void => {
       const held = seat.held ?? []
       seat.held = null
@@ -342,13 +362,47 @@ export class Filters {
   async leave (watcher: Watcher, feedChannel: string, subscriptionId: string, entityType: string): Promise<void> {
     const filters = this.byChannel.get(feedChannel)
     const group = filters?.groups.get(subscriptionId)
-    if (filters === undefined || group === undefined || !group.seats.delete(watcher) || group.seats.size > 0) return
+    const seat = group?.seats.get(watcher)
+    if (filters === undefined || group === undefined || seat === undefined) return
+    group.seats.delete(watcher)
+    this.count(seat.holder, group, -1)
+    if (group.seats.size > 0) return
     await this.drop(filters, group, feedChannel, entityType)
+  }
+
+  /** Throws FilterLimitError when `holder` may not take a seat in `group` (undefined: a group it would make). */
+  private admit (holder: FilterHolder, group: FilterGroup | undefined, entityType: string): void {
+    const { maxFiltersPerType, maxFiltersPerConnection, maxFiltersPerIp } = this.limits
+    if ((this.perConnection.get(holder.id) ?? 0) >= maxFiltersPerConnection) {
+      throw new FilterLimitError(`at most ${maxFiltersPerConnection} filtered feeds per connection (limits.maxFiltersPerConnection)`)
+    }
+    const held = this.perAddress.get(holder.ip)
+    if ((group === undefined || held?.has(group) !== true) && (held?.size ?? 0) >= maxFiltersPerIp) {
+      throw new FilterLimitError(`at most ${maxFiltersPerIp} different filters for the connections of one address (limits.maxFiltersPerIp)`)
+    }
+    if (group === undefined && (this.perType.get(entityType) ?? 0) >= maxFiltersPerType) {
+      throw new FilterLimitError(`at most ${maxFiltersPerType} different filters of ${entityType} (limits.maxFiltersPerType)`)
+    }
+  }
+
+  /** Counts a seat of `holder` in `group` taken (1) or given back (-1). */
+  private count (holder: FilterHolder, group: FilterGroup, change: 1 | -1): void {
+    const seats = (this.perConnection.get(holder.id) ?? 0) + change
+    if (seats > 0) this.perConnection.set(holder.id, seats)
+    else this.perConnection.delete(holder.id)
+    let held = this.perAddress.get(holder.ip)
+    if (held === undefined) this.perAddress.set(holder.ip, held = new Map())
+    const inGroup = (held.get(group) ?? 0) + change
+    if (inGroup > 0) held.set(group, inGroup)
+    else held.delete(group)
+    if (held.size === 0) this.perAddress.delete(holder.ip)
   }
 
   private async drop (filters: TypeFilters, group: FilterGroup, feedChannel: string, entityType: string): Promise<void> {
     if (filters.groups.get(group.subscriptionId) !== group) return
     filters.remove(group)
+    // a group dropped with seats left (its first read failed: every joiner's failure) gives them back here
+    for (const seat of group.seats.values()) this.count(seat.holder, group, -1)
     group.seats.clear()
     const left = (this.perType.get(entityType) ?? 1) - 1
     if (left > 0) this.perType.set(entityType, left)

@@ -22,7 +22,7 @@ import type { WatcherCounts } from './watchers.js'
 import type { Reply } from './requests.js'
 import {
   WhereSchema, conditionsOf, encodeSubscribed, encodeSubscribedMany, encodeSubscriptionError, encodeUnsubscribed,
-  encodeUnsubscribedMany, filterIdOf, parseFilterId, parseSubscriptionId, subscriptionIdOf, type EntityRef,
+  encodeUnsubscribedMany, filterIdOf, parseFilterId, parseSubscriptionId, subscriptionIdOf, whereProblem, type EntityRef,
   type EntitySnapshotData, type SubscribeManyRequest, type SubscribeOneRequest, type SubscribeRequest,
   type UnsubscribeRequest, type Where, type WireErrorCode
 } from '../protocol/index.js'
@@ -443,6 +443,8 @@ export class Subscriptions {
     if (req.entityId !== FEED) return refuse(WireError.badRequest, 'a filter (where) goes with entityId "*"')
     if (req.since !== undefined || req.watchers === true) return refuse(WireError.badRequest, 'a filtered feed takes neither since nor watchers')
     if (!carriesDocument(entity)) return refuse(WireError.badRequest, `${entity.name} notifications carry no document (payload "minimal"): it cannot be filtered`)
+    const problem = whereProblem(where)
+    if (problem !== null) return refuse(WireError.badRequest, problem)
     const scope = policy.scope(entity, req.tenantId, this.socket.principal)
     if ('code' in scope) return refuse(scope.code, scope.reason)
     const { tenantId } = scope
@@ -466,7 +468,7 @@ export class Subscriptions {
     try {
       // a filter's reads are database reads a client asks for: the same budget as replays and snapshots
       joined = await this.services.limitRead(this.socket.ip, async () =>
-        await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true }))
+        await filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true, holder: this.socket }))
     } catch (err) {
       if (this.byChannel.get(key) === subscription) this.byChannel.delete(key)
       watcher.close()

@@ -52,14 +52,14 @@ async function setup (filters: number | 'unfiltered'): Promise<{ fanout: Fanout,
     return { fanout, watchers }
   }
   const reader = { matching: async () => ({ entities: [], visibility: new Visibility('1:1:') }) } as unknown as SnapshotReader
-  const index = new Filters(fanout, reader, { maxFiltersPerType: 20_000, maxFilterMatches: 1000 })
+  const index = new Filters(fanout, reader, { maxFiltersPerType: 20_000, maxFilterMatches: 1000, maxFiltersPerConnection: 1, maxFiltersPerIp: 20_000 })
   const entity = new EntityRegistry(options).get('Player')
   if (entity === undefined) throw new Error('no Player')
   for (let i = 0; i < filters; i++) {
     const w = new Counter()
     watchers.push(w)
     const where = { teamId: `team-${i}` }
-    const { start } = await index.join(w, { entity, tenantId: null, feedChannel: CHANNEL, subscriptionId: subscriptionIdOf('Player', filterIdOf(where)), conditions: conditionsOf(where), snapshot: false })
+    const { start } = await index.join(w, { entity, tenantId: null, feedChannel: CHANNEL, subscriptionId: subscriptionIdOf('Player', filterIdOf(where)), conditions: conditionsOf(where), snapshot: false, holder: { id: i, ip: '10.0.0.1' } })
     start()
   }
   return { fanout, watchers }

@@ -8,14 +8,19 @@ import { PreparedFrame } from '../../lib/ws/prepared.js'
 import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/snapshot.js'
 import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
 import type { EntityType } from '../../lib/entities.js'
-import { conditionsOf, encodeNotification, filterIdOf, matches, subscriptionIdOf, whereKey, type Where } from '../../lib/protocol/index.js'
+import {
+  DocumentKeys, RequestData, conditionsOf, encodeNotification, filterIdOf, matches, scalarKey, subscriptionIdOf, whereKey, whereProblem,
+  whereRefusal, type Where
+} from '../../lib/protocol/index.js'
 import { until } from '../helpers/wait.js'
 
 const Player: EntityType = { name: 'Player', databases: ['main'], schema: 'public', table: 'mt_doc_player', access: 'public', payload: 'full', feed: true, declared: true, tenancy: 'none' }
 const FEED = 'cf:Player:*'
 
 /** A fanout that hands out the channel's one watcher, and a reader whose reads the test answers. */
-function harness (limits = { maxFiltersPerType: 100, maxFilterMatches: 1000 }): {
+const LIMITS = { maxFiltersPerType: 100, maxFilterMatches: 1000, maxFiltersPerConnection: 100, maxFiltersPerIp: 100 }
+
+function harness (limits: Partial<typeof LIMITS> = {}): {
   filters: Filters
   channel: () => Watcher | undefined
   unwatched: string[]
@@ -33,10 +38,13 @@ function harness (limits = { maxFiltersPerType: 100, maxFilterMatches: 1000 }): 
       reads.push({ documents, answer: (entities, snapshot = '100:100:') => resolve({ entities, visibility: new Visibility(snapshot) }), fail: reject })
     })
   } as unknown as SnapshotReader
-  return { filters: new Filters(fanout, reader, limits), channel: () => watchers.get(FEED), unwatched, reads }
+  return { filters: new Filters(fanout, reader, { ...LIMITS, ...limits }), channel: () => watchers.get(FEED), unwatched, reads }
 }
 
+let sockets = 0
 class Socket implements Watcher {
+  readonly id = ++sockets
+  constructor (readonly ip = '192.0.2.1') {}
   readonly frames: Array<{ entityId: string, changeType: string, subscriptionId: string }> = []
   deliver (frame: string): boolean {
     this.frames.push(JSON.parse(frame).data)
@@ -53,8 +61,8 @@ function change (to: Watcher | undefined, entityId: string, document: object | n
   to?.deliver(frame, meta)
 }
 const idOf = (where: Where): string => subscriptionIdOf('Player', filterIdOf(where))
-const join = (h: ReturnType<typeof harness>, socket: Watcher, where: Where, snapshot = false): ReturnType<Filters['join']> =>
-  h.filters.join(socket, { entity: Player, tenantId: null, feedChannel: FEED, subscriptionId: idOf(where), conditions: conditionsOf(where), snapshot })
+const join = (h: ReturnType<typeof harness>, socket: Socket, where: Where, snapshot = false): ReturnType<Filters['join']> =>
+  h.filters.join(socket, { entity: Player, tenantId: null, feedChannel: FEED, subscriptionId: idOf(where), conditions: conditionsOf(where), snapshot, holder: socket })
 const turn = async (): Promise<void> => await new Promise((resolve) => setImmediate(resolve))
 
 t.test('conditions: canonical form, and matching by JSON equality on paths', async (t) => {
@@ -66,6 +74,22 @@ t.test('conditions: canonical form, and matching by JSON equality on paths', asy
   t.notOk(matches({ team: { id: 'reds' }, caps: 10, active: true }, c), 'a missing key is not null')
   t.notOk(matches({ team: ['reds'], caps: 10, active: true, note: null }, c), 'a path does not go into arrays')
   t.notOk(matches(null, c))
+})
+
+t.test('numbers in where: only those a JS number holds exactly, so the read (SQL numeric) and the matcher agree', async (t) => {
+  for (const value of [0, -0, 1, -42, Number.MAX_SAFE_INTEGER, Number.MIN_SAFE_INTEGER, 0.1, 2.5, -1e-7, 123456789.012345, 5e-324]) {
+    t.equal(whereProblem({ n: value }), null, `${value} is held exactly`)
+  }
+  // 9007199254740993 parses as 9007199254740992: the read would compare the one, the matcher the other
+  for (const text of ['9007199254740993', '9007199254740992', '-9007199254740992', '1e21', '1.5e300', '9007199254740993.5']) {
+    const value = JSON.parse(text) as number
+    t.match(whereProblem({ id: value }), /"id".*string/, `${text}: refused, naming the path and suggesting a string`)
+    t.match(whereProblem({ ok: 1, id: [1, value] }), /"id"/, `${text} in a list`)
+  }
+  // more significant digits than every double holds: the value compared may not be the one written
+  t.match(whereProblem({ x: 0.30000000000000004 }), /"x"/)
+  t.match(whereProblem({ x: 123456789.0123456 }), /"x"/)
+  t.equal(whereProblem({ s: '9007199254740993', b: true, z: null }), null, 'strings, booleans and null are exact')
 })
 
 t.test('visibility: what a snapshot saw', async (t) => {
@@ -128,7 +152,7 @@ t.test('sockets with the same filter share a group; a later joiner with a snapsh
 })
 
 t.test('the index: a change visits the groups it may concern, not all of them', async (t) => {
-  const h = harness({ maxFiltersPerType: 20_000, maxFilterMatches: 1000 })
+  const h = harness({ maxFiltersPerType: 20_000, maxFiltersPerIp: 20_000 })
   const sockets: Socket[] = []
   for (let i = 0; i < 10_000; i++) {
     const socket = new Socket()
@@ -166,6 +190,65 @@ t.test('limits, failures and leaving', async (t) => {
   await t.rejects(creatorFails, /read failed/)
   t.equal(h.filters.size, 0, 'a group whose read failed is gone')
   t.same(h.unwatched, [FEED, FEED])
+})
+
+t.test('shares: seats per connection, different filters per address; given back on leaving, and when a group fails', async (t) => {
+  const h = harness({ maxFiltersPerConnection: 2, maxFiltersPerIp: 3 })
+  const joined = async (socket: Socket, where: Where): Promise<void> => {
+    const joining = join(h, socket, where)
+    await turn()
+    h.reads.at(-1)?.answer([])
+    ;(await joining).start()
+  }
+  const [a, b, c] = [new Socket(), new Socket(), new Socket()]
+  await joined(a, { teamId: 'a1' })
+  await joined(a, { teamId: 'a2' })
+  await t.rejects(join(h, a, { teamId: 'a3' }), { constructor: FilterLimitError, message: /maxFiltersPerConnection/ }, 'a third filter of one connection')
+  await joined(b, { teamId: 'b1' })
+  await t.rejects(join(h, b, { teamId: 'b2' }), { constructor: FilterLimitError, message: /maxFiltersPerIp/ }, 'a fourth different filter of one address')
+  await joined(c, { teamId: 'a1' })
+  t.equal(h.filters.size, 3, 'a filter the address holds already is shared, and counts once')
+  await joined(new Socket('192.0.2.2'), { teamId: 'x1' })
+  t.equal(h.filters.size, 4, 'another address still gets filters')
+
+  await h.filters.leave(a, FEED, idOf({ teamId: 'a2' }), 'Player')
+  await joined(b, { teamId: 'b2' })
+  t.pass('a seat given back is another\'s to take')
+  await h.filters.leave(a, FEED, idOf({ teamId: 'a1' }), 'Player')
+  const d = new Socket()
+  await t.rejects(join(h, d, { teamId: 'd1' }), /maxFiltersPerIp/, 'a1 is still held by the address (c)')
+  await h.filters.leave(c, FEED, idOf({ teamId: 'a1' }), 'Player')
+
+  // a first read that fails is every joiner's failure: every seat of the group is given back
+  const creator = join(h, a, { teamId: 'doomed' })
+  await turn()
+  const joiner = join(h, c, { teamId: 'doomed' })
+  await turn()
+  h.reads.at(-1)?.fail(new Error('read failed'))
+  await t.rejects(creator, /read failed/)
+  await t.rejects(joiner, /read failed/)
+  await joined(a, { teamId: 'a4' })
+  t.equal(h.filters.size, 4, 'b1, b2, a4 and x1: nothing of the failed group is held')
+  await t.rejects(join(h, d, { teamId: 'd1' }), /maxFiltersPerIp/, 'and the address is at its share again')
+})
+
+t.test('where limits: what one filter may cost a change', async (t) => {
+  const ok = (where: unknown): boolean => RequestData.subscribe.Check({ entityType: 'Player', entityId: '*', where })
+  t.ok(ok({ 'a.b.c.d.e': 1, ['p'.repeat(128)]: 'x'.repeat(512) }), 'five names deep, 128 characters, a string of 512')
+  t.notOk(ok({ 'a.b.c.d.e.f': 1 }), 'six names deep')
+  t.notOk(ok({ ['p'.repeat(129)]: 1 }), 'a path of 129 characters')
+  t.notOk(ok({ s: 'x'.repeat(513) }), 'a string of 513')
+  t.notOk(ok({ s: Array.from({ length: 101 }, (_, i) => i) }), '101 values')
+  t.notOk(ok(Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`k${i}`, 1]))), 'nine conditions')
+  t.match(whereRefusal({ entityType: 'Player', entityId: '*', where: { 'a.b.c.d.e.f': 1 } }), /5 names/, 'the refusal names the limits')
+  t.equal(whereRefusal({ entityType: 'Player', entityId: '*', where: { a: 1 } }), null)
+  t.equal(scalarKey('x'.repeat(513)), undefined, 'a document string longer than any condition\'s is never copied to be compared')
+  const document = { team: { id: 'reds' }, bio: 'x'.repeat(100_000) }
+  const keys = new DocumentKeys(document)
+  t.equal(keys.at('team.id', ['team', 'id']), '"reds"')
+  ;(document.team as { id: string }).id = 'blues'
+  t.equal(keys.at('team.id', ['team', 'id']), '"reds"', 'a path is read once per change')
+  t.notOk(matches(document, conditionsOf({ bio: 'x' }), keys))
 })
 
 t.test('after a gap a group reads its members again; changes meanwhile wait for the read', async (t) => {

@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { AccessPolicy, type AuthorizeContext, type PolicyOptions } from '../../lib/auth/policy.js'
-import { ANONYMOUS, type Principal } from '../../lib/auth/principal.js'
+import { ANONYMOUS, sameIdentity, type Principal } from '../../lib/auth/principal.js'
 import { EntityRegistry, type EntityType } from '../../lib/entities.js'
 import { resolveOptions } from '../../lib/options.js'
 import { WireError } from '../../lib/errors.js'
@@ -42,6 +42,19 @@ function policy (options: Partial<PolicyOptions> = {}): AccessPolicy {
 
 /** A scope without its denial's reason (tests assert codes, not text). */
 const outcome = (scope: ReturnType<AccessPolicy['scope']>): object => 'code' in scope ? { code: scope.code } : scope
+
+t.test('sameIdentity: kind, user, tenant and roles (in any order); not the expiry', async (t) => {
+  const base: Principal = { kind: 'user', userId: 'u1', roles: ['Member', 'Coach'], tenantId: 'red', expiresAt: 1 }
+  t.ok(sameIdentity(base, { ...base, roles: ['Coach', 'Member'], expiresAt: 2 }), 'a refresh that only moves the expiry')
+  for (const [what, other] of [
+    ['another user', { ...base, userId: 'u2' }],
+    ['another tenant', { ...base, tenantId: null }],
+    ['a role less', { ...base, roles: ['Member'] }],
+    ['a role more', { ...base, roles: ['Member', 'Coach', 'Admin'] }],
+    ['a role replaced', { ...base, roles: ['Member', 'Admin'] }],
+    ['a service account of that name', { ...base, kind: 'service' }]
+  ] as const) t.notOk(sameIdentity(base, other as Principal), what)
+})
 
 t.test('isAdmin: any of the admin roles', async (t) => {
   const p = policy()
@@ -81,6 +94,25 @@ t.test('scope: database tenancy needs a database of the named tenant', async (t)
   t.same(outcome(p.scope(type('User'), 'green', redAdmin)), { code: WireError.badRequest })
   t.same(p.scope(type('User'), undefined, redUser), { tenantId: 'red' })
   t.same(outcome(p.scope(type('User'), 'blue', redUser)), { code: WireError.forbidden }, 'another tenant: forbidden before the database is looked up')
+})
+
+t.test('scope: who may not watch the type learns nothing of its tenants (access is decided first)', async (t) => {
+  const p = policy()
+  const user = type('User')
+  const cases: Array<[string, Principal, AccessPolicy]> = [
+    ['anonymous, authenticated type', ANONYMOUS, p],
+    ['a user without a tenant where tokens carry them', plainUser, p],
+    ['anonymous where sign-in is required', ANONYMOUS, policy({ anonymousAllowed: false })]
+  ]
+  for (const [what, principal, rules] of cases) {
+    const known = rules.scope(user, 'blue', principal)
+    t.ok('code' in known, `${what}: refused`)
+    t.same(rules.scope(user, 'green', principal), known, `${what}: a tenant without a database is answered the same`)
+  }
+  const audit = registry.get('Audit')!
+  t.same(p.scope(audit, 'red', redUser), p.scope(audit, undefined, redUser), 'an admin type: the same denial whatever the request names')
+  t.same(outcome(p.scope(type('User'), 'green', plainUser)), { code: WireError.forbidden })
+  t.same(outcome(policy({ tenantClaim: false }).scope(type('User'), 'green', plainUser)), { code: WireError.badRequest }, 'who may name tenants learns that one has no database')
 })
 
 /** The denial's code, or 'allowed'. */

@@ -9,7 +9,7 @@ import { FEED, channelOf, channelsOf } from '../../lib/channels.js'
 import type { EntityType } from '../../lib/entities.js'
 import { unwrap, wrap, type Envelope as BusEnvelope } from '../../lib/bus/envelope.js'
 import {
-  Envelope, PONG, RequestData, encodeAuthenticated, encodeError, encodeNotification, encodeResync, encodeSubscribed,
+  Envelope, RequestData, encodeAuthenticated, encodeError, encodeNotification, encodePong, encodeResync, encodeSubscribed,
   encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf
 } from '../../lib/protocol/index.js'
 import { WireError } from '../../lib/errors.js'
@@ -167,7 +167,9 @@ t.test('protocol replies: with and without a request id and a tenant', async (t)
   t.same(json(encodeAuthenticated('a1', { userId: 'u1', roles: ['Member'], expiresAt: Date.UTC(2030, 0, 1) })),
     { type: 'authenticated', id: 'a1', data: { userId: 'u1', roles: ['Member'], expiresAt: '2030-01-01T00:00:00.000Z' } })
   t.same(json(encodeAuthenticated(undefined, { userId: null, roles: [], expiresAt: null })), { type: 'authenticated', data: { userId: null, roles: [], expiresAt: null } })
-  t.same(json(PONG), { type: 'pong' })
+  t.same(json(encodePong(undefined)), { type: 'pong' })
+  t.same(json(encodePong('p1')), { type: 'pong', id: 'p1' })
+  t.same(json(encodePong(7)), { type: 'pong', id: 7 })
 })
 
 const controls = ['\u0000', '\n', '\r', '\t', '\u001f', '\u007f']
