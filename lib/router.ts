@@ -76,6 +76,18 @@ export interface RouterServices {
   tracer?: Tracer
 }
 
+/** Turns in the order they were taken: each one's `ready` resolves once the one before it is `done`. */
+class InOrder {
+  private tail: Promise<void> = Promise.resolve()
+
+  take (): { ready: Promise<void>, done: () => void } {
+    const ready = this.tail
+    let done!: () => void
+    this.tail = new Promise<void>((resolve) => { done = resolve })
+    return { ready, done }
+  }
+}
+
 export class ChangeRouter {
   readonly counters: RouterCounters = { changes: 0, unwatched: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
   /** resyncs owed to the watchers of changes that were lost */
@@ -86,6 +98,12 @@ export class ChangeRouter {
   private readonly prefix: string
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
   private readonly inFlight = new Map<string, Promise<boolean>>()
+  /**
+   * Captured changes are handed on in the order they came (commit order) across entities too: a change that waits
+   * for a read would otherwise be overtaken, and a feed's watchers, and a snapshot's "seen until the first unseen"
+   * (lib/snapshot.ts), rely on that order. The work of each change (interest checks, reads) still runs at once.
+   */
+  private readonly order = new InOrder()
   /** host publishes so far: numbers their positions */
   private published = 0
   /** tables of unknown changes, and when the database was last scanned for them */
@@ -103,6 +121,16 @@ export class ChangeRouter {
    * when the change could not be handed on (outbox mode then publishes it again).
    */
   async routeChange (change: Change, stopAfterFailure = false): Promise<boolean> {
+    // taken before the first await: changes leave in the order they came, whatever the work of each costs
+    const turn = this.order.take()
+    try {
+      return await this.routeInTurn(change, stopAfterFailure, turn.ready)
+    } finally {
+      turn.done()
+    }
+  }
+
+  private async routeInTurn (change: Change, stopAfterFailure: boolean, turn: Promise<void>): Promise<boolean> {
     this.counters.changes++
     let entity = this.s.notices.entityOf(change, false)
     if (entity === undefined && change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
@@ -116,9 +144,9 @@ export class ChangeRouter {
     const key = channels[0]
     const previous = this.inFlight.get(key)
     const current = previous === undefined
-      ? this.routeEntityChange(entity, channels, tenantId, change)
+      ? this.routeEntityChange(entity, channels, tenantId, change, turn)
       // outbox mode: after a failure the entity's later changes wait for the retry, so they never overtake it
-      : previous.then(async (ok) => !ok && stopAfterFailure ? false : await this.routeEntityChange(entity, channels, tenantId, change))
+      : previous.then(async (ok) => !ok && stopAfterFailure ? false : await this.routeEntityChange(entity, channels, tenantId, change, turn))
     this.inFlight.set(key, current)
     const done = await current
     if (this.inFlight.get(key) === current) this.inFlight.delete(key)
@@ -157,7 +185,8 @@ export class ChangeRouter {
     return true
   }
 
-  private async routeEntityChange (entity: EntityType, channels: string[], tenantId: string | null, change: Change): Promise<boolean> {
+  /** `turn`: resolves once every change that came before this one has been handed on (or dropped). */
+  private async routeEntityChange (entity: EntityType, channels: string[], tenantId: string | null, change: Change, turn: Promise<void>): Promise<boolean> {
     const span = this.tracer.startSpan('changefeed route', {
       kind: SpanKind.PRODUCER,
       attributes: {
@@ -184,6 +213,7 @@ export class ChangeRouter {
       }
       const notice = await this.s.notices.noticeOf(entity, change, tenantId)
       this.counters.documentReads = this.s.notices.reads
+      await turn
       if (this.s.stream !== null) await this.s.stream.publish({ entityType: entity.name, entityId: change.id, position: change.position, frame: notice.frame })
       if (watched.length === 0) {
         this.deltas.forget(channels[0])
