@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import type { Database } from '../lib/capture/database.js'
 import type { ChangefeedOptions, ResolvedOptions } from '../lib/options.js'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 import { kickOff, playMinute, readMatch, writeMinute } from './demo-match.js'
 import { createTables } from './demo-tables.js'
 

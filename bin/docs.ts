@@ -2,7 +2,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { OptionsSchema } from '../lib/options.js'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 
 interface SchemaNode {
   type?: string

@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util'
 import Fastify, { type FastifyInstance } from 'fastify'
 import changefeed from '../lib/index.js'
-import { loadConfig } from '../lib/config.js'
+import { loadConfig } from './config.js'
 import type { ResolvedOptions } from '../lib/options.js'
 import { demoOptions, startDemo } from './demo.js'
 import { hashPassword } from '../lib/auth/passwords.js'

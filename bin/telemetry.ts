@@ -11,7 +11,7 @@ import type { MetricReader } from '@opentelemetry/sdk-metrics'
 import type { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import { prometheusOf, type ResolvedOptions } from '../lib/options.js'
 import { redactUrl } from '../lib/auth/redact.js'
-import { packageVersion } from '../lib/paths.js'
+import { packageVersion } from '../lib/package.js'
 import { requirePackages } from '../lib/optional.js'
 
 /** The packages each setting needs, beyond @opentelemetry/api (a dependency of the plugin). */

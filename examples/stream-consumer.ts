@@ -1,5 +1,5 @@
 /**
- * A service reading the change stream (lib/stream.ts) with a durable pull consumer: the server remembers what the
+ * A service reading the change stream (lib/route/stream.ts) with a durable pull consumer: the server remembers what the
  * consumer acked, so a restarted service goes on where it stopped. Each change is acked only after it was
  * processed: a crash mid-change means that change comes again (at least once), so processing must be idempotent,
  * e.g. by skipping positions already applied.

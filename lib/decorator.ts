@@ -6,11 +6,11 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Database } from './capture/database.js'
 import type { EntityRegistry } from './entities.js'
 import type { AuthCounters } from './auth/authenticate.js'
-import type { PublishInput, RouterCounters } from './router.js'
+import type { PublishInput, RouterCounters } from './route/router.js'
 import type { ResolvedOptions } from './options.js'
-import type { DropReason } from './drops.js'
+import type { DropReason } from './route/drops.js'
 import type { HealthReport } from './health.js'
-import type { DeltaCounters } from './delta/index.js'
+import type { DeltaCounters } from './route/deltas.js'
 
 export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
@@ -27,7 +27,7 @@ export interface ChangefeedStats {
   router: RouterCounters
   /** `delta` types, on the publisher: patches made, changes sent full only, and the documents kept (`cacheBytes`) */
   deltas: DeltaCounters & { cacheBytes: number }
-  /** changes not delivered for a reason other than "nobody watches", by reason (lib/drops.ts) */
+  /** changes not delivered for a reason other than "nobody watches", by reason (lib/route/drops.ts) */
   dropped: Partial<Record<DropReason, number>>
   /** watched tables the capture trigger could not be put on ("database.schema.table" → why) */
   untriggeredTables: Record<string, string>

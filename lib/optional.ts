@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { MissingPackageError } from './errors.js'
-import { packageRoot } from './paths.js'
+import { packageRoot } from './package.js'
 
 const resolver = createRequire(import.meta.url)
 

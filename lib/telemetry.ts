@@ -74,7 +74,7 @@ export class Telemetry {
     const subscriptions = gauge('changefeed.subscriptions.active', '{subscription}', 'subscriptions on this instance now, by entity type')
     const sent = counter('changefeed.notifications.sent', '{notification}', 'notification frames written to sockets, by payload type')
     const failed = counter('changefeed.notifications.failed', '{notification}', 'notification frames not written (socket closing or slow), by payload type')
-    const changes = counter('changefeed.changes', '{change}', 'changes routed, by outcome (published, unwatched, failed, given_up, and the reasons of lib/drops.ts: forged, replayed, unannounced, malformed, unknown_table, untyped_stream, unknown_stream_type, not_event_store)')
+    const changes = counter('changefeed.changes', '{change}', 'changes routed, by outcome (published, unwatched, failed, given_up, and the reasons of lib/route/drops.ts: forged, replayed, unannounced, malformed, unknown_table, untyped_stream, unknown_stream_type, not_event_store)')
     const reads = counter('changefeed.document.reads', '{read}', 'documents read from the database for full payloads')
     const authAttempts = counter('changefeed.auth.attempts', '{attempt}', 'authentication attempts, by method')
     const authFailures = counter('changefeed.auth.failures', '{attempt}', 'failed authentication attempts, by method')

@@ -13,7 +13,7 @@ import { createServer } from 'node:net'
 import { randomUUID } from 'node:crypto'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { serve } from './helpers/serve.js'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 import { freshDatabase, sqlClient } from './helpers/services.js'
 import { reserveSequencesSql, richAppendCommands, streamStateSql, type EventInput, type EventStoreOptions } from './fixtures/marten/index.js'
 

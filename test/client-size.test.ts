@@ -8,7 +8,7 @@ import { build } from 'esbuild'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 
 // 6 KB until live queries: snapshots, requests for many and filtered feeds took the core from 5.5 KB to 8.2 KB
 const CORE_BUDGET = 8.5 * 1024

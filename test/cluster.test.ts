@@ -18,7 +18,7 @@ import { adminQuery, freshDatabase, martenTableSql, sqlClient } from './helpers/
 import { ownBroker } from './helpers/brokers.js'
 import { RedisInterest } from '../lib/bus/redis.js'
 import { NatsInterest } from '../lib/bus/nats.js'
-import type { InterestStore } from '../lib/store/interest.js'
+import type { InterestStore } from '../lib/interest/interest.js'
 import { sleep, until } from './helpers/wait.js'
 
 for (const provider of ['redis', 'nats'] as const) {

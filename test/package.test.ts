@@ -9,7 +9,7 @@ import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rea
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 import { serve } from './helpers/serve.js'
 import { TestClient, isNotification } from './helpers/client.js'
 

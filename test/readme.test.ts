@@ -6,7 +6,7 @@ import t from 'tap'
 import { existsSync } from 'node:fs'
 import { dirname, join, normalize } from 'node:path'
 import { OPTIONS_DOCUMENT, withOptionsTable } from '../bin/docs.js'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 import { anchorsOf, documents, readDocument } from './helpers/docs.js'
 
 const readme = readDocument('README.md')

@@ -10,7 +10,7 @@ import { serve, type Served } from './helpers/serve.js'
 import { REDIS_URL, freePort, requireService } from './helpers/brokers.js'
 import { TestClient, isNotification } from './helpers/client.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
-import { applyEnvironment, loadConfig } from '../lib/config.js'
+import { applyEnvironment, loadConfig } from '../bin/config.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'changefeed-config-'))
 const writeConfig = (name: string, content: unknown): string => {

@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process'
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { packageRoot } from '../lib/paths.js'
+import { packageRoot } from '../lib/package.js'
 import { documents, readDocument } from './helpers/docs.js'
 
 const here = join(packageRoot, 'test', 'types')

@@ -11,7 +11,7 @@ import type { Database } from '../capture/database.js'
 import { quoteIdent } from '../capture/database.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
 import { WireError } from '../errors.js'
-import { FEED } from '../channels.js'
+import { FEED } from '../route/channels.js'
 import type { Principal } from './principal.js'
 
 export { FEED }

@@ -6,17 +6,17 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import fastifyRedis from '@fastify/redis'
 import { Cluster, Redis } from 'ioredis'
-import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './types.js'
+import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './bus.js'
 import { MemoryBus } from './memory.js'
 import { RedisBus, RedisInterest, type RedisClient } from './redis.js'
 import { NatsBus, NatsInterest, connectNats } from './nats.js'
-import { LocalInterest, type InterestStore, type LocalSnapshot } from '../store/interest.js'
-import type { LocalSubscriptionStore } from '../store/local.js'
+import { LocalInterest, type InterestStore, type LocalSnapshot } from '../interest/interest.js'
+import type { LocalSubscriptionStore } from '../interest/local.js'
 import type { ResolvedOptions } from '../options.js'
 import { BusUnavailableError, InvalidOptionsError } from '../errors.js'
 import { redactCredentials } from '../auth/redact.js'
 
-export type { PubSub, BusContext, BusMessageHandler } from './types.js'
+export type { PubSub, BusContext, BusMessageHandler } from './bus.js'
 
 export interface BusParts {
   bus: PubSub

@@ -1,5 +1,5 @@
 /** One process: publish delivers synchronously to this instance's subscribed channels. */
-import type { BusContext, PubSub } from './types.js'
+import type { BusContext, PubSub } from './bus.js'
 import { BusClosedError } from '../errors.js'
 
 export class MemoryBus implements PubSub {

@@ -10,9 +10,9 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { connect, type JetStreamManager, type KV, type KvEntry, type NatsConnection, type QueuedIterator, type Subscription } from 'nats'
-import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './types.js'
-import type { LocalSnapshot } from '../store/interest.js'
-import { ClusterInterest } from '../store/cluster.js'
+import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './bus.js'
+import type { LocalSnapshot } from '../interest/interest.js'
+import { ClusterInterest } from '../interest/cluster.js'
 import { BusUnavailableError } from '../errors.js'
 import { redactCredentials } from '../auth/redact.js'
 

@@ -15,9 +15,9 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
 import calculateSlot from 'cluster-key-slot'
-import type { BusContext, PubSub } from './types.js'
-import type { LocalSnapshot } from '../store/interest.js'
-import { ClusterInterest } from '../store/cluster.js'
+import type { BusContext, PubSub } from './bus.js'
+import type { LocalSnapshot } from '../interest/interest.js'
+import { ClusterInterest } from '../interest/cluster.js'
 
 export type RedisClient = Redis | Cluster
 

@@ -9,7 +9,7 @@ import { applyTriggerScript, watchTables, type WatchedTable } from './install.js
 import { ListenerConnection, type DdlNote, type ListenerEvents } from './listener.js'
 import { carriesDocument, type EntityRegistry } from '../entities.js'
 import type { ResolvedOptions } from '../options.js'
-import type { Drops } from '../drops.js'
+import type { Drops } from '../route/drops.js'
 import { CaptureKeyError, DatabaseUnavailableError, EntityTableError } from '../errors.js'
 
 /** The event store captured in `database` (schema, tables), or null (events off, or captured in another database). */

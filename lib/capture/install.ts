@@ -6,7 +6,7 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { quoteIdent, type Database } from './database.js'
-import { packageRoot } from '../paths.js'
+import { packageRoot } from '../package.js'
 import { TriggerInstallError } from '../errors.js'
 
 const INSTALL_LOCK = 'SELECT pg_advisory_xact_lock(hashtext(\'fastify-changefeed:install\'));\n'

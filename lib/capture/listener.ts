@@ -15,7 +15,7 @@ import { TransactionCoalescer, isRowChange, type Change } from './coalesce.js'
 import { Outbox } from './outbox.js'
 import { NotifyVerifier } from './signature.js'
 import { OutboxPublisher, type OutboxBatchHandler, type OutboxSettings } from './publisher.js'
-import type { Drops } from '../drops.js'
+import type { Drops } from '../route/drops.js'
 import { CaptureKeyError } from '../errors.js'
 
 export type ListenerState = 'idle' | 'following' | 'listening' | 'reconnecting' | 'closed'

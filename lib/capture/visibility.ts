@@ -1,6 +1,6 @@
 /**
  * Which transactions a PostgreSQL snapshot (`pg_current_snapshot()`, 'xmin:xmax:xip,…') saw as over. A snapshot
- * read with a state tells which later notifications that state already holds (lib/snapshot.ts); one taken by the
+ * read with a state tells which later notifications that state already holds (lib/reads/snapshot.ts); one taken by the
  * listener tells which signed NOTIFYs could no longer reach it legitimately (lib/capture/signature.ts).
  */
 export class Visibility {

@@ -1,6 +1,6 @@
 /**
  * RFC 6902 JSON Patch, as `delta` notifications carry it: the server writes only `add`, `remove` and `replace`
- * (lib/delta/diff.ts); the SDK applies them here. No imports: the client bundle includes this file.
+ * (lib/route/diff.ts); the SDK applies them here. No imports: the client bundle includes this file.
  */
 
 /** One operation of a patch. `path` is an RFC 6901 JSON Pointer ("" is the whole document). */

@@ -16,7 +16,7 @@ import { sendPrepared, writesDirect, type PreparedFrame } from './prepared.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type Subscriber, type SubscriptionServices } from './subscriptions.js'
-import type { ReplayedFrames } from '../replay.js'
+import type { ReplayedFrames } from '../reads/replay.js'
 import { Envelope, RequestData, whereRefusal, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {

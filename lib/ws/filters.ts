@@ -7,7 +7,7 @@
  * - groups are indexed by the value of their first condition, and entities by the groups they are members of, so a
  *   change visits the groups it may enter or leave, not every group of the type; a visit costs what a filter may
  *   hold (WHERE_LIMITS), each value of the document read once per change for every filter that asks for it;
- * - a group knows its members from a read when it is made (lib/snapshot.ts) and from every change after it; a
+ * - a group knows its members from a read when it is made (lib/reads/snapshot.ts) and from every change after it; a
  *   change the read already saw is skipped, so none is missed or counted twice.
  *
  * An entity that begins to match reaches the group's watchers as `entered`, one that stops as `left` (`deleted`
@@ -18,9 +18,9 @@
  * ones, so one client cannot take the pool, nor make every change cost more than its share.
  */
 import type { EntityType } from '../entities.js'
-import { FEED } from '../channels.js'
+import { FEED } from '../route/channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
-import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../snapshot.js'
+import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../reads/snapshot.js'
 import { DocumentKeys, matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
 

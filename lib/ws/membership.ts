@@ -9,8 +9,8 @@
  * arrive meanwhile wait for the next round, which takes them all at once: a reconnect storm of thousands of
  * subscriptions costs a few round trips, not one each.
  */
-import type { PubSub } from '../bus/types.js'
-import type { InterestStore, InterestUpdate } from '../store/interest.js'
+import type { PubSub } from '../bus/bus.js'
+import type { InterestStore, InterestUpdate } from '../interest/interest.js'
 
 interface Waiter { resolve: () => void, reject: (err: Error) => void }
 interface Pending { entityType: string, waiters: Waiter[] }

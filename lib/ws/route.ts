@@ -13,9 +13,9 @@ import { CloseCode } from '../errors.js'
 import { Connection, userKey, type ConnectionServices } from './connection.js'
 import { ConnectionCounter, ReplayLimiter } from './limits.js'
 import { Filters } from './filters.js'
-import type { SnapshotReader } from '../snapshot.js'
+import type { SnapshotReader } from '../reads/snapshot.js'
 import { closeCodeLabel, type Telemetry } from '../telemetry.js'
-import type { InterestStore } from '../store/interest.js'
+import type { InterestStore } from '../interest/interest.js'
 import { WatcherCounts } from './watchers.js'
 
 /** the sweep visits this many slices of the sockets, one per tick, each socket once per ping interval */

@@ -9,14 +9,14 @@ import type { Principal } from '../auth/principal.js'
 import type { ResolvedOptions } from '../options.js'
 import type { FastifyBaseLogger } from 'fastify'
 import { WireError } from '../errors.js'
-import { FEED } from '../channels.js'
+import { FEED } from '../route/channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { FeedWatcher } from './feed.js'
 import { ResumeBuffer, replayedUpTo, type Carried } from './resume.js'
 import { FilterLimitError, type Filters } from './filters.js'
-import { ownerIn } from '../notices.js'
-import { SnapshotUnavailable, type SnapshotResult } from '../snapshot.js'
-import type { ReplayedFrames } from '../replay.js'
+import { ownerIn } from '../route/notices.js'
+import { SnapshotUnavailable, type SnapshotResult } from '../reads/snapshot.js'
+import type { ReplayedFrames } from '../reads/replay.js'
 import { Compile } from 'typebox/compile'
 import type { WatcherCounts } from './watchers.js'
 import type { Reply } from './requests.js'
@@ -55,7 +55,7 @@ export interface SubscriptionServices {
   filters: Filters
   /** Runs a database read for `ip` within limits.replaysPerIpPerSecond; null when refused. */
   limitRead<T>(ip: string, read: () => Promise<T>): Promise<T | null>
-  /** The entities' states now (lib/snapshot.ts); null when refused (limits.replaysPerIpPerSecond). */
+  /** The entities' states now (lib/reads/snapshot.ts); null when refused (limits.replaysPerIpPerSecond). */
   snapshot(entity: EntityType, tenantId: string | null, entityIds: string[], ip: string): Promise<SnapshotResult | null>
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
   replay(entity: EntityType, entityId: string, tenantId: string | null, since: string, ip: string): Promise<ReplayedFrames | null>
@@ -107,7 +107,7 @@ export class Subscriptions {
   }
 
   /**
-   * Whether a frame's owner-scoped document (`owner`: the owner it names, lib/notices.ts; undefined: nothing to
+   * Whether a frame's owner-scoped document (`owner`: the owner it names, lib/route/notices.ts; undefined: nothing to
    * check) is someone else's: it must not reach this socket, unless its user is an admin. Every frame a socket is
    * sent passes here: live, replayed, and the states of snapshots.
    */

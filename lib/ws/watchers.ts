@@ -4,7 +4,7 @@
  * Only a socket that may watch an entity can ask, so counts of private entities stay private.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { InterestStore } from '../store/interest.js'
+import type { InterestStore } from '../interest/interest.js'
 import type { Watcher } from './fanout.js'
 import { encodeWatchers, type EntityRef } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'

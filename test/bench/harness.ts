@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import pg from 'pg'
 import hdr from 'hdr-histogram-js'
-import { wrap } from '../../lib/bus/envelope.js'
+import { wrap } from '../../lib/route/envelope.js'
 import { encodeNotification } from '../../lib/protocol/index.js'
 import { writeReport } from './report.js'
 

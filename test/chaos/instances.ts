@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
 import { join } from 'node:path'
-import { packageRoot } from '../../lib/paths.js'
+import { packageRoot } from '../../lib/package.js'
 
 interface Teardown { teardown(fn: () => unknown): void }
 

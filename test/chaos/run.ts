@@ -7,7 +7,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { packageRoot } from '../../lib/paths.js'
+import { packageRoot } from '../../lib/package.js'
 import { runChaos, type ChaosReport, type Mode } from './chaos.js'
 import { writeReport } from './report.js'
 

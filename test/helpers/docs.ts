@@ -1,7 +1,7 @@
 /** The project's documents: the README and the reference beside the code it describes. */
 import { readdirSync, readFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
-import { packageRoot } from '../../lib/paths.js'
+import { packageRoot } from '../../lib/package.js'
 
 const SKIP = new Set(['node_modules', 'dist', '.git', 'results', 'artifacts'])
 

@@ -1,7 +1,7 @@
 /** Runs the standalone server (`bin/serve`, the built CLI, unless told another) as a child process. */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
-import { packageRoot } from '../../lib/paths.js'
+import { packageRoot } from '../../lib/package.js'
 
 const BIN = join(packageRoot, 'bin', 'serve')
 

@@ -16,8 +16,8 @@ import type { WatcherCounts } from '../../lib/ws/watchers.js'
 import { ResumeBuffer, replayedUpTo } from '../../lib/ws/resume.js'
 import { ConnectionCounter, ReplayLimiter, TokenBucket } from '../../lib/ws/limits.js'
 import type { FrameMeta, Watcher } from '../../lib/ws/fanout.js'
-import { OwedResyncs, gapChannelOf } from '../../lib/resync.js'
-import { unwrap } from '../../lib/bus/envelope.js'
+import { OwedResyncs, gapChannelOf } from '../../lib/route/resync.js'
+import { unwrap } from '../../lib/route/envelope.js'
 import { Deferred, ScriptedBus, fakeClock, recordingLogger, stateOf, turn, type TestContext } from './fixtures/fakes.js'
 
 /** the socket behind the feed */

@@ -1,5 +1,5 @@
 /**
- * `delta` delivery per socket, without a network: bus messages made as the publisher makes them (lib/delta/, the
+ * `delta` delivery per socket, without a network: bus messages made as the publisher makes them (lib/route/deltas.ts, the
  * envelope) reach real connections (lib/ws/connection.ts, subscriptions.ts, fanout.ts) on fake sockets. A socket
  * gets a patch only when the last frame of the entity it was sent is the patch's base: its first, after a subscribe
  * again, after a change it was not sent, on a channel of every tenant and on a feed it gets full. A socket that
@@ -17,11 +17,11 @@ import { EntityRegistry } from '../../lib/entities.js'
 import { AccessPolicy } from '../../lib/auth/policy.js'
 import { ANONYMOUS } from '../../lib/auth/principal.js'
 import { resolveOptions } from '../../lib/options.js'
-import { Deltas } from '../../lib/delta/index.js'
-import { wrap } from '../../lib/bus/envelope.js'
+import { Deltas } from '../../lib/route/deltas.js'
+import { wrap } from '../../lib/route/envelope.js'
 import { applyPatch, encodeNotification, type PatchOperation } from '../../lib/protocol/index.js'
 import type { Authenticator } from '../../lib/auth/authenticate.js'
-import type { InterestStore } from '../../lib/store/interest.js'
+import type { InterestStore } from '../../lib/interest/interest.js'
 import type { Filters } from '../../lib/ws/filters.js'
 import fc from 'fast-check'
 import { fakeClock, recordingLogger, turn } from './fixtures/fakes.js'

@@ -5,7 +5,7 @@
 import t from 'tap'
 import { Filters, FilterLimitError } from '../../lib/ws/filters.js'
 import { PreparedFrame } from '../../lib/ws/prepared.js'
-import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/snapshot.js'
+import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/reads/snapshot.js'
 import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
 import type { EntityType } from '../../lib/entities.js'
 import {

@@ -9,8 +9,8 @@
  */
 import t from 'tap'
 import { BusMembership } from '../../lib/ws/membership.js'
-import { ClusterInterest } from '../../lib/store/cluster.js'
-import type { InterestStore, InterestUpdate } from '../../lib/store/interest.js'
+import { ClusterInterest } from '../../lib/interest/cluster.js'
+import type { InterestStore, InterestUpdate } from '../../lib/interest/interest.js'
 import { ScriptedBus, fakeClock, recordingLogger, stateOf, turn, type TestContext } from './fixtures/fakes.js'
 
 /** The interest store's side: what it was told, in calls. */

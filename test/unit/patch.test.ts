@@ -1,14 +1,14 @@
 /**
- * `delta` payloads without a socket: the patch the server makes from one document to the next (lib/delta/diff.ts)
+ * `delta` payloads without a socket: the patch the server makes from one document to the next (lib/route/diff.ts)
  * turns the one into the other when the client applies it (lib/protocol/patch.ts), for any two JSON documents, and
  * leaves the document it was applied to as it was; what the patch looks like (minimal, arrays of primitives replaced
  * whole when smaller, RFC 6901 escapes); operations that do not apply throw PatchError; the publisher's cache of
- * last documents (lib/delta/index.ts): full when it has no base, when the patch is not smaller, past its byte bound.
+ * last documents (lib/route/deltas.ts): full when it has no base, when the patch is not smaller, past its byte bound.
  */
 import t from 'tap'
 import fc from 'fast-check'
-import { diffDocuments } from '../../lib/delta/diff.js'
-import { Deltas } from '../../lib/delta/index.js'
+import { diffDocuments } from '../../lib/route/diff.js'
+import { Deltas } from '../../lib/route/deltas.js'
 import { PatchError, applyPatch, encodeNotification, type PatchOperation } from '../../lib/protocol/index.js'
 
 /** JSON values as clients parse them: nested objects and arrays, keys that need escaping, every primitive */

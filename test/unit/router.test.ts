@@ -4,16 +4,16 @@
  * the "seen until the first unseen" rule of snapshots and filters, depend on that order.
  */
 import t from 'tap'
-import { ChangeRouter } from '../../lib/router.js'
+import { ChangeRouter } from '../../lib/route/router.js'
 import { EntityRegistry } from '../../lib/entities.js'
-import { Notices } from '../../lib/notices.js'
-import { Drops } from '../../lib/drops.js'
+import { Notices } from '../../lib/route/notices.js'
+import { Drops } from '../../lib/route/drops.js'
 import { resolveOptions } from '../../lib/options.js'
 import type { Database } from '../../lib/capture/database.js'
 import type { Change } from '../../lib/capture/coalesce.js'
 import type { PubSub } from '../../lib/bus/index.js'
-import type { InterestStore } from '../../lib/store/interest.js'
-import { unwrap } from '../../lib/bus/envelope.js'
+import type { InterestStore } from '../../lib/interest/interest.js'
+import { unwrap } from '../../lib/route/envelope.js'
 import { Deferred, recordingLogger, turn } from './fixtures/fakes.js'
 
 const options = resolveOptions({ databases: [{ name: 'main', url: 'postgres://unused/main' }], entities: { Player: { access: 'public', payload: 'full', feed: true } } })

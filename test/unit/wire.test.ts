@@ -5,9 +5,9 @@
  * patterns, control characters, unknown fields).
  */
 import t from 'tap'
-import { FEED, channelOf, channelsOf } from '../../lib/channels.js'
+import { FEED, channelOf, channelsOf } from '../../lib/route/channels.js'
 import type { EntityType } from '../../lib/entities.js'
-import { unwrap, wrap, type Envelope as BusEnvelope } from '../../lib/bus/envelope.js'
+import { unwrap, wrap, type Envelope as BusEnvelope } from '../../lib/route/envelope.js'
 import {
   Envelope, RequestData, encodeAuthenticated, encodeError, encodeNotification, encodePong, encodeResync, encodeSubscribed,
   encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf

@@ -6,8 +6,8 @@
  *   <prefix>:<Type>:* and <prefix>:<Type>@<tenant>:*     the type's feed, all tenants' or one tenant's
  * Type names cannot contain '@' or ':', so no two of these can be the same string.
  */
-import type { EntityType } from './entities.js'
-import { FEED } from './protocol/wire.js'
+import type { EntityType } from '../entities.js'
+import { FEED } from '../protocol/wire.js'
 
 export { FEED }
 

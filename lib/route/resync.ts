@@ -5,8 +5,8 @@
  * the debt becomes one announcement for the whole database.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { PubSub } from './bus/types.js'
-import { wrap } from './bus/envelope.js'
+import type { PubSub } from '../bus/bus.js'
+import { wrap } from './envelope.js'
 
 const MAX_OWED = 10_000
 const RETRY_MS = 250

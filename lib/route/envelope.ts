@@ -8,7 +8,7 @@
  * after a '\n'. A change captured from PostgreSQL ends the header with 'x:<its transaction id>', which tells a
  * subscriber whose snapshot saw it that it has it already.
  */
-import type { DeltaFrame } from '../delta/index.js'
+import type { DeltaFrame } from './deltas.js'
 
 export interface Envelope {
   ts: number

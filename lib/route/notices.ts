@@ -1,15 +1,15 @@
 /**
  * From a captured change to the notification every watcher receives: which entity type and tenant it belongs to
- * (or why it belongs to none: counted by reason, lib/drops.ts), and its one encoded frame. A `full` document is
+ * (or why it belongs to none: counted by reason, lib/route/drops.ts), and its one encoded frame. A `full` document is
  * read when the trigger did not inline it; appended events whose data did not ride inline are read from the
  * event table.
  */
-import type { Change } from './capture/coalesce.js'
-import type { Database } from './capture/database.js'
-import { carriesDocument, type EntityRegistry, type EntityType } from './entities.js'
+import type { Change } from '../capture/coalesce.js'
+import type { Database } from '../capture/database.js'
+import { carriesDocument, type EntityRegistry, type EntityType } from '../entities.js'
 import type { Drops } from './drops.js'
 import { DocumentReader } from './documents.js'
-import { encodeNotification, type NotificationFields } from './protocol/index.js'
+import { encodeNotification, type NotificationFields } from '../protocol/index.js'
 
 /** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
 export interface Notice {

@@ -2,9 +2,9 @@
  * Reading what a notification carries when the trigger could not inline it: an entity's document (within its
  * tenant: conjoined tables are read by tenant and id, never by id alone), and the data of appended events.
  */
-import { quoteIdent, type Database } from './capture/database.js'
-import type { Change } from './capture/coalesce.js'
-import type { EntityType } from './entities.js'
+import { quoteIdent, type Database } from '../capture/database.js'
+import type { Change } from '../capture/coalesce.js'
+import type { EntityType } from '../entities.js'
 
 /**
  * The transaction that wrote the version of row `t` read in snapshot `s.sn`: its `xmin` (32 bits, wraps) as the

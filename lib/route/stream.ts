@@ -7,7 +7,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type NatsConnection, type StreamConfig } from 'nats'
-import { connectNats, subjectOf as tokenOf } from './bus/nats.js'
+import { connectNats, subjectOf as tokenOf } from '../bus/nats.js'
 
 /** Where the stream lives and how much of it JetStream keeps. */
 export interface StreamOptions {

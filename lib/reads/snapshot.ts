@@ -7,13 +7,13 @@
  * The position given with a state is that of the change that last wrote the row: `n:<transaction>` in notify mode,
  * the outbox position in outbox mode (when numbered already). A `delta` type's next patch may apply to it.
  */
-import { quoteIdent, type Database } from './capture/database.js'
-import { FULL_XMIN } from './documents.js'
-import type { EntityRegistry, EntityType } from './entities.js'
-import { carriesDocument } from './entities.js'
+import { quoteIdent, type Database } from '../capture/database.js'
+import { FULL_XMIN } from '../route/documents.js'
+import type { EntityRegistry, EntityType } from '../entities.js'
+import { carriesDocument } from '../entities.js'
 import type { ReplaySource } from './replay.js'
-import { formatPosition, notifyPosition, type Condition, type EntitySnapshotData } from './protocol/index.js'
-import { Visibility } from './capture/visibility.js'
+import { formatPosition, notifyPosition, type Condition, type EntitySnapshotData } from '../protocol/index.js'
+import { Visibility } from '../capture/visibility.js'
 
 export { Visibility }
 

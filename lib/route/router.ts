@@ -2,22 +2,22 @@
  * Route: from a captured change (or a host's direct publish) to one encoded frame on the bus. Drops changes
  * nobody watches before any work; for `full` and `delta` types reads the document at most once per changed entity
  * per transaction (not at all when the trigger inlined it); encodes the wire message once for every watcher (a
- * `delta` type's change twice: full, and its patch from the entity's previous document, lib/delta/). A change
- * that cannot be attributed to an entity type is counted and logged by reason (lib/drops.ts), never silently lost.
+ * `delta` type's change twice: full, and its patch from the entity's previous document, lib/route/deltas.ts). A change
+ * that cannot be attributed to an entity type is counted and logged by reason (lib/route/drops.ts), never silently lost.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { coalesceRows, type Change, type ChangeType, type RowChange } from './capture/coalesce.js'
-import type { EntityRegistry, EntityType } from './entities.js'
-import type { PubSub } from './bus/index.js'
-import type { InterestStore } from './store/interest.js'
-import { wrap } from './bus/envelope.js'
+import { coalesceRows, type Change, type ChangeType, type RowChange } from '../capture/coalesce.js'
+import type { EntityRegistry, EntityType } from '../entities.js'
+import type { PubSub } from '../bus/index.js'
+import type { InterestStore } from '../interest/interest.js'
+import { wrap } from './envelope.js'
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api'
-import { InvalidChangeError, UnknownEntityTypeError } from './errors.js'
+import { InvalidChangeError, UnknownEntityTypeError } from '../errors.js'
 import { OwedResyncs } from './resync.js'
 import { FEED, channelsOf } from './channels.js'
 import { ownerIn, type Notice, type Notices } from './notices.js'
-import { encodeNotification, encodeResync } from './protocol/index.js'
-import { Deltas, type DeltaFrame } from './delta/index.js'
+import { encodeNotification, encodeResync } from '../protocol/index.js'
+import { Deltas, type DeltaFrame } from './deltas.js'
 
 /** What a host passes to `fastify.changefeed.publish()`. */
 export interface PublishInput {
@@ -31,7 +31,7 @@ export interface PublishInput {
   version?: string | number
 }
 
-/** Where every change goes besides the watchers (lib/stream.ts: a JetStream stream). Rejects when not accepted. */
+/** Where every change goes besides the watchers (lib/route/stream.ts: a JetStream stream). Rejects when not accepted. */
 export interface ChangeSink {
   publish(record: { entityType: string, entityId: string, position: string, frame: string }): Promise<void>
   /** false during an outage */
@@ -101,7 +101,7 @@ export class ChangeRouter {
   /**
    * Captured changes are handed on in the order they came (commit order) across entities too: a change that waits
    * for a read would otherwise be overtaken, and a feed's watchers, and a snapshot's "seen until the first unseen"
-   * (lib/snapshot.ts), rely on that order. The work of each change (interest checks, reads) still runs at once.
+   * (lib/reads/snapshot.ts), rely on that order. The work of each change (interest checks, reads) still runs at once.
    */
   private readonly order = new InOrder()
   /** host publishes so far: numbers their positions */

@@ -2,16 +2,16 @@
  * Outbox mode: a client resuming with `since` gets the changes of its entity it missed, read from the outbox,
  * as the same notification frames it would have received live.
  */
-import { coalesceRows } from './capture/coalesce.js'
-import type { Outbox } from './capture/outbox.js'
-import type { Database } from './capture/database.js'
-import type { EntityRegistry, EntityType } from './entities.js'
-import type { Notices } from './notices.js'
+import { coalesceRows } from '../capture/coalesce.js'
+import type { Outbox } from '../capture/outbox.js'
+import type { Database } from '../capture/database.js'
+import type { EntityRegistry, EntityType } from '../entities.js'
+import type { Notices } from '../route/notices.js'
 
 /** Where a database's outbox is read for `since` replays (outbox mode). */
 export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
 
-/** `owner`: as on a live notification (lib/notices.ts), what delivery checks before the frame may reach a socket */
+/** `owner`: as on a live notification (lib/route/notices.ts), what delivery checks before the frame may reach a socket */
 export type ReplayedFrames = Array<{ frame: string, position: string, owner?: string | null }>
 
 export class Replayer {

@@ -3,8 +3,8 @@
  * overrides of the common fields, then command-line flags. Every failure names the file and the bad path.
  */
 import { readFileSync } from 'node:fs'
-import { ConfigFileError, InvalidOptionsError, NoDatabaseError } from './errors.js'
-import { resolveOptions, type ResolvedOptions } from './options.js'
+import { ConfigFileError, InvalidOptionsError, NoDatabaseError } from '../lib/errors.js'
+import { resolveOptions, type ResolvedOptions } from '../lib/options.js'
 
 export interface ConfigSources {
   /** path of the JSON config file, if any */
