@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { usePGlite, type PGliteModule } from '../lib/capture/database.js'
 import { MissingPackageError } from '../lib/errors.js'
-import { installSpec, isInstalled } from '../lib/optional.js'
+import { installSpec, isInstalled } from '../lib/package.js'
 
 export const PGLITE = '@electric-sql/pglite'
 

@@ -12,7 +12,7 @@ import type { NodeTracerProvider } from '@opentelemetry/sdk-trace-node'
 import { prometheusOf, type ResolvedOptions } from '../lib/options.js'
 import { redactUrl } from '../lib/auth/redact.js'
 import { packageVersion } from '../lib/package.js'
-import { requirePackages } from '../lib/optional.js'
+import { requirePackages } from '../lib/package.js'
 
 /** The packages each setting needs, beyond @opentelemetry/api (a dependency of the plugin). */
 export const TELEMETRY_PACKAGES = {

@@ -5,30 +5,28 @@
  * embedded PGlite), capture (triggers + one LISTEN connection per database), the entity registry, the bus, the
  * subscription store, the /ws route, and the `fastify.changefeed` decorator.
  */
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import { randomUUID } from 'node:crypto'
+import type { FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Database } from './capture/database.js'
 import { openDatabases } from './capture/databases.js'
 import { Capture, eventStoreOf } from './capture/index.js'
-import { Outbox } from './capture/outbox.js'
-import { ChangeStream, type StreamOptions } from './route/stream.js'
 import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
-import { createBus, type BusParts } from './bus/index.js'
+import { createBus, openBroker } from './bus/index.js'
+import { createInterest } from './interest/index.js'
 import { ChangeRouter } from './route/router.js'
 import { Notices } from './route/notices.js'
+import { Drops } from './route/drops.js'
+import { ChangeStream, type StreamOptions } from './route/stream.js'
 import { SnapshotReader } from './reads/snapshot.js'
-import { Replayer, type ReplaySource } from './reads/replay.js'
+import { Replayer, replaySourcesOf } from './reads/replay.js'
 import { Fanout } from './ws/fanout.js'
 import { registerRoute } from './ws/route.js'
-import { resolveOptions, type ChangefeedOptions, type ResolvedOptions } from './options.js'
-import { AlreadyRegisteredError, InvalidOptionsError } from './errors.js'
-import { Drops } from './route/drops.js'
-import { Telemetry } from './telemetry.js'
-import { checkRoutesFree, registerOperationalRoutes } from './health.js'
-import type { ChangefeedDecorator } from './decorator.js'
-import { adminStatsOf, decoratorOf, telemetrySnapshotOf, type Pipeline } from './pipeline.js'
+import { resolveOptions, type ChangefeedOptions } from './options.js'
+import { AlreadyRegisteredError } from './errors.js'
+import { Telemetry, checkRoutesFree, registerOperationalRoutes } from './telemetry.js'
+import { adminStatsOf, decoratorOf, telemetrySnapshotOf, type ChangefeedDecorator, type Pipeline } from './decorator.js'
 import { packageVersion } from './package.js'
 
 export type { ChangefeedOptions, ResolvedOptions } from './options.js'
@@ -37,7 +35,7 @@ export type { AuthorizeFunction, AuthorizeContext } from './auth/policy.js'
 export type { Principal } from './auth/principal.js'
 export type { EntityType } from './entities.js'
 export type { ChangefeedDecorator, ChangefeedStats } from './decorator.js'
-export type { HealthReport } from './health.js'
+export type { HealthReport } from './telemetry.js'
 export { WireError, CloseCode } from './errors.js'
 export { resolveOptions, OptionsSchema } from './options.js'
 export { redactUrl, redactedNotFound, requestLogSerializer } from './auth/redact.js'
@@ -55,26 +53,17 @@ declare module 'fastify' {
   }
 }
 
-/** Options the schema accepts (the config contract) but this version does not act on: refused, never ignored. */
-function refuseUnsupported (fastify: FastifyInstance, options: ResolvedOptions): void {
-  const log = fastify.log
-  if (options.bus.provider === 'redis' && options.bus.url === undefined && (fastify as unknown as { redis?: unknown }).redis === undefined) {
-    throw new InvalidOptionsError('/bus/url is required for provider "redis" unless the host registered @fastify/redis')
-  }
-  if (options.telemetry.prometheus || options.telemetry.otlpUrl !== null) {
-    log.debug('changefeed: telemetry.prometheus and telemetry.otlpUrl are set up by the standalone server; a host uses its own SDK')
-  }
-}
+/** Things to close, run in the reverse order they were opened; safe to run twice (a failed start, then onClose). */
+class Closers {
+  private readonly closers: Array<() => unknown> = []
 
-/** Outbox mode: where each database's outbox is read for `since` replays. */
-function replaySourcesOf (options: ResolvedOptions, databases: ReadonlyMap<string, Database>, eventStore: (database: string) => ReturnType<typeof eventStoreOf>): Map<string, ReplaySource> {
-  const sources = new Map<string, ReplaySource>()
-  if (options.capture.mode !== 'outbox') return sources
-  for (const name of databases.keys()) {
-    const store = eventStore(name)
-    sources.set(name, { outbox: new Outbox(options.capture.channel), tables: store === null ? [] : [store.table, store.streams], maxReplay: options.capture.outbox.maxReplay })
+  add (close: () => unknown): void {
+    this.closers.push(close)
   }
-  return sources
+
+  readonly run = async (): Promise<void> => {
+    while (this.closers.length > 0) await this.closers.pop()!()
+  }
 }
 
 const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, opts) => {
@@ -82,53 +71,57 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
   const { authorize, ...fileShaped } = opts
   const options = resolveOptions(fileShaped)
   const log = fastify.log
-  refuseUnsupported(fastify, options)
   checkRoutesFree(fastify, options)
-
-  const databases = await openDatabases(fastify, options.databases)
-  const registry = new EntityRegistry(options)
-  let pipeline: Pipeline | null = null
-  const telemetry = new Telemetry(packageVersion, () => pipeline === null ? null : telemetrySnapshotOf(pipeline))
-  const fanout = new Fanout(options.bus.prefix, registry, log, telemetry)
-  let parts: BusParts | null = null
-  let capture: Capture | null = null
-  let stream: ChangeStream | null = null
-  let router: ChangeRouter | null = null
-  const shutdown = async (): Promise<void> => {
-    fanout.close()
-    router?.owed.close()
-    await capture?.close()
-    await stream?.close()
-    await parts?.close()
-    for (const db of databases.values()) await db.close()
-    telemetry.close()
+  if (options.telemetry.prometheus !== false || options.telemetry.otlpUrl !== null) {
+    log.debug('changefeed: telemetry.prometheus and telemetry.otlpUrl are set up by the standalone server; a host uses its own SDK')
   }
-
+  const closers = new Closers()
+  let pipeline: Pipeline | null = null
   try {
-    // the bus delivers to the fanout, which is attached to the bus once it exists. A bus gap: this instance may
-    // have missed messages, so every local watcher resyncs (what it failed to publish is owed by the router)
-    parts = await createBus(fastify, options.bus, { onMessage: fanout.onBusMessage, onGap: (reason) => fanout.resyncLocal(reason) }, fanout.store)
-    const { bus, interest, instanceId } = parts
+    const databases = await openDatabases(fastify, options.databases)
+    closers.add(async () => { for (const db of databases.values()) await db.close() })
+    const registry = new EntityRegistry(options)
+    const telemetry = new Telemetry(packageVersion, () => pipeline === null ? null : telemetrySnapshotOf(pipeline))
+    closers.add(() => telemetry.close())
+
+    // publish and deliver: the bus on its broker, the interest store beside it, this instance's sockets' fanout
+    const broker = await openBroker(fastify, options.bus)
+    closers.add(broker.close)
+    const bus = createBus(broker, log)
+    closers.add(async () => await bus.close())
+    const fanout = new Fanout(options.bus.prefix, registry, log, telemetry)
+    closers.add(() => fanout.close())
+    const instanceId = randomUUID()
+    const interest = await createInterest(broker, options.bus, instanceId, fanout.store, log)
+    closers.add(async () => await interest.close())
+    bus.onMessage(fanout.onBusMessage)
+    // a bus gap: this instance may have missed messages, so its watchers resync (what it failed to publish the router owes)
+    bus.onGap((reason) => fanout.resyncLocal(reason))
     await fanout.attach(bus, interest)
+
+    // capture and route
+    const stream = options.capture.stream.enabled ? await ChangeStream.open(options.capture.stream as StreamOptions, log) : null
+    if (stream !== null) closers.add(async () => await stream.close())
     const eventStore = (database: string): ReturnType<typeof eventStoreOf> => eventStoreOf(options.capture, database, registry.schemaOf(database))
-    if (options.capture.stream.enabled) stream = await ChangeStream.open(options.capture.stream as StreamOptions, log)
     const drops = new Drops(log)
     const notices = new Notices(registry, databases, eventStore, drops)
-    const changeRouter = router = new ChangeRouter({
-      registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, rescan: async (database) => await capture?.rescanDatabase(database)
-    })
-    const replaySources = replaySourcesOf(options, databases, eventStore)
-    const replayer = new Replayer(registry, databases, replaySources, notices)
-    const snapshots = new SnapshotReader(registry, databases, replaySources)
-    capture = new Capture(databases, registry, options, {
-      onChange: (change) => changeRouter.routeCaptured(change),
-      onOutbox: async (database, rows, attempt) => await changeRouter.routeOutbox(database, rows, attempt),
+    const capture = new Capture(databases, registry, options, log, options.bus.provider !== 'memory', drops)
+    const router = new ChangeRouter({ registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, scanner: capture })
+    closers.add(() => router.close())
+    capture.deliverTo({
+      onChange: (change) => router.routeCaptured(change),
+      onOutbox: async (database, rows, attempt) => await router.routeOutbox(database, rows, attempt),
       onGap: (database, reason, precaution) => {
         fanout.announceGap(database, reason, precaution).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
       }
-    }, log, options.bus.provider !== 'memory', drops)
+    })
+    closers.add(async () => await capture.close())
     await capture.start()
 
+    // reads the sockets ask for, and the sockets
+    const replaySources = replaySourcesOf(options, databases.keys(), eventStore)
+    const replayer = new Replayer(registry, databases, replaySources, notices)
+    const snapshots = new SnapshotReader(registry, databases, replaySources)
     const policy = new AccessPolicy(databases, registry, {
       adminRoles: options.auth.adminRoles,
       authorize,
@@ -139,17 +132,16 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const connections = await registerRoute(fastify, {
       options, registry, policy, authenticator, fanout, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
-    const running: Pipeline = pipeline = {
-      options, registry, databases, bus, instanceId, interest, capture, stream, notices, router: changeRouter, drops, fanout, connections, authenticator, policy, snapshots
-    }
+
+    const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots }
     const decorator = decoratorOf(running)
     fastify.decorate('changefeed', decorator)
     await registerOperationalRoutes(fastify, { options, health: decorator.health, authenticator, policy, stats: async () => await adminStatsOf(running) })
   } catch (err) {
-    await shutdown()
+    await closers.run()
     throw err
   }
-  fastify.addHook('onClose', async () => { await shutdown() })
+  fastify.addHook('onClose', closers.run)
 }
 
 /** The plugin: `fastify.register(changefeed, options)`. */

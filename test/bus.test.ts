@@ -5,7 +5,8 @@
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { randomUUID } from 'node:crypto'
-import { createBus, type BusParts } from '../lib/bus/index.js'
+import { createBus, openBroker, type PubSub } from '../lib/bus/index.js'
+import { createInterest, type InterestStore } from '../lib/interest/index.js'
 import { LocalSubscriptionStore } from '../lib/interest/local.js'
 import { resolveOptions } from '../lib/options.js'
 import { NATS_URL, REDIS_URL, ownBroker, requireService } from './helpers/brokers.js'
@@ -13,6 +14,8 @@ import { sleep, until } from './helpers/wait.js'
 
 type Provider = 'memory' | 'redis' | 'nats'
 interface Received { channel: string, message: string }
+/** the bus and the interest store on one broker, as the plugin makes them */
+interface BusParts { bus: PubSub, interest: InterestStore, close(): Promise<void> }
 interface Instance { parts: BusParts, received: Received[], gaps: string[], local: LocalSubscriptionStore<unknown>, app: FastifyInstance }
 interface Teardown { teardown(fn: () => unknown): void }
 
@@ -24,7 +27,23 @@ async function instance (t: Teardown, provider: Provider, url: string | undefine
   let parts: BusParts | undefined
   const bus = resolveOptions({ bus: { provider, url, prefix, instanceTtlSeconds: 2 } }).bus
   await app.register(async (scope) => {
-    parts = await createBus(scope, bus, { onMessage: (channel, message) => received.push({ channel, message }), onGap: (r) => gaps.push(r) }, local)
+    const broker = await openBroker(scope, bus)
+    const made = createBus(broker, scope.log)
+    made.onMessage((channel, message) => received.push({ channel, message }))
+    made.onGap((r) => gaps.push(r))
+    const interest = await createInterest(broker, bus, randomUUID(), local, scope.log)
+    let closed = false
+    parts = {
+      bus: made,
+      interest,
+      close: async () => {
+        if (closed) return
+        closed = true
+        await interest.close()
+        await made.close()
+        await broker.close()
+      }
+    }
   })
   await app.ready()
   t.teardown(async () => { await parts!.close(); await app.close() })

@@ -1,10 +1,13 @@
 /**
- * The pub/sub interface every provider implements (memory, redis, nats). Messages are pre-encoded frames: the
- * publisher encodes once, every instance writes the same string to its sockets.
+ * The pub/sub contract every transport implements (memory, redis, nats), one shared contract test (test/bus.test.ts)
+ * for all. Messages are pre-encoded frames: the publisher encodes once, every instance writes the same string to its
+ * sockets. What arrives goes to the handlers registered with `onMessage` and `onGap`.
  */
 
 /** Called for every message on a channel this instance subscribed to. */
 export type BusMessageHandler = (channel: string, message: string) => void
+/** Called when messages may have been lost (a connection to the broker dropped and came back). */
+export type BusGapHandler = (reason: string) => void
 
 export interface PubSub {
   readonly provider: 'memory' | 'redis' | 'nats'
@@ -18,13 +21,32 @@ export interface PubSub {
   subscribe(channels: readonly string[]): Promise<void>
   /** Stop receiving these channels' messages; idempotent. */
   unsubscribe(channels: readonly string[]): Promise<void>
+  /** Where messages go (one handler; a later call replaces it). */
+  onMessage(handler: BusMessageHandler): void
+  onGap(handler: BusGapHandler): void
   close(): Promise<void>
 }
 
-/** What a provider is built with. `onGap` reports a time during which messages may have been lost. */
-export interface BusContext {
-  onMessage: BusMessageHandler
-  onGap(reason: string): void
+/** The handlers, and how a transport hands them what it received (nothing before they are registered). */
+export abstract class Transport {
+  private messageHandler: BusMessageHandler | null = null
+  private gapHandler: BusGapHandler | null = null
+
+  onMessage (handler: BusMessageHandler): void {
+    this.messageHandler = handler
+  }
+
+  onGap (handler: BusGapHandler): void {
+    this.gapHandler = handler
+  }
+
+  protected deliver (channel: string, message: string): void {
+    this.messageHandler?.(channel, message)
+  }
+
+  protected gap (reason: string): void {
+    this.gapHandler?.(reason)
+  }
 }
 
 /** How long a broker may take to accept the first connection before the start fails (CHANGEFEED_BUS_UNAVAILABLE). */

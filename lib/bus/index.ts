@@ -1,30 +1,27 @@
 /**
- * The bus and the cluster interest store, built from `options.bus`: memory (one process), redis (through
- * @fastify/redis; a host's own client is reused when the host registered one and no url is given) or nats.
+ * The broker the bus runs on, from `options.bus`: none (memory, one process), Redis (through @fastify/redis; a
+ * host's own client is reused when the host registered one and no url is given) or NATS; and the bus on it. The
+ * cluster interest store uses the same broker (lib/interest/index.ts).
  */
-import { randomUUID } from 'node:crypto'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import fastifyRedis from '@fastify/redis'
 import { Cluster, Redis } from 'ioredis'
-import { CONNECT_TIMEOUT_MS, type BusContext, type PubSub } from './bus.js'
+import type { NatsConnection } from 'nats'
+import { CONNECT_TIMEOUT_MS, type PubSub } from './bus.js'
 import { MemoryBus } from './memory.js'
-import { RedisBus, RedisInterest, type RedisClient } from './redis.js'
-import { NatsBus, NatsInterest, connectNats } from './nats.js'
-import { LocalInterest, type InterestStore, type LocalSnapshot } from '../interest/interest.js'
-import type { LocalSubscriptionStore } from '../interest/local.js'
+import { RedisBus, type RedisClient } from './redis.js'
+import { NatsBus, connectNats } from './nats.js'
 import type { ResolvedOptions } from '../options.js'
 import { BusUnavailableError, InvalidOptionsError } from '../errors.js'
 import { redactCredentials } from '../auth/redact.js'
 
-export type { PubSub, BusContext, BusMessageHandler } from './bus.js'
+export type { PubSub, BusMessageHandler, BusGapHandler } from './bus.js'
 
-export interface BusParts {
-  bus: PubSub
-  interest: InterestStore
-  /** this instance's id in the cluster */
-  instanceId: string
-  close(): Promise<void>
-}
+/** The connections to the broker: none for the memory bus. `close` ends what this plugin opened. */
+export type Broker =
+  | { provider: 'memory', close(): Promise<void> }
+  | { provider: 'redis', publisher: RedisClient, subscriber: RedisClient, cluster: boolean, close(): Promise<void> }
+  | { provider: 'nats', nc: NatsConnection, close(): Promise<void> }
 
 /** Connects `client` within CONNECT_TIMEOUT_MS, or fails naming the broker (@fastify/redis would wait until the
  * plugin timeout, and then blame itself). */
@@ -74,49 +71,29 @@ async function redisClients (fastify: FastifyInstance, url: string | undefined, 
   return { publisher, subscriber: await connected(subscriber, url ?? '') }
 }
 
-/** `close` may be called more than once; the work is done the first time. */
-function once (close: () => Promise<void>): () => Promise<void> {
-  let closing: Promise<void> | null = null
-  return async () => { closing ??= close(); await closing }
-}
-
-export async function createBus (
-  fastify: FastifyInstance, options: ResolvedOptions['bus'], context: BusContext, local: LocalSubscriptionStore<unknown>
-): Promise<BusParts> {
-  const instanceId = randomUUID()
-  const ttlMs = options.instanceTtlSeconds * 1000
-  const log = fastify.log
-  const snapshot: LocalSnapshot = function * () {
-    for (const [channel, entry] of local.channels()) yield { channel, entityType: entry.entityType, count: entry.watchers.size }
-  }
+/** Connects to the broker `options` name; fails with CHANGEFEED_BUS_UNAVAILABLE naming it (never its password). */
+export async function openBroker (fastify: FastifyInstance, options: ResolvedOptions['bus']): Promise<Broker> {
   switch (options.provider) {
-    case 'memory': {
-      const bus = new MemoryBus(context)
-      return { bus, interest: new LocalInterest(local), instanceId, close: once(async () => await bus.close()) }
-    }
+    case 'memory':
+      return { provider: 'memory', close: async () => {} }
     case 'redis': {
       if (options.cluster && options.url === undefined) throw new InvalidOptionsError('/bus/url is required with bus.cluster')
       const { publisher, subscriber } = await redisClients(fastify, options.url, options.cluster)
-      const bus = new RedisBus(publisher, subscriber, context, log, options.cluster)
-      const interest = new RedisInterest(publisher, options.prefix, instanceId, ttlMs, snapshot, log)
-      await interest.start()
-      return { bus, interest, instanceId, close: once(async () => { await interest.close(); await bus.close() }) }
+      // the publisher is closed with the app (our @fastify/redis scope) or by the host; the subscriber is ours
+      return { provider: 'redis', publisher, subscriber, cluster: options.cluster, close: async () => { subscriber.disconnect() } }
     }
     case 'nats': {
-      const nc = await connectNats(options.url!, log)
-      const bus = new NatsBus(nc, context, log)
-      const interest = new NatsInterest(nc, options.prefix, instanceId, ttlMs, snapshot, log)
-      await interest.start()
-      return {
-        bus,
-        interest,
-        instanceId,
-        close: once(async () => {
-          await interest.close()
-          await bus.close()
-          if (!nc.isClosed()) await nc.close()
-        })
-      }
+      const nc = await connectNats(options.url!, fastify.log)
+      return { provider: 'nats', nc, close: async () => { if (!nc.isClosed()) await nc.close() } }
     }
+  }
+}
+
+/** The bus on the broker. */
+export function createBus (broker: Broker, log: FastifyBaseLogger): PubSub {
+  switch (broker.provider) {
+    case 'memory': return new MemoryBus()
+    case 'redis': return new RedisBus(broker.publisher, broker.subscriber, log, broker.cluster)
+    case 'nats': return new NatsBus(broker.nc, log)
   }
 }

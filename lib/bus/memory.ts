@@ -1,13 +1,11 @@
 /** One process: publish delivers synchronously to this instance's subscribed channels. */
-import type { BusContext, PubSub } from './bus.js'
+import { Transport, type PubSub } from './bus.js'
 import { BusClosedError } from '../errors.js'
 
-export class MemoryBus implements PubSub {
+export class MemoryBus extends Transport implements PubSub {
   readonly provider = 'memory'
   private readonly channels = new Set<string>()
   private closed = false
-
-  constructor (private readonly context: BusContext) {}
 
   get ready (): boolean {
     return !this.closed
@@ -15,7 +13,7 @@ export class MemoryBus implements PubSub {
 
   async publish (channel: string, message: string): Promise<void> {
     if (this.closed) throw new BusClosedError()
-    if (this.channels.has(channel)) this.context.onMessage(channel, message)
+    if (this.channels.has(channel)) this.deliver(channel, message)
   }
 
   async subscribe (channels: readonly string[]): Promise<void> {

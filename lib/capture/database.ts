@@ -4,7 +4,7 @@
  * (one in-process instance serves both).
  */
 import pg from 'pg'
-import { requirePackages } from '../optional.js'
+import { requirePackages } from '../package.js'
 
 /** A dedicated connection for LISTEN (outside any pool). */
 export interface ListenSession {
@@ -114,7 +114,7 @@ export interface PGliteModule {
   PGlite: new (dataDir?: string) => PGliteLike & { waitReady: Promise<void> }
 }
 
-/** PGlite is an optional peer dependency (lib/optional.ts); the demo may bring a copy it fetched (usePGlite). */
+/** PGlite is an optional peer dependency (lib/package.ts); the demo may bring a copy it fetched (usePGlite). */
 let loadPGlite = async (): Promise<PGliteModule> => {
   requirePackages('a pglite:// database', ['@electric-sql/pglite'])
   return await import('@electric-sql/pglite') as unknown as PGliteModule

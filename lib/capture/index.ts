@@ -19,7 +19,15 @@ export function eventStoreOf (capture: ResolvedOptions['capture'], database: str
   return { schema: events.schema ?? schema, table: events.table, streams: events.streams }
 }
 
-export class Capture {
+/** What capture hands on: changes (notify mode), outbox batches (outbox mode), and gaps. */
+export type CaptureEvents = Omit<ListenerEvents, 'onDdl' | 'onUnannounced'>
+
+/** Looks at one database's tables now (a change of a table no type is bound to may be of one created a moment ago). */
+export interface TableScanner {
+  rescanDatabase(database: string): Promise<void>
+}
+
+export class Capture implements TableScanner {
   readonly listeners = new Map<string, ListenerConnection>()
   /** tables the trigger could not be put on ("database.schema.table" → why): their changes are not captured */
   readonly untriggered = new Map<string, string>()
@@ -36,14 +44,22 @@ export class Capture {
     private readonly databases: Map<string, Database>,
     private readonly registry: EntityRegistry,
     private readonly options: ResolvedOptions,
-    private readonly events: Omit<ListenerEvents, 'onDdl' | 'onUnannounced'>,
     private readonly log: FastifyBaseLogger,
     /** with a shared bus only one instance per database listens */
     private readonly leaderElection: boolean,
     private readonly drops: Drops
   ) {}
 
+  private events: CaptureEvents | null = null
+
+  /** Where changes, outbox batches and gaps go; before start(). */
+  deliverTo (events: CaptureEvents): void {
+    this.events = events
+  }
+
   async start (): Promise<void> {
+    const events = this.events
+    if (events === null) throw new Error('changefeed: capture started with nowhere to deliver')
     const { capture } = this.options
     for (const db of this.databases.values()) {
       if (capture.installTriggers) await applyTriggerScript(db)
@@ -56,7 +72,7 @@ export class Capture {
         probeIntervalMs: capture.probeIntervalSeconds * 1000,
         outbox: capture.mode === 'outbox' ? capture.outbox : null
       }, {
-        ...this.events,
+        ...events,
         onDdl: (database, note) => this.onDdl(database, note),
         onUnannounced: (database) => this.onUnannounced(database)
       }, this.log, this.drops, this.registry.tenantOfDatabase(db.name))
@@ -124,7 +140,7 @@ export class Capture {
     // meanwhile reached nobody, so the database's watchers refetch
     if (granted > 0 && !strict) {
       this.log.warn({ database: db.name, roles: granted }, 'changefeed: roles that write watched tables were given the right to announce changes; watchers resync')
-      this.events.onGap(db.name, 'unannounced', false)
+      this.events?.onGap(db.name, 'unannounced', false)
     }
     for (const entity of declared) {
       const where = `${db.name}.${entity.schema}.${entity.table}`

@@ -3,13 +3,25 @@
  * as the same notification frames it would have received live.
  */
 import { coalesceRows } from '../capture/coalesce.js'
-import type { Outbox } from '../capture/outbox.js'
+import { Outbox } from '../capture/outbox.js'
 import type { Database } from '../capture/database.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
-import type { Notices } from '../route/notices.js'
+import type { EventStoreOf, Notices } from '../route/notices.js'
+import type { ResolvedOptions } from '../options.js'
 
 /** Where a database's outbox is read for `since` replays (outbox mode). */
 export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
+
+/** Outbox mode: each database's replay source (none in notify mode). */
+export function replaySourcesOf (options: ResolvedOptions, databases: Iterable<string>, eventStore: EventStoreOf): Map<string, ReplaySource> {
+  const sources = new Map<string, ReplaySource>()
+  if (options.capture.mode !== 'outbox') return sources
+  for (const name of databases) {
+    const store = eventStore(name)
+    sources.set(name, { outbox: new Outbox(options.capture.channel), tables: store === null ? [] : [store.table, store.streams], maxReplay: options.capture.outbox.maxReplay })
+  }
+  return sources
+}
 
 /** `owner`: as on a live notification (lib/route/notices.ts), what delivery checks before the frame may reach a socket */
 export type ReplayedFrames = Array<{ frame: string, position: string, owner?: string | null }>

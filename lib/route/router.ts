@@ -7,6 +7,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { coalesceRows, type Change, type ChangeType, type RowChange } from '../capture/coalesce.js'
+import type { TableScanner } from '../capture/index.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
 import type { PubSub } from '../bus/index.js'
 import type { InterestStore } from '../interest/interest.js'
@@ -66,7 +67,7 @@ export interface RouterServices {
   prefix: string
   log: FastifyBaseLogger
   /** looks for new tables in a database (a change of a table not known yet may be of one just created) */
-  rescan: (database: string) => Promise<void>
+  scanner: TableScanner
   /** every change (watched or not) also goes here: a JetStream stream for service consumers */
   stream: ChangeSink | null
   /** recorded on the publish spans, so a delivery elsewhere can be traced to this instance */
@@ -135,7 +136,7 @@ export class ChangeRouter {
     let entity = this.s.notices.entityOf(change, false)
     if (entity === undefined && change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
       // a table created a moment ago: the event trigger's note may still be on its way
-      await this.s.rescan(change.database).catch(() => {})
+      await this.s.scanner.rescanDatabase(change.database).catch(() => {})
     }
     entity ??= this.s.notices.entityOf(change)
     if (entity === undefined) return true
@@ -234,6 +235,10 @@ export class ChangeRouter {
     } finally {
       span.end()
     }
+  }
+
+  close (): void {
+    this.owed.close()
   }
 
   /** Whether a failure now would be an outage (bus or stream down) rather than a change that cannot be carried. */

@@ -57,7 +57,7 @@ t.test('a change that waits for its document read is not overtaken by the change
     bus,
     prefix: 'cf',
     log,
-    rescan: async () => {},
+    scanner: { rescanDatabase: async () => {} },
     stream: null,
     instanceId: 'i',
     deltaCacheBytes: 0
