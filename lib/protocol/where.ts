@@ -150,3 +150,8 @@ export function parseFilterId (entityId: string): Where | null {
     return null
   }
 }
+
+/** A filter as the server holds it and names it back (keys sorted, values sorted and distinct). */
+export function canonicalWhere (where: Where): Where {
+  return JSON.parse(filterIdOf(where).slice(1)) as Where
+}

@@ -1,7 +1,7 @@
 /**
  * One WebSocket connection: parses and validates frames, answers each request once (lib/ws/requests.ts), writes
  * frames, signs in and refreshes credentials in band, and has a single close path. What it watches is its
- * Subscriptions (lib/ws/subscriptions.ts). Bad input gets a coded `error` and the socket stays open; persistent
+ * Subscriptions (lib/ws/subscriptions.ts; each kind of request in its own file, lib/ws/subscribe*.ts). Bad input gets a coded `error` and the socket stays open; persistent
  * abuse closes it (1008).
  */
 import type { FastifyBaseLogger } from 'fastify'
@@ -16,6 +16,8 @@ import { sendPrepared, writesDirect, type PreparedFrame } from './prepared.js'
 import { TokenBucket, type ConnectionCounter } from './limits.js'
 import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type Subscriber, type SubscriptionServices } from './subscriptions.js'
+import { subscribe } from './subscribe.js'
+import { unsubscribe } from './unsubscribe.js'
 import type { ReplayedFrames } from '../reads/replay.js'
 import { Envelope, RequestData, whereRefusal, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
 
@@ -231,12 +233,12 @@ export class Connection implements Subscriber {
         const failure = 'entityIds' in body
           ? () => encodeSubscribedMany(id, body.entityType, body.tenantId, { subscribed: [], errors: body.entityIds.map((entityId) => ({ entityId, code: WireError.internal, error: 'the server failed; retry' })) })
           : () => encodeSubscriptionError(id, body, WireError.internal, 'the server failed; retry')
-        return this.request(id, failure, async (reply) => await this.subscriptions.subscribe(reply, body))
+        return this.request(id, failure, async (reply) => await subscribe(this.subscriptions, reply, body))
       }
       case 'unsubscribe':
         if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
-        return this.request(id, failed, async (reply) => await this.subscriptions.unsubscribe(reply, body))
+        return this.request(id, failed, async (reply) => await unsubscribe(this.subscriptions, reply, body))
       case 'auth':
         if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')
         // each one costs a signature check, and may re-check every subscription: a client refreshes once per token

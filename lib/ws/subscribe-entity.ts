@@ -1,0 +1,105 @@
+/**
+ * A subscribe to one entity (or to a type's feed, `"*"`): resolves and opens it (or finds it open), then starts it
+ * where the client asked — from now, from `since` (a replay of what it missed, when it can be given), or from a
+ * snapshot of its state — and answers once: `subscribed` (the replay written right after it), or
+ * `subscription_error`. Live notifications that came meanwhile follow, without those the reply already carried.
+ */
+import type { EntityType } from '../entities.js'
+import { FEED } from '../route/channels.js'
+import type { ReplayedFrames } from '../reads/replay.js'
+import { replayedUpTo, type Carried } from './resume.js'
+import type { Reply } from './requests.js'
+import type { Subscription, Subscriptions } from './subscriptions.js'
+import { readStates } from './states.js'
+import { isRefusal, resolveTarget, type Refusal } from './target.js'
+import {
+  WireError, encodeSubscribed, encodeSubscriptionError, subscriptionIdOf, type EntityRef, type EntitySnapshotData, type SubscribeOneRequest
+} from '../protocol/index.js'
+
+/** How a subscription starts: its reply's fields, the replay written after it, and what the reply carried. */
+interface Start {
+  recovered?: boolean
+  snapshot?: EntitySnapshotData
+  replay?: ReplayedFrames
+  carried: Carried | null
+}
+
+export async function subscribeEntity (subscriptions: Subscriptions, reply: Reply, req: SubscribeOneRequest): Promise<void> {
+  const { socket, services } = subscriptions
+  const target = resolveTarget(services.registry, services.policy, socket.principal, req.entityType, req.tenantId)
+  const ref: EntityRef = { entityType: isRefusal(target) ? req.entityType : target.entity.name, entityId: req.entityId, tenantId: isRefusal(target) ? req.tenantId : target.tenantId }
+  const refuse = ({ code, reason }: Refusal): void => reply.send(encodeSubscriptionError(reply.id, ref, code, reason))
+  if (isRefusal(target)) return refuse(target)
+  const { entity, tenantId } = target
+  if (req.entityId === FEED && req.snapshot === true) {
+    return refuse({ code: WireError.badRequest, reason: 'a feed has no one state: a filtered feed (where) gives the entities that match' })
+  }
+  const channel = services.fanout.channel(entity.name, req.entityId, tenantId)
+  let subscription = subscriptions.get(channel)
+  if (subscription === undefined) {
+    let opened: Awaited<ReturnType<Subscriptions['open']>>
+    try {
+      opened = await subscriptions.open(entity, req.entityId, tenantId, req.since !== undefined || req.snapshot === true)
+    } catch (err) {
+      services.log.error({ err }, 'changefeed: bus subscribe failed')
+      return reply.fail()
+    }
+    if (opened === null) return
+    if (isRefusal(opened)) return refuse(opened)
+    subscription = opened
+  }
+  // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
+  if (subscription.sent !== undefined) subscription.sent = null
+  const start = await startFrom(subscriptions, entity, channel, subscription, req)
+  // a refused read ended the subscription itself; a close or an unsubscribe meanwhile leaves nothing to answer
+  if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
+  if (!subscriptions.holds(channel, subscription)) return
+  // the reply names the subscription as the request did (the draft client computes `<type>:<id>` itself)
+  reply.send(encodeSubscribed(reply.id, subscriptionIdOf(entity.name, req.entityId, req.tenantId), subscription, { recovered: start.recovered, snapshot: start.snapshot }))
+  if (start.replay !== undefined) socket.writeReplay(channel, start.replay)
+  subscriptions.releaseHeld(channel, start.carried)
+  if (req.watchers === true && !subscription.counted) {
+    subscription.counted = true
+    services.watcherCounts.add(socket, channel, subscription)
+  }
+}
+
+/**
+ * Where the subscription starts. With `since`: the missed notifications, oldest first, when they can all be given
+ * (`recovered: true`), else `recovered: false` — the client refetches, or, with `snapshot` too, is given the state.
+ * With `snapshot`: the state, read so that every later change arrives as a notification and none before it does.
+ */
+async function startFrom (subscriptions: Subscriptions, entity: EntityType, channel: string, subscription: Subscription, req: SubscribeOneRequest): Promise<Start | Refusal> {
+  let recovered: boolean | undefined
+  if (req.since !== undefined) {
+    const replay = await replayOf(subscriptions, entity, channel, subscription, req.since)
+    if (replay !== null) return { recovered: true, replay, carried: replayedUpTo(replay.at(-1)?.position ?? req.since) }
+    recovered = false
+  }
+  if (req.snapshot !== true) return { recovered, carried: null }
+  const read = await readStates(subscriptions, entity, [[channel, subscription]])
+  if (isRefusal(read)) return read
+  const [state] = read.states
+  if (state === null) return { code: WireError.forbidden, reason: 'only the owner may watch this entity' }
+  return { recovered, snapshot: state, carried: read.carried }
+}
+
+/** The entity's notifications after `since`, none of them another owner's document; null when they cannot be given. */
+async function replayOf (subscriptions: Subscriptions, entity: EntityType, channel: string, subscription: Subscription, since: string): Promise<ReplayedFrames | null> {
+  const { socket, services } = subscriptions
+  subscriptions.hold(channel)
+  let frames: ReplayedFrames | null = null
+  try {
+    frames = await services.replay(entity, subscription.entityId, subscription.tenantId, since, socket.ip)
+  } catch (err) {
+    services.log.warn({ connection: socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
+  }
+  // the owner was checked against the document of now; what the entity was before may have been someone
+  // else's: the client refetches what it may see (or, with `snapshot`, is given it)
+  if (frames?.some(({ owner }) => subscriptions.foreign(owner)) === true) {
+    services.log.info({ connection: socket.id, entityType: entity.name }, 'changefeed: a replay held another owner\'s documents; the client refetches')
+    frames = null
+  }
+  services.counters.replayed += frames?.length ?? 0
+  return frames
+}
