@@ -6,11 +6,12 @@
  * describes the entity truthfully (created then updated), just not in one message.
  */
 
-import { notifyPosition } from '../protocol/wire.js'
+import { notifyPosition, type ChangeType } from '../protocol/wire.js'
+
+export type { ChangeType }
 
 /** insert, update, delete; an event appended; a stream archived */
 export type RowOp = 'I' | 'U' | 'D' | 'A' | 'R'
-export type ChangeType = 'created' | 'updated' | 'deleted' | 'appended' | 'archived'
 
 /** An event appended to a stream (event sources): its data when it rode inline. */
 export interface AppendedEvent {

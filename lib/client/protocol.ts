@@ -3,7 +3,7 @@
  * messages.ts, imported as types only: no schema library reaches a browser), and which subscription each received
  * frame concerns.
  */
-import type { AuthRequest, NotificationMessage, ServerMessage, SubscribeRequest, UnsubscribeRequest } from '../protocol/messages.js'
+import type { ClientMessage as ProtocolMessage, NotificationMessage, ServerMessage } from '../protocol/messages.js'
 import { FEED, WireError, subscriptionIdOf } from '../protocol/wire.js'
 import type { Batcher } from './batch.js'
 import type { Filter } from './query.js'
@@ -12,12 +12,8 @@ import type { Subscription } from './subscription.js'
 /** The request id of the `auth` message: an `error` reply with it refuses the token. */
 export const AUTH_ID = 'auth'
 
-/** Every frame the SDK sends. */
-export type ClientMessage =
-  | { type: 'subscribe', id: string, data: SubscribeRequest }
-  | { type: 'unsubscribe', data: UnsubscribeRequest }
-  | { type: 'auth', id: string, data: AuthRequest }
-  | { type: 'ping' }
+/** Every frame the SDK sends: the protocol's client messages, a subscribe's id always its subscriptionId. */
+export type ClientMessage = Exclude<ProtocolMessage, { type: 'subscribe' }> | (Extract<ProtocolMessage, { type: 'subscribe' }> & { id: string })
 
 /** Every frame the server sends (lib/protocol/messages.ts). */
 export type ServerFrame = ServerMessage

@@ -1,9 +1,15 @@
 /**
- * Every frame the server sends, built here and nowhere else (their shapes: messages.ts). Notifications are encoded
- * once per change, for every socket that receives them.
+ * Every frame the server sends, built here and nowhere else: each encoder's object `satisfies` its message's schema
+ * type (messages.ts), so a frame cannot drift from the protocol. Notifications are encoded once per change for every
+ * socket that receives them; the two rewrites of an encoded notification (a filter's or feed's own change type and
+ * subscriptionId; two held changes merged into one) are here too, beside the layout they rely on.
  */
-import type { WireErrorCode } from './wire.js'
-import type { EntitySnapshotData, FeedSnapshotData, RequestIdValue } from './messages.js'
+import type { Static } from 'typebox'
+import { mergeChangeType, type WireErrorCode } from './wire.js'
+import type {
+  Authenticated, ChangeTypeName, EntitySnapshotData, ErrorReply, FeedSnapshotData, Notification, PayloadTypeName, Pong,
+  RequestIdValue, Resync, Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Watchers
+} from './messages.js'
 import type { Where } from './where.js'
 import type { PatchOperation } from './patch.js'
 
@@ -12,8 +18,8 @@ export interface EntityRef { entityType: string, entityId: string, tenantId?: st
 
 /** What a notification says of one change. */
 export interface NotificationFields extends EntityRef {
-  changeType: string
-  payloadType: string
+  changeType: ChangeTypeName
+  payloadType: PayloadTypeName
   /** the change's time, epoch ms */
   ts: number
   version?: string | null
@@ -25,17 +31,20 @@ export interface NotificationFields extends EntityRef {
   basePosition?: string
 }
 
-const refOf = (ref: EntityRef): Record<string, unknown> =>
+const refOf = (ref: EntityRef): { entityType: string, entityId: string, tenantId?: string } =>
   ref.tenantId === undefined || ref.tenantId === null
     ? { entityType: ref.entityType, entityId: ref.entityId }
     : { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }
 
-function withId (id: RequestIdValue, type: string, data: Record<string, unknown>): string {
-  return JSON.stringify(id === undefined ? { type, data } : { type, id, data })
+/** A reply: its request's id when it had one. */
+function reply<T extends string, D> (id: RequestIdValue, type: T, data: D): { type: T, id?: string | number, data: D } {
+  return id === undefined ? { type, data } : { type, id, data }
 }
 
+/** The notification frame. Its layout, which the rewrites below rely on: `{"type":"notification","data":{…}}`, with
+ * `changeType` the first field that may hold a '"' before it is written. */
 export function encodeNotification (n: NotificationFields): string {
-  const data: Record<string, unknown> = {
+  const data: Static<typeof Notification>['data'] = {
     ...refOf(n),
     changeType: n.changeType,
     payloadType: n.payloadType,
@@ -47,9 +56,48 @@ export function encodeNotification (n: NotificationFields): string {
   if (n.payloadType === 'full' || n.payloadType === 'events') data.payload = n.payload ?? null
   else if (n.payloadType === 'delta') {
     data.basePosition = n.basePosition
-    data.patch = n.patch
+    data.patch = n.patch as Static<typeof Notification>['data']['patch']
   }
-  return JSON.stringify({ type: 'notification', data })
+  return JSON.stringify({ type: 'notification', data } satisfies Static<typeof Notification>)
+}
+
+const CHANGE_TYPE = '"changeType":"'
+
+/**
+ * Reads a notification's changeType without parsing the frame: encodeNotification writes changeType before the
+ * payload, and the keys and strings before it cannot hold an unescaped quote, so the first match is the frame's own.
+ */
+export function changeTypeOf (frame: string): string | undefined {
+  const start = frame.indexOf(CHANGE_TYPE)
+  if (start === -1) return undefined
+  const from = start + CHANGE_TYPE.length
+  const end = frame.indexOf('"', from)
+  return end === -1 ? undefined : frame.slice(from, end)
+}
+
+/**
+ * A notification as one subscription receives it: with that subscription's change type (a filter's `entered` or
+ * `left`) and its subscriptionId as the last field, so a socket holding several subscriptions of the type can tell.
+ */
+export function forSubscription (frame: string, changeType: string, subscriptionId: string): string {
+  const own = changeTypeOf(frame)
+  const typed = own === undefined || own === changeType ? frame : frame.replace(CHANGE_TYPE + own + '"', CHANGE_TYPE + changeType + '"')
+  return typed.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
+}
+
+/**
+ * Two notifications of one entity held for a slow socket, as the one frame it gets: `last` with the net change type
+ * (mergeChangeType), or null when they cancel out (created, then deleted, before the client heard of it).
+ */
+export function mergeNotifications (first: string, last: string): string | null {
+  const a = changeTypeOf(first)
+  const b = changeTypeOf(last)
+  if (a === undefined || b === undefined) return last
+  const net = mergeChangeType(a, b)
+  if (net === null || net === b) return net === null ? null : last
+  const message = JSON.parse(last) as Static<typeof Notification>
+  message.data.changeType = net as ChangeTypeName
+  return JSON.stringify(message)
 }
 
 /** Notification frames, already encoded, in one frame. */
@@ -58,7 +106,7 @@ export function encodeBatch (frames: readonly string[]): string {
 }
 
 export function encodeError (id: RequestIdValue, code: WireErrorCode, error: string): string {
-  return withId(id, 'error', { code, error })
+  return JSON.stringify(reply(id, 'error', { code, error }) satisfies Static<typeof ErrorReply>)
 }
 
 /** What a `subscribed` reply may add: the answer to `since`, the snapshot, a filtered feed's conditions. */
@@ -70,11 +118,11 @@ export interface SubscribedExtras {
 }
 
 export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, extras: SubscribedExtras = {}): string {
-  const data: Record<string, unknown> = { subscriptionId, ...refOf(ref) }
+  const data: Static<typeof Subscribed>['data'] = { subscriptionId, ...refOf(ref) }
   if (extras.where !== undefined) data.where = extras.where
   if (extras.recovered !== undefined) data.recovered = extras.recovered
   if (extras.snapshot !== undefined) data.snapshot = extras.snapshot
-  return withId(id, 'subscribed', data)
+  return JSON.stringify(reply(id, 'subscribed', data) satisfies Static<typeof Subscribed>)
 }
 
 /** The reply to a subscribe with `entityIds`. */
@@ -83,44 +131,45 @@ export function encodeSubscribedMany (id: RequestIdValue, entityType: string, te
   errors: Array<{ entityId: string, code: WireErrorCode, error: string }>
   snapshots?: Record<string, EntitySnapshotData>
 }): string {
-  const data: Record<string, unknown> = tenantId === undefined ? { entityType } : { entityType, tenantId }
-  data.subscribed = result.subscribed
-  data.errors = result.errors
+  const data: Static<typeof SubscribedMany>['data'] = tenantId === undefined
+    ? { entityType, subscribed: result.subscribed, errors: result.errors }
+    : { entityType, tenantId, subscribed: result.subscribed, errors: result.errors }
   if (result.snapshots !== undefined) data.snapshots = result.snapshots
-  return withId(id, 'subscribed', data)
+  return JSON.stringify(reply(id, 'subscribed', data) satisfies Static<typeof SubscribedMany>)
 }
 
 export function encodeUnsubscribedMany (id: RequestIdValue, entityType: string, tenantId: string | undefined, unsubscribed: string[]): string {
-  return withId(id, 'unsubscribed', tenantId === undefined ? { entityType, unsubscribed } : { entityType, tenantId, unsubscribed })
+  const data: Static<typeof UnsubscribedMany>['data'] = tenantId === undefined ? { entityType, unsubscribed } : { entityType, tenantId, unsubscribed }
+  return JSON.stringify(reply(id, 'unsubscribed', data) satisfies Static<typeof UnsubscribedMany>)
 }
 
 export function encodeSubscriptionError (id: RequestIdValue, ref: EntityRef, code: WireErrorCode, error: string): string {
-  return withId(id, 'subscription_error', { ...refOf(ref), code, error })
+  return JSON.stringify(reply(id, 'subscription_error', { ...refOf(ref), code, error }) satisfies Static<typeof SubscriptionError>)
 }
 
 export function encodeUnsubscribed (id: RequestIdValue, subscriptionId: string): string {
-  return withId(id, 'unsubscribed', { subscriptionId })
+  return JSON.stringify(reply(id, 'unsubscribed', { subscriptionId }) satisfies Static<typeof Unsubscribed>)
 }
 
 export function encodeResync (reason: string, ref?: EntityRef): string {
-  return JSON.stringify({ type: 'resync', data: ref === undefined ? { reason } : { reason, ...refOf(ref) } })
+  return JSON.stringify({ type: 'resync', data: ref === undefined ? { reason } : { reason, ...refOf(ref) } } satisfies Static<typeof Resync>)
 }
 
 export function encodeWatchers (ref: EntityRef, count: number): string {
-  return JSON.stringify({ type: 'watchers', data: { ...refOf(ref), count } })
+  return JSON.stringify({ type: 'watchers', data: { ...refOf(ref), count } } satisfies Static<typeof Watchers>)
 }
 
 export function encodeAuthenticated (id: RequestIdValue, principal: { userId: string | null, roles: readonly string[], expiresAt: number | null }): string {
-  return withId(id, 'authenticated', {
+  return JSON.stringify(reply(id, 'authenticated', {
     userId: principal.userId,
-    roles: principal.roles,
+    roles: [...principal.roles],
     expiresAt: principal.expiresAt === null ? null : new Date(principal.expiresAt).toISOString()
-  })
+  }) satisfies Static<typeof Authenticated>)
 }
 
-const PONG = '{"type":"pong"}'
+const PONG = JSON.stringify({ type: 'pong' } satisfies Static<typeof Pong>)
 
 /** The answer to a ping: its id echoed, as every request's is. */
 export function encodePong (id: RequestIdValue): string {
-  return id === undefined ? PONG : JSON.stringify({ type: 'pong', id })
+  return id === undefined ? PONG : JSON.stringify({ type: 'pong', id } satisfies Static<typeof Pong>)
 }

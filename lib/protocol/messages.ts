@@ -6,7 +6,7 @@
  */
 import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
-import { WireError } from './wire.js'
+import { CHANGE_TYPES, FILTER_CHANGE_TYPES, WireError, type WireErrorCode } from './wire.js'
 import { WHERE_LIMITS } from './where.js'
 
 const RequestId = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()])
@@ -105,6 +105,47 @@ export const RequestData = {
   auth: Compile(AuthData)
 } as const
 
+/** Every message a client sends; the server reads them with `readClientMessage`, the SDK sends them. */
+export type ClientMessage =
+  | { type: 'subscribe', id?: string | number, data: SubscribeRequest }
+  | { type: 'unsubscribe', id?: string | number, data: UnsubscribeRequest }
+  | { type: 'auth', id?: string | number, data: AuthRequest }
+  | { type: 'ping', id?: string | number }
+
+/** Why a frame is no message of the protocol: its `error` reply (the request's id when it could be read). */
+export interface Unreadable { id: RequestIdValue, code: WireErrorCode, error: string }
+
+const NEEDS: Record<keyof typeof RequestData, string> = {
+  subscribe: 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}',
+  unsubscribe: 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}',
+  auth: 'auth needs data {token}'
+}
+
+/** A client's text frame as a message of the protocol, or why it is none. */
+export function readClientMessage (text: string): ClientMessage | Unreadable {
+  let message: unknown
+  try {
+    message = JSON.parse(text)
+  } catch {
+    return { id: undefined, code: WireError.invalidJson, error: 'frame is not JSON' }
+  }
+  if (!Envelope.Check(message)) return { id: requestIdOf(message), code: WireError.badRequest, error: 'expected {"type": string, "id"?: string | integer, "data"?: object}' }
+  const { type, id, data } = message
+  if (type === 'ping') return id === undefined ? { type } : { type, id }
+  if (type !== 'subscribe' && type !== 'unsubscribe' && type !== 'auth') return { id, code: WireError.badRequest, error: `unknown message type "${type.slice(0, 32)}"` }
+  if (!RequestData[type].Check(data)) return { id, code: WireError.badRequest, error: (type === 'auth' ? null : whereRefusal(data)) ?? NEEDS[type] }
+  return (id === undefined ? { type, data } : { type, id, data }) as ClientMessage
+}
+
+export const isUnreadable = (read: ClientMessage | Unreadable): read is Unreadable => 'code' in read
+
+/** The id of a message that is not one of the protocol, when it has a usable one. */
+function requestIdOf (message: unknown): RequestIdValue {
+  if (message === null || typeof message !== 'object') return undefined
+  const id = (message as { id?: unknown }).id
+  return (typeof id === 'string' && id.length <= 128) || Number.isInteger(id) ? id as string | number : undefined
+}
+
 // ------------------------------------------------------------------ server → client
 
 /** An entity as replies name it: its type, id, and (tenanted types) its tenant. */
@@ -161,7 +202,7 @@ export const Authenticated = reply('authenticated', {
 export const ErrorReply = reply('error', { code: ErrorCode, error: Type.String() })
 
 /** `entered` and `left`: filtered feeds only, an entity that began or stopped matching */
-export const ChangeType = Type.Enum(['created', 'updated', 'deleted', 'appended', 'archived', 'entered', 'left'])
+export const ChangeTypeSchema = Type.Enum([...CHANGE_TYPES, ...FILTER_CHANGE_TYPES])
 export const PayloadType = Type.Enum(['minimal', 'full', 'events', 'delta'])
 
 /** One RFC 6902 operation of a `delta` notification's patch (the server writes add, remove and replace). */
@@ -172,7 +213,7 @@ export const PatchOperationSchema = Type.Union([
 
 export const NotificationData = Type.Object({
   ...Ref,
-  changeType: ChangeType,
+  changeType: ChangeTypeSchema,
   payloadType: PayloadType,
   /** the change's time (the trigger's clock, or the publish call's), ISO 8601 */
   timestamp: Type.String(),
@@ -209,7 +250,7 @@ export const Pong = Type.Object({ type: Type.Literal('pong'), id: Type.Optional(
 export const ServerMessageSchema = Type.Union([Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
 export type ServerMessage = Static<typeof ServerMessageSchema>
 export type NotificationMessage = Static<typeof NotificationData>
-export type ChangeTypeName = Static<typeof ChangeType>
+export type ChangeTypeName = Static<typeof ChangeTypeSchema>
 export type EntitySnapshotData = Static<typeof EntitySnapshot>
 export type FeedSnapshotData = Static<typeof FeedSnapshot>
 export type PayloadTypeName = Static<typeof PayloadType>

@@ -52,6 +52,24 @@ export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([CloseCode.policyV
 /** The entity id of a type-wide (feed) subscription. */
 export const FEED = '*'
 
+/** What happened to an entity: its document, or its stream's events (`appended`) or the stream itself (`archived`). */
+export const CHANGE_TYPES = ['created', 'updated', 'deleted', 'appended', 'archived'] as const
+export type ChangeType = typeof CHANGE_TYPES[number]
+/** What a filtered feed says besides: an entity began (`entered`) or stopped (`left`) matching its conditions. */
+export const FILTER_CHANGE_TYPES = ['entered', 'left'] as const
+
+/**
+ * The net change of two changes of one entity, as a client sees it when it never got the first one's frame; null
+ * when nothing is left to say: the entity was created and deleted while the client was not reading.
+ */
+export function mergeChangeType (first: string, last: string): string | null {
+  if (first === 'created') return last === 'deleted' ? null : 'created'
+  if (last === 'deleted') return 'deleted'
+  // the client knew the entity before and it exists after: a re-creation is, to it, an update
+  if (first === 'deleted' || last === 'created') return 'updated'
+  return last
+}
+
 /**
  * The subscriptionId: `<entityType>:<entityId>`, as the users' draft client computes it; a subscription that named
  * a tenant is `<entityType>@<tenantId>:<entityId>` (type names hold neither '@' nor ':', tenant ids no ':').

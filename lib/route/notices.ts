@@ -9,7 +9,7 @@ import type { Database } from '../capture/database.js'
 import { carriesDocument, type EntityRegistry, type EntityType } from '../entities.js'
 import type { Drops } from './drops.js'
 import { DocumentReader } from './documents.js'
-import { encodeNotification, type NotificationFields } from '../protocol/index.js'
+import { encodeNotification, type NotificationFields, type PayloadTypeName } from '../protocol/index.js'
 
 /** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
 export interface Notice {
@@ -113,7 +113,7 @@ export class Notices {
     }
     let payload: unknown
     let stale = false
-    let payloadType = carriesDocument(entity) && change.changeType !== 'archived' ? 'full' : 'minimal'
+    let payloadType: PayloadTypeName = carriesDocument(entity) && change.changeType !== 'archived' ? 'full' : 'minimal'
     if (payloadType === 'full' && change.changeType !== 'deleted') {
       if (change.hasDoc) payload = change.doc
       else {

@@ -19,7 +19,7 @@ import { Subscriptions, type Subscriber, type SubscriptionServices } from './sub
 import { subscribe } from './subscribe.js'
 import { unsubscribe } from './unsubscribe.js'
 import type { ReplayedFrames } from '../reads/replay.js'
-import { Envelope, RequestData, whereRefusal, encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, type RequestIdValue } from '../protocol/index.js'
+import { encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, isUnreadable, readClientMessage, type RequestIdValue } from '../protocol/index.js'
 
 export interface ConnectionServices extends SubscriptionServices {
   options: ResolvedOptions
@@ -211,23 +211,15 @@ export class Connection implements Subscriber {
     const text = data.toString()
     // ws enforces maxPayload when this plugin registered it; a host's own @fastify/websocket may allow more
     if (text.length > this.limits.maxMessageBytes) return this.close(CloseCode.tooLarge, 'frame too large')
-    let message: unknown
-    try {
-      message = JSON.parse(text)
-    } catch {
-      return this.reject(undefined, WireError.invalidJson, 'frame is not JSON')
-    }
-    if (!Envelope.Check(message)) {
-      return this.reject(requestIdOf(message), WireError.badRequest, 'expected {"type": string, "id"?: string | integer, "data"?: object}')
-    }
-    const { type, id, data: body } = message
+    const message = readClientMessage(text)
+    if (isUnreadable(message)) return this.reject(message.id, message.code, message.error)
+    const { id } = message
     const failed = (): string => encodeError(id, WireError.internal, 'the server failed; retry')
-    switch (type) {
+    switch (message.type) {
       case 'ping':
-        this.send(encodePong(id))
-        return
+        return this.send(encodePong(id))
       case 'subscribe': {
-        if (!RequestData.subscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}')
+        const body = message.data
         // the rate counts entities, not frames
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many subscribe requests; slow down')
         const failure = 'entityIds' in body
@@ -235,18 +227,16 @@ export class Connection implements Subscriber {
           : () => encodeSubscriptionError(id, body, WireError.internal, 'the server failed; retry')
         return this.request(id, failure, async (reply) => await subscribe(this.subscriptions, reply, body))
       }
-      case 'unsubscribe':
-        if (!RequestData.unsubscribe.Check(body)) return this.reject(id, WireError.badRequest, whereRefusal(body) ?? 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}')
+      case 'unsubscribe': {
+        const body = message.data
         if (!this.subscribeTokens().take('entityIds' in body ? body.entityIds.length : 1)) return this.reject(id, WireError.rateLimited, 'too many unsubscribe requests; slow down')
         return this.request(id, failed, async (reply) => await unsubscribe(this.subscriptions, reply, body))
+      }
       case 'auth':
-        if (!RequestData.auth.Check(body)) return this.reject(id, WireError.badRequest, 'auth needs data {token}')
         // each one costs a signature check, and may re-check every subscription: a client refreshes once per token
         this.authBucket ??= new TokenBucket(this.limits.authMessagesPerMinute, this.limits.authMessagesPerMinute / 60)
         if (!this.authBucket.take()) return this.reject(id, WireError.rateLimited, 'too many auth messages; refresh once per token lifetime')
-        return this.request(id, failed, async (reply) => await this.authenticate(reply, body.token))
-      default:
-        return this.reject(id, WireError.badRequest, `unknown message type "${type.slice(0, 32)}"`)
+        return this.request(id, failed, async (reply) => await this.authenticate(reply, message.data.token))
     }
   }
 
@@ -304,9 +294,3 @@ function onMessage (this: WebSocket, data: RawData, isBinary: boolean): void { (
 function onPong (this: WebSocket): void { (this as SocketOf).connection.lastSeen = Date.now() }
 function onClose (this: WebSocket, code: number): void { (this as SocketOf).connection.onClosed(code) }
 function onError (this: WebSocket, err: Error): void { (this as SocketOf).connection.onError(err) }
-
-function requestIdOf (message: unknown): RequestIdValue {
-  if (message === null || typeof message !== 'object') return undefined
-  const id = (message as { id?: unknown }).id
-  return (typeof id === 'string' && id.length <= 128) || Number.isInteger(id) ? id as string | number : undefined
-}

@@ -21,7 +21,7 @@ import type { EntityType } from '../entities.js'
 import { FEED } from '../route/channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../reads/snapshot.js'
-import { DocumentKeys, matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
+import { DocumentKeys, forSubscription, matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
 
 /** A change of the type as the groups see it. */
@@ -97,7 +97,7 @@ class FilterGroup {
       this.members.delete(change.key)
       index.left(change.key, this)
     }
-    this.emit(tagged(change.frame, change.changeType, changeType, this.subscriptionId), change.txid)
+    this.emit(forSubscription(change.frame, changeType, this.subscriptionId), change.txid)
   }
 
   emit (frame: string, txid: string | undefined): void {
@@ -114,13 +114,6 @@ class FilterGroup {
       watcher.deliver(frame, undefined, shared)
     }
   }
-}
-
-/** The frame of a change as one group sends it: its change type for that group, and the group's subscriptionId. */
-function tagged (frame: string, from: string, to: string, subscriptionId: string): string {
-  // the first `"changeType":"` is the field's: inside a JSON string every '"' is escaped
-  const typed = from === to ? frame : frame.replace(`"changeType":"${from}"`, `"changeType":"${to}"`)
-  return typed.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
 }
 
 /** Every filter of one feed channel on this instance: the one watcher of the channel. */

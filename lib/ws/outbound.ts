@@ -4,6 +4,7 @@
  * the same entity replaces the waiting one (unless a frame that goes as is, such as a reply, waits between them),
  * and a socket that still falls behind is reported as a slow consumer.
  */
+import { mergeNotifications } from '../protocol/index.js'
 
 /** The part of a WebSocket the queue writes to (ws's `send(data, { binary: false })` for text frames). */
 export interface Sink {
@@ -28,44 +29,6 @@ export interface OutboundLimits {
 
 /** `overflow`: the frame was not taken and the caller should close the socket as a slow consumer. */
 export type PushResult = 'sent' | 'held' | 'overflow'
-
-/**
- * The net change of two changes of one entity, as the client sees it (the frame of `first` was never written),
- * or null when nothing is left to say: the entity was created and deleted while the client was not reading.
- */
-export function mergeChangeType (first: string, last: string): string | null {
-  if (first === 'created') return last === 'deleted' ? null : 'created'
-  if (last === 'deleted') return 'deleted'
-  // the client knew the entity before and it exists after: a re-creation is, to it, an update
-  if (first === 'deleted' || last === 'created') return 'updated'
-  return last
-}
-
-const CHANGE_TYPE = '"changeType":"'
-
-/**
- * Reads a notification's changeType without parsing the frame. `encodeNotification` writes changeType before the
- * payload, and the keys and strings before it cannot hold an unescaped quote, so the first match is the frame's own.
- */
-function changeTypeOf (frame: string): string | undefined {
-  const start = frame.indexOf(CHANGE_TYPE)
-  if (start === -1) return undefined
-  const from = start + CHANGE_TYPE.length
-  const end = frame.indexOf('"', from)
-  return end === -1 ? undefined : frame.slice(from, end)
-}
-
-/** The frame to hold in place of `first`: `last` with the net changeType, or null when both cancel out. */
-function mergeFrames (first: string, last: string): string | null {
-  const a = changeTypeOf(first)
-  const b = changeTypeOf(last)
-  if (a === undefined || b === undefined) return last
-  const net = mergeChangeType(a, b)
-  if (net === null || net === b) return net === null ? null : last
-  const message = JSON.parse(last) as { data: { changeType: string } }
-  message.data.changeType = net
-  return JSON.stringify(message)
-}
 
 /** A frame held for a slow socket; `key`: the entity channel a later notification of it may merge into it by. */
 interface Held {
@@ -112,7 +75,7 @@ export class OutboundQueue {
     const at = key === null ? undefined : this.mergeable.get(key)
     const earlier = at === undefined ? undefined : pending.get(at)
     if (key !== null && at !== undefined && earlier !== undefined) {
-      const merged = mergeFrames(earlier.frame, full ?? frame)
+      const merged = mergeNotifications(earlier.frame, full ?? frame)
       if (merged === null) {
         pending.delete(at)
         this.mergeable.delete(key)

@@ -19,7 +19,7 @@ import { ANONYMOUS } from '../../lib/auth/principal.js'
 import { resolveOptions } from '../../lib/options.js'
 import { Deltas } from '../../lib/route/deltas.js'
 import { wrap } from '../../lib/route/envelope.js'
-import { applyPatch, encodeNotification, type PatchOperation } from '../../lib/protocol/index.js'
+import { applyPatch, encodeNotification, type ChangeType, type PatchOperation } from '../../lib/protocol/index.js'
 import type { Authenticator } from '../../lib/auth/authenticate.js'
 import type { InterestStore } from '../../lib/interest/interest.js'
 import type { Filters } from '../../lib/ws/filters.js'
@@ -99,7 +99,7 @@ async function subscribe (ws: FakeSocket, data: object): Promise<void> {
 /** The publisher: one Deltas, and the bus message of each change, as the router makes it. */
 const deltas = new Deltas(1 << 20)
 let positions = 0
-function publish (entityType: string, entityId: string, document: unknown, tenantId: string | null = null, changeType = 'updated'): string {
+function publish (entityType: string, entityId: string, document: unknown, tenantId: string | null = null, changeType: ChangeType = 'updated'): string {
   const position = `n:${++positions}`
   const channel = fanout.channel(entityType, entityId, tenantId)
   const fields = { entityType, entityId, tenantId, changeType, ts: 0, position }

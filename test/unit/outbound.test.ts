@@ -4,7 +4,8 @@
  */
 import t from 'tap'
 import type { Clock } from 'clock-mock'
-import { OutboundQueue, mergeChangeType, type OutboundLimits, type Sink } from '../../lib/ws/outbound.js'
+import { OutboundQueue, type OutboundLimits, type Sink } from '../../lib/ws/outbound.js'
+import { mergeChangeType, type ChangeTypeName } from '../../lib/protocol/index.js'
 import { encodeNotification } from '../../lib/protocol/index.js'
 import { fakeClock, type TestContext } from './fixtures/fakes.js'
 
@@ -22,7 +23,7 @@ class FakeSink implements Sink {
   }
 }
 
-function note (id: string, changeType: string, payload?: unknown): string {
+function note (id: string, changeType: ChangeTypeName, payload?: unknown): string {
   const payloadType = payload === undefined ? 'minimal' : 'full'
   return encodeNotification({ entityType: 'Team', entityId: id, changeType, payloadType, ts: 0, payload })
 }

@@ -119,7 +119,7 @@ t.test('applyPatch shares what the patch does not touch and copies each containe
   t.same(doc.changed, { n: 1, m: 1 })
 })
 
-const fields = (position: string) => ({ entityType: 'Match', entityId: 'm1', tenantId: null, changeType: 'updated', ts: 0, position })
+const fields = (position: string) => ({ entityType: 'Match', entityId: 'm1', tenantId: null, changeType: 'updated' as const, ts: 0, position })
 const fullOf = (position: string, document: unknown): string => encodeNotification({ ...fields(position), payloadType: 'full', payload: document })
 
 t.test('Deltas: a patch from the document kept at the last position; full when it has none or the patch is larger', async (t) => {

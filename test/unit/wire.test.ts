@@ -10,7 +10,8 @@ import type { EntityType } from '../../lib/entities.js'
 import { unwrap, wrap, type Envelope as BusEnvelope } from '../../lib/route/envelope.js'
 import {
   Envelope, RequestData, encodeAuthenticated, encodeError, encodeNotification, encodePong, encodeResync, encodeSubscribed,
-  encodeSubscriptionError, encodeUnsubscribed, parseSubscriptionId, subscriptionIdOf
+  encodeSubscriptionError, encodeUnsubscribed, forSubscription, mergeNotifications, parseSubscriptionId, subscriptionIdOf,
+  type ChangeTypeName
 } from '../../lib/protocol/index.js'
 import { WireError } from '../../lib/errors.js'
 
@@ -96,7 +97,7 @@ t.test('bus envelope: malformed messages', async (t) => {
   }
 })
 
-const json = (frame: string): unknown => JSON.parse(frame)
+const json = (frame: string): any => JSON.parse(frame)
 
 t.test('subscriptionIdOf and parseSubscriptionId are inverse for every id a request may carry', async (t) => {
   const types = ['Team', '_t', 'Ns.Team_2']
@@ -130,7 +131,7 @@ t.test('parseSubscriptionId: null for what is not one', async (t) => {
 })
 
 t.test('encodeNotification: optional fields only when set; a payload only for full and events', async (t) => {
-  const base = { entityType: 'Team', entityId: '42', changeType: 'updated', ts: Date.UTC(2024, 0, 2, 3, 4, 5, 6) }
+  const base = { entityType: 'Team', entityId: '42', changeType: 'updated' as const, ts: Date.UTC(2024, 0, 2, 3, 4, 5, 6) }
   t.same(json(encodeNotification({ ...base, payloadType: 'minimal', tenantId: null, version: null, origin: null, position: null, payload: { ignored: true } })), {
     type: 'notification',
     data: { entityType: 'Team', entityId: '42', changeType: 'updated', payloadType: 'minimal', timestamp: '2024-01-02T03:04:05.006Z' }
@@ -235,4 +236,24 @@ t.test('RequestData.auth: a token of 1..16384 characters', async (t) => {
   for (const value of [{}, { token: '' }, { token: 'x'.repeat(16385) }, { token: 1 }, { token: 'x', extra: 1 }]) {
     t.notOk(RequestData.auth.Check(value), JSON.stringify(value).slice(0, 40))
   }
+})
+
+t.test('forSubscription: the subscription\'s change type and its subscriptionId, last; the document untouched', async (t) => {
+  // a document may hold a field named changeType: the frame's own comes before the payload
+  const frame = encodeNotification({ entityType: 'Player', entityId: 'p1', changeType: 'updated', payloadType: 'full', ts: 0, payload: { changeType: 'updated', teamId: 't1' } })
+  const tagged = forSubscription(frame, 'entered', 'Player:*{"teamId":["t1"]}')
+  t.same(json(tagged), { ...json(frame), data: { ...json(frame).data, changeType: 'entered', subscriptionId: 'Player:*{"teamId":["t1"]}' } })
+  t.ok(tagged.endsWith(',"subscriptionId":"Player:*{\\"teamId\\":[\\"t1\\"]}"}}'), 'the subscriptionId is the last field')
+  t.same(json(tagged).data.payload, { changeType: 'updated', teamId: 't1' }, 'the document as it was')
+  t.same(json(forSubscription(frame, 'updated', 'Player:*')).data.changeType, 'updated', 'the change type kept')
+})
+
+t.test('mergeNotifications: the last frame with the net change type, or nothing when they cancel out', async (t) => {
+  const of = (changeType: ChangeTypeName, n: number): string => encodeNotification({ entityType: 'Team', entityId: 't1', changeType, payloadType: 'full', ts: 0, payload: { n, changeType: 'deleted' } })
+  t.equal(mergeNotifications(of('created', 1), of('deleted', 2)), null, 'created, then deleted: the client never knew it')
+  t.equal(mergeNotifications(of('updated', 1), of('updated', 2)), of('updated', 2), 'the later frame as it is')
+  const recreated = json(mergeNotifications(of('deleted', 1), of('created', 2))!)
+  t.same(recreated, { ...json(of('created', 2)), data: { ...json(of('created', 2)).data, changeType: 'updated' } }, 'deleted then created: an update, the later document')
+  t.equal(json(mergeNotifications(of('created', 1), of('updated', 2))!).data.changeType, 'created')
+  t.equal(mergeNotifications('{"type":"batch","data":[]}', of('updated', 2)), of('updated', 2), 'a frame that is no notification: the later one')
 })
