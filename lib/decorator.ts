@@ -32,8 +32,11 @@ export interface ChangefeedStats {
   listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number }>
   /** the JetStream stream of all changes, when enabled */
   stream: { published: number, failed: number } | null
-  /** `channels`: entity channels this instance is subscribed to on the bus (one per locally watched entity) */
-  bus: { provider: string, ready: boolean, instanceId: string, channels: number }
+  /**
+   * `channels`: entity channels this instance is subscribed to on the bus (one per locally watched entity);
+   * `unreadable`: messages in a layout this version does not read (their watchers were told to resync)
+   */
+  bus: { provider: string, ready: boolean, instanceId: string, channels: number, unreadable: number }
   router: RouterCounters
   /** `delta` types, on the publisher: patches made, changes sent full only, and the documents kept (`cacheBytes`) */
   deltas: DeltaCounters & { cacheBytes: number }
@@ -126,7 +129,7 @@ export function statsOf (p: Pipeline): ChangefeedStats {
     filters: { groups: connections.filters?.size ?? 0, subscriptions: connections.filters?.subscriptions ?? 0, reads: p.snapshots.reads },
     listeners: listenerStats(p),
     stream: stream === null ? null : { published: stream.published, failed: stream.failed },
-    bus: { provider: bus.provider, ready: bus.ready, instanceId: p.instanceId, channels: fanout.busChannels },
+    bus: { provider: bus.provider, ready: bus.ready, instanceId: p.instanceId, channels: fanout.busChannels, unreadable: fanout.counters.unreadable },
     router: routerCounters(p),
     deltas: { ...p.router.deltas.counters, cacheBytes: p.router.deltas.bytes },
     dropped: { ...drops.counts },

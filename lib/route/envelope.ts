@@ -1,18 +1,31 @@
 /**
- * What travels on an entity channel: one header line, then the frame every socket receives, unchanged. The header's
- * fields, space-separated, '-' for none: the change's time (epoch ms), the payload type, the W3C trace context of
- * the publishing span, the change's position, its tenant (URI-encoded), and for owner types the owner the document
- * names ('o:<owner, URI-encoded>', 'o' for none; absent for other types). JSON frames contain no raw newline, so
- * the first '\n' ends the header. A `delta` type's change (payload type `delta`) may carry a second frame, its patch:
- * then the header ends with 'b:<the patch's base position, URI-encoded>' and the patch frame follows the full one
- * after a '\n'. A change captured from PostgreSQL ends the header with 'x:<its transaction id>', which tells a
- * subscriber whose snapshot saw it that it has it already.
+ * What travels on a channel of the bus: one header line, then the frame every socket receives, unchanged. The
+ * header's fields, space-separated, '-' for none:
+ *
+ *   cf1              the version of this layout: a message of another one is not read (the fanout resyncs its watchers)
+ *   n | r            what it carries: a notification, or a resync its watchers are owed (a change given up on)
+ *   ts               the change's time (epoch ms)
+ *   payloadType      minimal, full, events or delta ('-' for a resync)
+ *   traceparent      the W3C trace context of the publishing span
+ *   position         the change's position
+ *   tenant           its tenant (URI-encoded)
+ *   o:<owner> | o    owner types: the owner the document names (URI-encoded), or none; absent for other types
+ *   x:<txid>         a change captured from PostgreSQL: its transaction (a snapshot that saw it has it already)
+ *   b:<base>         a `delta` type's change with a patch: the position the patch applies to (URI-encoded)
+ *
+ * JSON frames contain no raw newline, so the first '\n' ends the header. With `b:` the patch frame follows the full
+ * one after a second '\n'.
  */
 import type { DeltaFrame } from './deltas.js'
+import type { PayloadTypeName } from '../protocol/index.js'
+
+const VERSION = 'cf1'
 
 export interface Envelope {
+  kind: 'notification' | 'resync'
   ts: number
-  payloadType: string
+  /** null for a resync */
+  payloadType: PayloadTypeName | null
   traceparent: string | null
   position: string | null
   /** tenanted types: the entity's tenant */
@@ -26,31 +39,42 @@ export interface Envelope {
   txid?: string
 }
 
-export function wrap (envelope: Omit<Envelope, 'traceparent' | 'position' | 'tenantId'> & Partial<Envelope>): string {
+type Notification = Omit<Envelope, 'kind' | 'payloadType' | 'traceparent' | 'position' | 'tenantId'> & { payloadType: PayloadTypeName } & Partial<Envelope>
+
+/** A notification's message. */
+export function wrap (envelope: Notification): string {
   const { ts, payloadType, traceparent, position, tenantId, owner, frame, delta, txid } = envelope
   const ownerField = owner === undefined ? '' : owner === null ? ' o' : ' o:' + encodeURIComponent(owner)
   const tenantField = tenantId === undefined || tenantId === null ? '-' : encodeURIComponent(tenantId)
   const txidField = txid === undefined ? '' : ' x:' + txid
-  const header = `${ts} ${payloadType} ${traceparent ?? '-'} ${position ?? '-'} ${tenantField}${ownerField}${txidField}`
+  const header = `${VERSION} n ${ts} ${payloadType} ${traceparent ?? '-'} ${position ?? '-'} ${tenantField}${ownerField}${txidField}`
   return delta === undefined ? `${header}\n${frame}` : `${header} b:${encodeURIComponent(delta.base)}\n${frame}\n${delta.frame}`
+}
+
+/** A resync's message: its watchers, wherever they are, are owed the frame. */
+export function wrapResync (frame: string, ts = Date.now()): string {
+  return `${VERSION} r ${ts} - - - -\n${frame}`
 }
 
 const orNull = (field: string | undefined): string | null => field === '-' || field === undefined ? null : field
 
+/** The message read back; null for one this layout did not write (another version, another publisher on the bus). */
 export function unwrap (message: string): Envelope | null {
   const end = message.indexOf('\n')
   if (end < 0) return null
-  const [ts, payloadType, traceparent, position, tenant, ...optional] = message.slice(0, end).split(' ')
+  const [version, kind, ts, payloadType, traceparent, position, tenant, ...optional] = message.slice(0, end).split(' ')
+  if (version !== VERSION || (kind !== 'n' && kind !== 'r')) return null
   const tenantId = orNull(tenant)
   const owner = optional.find((field) => field[0] === 'o')
   const base = optional.find((field) => field.startsWith('b:'))
   const txid = optional.find((field) => field.startsWith('x:'))
-  // a header that wrap() did not write (another publisher on the bus) can hold bad percent-encoding: a URIError
-  // thrown here would escape the bus client's message handler (ioredis rethrows it: the process exits)
+  // a header that wrap() did not write can hold bad percent-encoding: a URIError thrown here would escape the bus
+  // client's message handler (ioredis rethrows it: the process exits)
   try {
     const envelope: Envelope = {
+      kind: kind === 'n' ? 'notification' : 'resync',
       ts: Number(ts),
-      payloadType,
+      payloadType: orNull(payloadType) as PayloadTypeName | null,
       traceparent: orNull(traceparent),
       position: orNull(position),
       tenantId: tenantId === null ? null : decodeURIComponent(tenantId),

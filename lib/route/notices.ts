@@ -14,7 +14,7 @@ import { encodeNotification, type NotificationFields, type PayloadTypeName } fro
 /** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
 export interface Notice {
   frame: string
-  payloadType: string
+  payloadType: PayloadTypeName
   tenantId: string | null
   /** owner types with a full document: who the document says owns it (null: nobody); undefined otherwise */
   owner?: string | null

@@ -6,7 +6,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/bus.js'
-import { wrap } from './envelope.js'
+import { wrapResync } from './envelope.js'
 
 const MAX_OWED = 10_000
 const RETRY_MS = 250
@@ -36,7 +36,7 @@ export class OwedResyncs {
       this.databases.set(database, 'delivery_failed')
     } else {
       for (const [channel, frame] of debts) {
-        if (!this.owed.has(channel)) this.owed.set(channel, wrap({ ts: Date.now(), payloadType: 'resync', frame }))
+        if (!this.owed.has(channel)) this.owed.set(channel, wrapResync(frame))
       }
     }
     this.schedule(0)

@@ -66,6 +66,8 @@ export interface FanoutCounters {
   createdByType: Record<string, number>
   removedByType: Record<string, number>
   busErrors: number
+  /** bus messages this instance could not read (their watchers were told to resync) */
+  unreadable: number
 }
 
 /** resyncs asked for within this long of each other go out as one frame per entity (one outage is seen by both
@@ -74,7 +76,7 @@ const RESYNC_COALESCE_MS = 100
 
 export class Fanout {
   readonly store = new LocalSubscriptionStore<Watcher>()
-  readonly counters: FanoutCounters = { sentByPayload: {}, failedByPayload: {}, createdByType: {}, removedByType: {}, busErrors: 0 }
+  readonly counters: FanoutCounters = { sentByPayload: {}, failedByPayload: {}, createdByType: {}, removedByType: {}, busErrors: 0, unreadable: 0 }
   /** every instance listens here for gaps announced by whichever instance captures a database */
   readonly gapChannel: string
   private bus: PubSub | null = null
@@ -150,8 +152,8 @@ export class Fanout {
       return
     }
     const envelope = unwrap(message)
-    if (envelope === null) return
-    if (envelope.payloadType === 'resync') return this.oweResync(channel, envelope.frame)
+    if (envelope === null) return this.unreadable(channel)
+    if (envelope.kind === 'resync' || envelope.payloadType === null) return this.oweResync(channel, envelope.frame)
     // a resync owed to these watchers goes first: the notification may follow the changes the gap lost
     if (this.owedResyncs.has(channel)) this.payResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
@@ -174,6 +176,15 @@ export class Fanout {
     if (sent < entry.watchers.size) failedByPayload[payloadType] = (failedByPayload[payloadType] ?? 0) + entry.watchers.size - sent
     this.telemetry?.recordDelivery(envelope.ts, envelope.payloadType)
     span?.end()
+  }
+
+  /**
+   * A message this instance cannot read (an instance of another version on the bus, during a rolling upgrade; or
+   * another publisher): its watchers may have missed a change, so they refetch. Counted, and logged once.
+   */
+  private unreadable (channel: string): void {
+    if (this.counters.unreadable++ === 0) this.log.warn({ channel }, 'changefeed: a bus message in a layout this version does not read; its watchers resync (logged once; see stats().bus)')
+    this.oweResync(channel, 'unreadable')
   }
 
   /** A span for this instance's delivery, linked to the span of the instance that published the change. */

@@ -327,7 +327,7 @@ t.test('OwedResyncs: a resync owed while the bus refuses is published once it ta
   await advance(clock, 250)
   t.same(bus.published.map((p) => p.channel), ['cf:Team:1', 'cf:Team:2'], 'each on the entity\'s own channel')
   const envelope = unwrap(bus.published[0].message)
-  t.match(envelope, { payloadType: 'resync', frame: frameOf('1'), tenantId: null, position: null }, 'wrapped as a resync, the frame unchanged')
+  t.match(envelope, { kind: 'resync', payloadType: null, frame: frameOf('1'), tenantId: null, position: null }, 'wrapped as a resync, the frame unchanged')
   t.equal(resyncs.published, 2)
   const attempts = bus.publishAttempts
   await advance(clock, 10_000)

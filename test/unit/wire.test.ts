@@ -7,7 +7,7 @@
 import t from 'tap'
 import { FEED, channelOf, channelsOf } from '../../lib/route/channels.js'
 import type { EntityType } from '../../lib/entities.js'
-import { unwrap, wrap, type Envelope as BusEnvelope } from '../../lib/route/envelope.js'
+import { unwrap, wrap, wrapResync, type Envelope as BusEnvelope } from '../../lib/route/envelope.js'
 import {
   Envelope, RequestData, encodeAuthenticated, encodeError, encodeNotification, encodePong, encodeResync, encodeSubscribed,
   encodeSubscriptionError, encodeUnsubscribed, forSubscription, mergeNotifications, parseSubscriptionId, subscriptionIdOf,
@@ -51,7 +51,7 @@ t.test('bus envelope: every header field round-trips', async (t) => {
     for (const position of positions) {
       for (const tenantId of tenants) {
         for (const owner of owners) {
-          const envelope: BusEnvelope = { ts: 1712345678901, payloadType: 'full', traceparent, position, tenantId, frame: notificationFrame }
+          const envelope: BusEnvelope & { payloadType: 'full' } = { kind: 'notification', ts: 1712345678901, payloadType: 'full', traceparent, position, tenantId, frame: notificationFrame }
           if (owner !== undefined) envelope.owner = owner
           const back = unwrap(wrap(envelope))
           if (!t.same(back, envelope, JSON.stringify({ traceparent, position, tenantId, owner }))) return
@@ -63,36 +63,40 @@ t.test('bus envelope: every header field round-trips', async (t) => {
   t.equal(cases, traceparents.length * positions.length * tenants.length * owners.length)
 })
 
-t.test('bus envelope: the header is one line of space-separated fields, the frame follows unchanged', async (t) => {
+t.test('bus envelope: the header is one line of space-separated fields after the version and kind, the frame follows unchanged', async (t) => {
   const message = wrap({ ts: 5, payloadType: 'minimal', tenantId: 'a b', owner: 'u 1', frame: notificationFrame })
-  t.equal(message, `5 minimal - - a%20b o:u%201\n${notificationFrame}`)
-  t.equal(wrap({ ts: 5, payloadType: 'resync', frame: '{}' }), '5 resync - - -\n{}', 'fields left out are "-"; no owner field')
-  t.equal(wrap({ ts: 5, payloadType: 'full', owner: null, frame: '{}' }), '5 full - - - o\n{}', 'an owner type without an owner')
-  t.equal(unwrap('5 full - - -\n')?.frame, '', 'an empty frame')
-  t.equal(unwrap('5 full - - -\n{"a":"\\n"}\nmore')?.frame, '{"a":"\\n"}\nmore', 'only the first newline ends the header')
+  t.equal(message, `cf1 n 5 minimal - - a%20b o:u%201\n${notificationFrame}`)
+  t.equal(wrapResync('{}', 5), 'cf1 r 5 - - - -\n{}', 'a resync: fields left out are "-"; no owner field')
+  t.same(unwrap(wrapResync('{}', 5)), { kind: 'resync', ts: 5, payloadType: null, traceparent: null, position: null, tenantId: null, frame: '{}' })
+  t.equal(wrap({ ts: 5, payloadType: 'full', owner: null, frame: '{}' }), 'cf1 n 5 full - - - o\n{}', 'an owner type without an owner')
+  t.equal(unwrap('cf1 n 5 full - - -\n')?.frame, '', 'an empty frame')
+  t.equal(unwrap('cf1 n 5 full - - -\n{"a":"\\n"}\nmore')?.frame, '{"a":"\\n"}\nmore', 'only the first newline ends the header')
 })
 
 t.test('bus envelope: a delta type\'s change carries its patch frame after the full one, and the patch\'s base', async (t) => {
   const patchFrame = JSON.stringify({ type: 'notification', data: { payloadType: 'delta', patch: [{ op: 'replace', path: '/text', value: 'a\nb' }] } })
   for (const base of ['n:12', '0000abcd:5', 'p:a b%:1']) {
     for (const owner of [undefined, null, 'u 1']) {
-      const envelope: BusEnvelope = { ts: 5, payloadType: 'delta', traceparent: null, position: 'n:13', tenantId: 'red', frame: notificationFrame, delta: { frame: patchFrame, base } }
+      const envelope: BusEnvelope & { payloadType: 'delta' } = { kind: 'notification', ts: 5, payloadType: 'delta', traceparent: null, position: 'n:13', tenantId: 'red', frame: notificationFrame, delta: { frame: patchFrame, base } }
       if (owner !== undefined) envelope.owner = owner
       t.same(unwrap(wrap(envelope)), envelope, JSON.stringify({ base, owner }))
     }
   }
-  t.equal(wrap({ ts: 5, payloadType: 'delta', position: 'n:2', frame: '{}', delta: { frame: '[]', base: 'n:1' } }), '5 delta - n:2 - b:n%3A1\n{}\n[]')
-  t.same(unwrap('5 delta - n:2 - b:n%3A1\n{}'), { ts: 5, payloadType: 'delta', traceparent: null, position: 'n:2', tenantId: null, frame: '{}' },
+  t.equal(wrap({ ts: 5, payloadType: 'delta', position: 'n:2', frame: '{}', delta: { frame: '[]', base: 'n:1' } }), 'cf1 n 5 delta - n:2 - b:n%3A1\n{}\n[]')
+  t.same(unwrap('cf1 n 5 delta - n:2 - b:n%3A1\n{}'), { kind: 'notification', ts: 5, payloadType: 'delta', traceparent: null, position: 'n:2', tenantId: null, frame: '{}' },
     'a base without a second frame: no patch')
 })
 
-t.test('bus envelope: malformed messages', async (t) => {
+t.test('bus envelope: malformed messages, and messages of another layout', async (t) => {
   t.equal(unwrap(''), null)
-  t.equal(unwrap('5 full - - - {"no":"newline"}'), null, 'no header line')
-  t.match(unwrap('5 full\n{}'), { ts: 5, payloadType: 'full', traceparent: null, position: null, tenantId: null, frame: '{}' },
-    'an older, shorter header: the missing fields are none')
-  t.ok(Number.isNaN(unwrap('soon full - - -\n{}')?.ts), 'a time that is not a number')
-  for (const header of ['5 full - - %E0%A4%A', '5 full - - - o:%', '5 full - - % o:%ZZ']) {
+  t.equal(unwrap('cf1 n 5 full - - - {"no":"newline"}'), null, 'no header line')
+  t.equal(unwrap('5 full - - -\n{}'), null, 'the layout before the version token')
+  t.equal(unwrap('cf2 n 5 full - - -\n{}'), null, 'another version')
+  t.equal(unwrap('cf1 x 5 full - - -\n{}'), null, 'an unknown kind')
+  t.match(unwrap('cf1 n 5 full\n{}'), { ts: 5, payloadType: 'full', traceparent: null, position: null, tenantId: null, frame: '{}' },
+    'a shorter header: the missing fields are none')
+  t.ok(Number.isNaN(unwrap('cf1 n soon full - - -\n{}')?.ts), 'a time that is not a number')
+  for (const header of ['cf1 n 5 full - - %E0%A4%A', 'cf1 n 5 full - - - o:%', 'cf1 n 5 full - - % o:%ZZ']) {
     t.equal(unwrap(`${header}\n{}`), null, `undecodable percent-encoding (${header}) is malformed, not a throw`)
   }
 })
