@@ -50,3 +50,12 @@ t.test('the README links every reference document', async (t) => {
     t.ok(readme.includes(`](${doc})`) || readme.includes(`](${doc}#`), doc)
   }
 })
+
+t.test('the client README has a table of every client option', async (t) => {
+  const types = readDocument('lib/client/types.ts')
+  const body = /export interface ClientOptions \{([\s\S]*?)\n\}/.exec(types)?.[1] ?? ''
+  const options = [...body.matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1])
+  t.ok(options.length >= 10, `ClientOptions has ${options.join(', ')}`)
+  const table = readDocument('lib/client/README.md')
+  for (const option of options) t.match(table, new RegExp(`^\\| \`${option}\` \\|`, 'm'), `${option} has its row`)
+})
