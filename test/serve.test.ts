@@ -138,6 +138,17 @@ for (const [provider, userinfo, redacted] of [['redis', 'user:bus-secret', 'user
   })
 }
 
+t.test('a database that does not answer stops the start with one coded line naming it, without the password', async (t) => {
+  const port = await freePort()
+  const server = serve(t, ['--port', '0'], { DATABASE_URL: `postgres://postgres:db-secret@127.0.0.1:${port}/ballr` })
+  t.equal((await server.exit).code, 1)
+  const [line, ...more] = stderrLines(server)
+  t.same(more, [], 'one line on stderr')
+  t.match(line, /CHANGEFEED_DATABASE_UNAVAILABLE/)
+  t.ok(line.includes(`127.0.0.1:${port}`), 'names the server')
+  t.notMatch(server.stdout() + server.stderr(), /db-secret/, 'no password anywhere')
+})
+
 t.test('a normal start logs nothing at warn level, and says truthfully that it leads', async (t) => {
   await requireService('Redis')
   const url = await freshDatabase(t, 'cli_quiet')
