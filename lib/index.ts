@@ -1,3 +1,6 @@
+// The plugin registers @fastify/postgres pools (app.pg.<name>): that package's declaration of `app.pg` comes with
+// ours (kept in the emitted declarations), so a TypeScript host need not import @fastify/postgres to use them.
+/// <reference types="@fastify/postgres" preserve="true" />
 /**
  * fastify-changefeed: push PostgreSQL data changes to WebSocket clients.
  *

@@ -12,6 +12,7 @@ import { promisify } from 'node:util'
 import { packageRoot, packageVersion } from '../lib/paths.js'
 import { serve } from './helpers/serve.js'
 import { TestClient, isNotification } from './helpers/client.js'
+import { readDocument } from './helpers/docs.js'
 
 // an npm install, a PGlite fetch and a TypeScript program: minutes on a busy machine
 t.setTimeout(600_000)
@@ -70,8 +71,12 @@ t.test('installed from the tarball, as a host installs it', async (t) => {
   t.ok(megabytes < 42, 'at most a third of the 125 MB it was')
 })
 
-t.test('its declarations compile in the host (strict, skipLibCheck false)', async (t) => {
+t.test('its declarations, and the README\'s host examples as written, compile in the host (strict, skipLibCheck false)', async (t) => {
   if (!t.ok(existsSync(join(app, 'node_modules')), 'installed')) return
+  // every block of the README that imports the plugin's entry: the host's code, with nothing declared around it
+  const examples = [...readDocument('README.md').matchAll(/^```ts\n([\s\S]*?)^```/gm)].map((m) => m[1]).filter((code) => code.includes("from 'fastify-changefeed'\n"))
+  t.ok(examples.length >= 2, `${examples.length} host examples`)
+  examples.forEach((code, i) => writeFileSync(join(app, `readme-${i}.ts`), code + '\nexport {}\n'))
   writeFileSync(join(app, 'host.ts'), [
     "import Fastify from 'fastify'",
     "import changefeed from 'fastify-changefeed'",
@@ -94,7 +99,7 @@ t.test('its declarations compile in the host (strict, skipLibCheck false)', asyn
       types: ['node'],
       typeRoots: [join(packageRoot, 'node_modules', '@types')]
     },
-    files: ['host.ts']
+    files: ['host.ts', ...examples.map((_code, i) => `readme-${i}.ts`)]
   }))
   const tsc = join(packageRoot, 'node_modules', 'typescript', 'bin', 'tsc')
   const result = await promisify(execFile)(process.execPath, [tsc, '-p', app], { env: { PATH: process.env.PATH } }).then(() => '', (err: { stdout?: string }) => err.stdout ?? String(err))
