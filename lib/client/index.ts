@@ -112,7 +112,10 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     return () => this.stateListeners.delete(listener)
   }
 
-  /** Observes every notification of every subscription (adapters: TanStack Query). */
+  /**
+   * Observes every notification of every subscription (adapters: TanStack Query), each before the subscription's
+   * own handlers get it.
+   */
   onNotification (listener: (notification: Notification) => void): () => void {
     this.notificationListeners.add(listener)
     return () => this.notificationListeners.delete(listener)
