@@ -101,10 +101,14 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       return
     case 'notification': {
       // the client's every-notification listeners (adapters' caches) hear of a change before the application does
-      // a filtered feed's: its own subscription's only (the entity's and its type's feed have their own frames)
-      if (frame.data.subscriptionId !== undefined) {
+      // a frame that names its subscription (a feed's, a filtered feed's) is that subscription's only: the entity's
+      // own frame (which names none) comes on its own
+      const { subscriptionId } = frame.data
+      if (subscriptionId !== undefined) {
         to.notified(frame.data)
-        return to.filters.get(frame.data.subscriptionId)?.onNotification(frame.data)
+        const filter = to.filters.get(subscriptionId)
+        if (filter !== undefined) return filter.onNotification(frame.data)
+        return to.subscriptions.get(subscriptionId)?.onNotification(frame.data, false)
       }
       const { own, feeds } = keysOf(frame.data)
       // once per frame, as the first subscription that takes it made it (a patch: whole)

@@ -52,6 +52,11 @@ export function encodeNotification (n: NotificationFields): string {
   return JSON.stringify({ type: 'notification', data })
 }
 
+/** A notification frame, already encoded, naming the subscription it is for (a feed's, a filtered feed's). */
+export function withSubscriptionId (frame: string, subscriptionId: string): string {
+  return frame.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
+}
+
 /** Notification frames, already encoded, in one frame. */
 export function encodeBatch (frames: readonly string[]): string {
   return `{"type":"batch","data":[${frames.join(',')}]}`

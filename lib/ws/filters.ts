@@ -16,7 +16,7 @@ import type { EntityType } from '../entities.js'
 import { FEED } from '../channels.js'
 import type { Fanout, FrameMeta, Watcher } from './fanout.js'
 import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../snapshot.js'
-import { matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
+import { matches, scalarKey, valueAt, withSubscriptionId, type Condition } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
 
 /** A change of the type as the groups see it. */
@@ -106,7 +106,7 @@ class FilterGroup {
 function tagged (frame: string, from: string, to: string, subscriptionId: string): string {
   // the first `"changeType":"` is the field's: inside a JSON string every '"' is escaped
   const typed = from === to ? frame : frame.replace(`"changeType":"${from}"`, `"changeType":"${to}"`)
-  return typed.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
+  return withSubscriptionId(typed, subscriptionId)
 }
 
 /** Every filter of one feed channel on this instance: the one watcher of the channel. */

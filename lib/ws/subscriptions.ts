@@ -205,7 +205,7 @@ export class Subscriptions {
     if (existing !== undefined) return await this.confirm(reply, subscriptionId, entity, channel, existing, req)
     let opened: Opened
     try {
-      opened = await this.open(entity, req.entityId, scope.tenantId, req.since !== undefined || req.snapshot === true)
+      opened = await this.open(entity, req.entityId, scope.tenantId, req.since !== undefined || req.snapshot === true, subscriptionId)
     } catch (err) {
       this.services.log.error({ err }, 'changefeed: bus subscribe failed')
       return reply.fail()
@@ -217,10 +217,11 @@ export class Subscriptions {
 
   /**
    * Starts the socket's subscription to one entity (or feed): the limit, access, then the bus. `hold`: its live
-   * notifications wait (a replay or a snapshot comes first). Resolves null when the socket closed meanwhile.
-   * Rejects when the bus or the interest store failed (nothing is left behind).
+   * notifications wait (a replay or a snapshot comes first). `subscriptionId`: a feed's, which its notifications
+   * name (as the subscribe that starts it named it). Resolves null when the socket closed meanwhile. Rejects when
+   * the bus or the interest store failed (nothing is left behind).
    */
-  private async open (entity: EntityType, entityId: string, tenantId: string | null, hold: boolean): Promise<Opened> {
+  private async open (entity: EntityType, entityId: string, tenantId: string | null, hold: boolean, subscriptionId?: string): Promise<Opened> {
     const { policy, fanout } = this.services
     const channel = fanout.channel(entity.name, entityId, tenantId)
     // places being opened count: a batch opens its entities at once
@@ -237,7 +238,7 @@ export class Subscriptions {
     if (!this.socket.isOpen) return null
     if (denial !== null) return denial
     // (a subscribe of the same channel cannot have come meanwhile: this socket's requests run one at a time)
-    const watcher = entityId === FEED ? this.feedWatcher() : this.socket
+    const watcher = entityId === FEED ? this.feedWatcher(subscriptionId ?? subscriptionIdOf(entity.name, FEED)) : this.socket
     const subscription: Subscription = { entityType: entity.name, entityId, tenantId, watcher, counted: false }
     // only delta types pay for tracking what each socket holds
     if (entity.payload === 'delta' && watcher === this.socket) subscription.sent = null
@@ -256,9 +257,12 @@ export class Subscriptions {
     return this.holds(channel, subscription) ? subscription : null
   }
 
-  /** A feed's watcher: its batch frame is written before it grows past a quarter of the buffer, so it never overflows the socket. */
-  private feedWatcher (): FeedWatcher {
-    return new FeedWatcher(this.socket, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
+  /**
+   * A feed's watcher: its batch frame is written before it grows past a quarter of the buffer, so it never overflows
+   * the socket. `subscriptionId`: what its notifications name (null: a filtered feed's, named by their filter).
+   */
+  private feedWatcher (subscriptionId: string | null): FeedWatcher {
+    return new FeedWatcher(this.socket, subscriptionId, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
   }
 
   /** The `subscribed` reply (after a replay, on `since`; with the state, on `snapshot`), then watcher counts when asked for. */
@@ -448,7 +452,7 @@ export class Subscriptions {
     const denial = await policy.check(entity, FEED, tenantId, this.socket.principal)
     if (!this.socket.isOpen) return
     if (denial !== null) return refuse(denial.code, denial.reason)
-    const watcher = this.feedWatcher()
+    const watcher = this.feedWatcher(null)
     const subscription: Subscription = { entityType: entity.name, entityId: FEED, tenantId, watcher, counted: false, filter: { feedChannel, subscriptionId } }
     this.byChannel.set(key, subscription)
     let joined: Awaited<ReturnType<Filters['join']>> | null
