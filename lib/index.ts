@@ -130,6 +130,12 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       }
     }, log, options.bus.provider !== 'memory', drops)
     await capture.start()
+    // a host (the demo too) may create its tables between registering the plugin and listening: looked for again
+    // once it is ready, and only then is a declared type's missing table worth a warning
+    const started = capture
+    fastify.addHook('onReady', async () => {
+      await started.ready().catch((err: Error) => log.warn({ err: err.message }, 'changefeed: table re-scan failed'))
+    })
 
     const policy = new AccessPolicy(databases, registry, {
       adminRoles: options.auth.adminRoles,

@@ -77,7 +77,7 @@ const Capture = Type.Object(
       streams: Type.String({ default: 'mt_streams', description: 'the stream table (its `type` names the aggregate)' }),
       database: Type.Optional(Type.String({ description: 'database whose events are captured (default: all)' })),
       schema: Type.Optional(Type.String({ minLength: 1, description: 'schema of the event store (Marten `Events.DatabaseSchemaName`; default: the database\'s schema)' })),
-      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _' }),
+      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _. A type named here is a stream\'s aggregate: no warning when it has no table of its own' }),
       untypedAs: Type.Optional(Type.String({ description: 'entity type of streams started without an aggregate type (mt_streams.type null); without it their appends are counted and logged, not delivered' }))
     }, { default: {}, additionalProperties: false }),
     probeIntervalSeconds: Type.Number({ minimum: 0, default: 15, description: 'how often the listener connection is checked with a query; one that does not answer within 5 s is replaced (0: never)' })
