@@ -1,27 +1,29 @@
 /**
- * The package as a consumer gets it: what the tarball holds; and the tarball installed in an empty directory, as a
- * host would (small: no PGlite, no OpenTelemetry SDK), whose types compile and whose bin runs the demo from there
- * (fetching PGlite on first use), delivers the live match and stops on SIGTERM.
+ * The package as a consumer gets it: what the tarball holds; and the tarball made and installed with the README's
+ * commands (a clone beside a host project: `npm pack` there, the tarball installed here, `npx fastify-changefeed
+ * --demo`), as a host would (small: no PGlite, no OpenTelemetry SDK), whose types and the README's host examples
+ * compile and whose bin runs the demo from there (fetching PGlite on first use), delivers the live match and stops
+ * on SIGTERM.
  */
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import { packageRoot, packageVersion } from '../lib/paths.js'
 import { serve } from './helpers/serve.js'
 import { TestClient, isNotification } from './helpers/client.js'
-import { readDocument } from './helpers/docs.js'
+import { readDocument, shellBlocks } from './helpers/docs.js'
+import { freshCopy, run, sh, shellEnv } from './helpers/shell.js'
+import { freePort } from './helpers/brokers.js'
 
 // an npm install, a PGlite fetch and a TypeScript program: minutes on a busy machine
-t.setTimeout(600_000)
+t.setTimeout(900_000)
 
 /** npm without the test runner's loaders in its environment. */
 async function npm (args: string[], cwd: string): Promise<string> {
-  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME }
-  for (const [key, value] of Object.entries(process.env)) if (key.startsWith('npm_config_')) env[key] = value
-  const { stdout } = await promisify(execFile)('npm', args, { cwd, env, maxBuffer: 64 << 20, shell: process.platform === 'win32' })
+  const { stdout } = await promisify(execFile)('npm', args, { cwd, env: shellEnv(), maxBuffer: 64 << 20, shell: process.platform === 'win32' })
   return stdout
 }
 
@@ -53,13 +55,23 @@ t.test('the tarball holds the licence, the README, built code with declarations,
 
 const work = mkdtempSync(join(tmpdir(), 'changefeed-package-'))
 t.teardown(() => rmSync(work, { recursive: true, force: true }))
+// the README's layout: the clone, and the host project beside it
+const clone = join(work, 'fastify-changefeed')
 const app = join(work, 'app')
+const [, fromTarball = []] = shellBlocks(readDocument('README.md'))
+const demoCommand = fromTarball.find((line) => line.includes('--demo'))
+/** this machine's npm settings for the README's commands: from the cache where it can, no audit */
+const npmSettings = { npm_config_prefer_offline: 'true', npm_config_audit: 'false', npm_config_fund: 'false' }
 
-t.test('installed from the tarball, as a host installs it', async (t) => {
-  await npm(['pack', '--ignore-scripts', '--pack-destination', work], packageRoot)
+t.test('packed and installed with the README\'s commands, as a host installs it', async (t) => {
+  freshCopy(clone)
+  // what `npm pack` builds with: this checkout's modules (the clone's own install is test/quickstart.test.ts's)
+  symlinkSync(join(packageRoot, 'node_modules'), join(clone, 'node_modules'), 'dir')
   mkdirSync(app)
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'host', private: true, type: 'module' }))
-  await npm(['install', '--no-audit', '--no-fund', '--prefer-offline', join(work, `fastify-changefeed-${packageVersion}.tgz`)], app)
+  t.ok(demoCommand !== undefined && fromTarball.length >= 3, `the README's commands: ${fromTarball.join(' ; ')}`)
+  for (const command of fromTarball.filter((line) => line !== demoCommand)) await run(t, command, app, npmSettings)
+  t.ok(existsSync(join(clone, `fastify-changefeed-${packageVersion}.tgz`)), 'the tarball, made in the clone')
   const modules = join(app, 'node_modules')
   t.ok(existsSync(join(modules, 'fastify-changefeed', 'dist', 'lib', 'index.js')), 'the package')
   t.ok(existsSync(join(modules, 'fastify', 'package.json')), 'fastify, its peer dependency')
@@ -126,6 +138,16 @@ t.test('in the host install, a setting that needs a package it lacks stops with 
   }
 })
 
+t.test('the README\'s demo command runs the demo from the host project, fetching PGlite on first use', async (t) => {
+  if (!t.ok(existsSync(join(app, 'node_modules', '.bin', 'fastify-changefeed')), 'installed') || demoCommand === undefined) return
+  const port = await freePort()
+  const demo = sh(t, demoCommand, app, { ...npmSettings, PORT: String(port), CHANGEFEED_CACHE_DIR: join(work, 'cache') })
+  const [, address] = await demo.waitFor(/--demo: open (http:\/\/\S+)/)
+  t.match(demo.output(), /fetching @electric-sql\/pglite/, 'PGlite was fetched for the demo')
+  t.match(await (await fetch(address + '/')).text(), /Match centre/, 'the match centre')
+  await demo.stop()
+})
+
 t.test('its bin runs the demo from the host directory and stops on SIGTERM', async (t) => {
   const bin = join(app, 'node_modules', '.bin', 'fastify-changefeed')
   if (!t.ok(existsSync(bin), 'installed')) return
@@ -134,7 +156,6 @@ t.test('its bin runs the demo from the host directory and stops on SIGTERM', asy
     HOME: process.env.HOME, CHANGEFEED_CACHE_DIR: join(work, 'cache'), npm_config_prefer_offline: 'true'
   }, { bin, cwd: app })
   const address = await server.address
-  t.match(server.stdout(), /fetching @electric-sql\/pglite/, 'PGlite was fetched for the demo')
   const ws = await TestClient.open(address.replace('http', 'ws') + '/ws')
   t.teardown(() => ws.close())
   t.equal((await ws.subscribe('RugbyGameState', 'match-1')).type, 'subscribed')

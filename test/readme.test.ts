@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs'
 import { dirname, join, normalize } from 'node:path'
 import { OPTIONS_DOCUMENT, withOptionsTable } from '../bin/docs.js'
 import { packageRoot } from '../lib/paths.js'
-import { anchorsOf, documents, readDocument } from './helpers/docs.js'
+import { anchorsOf, documents, readDocument, shellBlocks } from './helpers/docs.js'
 
 const readme = readDocument('README.md')
 const docs = documents()
@@ -37,11 +37,14 @@ t.test('every relative link of every document reaches a file, and the heading it
   t.ok(links > 40, `${links} links checked`)
 })
 
-t.test('the README starts with what it is, then the start and test commands', async (t) => {
-  const firstScreen = readme.split('\n').slice(0, 20).join('\n')
-  t.match(firstScreen, /npm install fastify-changefeed && npx fastify-changefeed --demo/)
-  t.match(firstScreen, /npm start -- --demo/)
-  t.match(firstScreen, /npm test/)
+t.test('the README starts with what it is, then the start and test commands that work today', async (t) => {
+  const firstScreen = readme.split('\n').slice(0, 30).join('\n')
+  t.match(firstScreen, /not on the npm registry yet/i, 'says plainly that it is not published')
+  const [fromClone, fromTarball] = shellBlocks(firstScreen)
+  t.same(fromClone, ['npm install && npm start -- --demo', 'npm run test:unit'], 'from a clone: start it, test it (test/quickstart.test.ts runs them)')
+  t.ok(fromTarball?.some((line) => line.includes('npm pack')) && fromTarball.some((line) => /npm install \S+\.tgz/.test(line)), 'or from the packed tarball (test/package.test.ts runs it)')
+  t.match(firstScreen, /npm test/, 'and the whole suite')
+  t.notMatch(readme, /npm (?:install|i) fastify-changefeed\b/, 'no install from the registry, where it is not')
 })
 
 t.test('the README links every reference document', async (t) => {
