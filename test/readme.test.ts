@@ -5,7 +5,7 @@
 import t from 'tap'
 import { existsSync } from 'node:fs'
 import { dirname, join, normalize } from 'node:path'
-import { OPTIONS_DOCUMENT, withOptionsTable } from '../bin/docs.js'
+import { OPTIONS_DOCUMENT, describeOptions, withOptionsTable } from '../bin/docs.js'
 import { packageRoot } from '../lib/paths.js'
 import { anchorsOf, documents, readDocument, shellBlocks } from './helpers/docs.js'
 
@@ -61,4 +61,13 @@ t.test('the client README has a table of every client option', async (t) => {
   t.ok(options.length >= 10, `ClientOptions has ${options.join(', ')}`)
   const table = readDocument('lib/client/README.md')
   for (const option of options) t.match(table, new RegExp(`^\\| \`${option}\` \\|`, 'm'), `${option} has its row`)
+})
+
+t.test('where the documents say which tables can be watched, they say full and delta need a data column', async (t) => {
+  const intro = readme.slice(0, readme.indexOf('```'))
+  t.match(intro, /any table with an `id`[^]*[*`]full[*`][^]*[*`]delta[*`][^]*`data`/i, 'the README\'s opening')
+  t.match(readDocument('sql/README.md'), /`full`\s+and\s+`delta`[^.]*`data`/, 'sql/README.md')
+  for (const option of ['entities.<Type>.payload', 'entities.<Type>.table', 'capture.tables']) {
+    t.match(describeOptions().find((row) => row.path === option)?.description, /`data`/, `lib/OPTIONS.md: ${option}`)
+  }
 })
