@@ -71,3 +71,15 @@ t.test('where the documents say which tables can be watched, they say full and d
     t.match(describeOptions().find((row) => row.path === option)?.description, /`data`/, `lib/OPTIONS.md: ${option}`)
   }
 })
+
+t.test('the README is a quick start and a map: the detail lives in the references beside the code', async (t) => {
+  const lines = readme.split('\n').length
+  t.ok(lines <= 400, `${lines} lines`)
+  const sectionOf = (title: string): string => {
+    const from = readme.indexOf(`\n## ${title}\n`)
+    const to = readme.indexOf('\n## ', from + 1)
+    return readme.slice(from, to < 0 ? undefined : to)
+  }
+  t.notMatch(sectionOf('Benchmarks'), /^\|/m, 'no benchmark tables (test/bench/REPORT.md has them)')
+  t.notMatch(readme.slice(0, readme.indexOf('\n## How it works\n')), /CHANGEFEED_CACHE_DIR|27 MB|~\/\.cache/, 'no PGlite internals before How it works (bin/README.md has them)')
+})
