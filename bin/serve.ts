@@ -96,12 +96,12 @@ async function main (): Promise<void> {
   }
   const demo: Demo | null = args.demo ? await prepareDemo(options) : null
   if (demo !== null) options = demo.options
+  // a demo starts quietly (no request logs) and says where to look, once it listens
+  if (demo !== null && (process.env.LOG_LEVEL ?? '') === '') process.env.LOG_LEVEL = 'warn'
 
   // Fastify takes a hop count too (proxy-addr); its types leave numbers out
   const trustProxy = options.server.trustProxy as boolean | string | string[]
-  // a demo starts quietly (no request logs) and says where to look, below
-  const level = process.env.LOG_LEVEL !== undefined && process.env.LOG_LEVEL !== '' ? process.env.LOG_LEVEL : demo !== null ? 'warn' : 'info'
-  const app = Fastify({ logger: { level }, trustProxy })
+  const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' }, trustProxy })
   let telemetry: TelemetrySdk | null = null
   app.addHook('onClose', async () => await telemetry?.shutdown())
   try {
