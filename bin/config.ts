@@ -43,12 +43,89 @@ function readConfigFile (file: string): Json {
   }
   let value: unknown
   try {
-    value = JSON.parse(text)
-  } catch (err) {
-    throw new ConfigFileError(file, `not valid JSON: ${(err as Error).message}`)
+    value = JSON.parse(text.replace(/^\uFEFF/, ''))
+  } catch {
+    // V8's message gives an offset at best, and may quote the file (secrets and all): say where, in lines
+    const { line, column, found } = jsonErrorAt(text.replace(/^\uFEFF/, ''))
+    throw new ConfigFileError(file, `not valid JSON: line ${line}, column ${column}: ${found === '' ? 'the file ends too soon' : `unexpected ${JSON.stringify(found)}`}`)
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new ConfigFileError(file, 'the top level must be a JSON object')
   return value as Json
+}
+
+/** Stops the scan of jsonErrorAt at the first character JSON does not allow there. */
+class JsonStop {}
+
+/**
+ * Where the first syntax error of a JSON text is (line and column from 1) and the character found there ('' at
+ * the end): a scan of the JSON grammar, for a text JSON.parse refused.
+ */
+export function jsonErrorAt (text: string): { line: number, column: number, found: string } {
+  let i = 0
+  const stop = (): never => { throw new JsonStop() }
+  const space = (): void => { while (i < text.length && ' \t\n\r'.includes(text[i])) i++ }
+  const scalar = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null/y
+  const string = (): void => {
+    if (text[i] !== '"') stop()
+    i++
+    for (;;) {
+      const c = text[i] ?? stop()
+      if (c < ' ') stop()
+      i++
+      if (c === '"') return
+      if (c !== '\\') continue
+      const escaped = text[i] ?? stop()
+      if ('"\\/bfnrt'.includes(escaped)) i++
+      else if (text[i] === 'u' && /^[0-9a-fA-F]{4}$/.test(text.slice(i + 1, i + 5))) i += 5
+      else stop()
+    }
+  }
+  const value = (): void => {
+    space()
+    const open = text[i]
+    if (open === '"') return string()
+    if (open !== '{' && open !== '[') {
+      scalar.lastIndex = i
+      i += scalar.exec(text)?.[0].length ?? stop()
+      return
+    }
+    const close = open === '{' ? '}' : ']'
+    i++
+    space()
+    if (text[i] === close) {
+      i++
+      return
+    }
+    for (;;) {
+      if (open === '{') {
+        space()
+        string()
+        space()
+        if (text[i] !== ':') stop()
+        i++
+      }
+      value()
+      space()
+      if (text[i] !== close && text[i] !== ',') stop()
+      if (text[i++] === close) return
+    }
+  }
+  try {
+    value()
+    space()
+    if (i < text.length) stop()
+  } catch (err) {
+    if (!(err instanceof JsonStop)) throw err
+  }
+  const before = text.slice(0, i)
+  return { line: before.split('\n').length, column: i - before.lastIndexOf('\n'), found: text.slice(i, i + 1) }
+}
+
+/** A port from the environment, or CHANGEFEED_INVALID_OPTIONS naming the variable. */
+function portFrom (name: string, value: string): number {
+  const port = Number(value)
+  if (!/^\s*\d+\s*$/.test(value) || port > 65535) throw new InvalidOptionsError(`${name} must be a port number (0 to 65535), got "${value}"`)
+  return port
 }
 
 /** Environment overrides (DESIGN.md §9): DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL. */
@@ -63,7 +140,7 @@ export function applyEnvironment (config: Json, env: NodeJS.ProcessEnv): Json {
   if (env.REDIS_URL !== undefined && env.REDIS_URL !== '') set('bus', { provider: 'redis', url: env.REDIS_URL })
   if (env.NATS_URL !== undefined && env.NATS_URL !== '') set('bus', { provider: 'nats', url: env.NATS_URL })
   if (env.HOST !== undefined && env.HOST !== '') set('server', { host: env.HOST })
-  if (env.PORT !== undefined && env.PORT !== '') set('server', { port: Number(env.PORT) })
+  if (env.PORT !== undefined && env.PORT !== '') set('server', { port: portFrom('PORT', env.PORT) })
   if (env.JWT_SECRET !== undefined && env.JWT_SECRET !== '') jwt({ secret: env.JWT_SECRET })
   if (env.JWT_JWKS_URL !== undefined && env.JWT_JWKS_URL !== '') jwt({ jwksUrl: env.JWT_JWKS_URL })
   return out

@@ -9,6 +9,10 @@ import { startingSquads, type Player } from './demo-tables.js'
 
 export interface GameState {
   id: string
+  /** the match being played on this document: 1, then 2 after the first one's full time… */
+  round: number
+  /** the event stream of this match: every match has its own (`match-1`, then `match-1-2`…) */
+  streamId: string
   homeTeamId: string
   awayTeamId: string
   homeScore: number
@@ -43,9 +47,12 @@ export interface Minute {
 /** The stream of match events: `mt_streams.type`, matched to the `Match` entity type. */
 const MATCH_STREAM_TYPE = 'match'
 
-export function kickOff (id = 'match-1'): Minute {
+/** The kick-off of match `round` on game document `id`, on a stream of its own. */
+export function kickOff (id = 'match-1', round = 1): Minute {
   const game: GameState = {
     id,
+    round,
+    streamId: round === 1 ? id : `${id}-${round}`,
     homeTeamId: 'team-1',
     awayTeamId: 'team-2',
     homeScore: 0,
@@ -65,9 +72,12 @@ const POINTS: Record<string, number> = { try_scored: 5, conversion_kicked: 2, pe
 const LABELS: Record<string, string> = { try_scored: 'Try', conversion_kicked: 'Conversion', penalty_goal_kicked: 'Penalty goal' }
 const COUNTED: Record<string, keyof TeamStats> = { try_scored: 'tries', conversion_kicked: 'conversions', penalty_goal_kicked: 'penaltyGoals', yellow_card: 'cards' }
 
-/** One simulated minute of play from `game` with `squad` (every player by id). After full time a new match starts. */
+/**
+ * One simulated minute of play from `game` with `squad` (every player by id). After full time a new match starts,
+ * on a new stream: its timeline starts empty.
+ */
 export function playMinute (game: GameState, squad: ReadonlyMap<string, Player>, random: () => number = Math.random): Minute {
-  if (game.period === 'Full Time') return kickOff(game.id)
+  if (game.period === 'Full Time') return kickOff(game.id, (game.round ?? 1) + 1)
   const minute = game.minute + 1
   const next: GameState = {
     ...game,
@@ -144,8 +154,11 @@ export function playMinute (game: GameState, squad: ReadonlyMap<string, Player>,
 /** The .NET type Marten records beside an event's alias: `try_scored` → `Demo.Events.TryScored, Demo`. */
 const dotnetTypeOf = (alias: string): string => `Demo.Events.${alias.replace(/(^|_)([a-z])/g, (_m, _s: string, c: string) => c.toUpperCase())}, Demo`
 
+/** The stream a game's events go to: its own, or (a game written before matches had their own) the game's id. */
+export const streamOf = (game: { id: string, streamId?: string }): string => game.streamId ?? game.id
+
 /**
- * Writes a minute in one statement (so one transaction on a pool too): the events appended to stream `game.id`
+ * Writes a minute in one statement (so one transaction on a pool too): the events appended to the match's stream
  * as Marten's rich append writes them (the stream row created or its version raised, one mt_events row per event),
  * the RugbyGameState document upserted, the changed players' documents updated.
  */
@@ -159,15 +172,15 @@ export async function writeMinute (db: Database, { game, events, players }: Minu
       FROM jsonb_array_elements($3::jsonb) x WHERE p.id = x.value->>'id'
     ), stream AS (
       INSERT INTO mt_streams AS s (id, type, version, tenant_id)
-      SELECT $1::varchar, $5::varchar, jsonb_array_length($4::jsonb), '*DEFAULT*' WHERE jsonb_array_length($4::jsonb) > 0
+      SELECT $6::varchar, $5::varchar, jsonb_array_length($4::jsonb), '*DEFAULT*' WHERE jsonb_array_length($4::jsonb) > 0
       ON CONFLICT (id) DO UPDATE SET version = s.version + excluded.version, timestamp = now()
       RETURNING version
     )
     INSERT INTO mt_events (seq_id, id, stream_id, version, data, type, timestamp, tenant_id, mt_dotnet_type)
-    SELECT nextval('mt_events_sequence'), gen_random_uuid(), $1::varchar, stream.version - jsonb_array_length($4::jsonb) + e.n,
+    SELECT nextval('mt_events_sequence'), gen_random_uuid(), $6::varchar, stream.version - jsonb_array_length($4::jsonb) + e.n,
            e.value->'data', e.value->>'type', now(), '*DEFAULT*', e.value->>'dotnetType'
     FROM stream, jsonb_array_elements($4::jsonb) WITH ORDINALITY AS e(value, n)`,
-  [game.id, JSON.stringify(game), JSON.stringify(players), JSON.stringify(events.map((e) => ({ ...e, dotnetType: dotnetTypeOf(e.type) }))), MATCH_STREAM_TYPE])
+  [game.id, JSON.stringify(game), JSON.stringify(players), JSON.stringify(events.map((e) => ({ ...e, dotnetType: dotnetTypeOf(e.type) }))), MATCH_STREAM_TYPE, streamOf(game)])
 }
 
 /** The match and the squads as the database has them now (someone may have written to them meanwhile). */

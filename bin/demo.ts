@@ -3,11 +3,13 @@
  * minute of play every second through real SQL (bin/demo-match.ts: events appended to the match's stream, the score
  * and the players' documents, so the real triggers fire), and the demo pages.
  */
+import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import type { Database } from '../lib/capture/database.js'
 import type { ChangefeedOptions, ResolvedOptions } from '../lib/options.js'
+import { hashPassword } from '../lib/auth/passwords.js'
 import { packageRoot } from '../lib/package.js'
 import { kickOff, playMinute, readMatch, writeMinute } from './demo-match.js'
 import { createTables } from './demo-tables.js'
@@ -21,10 +23,43 @@ export const DEMO_ENTITIES: NonNullable<ChangefeedOptions['entities']> = {
   Match: { access: 'public' }
 }
 
-/** The demo's types beside the configured ones (which win), and Marten's event store captured. */
-export function demoOptions (options: ResolvedOptions): ResolvedOptions {
-  const capture = { ...options.capture, events: { ...options.capture.events, enabled: true } }
-  return { ...options, capture, entities: { ...DEMO_ENTITIES, ...options.entities } } as ResolvedOptions
+/** The account the demo makes for its admin-only endpoints, with a password of this start's. */
+export const DEMO_ADMIN = 'demo-admin'
+
+export interface Demo {
+  options: ResolvedOptions
+  /** what the demo says once it listens at `address`: where to look, and the admin account */
+  banner (address: string): string
+}
+
+/**
+ * The demo's types beside the configured ones (which win), Marten's event store captured (the `match` streams are
+ * the `Match` type's), and an admin account (`demo-admin`, a new password each start) for `/changefeed/stats`.
+ */
+export async function prepareDemo (options: ResolvedOptions): Promise<Demo> {
+  const events = { ...options.capture.events, enabled: true, types: { match: 'Match', ...options.capture.events.types } }
+  const password = randomBytes(12).toString('base64url')
+  const adminRole = options.auth.adminRoles[0] ?? 'Admin'
+  const admin = { username: DEMO_ADMIN, passwordHash: await hashPassword(password), roles: [adminRole] }
+  const auth = {
+    ...options.auth,
+    adminRoles: options.auth.adminRoles.length > 0 ? options.auth.adminRoles : [adminRole],
+    basic: { accounts: [...options.auth.basic?.accounts ?? [], admin] }
+  }
+  const demo = { ...options, auth, capture: { ...options.capture, events }, entities: { ...DEMO_ENTITIES, ...options.entities } } as ResolvedOptions
+  return {
+    options: demo,
+    banner: (address) => {
+      const stats = demo.telemetry.statsPath
+      return [
+        `fastify-changefeed --demo: open ${address} (the match centre; ${address}/team in two windows)`,
+        `  WebSocket: ${address.replace(/^http/, 'ws')}${demo.server.path}`,
+        ...stats === null ? [] : [`  statistics: curl -u ${DEMO_ADMIN}:${password} ${address}${stats}`],
+        '  Ctrl-C stops it.',
+        ''
+      ].join('\n')
+    }
+  }
 }
 
 /** The demo's pages, and the SDK they import. */

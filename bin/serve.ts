@@ -7,7 +7,8 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import changefeed from '../lib/index.js'
 import { loadConfig } from './config.js'
 import type { ResolvedOptions } from '../lib/options.js'
-import { demoOptions, startDemo } from './demo.js'
+import { packageVersion } from '../lib/package.js'
+import { prepareDemo, startDemo, type Demo } from './demo.js'
 import { hashPassword } from '../lib/auth/passwords.js'
 import { startTelemetry, type TelemetrySdk } from './telemetry.js'
 import { providePGlite } from './pglite.js'
@@ -20,7 +21,8 @@ const USAGE = `Usage: fastify-changefeed [options]
   --port N        port to listen on (default 8080; 0 picks a free one)
   --host H        address to bind (default 127.0.0.1)
   --demo          demo tables, a simulated live match and the demo page; with no database configured it runs on
-                  the embedded PostgreSQL (PGlite)
+                  the embedded PostgreSQL (PGlite); it logs warnings and errors only, unless LOG_LEVEL says otherwise
+  --version       the version
   --help          this text
 
 Environment: DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL, LOG_LEVEL.
@@ -58,6 +60,7 @@ const ARGUMENTS = {
   port: { type: 'string' },
   host: { type: 'string' },
   demo: { type: 'boolean', default: false },
+  version: { type: 'boolean', default: false },
   help: { type: 'boolean', default: false }
 } as const
 
@@ -79,6 +82,10 @@ async function main (): Promise<void> {
     process.stdout.write(USAGE + '\n')
     return
   }
+  if (args.version) {
+    process.stdout.write(packageVersion + '\n')
+    return
+  }
   const port = args.port === undefined ? undefined : Number(args.port)
   if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) fail(`--port must be a port number, got "${args.port}"`)
 
@@ -88,7 +95,10 @@ async function main (): Promise<void> {
   } catch (err) {
     fatal(err)
   }
-  if (args.demo) options = demoOptions(options)
+  const demo: Demo | null = args.demo ? await prepareDemo(options) : null
+  if (demo !== null) options = demo.options
+  // a demo starts quietly (no request logs) and says where to look, once it listens
+  if (demo !== null && (process.env.LOG_LEVEL ?? '') === '') process.env.LOG_LEVEL = 'warn'
 
   // Fastify takes a hop count too (proxy-addr); its types leave numbers out
   const trustProxy = options.server.trustProxy as boolean | string | string[]
@@ -98,13 +108,14 @@ async function main (): Promise<void> {
   let telemetry: TelemetrySdk | null = null
   app.addHook('onClose', async () => await telemetry?.shutdown())
   try {
-    if (args.demo && options.databases.some((db) => db.url.startsWith('pglite:'))) await providePGlite((message) => app.log.info(`changefeed: ${message}`))
+    if (demo !== null && options.databases.some((db) => db.url.startsWith('pglite:'))) await providePGlite((message) => process.stdout.write(`fastify-changefeed: ${message}\n`))
     telemetry = await startTelemetry(options.telemetry)
     await telemetry?.attach(app)
     await app.register(changefeed, options)
     telemetry?.serveMetrics(app)
-    if (args.demo) await startDemo(app)
-    await app.listen({ host: options.server.host, port: options.server.port })
+    if (demo !== null) await startDemo(app)
+    const address = await app.listen({ host: options.server.host, port: options.server.port })
+    if (demo !== null) process.stdout.write(demo.banner(address))
   } catch (err) {
     await app.close().catch(() => {})
     fatal(err, app)

@@ -1,3 +1,6 @@
+// The plugin registers @fastify/postgres pools (app.pg.<name>): that package's declaration of `app.pg` comes with
+// ours (kept in the emitted declarations), so a TypeScript host need not import @fastify/postgres to use them.
+/// <reference types="@fastify/postgres" preserve="true" />
 /**
  * fastify-changefeed: push PostgreSQL data changes to WebSocket clients.
  *
@@ -117,6 +120,12 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     })
     closers.add(async () => await capture.close())
     await capture.start()
+    // a host (the demo too) may create its tables between registering the plugin and listening: looked for again
+    // once it is ready, and only then is a declared type's missing table worth a warning
+    const started = capture
+    fastify.addHook('onReady', async () => {
+      await started.ready().catch((err: Error) => log.warn({ err: err.message }, 'changefeed: table re-scan failed'))
+    })
 
     // reads the sockets ask for, and the sockets
     const replaySources = replaySourcesOf(options, databases.keys(), eventStore)

@@ -11,7 +11,7 @@ const AccessKind = Type.Enum(['public', 'authenticated', 'owner', 'admin'],
   { description: 'who may subscribe: anyone, any signed-in user, the owner of the entity, or an admin role' }
 )
 const PayloadMode = Type.Enum(['minimal', 'full', 'delta'], {
-  description: '`minimal`: the client refetches; `full`: the document rides in the notification; `delta`: the first notification a socket gets of an entity is `full`, the next ones an RFC 6902 patch from the document it was sent last (full whenever that is not proven, or the patch is not smaller)'
+  description: '`minimal`: the client refetches (any table with an `id` column); `full`: the document rides in the notification; `delta`: the first notification a socket gets of an entity is `full`, the next ones an RFC 6902 patch from the document it was sent last (full whenever that is not proven, or the patch is not smaller). `full` and `delta` read the document from the table\'s `data` jsonb column (Marten\'s tables have one): a declared type whose table has none stops the start'
 })
 
 const Server = Type.Object(
@@ -48,7 +48,7 @@ const Capture = Type.Object(
   {
     channel: Type.String({ minLength: 1, maxLength: 63, default: 'changefeed', description: 'NOTIFY channel shared by every database (may contain ":")' }),
     schema: Type.String({ default: 'public', description: 'schema whose tables are watched' }),
-    tables: Type.Array(Type.String({ minLength: 1 }), { default: ['mt_doc_%'], description: 'LIKE patterns of watched tables' }),
+    tables: Type.Array(Type.String({ minLength: 1 }), { default: ['mt_doc_%'], description: 'LIKE patterns of watched tables (each needs an `id` column; `full` and `delta` types a `data` jsonb column too)' }),
     installTriggers: Type.Boolean({ default: true, description: 'apply sql/changefeed.sql and install triggers at start' }),
     mode: Type.Enum(['notify', 'outbox'], { default: 'notify', description: '`notify`: best effort, every gap signalled with `resync`; `outbox`: zero loss, the trigger also writes an outbox table and `since` replays from it' }),
     outbox: Type.Object({
@@ -77,7 +77,7 @@ const Capture = Type.Object(
       streams: Type.String({ default: 'mt_streams', description: 'the stream table (its `type` names the aggregate)' }),
       database: Type.Optional(Type.String({ description: 'database whose events are captured (default: all)' })),
       schema: Type.Optional(Type.String({ minLength: 1, description: 'schema of the event store (Marten `Events.DatabaseSchemaName`; default: the database\'s schema)' })),
-      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _' }),
+      types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _. A type named here is a stream\'s aggregate: no warning when it has no table of its own' }),
       untypedAs: Type.Optional(Type.String({ description: 'entity type of streams started without an aggregate type (mt_streams.type null); without it their appends are counted and logged, not delivered' }))
     }, { default: {}, additionalProperties: false }),
     probeIntervalSeconds: Type.Number({ minimum: 0, default: 15, description: 'how often the listener connection is checked with a query; one that does not answer within 5 s is replaced (0: never)' })
@@ -91,7 +91,7 @@ const Entity = Type.Object(
       description: 'database name, or the names of the databases of its tenants (database per tenant); defaults to the only database when there is one'
     })),
     schema: Type.Optional(Type.String({ minLength: 1, description: 'schema of its table (default: its database\'s schema)' })),
-    table: Type.Optional(Type.String({ description: 'table; defaults to Marten naming: mt_doc_<lowercased type name>' })),
+    table: Type.Optional(Type.String({ description: 'table; defaults to Marten naming: mt_doc_<lowercased type name>. It needs an `id` column, and for `full` and `delta` a `data` jsonb column' })),
     tenanted: Type.Optional(Type.Boolean({ description: 'its entities belong to tenants; default: its table has a tenant_id column (Marten conjoined tenancy) or its databases have tenants. Set it for types only a host publishes' })),
     access: AccessKind,
     payload: Type.Optional(PayloadMode),

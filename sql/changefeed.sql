@@ -47,7 +47,8 @@
 --    "ts":<epoch ms, clock_timestamp()>,"o":<current_setting('changefeed.origin') or null>,
 --    "tn":<tenant_id, tables that have one>,"d":<data, inline tables only>}
 -- A change in a partition is reported as a change of its partitioned table. Marten soft delete: an UPDATE that
--- sets mt_deleted to true is sent as "D"; one that clears it as "I".
+-- sets mt_deleted to true is sent as "D"; one that clears it as "I"; a DELETE of a row already soft-deleted is not
+-- sent (its watchers were told by the update).
 
 -- The functions below run with this search path (SET search_path FROM CURRENT; the two helpers that only they call
 -- inherit it): the schema it is installed in, then pg_temp, so that no role's own objects, temporary tables
@@ -247,6 +248,10 @@ DECLARE
 BEGIN
   IF TG_OP = 'DELETE' THEN
     row_json := to_jsonb(OLD);
+    -- Marten's hard delete of a soft-deleted document: its watchers were told of the delete by the update
+    IF coalesce((row_json->>'mt_deleted')::boolean, false) THEN
+      RETURN NULL;
+    END IF;
     op := 'D';
   ELSE
     row_json := to_jsonb(NEW);

@@ -150,3 +150,26 @@ t.test('a stopped server shows as reconnecting; the page catches up when it retu
   t.pass('and follows live changes again')
   await page.close()
 })
+
+t.test('when the simulated match ends and the next kicks off, the timeline is the new match\'s alone', async (t) => {
+  // the demo's own pace knob: a minute every 40 ms, so full time comes after about three seconds
+  const fast = serve(t, ['--demo', '--port', '0'], { DATABASE_URL: await freshDatabase(t, 'browser_restart'), CHANGEFEED_DEMO_TICK_MS: '40' })
+  const page = await browser.newPage({ viewport: { width: 800, height: 560 } })
+  t.teardown(async () => await page.close())
+  await page.goto(await fast.address + '/')
+  // the page has shown the first match near its end, then the next one well under way (before its half time)
+  await page.waitForFunction(() => {
+    const minute = Number.parseInt(document.getElementById('clock')?.textContent ?? '', 10)
+    const seen = window as unknown as { highest?: number }
+    seen.highest = Math.max(seen.highest ?? 0, Number.isNaN(minute) ? 0 : minute)
+    return seen.highest >= 70 && minute >= 5 && minute <= 30
+  }, undefined, { timeout: 30_000, polling: 10 })
+  const { now, items } = await page.evaluate(() => ({
+    now: Number.parseInt(document.getElementById('clock')?.textContent ?? '', 10),
+    items: [...document.querySelectorAll('#timeline li')].map((li) => li.textContent ?? '')
+  }))
+  t.ok(items.length > 0, `the timeline shows the new match (${items.length} events at ${now}')`)
+  t.match(items.at(-1), /^0'KOKick-off$/, 'from its kick-off')
+  t.notOk(items.some((text) => /Full time|Half time/.test(text)), 'nothing of the match before: no full time, no half time')
+  t.ok(items.every((text) => Number.parseInt(text, 10) <= now + 1), 'no event later than the clock')
+})

@@ -11,6 +11,7 @@ import { LocalSubscriptionStore } from '../lib/interest/local.js'
 import { resolveOptions } from '../lib/options.js'
 import { NATS_URL, REDIS_URL, ownBroker, requireService } from './helpers/brokers.js'
 import { sleep, until } from './helpers/wait.js'
+import { Redis } from 'ioredis'
 
 type Provider = 'memory' | 'redis' | 'nats'
 interface Received { channel: string, message: string }
@@ -151,3 +152,24 @@ for (const provider of ['redis', 'nats'] as const) {
     }, 10_000), 'the subscription works again')
   })
 }
+
+t.test('redis: the cluster keys expire with the instances that renew them, and the last to stop leaves none', async (t) => {
+  const prefix = `keys-${randomUUID().slice(0, 8)}`
+  const redis = new Redis(REDIS_URL)
+  t.teardown(() => redis.disconnect())
+  const keys = async (): Promise<string[]> => (await redis.keys(`{${prefix}}:cluster:*`)).sort()
+  const a = await instance(t, 'redis', REDIS_URL, prefix)
+  const b = await instance(t, 'redis', REDIS_URL, prefix)
+  const channel = `${prefix}:Team:k1`
+  a.local.add(channel, 'Team', 'k1', null, 'socket')
+  await a.parts.interest.update([{ channel, entityType: 'Team', count: 1 }])
+  t.ok(await until(async () => (await b.parts.interest.totals()).Team === 1), 'the type is counted across the cluster')
+  const types = `{${prefix}}:cluster:types`
+  const ttl = await redis.pttl(types)
+  t.ok(ttl > 0 && ttl <= 2000, `the list of types expires unless renewed (${ttl} ms left)`)
+  a.local.remove(channel, 'socket')
+  await a.parts.interest.update([{ channel, entityType: 'Team', count: 0 }])
+  await a.parts.close()
+  await b.parts.close()
+  t.same(await keys(), [], 'every instance stopped: nothing of the cluster is left in Redis')
+})

@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net'
 import { once } from 'node:events'
 import Fastify from 'fastify'
 import changefeed from '../lib/index.js'
-import { ChangefeedClient, backoffDelay, type Notification, type StateChange, type WebSocketLike } from '../lib/client/index.js'
+import { ChangefeedClient, ClientError, backoffDelay, type Notification, type StateChange, type WebSocketLike } from '../lib/client/index.js'
 import { Subscription, type SubscriptionHost } from '../lib/client/subscription.js'
 import type { ClientMessage } from '../lib/client/protocol.js'
 import type { NotificationMessage } from '../lib/protocol/messages.js'
@@ -201,6 +201,26 @@ t.test('4403 is final; a server that never answers is noticed by the client', as
   const reasons: string[] = []
   b.onState((s) => reasons.push(s.reason))
   t.ok(await until(() => reasons.includes('no pong in time'), 3000), 'a dead link is detected without the server')
+})
+
+t.test('the WebSocket: the option, else the runtime\'s global one; with neither the constructor says which option is missing', async (t) => {
+  const runtime = globalThis as { WebSocket?: unknown }
+  const own = runtime.WebSocket
+  t.teardown(() => { runtime.WebSocket = own })
+  // Node 20 has no global WebSocket (Node 22 does): a runtime without one
+  runtime.WebSocket = undefined
+  t.throws(() => new ChangefeedClient({ url: 'ws://127.0.0.1:1/ws' }), { code: ClientError.noWebSocket }, 'a coded error, at construction')
+  t.throws(() => new ChangefeedClient({ url: 'ws://127.0.0.1:1/ws', autoConnect: false }), { code: ClientError.noWebSocket }, 'even before connecting')
+
+  const { app, url } = await startApp(t, { entities })
+  const injected = client(t, { url })
+  t.ok(await until(() => injected.state === 'open'), 'ws\'s WebSocket, injected, connects')
+  // a runtime with a global one (browsers, Node 22): no option needed
+  runtime.WebSocket = WebSocket
+  const global = new ChangefeedClient<Entities>({ url })
+  t.teardown(() => global.destroy())
+  t.ok(await until(() => global.state === 'open'), 'the global WebSocket connects')
+  t.ok(await until(() => app.changefeed.stats().connections.active === 2), 'both on the server')
 })
 
 t.test('destroy() closes and forgets everything', async (t) => {

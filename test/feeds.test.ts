@@ -50,6 +50,31 @@ t.test('a feed subscriber of a public type receives every change of the type', a
   t.same(single.messages.filter((m) => m.type === 'notification'), [], 'an entity subscriber gets only its entity')
 })
 
+t.test('a socket that watches an entity and its type\'s feed gets the change on each, the feed\'s frame naming its subscription', async (t) => {
+  const both = await as(null)
+  await both.subscribe('Fixture', 'f-both')
+  await both.subscribe('Fixture', '*')
+  await sql.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, $2)', ['f-both', JSON.stringify({ id: 'f-both' })])
+  const frames = [await both.next(isNotification('Fixture', 'f-both')), await both.next(isNotification('Fixture', 'f-both'))]
+  const [feed, own] = [frames.find((f) => f.data.subscriptionId !== undefined), frames.find((f) => f.data.subscriptionId === undefined)]
+  t.match(feed?.data, { subscriptionId: 'Fixture:*', changeType: 'created', payload: { id: 'f-both' } }, 'the feed\'s names it')
+  t.match(own?.data, { changeType: 'created', payload: { id: 'f-both' } }, 'the entity\'s, as ever, names none')
+  t.equal(feed?.data.position, own?.data.position, 'one change')
+
+  // the SDK hands each subscription the change once
+  const client = new ChangefeedClient({ url: wsUrl, WebSocket: WebSocket as never })
+  t.teardown(() => client.destroy())
+  const got: Record<string, string[]> = { entity: [], feed: [] }
+  const created = app.changefeed.stats().subscriptions.created
+  client.subscribe('Fixture', 'f-sdk', { onNotification: (n) => got.entity.push(n.changeType) })
+  client.subscribe('Fixture', '*', { onNotification: (n) => { if (n.entityId === 'f-sdk' || n.entityId === 'f-sdk-end') got.feed.push(`${n.entityId} ${n.changeType}`) } })
+  t.ok(await until(() => app.changefeed.stats().subscriptions.created === created + 2))
+  await sql.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, $2)', ['f-sdk', JSON.stringify({ id: 'f-sdk' })])
+  await sql.query('INSERT INTO mt_doc_fixture (id, data) VALUES ($1, $2)', ['f-sdk-end', JSON.stringify({ id: 'f-sdk-end' })])
+  t.ok(await until(() => got.feed.includes('f-sdk-end created')))
+  t.same(got, { entity: ['created'], feed: ['f-sdk created', 'f-sdk-end created'] })
+})
+
 t.test('feeds only for types that opt in, and only for those who may view every entity', async (t) => {
   const anonymous = await as(null)
   const member = await as('user-1', ['Member'])

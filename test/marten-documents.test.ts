@@ -14,7 +14,7 @@ import { startApp } from './helpers/app.js'
 import { isNotification } from './helpers/client.js'
 import { until } from './helpers/wait.js'
 import {
-  documentSchema, hiloId, hiloTable, nextHiCall, softDeleteSql, tenantPartition, undoDeleteSql, upsertCall,
+  documentSchema, hardDeleteSql, hiloId, hiloTable, nextHiCall, softDeleteSql, tenantPartition, undoDeleteSql, upsertCall,
   type DocumentOptions, type MartenCommand
 } from './fixtures/marten/index.js'
 
@@ -114,6 +114,21 @@ t.test('a Marten soft delete is deleted, its undo created, and a write to a dele
   await run(undoDeleteSql(shapes.scoreboard, id))
   const back = await ws.next(isNotification('Scoreboard', id))
   t.match(back.data, { changeType: 'created', payload: { home: 2 } }, 'the undo is next; the write in between said nothing')
+})
+
+t.test('a hard delete of a soft-deleted document is not news: its watchers were told it was deleted', async (t) => {
+  const ws = await client()
+  const id = randomUUID()
+  await ws.subscribe('Scoreboard', id)
+  await run(upsertCall(shapes.scoreboard, 'upsert', { id, doc: { home: 1 } }))
+  t.equal((await ws.next(isNotification('Scoreboard', id))).data.changeType, 'created')
+  await run(softDeleteSql(shapes.scoreboard, id))
+  t.equal((await ws.next(isNotification('Scoreboard', id))).data.changeType, 'deleted')
+  await run(hardDeleteSql(shapes.scoreboard, id))
+  await run(upsertCall(shapes.scoreboard, 'upsert', { id, doc: { home: 3 } }))
+  t.match((await ws.next(isNotification('Scoreboard', id))).data, { changeType: 'created', payload: { home: 3 } }, 'the next is the new document: no second deleted')
+  await run(hardDeleteSql(shapes.scoreboard, id))
+  t.equal((await ws.next(isNotification('Scoreboard', id))).data.changeType, 'deleted', 'a hard delete of a live document is deleted')
 })
 
 t.test('partitioned tenancy: a change in a partition is its table\'s, tagged with the tenant; partitions added at run time need nothing', async (t) => {

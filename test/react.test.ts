@@ -5,6 +5,8 @@
 import t from 'tap'
 import { JSDOM } from 'jsdom'
 import WebSocket from 'ws'
+import type { FastifyInstance } from 'fastify'
+import type { ChangefeedClient as Client } from '../lib/client/index.js'
 import { startApp } from './helpers/app.js'
 import { sleep, until } from './helpers/wait.js'
 
@@ -62,12 +64,18 @@ t.test('StrictMode: one subscribe, bounded renders, full payloads rendered', asy
   t.ok(await waitFor(() => app.changefeed.stats().subscriptions.active === 0), 'unmounting unsubscribes')
 })
 
-t.test('TanStack Query: minimal invalidates, full sets data unless the cache is newer', async (t) => {
+/** The server, a client, and a TanStack QueryClient kept in step with it. */
+async function synced (t: { teardown(fn: () => unknown): void }): Promise<{ app: FastifyInstance, client: Client<Entities>, queryClient: InstanceType<typeof QueryClient> }> {
   const { app, url } = await startApp(t, { entities })
   const client = new ChangefeedClient<Entities>({ url, WebSocket: WebSocket as never })
   const queryClient = new QueryClient()
   const stop = syncQueryClient(client, queryClient)
   t.teardown(() => { stop(); client.destroy(); queryClient.clear() })
+  return { app, client, queryClient }
+}
+
+t.test('TanStack Query: minimal invalidates, full sets data unless the cache is newer', async (t) => {
+  const { app, client, queryClient } = await synced(t)
   client.subscribe('RugbyGameState', 'match-1')
   client.subscribe('Team', 'team-1')
   queryClient.setQueryData(['Team', 'team-1'], { name: 'Sharks' })
@@ -78,4 +86,20 @@ t.test('TanStack Query: minimal invalidates, full sets data unless the cache is 
   t.notOk(queryClient.getQueryState(['Team', 'team-1'])?.isInvalidated, 'not invalidated yet')
   await app.changefeed.publish({ entityType: 'Team', entityId: 'team-1', changeType: 'updated' })
   t.ok(await waitFor(() => queryClient.getQueryState(['Team', 'team-1'])?.isInvalidated === true), 'minimal: invalidated')
+})
+
+t.test('TanStack Query: the cache has the change when the application\'s own onNotification runs', async (t) => {
+  const { app, client, queryClient } = await synced(t)
+  const read: unknown[] = []
+  let invalidated: boolean | undefined
+  client.subscribe('RugbyGameState', 'match-1', { onNotification: () => read.push(queryClient.getQueryData(['RugbyGameState', 'match-1'])) })
+  queryClient.setQueryData(['Team', 'team-1'], { name: 'Sharks' })
+  client.subscribe('Team', 'team-1', { onNotification: () => { invalidated = queryClient.getQueryState(['Team', 'team-1'])?.isInvalidated } })
+  await waitFor(() => app.changefeed.stats().subscriptions.active === 2)
+  await app.changefeed.publish({ entityType: 'RugbyGameState', entityId: 'match-1', changeType: 'updated', payload: { homeScore: 7, awayScore: 3 } })
+  t.ok(await waitFor(() => read.length === 1))
+  t.same(read, [{ homeScore: 7, awayScore: 3 }], 'full: the handler reads the new document from the cache')
+  await app.changefeed.publish({ entityType: 'Team', entityId: 'team-1', changeType: 'updated' })
+  t.ok(await waitFor(() => invalidated !== undefined))
+  t.equal(invalidated, true, 'minimal: the query is invalidated when the handler runs')
 })

@@ -11,6 +11,7 @@ import { REDIS_URL, freePort, requireService } from './helpers/brokers.js'
 import { TestClient, isNotification } from './helpers/client.js'
 import { freshDatabase, martenTableSql, sqlClient } from './helpers/services.js'
 import { applyEnvironment, loadConfig } from '../bin/config.js'
+import { packageVersion } from '../lib/package.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'changefeed-config-'))
 const writeConfig = (name: string, content: unknown): string => {
@@ -52,6 +53,7 @@ t.test('a config file with several databases and one channel runs against Postgr
 
 const broken: Array<[string, unknown, RegExp]> = [
   ['not JSON', '{ "server": ', /CHANGEFEED_CONFIG_FILE.*not valid JSON/],
+  ['a JSON syntax error', '{\n  "server": { "port": 8080 },\n}\n', /CHANGEFEED_CONFIG_FILE.*not valid JSON: line 3, column 1/],
   ['not an object', '[1, 2]', /CHANGEFEED_CONFIG_FILE.*top level must be a JSON object/],
   ['a wrong access kind', { entities: { Team: { access: 'everyone' } } }, /\/entities\/Team\/access/],
   ['an unknown field', { server: { port: 8080, colour: 'blue' } }, /\/server/],
@@ -82,6 +84,16 @@ t.test('a missing config file and bad flags are refused', async (t) => {
   const unknown = serve(t, ['--colour'])
   t.equal((await unknown.exit).code, 1)
   t.match(unknown.stderr(), /Usage: fastify-changefeed/)
+  const badEnvironment = serve(t, [], { DATABASE_URL: 'postgres://127.0.0.1/none', PORT: 'abc' })
+  t.equal((await badEnvironment.exit).code, 1)
+  t.equal(stderrLines(badEnvironment).length, 1, 'one line on stderr')
+  t.match(badEnvironment.stderr(), /CHANGEFEED_INVALID_OPTIONS.*PORT.*"abc"/, 'PORT=abc names the variable')
+})
+
+t.test('--version prints the version', async (t) => {
+  const server = serve(t, ['--version'])
+  t.equal((await server.exit).code, 0)
+  t.equal(server.stdout(), `${packageVersion}\n`)
 })
 
 t.test('environment variables override the common fields', async (t) => {
@@ -138,6 +150,17 @@ for (const [provider, userinfo, redacted] of [['redis', 'user:bus-secret', 'user
   })
 }
 
+t.test('a database that does not answer stops the start with one coded line naming it, without the password', async (t) => {
+  const port = await freePort()
+  const server = serve(t, ['--port', '0'], { DATABASE_URL: `postgres://postgres:db-secret@127.0.0.1:${port}/ballr` })
+  t.equal((await server.exit).code, 1)
+  const [line, ...more] = stderrLines(server)
+  t.same(more, [], 'one line on stderr')
+  t.match(line, /CHANGEFEED_DATABASE_UNAVAILABLE/)
+  t.ok(line.includes(`127.0.0.1:${port}`), 'names the server')
+  t.notMatch(server.stdout() + server.stderr(), /db-secret/, 'no password anywhere')
+})
+
 t.test('a normal start logs nothing at warn level, and says truthfully that it leads', async (t) => {
   await requireService('Redis')
   const url = await freshDatabase(t, 'cli_quiet')
@@ -152,6 +175,26 @@ t.test('a normal start logs nothing at warn level, and says truthfully that it l
   const address = await server.address
   t.match(await (await fetch(address + '/health/ready')).json(), { ready: true, databases: { main: { leader: true } } })
   t.match(logLines(server).find((l) => l.msg === 'changefeed: listening'), { leader: true }, 'the log agrees with health')
+  t.same(logLines(server).filter((l) => l.level >= 40), [], 'no warning, no error')
+})
+
+t.test('--demo starts quietly: no log line unless LOG_LEVEL asks, where to look, and an admin account for the statistics', async (t) => {
+  const server = serve(t, ['--demo', '--port', '0'], { DATABASE_URL: await freshDatabase(t, 'cli_demo_quiet'), CHANGEFEED_DEMO_TICK_MS: '50', LOG_LEVEL: '' })
+  const address = await server.address
+  t.match(await (await fetch(address + '/')).text(), /Match centre/)
+  t.equal((await fetch(address + '/changefeed/stats')).status, 401, 'the statistics need credentials')
+  const [, user, password] = /curl -u ([^:\s]+):(\S+) /.exec(server.stdout()) ?? []
+  const stats = await fetch(address + '/changefeed/stats', { headers: { authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` } })
+  t.equal(stats.status, 200, 'the account the demo announced reads them')
+  t.match(server.stdout(), new RegExp(`open ${address}\\b`), 'it says where to look')
+  t.same(server.stdout().split('\n').filter((line) => line.startsWith('{')), [], 'no log line: no request logs')
+  t.equal(server.stderr(), '')
+})
+
+t.test('--demo logs no warning: the tables it creates are there before any is looked for', async (t) => {
+  const server = serve(t, ['--demo', '--port', '0'], { DATABASE_URL: await freshDatabase(t, 'cli_demo_warnings'), CHANGEFEED_DEMO_TICK_MS: '0' })
+  await server.address
+  t.ok(logLines(server).some((l) => l.msg === 'changefeed: listening'), 'it logs at info level when told')
   t.same(logLines(server).filter((l) => l.level >= 40), [], 'no warning, no error')
 })
 

@@ -53,12 +53,9 @@ t.test('the type tests pass (tstyche)', async (t) => {
  * so that each block compiles on its own.
  */
 const PLACEHOLDERS = `
-import type { FastifyInstance } from 'fastify'
-import type { PostgresDb } from '@fastify/postgres'
 import type { ChangefeedClient } from 'fastify-changefeed/client'
 declare global {
   type Entities = { RugbyGameState: { homeScore: number, awayScore: number }, Team: { name: string } }
-  const app: FastifyInstance & { pg: Record<string, PostgresDb> }
   const client: ChangefeedClient<Entities>
   const clerk: { session?: { getToken(): Promise<string | null> } }
   function render (payload: unknown): void

@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import fastifyPostgres from '@fastify/postgres'
 import type pg from 'pg'
 import { PGliteDatabase, PgDatabase, type Database } from './database.js'
-import { DatabaseMismatchError } from '../errors.js'
+import { DatabaseMismatchError, DatabaseUnavailableError } from '../errors.js'
 
 type PostgresDecorator = Record<string, { pool?: pg.Pool } | undefined>
 
@@ -30,16 +30,50 @@ export async function openDatabases (fastify: FastifyInstance, list: ReadonlyArr
     // ends the process when nobody listens; the pool has already dropped it and connects anew on the next query
     if (own) pool.on('error', (err) => fastify.log.warn({ database: name, err: err.message }, 'changefeed: an idle database connection was lost'))
     const db = new PgDatabase(name, pool, url)
+    const reached = await reach(db, url)
     // the listener connects with `url` and queries go through the pool: both must be the same database
-    if (!own) await checkSameDatabase(db, url)
+    const expected = target(url).database
+    if (!own && expected !== '' && reached !== expected) throw new DatabaseMismatchError(name, reached, expected)
     databases.set(name, db)
   }
   return databases
 }
 
-/** A host's pool registered under a database's name must reach the database its url names. */
-async function checkSameDatabase (db: PgDatabase, url: string): Promise<void> {
-  const expected = decodeURIComponent(new URL(url).pathname.replace(/^\//, ''))
-  const [row] = await db.query<{ name: string }>('SELECT current_database() AS name')
-  if (expected !== '' && row?.name !== expected) throw new DatabaseMismatchError(db.name, row?.name ?? '?', expected)
+/** Where a url points, without its password: `host:port`, the database and the role (empty: the server's default). */
+function target (url: string): { server: string, database: string, role: string } {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    return { server: 'the server of its url', database: '', role: '' }
+  }
+  const host = parsed.hostname !== '' ? parsed.hostname : parsed.searchParams.get('host') ?? 'localhost'
+  return {
+    server: `${host}:${parsed.port !== '' ? parsed.port : '5432'}`,
+    database: decodeURIComponent(parsed.pathname.replace(/^\//, '')),
+    role: decodeURIComponent(parsed.username)
+  }
+}
+
+/**
+ * The first query on a database, before anything else runs there: the name of the database the pool reached, or
+ * CHANGEFEED_DATABASE_UNAVAILABLE naming the server, and the database or role it refused (never the password).
+ * Without it, a wrong port surfaced as a failed trigger install, or uncoded.
+ */
+async function reach (db: PgDatabase, url: string): Promise<string> {
+  try {
+    const [row] = await db.query<{ name: string }>('SELECT current_database() AS name')
+    return row?.name ?? '?'
+  } catch (err) {
+    const { server, database, role } = target(url)
+    const e = err as Error & { code?: string }
+    const why = e.code === '3D000'
+      ? `the server at ${server} has no database "${database}"`
+      : e.code === '28000' || e.code === '28P01'
+        ? `the server at ${server} refused role ${role === '' ? '(the default)' : `"${role}"`}: ${e.message}`
+        : e.code === 'ECONNREFUSED'
+          ? `nothing answers at ${server}`
+          : `${server}: ${e.message === '' ? 'failed' : e.message}`
+    throw new DatabaseUnavailableError(db.name, e.code === undefined ? why : `${why} (${e.code})`)
+  }
 }

@@ -37,6 +37,8 @@ export class Capture implements TableScanner {
   private readonly lookedAtGrants = new Map<string, number>()
   /** declared tables found missing (warned once each) */
   private readonly missing = new Set<string>()
+  /** whether a declared table found missing is worth a warning: from ready() on */
+  private judging = false
   private rescanTimer: NodeJS.Timeout | null = null
   private readonly scans = new Map<string, Promise<void>>()
 
@@ -142,9 +144,12 @@ export class Capture implements TableScanner {
       this.log.warn({ database: db.name, roles: granted }, 'changefeed: roles that write watched tables were given the right to announce changes; watchers resync')
       this.events?.onGap(db.name, 'unannounced', false)
     }
+    // judged once the host is ready (ready()): it may create the tables after registering the plugin
+    if (!this.judging) return
+    const aggregates = capture.events.enabled ? new Set(Object.values(capture.events.types)) : new Set<string>()
     for (const entity of declared) {
       const where = `${db.name}.${entity.schema}.${entity.table}`
-      if (found.has(entity.schema + '.' + entity.table) || this.missing.has(where)) continue
+      if (found.has(entity.schema + '.' + entity.table) || this.missing.has(where) || aggregates.has(entity.name)) continue
       this.missing.add(where)
       this.log.warn({ database: db.name, schema: entity.schema, table: entity.table, entityType: entity.name },
         'changefeed: the table of a declared entity type does not exist (yet); its changes are captured once it does')
@@ -215,6 +220,15 @@ export class Capture implements TableScanner {
   async rescanDatabase (database: string): Promise<void> {
     const db = this.databases.get(database)
     if (db !== undefined) await this.scanOnce(db)
+  }
+
+  /**
+   * The host is ready (its own tables made, the demo's too): looks at every database again, and from now on a
+   * declared type whose table is missing is warned about.
+   */
+  async ready (): Promise<void> {
+    this.judging = true
+    await this.rescan()
   }
 
   /** Looks for new watched tables in every database now (the interval does it too). */

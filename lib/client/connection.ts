@@ -8,6 +8,7 @@ import { Backoff } from './backoff.js'
 import { Credentials } from './credentials.js'
 import { Liveness, onPageWake } from './liveness.js'
 import { AUTH_ID, parseServerFrame, type ClientMessage, type ServerFrame } from './protocol.js'
+import { ChangefeedClientError, ClientError } from './errors.js'
 import type { ClientOptions, ConnectionState, StateChange, Token, WebSocketLike } from './types.js'
 
 /** What the client hears of its connection. */
@@ -27,6 +28,20 @@ const CLIENT_CLOSE = 4000
 /** getToken() handed out the token the socket holds already: it is asked again after this long */
 const SAME_TOKEN_RETRY_MS = 1000
 
+type SocketConstructor = new (url: string) => WebSocketLike
+
+/**
+ * The `WebSocket` option, else the runtime's own (browsers, Node 22+). Without either, the client fails here, at
+ * construction, rather than when it first connects (inside a promise nobody awaits, which would end a Node process).
+ */
+function socketConstructor (option: SocketConstructor | undefined): SocketConstructor {
+  const Socket = option ?? (globalThis as { WebSocket?: SocketConstructor }).WebSocket
+  if (typeof Socket !== 'function') {
+    throw new ChangefeedClientError(ClientError.noWebSocket, 'no global WebSocket (Node < 22): pass the `WebSocket` option, e.g. ws\'s')
+  }
+  return Socket
+}
+
 export class Connection {
   state: ConnectionState = 'idle'
   private ws: WebSocketLike | null = null
@@ -40,8 +55,10 @@ export class Connection {
   private readonly credentials: Credentials
   private readonly liveness: Liveness
   private readonly stopWatchingPage: () => void
+  private readonly Socket: SocketConstructor
 
   constructor (private readonly options: ClientOptions, private readonly hooks: ConnectionHooks) {
+    this.Socket = socketConstructor(options.WebSocket)
     this.backoff = new Backoff({ initialMs: 500, maxMs: 30_000, resetAfterMs: 10_000, ...options.backoff }, options.random ?? Math.random)
     this.credentials = new Credentials(options.getToken, options.refreshBeforeExpiryMs ?? 30_000)
     this.liveness = new Liveness(options.pingIntervalMs ?? 25_000, options.pongTimeoutMs ?? 10_000,
@@ -120,8 +137,7 @@ export class Connection {
       token = null
     }
     this.credentials.current = token
-    const Socket = this.options.WebSocket ?? (globalThis as unknown as { WebSocket: new (url: string) => WebSocketLike }).WebSocket
-    const ws = new Socket(this.options.url)
+    const ws = new this.Socket(this.options.url)
     this.ws = ws
     ws.onopen = () => {
       if (this.ws !== ws) return

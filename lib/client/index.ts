@@ -1,5 +1,6 @@
 /**
- * The fastify-changefeed client: no dependencies, for browsers and Node (pass a WebSocket constructor).
+ * The fastify-changefeed client: no dependencies, for browsers and Node (Node before 22 has no global WebSocket:
+ * pass one, e.g. `ws`'s, as the `WebSocket` option; without it the constructor throws CHANGEFEED_NO_WEBSOCKET).
  *
  * - one socket; subscriptions are reference-counted per entity, so mount/unmount/mount (React StrictMode) sends one
  *   subscribe and no unsubscribe; after a reconnect every subscription is sent again in one batch, with `since`;
@@ -38,6 +39,7 @@ export type { Where, WhereScalar } from '../protocol/where.js'
 export type { WireErrorCode } from '../protocol/wire.js'
 export { CloseCode, WireError } from '../protocol/wire.js'
 export { backoffDelay } from './backoff.js'
+export { ChangefeedClientError, ClientError, type ClientErrorCode } from './errors.js'
 /** The key of a subscription: the server's subscriptionId, `<type>:<id>`, or `<type>@<tenantId>:<id>`. */
 export { subscriptionIdOf as subscriptionKey } from '../protocol/wire.js'
 
@@ -110,7 +112,10 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     return () => this.stateListeners.delete(listener)
   }
 
-  /** Observes every notification of every subscription (adapters: TanStack Query). */
+  /**
+   * Observes every notification of every subscription (adapters: TanStack Query), each before the subscription's
+   * own handlers get it.
+   */
   onNotification (listener: (notification: Notification) => void): () => void {
     this.notificationListeners.add(listener)
     return () => this.notificationListeners.delete(listener)

@@ -96,20 +96,28 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       for (const item of frame.data) if (isFrame(item)) dispatch(item, to)
       return
     case 'notification': {
-      // a filtered feed's: its own subscription's only (the entity's and its type's feed have their own frames)
-      if (frame.data.subscriptionId !== undefined) {
-        to.filters.get(frame.data.subscriptionId)?.onNotification(frame.data)
-        return to.notified(frame.data)
+      // the client's every-notification listeners (adapters' caches) hear of a change before the application does
+      // a frame that names its subscription (a feed's, a filtered feed's) is that subscription's only: the entity's
+      // own frame (which names none) comes on its own
+      const { subscriptionId } = frame.data
+      if (subscriptionId !== undefined) {
+        to.notified(frame.data)
+        const filter = to.filters.get(subscriptionId)
+        if (filter !== undefined) return filter.onNotification(frame.data)
+        return to.subscriptions.get(subscriptionId)?.onNotification(frame.data, false)
       }
       const { own, feeds } = keysOf(frame.data)
-      // a patch reaches the observers only as its subscription made it whole
-      let whole = frame.data.payloadType === 'delta' ? undefined : frame.data
-      for (const key of own) {
-        const made = to.subscriptions.get(key)?.onNotification(frame.data, true)
-        whole ??= made
+      // once per frame, as the first subscription that takes it made it (a patch: whole)
+      let told = false
+      const tell = (notification: NotificationMessage): void => {
+        if (told) return
+        told = true
+        to.notified(notification)
       }
-      for (const key of feeds) to.subscriptions.get(key)?.onNotification(frame.data, false)
-      if (whole !== undefined) to.notified(whole)
+      for (const key of own) to.subscriptions.get(key)?.onNotification(frame.data, true, tell)
+      for (const key of feeds) to.subscriptions.get(key)?.onNotification(frame.data, false, tell)
+      // one no subscription took (a repeat, an entity not watched) reaches them too; a patch only when made whole
+      if (frame.data.payloadType !== 'delta') tell(frame.data)
       return
     }
     case 'watchers':

@@ -264,10 +264,11 @@ export class Subscription {
   }
 
   /**
-   * A notification of this entity (`own`), or of an entity of this feed. Returns it as holders got it (a patch
-   * with the whole document as its payload), or undefined when they did not.
+   * A notification of this entity (`own`), or of an entity of this feed. `before` gets it as holders will (a patch
+   * with the whole document as its payload) before they do (the client's every-notification listeners, such as a
+   * TanStack Query cache, are in step when an application's handler runs); nothing when they will not get it.
    */
-  onNotification (notification: NotificationMessage, own: boolean): NotificationMessage | undefined {
+  onNotification (notification: NotificationMessage, own: boolean, before?: (notification: NotificationMessage) => void): void {
     if (this.state === 'resuming') return
     const { position, payloadType } = notification
     if (payloadType === 'delta') {
@@ -292,10 +293,10 @@ export class Subscription {
     if (own && (whole || this.current !== undefined)) {
       this.current = { ...this.current, ...this.ref(), version, position, ...(whole ? { payload: notification.payload } : {}) }
     }
+    before?.(notification)
     this.update({ status: 'subscribed', notification, version, payload: whole ? notification.payload : this.snapshot.payload })
     const mine = notification.origin !== undefined && notification.origin === this.host.origin
     for (const l of this.listeners) if (!(mine && l.skipOwnWrites === true)) l.onNotification?.(notification)
-    return notification
   }
 
   /**

@@ -110,7 +110,10 @@ export interface ClientOptions {
   url: string
   /** Returns a JWT (or null for anonymous). Called before each connection and before the token expires. */
   getToken?: () => Promise<Token> | Token
-  /** WebSocket constructor (Node: `import WebSocket from 'ws'`, or Node 22's global); default: the global one */
+  /**
+   * WebSocket constructor; default: the runtime's global one (browsers, Node 22+). Node 20 has none: pass `ws`'s
+   * (`import WebSocket from 'ws'`), else the constructor throws `ChangefeedClientError` CHANGEFEED_NO_WEBSOCKET.
+   */
   WebSocket?: new (url: string) => WebSocketLike
   /** backoff: first retry cap, ceiling, and how long a connection must stay up before the attempt count resets */
   backoff?: { initialMs?: number, maxMs?: number, resetAfterMs?: number }

@@ -3,7 +3,8 @@
  *   {<prefix>}:cluster:instances            ZSET  instance id → heartbeat expiry (ms)
  *   {<prefix>}:cluster:watch:<channel>      HASH  instance id → that instance's watchers of the channel
  *   {<prefix>}:cluster:type:<Type>          HASH  instance id → that instance's subscriptions of the type
- *   {<prefix>}:cluster:types                SET   type names seen
+ *   {<prefix>}:cluster:types                SET   type names counted (each instance renews it with its own; it
+ *                                                 expires when none does, and goes with the last one to stop)
  *   {<prefix>}:cluster:of:<id>              SET   the watch/type keys an instance wrote (for cleanup)
  * An instance whose heartbeat lapses is removed by whichever instance notices first. The keys share one hash tag, so
  * on a Redis Cluster one transaction can write many of them.
@@ -59,7 +60,7 @@ export class RedisInterest extends ClusterInterest {
       if (n > 0) tx.hset(this.k.type(type), this.instanceId, n).sadd(this.k.types, type).sadd(this.k.of(this.instanceId), this.k.type(type))
       else tx.hdel(this.k.type(type), this.instanceId)
     }
-    await tx.exec()
+    await tx.pexpire(this.k.types, this.ttlMs).exec()
   }
 
   async isWatched (channel: string): Promise<boolean> {
@@ -84,6 +85,12 @@ export class RedisInterest extends ClusterInterest {
     // 1 when this instance was not registered: at start, or after the broker lost its state
     const added = await this.redis.zadd(this.k.instances, now + this.ttlMs, this.instanceId)
     if (added === 1) await this.rewrite()
+    // the list of types outlives no instance: each renews it, with the types it counts
+    const types: string[] = []
+    for (const [type, n] of this.typeCounts) if (n > 0) types.push(type)
+    const tx = this.redis.multi()
+    if (types.length > 0) tx.sadd(this.k.types, ...types)
+    await tx.pexpire(this.k.types, this.ttlMs).exec()
     const dead = await this.redis.zrangebyscore(this.k.instances, '-inf', now)
     for (const id of dead) if (id !== this.instanceId) await this.remove(id)
   }
@@ -94,6 +101,8 @@ export class RedisInterest extends ClusterInterest {
     for (const key of keys) tx.hdel(key, id)
     tx.del(this.k.of(id)).zrem(this.k.instances, id)
     await tx.exec()
+    // the last instance gone: nothing is counted any more
+    if (await this.redis.zcard(this.k.instances) === 0) await this.redis.del(this.k.types)
     this.log.info({ instance: id, entries: keys.length }, 'changefeed: removed the interest of an instance that stopped')
   }
 

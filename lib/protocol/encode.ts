@@ -75,6 +75,11 @@ export function changeTypeOf (frame: string): string | undefined {
   return end === -1 ? undefined : frame.slice(from, end)
 }
 
+/** A notification frame, already encoded, naming the subscription it is for (a feed's, a filtered feed's). */
+export function withSubscriptionId (frame: string, subscriptionId: string): string {
+  return frame.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
+}
+
 /**
  * A notification as one subscription receives it: with that subscription's change type (a filter's `entered` or
  * `left`) and its subscriptionId as the last field, so a socket holding several subscriptions of the type can tell.
@@ -82,7 +87,7 @@ export function changeTypeOf (frame: string): string | undefined {
 export function forSubscription (frame: string, changeType: string, subscriptionId: string): string {
   const own = changeTypeOf(frame)
   const typed = own === undefined || own === changeType ? frame : frame.replace(CHANGE_TYPE + own + '"', CHANGE_TYPE + changeType + '"')
-  return typed.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'
+  return withSubscriptionId(typed, subscriptionId)
 }
 
 /**

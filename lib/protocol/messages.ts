@@ -229,7 +229,10 @@ export const NotificationData = Type.Object({
   basePosition: Type.Optional(Type.String()),
   /** `delta`: the RFC 6902 patch from the document at `basePosition` to this change's */
   patch: Type.Optional(Type.Array(PatchOperationSchema)),
-  /** filtered feeds: the subscription the notification is for (a socket may hold several filters of one type) */
+  /**
+   * feeds and filtered feeds: the subscription the notification is for (a socket may hold a feed and its entity, or
+   * several filters of one type); an entity's own notifications have none
+   */
   subscriptionId: Type.Optional(Type.String())
 }, { additionalProperties: false })
 export const Notification = Type.Object({ type: Type.Literal('notification'), data: NotificationData }, { additionalProperties: false })

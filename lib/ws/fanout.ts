@@ -37,6 +37,15 @@ export interface FrameMeta {
    * when it has one, for the sockets whose last frame of the entity was the one at `base`. `sent` counts them.
    */
   patch?: PatchFrame
+  /** the frame a feed's sockets get, naming their subscription: made once per change by the first that needs it */
+  feed?: FeedFrame
+}
+
+/** A change's frame as a type's feed sends it (`subscriptionId` added), encoded once for every socket it goes to. */
+export interface FeedFrame {
+  subscriptionId: string
+  frame: string
+  prepared: PreparedFrame
 }
 
 /** A change's patch frame, encoded once for every socket it goes to. */

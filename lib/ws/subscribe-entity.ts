@@ -34,12 +34,14 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   if (req.entityId === FEED && req.snapshot === true) {
     return refuse({ code: WireError.badRequest, reason: 'a feed has no one state: a filtered feed (where) gives the entities that match' })
   }
+  // the reply names the subscription as the request did, and so do a feed's notifications
+  const subscriptionId = subscriptionIdOf(entity.name, req.entityId, req.tenantId)
   const channel = services.fanout.channel(entity.name, req.entityId, tenantId)
   let subscription = subscriptions.get(channel)
   if (subscription === undefined) {
     let opened: Awaited<ReturnType<Subscriptions['open']>>
     try {
-      opened = await subscriptions.open(entity, req.entityId, tenantId, req.since !== undefined || req.snapshot === true)
+      opened = await subscriptions.open(entity, req.entityId, tenantId, req.since !== undefined || req.snapshot === true, subscriptionId)
     } catch (err) {
       services.log.error({ err }, 'changefeed: bus subscribe failed')
       return reply.fail()
@@ -54,8 +56,7 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   // a refused read ended the subscription itself; a close or an unsubscribe meanwhile leaves nothing to answer
   if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
   if (!subscriptions.holds(channel, subscription)) return
-  // the reply names the subscription as the request did (the draft client computes `<type>:<id>` itself)
-  reply.send(encodeSubscribed(reply.id, subscriptionIdOf(entity.name, req.entityId, req.tenantId), subscription, { recovered: start.recovered, snapshot: start.snapshot }))
+  reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot }))
   if (start.replay !== undefined) socket.writeReplay(channel, start.replay)
   subscriptions.releaseHeld(channel, start.carried)
   if (req.watchers === true && !subscription.counted) {

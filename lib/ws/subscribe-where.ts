@@ -41,7 +41,7 @@ export async function subscribeWhere (subscriptions: Subscriptions, reply: Reply
   const denial = await services.policy.check(entity, FEED, tenantId, socket.principal)
   if (!socket.isOpen) return
   if (denial !== null) return refuse(denial)
-  const watcher = subscriptions.feedWatcher()
+  const watcher = subscriptions.feedWatcher(null)
   const subscription: Subscription = { entityType: entity.name, entityId: FEED, tenantId, watcher, counted: false, filter: { feedChannel, subscriptionId } }
   subscriptions.keep(key, subscription)
   let joined: Awaited<ReturnType<Filters['join']>> | null

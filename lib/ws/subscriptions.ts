@@ -19,7 +19,7 @@ import type { SnapshotResult } from '../reads/snapshot.js'
 import type { ReplayedFrames } from '../reads/replay.js'
 import type { WatcherCounts } from './watchers.js'
 import type { Refusal } from './target.js'
-import { WireError, encodeSubscriptionError, type EntityRef } from '../protocol/index.js'
+import { WireError, encodeSubscriptionError, subscriptionIdOf, type EntityRef } from '../protocol/index.js'
 
 /** A socket's subscription to one channel: an entity (of one tenant, or of every tenant), or a feed. */
 export interface Subscription extends EntityRef {
@@ -221,10 +221,11 @@ export class Subscriptions {
 
   /**
    * Starts the socket's subscription to one entity (or feed): the limit, access, then the bus. `hold`: its live
-   * notifications wait (a replay or a snapshot comes first). Resolves null when the socket closed meanwhile.
-   * Rejects when the bus or the interest store failed (nothing is left behind).
+   * notifications wait (a replay or a snapshot comes first). `subscriptionId`: a feed's, which its notifications
+   * name (as the subscribe that starts it named it). Resolves null when the socket closed meanwhile. Rejects when
+   * the bus or the interest store failed (nothing is left behind).
    */
-  async open (entity: EntityType, entityId: string, tenantId: string | null, hold: boolean): Promise<Subscription | Refusal | null> {
+  async open (entity: EntityType, entityId: string, tenantId: string | null, hold: boolean, subscriptionId?: string): Promise<Subscription | Refusal | null> {
     const { policy, fanout } = this.services
     const channel = fanout.channel(entity.name, entityId, tenantId)
     // places being opened count: a batch opens its entities at once
@@ -239,7 +240,7 @@ export class Subscriptions {
     if (!this.socket.isOpen) return null
     if (denial !== null) return denial
     // (a subscribe of the same channel cannot have come meanwhile: this socket's requests run one at a time)
-    const watcher = entityId === FEED ? this.feedWatcher() : this.socket
+    const watcher = entityId === FEED ? this.feedWatcher(subscriptionId ?? subscriptionIdOf(entity.name, FEED)) : this.socket
     const subscription: Subscription = { entityType: entity.name, entityId, tenantId, watcher, counted: false }
     // only delta types pay for tracking what each socket holds
     if (entity.payload === 'delta' && watcher === this.socket) subscription.sent = null
@@ -257,8 +258,11 @@ export class Subscriptions {
     return this.holds(channel, subscription) ? subscription : null
   }
 
-  /** A feed's watcher: its batch frame is written before it grows past a quarter of the buffer, so it never overflows the socket. */
-  feedWatcher (): FeedWatcher {
-    return new FeedWatcher(this.socket, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
+  /**
+   * A feed's watcher: its batch frame is written before it grows past a quarter of the buffer, so it never overflows
+   * the socket. `subscriptionId`: what its notifications name (null: a filtered feed's, named by their filter).
+   */
+  feedWatcher (subscriptionId: string | null): FeedWatcher {
+    return new FeedWatcher(this.socket, subscriptionId, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
   }
 }

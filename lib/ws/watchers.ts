@@ -1,6 +1,7 @@
 /**
  * Watcher counts ("12 watching"): sockets that asked for them (`watchers: true` in subscribe) get the number of
- * sockets watching the entity across the cluster, at once and then whenever it changes, at most once per interval.
+ * sockets watching the entity across the cluster, at once and then whenever it changes, at most once per interval;
+ * never the count a socket was sent last again.
  * Only a socket that may watch an entity can ask, so counts of private entities stay private.
  */
 import type { FastifyBaseLogger } from 'fastify'
@@ -11,8 +12,8 @@ import { PreparedFrame } from './prepared.js'
 
 interface Counted {
   ref: EntityRef
-  sockets: Set<Watcher>
-  last: number | null
+  /** each socket and the count it was sent last (null: none yet): a count is sent to a socket only when it differs */
+  sockets: Map<Watcher, number | null>
 }
 
 export class WatcherCounts {
@@ -26,13 +27,18 @@ export class WatcherCounts {
   add (socket: Watcher, channel: string, ref: EntityRef): void {
     let entry = this.counted.get(channel)
     if (entry === undefined) {
-      entry = { ref: { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }, sockets: new Set(), last: null }
+      entry = { ref: { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }, sockets: new Map() }
       this.counted.set(channel, entry)
     }
-    entry.sockets.add(socket)
+    // asked again (a repeated subscribe): it gets the count now, as a first subscribe does
+    entry.sockets.set(socket, null)
     this.start()
     this.interest.watchers(channel).then((count) => {
-      if (this.counted.get(channel)?.sockets.has(socket) === true) socket.deliver(encodeWatchers(ref, count))
+      const counted = this.counted.get(channel)?.sockets
+      // a poll may have sent it this count meanwhile
+      if (counted === undefined || !counted.has(socket) || counted.get(socket) === count) return
+      counted.set(socket, count)
+      socket.deliver(encodeWatchers(ref, count))
     }, (err: Error) => this.log.warn({ err: err.message }, 'changefeed: watcher counts unavailable'))
   }
 
@@ -68,11 +74,15 @@ export class WatcherCounts {
     try {
       for (const [channel, entry] of this.counted) {
         const count = await this.interest.watchers(channel)
-        if (count === entry.last) continue
-        entry.last = count
-        const frame = encodeWatchers(entry.ref, count)
-        const shared = new PreparedFrame(frame)
-        for (const socket of entry.sockets) socket.deliver(frame, undefined, shared)
+        let frame: string | null = null
+        let shared: PreparedFrame | null = null
+        for (const [socket, sent] of entry.sockets) {
+          if (sent === count) continue
+          frame ??= encodeWatchers(entry.ref, count)
+          shared ??= new PreparedFrame(frame)
+          entry.sockets.set(socket, count)
+          socket.deliver(frame, undefined, shared)
+        }
       }
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'changefeed: watcher counts unavailable')

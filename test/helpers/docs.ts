@@ -35,3 +35,10 @@ export function anchorsOf (markdown: string): Set<string> {
   const withoutCode = markdown.replace(/^```[\s\S]*?^```/gm, '')
   return new Set([...withoutCode.matchAll(/^#{1,6} (.+)$/gm)].map((m) => anchorOf(m[1])))
 }
+
+/** The command lines of each `sh` block of a document, their comments (`  # …`) dropped. */
+export function shellBlocks (markdown: string): string[][] {
+  return [...markdown.matchAll(/^```sh\n([\s\S]*?)^```/gm)].map((block) => block[1].split('\n')
+    .map((line) => line.replace(/\s+#\s.*$/, '').trim())
+    .filter((line) => line !== '' && !line.startsWith('#')))
+}

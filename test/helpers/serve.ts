@@ -29,7 +29,7 @@ export function serve (t: Teardown, args: string[], env: NodeJS.ProcessEnv = {},
   const address = new Promise<string>((resolve, reject) => {
     child.stdout.on('data', (d: Buffer) => {
       out += d.toString()
-      const m = /Server listening at (http:\/\/[^"\s]+)/.exec(out)
+      const m = /(?:Server listening at|--demo: open) (http:\/\/[^"\s]+)/.exec(out)
       if (m !== null) resolve(m[1])
     })
     void exit.then(({ code }) => reject(new Error(`server exited with ${code}: ${err.slice(0, 2000)}`)))

@@ -3,11 +3,13 @@
  * with CHANGEFEED_INVALID_OPTIONS naming the bad path, the caller's object left alone; the option reference
  * (describeOptions, optionsMarkdown) generated from the same schema. The registry: declared types and Marten naming,
  * discovery of the other watched tables, lookup, tenancy, the database of a tenant, event streams, inlined tables.
+ * The config file's JSON errors located by line and column, and environment overrides that name their variable.
  */
 import t from 'tap'
 import { resolveOptions, type ChangefeedOptions, type ResolvedOptions } from '../../lib/options.js'
 import { describeOptions, optionsMarkdown } from '../../bin/docs.js'
 import { EntityRegistry, dotnetShortName, martenTable } from '../../lib/entities.js'
+import { applyEnvironment, jsonErrorAt } from '../../bin/config.js'
 import type { TestContext } from './fixtures/fakes.js'
 
 const main = { name: 'main', url: 'postgres://localhost/main' }
@@ -311,4 +313,29 @@ t.test('inlineTables: the full types of a database and schema', async (t) => {
   t.same(r.inlineTables('red_db', 'public'), ['mt_doc_user'])
   t.same(r.inlineTables('blue_db', 'public'), ['mt_doc_user'])
   t.same(r.inlineTables('red_db', 'app'), [])
+})
+
+t.test('jsonErrorAt: the line and column of the first JSON syntax error, and what is found there', async (t) => {
+  const cases: Array<[string, { line: number, column: number, found: string }]> = [
+    ['{ "server": ', { line: 1, column: 13, found: '' }],
+    ['{\n  "a": 1,\n}', { line: 3, column: 1, found: '}' }],
+    ['{\n  "a": tru }', { line: 2, column: 8, found: 't' }],
+    ['{\n  "a": "x\ny"\n}', { line: 2, column: 10, found: '\n' }],
+    ['{ "a" 1 }', { line: 1, column: 7, found: '1' }],
+    ['{ "a": [1, 2,, 3] }', { line: 1, column: 14, found: ',' }],
+    ['{ "a": "\\q" }', { line: 1, column: 10, found: 'q' }],
+    ['{ "a": 1 } x', { line: 1, column: 12, found: 'x' }],
+    ['', { line: 1, column: 1, found: '' }]
+  ]
+  for (const [text, expected] of cases) {
+    t.throws(() => JSON.parse(text), SyntaxError, `not JSON: ${JSON.stringify(text)}`)
+    t.same(jsonErrorAt(text), expected, JSON.stringify(text))
+  }
+})
+
+t.test('applyEnvironment: PORT that is not a port number is refused, naming the variable', async (t) => {
+  t.match(applyEnvironment({}, { PORT: '9000' }), { server: { port: 9000 } })
+  for (const port of ['abc', '80.5', '-1', '70000', ' ']) {
+    t.throws(() => applyEnvironment({}, { PORT: port }), { code: 'CHANGEFEED_INVALID_OPTIONS', message: /PORT/ }, JSON.stringify(port))
+  }
 })

@@ -37,7 +37,7 @@ const batchOf = (written: string): unknown[] => (JSON.parse(written) as { type: 
 function feed (t: TestContext, rate = 10, intervalMs = 500, maxBatchBytes = 1 << 20): { clock: ReturnType<typeof fakeClock>, socket: RecordingSocket, watcher: FeedWatcher } {
   const clock = fakeClock(t)
   const socket = new RecordingSocket()
-  const watcher = new FeedWatcher(socket, rate, intervalMs, maxBatchBytes)
+  const watcher = new FeedWatcher(socket, null, rate, intervalMs, maxBatchBytes)
   t.teardown(() => watcher.close())
   return { clock, socket, watcher }
 }
@@ -49,6 +49,28 @@ t.test('FeedWatcher: under the rate, each frame goes out at once, unchanged', as
   clock.advance(1000)
   for (let i = 10; i < 20; i++) watcher.deliver(frame(i))
   t.equal(socket.frames.length, 20, 'a second later, the bucket is full again')
+})
+
+t.test('FeedWatcher: a feed\'s notification names its subscription, one frame made per change for the feed\'s sockets', async (t) => {
+  fakeClock(t)
+  const shared: Array<PreparedFrame | undefined> = []
+  const socket = (): RecordingSocket => {
+    const s = new RecordingSocket()
+    const deliver = s.deliver.bind(s)
+    s.deliver = (frame: string, _meta?: FrameMeta, prepared?: PreparedFrame) => { shared.push(prepared); return deliver(frame) }
+    return s
+  }
+  const [a, b, c] = [socket(), socket(), socket()]
+  const watchers = [new FeedWatcher(a, 'Team:*', 10, 500, 1 << 20), new FeedWatcher(b, 'Team:*', 10, 500, 1 << 20), new FeedWatcher(c, 'Team@red:*', 10, 500, 1 << 20)]
+  const meta = { channel: 'p:Team:*', position: 'n:1', payloadType: 'minimal', tenantId: null, key: 'p:Team:*', prepared: new PreparedFrame(frame(1)) } satisfies FrameMeta
+  for (const w of watchers) w.deliver(frame(1), meta)
+  t.same(JSON.parse(a.frames[0]), { type: 'notification', data: { entityType: 'Team', entityId: '1', subscriptionId: 'Team:*' } })
+  t.equal(b.frames[0], a.frames[0])
+  t.equal(shared[0], shared[1], 'one prepared frame for the sockets naming the feed alike')
+  t.equal(JSON.parse(c.frames[0]).data.subscriptionId, 'Team@red:*', 'a socket that named its tenant: its own')
+  const filtered = socket()
+  new FeedWatcher(filtered, null, 10, 500, 1 << 20).deliver(frame(2), meta)
+  t.same(filtered.frames, [frame(2)], 'a filtered feed\'s frames come named by their filter: left as they are')
 })
 
 t.test('FeedWatcher: past the rate, the interval\'s frames go out as one batch frame', async (t) => {

@@ -46,8 +46,9 @@ t.test('patches are applied to the document held; holders and the snapshot get w
   const { s, got } = subscribed()
   s.onNotification(full('n:1', { home: 0, away: 0, players: [{ name: 'A', tries: 0 }] }), true)
   const patch: PatchOperation[] = [{ op: 'replace', path: '/home', value: 5 }, { op: 'replace', path: '/players/0/tries', value: 1 }]
-  const made = s.onNotification(delta('n:2', 'n:1', patch), true)
-  t.same(made?.payload, { home: 5, away: 0, players: [{ name: 'A', tries: 1 }] })
+  let made: NotificationMessage | undefined
+  s.onNotification(delta('n:2', 'n:1', patch), true, (n) => { made = n })
+  t.same(made?.payload, { home: 5, away: 0, players: [{ name: 'A', tries: 1 }] }, 'made whole before the holders get it')
   t.same(got.map((n) => n.payload), [{ home: 0, away: 0, players: [{ name: 'A', tries: 0 }] }, { home: 5, away: 0, players: [{ name: 'A', tries: 1 }] }])
   t.same(got[1].patch, patch, 'the patch comes along')
   t.equal(got[1].basePosition, 'n:1')

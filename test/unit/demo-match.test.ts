@@ -1,7 +1,8 @@
 /**
  * The demo's simulated match (bin/demo-match.ts) without a database, over whole matches with a seeded random: the
  * score and the team statistics are what the events and the players' statistics say, fifteen players of each team
- * are on the field at every minute, a replaced player never comes back, and after full time a new match kicks off.
+ * are on the field at every minute, a replaced player never comes back, and after full time a new match kicks off
+ * on an event stream of its own.
  */
 import t from 'tap'
 import { kickOff, playMinute, type GameState } from '../../bin/demo-match.js'
@@ -55,8 +56,12 @@ t.test('whole matches keep the score, the statistics and the line-ups consistent
       t.equal(game.stats[side].metres, players.reduce((n, p) => n + p.stats.metres, 0), `${side} metres add up`)
       t.equal(game.stats[side].tries, players.reduce((n, p) => n + p.stats.tries, 0), `${side} tries add up`)
     }
+    t.equal(game.streamId, start.game.streamId, 'a match keeps its stream to the end')
     const next = playMinute(game, squad, random)
     t.match(next.game, { minute: 0, period: 'First Half', homeScore: 0, awayScore: 0 }, 'a new match kicks off')
+    t.equal(next.game.id, game.id, 'on the same game document')
+    t.ok(typeof next.game.streamId === 'string' && next.game.streamId !== game.streamId, `on a stream of its own (${next.game.streamId})`)
+    t.not(playMinute(next.game, squad, random).game.streamId, game.streamId, 'and goes on there')
     t.same(next.events.map((e) => e.type), ['kick_off'])
     t.equal(next.players.filter((p) => p.onField).length, 30, 'with the starting fifteens')
   }
