@@ -128,7 +128,7 @@ function portFrom (name: string, value: string): number {
   return port
 }
 
-/** Environment overrides (DESIGN.md §9): DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL. */
+/** Environment overrides: DATABASE_URL, REDIS_URL, NATS_URL, HOST, PORT, JWT_SECRET, JWT_JWKS_URL. */
 export function applyEnvironment (config: Json, env: NodeJS.ProcessEnv): Json {
   const out: Json = { ...config }
   const set = (key: string, extra: Json): void => { out[key] = merged(out[key], extra) }

@@ -76,7 +76,7 @@ function registerPages (app: FastifyInstance): void {
 }
 
 /**
- * A tiny read-model API, as the users' site has: the team page refetches a team from it on minimal notifications
+ * A tiny read-model API, as a site that polls one today has: the team page refetches a team from it on minimal notifications
  * and resyncs; the match page reads the latest events of the match's stream (Marten's FetchStream) when it opens
  * and after a gap.
  */

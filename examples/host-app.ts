@@ -2,7 +2,7 @@
  * Mounting fastify-changefeed in an existing API. The host keeps its own routes; the plugin adds /ws and
  * `app.changefeed`. A live feed that never touches the database uses `app.changefeed.publish()`.
  *
- *   DATABASE_URL=postgres://127.0.0.1/ballr node dist/examples/host-app.js
+ *   DATABASE_URL=postgres://127.0.0.1/league node dist/examples/host-app.js
  */
 import Fastify, { type FastifyInstance } from 'fastify'
 import changefeed, { type ChangefeedPluginOptions } from '../lib/index.js'
@@ -14,8 +14,8 @@ export async function buildHostApp (databaseUrl?: string, extra: ChangefeedPlugi
   app.get('/api/health', async () => ({ ok: true }))
 
   await app.register(changefeed, {
-    databases: databaseUrl === undefined ? [] : [{ name: 'ballr', url: databaseUrl }],
-    capture: { channel: 'foundry:db_changes' },
+    databases: databaseUrl === undefined ? [] : [{ name: 'league', url: databaseUrl }],
+    capture: { channel: 'league:db_changes' },
     entities: {
       Team: { access: 'public', payload: 'minimal' },
       RugbyGameState: { access: 'public', payload: 'full' },

@@ -41,7 +41,7 @@ export function martenTable (typeName: string): string {
 }
 
 /**
- * The short type name from Marten's `mt_dotnet_type` ("Ballr.Domain.RugbyGameState, Ballr.Domain" →
+ * The short type name from Marten's `mt_dotnet_type` ("Sports.Domain.RugbyGameState, Sports.Domain" →
  * "RugbyGameState"; nested "Outer+Inner" → "Inner").
  */
 export function dotnetShortName (dotnetType: string): string | null {

@@ -33,7 +33,7 @@ import { adminStatsOf, decoratorOf, telemetrySnapshotOf, type ChangefeedDecorato
 import { packageVersion } from './package.js'
 
 export type { ChangefeedOptions, ResolvedOptions } from './options.js'
-export type { PublishInput } from './route/router.js'
+export type { PublishInput } from './route/published.js'
 export type { AuthorizeFunction, AuthorizeContext } from './auth/policy.js'
 export type { Principal } from './auth/principal.js'
 export type { EntityType } from './entities.js'

@@ -14,7 +14,7 @@ import type { Authenticator } from './auth/authenticate.js'
 import { requestLogSerializer } from './auth/redact.js'
 import type { AccessPolicy } from './auth/policy.js'
 import type { ListenerConnection } from './capture/listener.js'
-import type { PubSub } from './bus/index.js'
+import type { PubSub } from './bus/bus.js'
 import type { ResolvedOptions } from './options.js'
 import { CloseCode, InvalidOptionsError, RouteTakenError } from './errors.js'
 

@@ -1,5 +1,5 @@
 /**
- * The wire protocol of DESIGN.md §5 without a database: subscribe (idempotent), unsubscribe both ways, ping,
+ * The wire protocol (lib/protocol/README.md) without a database: subscribe (idempotent), unsubscribe both ways, ping,
  * echoed ids, host publish, and every kind of bad input answered with a code while the socket stays open.
  */
 import t from 'tap'

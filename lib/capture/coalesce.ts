@@ -64,6 +64,8 @@ export interface Change {
   /** the document when the trigger inlined it (full tables, small documents) */
   doc?: unknown
   hasDoc: boolean
+  /** a host's publish, not a captured change: its document is the one given (none: `minimal`), never read */
+  published?: true
   /** event sources: the stream's type and the events appended in the transaction, in version order */
   streamType?: string | null
   events?: AppendedEvent[]

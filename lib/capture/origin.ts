@@ -13,7 +13,7 @@ export interface Queryable {
  * Tags the current transaction's changes with `origin` (`SET LOCAL changefeed.origin`). Call it inside the
  * transaction, before the writes:
  *
- *     await fastify.pg.ballr.transact(async (client) => {
+ *     await fastify.pg.league.transact(async (client) => {
  *       await tagOrigin(client, request.headers['x-editor'])
  *       await client.query('UPDATE mt_doc_team SET data = $2 WHERE id = $1', [id, team])
  *     })

@@ -71,7 +71,7 @@ export function mergeChangeType (first: string, last: string): string | null {
 }
 
 /**
- * The subscriptionId: `<entityType>:<entityId>`, as the users' draft client computes it; a subscription that named
+ * The subscriptionId: `<entityType>:<entityId>`, which a client can compute itself (and unsubscribe with); a subscription that named
  * a tenant is `<entityType>@<tenantId>:<entityId>` (type names hold neither '@' nor ':', tenant ids no ':').
  */
 export function subscriptionIdOf (entityType: string, entityId: string, tenantId?: string): string {

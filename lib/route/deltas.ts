@@ -9,6 +9,8 @@
  */
 import { encodeNotification, type NotificationFields } from '../protocol/index.js'
 import { diffDocuments } from './diff.js'
+import type { EntityType } from '../entities.js'
+import type { Notice } from './notices.js'
 
 /** A change's delta frame and the position of the document its patch applies to. */
 export interface DeltaFrame {
@@ -43,6 +45,28 @@ export class Deltas {
   private keptBytes = 0
 
   constructor (private readonly maxBytes: number) {}
+
+  /**
+   * A `delta` type's notice with a document: its payload type on the bus is `delta` (delivery then tracks what each
+   * socket was sent), and it carries the patch frame when there is one. `key` is the entity's own channel.
+   */
+  noticeOf (entity: EntityType, key: string, notice: Notice): Notice & { delta?: DeltaFrame } {
+    // events appended to the entity's stream leave its document (and the patch base) as it was
+    if (entity.payload !== 'delta' || notice.payloadType === 'events') return notice
+    if (notice.payloadType !== 'full' || notice.fields === undefined) {
+      // gone by the time it was read: the next change is full
+      this.forget(key)
+      return notice
+    }
+    if (notice.stale === true) {
+      // a later version than its position says: whole, without a patch, and no base for one (delivery still
+      // records what each socket was sent, so no patch goes to a socket holding something else)
+      this.stale(key)
+      return { ...notice, payloadType: 'delta' }
+    }
+    const delta = this.frameOf(key, notice.fields, notice.document, notice.frame) ?? undefined
+    return { ...notice, payloadType: 'delta', delta }
+  }
 
   /** JSON bytes of the documents kept */
   get bytes (): number {

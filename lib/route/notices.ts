@@ -92,7 +92,7 @@ export class Notices {
   needsRead (entity: EntityType, change: Change): boolean {
     return change.events !== undefined
       ? change.events.some((e) => !('data' in e))
-      : carriesDocument(entity) && change.changeType !== 'deleted' && change.changeType !== 'archived' && !change.hasDoc
+      : carriesDocument(entity) && change.changeType !== 'deleted' && change.changeType !== 'archived' && !change.hasDoc && change.published !== true
   }
 
   /** The notification of one change, as every watcher receives it. */
@@ -113,7 +113,7 @@ export class Notices {
     }
     let payload: unknown
     let stale = false
-    let payloadType: PayloadTypeName = carriesDocument(entity) && change.changeType !== 'archived' ? 'full' : 'minimal'
+    let payloadType: PayloadTypeName = (change.published === true ? change.hasDoc : carriesDocument(entity)) && change.changeType !== 'archived' ? 'full' : 'minimal'
     if (payloadType === 'full' && change.changeType !== 'deleted') {
       if (change.hasDoc) payload = change.doc
       else {

@@ -7,6 +7,9 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/bus.js'
 import { wrapResync } from './envelope.js'
+import { FEED, channelsOf } from './channels.js'
+import type { EntityType } from '../entities.js'
+import { encodeResync } from '../protocol/index.js'
 
 const MAX_OWED = 10_000
 const RETRY_MS = 250
@@ -40,6 +43,13 @@ export class OwedResyncs {
       }
     }
     this.schedule(0)
+  }
+
+  /** The watchers of the entity, and of its type's feed, are owed a resync for a change they will not get. */
+  oweChange (entity: EntityType, database: string, entityId: string, tenantId: string | null): void {
+    const entityChannels = tenantId === null ? 1 : 2
+    this.owe(database, channelsOf(this.prefix, entity, entityId, tenantId).map((channel, i) =>
+      [channel, encodeResync('delivery_failed', { entityType: entity.name, entityId: i < entityChannels ? entityId : FEED, tenantId })] as const))
   }
 
   private schedule (ms: number): void {

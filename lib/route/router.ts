@@ -6,31 +6,19 @@
  * that cannot be attributed to an entity type is counted and logged by reason (lib/route/drops.ts), never silently lost.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import { coalesceRows, type Change, type ChangeType, type RowChange } from '../capture/coalesce.js'
+import { coalesceRows, type Change, type RowChange } from '../capture/coalesce.js'
 import type { TableScanner } from '../capture/index.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
-import type { PubSub } from '../bus/index.js'
+import type { PubSub } from '../bus/bus.js'
 import type { InterestStore } from '../interest/interest.js'
 import { wrap } from './envelope.js'
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api'
-import { InvalidChangeError, UnknownEntityTypeError } from '../errors.js'
 import { OwedResyncs } from './resync.js'
-import { FEED, channelsOf } from './channels.js'
-import { ownerIn, type Notice, type Notices } from './notices.js'
-import { encodeNotification, encodeResync } from '../protocol/index.js'
+import { channelsOf } from './channels.js'
+import type { Notice, Notices } from './notices.js'
+import { publishedChange, type PublishInput } from './published.js'
+import { InOrder } from './order.js'
 import { Deltas, type DeltaFrame } from './deltas.js'
-
-/** What a host passes to `fastify.changefeed.publish()`. */
-export interface PublishInput {
-  entityType: string
-  entityId: string
-  changeType: ChangeType
-  /** the tenant of the entity: required for tenanted types, refused for the others */
-  tenantId?: string
-  /** the document (JSON); when given the notification is `full` (or for a `delta` type a patch), otherwise `minimal` */
-  payload?: unknown
-  version?: string | number
-}
 
 /** Where every change goes besides the watchers (lib/route/stream.ts: a JetStream stream). Rejects when not accepted. */
 export interface ChangeSink {
@@ -58,6 +46,9 @@ export interface RouterCounters {
 
 const RESCAN_UNKNOWN_MS = 10_000
 
+/** Where a change went: to the bus, to the stream only, nowhere (nobody watches), or the error it failed with. */
+type Outcome = 'published' | 'streamed' | 'unwatched' | Error
+
 export interface RouterServices {
   registry: EntityRegistry
   /** attribution of changes to entity types and tenants, and their frames */
@@ -77,18 +68,6 @@ export interface RouterServices {
   tracer?: Tracer
 }
 
-/** Turns in the order they were taken: each one's `ready` resolves once the one before it is `done`. */
-class InOrder {
-  private tail: Promise<void> = Promise.resolve()
-
-  take (): { ready: Promise<void>, done: () => void } {
-    const ready = this.tail
-    let done!: () => void
-    this.tail = new Promise<void>((resolve) => { done = resolve })
-    return { ready, done }
-  }
-}
-
 export class ChangeRouter {
   readonly counters: RouterCounters = { changes: 0, unwatched: 0, documentReads: 0, published: 0, failed: 0, busErrors: 0, givenUp: 0 }
   /** resyncs owed to the watchers of changes that were lost */
@@ -98,7 +77,7 @@ export class ChangeRouter {
   private readonly tracer: Tracer
   private readonly prefix: string
   /** changes of one entity still being routed: the next one waits, so per entity the order is commit order */
-  private readonly inFlight = new Map<string, Promise<boolean>>()
+  private readonly inFlight = new Map<string, Promise<Outcome>>()
   /**
    * Captured changes are handed on in the order they came (commit order) across entities too: a change that waits
    * for a read would otherwise be overtaken, and a feed's watchers, and a snapshot's "seen until the first unseen"
@@ -125,33 +104,62 @@ export class ChangeRouter {
     // taken before the first await: changes leave in the order they came, whatever the work of each costs
     const turn = this.order.take()
     try {
-      return await this.routeInTurn(change, stopAfterFailure, turn.ready)
+      this.counters.changes++
+      const entity = await this.entityOf(change)
+      return entity === undefined || !(await this.routeInOrder(entity, change, turn.ready, stopAfterFailure) instanceof Error)
     } finally {
       turn.done()
     }
   }
 
-  private async routeInTurn (change: Change, stopAfterFailure: boolean, turn: Promise<void>): Promise<boolean> {
-    this.counters.changes++
-    let entity = this.s.notices.entityOf(change, false)
-    if (entity === undefined && change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
+  /**
+   * A host's direct publish: checked, made a change, and routed as a captured one is. Resolves true when it was
+   * handed to the bus, false when nobody watches (known without a round trip only with the memory bus); rejects
+   * when the bus refused it (its watchers are owed a resync).
+   */
+  async publish (input: PublishInput): Promise<boolean> {
+    const { entity, change } = publishedChange(this.s.registry, input, `p:${this.s.instanceId.slice(0, 8)}:${++this.published}`)
+    const turn = this.order.take()
+    let outcome: Outcome
+    try {
+      this.counters.changes++
+      outcome = await this.routeInOrder(entity, change, turn.ready, false)
+    } finally {
+      turn.done()
+    }
+    if (outcome instanceof Error) {
+      // the host hears of it from the rejection; the watchers, from a resync once the bus is back
+      this.owed.oweChange(entity, change.database, change.id, change.tenantId)
+      throw outcome
+    }
+    return outcome === 'published'
+  }
+
+  /** The entity type of a captured change (after a look for a table created a moment ago), or undefined (dropped). */
+  private async entityOf (change: Change): Promise<EntityType | undefined> {
+    const entity = this.s.notices.entityOf(change, false)
+    if (entity !== undefined) return entity
+    if (change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
       // a table created a moment ago: the event trigger's note may still be on its way
       await this.s.scanner.rescanDatabase(change.database).catch(() => {})
     }
-    entity ??= this.s.notices.entityOf(change)
-    if (entity === undefined) return true
-    const tenantId = this.s.notices.tenantOf(entity, change)
+    return this.s.notices.entityOf(change)
+  }
+
+  /** Routes the change after the entity's changes before it (outbox mode: stops after one that failed). */
+  private async routeInOrder (entity: EntityType, change: Change, turn: Promise<void>, stopAfterFailure: boolean): Promise<Outcome> {
+    const tenantId = change.published === true ? change.tenantId : this.s.notices.tenantOf(entity, change)
     const channels = channelsOf(this.prefix, entity, change.id, tenantId)
     const key = channels[0]
     const previous = this.inFlight.get(key)
-    const current = previous === undefined
-      ? this.routeEntityChange(entity, channels, tenantId, change, turn)
+    const current: Promise<Outcome> = previous === undefined
+      ? this.route(entity, channels, tenantId, change, turn)
       // outbox mode: after a failure the entity's later changes wait for the retry, so they never overtake it
-      : previous.then(async (ok) => !ok && stopAfterFailure ? false : await this.routeEntityChange(entity, channels, tenantId, change, turn))
+      : previous.then(async (before) => before instanceof Error && stopAfterFailure ? before : await this.route(entity, channels, tenantId, change, turn))
     this.inFlight.set(key, current)
-    const done = await current
+    const outcome = await current
     if (this.inFlight.get(key) === current) this.inFlight.delete(key)
-    return done
+    return outcome
   }
 
   /** Notify mode: a change that fails now is lost, and its watchers must hear of it. */
@@ -186,8 +194,12 @@ export class ChangeRouter {
     return true
   }
 
-  /** `turn`: resolves once every change that came before this one has been handed on (or dropped). */
-  private async routeEntityChange (entity: EntityType, channels: string[], tenantId: string | null, change: Change, turn: Promise<void>): Promise<boolean> {
+  /**
+   * The route of one change: whether anyone watches, its notice (a document read when needed), the stream, the
+   * bus. `turn`: resolves once every change that came before this one has been handed on (or dropped). Never rejects:
+   * a failure is logged and counted, and resolves with its error.
+   */
+  private async route (entity: EntityType, channels: string[], tenantId: string | null, change: Change, turn: Promise<void>): Promise<Outcome> {
     const span = this.tracer.startSpan('changefeed route', {
       kind: SpanKind.PRODUCER,
       attributes: {
@@ -210,7 +222,7 @@ export class ChangeRouter {
         this.deltas.forget(channels[0])
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'unwatched')
-        return true
+        return 'unwatched'
       }
       const notice = await this.s.notices.noticeOf(entity, change, tenantId)
       this.counters.documentReads = this.s.notices.reads
@@ -220,18 +232,18 @@ export class ChangeRouter {
         this.deltas.forget(channels[0])
         this.counters.unwatched++
         span.setAttribute('changefeed.outcome', 'streamed')
-        return true
+        return 'streamed'
       }
-      await this.send(watched, change.ts, this.withDelta(entity, channels[0], notice), change.position, span, change.txid)
+      await this.send(watched, change.ts, this.deltas.noticeOf(entity, channels[0], notice), change.position, span, change.published === true ? undefined : change.txid)
       span.setAttribute('changefeed.outcome', 'published')
-      return true
+      return 'published'
     } catch (err) {
       this.counters.failed++
       span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message })
       // a bus outage fails every change until the bus is back; it is reported once, by the bus, and counted
       if (this.counters.busErrors > busErrorsBefore) this.s.log.debug({ err: (err as Error).message, entityType: entity.name, entityId: change.id }, 'changefeed: the bus refused a change')
       else this.s.log.error({ err, entityType: entity.name, entityId: change.id }, 'changefeed: routing a change failed')
-      return false
+      return err as Error
     } finally {
       span.end()
     }
@@ -255,36 +267,7 @@ export class ChangeRouter {
     if (entity === undefined) return
     this.counters.givenUp++
     this.s.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be delivered; its watchers resync')
-    this.oweResync(entity, change.database, change.id, this.s.notices.tenantOf(entity, change))
-  }
-
-  /** The watchers of the entity, and of its type's feed, are owed a resync for a change they will not get. */
-  private oweResync (entity: EntityType, database: string, entityId: string, tenantId: string | null): void {
-    const entityChannels = tenantId === null ? 1 : 2
-    this.owed.owe(database, channelsOf(this.prefix, entity, entityId, tenantId).map((channel, i) =>
-      [channel, encodeResync('delivery_failed', { entityType: entity.name, entityId: i < entityChannels ? entityId : FEED, tenantId })] as const))
-  }
-
-  /**
-   * A `delta` type's notice with a document: its payload type on the bus is `delta` (delivery then tracks what each
-   * socket was sent), and it carries the patch frame when there is one. `key` is the entity's own channel.
-   */
-  private withDelta (entity: EntityType, key: string, notice: Notice): Notice & { delta?: DeltaFrame } {
-    // events appended to the entity's stream leave its document (and the patch base) as it was
-    if (entity.payload !== 'delta' || notice.payloadType === 'events') return notice
-    if (notice.payloadType !== 'full' || notice.fields === undefined) {
-      // gone by the time it was read: the next change is full
-      this.deltas.forget(key)
-      return notice
-    }
-    if (notice.stale === true) {
-      // a later version than its position says: whole, without a patch, and no base for one (delivery still
-      // records what each socket was sent, so no patch goes to a socket holding something else)
-      this.deltas.stale(key)
-      return { ...notice, payloadType: 'delta' }
-    }
-    const delta = this.deltas.frameOf(key, notice.fields, notice.document, notice.frame) ?? undefined
-    return { ...notice, payloadType: 'delta', delta }
+    this.owed.oweChange(entity, change.database, change.id, this.s.notices.tenantOf(entity, change))
   }
 
   /** Hands one encoded notification to the bus, on every channel whose watchers see it, with the span's context. */
@@ -299,51 +282,6 @@ export class ChangeRouter {
       throw err
     }
     this.counters.published++
-  }
-
-  /** A host's direct publish: the same route without the database. */
-  async publish (input: PublishInput): Promise<boolean> {
-    const entity = this.s.registry.get(input?.entityType)
-    if (entity === undefined) throw new UnknownEntityTypeError(String(input?.entityType))
-    if (typeof input.entityId !== 'string' || input.entityId.length === 0) throw new InvalidChangeError('entityId must be a non-empty string')
-    if (!['created', 'updated', 'deleted', 'appended', 'archived'].includes(input.changeType)) {
-      throw new InvalidChangeError('changeType must be created, updated, deleted, appended or archived')
-    }
-    const tenantId = input.tenantId ?? null
-    if ((entity.tenancy === 'none') !== (tenantId === null)) {
-      throw new InvalidChangeError(entity.tenancy === 'none' ? `${entity.name} is not tenanted: no tenantId` : `${entity.name} is tenanted: tenantId is required`)
-    }
-    this.counters.changes++
-    const channels = channelsOf(this.prefix, entity, input.entityId, tenantId)
-    const watched = this.s.interest.local ? await this.anyoneWatches(channels) : channels
-    if (watched.length === 0) {
-      this.counters.unwatched++
-      return false
-    }
-    const payloadType = input.payload !== undefined ? 'full' : 'minimal'
-    const now = Date.now()
-    const position = `p:${this.s.instanceId.slice(0, 8)}:${++this.published}`
-    const fields = {
-      entityType: entity.name,
-      entityId: input.entityId,
-      tenantId,
-      changeType: input.changeType,
-      ts: now,
-      version: input.version === undefined ? null : String(input.version),
-      position
-    }
-    // a patch is made between documents as clients parse them (no Dates, no undefined): the JSON of the payload
-    const document = entity.payload === 'delta' && input.payload !== undefined && input.changeType !== 'deleted' ? JSON.parse(JSON.stringify(input.payload)) as unknown : undefined
-    const frame = encodeNotification({ ...fields, payloadType, payload: document ?? input.payload })
-    const notice: Notice = { frame, payloadType, tenantId, owner: ownerIn(entity, payloadType, input.payload), fields, document }
-    try {
-      await this.send(watched, now, this.withDelta(entity, channels[0], notice), position)
-    } catch (err) {
-      // the host hears of it from the rejection; the watchers, from a resync once the bus is back
-      this.oweResync(entity, this.s.registry.databaseFor(entity, tenantId) ?? '', input.entityId, tenantId)
-      throw err
-    }
-    return true
   }
 
   /** The channels of a change that someone watches. */

@@ -3,7 +3,7 @@
  * pre-encoded frame to every local watcher. Gaps (a listener reconnect, a bus outage) become `resync` frames.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { PubSub } from '../bus/index.js'
+import type { PubSub } from '../bus/bus.js'
 import type { EntityRegistry } from '../entities.js'
 import { channelOf } from '../route/channels.js'
 import { LocalSubscriptionStore, type WatchedEntity } from '../interest/local.js'

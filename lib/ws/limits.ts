@@ -1,4 +1,4 @@
-/** Per-connection and per-server limits (DESIGN.md §6). */
+/** Per-connection and per-server limits: token buckets, connection counters, the read limiter. */
 
 /** A token bucket: `capacity` at once, refilled at `perSecond`. Lazily refilled: no timers. */
 export class TokenBucket {

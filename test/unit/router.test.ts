@@ -36,8 +36,8 @@ function change (id: string, txid: number, inline: boolean): Change {
   }
 }
 
-t.test('a change that waits for its document read is not overtaken by the changes after it', async (t) => {
-  const read = new Deferred()
+/** A router on fakes: `read` holds every document read until the test resolves it. */
+function routerWith (read: Deferred, stream: Array<{ entityId: string, position: string }> | null = null): { router: ChangeRouter, published: string[] } {
   const db = {
     name: 'main',
     async query<R>(): Promise<R[]> {
@@ -50,6 +50,7 @@ t.test('a change that waits for its document read is not overtaken by the change
   const published: string[] = []
   const bus = { provider: 'memory', ready: true, publish: async (channel: string, message: string) => { if (!channel.endsWith(':*')) published.push(String(unwrap(message)?.position)) } } as unknown as PubSub
   const interest = { local: true, isWatched: async () => true } as unknown as InterestStore
+  const sink = stream === null ? null : { ready: true, publish: async (record: { entityId: string, position: string }) => { stream.push({ entityId: record.entityId, position: record.position }) } }
   const router = new ChangeRouter({
     registry,
     notices: new Notices(registry, new Map([['main', db]]), () => null, new Drops(log)),
@@ -58,10 +59,32 @@ t.test('a change that waits for its document read is not overtaken by the change
     prefix: 'cf',
     log,
     scanner: { rescanDatabase: async () => {} },
-    stream: null,
-    instanceId: 'i',
+    stream: sink,
+    instanceId: 'instance-1',
     deltaCacheBytes: 0
   })
+  return { router, published }
+}
+
+t.test('a host\'s publish takes the same route: its turn behind a captured change being read, and the stream', async (t) => {
+  const read = new Deferred()
+  const streamed: Array<{ entityId: string, position: string }> = []
+  const { router, published } = routerWith(read, streamed)
+  router.routeCaptured(change('big', 1, false))
+  const publishing = router.publish({ entityType: 'Player', entityId: 'live', changeType: 'updated', payload: { n: 2 } })
+  for (let i = 0; i < 20; i++) await turn()
+  t.same(published, [], 'the publish waits for the captured change before it')
+  read.resolve()
+  t.equal(await publishing, true, 'handed to the bus')
+  t.same(published, ['n:1', 'p:instance:1'])
+  t.same(streamed.map((s) => s.entityId), ['big', 'live'], 'both on the stream of every change, in that order')
+  await t.rejects(router.publish({ entityType: 'Player', entityId: '', changeType: 'updated' }), { code: 'CHANGEFEED_INVALID_CHANGE' })
+  await t.rejects(router.publish({ entityType: 'Nope', entityId: 'x', changeType: 'updated' }), { code: 'CHANGEFEED_UNKNOWN_ENTITY_TYPE' })
+})
+
+t.test('a change that waits for its document read is not overtaken by the changes after it', async (t) => {
+  const read = new Deferred()
+  const { router, published } = routerWith(read)
   router.routeCaptured(change('big', 1, false))
   router.routeCaptured(change('a', 2, true))
   router.routeCaptured(change('b', 3, true))
