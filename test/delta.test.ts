@@ -154,14 +154,14 @@ t.test('one server', async (t) => {
 })
 
 /** One SDK client of the property: what it handed out, and whether it is subscribed (again, after a reconnect). */
-interface Watcher {
+interface Receiver {
   client: ChangefeedClient
   got: Array<{ position: string | undefined, payload: unknown, payloadType: string }>
   ready: () => boolean
   drop: () => void
 }
 
-function watcher (t: { teardown(fn: () => unknown): void }, url: string, entityId: string): Watcher {
+function watcher (t: { teardown(fn: () => unknown): void }, url: string, entityId: string): Receiver {
   const sockets: WebSocket[] = []
   class Tracked extends WebSocket {
     constructor (address: string) {
@@ -171,7 +171,7 @@ function watcher (t: { teardown(fn: () => unknown): void }, url: string, entityI
   }
   const client = new ChangefeedClient({ url, WebSocket: Tracked as never, backoff: { initialMs: 20, maxMs: 100 } })
   t.teardown(() => client.destroy())
-  const got: Watcher['got'] = []
+  const got: Receiver['got'] = []
   let dropped = false
   let resubscribed = false
   const store = client.watch('Match', entityId)
@@ -259,7 +259,7 @@ t.test('property: two instances on Redis, SDK clients joining at random times an
     async (steps, plans) => {
       const id = `p-${run++}`
       const atPosition = new Map<string, unknown>()
-      const watchers: Array<Watcher | undefined> = plans.map(() => undefined)
+      const watchers: Array<Receiver | undefined> = plans.map(() => undefined)
       let document: Record<string, unknown> = { notes: 'n'.repeat(1500), score: { home: 0, away: 0 } }
       let exists = false
       for (const [i, s] of [...steps, null].entries()) {

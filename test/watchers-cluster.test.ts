@@ -1,4 +1,4 @@
-/** Watcher counts across three instances on one Redis converge within 2 s of joins and leaves. */
+/** Receiver counts across three instances on one Redis converge within 2 s of joins and leaves. */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, writeFileSync } from 'node:fs'

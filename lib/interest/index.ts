@@ -17,7 +17,7 @@ export async function createInterest (broker: Broker, options: ResolvedOptions['
   if (broker.provider === 'memory') return new LocalInterest(local)
   const ttlMs = options.instanceTtlSeconds * 1000
   const snapshot: LocalSnapshot = function * () {
-    for (const [channel, entry] of local.channels()) yield { channel, entityType: entry.entityType, count: entry.watchers.size }
+    for (const [channel, entry] of local.channels()) yield { channel, entityType: entry.entityType, count: entry.receivers.size }
   }
   const interest = broker.provider === 'redis'
     ? new RedisInterest(broker.publisher, options.prefix, instanceId, ttlMs, snapshot, log)

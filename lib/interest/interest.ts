@@ -38,7 +38,7 @@ export class LocalInterest implements InterestStore {
   }
 
   async watchers (channel: string): Promise<number> {
-    return this.store.get(channel)?.watchers.size ?? 0
+    return this.store.get(channel)?.receivers.size ?? 0
   }
 
   async totals (): Promise<Record<string, number>> {

@@ -111,7 +111,7 @@ export class Connection implements Subscriber {
         const { patch } = meta
         const base = this.subscriptions.advance(meta)
         if (patch === undefined || base !== patch.base) return this.write(frame, meta.key, meta.prepared)
-        patch.sent++
+        patch.patched++
         // held and then conflated with a later change, it becomes that change's full frame
         return this.write(patch.frame, meta.key, patch.prepared, frame)
       }

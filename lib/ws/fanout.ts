@@ -1,6 +1,6 @@
 /**
  * Deliver: this instance subscribes on the bus only to channels its own sockets watch, and writes each
- * pre-encoded frame to every local watcher. Gaps (a listener reconnect, a bus outage) become `resync` frames.
+ * pre-encoded frame to every local receiver. Gaps (a listener reconnect, a bus outage) become `resync` frames.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/bus.js'
@@ -16,7 +16,7 @@ import { BusMembership } from './membership.js'
 import { gapChannelOf } from '../route/resync.js'
 import { PreparedFrame } from './prepared.js'
 
-/** What a watcher knows of a notification besides its frame. */
+/** What a receiver knows of a notification besides its frame. */
 export interface FrameMeta {
   channel: string
   /** the change's position ('<epoch>:<n>' in outbox mode), or null */
@@ -34,7 +34,7 @@ export interface FrameMeta {
   owner?: string | null
   /**
    * payload type `delta` (a `delta` type's change with a document; `prepared` is then its full frame): its patch frame,
-   * when it has one, for the sockets whose last frame of the entity was the one at `base`. `sent` counts them.
+   * when it has one, for the sockets whose last frame of the entity was the one at `base`. `patched` counts them.
    */
   patch?: PatchFrame
   /** the frame a feed's sockets get, naming their subscription: made once per change by the first that needs it */
@@ -55,11 +55,11 @@ export interface PatchFrame {
   /** the position of the document the patch applies to */
   base: string
   /** sockets it was written to */
-  sent: number
+  patched: number
 }
 
 /** Anything that receives frames: one per socket. */
-export interface Watcher {
+export interface Receiver {
   /**
    * `meta` comes with notifications (not with resync and other frames). `shared`: a frame without meta that goes
    * to many sockets as is, prepared once. False when the frame was not written (the socket is closing, or was just
@@ -84,14 +84,14 @@ export interface FanoutCounters {
 const RESYNC_COALESCE_MS = 100
 
 export class Fanout {
-  readonly store = new LocalSubscriptionStore<Watcher>()
+  readonly store = new LocalSubscriptionStore<Receiver>()
   readonly counters: FanoutCounters = { sentByPayload: {}, failedByPayload: {}, createdByType: {}, removedByType: {}, busErrors: 0, unreadable: 0 }
   /** every instance listens here for gaps announced by whichever instance captures a database */
   readonly gapChannel: string
   private bus: PubSub | null = null
   private membership: BusMembership | null = null
-  /** entities whose watchers are owed a resync (channel → reason), written together after RESYNC_COALESCE_MS */
-  private readonly owedResyncs = new Map<string, string>()
+  /** entities whose watchers are due a resync (channel → reason), written together after RESYNC_COALESCE_MS */
+  private readonly dueResyncs = new Map<string, string>()
   private resyncTimer: NodeJS.Timeout | null = null
 
   constructor (
@@ -105,7 +105,7 @@ export class Fanout {
 
   async attach (bus: PubSub, interest: InterestStore): Promise<void> {
     this.bus = bus
-    this.membership = new BusMembership(bus, interest, (channel) => this.store.get(channel)?.watchers.size ?? 0)
+    this.membership = new BusMembership(bus, interest, (channel) => this.store.get(channel)?.receivers.size ?? 0)
     await bus.subscribe([this.gapChannel])
   }
 
@@ -119,24 +119,24 @@ export class Fanout {
   }
 
   /**
-   * Starts delivering a channel's changes to `watcher`. Resolves once this instance receives the channel and the
-   * cluster knows it is watched; rejects (the watcher removed again) when the bus or the interest store failed.
+   * Starts delivering a channel's changes to `receiver`. Resolves once this instance receives the channel and the
+   * cluster knows it is watched; rejects (the receiver removed again) when the bus or the interest store failed.
    */
-  async watch (watcher: Watcher, channel: string, entityType: string, entityId: string, tenantId: string | null): Promise<void> {
-    this.store.add(channel, entityType, entityId, tenantId, watcher)
+  async watch (receiver: Receiver, channel: string, entityType: string, entityId: string, tenantId: string | null): Promise<void> {
+    this.store.add(channel, entityType, entityId, tenantId, receiver)
     try {
       await this.membership?.sync(channel, entityType)
     } catch (err) {
       this.counters.busErrors++
-      if (this.store.remove(channel, watcher)) this.resync(channel, entityType)
+      if (this.store.remove(channel, receiver)) this.resync(channel, entityType)
       throw err
     }
     this.counters.createdByType[entityType] = (this.counters.createdByType[entityType] ?? 0) + 1
   }
 
-  async unwatch (watcher: Watcher, channel: string, entityType: string): Promise<void> {
-    const had = this.store.get(channel)?.watchers.has(watcher) === true
-    this.store.remove(channel, watcher)
+  async unwatch (receiver: Receiver, channel: string, entityType: string): Promise<void> {
+    const had = this.store.get(channel)?.receivers.has(receiver) === true
+    this.store.remove(channel, receiver)
     if (!had) return
     this.counters.removedByType[entityType] = (this.counters.removedByType[entityType] ?? 0) + 1
     try {
@@ -157,15 +157,15 @@ export class Fanout {
     const entry = this.store.get(channel)
     if (entry === undefined) {
       if (channel === this.gapChannel) this.onGapMessage(message)
-      // else: a message can arrive after the last local watcher left and before the bus unsubscribe took: drop it
+      // else: a message can arrive after the last local receiver left and before the bus unsubscribe took: drop it
       return
     }
     const envelope = unwrap(message)
     if (envelope === null) return this.unreadable(channel)
-    if (envelope.kind === 'resync' || envelope.payloadType === null) return this.oweResync(channel, envelope.frame)
-    // a resync owed to these watchers goes first: the notification may follow the changes the gap lost
-    if (this.owedResyncs.has(channel)) this.payResync(channel)
-    const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.watchers.size)
+    if (envelope.kind === 'resync' || envelope.payloadType === null) return this.resyncSoon(channel, envelope.frame)
+    // a resync due to these watchers goes first: the notification may follow the changes the gap lost
+    if (this.dueResyncs.has(channel)) this.writeResync(channel)
+    const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.receivers.size)
     // a channel of every tenant carries each tenant's entity: theirs are different entities
     const key = envelope.tenantId === null || entry.tenantId !== null ? channel : channel + '\u0000' + envelope.tenantId
     const meta: FrameMeta = {
@@ -173,16 +173,16 @@ export class Fanout {
     }
     if (envelope.txid !== undefined) meta.txid = envelope.txid
     const { delta } = envelope
-    if (delta !== undefined) meta.patch = { frame: delta.frame, prepared: new PreparedFrame(delta.frame), base: delta.base, sent: 0 }
+    if (delta !== undefined) meta.patch = { frame: delta.frame, prepared: new PreparedFrame(delta.frame), base: delta.base, patched: 0 }
     let sent = 0
-    for (const watcher of entry.watchers) if (watcher.deliver(envelope.frame, meta)) sent++
+    for (const receiver of entry.receivers) if (receiver.deliver(envelope.frame, meta)) sent++
     // a delta type's change went out as a patch to some sockets, and in full to the others
-    const patched = meta.patch?.sent ?? 0
+    const patched = meta.patch?.patched ?? 0
     const payloadType = envelope.payloadType === 'delta' ? 'full' : envelope.payloadType
     const { sentByPayload, failedByPayload } = this.counters
     sentByPayload[payloadType] = (sentByPayload[payloadType] ?? 0) + sent - patched
     if (patched > 0) sentByPayload.delta = (sentByPayload.delta ?? 0) + patched
-    if (sent < entry.watchers.size) failedByPayload[payloadType] = (failedByPayload[payloadType] ?? 0) + entry.watchers.size - sent
+    if (sent < entry.receivers.size) failedByPayload[payloadType] = (failedByPayload[payloadType] ?? 0) + entry.receivers.size - sent
     this.telemetry?.recordDelivery(envelope.ts, envelope.payloadType)
     span?.end()
   }
@@ -193,7 +193,7 @@ export class Fanout {
    */
   private unreadable (channel: string): void {
     if (this.counters.unreadable++ === 0) this.log.warn({ channel }, 'changefeed: a bus message in a layout this version does not read; its watchers resync (logged once; see stats().bus)')
-    this.oweResync(channel, 'unreadable')
+    this.resyncSoon(channel, 'unreadable')
   }
 
   /** A span for this instance's delivery, linked to the span of the instance that published the change. */
@@ -228,55 +228,55 @@ export class Fanout {
   }
 
   /**
-   * Owes `resync` to the local watchers of every entity (a bus gap: types only a host publishes included), or of the
+   * Makes `resync` due to the local watchers of every entity (a bus gap: types only a host publishes included), or of the
    * entities `database` holds. Returns how many entities that concerns.
    */
   resyncLocal (reason: string, database?: string): number {
     let entities = 0
     for (const [channel, entry] of this.store.channels()) {
       if (database !== undefined && !this.holds(database, entry)) continue
-      this.oweResync(channel, reason)
+      this.resyncSoon(channel, reason)
       entities++
     }
     return entities
   }
 
   /** Whether a database holds a watched entity: its type's table is there (for database tenancy, its tenant's). */
-  private holds (database: string, entry: WatchedEntity<Watcher>): boolean {
+  private holds (database: string, entry: WatchedEntity<Receiver>): boolean {
     const entity = this.registry.get(entry.entityType)
     if (entity === undefined || !entity.databases.includes(database)) return false
     return entity.tenancy !== 'database' || entry.tenantId === null || this.registry.databaseFor(entity, entry.tenantId) === database
   }
 
   /**
-   * Resyncs are owed, then paid together: one gap is often reported several times within moments (each Redis
-   * connection, then the leader's announcement), and each watcher needs to hear it once. Merging only resyncs that
+   * Resyncs come due, then are written together: one gap is often reported several times within moments (each Redis
+   * connection, then the leader's announcement), and each receiver needs to hear it once. Merging only resyncs that
    * are all still unwritten is safe: the one frame goes out after every gap it stands for.
    */
-  private oweResync (channel: string, reasonOrFrame: string): void {
-    if (!this.owedResyncs.has(channel)) this.owedResyncs.set(channel, reasonOrFrame)
-    this.resyncTimer ??= setTimeout(() => this.payResyncs(), RESYNC_COALESCE_MS)
+  private resyncSoon (channel: string, reasonOrFrame: string): void {
+    if (!this.dueResyncs.has(channel)) this.dueResyncs.set(channel, reasonOrFrame)
+    this.resyncTimer ??= setTimeout(() => this.writeDueResyncs(), RESYNC_COALESCE_MS)
   }
 
-  private payResyncs (): void {
+  private writeDueResyncs (): void {
     this.resyncTimer = null
-    for (const channel of [...this.owedResyncs.keys()]) this.payResync(channel)
+    for (const channel of [...this.dueResyncs.keys()]) this.writeResync(channel)
   }
 
-  private payResync (channel: string): void {
-    const owed = this.owedResyncs.get(channel)
-    this.owedResyncs.delete(channel)
+  private writeResync (channel: string): void {
+    const owed = this.dueResyncs.get(channel)
+    this.dueResyncs.delete(channel)
     const entry = this.store.get(channel)
     if (owed === undefined || entry === undefined) return
     // a frame from the bus (a publisher gave up on a change), or a reason given here
     const frame = owed.startsWith('{') ? owed : encodeResync(owed, entry)
     const shared = new PreparedFrame(frame)
-    for (const watcher of entry.watchers) watcher.deliver(frame, undefined, shared)
+    for (const receiver of entry.receivers) receiver.deliver(frame, undefined, shared)
   }
 
   close (): void {
     if (this.resyncTimer !== null) clearTimeout(this.resyncTimer)
     this.resyncTimer = null
-    this.owedResyncs.clear()
+    this.dueResyncs.clear()
   }
 }

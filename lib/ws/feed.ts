@@ -7,14 +7,14 @@
  * A feed's notifications name its subscriptionId: a socket that also watches the entity gets the change on both
  * subscriptions, each frame saying which it is for.
  */
-import type { FeedFrame, FrameMeta, Watcher } from './fanout.js'
+import type { FeedFrame, FrameMeta, Receiver } from './fanout.js'
 import { TokenBucket } from './limits.js'
 import { encodeBatch, withSubscriptionId } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
 
 const MAX_BATCH = 500
 
-export class FeedWatcher implements Watcher {
+export class FeedBatcher implements Receiver {
   private readonly bucket: TokenBucket
   private batch: string[] | null = null
   private batchBytes = 0
@@ -24,7 +24,7 @@ export class FeedWatcher implements Watcher {
    * `subscriptionId`: the feed's, which its notifications name; null for a filtered feed, whose frames come named
    * by its filter.
    */
-  constructor (private readonly socket: Watcher, private readonly subscriptionId: string | null, ratePerSecond: number, private readonly intervalMs: number, private readonly maxBatchBytes: number) {
+  constructor (private readonly socket: Receiver, private readonly subscriptionId: string | null, ratePerSecond: number, private readonly intervalMs: number, private readonly maxBatchBytes: number) {
     this.bucket = new TokenBucket(ratePerSecond, ratePerSecond)
   }
 

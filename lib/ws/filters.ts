@@ -19,7 +19,7 @@
  */
 import type { EntityType } from '../entities.js'
 import { FEED } from '../route/channels.js'
-import type { Fanout, FrameMeta, Watcher } from './fanout.js'
+import type { Fanout, FrameMeta, Receiver } from './fanout.js'
 import { SnapshotUnavailable, type SnapshotEntity, type SnapshotReader, type Visibility } from '../reads/snapshot.js'
 import { DocumentKeys, forSubscription, matches, scalarKey, valueAt, type Condition } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
@@ -45,7 +45,7 @@ export interface FilterHolder {
 
 /** A socket's place in a group: frames wait while its own snapshot is read, then those the snapshot saw are skipped. */
 interface Seat {
-  held: Array<{ frame: string, txid: string | undefined }> | null
+  deferred: Array<{ frame: string, txid: string | undefined }> | null
   saw: Visibility | null
   holder: FilterHolder
 }
@@ -60,7 +60,7 @@ const entityKey = (tenantId: string | null | undefined, entityId: string): strin
 /** The watchers of one filter of one feed channel, and the entities that match it. */
 class FilterGroup {
   readonly members = new Set<string>()
-  readonly seats = new Map<Watcher, Seat>()
+  readonly seats = new Map<Receiver, Seat>()
   /** changes that came while the membership was being read */
   pending: TypeChange[] | null = []
   /** after the read: changes it saw may still be on their way, and are skipped until a later one comes */
@@ -102,22 +102,22 @@ class FilterGroup {
 
   emit (frame: string, txid: string | undefined): void {
     const shared = new PreparedFrame(frame)
-    for (const [watcher, seat] of this.seats) {
-      if (seat.held !== null) {
-        seat.held.push({ frame, txid })
+    for (const [receiver, seat] of this.seats) {
+      if (seat.deferred !== null) {
+        seat.deferred.push({ frame, txid })
         continue
       }
       if (seat.saw !== null) {
         if (seat.saw.saw(txid)) continue
         seat.saw = null
       }
-      watcher.deliver(frame, undefined, shared)
+      receiver.deliver(frame, undefined, shared)
     }
   }
 }
 
-/** Every filter of one feed channel on this instance: the one watcher of the channel. */
-class TypeFilters implements Watcher {
+/** Every filter of one feed channel on this instance: the one receiver of the channel. */
+class TypeFilters implements Receiver {
   readonly groups = new Map<string, FilterGroup>()
   /** groups by their first condition's path, then by each value it allows */
   private readonly index = new Map<string, { parts: string[], byValue: Map<string, Set<FilterGroup>> }>()
@@ -290,12 +290,12 @@ export class Filters {
   }
 
   /**
-   * Adds `watcher` to the filter's group (made, and its membership read, when it is the first). Resolves with the
+   * Adds `receiver` to the filter's group (made, and its membership read, when it is the first). Resolves with the
    * matching entities when `snapshot` was asked for, and `start`, which lets the filter's frames through (those
    * that came meanwhile first): call it once the subscriber has its reply. Rejects with FilterLimitError,
-   * SnapshotUnavailable, or a database or bus error; the watcher is then not added.
+   * SnapshotUnavailable, or a database or bus error; the receiver is then not added.
    */
-  async join (watcher: Watcher, request: JoinRequest): Promise<{ entities: SnapshotEntity[] | null, start: () => void }> {
+  async join (receiver: Receiver, request: JoinRequest): Promise<{ entities: SnapshotEntity[] | null, start: () => void }> {
     const { entity, tenantId, feedChannel, subscriptionId, conditions, holder } = request
     let filters = this.byChannel.get(feedChannel)
     let group = filters?.groups.get(subscriptionId)
@@ -318,22 +318,22 @@ export class Filters {
       made.loaded = (async () => {
         await channel.ready
         const read = await made.read(request.snapshot)
-        // every watcher may have left meanwhile: the group is gone then
+        // every receiver may have left meanwhile: the group is gone then
         if (channel.groups.get(subscriptionId) === made) channel.loadedFrom(made, read.entities, read.visibility)
         return read.entities
       })()
     }
     // frames wait until the subscriber has its reply (and, for a later joiner with a snapshot, its own read)
-    const seat: Seat = { held: [], saw: null, holder }
-    group.seats.set(watcher, seat)
+    const seat: Seat = { deferred: [], saw: null, holder }
+    group.seats.set(receiver, seat)
     this.count(holder, group, 1)
     const start = (): void => {
-      const held = seat.held ?? []
-      seat.held = null
-      for (const { frame, txid } of held) {
+      const deferred = seat.deferred ?? []
+      seat.deferred = null
+      for (const { frame, txid } of deferred) {
         if (seat.saw?.saw(txid) === true) continue
         seat.saw = null
-        watcher.deliver(frame)
+        receiver.deliver(frame)
       }
     }
     try {
@@ -344,20 +344,20 @@ export class Filters {
       seat.saw = visibility
       return { entities, start }
     } catch (err) {
-      await this.leave(watcher, feedChannel, subscriptionId, entity.name)
+      await this.leave(receiver, feedChannel, subscriptionId, entity.name)
       // a read the creator could not make is every joiner's failure
       if (creator && group.pending !== null) await this.drop(filters, group, feedChannel, entity.name)
       throw err
     }
   }
 
-  /** Removes `watcher` from the filter's group; the last one out ends the group, and the last group the watch. */
-  async leave (watcher: Watcher, feedChannel: string, subscriptionId: string, entityType: string): Promise<void> {
+  /** Removes `receiver` from the filter's group; the last one out ends the group, and the last group the watch. */
+  async leave (receiver: Receiver, feedChannel: string, subscriptionId: string, entityType: string): Promise<void> {
     const filters = this.byChannel.get(feedChannel)
     const group = filters?.groups.get(subscriptionId)
-    const seat = group?.seats.get(watcher)
+    const seat = group?.seats.get(receiver)
     if (filters === undefined || group === undefined || seat === undefined) return
-    group.seats.delete(watcher)
+    group.seats.delete(receiver)
     this.count(seat.holder, group, -1)
     if (group.seats.size > 0) return
     await this.drop(filters, group, feedChannel, entityType)

@@ -2,8 +2,8 @@
  * Which channels this instance receives from the bus, and what it tells the cluster it watches: exactly the
  * channels its local sockets watch, with their counts.
  *
- * Subscribing and unsubscribing take a round trip, and a watcher can arrive while the last one's unsubscribe is on
- * its way; following each event in turn, a late unsubscribe would cancel the new watcher's subscribe and the entity
+ * Subscribing and unsubscribing take a round trip, and a receiver can arrive while the last one's unsubscribe is on
+ * its way; following each event in turn, a late unsubscribe would cancel the new receiver's subscribe and the entity
  * would go silent here. So nothing follows the events: one loop at a time compares what the local store holds with
  * what the bus has and closes the difference, for every channel that changed since its last round. Changes that
  * arrive meanwhile wait for the next round, which takes them all at once: a reconnect storm of thousands of

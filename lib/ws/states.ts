@@ -5,7 +5,7 @@
 import { carriesDocument, type EntityType } from '../entities.js'
 import { ownerIn } from '../route/notices.js'
 import { SnapshotUnavailable, type SnapshotResult } from '../reads/snapshot.js'
-import type { Carried } from './resume.js'
+import type { Carried } from './deferred.js'
 import type { Subscription, Subscriptions } from './subscriptions.js'
 import type { Refusal } from './target.js'
 import { WireError, type EntitySnapshotData } from '../protocol/index.js'
@@ -24,7 +24,7 @@ export interface ReadStates {
  */
 export async function readStates (subscriptions: Subscriptions, entity: EntityType, opened: Array<[string, Subscription]>): Promise<ReadStates | Refusal> {
   const [, first] = opened[0]
-  for (const [channel] of opened) subscriptions.hold(channel)
+  for (const [channel] of opened) subscriptions.defer(channel)
   let result: SnapshotResult | null
   try {
     result = await subscriptions.services.snapshot(entity, first.tenantId, opened.map(([, s]) => s.entityId), subscriptions.socket.ip)
@@ -48,7 +48,7 @@ export async function readStates (subscriptions: Subscriptions, entity: EntityTy
       await subscriptions.end(channel)
       return null
     }
-    if (subscription.sent !== undefined) subscription.sent = snapshot.position ?? null
+    if (subscription.base !== undefined) subscription.base = snapshot.position ?? null
     return snapshot
   }))
   return { states, carried: (meta) => visibility.saw(meta.txid) }

@@ -7,7 +7,7 @@
 import type { EntityType } from '../entities.js'
 import { FEED } from '../route/channels.js'
 import type { ReplayedFrames } from '../reads/replay.js'
-import { replayedUpTo, type Carried } from './resume.js'
+import { replayedUpTo, type Carried } from './deferred.js'
 import type { Reply } from './requests.js'
 import type { Subscription, Subscriptions } from './subscriptions.js'
 import { readStates } from './states.js'
@@ -51,14 +51,14 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
     subscription = opened
   }
   // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
-  if (subscription.sent !== undefined) subscription.sent = null
+  if (subscription.base !== undefined) subscription.base = null
   const start = await startFrom(subscriptions, entity, channel, subscription, req)
   // a refused read ended the subscription itself; a close or an unsubscribe meanwhile leaves nothing to answer
   if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
-  if (!subscriptions.holds(channel, subscription)) return
+  if (!subscriptions.isCurrent(channel, subscription)) return
   reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot }))
   if (start.replay !== undefined) socket.writeReplay(channel, start.replay)
-  subscriptions.releaseHeld(channel, start.carried)
+  subscriptions.releaseDeferred(channel, start.carried)
   if (req.watchers === true && !subscription.counted) {
     subscription.counted = true
     services.watcherCounts.add(socket, channel, subscription)
@@ -88,7 +88,7 @@ async function startFrom (subscriptions: Subscriptions, entity: EntityType, chan
 /** The entity's notifications after `since`, none of them another owner's document; null when they cannot be given. */
 async function replayOf (subscriptions: Subscriptions, entity: EntityType, channel: string, subscription: Subscription, since: string): Promise<ReplayedFrames | null> {
   const { socket, services } = subscriptions
-  subscriptions.hold(channel)
+  subscriptions.defer(channel)
   let frames: ReplayedFrames | null = null
   try {
     frames = await services.replay(entity, subscription.entityId, subscription.tenantId, since, socket.ip)

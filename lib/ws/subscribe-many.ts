@@ -31,8 +31,8 @@ export async function subscribeMany (subscriptions: Subscriptions, reply: Reply,
     const channel = services.fanout.channel(entity.name, entityId, tenantId)
     const existing = subscriptions.get(channel)
     if (existing !== undefined) {
-      if (existing.sent !== undefined) existing.sent = null
-      if (hold) subscriptions.hold(channel)
+      if (existing.base !== undefined) existing.base = null
+      if (hold) subscriptions.defer(channel)
       return opened.push([channel, existing])
     }
     try {
@@ -68,5 +68,5 @@ export async function subscribeMany (subscriptions: Subscriptions, reply: Reply,
     snapshots[entityId] = state ?? {}
   }
   answer(allowed, read.carried === null ? undefined : snapshots)
-  for (const [channel, subscription] of opened) if (subscriptions.holds(channel, subscription)) subscriptions.releaseHeld(channel, read.carried)
+  for (const [channel, subscription] of opened) if (subscriptions.isCurrent(channel, subscription)) subscriptions.releaseDeferred(channel, read.carried)
 }

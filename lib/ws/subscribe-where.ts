@@ -41,14 +41,14 @@ export async function subscribeWhere (subscriptions: Subscriptions, reply: Reply
   const denial = await services.policy.check(entity, FEED, tenantId, socket.principal)
   if (!socket.isOpen) return
   if (denial !== null) return refuse(denial)
-  const watcher = subscriptions.feedWatcher(null)
-  const subscription: Subscription = { entityType: entity.name, entityId: FEED, tenantId, watcher, counted: false, filter: { feedChannel, subscriptionId } }
+  const receiver = subscriptions.feedWatcher(null)
+  const subscription: Subscription = { entityType: entity.name, entityId: FEED, tenantId, receiver, counted: false, filter: { feedChannel, subscriptionId } }
   subscriptions.keep(key, subscription)
   let joined: Awaited<ReturnType<Filters['join']>> | null
   try {
     // a filter's reads are database reads a client asks for: the same budget as replays and snapshots
     joined = await services.limitRead(socket.ip, async () =>
-      await services.filters.join(watcher, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true, holder: socket }))
+      await services.filters.join(receiver, { entity, tenantId, feedChannel, subscriptionId, conditions: conditionsOf(where), snapshot: req.snapshot === true, holder: socket }))
   } catch (err) {
     subscriptions.forgo(key, subscription)
     if (err instanceof FilterLimitError) return refuse({ code: WireError.tooManyFilters, reason: err.message })
@@ -60,10 +60,10 @@ export async function subscribeWhere (subscriptions: Subscriptions, reply: Reply
     subscriptions.forgo(key, subscription)
     return refuse({ code: WireError.rateLimited, reason: 'too many database reads; retry later' })
   }
-  if (!subscriptions.holds(key, subscription)) {
+  if (!subscriptions.isCurrent(key, subscription)) {
     // closed or unsubscribed while the filter was joined: its end found no seat to leave, so leave it here
-    watcher.close()
-    return await services.filters.leave(watcher, feedChannel, subscriptionId, entity.name)
+    receiver.close()
+    return await services.filters.leave(receiver, feedChannel, subscriptionId, entity.name)
   }
   const snapshot = joined.entities === null
     ? undefined

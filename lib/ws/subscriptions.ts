@@ -1,6 +1,6 @@
 /**
  * What one socket watches: its subscriptions, by the key each is held by (its channel; a filtered feed's key names
- * its filter too), and what every kind of request does with them: open one (the limit, access, the bus), hold its
+ * its filter too), and what every kind of request does with them: open one (the limit, access, the bus), defer its
  * live notifications while a replay or a snapshot is read, read states, and end one (unsubscribe, a token refresh
  * that no longer allows it, an owner change, the socket closing). The requests themselves are answered in
  * subscribe-entity.ts, subscribe-many.ts, subscribe-where.ts and unsubscribe.ts.
@@ -11,9 +11,9 @@ import type { Principal } from '../auth/principal.js'
 import type { ResolvedOptions } from '../options.js'
 import type { FastifyBaseLogger } from 'fastify'
 import { FEED } from '../route/channels.js'
-import type { Fanout, FrameMeta, Watcher } from './fanout.js'
-import { FeedWatcher } from './feed.js'
-import { ResumeBuffer, type Carried } from './resume.js'
+import type { Fanout, FrameMeta, Receiver } from './fanout.js'
+import { FeedBatcher } from './feed.js'
+import { DeferredFrames, type Carried } from './deferred.js'
 import type { Filters } from './filters.js'
 import type { SnapshotResult } from '../reads/snapshot.js'
 import type { ReplayedFrames } from '../reads/replay.js'
@@ -25,16 +25,16 @@ import { WireError, encodeSubscriptionError, subscriptionIdOf, type EntityRef } 
 export interface Subscription extends EntityRef {
   /** the tenant whose entity it watches; null: every tenant's, or an untenanted type */
   tenantId: string | null
-  /** what receives the frames: the socket, or a FeedWatcher in front of it for a type-wide subscription */
-  watcher: Watcher
-  /** the socket asked for watcher counts */
+  /** what receives the frames: the socket, or a FeedBatcher in front of it for a type-wide subscription */
+  receiver: Receiver
+  /** the socket asked for receiver counts */
   counted: boolean
   /**
    * `delta` types only (absent for the others): the position of the last frame of the entity written to the socket,
    * the base a patch must have to be sent; null when none can be proven (nothing sent yet, or since the last
    * subscribe: a client that asks again may have lost its document)
    */
-  sent?: string | null
+  base?: string | null
   /** a filtered feed: its type's feed channel and its subscriptionId (it is held by another key than a channel) */
   filter?: { feedChannel: string, subscriptionId: string }
 }
@@ -56,7 +56,7 @@ export interface SubscriptionServices {
 }
 
 /** The socket, as its subscriptions see it. */
-export interface Subscriber extends Watcher {
+export interface Subscriber extends Receiver {
   readonly id: number
   readonly ip: string
   readonly principal: Principal
@@ -75,7 +75,7 @@ export const filterKey = (feedChannel: string, subscriptionId: string): string =
 export class Subscriptions {
   /** by key: two requests that name one channel differently (the tenant implied, or named) are one subscription */
   private readonly byKey = new Map<string, Subscription>()
-  private resumeBuffer: ResumeBuffer | undefined
+  private deferred: DeferredFrames | undefined
   /** owner-scoped channels whose document named another owner: dropped here until their subscription has ended */
   private revoked: Set<string> | undefined
   /** subscriptions being opened (a batch opens its entities at once): they count towards the limit */
@@ -97,7 +97,7 @@ export class Subscriptions {
   }
 
   /** Whether `subscription` is still this open socket's (a close or an unsubscribe may have come during an await). */
-  holds (key: string, subscription: Subscription): boolean {
+  isCurrent (key: string, subscription: Subscription): boolean {
     return this.socket.isOpen && this.byKey.get(key) === subscription
   }
 
@@ -119,7 +119,7 @@ export class Subscriptions {
       this.revoke(meta.channel)
       return true
     }
-    return this.resumeBuffer?.intercept(frame, meta) === true
+    return this.deferred?.intercept(frame, meta) === true
   }
 
   /**
@@ -135,25 +135,25 @@ export class Subscriptions {
   /**
    * A `delta` type's change is being written: returns the position of the frame of the entity written before (null:
    * none proven), and records this one's. A channel of every tenant carries several tenants' entities: nothing is
-   * proven there, and a feed's frames are always full (its watcher gets no meta).
+   * proven there, and a feed's frames are always full (its receiver gets no meta).
    */
   advance (meta: FrameMeta): string | null {
     const subscription = this.byKey.get(meta.channel)
-    if (subscription?.sent === undefined || subscription.tenantId !== meta.tenantId) return null
-    const before = subscription.sent
-    subscription.sent = meta.position
+    if (subscription?.base === undefined || subscription.tenantId !== meta.tenantId) return null
+    const before = subscription.base
+    subscription.base = meta.position
     return before
   }
 
   /** From now on, live notifications of `channel` wait until released (its replay or snapshot is being read). */
-  hold (channel: string): void {
-    this.resumeBuffer ??= new ResumeBuffer()
-    this.resumeBuffer.hold(channel)
+  defer (channel: string): void {
+    this.deferred ??= new DeferredFrames()
+    this.deferred.defer(channel)
   }
 
   /** Delivers a channel's notifications held while its reply was made, without those the reply carried. */
-  releaseHeld (channel: string, carried: Carried | null): void {
-    for (const { frame, meta } of this.resumeBuffer?.release(channel, carried) ?? []) this.socket.deliver(frame, meta)
+  releaseDeferred (channel: string, carried: Carried | null): void {
+    for (const { frame, meta } of this.deferred?.release(channel, carried) ?? []) this.socket.deliver(frame, meta)
   }
 
   /** A subscription held by a key of its own (a filtered feed's): the request opens it. */
@@ -161,10 +161,10 @@ export class Subscriptions {
     this.byKey.set(key, subscription)
   }
 
-  /** Takes back a subscription kept with `keep` that never started (the key still holds it); closes its watcher. */
+  /** Takes back a subscription kept with `keep` that never started (the key still holds it); closes its receiver. */
   forgo (key: string, subscription: Subscription): void {
     if (this.byKey.get(key) === subscription) this.byKey.delete(key)
-    if (subscription.watcher instanceof FeedWatcher) subscription.watcher.close()
+    if (subscription.receiver instanceof FeedBatcher) subscription.receiver.close()
   }
 
   /** The one way a subscription ends. */
@@ -172,17 +172,17 @@ export class Subscriptions {
     const subscription = this.byKey.get(key)
     if (subscription === undefined) return
     this.byKey.delete(key)
-    const { entityType, watcher, counted } = subscription
-    if (watcher instanceof FeedWatcher) watcher.close()
-    this.resumeBuffer?.forget(key)
+    const { entityType, receiver, counted } = subscription
+    if (receiver instanceof FeedBatcher) receiver.close()
+    this.deferred?.forget(key)
     if (counted) this.services.watcherCounts.remove(this.socket, key)
-    if (subscription.filter !== undefined) await this.services.filters.leave(watcher, subscription.filter.feedChannel, subscription.filter.subscriptionId, entityType)
-    else await this.services.fanout.unwatch(watcher, key, entityType)
+    if (subscription.filter !== undefined) await this.services.filters.leave(receiver, subscription.filter.feedChannel, subscription.filter.subscriptionId, entityType)
+    else await this.services.fanout.unwatch(receiver, key, entityType)
   }
 
   /** The socket closed: every subscription ends. */
   endAll (): void {
-    this.resumeBuffer?.clear()
+    this.deferred?.clear()
     for (const key of [...this.byKey.keys()]) {
       this.end(key).catch((err: Error) => this.services.log.warn({ err: err.message }, 'changefeed: bus unsubscribe failed'))
     }
@@ -196,7 +196,7 @@ export class Subscriptions {
     this.services.log.info({ connection: this.socket.id, entityType: subscription.entityType }, 'changefeed: the owner changed; subscription ended')
     this.socket.inOrder(async () => {
       try {
-        if (!this.holds(channel, subscription)) return
+        if (!this.isCurrent(channel, subscription)) return
         await this.end(channel)
         this.socket.send(encodeSubscriptionError(undefined, subscription, WireError.forbidden, 'the entity now belongs to someone else'))
       } finally {
@@ -213,19 +213,19 @@ export class Subscriptions {
       if (entity === undefined) continue
       const scope = policy.scope(entity, subscription.tenantId ?? undefined, principal)
       const denial = 'code' in scope ? scope : await policy.check(entity, subscription.entityId, subscription.tenantId, principal)
-      if (denial === null || !this.holds(key, subscription)) continue
+      if (denial === null || !this.isCurrent(key, subscription)) continue
       await this.end(key)
       this.socket.send(encodeSubscriptionError(undefined, subscription, denial.code, denial.reason))
     }
   }
 
   /**
-   * Starts the socket's subscription to one entity (or feed): the limit, access, then the bus. `hold`: its live
+   * Starts the socket's subscription to one entity (or feed): the limit, access, then the bus. `defer`: its live
    * notifications wait (a replay or a snapshot comes first). `subscriptionId`: a feed's, which its notifications
    * name (as the subscribe that starts it named it). Resolves null when the socket closed meanwhile. Rejects when
    * the bus or the interest store failed (nothing is left behind).
    */
-  async open (entity: EntityType, entityId: string, tenantId: string | null, hold: boolean, subscriptionId?: string): Promise<Subscription | Refusal | null> {
+  async open (entity: EntityType, entityId: string, tenantId: string | null, defer: boolean, subscriptionId?: string): Promise<Subscription | Refusal | null> {
     const { policy, fanout } = this.services
     const channel = fanout.channel(entity.name, entityId, tenantId)
     // places being opened count: a batch opens its entities at once
@@ -240,29 +240,29 @@ export class Subscriptions {
     if (!this.socket.isOpen) return null
     if (denial !== null) return denial
     // (a subscribe of the same channel cannot have come meanwhile: this socket's requests run one at a time)
-    const watcher = entityId === FEED ? this.feedWatcher(subscriptionId ?? subscriptionIdOf(entity.name, FEED)) : this.socket
-    const subscription: Subscription = { entityType: entity.name, entityId, tenantId, watcher, counted: false }
+    const receiver = entityId === FEED ? this.feedWatcher(subscriptionId ?? subscriptionIdOf(entity.name, FEED)) : this.socket
+    const subscription: Subscription = { entityType: entity.name, entityId, tenantId, receiver, counted: false }
     // only delta types pay for tracking what each socket holds
-    if (entity.payload === 'delta' && watcher === this.socket) subscription.sent = null
+    if (entity.payload === 'delta' && receiver === this.socket) subscription.base = null
     this.byKey.set(channel, subscription)
     // resuming, or starting from a snapshot: what arrives live from now on waits until the reply is written
-    if (hold) this.hold(channel)
+    if (defer) this.defer(channel)
     try {
-      await fanout.watch(watcher, channel, entity.name, entityId, tenantId)
+      await fanout.watch(receiver, channel, entity.name, entityId, tenantId)
     } catch (err) {
-      this.resumeBuffer?.forget(channel)
+      this.deferred?.forget(channel)
       this.forgo(channel, subscription)
       throw err
     }
     // closed meanwhile: the close ended the subscription (and unwatched) already
-    return this.holds(channel, subscription) ? subscription : null
+    return this.isCurrent(channel, subscription) ? subscription : null
   }
 
   /**
-   * A feed's watcher: its batch frame is written before it grows past a quarter of the buffer, so it never overflows
+   * A feed's receiver: its batch frame is written before it grows past a quarter of the buffer, so it never overflows
    * the socket. `subscriptionId`: what its notifications name (null: a filtered feed's, named by their filter).
    */
-  feedWatcher (subscriptionId: string | null): FeedWatcher {
-    return new FeedWatcher(this.socket, subscriptionId, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
+  feedWatcher (subscriptionId: string | null): FeedBatcher {
+    return new FeedBatcher(this.socket, subscriptionId, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
   }
 }

@@ -1,19 +1,19 @@
 /**
- * Watcher counts ("12 watching"): sockets that asked for them (`watchers: true` in subscribe) get the number of
+ * Receiver counts ("12 watching"): sockets that asked for them (`watchers: true` in subscribe) get the number of
  * sockets watching the entity across the cluster, at once and then whenever it changes, at most once per interval;
  * never the count a socket was sent last again.
  * Only a socket that may watch an entity can ask, so counts of private entities stay private.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { InterestStore } from '../interest/interest.js'
-import type { Watcher } from './fanout.js'
+import type { Receiver } from './fanout.js'
 import { encodeWatchers, type EntityRef } from '../protocol/index.js'
 import { PreparedFrame } from './prepared.js'
 
 interface Counted {
   ref: EntityRef
   /** each socket and the count it was sent last (null: none yet): a count is sent to a socket only when it differs */
-  sockets: Map<Watcher, number | null>
+  sockets: Map<Receiver, number | null>
 }
 
 export class WatcherCounts {
@@ -24,7 +24,7 @@ export class WatcherCounts {
   constructor (private readonly interest: InterestStore, private readonly intervalMs: number, private readonly log: FastifyBaseLogger) {}
 
   /** Counts `socket` in, and sends it the count now (or, when the store does not answer, at the next poll). */
-  add (socket: Watcher, channel: string, ref: EntityRef): void {
+  add (socket: Receiver, channel: string, ref: EntityRef): void {
     let entry = this.counted.get(channel)
     if (entry === undefined) {
       entry = { ref: { entityType: ref.entityType, entityId: ref.entityId, tenantId: ref.tenantId }, sockets: new Map() }
@@ -49,7 +49,7 @@ export class WatcherCounts {
     return n
   }
 
-  remove (socket: Watcher, channel: string): void {
+  remove (socket: Receiver, channel: string): void {
     const entry = this.counted.get(channel)
     if (entry === undefined) return
     entry.sockets.delete(socket)

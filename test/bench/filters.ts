@@ -7,7 +7,7 @@
  */
 import { performance } from 'node:perf_hooks'
 import pino from 'pino'
-import { Fanout, type Watcher } from '../../lib/ws/fanout.js'
+import { Fanout, type Receiver } from '../../lib/ws/fanout.js'
 import { Filters } from '../../lib/ws/filters.js'
 import { EntityRegistry } from '../../lib/entities.js'
 import { resolveOptions } from '../../lib/options.js'
@@ -21,7 +21,7 @@ const CHANGES = 20_000
 const TEAMS = 10_000
 const CHANNEL = 'cf:Player:*'
 
-class Counter implements Watcher {
+class Counter implements Receiver {
   frames = 0
   deliver (): boolean {
     this.frames++

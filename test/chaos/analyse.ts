@@ -5,7 +5,7 @@
  * resync it reported) at or after the change's commit time minus 50 ms: the refetch then returns a state that
  * includes it.
  */
-import type { Resync, Watcher } from './watcher.js'
+import type { Resync, Receiver } from './watcher.js'
 import type { WriteProgress } from './writers.js'
 
 /** clock slack between the writer's commit time and the watcher's arrival time (one process, one clock) */
@@ -43,7 +43,7 @@ export interface Delivery {
   watcherCounts: Record<string, number>
 }
 
-export function analyse (watchers: Watcher[], progress: WriteProgress, runStart: number): Delivery {
+export function analyse (watchers: Receiver[], progress: WriteProgress, runStart: number): Delivery {
   const result: Delivery = {
     subscriptions: 0,
     expected: 0,

@@ -15,7 +15,7 @@ import { ownBroker } from '../helpers/brokers.js'
 import { martenTableSql } from '../helpers/services.js'
 import { ownPostgres, type OwnPostgres } from './postgres.js'
 import { startInstance, type Instance } from './instances.js'
-import { Watcher } from './watcher.js'
+import { Receiver } from './watcher.js'
 import { write, type WriteProgress } from './writers.js'
 import { analyse, type Delivery } from './analyse.js'
 
@@ -170,7 +170,7 @@ export async function runChaos (options: ChaosOptions, t: Teardown): Promise<Cha
   await pg.query(DATABASE, 'INSERT INTO mt_doc_item (id, data) SELECT id, jsonb_build_object(\'id\', id, \'n\', 0) FROM unnest($1::text[]) AS id', [entityIds])
 
   const watchers = Array.from({ length: options.watchers }, (_, i) =>
-    new Watcher(i, pick(options.entities, options.entitiesPerWatcher).map((e) => entityIds[e]), () => live.filter((l) => !l.exited).map((l) => l.url), log))
+    new Receiver(i, pick(options.entities, options.entitiesPerWatcher).map((e) => entityIds[e]), () => live.filter((l) => !l.exited).map((l) => l.url), log))
   t.teardown(() => { for (const w of watchers) w.close() })
   await Promise.all(watchers.map(async (w) => await w.start()))
   log(`${watchers.length} watchers subscribed to ${watchers.reduce((s, w) => s + w.entities.size, 0)} entities`)

@@ -49,7 +49,7 @@ export interface WatcherCounts {
 
 const TYPE = 'Item'
 
-export class Watcher {
+export class Receiver {
   readonly entities = new Map<string, WatchedEntity>()
   readonly counts: WatcherCounts = {
     notificationsOnWire: 0, duplicatesOnWire: 0, droppedWhileResuming: 0, connects: 0, recovered: 0, notRecovered: 0, resyncFrames: 0, resyncsReported: 0, subscriptionErrors: 0

@@ -8,20 +8,20 @@
  * one per channel, and past 10,000 owed entities become one database-wide gap message.
  */
 import t from 'tap'
-import { FeedWatcher } from '../../lib/ws/feed.js'
+import { FeedBatcher } from '../../lib/ws/feed.js'
 import { PreparedFrame } from '../../lib/ws/prepared.js'
 import { ConnectionSet } from '../../lib/ws/route.js'
 import type { Connection } from '../../lib/ws/connection.js'
 import type { WatcherCounts } from '../../lib/ws/watchers.js'
-import { ResumeBuffer, replayedUpTo } from '../../lib/ws/resume.js'
+import { DeferredFrames, replayedUpTo } from '../../lib/ws/deferred.js'
 import { ConnectionCounter, ReplayLimiter, TokenBucket } from '../../lib/ws/limits.js'
-import type { FrameMeta, Watcher } from '../../lib/ws/fanout.js'
+import type { FrameMeta, Receiver } from '../../lib/ws/fanout.js'
 import { OwedResyncs, gapChannelOf } from '../../lib/route/resync.js'
 import { unwrap } from '../../lib/route/envelope.js'
 import { Deferred, ScriptedBus, fakeClock, recordingLogger, stateOf, turn, type TestContext } from './fixtures/fakes.js'
 
 /** the socket behind the feed */
-class RecordingSocket implements Watcher {
+class RecordingSocket implements Receiver {
   readonly frames: string[] = []
   accepts = true
 
@@ -34,15 +34,15 @@ class RecordingSocket implements Watcher {
 const frame = (i: number): string => JSON.stringify({ type: 'notification', data: { entityType: 'Team', entityId: String(i) } })
 const batchOf = (written: string): unknown[] => (JSON.parse(written) as { type: string, data: unknown[] }).data
 
-function feed (t: TestContext, rate = 10, intervalMs = 500, maxBatchBytes = 1 << 20): { clock: ReturnType<typeof fakeClock>, socket: RecordingSocket, watcher: FeedWatcher } {
+function feed (t: TestContext, rate = 10, intervalMs = 500, maxBatchBytes = 1 << 20): { clock: ReturnType<typeof fakeClock>, socket: RecordingSocket, watcher: FeedBatcher } {
   const clock = fakeClock(t)
   const socket = new RecordingSocket()
-  const watcher = new FeedWatcher(socket, null, rate, intervalMs, maxBatchBytes)
+  const watcher = new FeedBatcher(socket, null, rate, intervalMs, maxBatchBytes)
   t.teardown(() => watcher.close())
   return { clock, socket, watcher }
 }
 
-t.test('FeedWatcher: under the rate, each frame goes out at once, unchanged', async (t) => {
+t.test('FeedBatcher: under the rate, each frame goes out at once, unchanged', async (t) => {
   const { clock, socket, watcher } = feed(t)
   for (let i = 0; i < 10; i++) t.equal(watcher.deliver(frame(i)), true)
   t.same(socket.frames, Array.from({ length: 10 }, (_, i) => frame(i)), 'a burst of the rate')
@@ -51,7 +51,7 @@ t.test('FeedWatcher: under the rate, each frame goes out at once, unchanged', as
   t.equal(socket.frames.length, 20, 'a second later, the bucket is full again')
 })
 
-t.test('FeedWatcher: a feed\'s notification names its subscription, one frame made per change for the feed\'s sockets', async (t) => {
+t.test('FeedBatcher: a feed\'s notification names its subscription, one frame made per change for the feed\'s sockets', async (t) => {
   fakeClock(t)
   const shared: Array<PreparedFrame | undefined> = []
   const socket = (): RecordingSocket => {
@@ -61,7 +61,7 @@ t.test('FeedWatcher: a feed\'s notification names its subscription, one frame ma
     return s
   }
   const [a, b, c] = [socket(), socket(), socket()]
-  const watchers = [new FeedWatcher(a, 'Team:*', 10, 500, 1 << 20), new FeedWatcher(b, 'Team:*', 10, 500, 1 << 20), new FeedWatcher(c, 'Team@red:*', 10, 500, 1 << 20)]
+  const watchers = [new FeedBatcher(a, 'Team:*', 10, 500, 1 << 20), new FeedBatcher(b, 'Team:*', 10, 500, 1 << 20), new FeedBatcher(c, 'Team@red:*', 10, 500, 1 << 20)]
   const meta = { channel: 'p:Team:*', position: 'n:1', payloadType: 'minimal', tenantId: null, key: 'p:Team:*', prepared: new PreparedFrame(frame(1)) } satisfies FrameMeta
   for (const w of watchers) w.deliver(frame(1), meta)
   t.same(JSON.parse(a.frames[0]), { type: 'notification', data: { entityType: 'Team', entityId: '1', subscriptionId: 'Team:*' } })
@@ -69,11 +69,11 @@ t.test('FeedWatcher: a feed\'s notification names its subscription, one frame ma
   t.equal(shared[0], shared[1], 'one prepared frame for the sockets naming the feed alike')
   t.equal(JSON.parse(c.frames[0]).data.subscriptionId, 'Team@red:*', 'a socket that named its tenant: its own')
   const filtered = socket()
-  new FeedWatcher(filtered, null, 10, 500, 1 << 20).deliver(frame(2), meta)
+  new FeedBatcher(filtered, null, 10, 500, 1 << 20).deliver(frame(2), meta)
   t.same(filtered.frames, [frame(2)], 'a filtered feed\'s frames come named by their filter: left as they are')
 })
 
-t.test('FeedWatcher: past the rate, the interval\'s frames go out as one batch frame', async (t) => {
+t.test('FeedBatcher: past the rate, the interval\'s frames go out as one batch frame', async (t) => {
   const { clock, socket, watcher } = feed(t)
   for (let i = 0; i < 13; i++) watcher.deliver(frame(i))
   t.equal(socket.frames.length, 10, 'three held')
@@ -87,7 +87,7 @@ t.test('FeedWatcher: past the rate, the interval\'s frames go out as one batch f
   t.equal(socket.frames.length, 11, 'no timer left behind')
 })
 
-t.test('FeedWatcher: a single held frame goes out as itself', async (t) => {
+t.test('FeedBatcher: a single held frame goes out as itself', async (t) => {
   const { clock, socket, watcher } = feed(t, 1)
   watcher.deliver(frame(0))
   watcher.deliver(frame(1))
@@ -95,7 +95,7 @@ t.test('FeedWatcher: a single held frame goes out as itself', async (t) => {
   t.same(socket.frames, [frame(0), frame(1)])
 })
 
-t.test('FeedWatcher: a batch of 500 frames is written at once, before the interval', async (t) => {
+t.test('FeedBatcher: a batch of 500 frames is written at once, before the interval', async (t) => {
   const { clock, socket, watcher } = feed(t, 1, 10_000)
   watcher.deliver(frame(-1))
   for (let i = 0; i < 499; i++) watcher.deliver(frame(i))
@@ -107,7 +107,7 @@ t.test('FeedWatcher: a batch of 500 frames is written at once, before the interv
   t.equal(socket.frames.length, 2, 'the interval\'s timer was cancelled with the early flush')
 })
 
-t.test('FeedWatcher: a batch is written once it reaches maxBatchBytes', async (t) => {
+t.test('FeedBatcher: a batch is written once it reaches maxBatchBytes', async (t) => {
   const { socket, watcher } = feed(t, 1, 10_000, 1024)
   // a JSON string of 100 characters
   const big = (i: number): string => JSON.stringify(String(i).padStart(98, '0'))
@@ -122,7 +122,7 @@ t.test('FeedWatcher: a batch is written once it reaches maxBatchBytes', async (t
   t.ok(socket.frames[1].length < 1024 + 100 + 32, 'a batch never outgrows the bound by more than one frame')
 })
 
-t.test('FeedWatcher: deliver reports a write the socket refused', async (t) => {
+t.test('FeedBatcher: deliver reports a write the socket refused', async (t) => {
   const { clock, socket, watcher } = feed(t, 1, 500, 150)
   watcher.deliver(frame(0))
   socket.accepts = false
@@ -134,7 +134,7 @@ t.test('FeedWatcher: deliver reports a write the socket refused', async (t) => {
   t.equal(socket.frames.length, 3)
 })
 
-t.test('FeedWatcher: close drops the held frames and cancels the flush', async (t) => {
+t.test('FeedBatcher: close drops the held frames and cancels the flush', async (t) => {
   const { clock, socket, watcher } = feed(t, 1)
   watcher.deliver(frame(0))
   watcher.deliver(frame(1))
@@ -154,28 +154,28 @@ function live (channel: string, position: string | null): { frame: string, meta:
   return { frame: text, meta: { channel, position, payloadType: 'minimal', tenantId: null, key: channel, prepared: new PreparedFrame(text) } }
 }
 
-const intercept = (buffer: ResumeBuffer, n: { frame: string, meta: FrameMeta }): boolean => buffer.intercept(n.frame, n.meta)
+const intercept = (buffer: DeferredFrames, n: { frame: string, meta: FrameMeta }): boolean => buffer.intercept(n.frame, n.meta)
 
-t.test('ResumeBuffer: without a hold nothing is intercepted', async (t) => {
-  const buffer = new ResumeBuffer()
+t.test('DeferredFrames: without a hold nothing is intercepted', async (t) => {
+  const buffer = new DeferredFrames()
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false)
 })
 
-t.test('ResumeBuffer: held notifications wait, in order, and only on the held channel', async (t) => {
-  const buffer = new ResumeBuffer()
-  buffer.hold(A)
+t.test('DeferredFrames: held notifications wait, in order, and only on the held channel', async (t) => {
+  const buffer = new DeferredFrames()
+  buffer.defer(A)
   const held = [live(A, '0000abcd:4'), live(A, null), live(A, '0000abcd:6')]
   for (const n of held) t.equal(intercept(buffer, n), true)
   t.equal(intercept(buffer, live(B, '0000abcd:5')), false, 'another channel flows')
-  buffer.hold(A)
+  buffer.defer(A)
   t.same(buffer.release(A, null), held, 'a second hold keeps what the first held')
   t.same(buffer.release(A, null), [], 'handed back once')
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false, 'released without a position: nothing is filtered')
 })
 
-t.test('ResumeBuffer: after a replay, notifications it carried are dropped until a newer one comes', async (t) => {
-  const buffer = new ResumeBuffer()
-  buffer.hold(A)
+t.test('DeferredFrames: after a replay, notifications it carried are dropped until a newer one comes', async (t) => {
+  const buffer = new DeferredFrames()
+  buffer.defer(A)
   buffer.release(A, replayedUpTo('0000abcd:5'))
   t.equal(intercept(buffer, live(A, '0000abcd:3')), true, 'older: the replay had it')
   t.equal(intercept(buffer, live(A, '0000abcd:5')), true, 'the replay\'s last')
@@ -184,18 +184,18 @@ t.test('ResumeBuffer: after a replay, notifications it carried are dropped until
   t.equal(intercept(buffer, live(A, '0000abcd:2')), false, 'and the filter is gone')
 })
 
-t.test('ResumeBuffer: a position that cannot be compared ends the filter', async (t) => {
+t.test('DeferredFrames: a position that cannot be compared ends the filter', async (t) => {
   for (const position of [null, 'n:7', '1111abcd:1']) {
-    const buffer = new ResumeBuffer()
+    const buffer = new DeferredFrames()
     buffer.release(A, replayedUpTo('0000abcd:5'))
     t.equal(intercept(buffer, live(A, position)), false, String(position))
     t.equal(intercept(buffer, live(A, '0000abcd:4')), false, `nothing filtered after ${String(position)}`)
   }
 })
 
-t.test('ResumeBuffer: forget and clear drop the held notifications and the filter', async (t) => {
-  const buffer = new ResumeBuffer()
-  buffer.hold(A)
+t.test('DeferredFrames: forget and clear drop the held notifications and the filter', async (t) => {
+  const buffer = new DeferredFrames()
+  buffer.defer(A)
   intercept(buffer, live(A, '0000abcd:9'))
   buffer.forget(A)
   t.equal(intercept(buffer, live(A, '0000abcd:10')), false, 'no longer held')
@@ -205,7 +205,7 @@ t.test('ResumeBuffer: forget and clear drop the held notifications and the filte
   buffer.forget(A)
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false, 'the filter is gone')
 
-  buffer.hold(A)
+  buffer.defer(A)
   buffer.release(B, replayedUpTo('0000abcd:5'))
   buffer.clear()
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false)

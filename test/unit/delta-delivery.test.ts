@@ -183,8 +183,8 @@ t.test('a slow socket\'s held patch is merged into the full frame of the latest 
 t.test('types other than delta: no tracking on the subscription, frames as before', async (t) => {
   const { ws, connection } = await socket({ entityType: 'Team', entityId: 't1' }, { entityType: 'Match', entityId: 'm5' })
   const held = connection.subscriptions
-  t.notOk('sent' in (held.get(fanout.channel('Team', 't1')) ?? {}), 'a full type\'s subscription has no `sent`')
-  t.ok('sent' in (held.get(fanout.channel('Match', 'm5')) ?? {}))
+  t.notOk('base' in (held.get(fanout.channel('Team', 't1')) ?? {}), 'a full type\'s subscription has no `base`')
+  t.ok('base' in (held.get(fanout.channel('Match', 'm5')) ?? {}))
   const frame = encodeNotification({ entityType: 'Team', entityId: 't1', changeType: 'updated', payloadType: 'full', ts: 0, payload: { a: 1 } })
   fanout.onBusMessage(fanout.channel('Team', 't1'), wrap({ ts: 0, payloadType: 'full', frame }))
   t.same(ws.frames.at(-1), frame)

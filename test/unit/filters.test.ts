@@ -6,7 +6,7 @@ import t from 'tap'
 import { Filters, FilterLimitError } from '../../lib/ws/filters.js'
 import { PreparedFrame } from '../../lib/ws/prepared.js'
 import { Visibility, type SnapshotEntity, type SnapshotReader } from '../../lib/reads/snapshot.js'
-import type { Fanout, FrameMeta, Watcher } from '../../lib/ws/fanout.js'
+import type { Fanout, FrameMeta, Receiver } from '../../lib/ws/fanout.js'
 import type { EntityType } from '../../lib/entities.js'
 import {
   DocumentKeys, RequestData, conditionsOf, encodeNotification, filterIdOf, matches, scalarKey, subscriptionIdOf, whereKey, whereProblem,
@@ -22,15 +22,15 @@ const LIMITS = { maxFiltersPerType: 100, maxFilterMatches: 1000, maxFiltersPerCo
 
 function harness (limits: Partial<typeof LIMITS> = {}): {
   filters: Filters
-  channel: () => Watcher | undefined
+  channel: () => Receiver | undefined
   unwatched: string[]
   reads: Array<{ documents: boolean, answer: (entities: SnapshotEntity[], snapshot?: string) => void, fail: (err: Error) => void }>
 } {
-  const watchers = new Map<string, Watcher>()
+  const watchers = new Map<string, Receiver>()
   const unwatched: string[] = []
   const fanout = {
-    watch: async (watcher: Watcher, channel: string) => { watchers.set(channel, watcher) },
-    unwatch: async (_watcher: Watcher, channel: string) => { watchers.delete(channel); unwatched.push(channel) }
+    watch: async (watcher: Receiver, channel: string) => { watchers.set(channel, watcher) },
+    unwatch: async (_watcher: Receiver, channel: string) => { watchers.delete(channel); unwatched.push(channel) }
   } as unknown as Fanout
   const reads: ReturnType<typeof harness>['reads'] = []
   const reader = {
@@ -42,7 +42,7 @@ function harness (limits: Partial<typeof LIMITS> = {}): {
 }
 
 let sockets = 0
-class Socket implements Watcher {
+class Socket implements Receiver {
   readonly id = ++sockets
   constructor (readonly ip = '192.0.2.1') {}
   readonly frames: Array<{ entityId: string, changeType: string, subscriptionId: string }> = []
@@ -54,7 +54,7 @@ class Socket implements Watcher {
 
 let txid = 100
 /** A change of a player as the feed channel carries it (a transaction after the reads' snapshot unless told). */
-function change (to: Watcher | undefined, entityId: string, document: object | null, at = String(++txid)): void {
+function change (to: Receiver | undefined, entityId: string, document: object | null, at = String(++txid)): void {
   const changeType = document === null ? 'deleted' : 'updated'
   const frame = encodeNotification({ entityType: 'Player', entityId, changeType, payloadType: 'full', ts: 0, payload: document })
   const meta: FrameMeta = { channel: FEED, position: 'n:' + at, payloadType: 'full', tenantId: null, key: FEED, prepared: new PreparedFrame(frame), txid: at }

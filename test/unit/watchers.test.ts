@@ -1,11 +1,11 @@
 /**
- * Watcher counts (lib/ws/watchers.ts) on a fake clock, with a store whose count the test sets: a socket gets the
+ * Receiver counts (lib/ws/watchers.ts) on a fake clock, with a store whose count the test sets: a socket gets the
  * count when it asks, then only a count that differs from the one it was sent last, whenever the interval's poll
  * finds one; a socket that joins later gets the count at once without the others being sent it again.
  */
 import t from 'tap'
 import { WatcherCounts } from '../../lib/ws/watchers.js'
-import type { Watcher } from '../../lib/ws/fanout.js'
+import type { Receiver } from '../../lib/ws/fanout.js'
 import type { InterestStore } from '../../lib/interest/interest.js'
 import { fakeClock, recordingLogger, turn } from './fixtures/fakes.js'
 
@@ -13,7 +13,7 @@ const INTERVAL = 1000
 const ref = { entityType: 'RugbyGameState', entityId: 'match-1' }
 
 /** A socket that keeps the counts it was sent. */
-function socket (): Watcher & { counts: number[] } {
+function socket (): Receiver & { counts: number[] } {
   const counts: number[] = []
   return { counts, deliver: (frame) => { counts.push((JSON.parse(frame) as { data: { count: number } }).data.count); return true } }
 }

@@ -12,14 +12,14 @@ export type Carried = (meta: FrameMeta) => boolean
 /** A replay that ended at `last` carried every notification not after it. */
 export const replayedUpTo = (last: string): Carried => (meta) => !isAfter(meta.position, last)
 
-export class ResumeBuffer {
+export class DeferredFrames {
   /** channels being resumed: the live notifications that arrived meanwhile */
   private readonly waiting = new Map<string, Array<{ frame: string, meta: FrameMeta }>>()
   /** channels just resumed: what the replay or snapshot carried */
   private readonly resumedAt = new Map<string, Carried>()
 
   /** From now on, live notifications of `channel` wait for `release`. */
-  hold (channel: string): void {
+  defer (channel: string): void {
     if (!this.waiting.has(channel)) this.waiting.set(channel, [])
   }
 
