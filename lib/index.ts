@@ -114,8 +114,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     capture.deliverTo({
       onChange: (change) => router.routeCaptured(change),
       onOutbox: async (database, rows, attempt) => await router.routeOutbox(database, rows, attempt),
-      onGap: (database, reason, precaution) => {
-        fanout.announceGap(database, reason, precaution).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
+      onGap: (database, reason, { precaution }) => {
+        fanout.announceGap(database, reason, { precaution }).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
       }
     })
     closers.add(async () => await capture.close())

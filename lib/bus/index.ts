@@ -93,7 +93,7 @@ export async function openBroker (fastify: FastifyInstance, options: ResolvedOpt
 export function createBus (broker: Broker, log: FastifyBaseLogger): PubSub {
   switch (broker.provider) {
     case 'memory': return new MemoryBus()
-    case 'redis': return new RedisBus(broker.publisher, broker.subscriber, log, broker.cluster)
+    case 'redis': return new RedisBus(broker.publisher, broker.subscriber, log, { sharded: broker.cluster })
     case 'nats': return new NatsBus(broker.nc, log)
   }
 }

@@ -28,13 +28,15 @@ export class RedisBus extends Transport implements PubSub {
   /** the connections that dropped and are not back yet: each comes back on its own */
   private readonly down = new Set<RedisClient>()
   private closed = false
+  private readonly sharded: boolean
 
   /**
    * `publisher` may be a host's client (not closed here); `subscriber` is this bus's own. `sharded`: both are
    * Redis Cluster clients, the subscriber with sharded subscribers.
    */
-  constructor (private readonly publisher: RedisClient, private readonly subscriber: RedisClient, private readonly log: FastifyBaseLogger, private readonly sharded = false) {
+  constructor (private readonly publisher: RedisClient, private readonly subscriber: RedisClient, private readonly log: FastifyBaseLogger, { sharded = false }: { sharded?: boolean } = {}) {
     super()
+    this.sharded = sharded
     // the subscriber disconnects asynchronously: a message can arrive after close(), drop it
     subscriber.on(sharded ? 'smessage' : 'message', (channel: string, message: string) => { if (!this.closed) this.deliver(channel, message) })
     for (const client of [publisher, subscriber]) {

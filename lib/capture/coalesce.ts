@@ -142,7 +142,7 @@ export class TransactionCoalescer {
           txid,
           // a Marten inline projection writes the aggregate's document in the same transaction: in notify mode the
           // document's change is `n:<txid>`, and a position names one notification
-          position: last.p ?? notifyPosition(txid, true),
+          position: last.p ?? notifyPosition(txid, { events: true }),
           version: String(Math.max(...events.map((e) => e.version))),
           ts: last.ts,
           origin: last.o ?? null,

@@ -65,7 +65,7 @@ export class Capture implements TableScanner {
     const { capture } = this.options
     for (const db of this.databases.values()) {
       if (capture.installTriggers) await applyTriggerScript(db)
-      await this.scan(db, true)
+      await this.scan(db, { strict: true })
       const listener = new ListenerConnection(db, {
         channel: capture.channel,
         reconnectMaxDelayMs: capture.reconnectMaxDelayMs,
@@ -104,7 +104,7 @@ export class Capture implements TableScanner {
    * event store's triggers when asked. At start (`strict`) a declared `full` type whose table has no `data` column
    * stops the server; later it is logged.
    */
-  async scan (db: Database, strict = false): Promise<void> {
+  async scan (db: Database, { strict = false }: { strict?: boolean } = {}): Promise<void> {
     const { capture } = this.options
     const install = capture.installTriggers
     const outbox = capture.mode === 'outbox'
@@ -142,7 +142,7 @@ export class Capture implements TableScanner {
     // meanwhile reached nobody, so the database's watchers refetch
     if (granted > 0 && !strict) {
       this.log.warn({ database: db.name, roles: granted }, 'changefeed: roles that write watched tables were given the right to announce changes; watchers resync')
-      this.events?.onGap(db.name, 'unannounced', false)
+      this.events?.onGap(db.name, 'unannounced', { precaution: false })
     }
     // judged once the host is ready (ready()): it may create the tables after registering the plugin
     if (!this.judging) return

@@ -27,7 +27,7 @@ export interface ListenerEvents {
    * the first listener with a shared bus; it lost nothing itself, but the watchers of other instances may have (a
    * leader that died just before), so they are told too; it is not a gap of this instance.
    */
-  onGap(database: string, reason: 'listener_gap' | 'leader_change' | 'unannounced', precaution: boolean): void
+  onGap(database: string, reason: 'listener_gap' | 'leader_change' | 'unannounced', gap: { precaution: boolean }): void
   /** Outbox mode: routes a batch of numbered rows (lib/capture/publisher.ts). */
   onOutbox: OutboxBatchHandler
   /** The database's event trigger put the capture trigger on a new table, or could not (`error`). */
@@ -171,9 +171,9 @@ export class ListenerConnection {
       this.outbox.start()
     } else if (!first) {
       this.gaps++
-      this.events.onGap(this.db.name, reason, false)
+      this.events.onGap(this.db.name, reason, { precaution: false })
     } else if (this.options.leaderElection) {
-      this.events.onGap(this.db.name, reason, true)
+      this.events.onGap(this.db.name, reason, { precaution: true })
     }
     return true
   }

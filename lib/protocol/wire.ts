@@ -91,7 +91,7 @@ export function parseSubscriptionId (subscriptionId: string): { entityType: stri
  */
 
 /** A notify-mode position: the writer's transaction (`:events` for the events it appended to a stream). */
-export function notifyPosition (txid: string, events = false): string {
+export function notifyPosition (txid: string, { events = false }: { events?: boolean } = {}): string {
   return events ? 'n:' + txid + ':events' : 'n:' + txid
 }
 

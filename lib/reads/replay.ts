@@ -49,7 +49,7 @@ export class Replayer {
     if (rows === null) return null
     const frames: ReplayedFrames = []
     for (const change of coalesceRows(database, this.registry.tenantOfDatabase(database), rows)) {
-      if (this.notices.entityOf(change, false)?.name !== entity.name) continue
+      if (this.notices.entityOf(change, { count: false })?.name !== entity.name) continue
       const { frame, owner } = await this.notices.noticeOf(entity, change, this.notices.tenantOf(entity, change))
       frames.push({ frame, position: change.position, owner })
     }

@@ -62,7 +62,7 @@ export class Notices {
   }
 
   /** The entity type of a change, or undefined (counted and logged as a drop when `count`). */
-  entityOf (change: Change, count = true): EntityType | undefined {
+  entityOf (change: Change, { count = true }: { count?: boolean } = {}): EntityType | undefined {
     const where = { database: change.database, table: `${change.schema}.${change.table}` }
     if (change.events !== undefined || change.changeType === 'archived') {
       const store = this.eventStore(change.database)

@@ -100,13 +100,13 @@ export class ChangeRouter {
    * A change from capture. Never rejects: a failure is logged and counted, the pipeline goes on. Resolves false
    * when the change could not be handed on (outbox mode then publishes it again).
    */
-  async routeChange (change: Change, stopAfterFailure = false): Promise<boolean> {
+  async routeChange (change: Change, { stopAfterFailure = false }: { stopAfterFailure?: boolean } = {}): Promise<boolean> {
     // taken before the first await: changes leave in the order they came, whatever the work of each costs
     const turn = this.order.take()
     try {
       this.counters.changes++
       const entity = await this.entityOf(change)
-      return entity === undefined || !(await this.routeInOrder(entity, change, turn.ready, stopAfterFailure) instanceof Error)
+      return entity === undefined || !(await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure }) instanceof Error)
     } finally {
       turn.done()
     }
@@ -123,7 +123,7 @@ export class ChangeRouter {
     let outcome: Outcome
     try {
       this.counters.changes++
-      outcome = await this.routeInOrder(entity, change, turn.ready, false)
+      outcome = await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure: false })
     } finally {
       turn.done()
     }
@@ -137,7 +137,7 @@ export class ChangeRouter {
 
   /** The entity type of a captured change (after a look for a table created a moment ago), or undefined (dropped). */
   private async entityOf (change: Change): Promise<EntityType | undefined> {
-    const entity = this.s.notices.entityOf(change, false)
+    const entity = this.s.notices.entityOf(change, { count: false })
     if (entity !== undefined) return entity
     if (change.events === undefined && change.changeType !== 'archived' && this.mayLookFor(change)) {
       // a table created a moment ago: the event trigger's note may still be on its way
@@ -147,7 +147,7 @@ export class ChangeRouter {
   }
 
   /** Routes the change after the entity's changes before it (outbox mode: stops after one that failed). */
-  private async routeInOrder (entity: EntityType, change: Change, turn: Promise<void>, stopAfterFailure: boolean): Promise<Outcome> {
+  private async routeInOrder (entity: EntityType, change: Change, turn: Promise<void>, { stopAfterFailure }: { stopAfterFailure: boolean }): Promise<Outcome> {
     const tenantId = change.published === true ? change.tenantId : this.s.notices.tenantOf(entity, change)
     const channels = channelsOf(this.prefix, entity, change.id, tenantId)
     const key = channels[0]
@@ -171,7 +171,7 @@ export class ChangeRouter {
   async routeOutbox (database: string, rows: RowChange[], { final, current }: { final: boolean, current: () => boolean }): Promise<boolean> {
     const changes = coalesceRows(database, this.s.registry.tenantOfDatabase(database), rows)
     // a deposed publisher stops at once: the new leader publishes from the stored cursor
-    const results = await Promise.all(changes.map(async (c) => current() && await this.routeChange(c, !final)))
+    const results = await Promise.all(changes.map(async (c) => current() && await this.routeChange(c, { stopAfterFailure: !final })))
     if (results.every(Boolean)) return true
     // during an outage the batch waits (watchers got a bus_gap resync); only a change that fails while
     // everything works is given up on
@@ -263,7 +263,7 @@ export class ChangeRouter {
    * watchers, wherever they are, get a `resync` (reason `delivery_failed`) as soon as the bus takes it. Never silent.
    */
   giveUp (change: Change): void {
-    const entity = this.s.notices.entityOf(change, false)
+    const entity = this.s.notices.entityOf(change, { count: false })
     if (entity === undefined) return
     this.counters.givenUp++
     this.s.log.error({ entityType: entity.name, entityId: change.id, position: change.position }, 'changefeed: a change could not be delivered; its watchers resync')

@@ -212,7 +212,7 @@ export class Fanout {
    * Tells every instance that changes of `database` may have been lost. A `precaution` (a new instance's first
    * listener, see ListenerEvents.onGap) is a normal start: it is logged only where it reaches watchers.
    */
-  async announceGap (database: string, reason: string, precaution = false): Promise<void> {
+  async announceGap (database: string, reason: string, { precaution = false }: { precaution?: boolean } = {}): Promise<void> {
     if (!precaution) this.log.warn({ database, reason }, 'changefeed: change gap, watchers told to resync')
     await this.bus?.publish(this.gapChannel, JSON.stringify({ database, reason, precaution }))
   }

@@ -41,7 +41,7 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   if (subscription === undefined) {
     let opened: Awaited<ReturnType<Subscriptions['open']>>
     try {
-      opened = await subscriptions.open(entity, req.entityId, tenantId, req.since !== undefined || req.snapshot === true, subscriptionId)
+      opened = await subscriptions.open(entity, req.entityId, tenantId, { defer: req.since !== undefined || req.snapshot === true, subscriptionId })
     } catch (err) {
       services.log.error({ err }, 'changefeed: bus subscribe failed')
       return reply.fail()

@@ -36,7 +36,7 @@ export async function subscribeMany (subscriptions: Subscriptions, reply: Reply,
       return opened.push([channel, existing])
     }
     try {
-      const result = await subscriptions.open(entity, entityId, tenantId, hold)
+      const result = await subscriptions.open(entity, entityId, tenantId, { defer: hold })
       if (result === null) return
       if (isRefusal(result)) return refuse([entityId], result)
       opened.push([channel, result])

@@ -225,7 +225,7 @@ export class Subscriptions {
    * name (as the subscribe that starts it named it). Resolves null when the socket closed meanwhile. Rejects when
    * the bus or the interest store failed (nothing is left behind).
    */
-  async open (entity: EntityType, entityId: string, tenantId: string | null, defer: boolean, subscriptionId?: string): Promise<Subscription | Refusal | null> {
+  async open (entity: EntityType, entityId: string, tenantId: string | null, { defer, subscriptionId }: { defer: boolean, subscriptionId?: string }): Promise<Subscription | Refusal | null> {
     const { policy, fanout } = this.services
     const channel = fanout.channel(entity.name, entityId, tenantId)
     // places being opened count: a batch opens its entities at once
