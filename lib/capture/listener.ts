@@ -14,6 +14,7 @@ import type { Database, ListenSession } from './database.js'
 import { TransactionCoalescer, isRowChange, type Change } from './coalesce.js'
 import { Outbox } from './outbox.js'
 import { NotifyVerifier } from './signature.js'
+import { isDdlNote, transactionOf, unannouncedNote, type DdlNote } from './payloads.js'
 import { OutboxPublisher, type OutboxBatchHandler, type OutboxSettings } from './publisher.js'
 import type { Drops } from '../route/drops.js'
 import { CaptureKeyError } from '../errors.js'
@@ -35,30 +36,6 @@ export interface ListenerEvents {
   /** A trigger said, unsigned, that its writing role may not announce changes: the database's grants need a look. */
   onUnannounced(database: string): void
 }
-
-/** What the event trigger tells the listener about a table created while it runs. */
-export interface DdlNote { ddl: 'installed' | 'failed', s: string, t: string, error?: string }
-
-/** The transaction id a signed payload names (changes and DDL notes both carry it); null when it has none. */
-function transactionOf (row: unknown): string | null {
-  const x = row !== null && typeof row === 'object' ? (row as { x?: unknown }).x : undefined
-  return typeof x === 'number' || (typeof x === 'string' && /^\d{1,20}$/.test(x)) ? String(x) : null
-}
-
-/** `{"role": <name>, "unannounced": "<relation oid>"}`, as changefeed_pass sends it; null for anything else. */
-function unannouncedNote (payload: string): { role: string } | null {
-  if (!payload.startsWith('{"role"') && !payload.startsWith('{"unannounced"')) return null
-  try {
-    const note = JSON.parse(payload) as { unannounced?: unknown, role?: unknown }
-    // an oid is text in JSON
-    return typeof note.unannounced === 'string' && typeof note.role === 'string' ? { role: note.role.slice(0, 64) } : null
-  } catch {
-    return null
-  }
-}
-
-const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof value === 'object' &&
-  ((value as DdlNote).ddl === 'installed' || (value as DdlNote).ddl === 'failed') && typeof (value as DdlNote).t === 'string'
 
 export type { OutboxSettings } from './publisher.js'
 

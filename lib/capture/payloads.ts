@@ -1,0 +1,29 @@
+/**
+ * What a listener may receive besides a change (lib/capture/coalesce.ts reads those): the event trigger's notes
+ * about new tables, the transaction a signed payload names, and a trigger's unsigned note that its writer may not
+ * announce changes (sql/changefeed.sql).
+ */
+
+/** What the event trigger tells the listener about a table created while it runs. */
+export interface DdlNote { ddl: 'installed' | 'failed', s: string, t: string, error?: string }
+
+/** The transaction id a signed payload names (changes and DDL notes both carry it); null when it has none. */
+export function transactionOf (row: unknown): string | null {
+  const x = row !== null && typeof row === 'object' ? (row as { x?: unknown }).x : undefined
+  return typeof x === 'number' || (typeof x === 'string' && /^\d{1,20}$/.test(x)) ? String(x) : null
+}
+
+/** `{"role": <name>, "unannounced": "<relation oid>"}`, as changefeed_pass sends it; null for anything else. */
+export function unannouncedNote (payload: string): { role: string } | null {
+  if (!payload.startsWith('{"role"') && !payload.startsWith('{"unannounced"')) return null
+  try {
+    const note = JSON.parse(payload) as { unannounced?: unknown, role?: unknown }
+    // an oid is text in JSON
+    return typeof note.unannounced === 'string' && typeof note.role === 'string' ? { role: note.role.slice(0, 64) } : null
+  } catch {
+    return null
+  }
+}
+
+export const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof value === 'object' &&
+  ((value as DdlNote).ddl === 'installed' || (value as DdlNote).ddl === 'failed') && typeof (value as DdlNote).t === 'string'
