@@ -1,5 +1,5 @@
 /**
- * The pub/sub contract every transport implements (memory, redis, nats), one shared contract test (test/bus.test.ts)
+ * The pub/sub contract every transport implements (memory, redis, nats), one shared contract test (test/integration/bus/bus.test.ts)
  * for all. Messages are pre-encoded frames: the publisher encodes once, every instance writes the same string to its
  * sockets. What arrives goes to the handlers registered with `onMessage` and `onGap`.
  */

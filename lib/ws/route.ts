@@ -70,8 +70,9 @@ const identities = new WeakMap<FastifyRequest, Identity>()
  */
 function release (socket: WebSocket, request: FastifyRequest): void {
   socket.removeAllListeners('error')
-  const tcp = request.raw.socket as typeof request.raw.socket & { _httpMessage?: { detachSocket?: (s: unknown) => void } | null }
-  tcp._httpMessage?.detachSocket?.(tcp)
+  // (an injected socket, app.injectWS, has no TCP socket behind it)
+  const tcp = request.raw.socket as (typeof request.raw.socket & { _httpMessage?: { detachSocket?: (s: unknown) => void } | null }) | undefined
+  tcp?._httpMessage?.detachSocket?.(tcp)
 }
 
 type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' | 'watcherCounts' | 'outboundLimits' | 'filters' | 'snapshot' | 'limitRead'> & {

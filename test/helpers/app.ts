@@ -1,4 +1,4 @@
-/** Starts the plugin in a Fastify app on a free port, closed at teardown. */
+/** The plugin in a Fastify app: on a free port (startApp), or not listening at all (injectedApp); closed at teardown. */
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import changefeed, { type ChangefeedPluginOptions } from '../../lib/index.js'
 import { TestClient } from './client.js'
@@ -26,6 +26,27 @@ export async function startApp (t: Teardown, options: ChangefeedPluginOptions, f
     url,
     client: async (path = '') => {
       const c = await TestClient.open(url + path)
+      clients.push(c)
+      return c
+    }
+  }
+}
+
+/**
+ * The plugin in a Fastify app that does not listen: clients connect through @fastify/websocket's injectWS, in
+ * process, with no socket opened (the unit tier's way to the protocol).
+ */
+export async function injectedApp (t: Teardown, options: ChangefeedPluginOptions): Promise<Omit<RunningApp, 'url'>> {
+  const app = Fastify({ logger: false })
+  await app.register(changefeed, options)
+  await app.ready()
+  t.teardown(async () => { await app.close() })
+  const clients: TestClient[] = []
+  t.teardown(() => { for (const c of clients) c.close() })
+  return {
+    app,
+    client: async (path = '') => {
+      const c = TestClient.adopt(await app.injectWS(app.changefeed.options.server.path + path))
       clients.push(c)
       return c
     }

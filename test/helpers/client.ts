@@ -26,6 +26,11 @@ export class TestClient {
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => { resolve({ code, reason: reason.toString() }); this.wake?.() }))
   }
 
+  /** A socket already open (an injected one: app.injectWS). */
+  static adopt (ws: WebSocket): TestClient {
+    return new TestClient(ws)
+  }
+
   static async open (url: string, options?: WebSocket.ClientOptions): Promise<TestClient> {
     const ws = new WebSocket(url, options)
     const client = new TestClient(ws)

@@ -1,5 +1,5 @@
 /**
- * A consumer of every entry of the built package (compiled by test/types.test.ts under NodeNext and bundler
+ * A consumer of every entry of the built package (compiled by test/e2e/types.test.ts under NodeNext and bundler
  * resolution, strict, with skipLibCheck false): the package's own declarations must compile, not just this file.
  */
 import Fastify from 'fastify'
