@@ -14,15 +14,17 @@
  *   comes back online, or is restored from the back/forward cache.
  *
  * The parts: connection.ts (the socket, backoff.ts, credentials.ts, liveness.ts), subscription.ts (one entity's
- * state with the server), query.ts (a live query), batch.ts (requests for many), protocol.ts (frames in and out);
- * the protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with the server. Browsers without a bundler load dist/lib/client/browser.js, all of
- * it in one module (`npm run build`).
+ * state with the server), query.ts (a live query), batch.ts (requests for many), frames.ts (frames in and out),
+ * dispatch.ts (each received frame to what it concerns: the interfaces of receivers.ts, which those classes
+ * implement); the protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with
+ * the server. Browsers without a bundler load dist/lib/client/browser.js, all of it in one module (`npm run build`).
  */
 import { subscriptionIdOf } from '../protocol/wire.js'
 import { filterIdOf, type Where } from '../protocol/where.js'
 import { Batcher } from './batch.js'
 import { Connection } from './connection.js'
-import { dispatch, type DispatchTarget } from './protocol.js'
+import { dispatch } from './dispatch.js'
+import type { DispatchTarget } from './receivers.js'
 import { Filter, PENDING_QUERY, type FilterHost } from './query.js'
 import { PENDING, Subscription, type SubscriptionHost } from './subscription.js'
 import type {

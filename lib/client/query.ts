@@ -12,7 +12,8 @@ import type { FeedSnapshotData, NotificationMessage, SubscribeOneRequest } from 
 import { FEED, WireError, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { filterIdOf, type Where } from '../protocol/where.js'
 import { retryDelay } from './backoff.js'
-import type { ClientMessage } from './protocol.js'
+import type { ClientMessage } from './frames.js'
+import type { FilterReceiver } from './receivers.js'
 import type { EntityState, LiveQueryState } from './types.js'
 
 export interface FilterHost {
@@ -27,7 +28,7 @@ export interface FilterHost {
 /** the state of a live query the server has not answered yet */
 export const PENDING_QUERY: LiveQueryState<never> = Object.freeze<LiveQueryState<never>>({ status: 'pending', entities: new Map<string, never>(), revision: 0 })
 
-export class Filter {
+export class Filter implements FilterReceiver {
   readonly key: string
   /** handles' change listeners (and React's) */
   readonly watchers = new Set<() => void>()

@@ -34,7 +34,8 @@ import type { EntitySnapshotData, NotificationMessage, SubscribeOneRequest } fro
 import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { applyPatch } from '../protocol/patch.js'
 import { retryDelay } from './backoff.js'
-import type { ClientMessage } from './protocol.js'
+import type { ClientMessage } from './frames.js'
+import type { EntityReceiver } from './receivers.js'
 import type { EntitySnapshot, EntityState, SubscriptionEvents } from './types.js'
 
 export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'resuming' | 'subscribed' | 'error' | 'released'
@@ -63,7 +64,7 @@ const SEEN_POSITIONS = 64
 /** the snapshot of an entity nobody watches yet, and of a new subscription */
 export const PENDING: EntitySnapshot<never> = Object.freeze<EntitySnapshot<never>>({ status: 'pending', revision: 0 })
 
-export class Subscription {
+export class Subscription implements EntityReceiver {
   state: SubscriptionState = 'unsubscribed'
   /** the server's subscriptionId, and the request id of every subscribe */
   readonly key: string

@@ -7,7 +7,9 @@
  */
 import t from 'tap'
 import { Subscription, type SubscriptionHost } from '../../lib/client/subscription.js'
-import { dispatch, type ClientMessage, type DispatchTarget } from '../../lib/client/protocol.js'
+import { dispatch } from '../../lib/client/dispatch.js'
+import type { ClientMessage } from '../../lib/client/frames.js'
+import type { DispatchTarget } from '../../lib/client/receivers.js'
 import type { NotificationMessage } from '../../lib/protocol/messages.js'
 import type { PatchOperation } from '../../lib/protocol/patch.js'
 import { fakeClock } from './fixtures/fakes.js'
