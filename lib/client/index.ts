@@ -159,7 +159,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       if (released) return
       released = true
       subscription.listeners.delete(listener)
-      subscription.releaseLater()
+      subscription.release()
     }
   }
 
@@ -183,27 +183,19 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
    * spelled) share one server subscription; the last `close()` unsubscribes.
    */
   subscribeWhere<K extends keyof M & string>(entityType: K, where: Where, options: LiveQueryOptions = {}): LiveQuery<M[K]> {
-    const snapshot = options.snapshot ?? true
     const key = subscriptionIdOf(entityType, filterIdOf(where), options.tenantId)
-    let filter = this.filters.get(key)
-    if (filter === undefined) {
-      filter = new Filter(entityType, where, options.tenantId, snapshot, this.filterHost)
-      this.filters.set(key, filter)
-      filter.subscribe()
-    }
-    filter.hold(snapshot)
-    const held = filter
+    const held = this.take(this.filters, key, () => new Filter(entityType, where, options.tenantId, this.filterHost), options.snapshot ?? true)
     const listeners = new Set<() => void>()
     let closed = false
     // as in subscribe(): the entity map says what the documents are
-    const state = (): LiveQueryState<M[K]> => held.state as LiveQueryState<M[K]>
+    const state = (): LiveQueryState<M[K]> => held.snapshot as LiveQueryState<M[K]>
     return {
       subscriptionId: key,
       get status () { return state().status },
       get entities () { return state().entities },
       getSnapshot: state,
       onChange: (listener) => {
-        const watcher = (): void => listener(state())
+        const watcher = (): void => { listener(state()) }
         listeners.add(watcher)
         held.watchers.add(watcher)
         return () => { listeners.delete(watcher); held.watchers.delete(watcher) }
@@ -226,7 +218,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         const stop = query.onChange(onChange)
         return () => { stop(); query.close() }
       },
-      getSnapshot: () => (this.filters.get(key)?.state ?? PENDING_QUERY) as LiveQueryState<M[K]>
+      getSnapshot: () => (this.filters.get(key)?.snapshot ?? PENDING_QUERY) as LiveQueryState<M[K]>
     }
   }
 
@@ -243,7 +235,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         return () => {
           for (const subscription of held) {
             subscription.watchers.delete(onChange)
-            subscription.releaseLater()
+            subscription.release()
           }
         }
       },
@@ -272,7 +264,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
         if (options.counted === true) subscription.count()
         return () => {
           subscription.watchers.delete(onChange)
-          subscription.releaseLater()
+          subscription.release()
         }
       },
       // as in subscribe(): the entity map says what the payload is
@@ -307,20 +299,22 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     this.resyncListeners.clear()
   }
 
-  /**
-   * The subscription of an entity, created (and sent) on first use; a pending release is called off. `snapshot`:
-   * the holder wants the entity's state.
-   */
+  /** The subscription of an entity, held (see take). */
   private hold (entityType: string, entityId: string, tenantId: string | undefined, snapshot: boolean): Subscription {
-    const key = subscriptionIdOf(entityType, entityId, tenantId)
-    let subscription = this.subscriptions.get(key)
-    if (subscription === undefined) {
-      subscription = new Subscription(entityType, entityId, tenantId, this.host)
-      this.subscriptions.set(key, subscription)
-      if (snapshot) subscription.askSnapshot()
-      subscription.subscribe()
-    } else if (snapshot) subscription.askSnapshot()
-    subscription.hold()
-    return subscription
+    return this.take(this.subscriptions, subscriptionIdOf(entityType, entityId, tenantId), () => new Subscription(entityType, entityId, tenantId, this.host), snapshot)
+  }
+
+  /**
+   * Holds the subscription (or filter) of `key`, made and sent on first use; a pending release is called off.
+   * `snapshot`: the holder wants the state there is.
+   */
+  private take<H extends Subscription | Filter> (all: Map<string, H>, key: string, make: () => H, snapshot: boolean): H {
+    let held = all.get(key)
+    const fresh = held === undefined
+    if (held === undefined) all.set(key, held = make())
+    if (snapshot) held.askSnapshot()
+    if (fresh) held.subscribe()
+    held.hold()
+    return held
   }
 }

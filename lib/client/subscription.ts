@@ -33,25 +33,16 @@
 import type { EntitySnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { applyPatch } from '../protocol/patch.js'
-import { retryDelay } from './backoff.js'
-import type { ClientMessage } from './frames.js'
+import { Held, type HeldHost } from './held.js'
 import type { EntityReceiver } from './receivers.js'
 import type { EntitySnapshot, EntityState, SubscriptionEvents } from './types.js'
 
-export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'resuming' | 'subscribed' | 'error' | 'released'
-
 /** What a subscription needs of its client. */
-export interface SubscriptionHost {
-  /** sends a frame; false when the socket is not open (the subscription is sent again when it opens) */
-  send (message: ClientMessage): boolean
+export interface SubscriptionHost extends HeldHost {
   /** the client's origin id: notifications carrying it are its own writes */
   readonly origin: string
-  /** [0, 1), for the jitter of a retry */
-  random (): number
   /** a resync reached this subscription's holders (the client tells its every-resync listeners) */
   resynced (subscription: Subscription, reason: string): void
-  /** the last holder left and the unsubscribe is sent: forget it */
-  released (subscription: Subscription): void
   /** a snapshot reached this subscription's holders (the client tells its every-snapshot listeners) */
   snapshotted (state: EntityState): void
 }
@@ -64,15 +55,9 @@ const SEEN_POSITIONS = 64
 /** the snapshot of an entity nobody watches yet, and of a new subscription */
 export const PENDING: EntitySnapshot<never> = Object.freeze<EntitySnapshot<never>>({ status: 'pending', revision: 0 })
 
-export class Subscription implements EntityReceiver {
-  state: SubscriptionState = 'unsubscribed'
-  /** the server's subscriptionId, and the request id of every subscribe */
-  readonly key: string
-  /** subscribe() callers */
+export class Subscription extends Held<EntitySnapshot<unknown>> implements EntityReceiver {
+  /** subscribe() callers' events */
   readonly listeners = new Set<SubscriptionEvents<unknown>>()
-  /** React's subscribers to the snapshot (watch()) */
-  readonly watchers = new Set<() => void>()
-  snapshot: EntitySnapshot<unknown> = PENDING
   /** the last position of the entity: sent as `since` on the next subscribe */
   private since: string | undefined
   /** the latest document of the entity (full or patched) and its position: the base of the next patch */
@@ -94,38 +79,15 @@ export class Subscription implements EntityReceiver {
   private snapshotRefused = false
   /** the entity's state as last known (a snapshot, or a whole document, and the changes since): a late holder's start */
   current: EntityState | undefined
-  private releaseTimer: ReturnType<typeof setTimeout> | undefined
-  private retryTimer: ReturnType<typeof setTimeout> | undefined
   private resyncTimer: ReturnType<typeof setTimeout> | undefined
   /** a resync of the burst under way brought no fresh state */
   private resyncStale = false
 
-  constructor (readonly entityType: string, readonly entityId: string, readonly tenantId: string | undefined, private readonly host: SubscriptionHost) {
-    this.key = subscriptionIdOf(entityType, entityId, tenantId)
+  constructor (readonly entityType: string, readonly entityId: string, readonly tenantId: string | undefined, protected override readonly host: SubscriptionHost) {
+    super(subscriptionIdOf(entityType, entityId, tenantId), PENDING, host)
   }
 
   // ------------------------------------------------------------------ holders
-
-  /** Someone holds it (again): a pending release is called off. */
-  hold (): void {
-    clearTimeout(this.releaseTimer)
-    this.releaseTimer = undefined
-  }
-
-  /**
-   * A holder left. The last one's leaving unsubscribes on the next tick, so that a release followed at once by a
-   * new hold (React StrictMode's unmount and mount) sends nothing.
-   */
-  releaseLater (): void {
-    if (this.held() || this.releaseTimer !== undefined || this.state === 'released') return
-    this.releaseTimer = setTimeout(() => {
-      this.releaseTimer = undefined
-      if (this.held()) return
-      this.close()
-      this.host.released(this)
-      this.host.send({ type: 'unsubscribe', data: { subscriptionId: this.key } })
-    }, 0)
-  }
 
   /** Asks for watcher counts: subscribing again is idempotent on the server, and this time it asks for counts too. */
   count (): void {
@@ -143,14 +105,11 @@ export class Subscription implements EntityReceiver {
     this.snapshotAsked = true
     if (this.current !== undefined || this.snapshotRefused) return
     this.snapshotDue = true
-    if (this.state === 'subscribing' || this.state === 'subscribed') this.subscribe()
+    if (this.phase === 'subscribing' || this.phase === 'subscribed') this.subscribe()
   }
 
-  /** Stops every timer; the subscription is dead (the client was destroyed, or it was released). */
-  close (): void {
-    this.state = 'released'
-    clearTimeout(this.releaseTimer)
-    clearTimeout(this.retryTimer)
+  override close (): void {
+    super.close()
     clearTimeout(this.resyncTimer)
   }
 
@@ -163,21 +122,13 @@ export class Subscription implements EntityReceiver {
     this.subscribe()
   }
 
-  /** The socket closed: the server holds nothing of it any more (a pending retry would be sent on no socket). */
-  onClose (): void {
-    if (this.state === 'released') return
-    clearTimeout(this.retryTimer)
-    this.retryTimer = undefined
-    this.state = 'unsubscribed'
-  }
-
   /** Signed in (again): a subscription refused for want of it is asked for once more. */
   onSignedIn (): void {
-    if (this.state === 'error' && this.snapshot.error?.code === WireError.unauthenticated) this.subscribe()
+    if (this.phase === 'error' && this.snapshot.error?.code === WireError.unauthenticated) this.subscribe()
   }
 
   /** Sends the subscribe, with `since` when a position is known so that the server can replay what was missed. */
-  subscribe (): void {
+  override subscribe (): void {
     // replies carry the key as their id: they are matched by it, whatever name the server gives the entity
     if (this.host.send({ type: 'subscribe', id: this.key, data: this.request() })) this.sent()
   }
@@ -195,7 +146,7 @@ export class Subscription implements EntityReceiver {
 
   /** Its subscribe went out (alone, or in a request for many). */
   sent (): void {
-    this.state = this.since === undefined ? 'subscribing' : 'resuming'
+    this.phase = this.since === undefined ? 'subscribing' : 'resuming'
   }
 
   /** Subscribing again after a loss: a subscription that holds a state asks for it afresh. */
@@ -206,7 +157,7 @@ export class Subscription implements EntityReceiver {
   // ------------------------------------------------------------------ frames
 
   onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void {
-    this.state = 'subscribed'
+    this.phase = 'subscribed'
     this.snapshotSent = false
     if (recovered === true) this.snapshotDue = false
     if (snapshot !== undefined) this.took(snapshot)
@@ -219,7 +170,7 @@ export class Subscription implements EntityReceiver {
 
   /** `bad_request`: a server that predates snapshots refuses a subscribe that asks for one; ask without. */
   onBadRequest (): void {
-    if (!this.snapshotSent || this.state === 'released') return
+    if (!this.snapshotSent || this.phase === 'released') return
     this.snapshotRefused = true
     this.snapshotDue = false
     this.subscribe()
@@ -254,7 +205,7 @@ export class Subscription implements EntityReceiver {
   /** Refused: final (forbidden, unauthenticated, …), unless the server failed rather than the request. */
   onSubscriptionError (code: WireErrorCode, message: string): void {
     if (code === WireError.internal) return this.retry()
-    this.state = 'error'
+    this.phase = 'error'
     this.update({ status: 'error', error: { code, message } })
     for (const l of this.listeners) l.onError?.(code, message, this.entityId)
   }
@@ -270,7 +221,7 @@ export class Subscription implements EntityReceiver {
    * TanStack Query cache, are in step when an application's handler runs); nothing when they will not get it.
    */
   onNotification (notification: NotificationMessage, own: boolean, before?: (notification: NotificationMessage) => void): void {
-    if (this.state === 'resuming') return
+    if (this.phase === 'resuming') return
     const { position, payloadType } = notification
     if (payloadType === 'delta') {
       // a feed gets full frames; a patch of its entities is another subscription's
@@ -329,7 +280,7 @@ export class Subscription implements EntityReceiver {
     this.since = this.documentAt
     this.document = undefined
     this.documentAt = undefined
-    if (this.state !== 'subscribed') return
+    if (this.phase !== 'subscribed') return
     this.renewState()
     this.resubscribed = 'patch_failed'
     this.subscribe()
@@ -345,7 +296,7 @@ export class Subscription implements EntityReceiver {
    * a refusal to replay reaches the holders); otherwise the holders refetch. A resume under way answers it too.
    */
   onResync (reason: string): void {
-    if (this.state === 'resuming') return
+    if (this.phase === 'resuming') return
     if (this.since !== undefined && parsePosition(this.since) !== null) {
       this.resubscribed = reason
       this.renewState()
@@ -354,20 +305,6 @@ export class Subscription implements EntityReceiver {
   }
 
   // ------------------------------------------------------------------ internals
-
-  private held (): boolean {
-    return this.listeners.size > 0 || this.watchers.size > 0
-  }
-
-  /** The server holds nothing of it: send it again after a short random delay. */
-  private retry (): void {
-    this.state = 'unsubscribed'
-    clearTimeout(this.retryTimer)
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined
-      if (this.state !== 'released') this.subscribe()
-    }, retryDelay(this.host.random()))
-  }
 
   /**
    * Tells the holders to refetch: once for a burst of resyncs (one gap can be reported several times). `fresh`: a
@@ -380,7 +317,7 @@ export class Subscription implements EntityReceiver {
       this.resyncTimer = undefined
       const stale = this.resyncStale
       this.resyncStale = false
-      if (this.state === 'released') return
+      if (this.phase === 'released') return
       this.update({})
       for (const l of this.listeners) if (stale || l.onSnapshot === undefined) l.onResync?.(reason, this.entityId)
       if (stale) this.host.resynced(this, reason)
@@ -391,10 +328,5 @@ export class Subscription implements EntityReceiver {
   private remember (position: string): string {
     if (this.seen.push(position) > SEEN_POSITIONS) this.seen.shift()
     return position
-  }
-
-  private update (change: Partial<EntitySnapshot<unknown>>, bump = true): void {
-    this.snapshot = { ...this.snapshot, ...change, revision: this.snapshot.revision + (bump ? 1 : 0) }
-    for (const w of this.watchers) w()
   }
 }
