@@ -496,6 +496,31 @@ t.test('a subscription goes through its states as the table in subscription.ts s
   t.same([s.phase, host.releases, lastSent()], ['released', 1, { type: 'unsubscribe', data: { subscriptionId: 'RugbyGameState:m1' } }])
 })
 
+t.test('a subscription asks for the entity\'s state when a holder wants it and after each loss, never again once refused', async (t) => {
+  const host = fakeHost()
+  host.open = true
+  const s = new Subscription('RugbyGameState', 'm1', undefined, host)
+  const asked = (): unknown[] => host.sent.map((m) => m.type === 'subscribe' && 'entityId' in m.data ? [m.data.since, m.data.snapshot] : m.type)
+  s.askSnapshot()
+  s.onOpen(false)
+  s.askSnapshot()
+  t.same(asked(), [[undefined, true]], 'asked once')
+  s.onSubscribed(undefined, { payload: { homeScore: 1 }, version: '1', position: 'n:1' })
+  s.onClose()
+  s.onOpen(true)
+  s.onSubscribed(true)
+  s.onClose()
+  s.onOpen(true)
+  t.same(asked().slice(1), [['n:1', true], ['n:1', true]], 'asked again after each reconnect, replayed or not')
+  s.onBadRequest()
+  s.onBadRequest()
+  t.same(asked().slice(3), [['n:1', undefined]], 'a server that predates snapshots: asked without, once')
+  s.onClose()
+  s.onOpen(true)
+  s.askSnapshot()
+  t.same(asked().slice(4), [['n:1', undefined]], 'and never asked again')
+})
+
 /** A fake of the client's injectable WebSocket constructor: the test opens it and plays the server. */
 function fakeSockets (): { WebSocket: new (url: string) => WebSocketLike, sockets: FakeSocket[] } {
   const sockets: FakeSocket[] = []

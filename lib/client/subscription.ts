@@ -52,6 +52,16 @@ const RESYNC_BURST_MS = 50
 /** how many recent positions are kept to drop a notification delivered again (after a failover) */
 const SEEN_POSITIONS = 64
 
+/**
+ * Where a subscription stands with the entity's state (a snapshot, asked for with a subscribe):
+ * - `unwanted`: no holder takes snapshots (a whole document held is still renewed after a loss: see renewState);
+ * - `wanted`: a holder takes them, and none is due (one came, or the server replayed what was missed);
+ * - `due`: the next subscribe asks for one;
+ * - `sent`: the subscribe on its way asked for one (a `bad_request` to it is a server that predates snapshots);
+ * - `refused`: such a server: the subscription never asks again.
+ */
+type SnapshotAsk = 'unwanted' | 'wanted' | 'due' | 'sent' | 'refused'
+
 /** the snapshot of an entity nobody watches yet, and of a new subscription */
 export const PENDING: EntitySnapshot<never> = Object.freeze<EntitySnapshot<never>>({ status: 'pending', revision: 0 })
 
@@ -69,14 +79,7 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
   private resubscribed: string | undefined
   /** watcher counts were asked for (then every subscribe asks) */
   private counted = false
-  /** a holder takes snapshots */
-  private snapshotAsked = false
-  /** the next subscribe asks for a snapshot */
-  private snapshotDue = false
-  /** the subscribe on its way asked for one */
-  private snapshotSent = false
-  /** the server refused a subscribe with a snapshot as a bad request (it predates them) */
-  private snapshotRefused = false
+  private asking: SnapshotAsk = 'unwanted'
   /** the entity's state as last known (a snapshot, or a whole document, and the changes since): a late holder's start */
   current: EntityState | undefined
   private resyncTimer: ReturnType<typeof setTimeout> | undefined
@@ -101,11 +104,9 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
    * asks for it, and a subscribe on its way without it is sent again with it.
    */
   askSnapshot (): void {
-    if (this.snapshotAsked || this.entityId === FEED) return
-    this.snapshotAsked = true
-    if (this.current !== undefined || this.snapshotRefused) return
-    this.snapshotDue = true
-    if (this.phase === 'subscribing' || this.phase === 'subscribed') this.subscribe()
+    if (this.asking !== 'unwanted' || this.entityId === FEED) return
+    this.asking = this.current === undefined ? 'due' : 'wanted'
+    if (this.asking === 'due' && (this.phase === 'subscribing' || this.phase === 'subscribed')) this.subscribe()
   }
 
   override close (): void {
@@ -139,8 +140,10 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
     if (this.tenantId !== undefined) data.tenantId = this.tenantId
     if (this.since !== undefined) data.since = this.since
     if (this.counted) data.watchers = true
-    this.snapshotSent = this.snapshotDue && !this.snapshotRefused
-    if (this.snapshotSent) data.snapshot = true
+    if (this.asking === 'due' || this.asking === 'sent') {
+      this.asking = 'sent'
+      data.snapshot = true
+    }
     return data
   }
 
@@ -149,17 +152,17 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
     this.phase = this.since === undefined ? 'subscribing' : 'resuming'
   }
 
-  /** Subscribing again after a loss: a subscription that holds a state asks for it afresh. */
+  /** Subscribing again after a loss: a subscription that holds a state (or whose holders take one) asks afresh. */
   private renewState (): void {
-    if (this.entityId !== FEED && (this.snapshotAsked || this.current !== undefined)) this.snapshotDue = true
+    if (this.asking === 'wanted' || (this.asking === 'unwanted' && this.current !== undefined)) this.asking = 'due'
   }
 
   // ------------------------------------------------------------------ frames
 
   onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void {
     this.phase = 'subscribed'
-    this.snapshotSent = false
-    if (recovered === true) this.snapshotDue = false
+    // a state that came, or a replay of what was missed, is what was due; otherwise the next subscribe asks again
+    if (this.asking === 'sent' || this.asking === 'due') this.asking = recovered === true || snapshot !== undefined ? 'wanted' : 'due'
     if (snapshot !== undefined) this.took(snapshot)
     else if (this.snapshot.status !== 'subscribed') this.update({ status: 'subscribed', error: undefined }, false)
     const reason = this.resubscribed
@@ -170,9 +173,8 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
 
   /** `bad_request`: a server that predates snapshots refuses a subscribe that asks for one; ask without. */
   onBadRequest (): void {
-    if (!this.snapshotSent || this.phase === 'released') return
-    this.snapshotRefused = true
-    this.snapshotDue = false
+    if (this.asking !== 'sent' || this.phase === 'released') return
+    this.asking = 'refused'
     this.subscribe()
   }
 
@@ -181,7 +183,6 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
    * starts from; one older than a notification applied meanwhile (outbox positions tell) does not roll it back.
    */
   private took (snapshot: EntitySnapshotData): void {
-    this.snapshotDue = false
     const { position } = snapshot
     if (position === undefined || position === this.since || isAfter(position, this.since)) {
       if ('payload' in snapshot) {
