@@ -10,11 +10,12 @@ import type { AddressInfo } from 'node:net'
 import { once } from 'node:events'
 import Fastify from 'fastify'
 import changefeed from '../lib/index.js'
-import { ChangefeedClient, ClientError, backoffDelay, type Notification, type StateChange, type WebSocketLike } from '../lib/client/index.js'
+import { ChangefeedClient, ClientError, backoffDelay, type Notification, type StateChange } from '../lib/client/index.js'
 import { Subscription, type SubscriptionHost } from '../lib/client/subscription.js'
 import type { ClientMessage } from '../lib/client/frames.js'
 import type { NotificationMessage } from '../lib/protocol/messages.js'
 import { fakeClock, turn } from './unit/fixtures/fakes.js'
+import { fakeSockets } from './unit/fixtures/sockets.js'
 import { startApp } from './helpers/app.js'
 import { TestClient } from './helpers/client.js'
 import { now, signHs256 } from './helpers/tokens.js'
@@ -335,12 +336,9 @@ t.test('a type named in another letter case is matched by the request, and unsub
   const { app, url: wsUrl } = await startApp(t, { databases: [{ name: 'main', url }], discovery: { access: 'public' } })
   const c = client(t, { url: wsUrl })
   const errors: string[] = []
-  const stop = c.subscribe('scoreboard' as never, 'b-1', { onError: (code) => errors.push(code) })
-  const watch = c.watch('scoreboard' as never, 'b-1')
-  const unwatch = watch.subscribe(() => {})
-  t.ok(await until(() => watch.getSnapshot().status === 'subscribed'), 'the reply (named Scoreboard by the server) reaches it')
-  stop()
-  unwatch()
+  const handle = c.subscribe('scoreboard' as never, 'b-1', { onError: (code) => errors.push(code) })
+  t.ok(await until(() => handle.status === 'subscribed'), 'the reply (named Scoreboard by the server) reaches it')
+  handle.close()
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 0), 'and its unsubscribe ends it')
   t.same(errors, [])
 })
@@ -520,33 +518,6 @@ t.test('a subscription asks for the entity\'s state when a holder wants it and a
   s.askSnapshot()
   t.same(asked().slice(4), [['n:1', undefined]], 'and never asked again')
 })
-
-/** A fake of the client's injectable WebSocket constructor: the test opens it and plays the server. */
-function fakeSockets (): { WebSocket: new (url: string) => WebSocketLike, sockets: FakeSocket[] } {
-  const sockets: FakeSocket[] = []
-  return { sockets, WebSocket: class extends FakeSocket { constructor (url: string) { super(url); sockets.push(this) } } }
-}
-
-class FakeSocket implements WebSocketLike {
-  readyState = 0
-  readonly sent: Array<{ type: string, id?: string, data?: Record<string, unknown> }> = []
-  onopen: ((event: unknown) => void) | null = null
-  onclose: ((event: { code: number, reason: string }) => void) | null = null
-  onmessage: ((event: { data: unknown }) => void) | null = null
-  onerror: ((event: unknown) => void) | null = null
-  closedWith: number | undefined
-  constructor (readonly url: string) {}
-  send (data: string): void { this.sent.push(JSON.parse(data)) }
-  close (code = 1000, reason = ''): void {
-    if (this.readyState === 3) return
-    this.readyState = 3
-    this.closedWith = code
-    this.onclose?.({ code, reason })
-  }
-
-  open (): void { this.readyState = 1; this.onopen?.({}) }
-  receive (frame: unknown): void { this.onmessage?.({ data: JSON.stringify(frame) }) }
-}
 
 t.test('connect() while the first socket is still being opened opens no second one', async (t) => {
   const { WebSocket, sockets } = fakeSockets()
