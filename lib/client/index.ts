@@ -14,10 +14,11 @@
  *   comes back online, or is restored from the back/forward cache.
  *
  * The parts: connection.ts (the socket, backoff.ts, credentials.ts, liveness.ts), subscription.ts (one entity's
- * state with the server), query.ts (a live query), batch.ts (requests for many), frames.ts (frames in and out),
- * dispatch.ts (each received frame to what it concerns: the interfaces of receivers.ts, which those classes
- * implement); the protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with
- * the server. Browsers without a bundler load dist/lib/client/browser.js, all of it in one module (`npm run build`).
+ * state with the server; patch-base.ts, a delta type's document) and query.ts (a live query), both held.ts (held by
+ * handles, handle.ts, and retried), batch.ts (requests for many), frames.ts (frames in and out), dispatch.ts (each
+ * received frame to what it concerns: the interfaces of receivers.ts, which those classes implement); the
+ * protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with the server.
+ * Browsers without a bundler load dist/lib/client/browser.js, all of it in one module (`npm run build`).
  */
 import { subscriptionIdOf } from '../protocol/wire.js'
 import { filterIdOf, type Where } from '../protocol/where.js'

@@ -18,22 +18,19 @@
  * While `resuming`, notifications of the entity are dropped: they were written before the server took the resume,
  * and the replay that follows the reply carries them in their place.
  *
- * `delta` types: the subscription keeps the document and the position it stands at, as the server knows them (it
- * sends a patch only on the document it last sent). A patch whose base is not that document, or that does not
- * apply, is never turned into a document: the subscription asks again (with `since` when a position is known;
- * the server's next frame is then full, and with `snapshot`), and unless the server replays what was missed or
- * sends a fresh state, holders resync (`patch_failed`).
+ * `delta` types: a patch that does not apply to the document held (patch-base.ts) makes the subscription ask again
+ * (with `since` when a position is known, the server's next frame is then full, and with `snapshot`); unless the
+ * server replays what was missed or sends a fresh state, holders resync (`patch_failed`).
  *
- * Snapshots: a holder that asks for the entity's state gets it with the `subscribed` reply. A subscription that
- * holds a state (a snapshot, or a whole document) asks for one again whenever it subscribes again after a loss (a
- * reconnect, a resync, a patch that did not apply), with `since`: the server replays what was missed, or sends the
- * state afresh; holders that take snapshots get it instead of a resync. A server that predates snapshots answers
- * `bad_request`: the subscribe is sent again without.
+ * Snapshots (SnapshotAsk): a holder that asks for the entity's state gets it with the `subscribed` reply; after a
+ * loss (a reconnect, a resync, a patch that did not apply) a subscription that holds a state asks again, with
+ * `since`, and the server replays what was missed or sends the state afresh, which holders that take snapshots get
+ * instead of a resync.
  */
 import type { EntitySnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
-import { applyPatch } from '../protocol/patch.js'
 import { Held, type HeldHost } from './held.js'
+import { PatchBase } from './patch-base.js'
 import type { EntityReceiver } from './receivers.js'
 import type { EntitySnapshot, EntityState, SubscriptionEvents } from './types.js'
 
@@ -71,8 +68,7 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
   /** the last position of the entity: sent as `since` on the next subscribe */
   private since: string | undefined
   /** the latest document of the entity (full or patched) and its position: the base of the next patch */
-  private document: unknown
-  private documentAt: string | undefined
+  private readonly base = new PatchBase()
   /** recent positions, of the entity and of a feed's entities alike */
   private readonly seen: string[] = []
   /** why it was sent again (a reconnect, a resync): unless the server recovers what was missed, holders refetch */
@@ -131,11 +127,11 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
   /** Sends the subscribe, with `since` when a position is known so that the server can replay what was missed. */
   override subscribe (): void {
     // replies carry the key as their id: they are matched by it, whatever name the server gives the entity
-    if (this.host.send({ type: 'subscribe', id: this.key, data: this.request() })) this.sent()
+    if (this.host.send({ type: 'subscribe', id: this.key, data: this.request() })) this.phase = this.since === undefined ? 'subscribing' : 'resuming'
   }
 
   /** What a subscribe of it asks for now. */
-  request (): SubscribeOneRequest {
+  private request (): SubscribeOneRequest {
     const data: SubscribeOneRequest = { entityType: this.entityType, entityId: this.entityId }
     if (this.tenantId !== undefined) data.tenantId = this.tenantId
     if (this.since !== undefined) data.since = this.since
@@ -145,11 +141,6 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
       data.snapshot = true
     }
     return data
-  }
-
-  /** Its subscribe went out (alone, or in a request for many). */
-  sent (): void {
-    this.phase = this.since === undefined ? 'subscribing' : 'resuming'
   }
 
   /** Subscribing again after a loss: a subscription that holds a state (or whose holders take one) asks afresh. */
@@ -185,10 +176,7 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
   private took (snapshot: EntitySnapshotData): void {
     const { position } = snapshot
     if (position === undefined || position === this.since || isAfter(position, this.since)) {
-      if ('payload' in snapshot) {
-        this.document = snapshot.payload
-        this.documentAt = position
-      }
+      if ('payload' in snapshot) this.base.hold(snapshot.payload, position)
       if (position !== undefined) this.since = this.remember(position)
       this.current = { ...this.ref(), ...snapshot }
     }
@@ -227,13 +215,13 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
     if (payloadType === 'delta') {
       // a feed gets full frames; a patch of its entities is another subscription's
       if (!own || this.entityId === FEED) return
-      const document = this.patched(notification)
-      if (document === undefined) return
-      notification = { ...notification, payload: document.value }
+      const made = this.base.apply(notification)
+      if (made === null) this.patchFailed()
+      if (made == null) return
+      notification = { ...notification, payload: made.value }
     } else if (payloadType === 'full') {
       // kept even when a repeat: the server's next patch is made on the document it sent last
-      this.document = notification.payload
-      this.documentAt = position
+      this.base.hold(notification.payload, position)
     }
     if (position !== undefined) {
       // delivered again after a failover, or (the entity's own) not after the last one: a repeat
@@ -253,34 +241,13 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
   }
 
   /**
-   * The document a patch makes of the one held, now held in its place; undefined when it is a repeat of the one
-   * held, or does not apply (then the subscription asks again).
-   */
-  private patched ({ position, basePosition, patch }: NotificationMessage): { value: unknown } | undefined {
-    // its full frame came first, on another channel (a feed's)
-    if (position !== undefined && position === this.documentAt) return
-    let value: unknown
-    try {
-      if (basePosition === undefined || basePosition !== this.documentAt || patch === undefined) throw new Error('not the base held')
-      value = applyPatch(this.document, patch)
-    } catch {
-      this.patchFailed()
-      return
-    }
-    this.document = value
-    this.documentAt = position
-    return { value }
-  }
-
-  /**
    * A patch did not apply to the document held: ask again from the last position whose document was whole (the
    * server sends the next one full); holders refetch unless the server replays what was missed. A subscribe on
    * its way already asks.
    */
   private patchFailed (): void {
-    this.since = this.documentAt
-    this.document = undefined
-    this.documentAt = undefined
+    this.since = this.base.at
+    this.base.hold(undefined, undefined)
     if (this.phase !== 'subscribed') return
     this.renewState()
     this.resubscribed = 'patch_failed'
