@@ -5,16 +5,13 @@
  * within one tick go out as one `unsubscribe` with `entityIds`. A subscribe that carries anything of its own
  * (`since`, watcher counts) or names a feed goes alone, as does one with nothing to share a request with.
  */
-import type { SubscribeManyRequest, SubscribeOneRequest, SubscribeRequest, SubscribedMany } from '../protocol/messages.js'
+import type { SubscribeManyRequest, SubscribeOneRequest, SubscribeRequest } from '../protocol/messages.js'
 import { FEED, WireError, parseSubscriptionId, type WireErrorCode } from '../protocol/wire.js'
-import type { ClientMessage } from './protocol.js'
-import type { Subscription } from './subscription.js'
-import type { Static } from 'typebox'
+import type { ClientMessage, SubscribedManyData } from './frames.js'
+import type { BatchReceiver, EntityReceiver } from './receivers.js'
 
 /** the protocol's limit of ids in one request */
 export const MAX_IDS = 1000
-
-type SubscribedManyData = Static<typeof SubscribedMany>['data']
 
 /** The request ids of batches: a subscription's key starts with a type name, which cannot start with '#'. */
 const BATCH_ID = '#'
@@ -27,17 +24,17 @@ export interface BatchSocket {
   writable (): boolean
 }
 
-export class Batcher {
+export class Batcher implements BatchReceiver {
   /** the subscriptions of each request for many on its way, by entity id */
-  private readonly pending = new Map<string, Map<string, Subscription>>()
+  private readonly pending = new Map<string, Map<string, EntityReceiver>>()
   /** within together(): the subscribes held back, by the request they may share */
-  private collected: Map<string, Array<{ subscription: Subscription, data: SubscribeOneRequest }>> | null = null
+  private collected: Map<string, Array<{ subscription: EntityReceiver, data: SubscribeOneRequest }>> | null = null
   /** unsubscribes waiting for the end of the tick, by the type (and tenant) they may share a request with */
   private readonly leaving = new Map<string, Map<string, string>>()
   private leaveTimer: ReturnType<typeof setTimeout> | undefined
   private next = 0
 
-  constructor (private readonly socket: BatchSocket, private readonly subscriptions: ReadonlyMap<string, Subscription>) {}
+  constructor (private readonly socket: BatchSocket, private readonly subscriptions: ReadonlyMap<string, EntityReceiver>) {}
 
   /** Runs `fn`; the subscribes it sends that can share a request go out together when it returns. */
   together (fn: () => void): void {
@@ -121,13 +118,13 @@ export class Batcher {
     this.leaveTimer = undefined
   }
 
-  private take (id: unknown): Map<string, Subscription> | undefined {
+  private take (id: unknown): Map<string, EntityReceiver> | undefined {
     const members = typeof id === 'string' ? this.pending.get(id) : undefined
     if (members !== undefined) this.pending.delete(id as string)
     return members
   }
 
-  private subscribeMany (group: Array<{ subscription: Subscription, data: SubscribeOneRequest }>): void {
+  private subscribeMany (group: Array<{ subscription: EntityReceiver, data: SubscribeOneRequest }>): void {
     const [{ subscription, data: first }] = group
     let request: SubscribeRequest = first
     let id = subscription.key

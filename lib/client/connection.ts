@@ -7,7 +7,7 @@ import { CloseCode, FINAL_CLOSE_CODES } from '../protocol/wire.js'
 import { Backoff } from './backoff.js'
 import { Credentials } from './credentials.js'
 import { Liveness, onPageWake } from './liveness.js'
-import { AUTH_ID, parseServerFrame, type ClientMessage, type ServerFrame } from './protocol.js'
+import { AUTH_ID, parseServerFrame, type ClientMessage, type ServerFrame } from './frames.js'
 import { ChangefeedClientError, ClientError } from './errors.js'
 import type { ClientOptions, ConnectionState, StateChange, Token, WebSocketLike } from './types.js'
 

@@ -14,26 +14,30 @@
  *   comes back online, or is restored from the back/forward cache.
  *
  * The parts: connection.ts (the socket, backoff.ts, credentials.ts, liveness.ts), subscription.ts (one entity's
- * state with the server), query.ts (a live query), batch.ts (requests for many), protocol.ts (frames in and out);
- * the protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with the server. Browsers without a bundler load dist/lib/client/browser.js, all of
- * it in one module (`npm run build`).
+ * state with the server; patch-base.ts, a delta type's document) and query.ts (a live query), both held.ts (held by
+ * handles, handle.ts, and retried), batch.ts (requests for many), frames.ts (frames in and out), dispatch.ts (each
+ * received frame to what it concerns: the interfaces of receivers.ts, which those classes implement); the
+ * protocol's constants and rules are lib/protocol/wire.ts and lib/protocol/where.ts, shared with the server.
+ * Browsers without a bundler load dist/lib/client/browser.js, all of it in one module (`npm run build`).
  */
 import { subscriptionIdOf } from '../protocol/wire.js'
 import { filterIdOf, type Where } from '../protocol/where.js'
 import { Batcher } from './batch.js'
 import { Connection } from './connection.js'
-import { dispatch, type DispatchTarget } from './protocol.js'
+import { dispatch } from './dispatch.js'
+import type { DispatchTarget } from './receivers.js'
+import { handleOf } from './handle.js'
 import { Filter, PENDING_QUERY, type FilterHost } from './query.js'
 import { PENDING, Subscription, type SubscriptionHost } from './subscription.js'
 import type {
-  ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, ExternalStore, LiveQuery, LiveQueryOptions,
-  LiveQueryState, Notification, ResyncListener, StateChange, SubscribeOptions, SubscriptionEvents
+  ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, EntitySubscription, LiveQuery,
+  LiveQueryOptions, LiveQueryState, Notification, ResyncListener, StateChange, SubscribeOptions, SubscriptionEvents
 } from './types.js'
 
 export type {
-  ChangeType, ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, ExternalStore, LiveQuery,
+  ChangeType, ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, EntitySubscription, LiveQuery,
   LiveQueryOptions, LiveQueryState, Notification, ResyncListener, StateChange, SubscribeOptions, SubscriptionEvents,
-  Token, WebSocketLike
+  SubscriptionHandle, Token, WebSocketLike
 } from './types.js'
 export type { Where, WhereScalar } from '../protocol/where.js'
 export type { WireErrorCode } from '../protocol/wire.js'
@@ -138,39 +142,37 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
 
   /**
    * Watches one entity (or with entityId "*" a feed type's every entity). Calls with the same type and id share one
-   * server subscription; the last release sends the unsubscribe (on the next tick, so a release followed at once by
-   * a new subscribe sends nothing). Returns the release.
+   * server subscription; the last handle closed sends the unsubscribe (on the next tick, so a close followed at
+   * once by a new subscribe sends nothing). Returns the handle: its state (`status`, `payload`, `getSnapshot()`),
+   * `onChange()`, and `close()`; the handle is also the function that closes it.
    */
-  subscribe<K extends keyof M & string>(entityType: K, entityId: string, events: SubscriptionEvents<M[K]> = {}, options: SubscribeOptions = {}): () => void {
+  subscribe<K extends keyof M & string>(entityType: K, entityId: string, events: SubscriptionEvents<M[K]> = {}, options: SubscribeOptions = {}): EntitySubscription<M[K]> {
     const subscription = this.hold(entityType, entityId, options.tenantId, options.snapshot === true || events.onSnapshot !== undefined)
     // the entity map is the application's word for what the server sends of this type
     const listener = events as SubscriptionEvents<unknown>
     subscription.listeners.add(listener)
-    if (events.onWatchers !== undefined) subscription.count()
+    if (events.onWatchers !== undefined || options.counted === true) subscription.count()
     // a late holder starts from the state the subscription holds already
     const { current } = subscription
     if (current !== undefined && listener.onSnapshot !== undefined) {
       queueMicrotask(() => { if (subscription.listeners.has(listener)) listener.onSnapshot?.(current) })
     }
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      subscription.listeners.delete(listener)
-      subscription.releaseLater()
-    }
+    const handle = handleOf(subscription, 'payload', () => subscription.listeners.delete(listener))
+    const { onChange } = listener
+    if (onChange !== undefined) handle.onChange((state) => onChange(state, entityId))
+    return handle as EntitySubscription<M[K]>
   }
 
   /**
    * Watches many entities of one type: those not watched yet are asked for in one request (one per 1000 ids), and
    * each is then a subscription of its own, shared and reference-counted as subscribe()'s are (one `events` for
-   * all: a notification names its entity, and so do `onSnapshot`'s state, `onError` and `onResync`). Returns the
-   * release of them all; releases within one tick unsubscribe in one request.
+   * all: a notification names its entity, and so do `onSnapshot`'s state, `onError`, `onResync` and `onChange`).
+   * Returns the release of them all; releases within one tick unsubscribe in one request.
    */
   subscribeMany<K extends keyof M & string>(entityType: K, entityIds: readonly string[], events: SubscriptionEvents<M[K]> = {}, options: SubscribeOptions = {}): () => void {
-    const releases: Array<() => void> = []
-    this.batcher.together(() => { for (const id of new Set(entityIds)) releases.push(this.subscribe(entityType, id, events, options)) })
-    return () => { for (const release of releases) release() }
+    const handles: Array<() => void> = []
+    this.batcher.together(() => { for (const id of new Set(entityIds)) handles.push(this.subscribe(entityType, id, events, options)) })
+    return () => { for (const close of handles) close() }
   }
 
   /**
@@ -181,101 +183,20 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
    * spelled) share one server subscription; the last `close()` unsubscribes.
    */
   subscribeWhere<K extends keyof M & string>(entityType: K, where: Where, options: LiveQueryOptions = {}): LiveQuery<M[K]> {
-    const snapshot = options.snapshot ?? true
     const key = subscriptionIdOf(entityType, filterIdOf(where), options.tenantId)
-    let filter = this.filters.get(key)
-    if (filter === undefined) {
-      filter = new Filter(entityType, where, options.tenantId, snapshot, this.filterHost)
-      this.filters.set(key, filter)
-      filter.subscribe()
-    }
-    filter.hold(snapshot)
-    const held = filter
-    const listeners = new Set<() => void>()
-    let closed = false
+    const filter = this.take(this.filters, key, () => new Filter(entityType, where, options.tenantId, this.filterHost), options.snapshot ?? true)
     // as in subscribe(): the entity map says what the documents are
-    const state = (): LiveQueryState<M[K]> => held.state as LiveQueryState<M[K]>
-    return {
-      subscriptionId: key,
-      get status () { return state().status },
-      get entities () { return state().entities },
-      getSnapshot: state,
-      onChange: (listener) => {
-        const watcher = (): void => listener(state())
-        listeners.add(watcher)
-        held.watchers.add(watcher)
-        return () => { listeners.delete(watcher); held.watchers.delete(watcher) }
-      },
-      close: () => {
-        if (closed) return
-        closed = true
-        for (const watcher of listeners) held.watchers.delete(watcher)
-        held.release()
-      }
-    }
+    return handleOf(filter, 'entities') as LiveQuery<M[K]>
   }
 
-  /** For useSyncExternalStore: a live query while subscribed to (see subscribeWhere). */
-  watchWhere<K extends keyof M & string>(entityType: K, where: Where, options: LiveQueryOptions = {}): ExternalStore<LiveQueryState<M[K]>> {
-    const key = subscriptionIdOf(entityType, filterIdOf(where), options.tenantId)
-    return {
-      subscribe: (onChange) => {
-        const query = this.subscribeWhere(entityType, where, options)
-        const stop = query.onChange(onChange)
-        return () => { stop(); query.close() }
-      },
-      getSnapshot: () => (this.filters.get(key)?.state ?? PENDING_QUERY) as LiveQueryState<M[K]>
-    }
+  /** An entity's state as a handle of subscribe() would read it, without subscribing: pending when nothing holds it. */
+  peek<K extends keyof M & string>(entityType: K, entityId: string, options: { tenantId?: string } = {}): EntitySnapshot<M[K]> {
+    return (this.subscriptions.get(subscriptionIdOf(entityType, entityId, options.tenantId))?.snapshot ?? PENDING) as EntitySnapshot<M[K]>
   }
 
-  /** For useSyncExternalStore: many entities' snapshots by id, in one request (see subscribeMany). */
-  watchMany<K extends keyof M & string>(entityType: K, entityIds: readonly string[], options: SubscribeOptions = {}): ExternalStore<ReadonlyMap<string, EntitySnapshot<M[K]>>> {
-    const ids = [...new Set(entityIds)]
-    let parts: Array<EntitySnapshot<unknown>> = []
-    let snapshots: ReadonlyMap<string, EntitySnapshot<M[K]>> = new Map()
-    return {
-      subscribe: (onChange) => {
-        const held: Subscription[] = []
-        this.batcher.together(() => { for (const id of ids) held.push(this.hold(entityType, id, options.tenantId, options.snapshot === true)) })
-        for (const subscription of held) subscription.watchers.add(onChange)
-        return () => {
-          for (const subscription of held) {
-            subscription.watchers.delete(onChange)
-            subscription.releaseLater()
-          }
-        }
-      },
-      // a new Map only when one of them changed: React compares snapshots by identity
-      getSnapshot: () => {
-        const now = ids.map((id) => this.subscriptions.get(subscriptionIdOf(entityType, id, options.tenantId))?.snapshot ?? PENDING)
-        if (now.length !== parts.length || now.some((s, i) => s !== parts[i])) {
-          parts = now
-          snapshots = new Map(ids.map((id, i) => [id, now[i] as EntitySnapshot<M[K]>]))
-        }
-        return snapshots
-      }
-    }
-  }
-
-  /**
-   * For useSyncExternalStore: subscribe to one entity's snapshot (`counted`: ask for watcher counts; `snapshot`:
-   * start from the entity's state).
-   */
-  watch<K extends keyof M & string>(entityType: K, entityId: string, options: SubscribeOptions = {}): ExternalStore<EntitySnapshot<M[K]>> {
-    const key = subscriptionIdOf(entityType, entityId, options.tenantId)
-    return {
-      subscribe: (onChange) => {
-        const subscription = this.hold(entityType, entityId, options.tenantId, options.snapshot === true)
-        subscription.watchers.add(onChange)
-        if (options.counted === true) subscription.count()
-        return () => {
-          subscription.watchers.delete(onChange)
-          subscription.releaseLater()
-        }
-      },
-      // as in subscribe(): the entity map says what the payload is
-      getSnapshot: () => (this.subscriptions.get(key)?.snapshot ?? PENDING) as EntitySnapshot<M[K]>
-    }
+  /** A live query's state as a handle of subscribeWhere() would read it, without subscribing: pending when nothing holds it. */
+  peekWhere<K extends keyof M & string>(entityType: K, where: Where, options: { tenantId?: string } = {}): LiveQueryState<M[K]> {
+    return (this.filters.get(subscriptionIdOf(entityType, filterIdOf(where), options.tenantId))?.snapshot ?? PENDING_QUERY) as LiveQueryState<M[K]>
   }
 
   /**
@@ -305,20 +226,22 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     this.resyncListeners.clear()
   }
 
-  /**
-   * The subscription of an entity, created (and sent) on first use; a pending release is called off. `snapshot`:
-   * the holder wants the entity's state.
-   */
+  /** The subscription of an entity, held (see take). */
   private hold (entityType: string, entityId: string, tenantId: string | undefined, snapshot: boolean): Subscription {
-    const key = subscriptionIdOf(entityType, entityId, tenantId)
-    let subscription = this.subscriptions.get(key)
-    if (subscription === undefined) {
-      subscription = new Subscription(entityType, entityId, tenantId, this.host)
-      this.subscriptions.set(key, subscription)
-      if (snapshot) subscription.askSnapshot()
-      subscription.subscribe()
-    } else if (snapshot) subscription.askSnapshot()
-    subscription.hold()
-    return subscription
+    return this.take(this.subscriptions, subscriptionIdOf(entityType, entityId, tenantId), () => new Subscription(entityType, entityId, tenantId, this.host), snapshot)
+  }
+
+  /**
+   * Holds the subscription (or filter) of `key`, made and sent on first use; a pending release is called off.
+   * `snapshot`: the holder wants the state there is.
+   */
+  private take<H extends Subscription | Filter> (all: Map<string, H>, key: string, make: () => H, snapshot: boolean): H {
+    let held = all.get(key)
+    const fresh = held === undefined
+    if (held === undefined) all.set(key, held = make())
+    if (snapshot) held.askSnapshot()
+    if (fresh) held.subscribe()
+    held.hold()
+    return held
   }
 }

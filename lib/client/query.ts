@@ -11,15 +11,11 @@
 import type { FeedSnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
 import { filterIdOf, type Where } from '../protocol/where.js'
-import { retryDelay } from './backoff.js'
-import type { ClientMessage } from './protocol.js'
+import { Held, type HeldHost } from './held.js'
+import type { FilterReceiver } from './receivers.js'
 import type { EntityState, LiveQueryState } from './types.js'
 
-export interface FilterHost {
-  send (message: ClientMessage): boolean
-  random (): number
-  /** the last handle left and the unsubscribe is sent: forget it */
-  released (filter: Filter): void
+export interface FilterHost extends HeldHost {
   /** the snapshot's entities (the client tells its every-snapshot listeners) */
   snapshotted (state: EntityState): void
 }
@@ -27,53 +23,23 @@ export interface FilterHost {
 /** the state of a live query the server has not answered yet */
 export const PENDING_QUERY: LiveQueryState<never> = Object.freeze<LiveQueryState<never>>({ status: 'pending', entities: new Map<string, never>(), revision: 0 })
 
-export class Filter {
-  readonly key: string
-  /** handles' change listeners (and React's) */
-  readonly watchers = new Set<() => void>()
-  state: LiveQueryState<unknown> = PENDING_QUERY
-  /** unsubscribed, subscribing (the reply brings the snapshot: notifications wait for it), subscribed, error, released */
-  private phase: 'unsubscribed' | 'subscribing' | 'subscribed' | 'error' | 'released' = 'unsubscribed'
-  private handles = 0
-  private snapshotAsked: boolean
-  private releaseTimer: ReturnType<typeof setTimeout> | undefined
-  private retryTimer: ReturnType<typeof setTimeout> | undefined
+/** Never `resuming`: while `subscribing` with a snapshot asked for, notifications wait for the reply (it holds them). */
+export class Filter extends Held<LiveQueryState<unknown>> implements FilterReceiver {
+  /** a handle wants the matches there are (a snapshot), not only those that change from now on */
+  private snapshotAsked = false
 
-  constructor (readonly entityType: string, readonly where: Where, readonly tenantId: string | undefined, snapshot: boolean, private readonly host: FilterHost) {
-    this.key = subscriptionIdOf(entityType, filterIdOf(where), tenantId)
-    this.snapshotAsked = snapshot
+  constructor (readonly entityType: string, readonly where: Where, readonly tenantId: string | undefined, protected override readonly host: FilterHost) {
+    super(subscriptionIdOf(entityType, filterIdOf(where), tenantId), PENDING_QUERY, host)
   }
 
-  hold (snapshot: boolean): void {
-    this.handles++
-    clearTimeout(this.releaseTimer)
-    this.releaseTimer = undefined
-    // a handle that wants the matches now, on a filter that started without them
-    if (snapshot && !this.snapshotAsked) {
-      this.snapshotAsked = true
-      if (this.phase === 'subscribed' || this.phase === 'subscribing') this.subscribe()
-    }
+  /** A handle wants the matches now: on a filter that started without them, they are asked for. */
+  askSnapshot (): void {
+    if (this.snapshotAsked) return
+    this.snapshotAsked = true
+    if (this.phase === 'subscribed' || this.phase === 'subscribing') this.subscribe()
   }
 
-  /** A handle closed; the last one's leaving unsubscribes on the next tick (a new handle meanwhile calls it off). */
-  release (): void {
-    if (--this.handles > 0 || this.releaseTimer !== undefined || this.phase === 'released') return
-    this.releaseTimer = setTimeout(() => {
-      this.releaseTimer = undefined
-      if (this.handles > 0) return
-      this.close()
-      this.host.released(this)
-      this.host.send({ type: 'unsubscribe', data: { subscriptionId: this.key } })
-    }, 0)
-  }
-
-  close (): void {
-    this.phase = 'released'
-    clearTimeout(this.releaseTimer)
-    clearTimeout(this.retryTimer)
-  }
-
-  subscribe (): void {
+  override subscribe (): void {
     const data: SubscribeOneRequest = { entityType: this.entityType, entityId: FEED, where: this.where }
     if (this.tenantId !== undefined) data.tenantId = this.tenantId
     if (this.snapshotAsked) data.snapshot = true
@@ -84,12 +50,6 @@ export class Filter {
     // without a snapshot to replace them, the matches held may be stale: start again from none
     if (reconnected && !this.snapshotAsked) this.update({ entities: new Map() })
     this.subscribe()
-  }
-
-  onClose (): void {
-    if (this.phase === 'released') return
-    clearTimeout(this.retryTimer)
-    this.phase = 'unsubscribed'
   }
 
   onSubscribed (snapshot: FeedSnapshotData | undefined): void {
@@ -121,24 +81,10 @@ export class Filter {
   onNotification (notification: NotificationMessage): void {
     if (this.phase !== 'subscribed' && (this.phase !== 'subscribing' || this.snapshotAsked)) return
     const { entityId, changeType, payload } = notification
-    const entities = new Map(this.state.entities)
+    const entities = new Map(this.snapshot.entities)
     if (changeType === 'left' || changeType === 'deleted' || payload === null) entities.delete(entityId)
     else if (payload !== undefined && (changeType === 'entered' || changeType === 'updated' || changeType === 'created')) entities.set(entityId, payload)
     else return
     this.update({ entities })
-  }
-
-  private retry (): void {
-    this.phase = 'unsubscribed'
-    clearTimeout(this.retryTimer)
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined
-      if (this.phase !== 'released') this.subscribe()
-    }, retryDelay(this.host.random()))
-  }
-
-  private update (change: Partial<LiveQueryState<unknown>>): void {
-    this.state = { ...this.state, ...change, revision: this.state.revision + 1 }
-    for (const w of this.watchers) w()
   }
 }

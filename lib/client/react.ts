@@ -1,12 +1,34 @@
 /**
  * React bindings on useSyncExternalStore: one client (one socket) per app through a provider; hooks that subscribe
  * while mounted. StrictMode's mount/unmount/mount sends one subscribe and no unsubscribe (the client releases a
- * subscription on the next tick only).
+ * subscription on the next tick only). The stores the hooks read are made here of the client's handles; a store
+ * reads the state before it subscribes (`peek`), so a component that mounts on an entity others hold already renders
+ * its state at once.
  */
 import { createContext, createElement, useContext, useEffect, useMemo, useRef, useSyncExternalStore, type ReactNode } from 'react'
 import type {
-  ChangefeedClient, ConnectionState, EntityMap, EntitySnapshot, LiveQueryOptions, LiveQueryState, Notification, Where
+  ChangefeedClient, ConnectionState, EntityMap, EntitySnapshot, LiveQueryOptions, LiveQueryState, Notification, SubscribeOptions, Where
 } from './index.js'
+
+/** The store React's useSyncExternalStore reads. */
+export interface ExternalStore<S> {
+  subscribe: (onChange: () => void) => () => void
+  getSnapshot: () => S
+}
+
+function useStore<S> (store: ExternalStore<S>): S {
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
+}
+
+/** One entity's state while subscribed to (`counted`: with watcher counts; `snapshot`: from the entity's state). */
+function useEntityStore<M extends EntityMap, K extends keyof M & string> (client: ChangefeedClient<M>, entityType: K, entityId: string, options: SubscribeOptions): EntitySnapshot<M[K]> {
+  const { tenantId, snapshot, counted } = options
+  const store = useMemo((): ExternalStore<EntitySnapshot<M[K]>> => ({
+    subscribe: (onChange) => client.subscribe(entityType, entityId, { onChange }, { tenantId, snapshot, counted }),
+    getSnapshot: () => client.peek(entityType, entityId, { tenantId })
+  }), [client, entityType, entityId, tenantId, snapshot, counted])
+  return useStore(store)
+}
 
 /** A client of any entity map: `ChangefeedClient<Entities>` is one (the entity map only narrows what it is asked). */
 const ClientContext = createContext<ChangefeedClient<EntityMap> | null>(null)
@@ -31,10 +53,7 @@ export function useChangefeedClient<M extends EntityMap = EntityMap> (): Changef
 export function useEntitySubscription<M extends EntityMap = EntityMap, K extends keyof M & string = keyof M & string> (
   entityType: K, entityId: string, onNotification?: (notification: Notification<M[K]>) => void, options: { tenantId?: string, snapshot?: boolean } = {}
 ): EntitySnapshot<M[K]> {
-  const client = useChangefeedClient<M>()
-  const { tenantId, snapshot: initial } = options
-  const store = useMemo(() => client.watch(entityType, entityId, { tenantId, snapshot: initial }), [client, entityType, entityId, tenantId, initial])
-  const snapshot = useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
+  const snapshot = useEntityStore(useChangefeedClient<M>(), entityType, entityId, options)
   const handler = useRef(onNotification)
   handler.current = onNotification
   const seen = useRef<Notification<M[K]> | undefined>(undefined)
@@ -69,8 +88,24 @@ export function useEntities<M extends EntityMap = EntityMap, K extends keyof M &
   const { tenantId } = options
   // ids hold no control characters: joined with one, they name the list whatever array holds them
   const ids = entityIds.join('\u0000')
-  const store = useMemo(() => client.watchMany(entityType, ids === '' ? [] : ids.split('\u0000'), { tenantId, snapshot: true }), [client, entityType, ids, tenantId])
-  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
+  const store = useMemo((): ExternalStore<ReadonlyMap<string, EntitySnapshot<M[K]>>> => {
+    const list = ids === '' ? [] : [...new Set(ids.split('\u0000'))]
+    let parts: Array<EntitySnapshot<M[K]>> = []
+    let snapshots: ReadonlyMap<string, EntitySnapshot<M[K]>> = new Map()
+    return {
+      subscribe: (onChange) => client.subscribeMany(entityType, list, { onChange }, { tenantId, snapshot: true }),
+      // a new Map only when one of them changed: React compares snapshots by identity
+      getSnapshot: () => {
+        const now = list.map((id) => client.peek(entityType, id, { tenantId }))
+        if (now.length !== parts.length || now.some((s, i) => s !== parts[i])) {
+          parts = now
+          snapshots = new Map(list.map((id, i) => [id, now[i]]))
+        }
+        return snapshots
+      }
+    }
+  }, [client, entityType, ids, tenantId])
+  return useStore(store)
 }
 
 /**
@@ -84,16 +119,23 @@ export function useLiveQuery<M extends EntityMap = EntityMap, K extends keyof M 
   const { tenantId, snapshot } = options
   // a new object each render with the same conditions is the same query
   const conditions = JSON.stringify(where)
-  const store = useMemo(() => client.watchWhere(entityType, JSON.parse(conditions) as Where, { tenantId, snapshot }), [client, entityType, conditions, tenantId, snapshot])
-  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
+  const store = useMemo((): ExternalStore<LiveQueryState<M[K]>> => {
+    const query = JSON.parse(conditions) as Where
+    return {
+      subscribe: (onChange) => {
+        const handle = client.subscribeWhere(entityType, query, { tenantId, snapshot })
+        handle.onChange(onChange)
+        return handle
+      },
+      getSnapshot: () => client.peekWhere(entityType, query, { tenantId })
+    }
+  }, [client, entityType, conditions, tenantId, snapshot])
+  return useStore(store)
 }
 
 /** "N watching": the number of sockets watching the entity across the cluster (undefined until known). */
 export function useWatcherCount (entityType: string, entityId: string, options: { tenantId?: string } = {}): number | undefined {
-  const client = useChangefeedClient()
-  const { tenantId } = options
-  const store = useMemo(() => client.watch(entityType, entityId, { counted: true, tenantId }), [client, entityType, entityId, tenantId])
-  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot).watchers
+  return useEntityStore(useChangefeedClient(), entityType, entityId, { tenantId: options.tenantId, counted: true }).watchers
 }
 
 /** The connection state: idle, connecting, open, reconnecting, unauthorized, closed. */

@@ -18,39 +18,28 @@
  * While `resuming`, notifications of the entity are dropped: they were written before the server took the resume,
  * and the replay that follows the reply carries them in their place.
  *
- * `delta` types: the subscription keeps the document and the position it stands at, as the server knows them (it
- * sends a patch only on the document it last sent). A patch whose base is not that document, or that does not
- * apply, is never turned into a document: the subscription asks again (with `since` when a position is known;
- * the server's next frame is then full, and with `snapshot`), and unless the server replays what was missed or
- * sends a fresh state, holders resync (`patch_failed`).
+ * `delta` types: a patch that does not apply to the document held (patch-base.ts) makes the subscription ask again
+ * (with `since` when a position is known, the server's next frame is then full, and with `snapshot`); unless the
+ * server replays what was missed or sends a fresh state, holders resync (`patch_failed`).
  *
- * Snapshots: a holder that asks for the entity's state gets it with the `subscribed` reply. A subscription that
- * holds a state (a snapshot, or a whole document) asks for one again whenever it subscribes again after a loss (a
- * reconnect, a resync, a patch that did not apply), with `since`: the server replays what was missed, or sends the
- * state afresh; holders that take snapshots get it instead of a resync. A server that predates snapshots answers
- * `bad_request`: the subscribe is sent again without.
+ * Snapshots (SnapshotAsk): a holder that asks for the entity's state gets it with the `subscribed` reply; after a
+ * loss (a reconnect, a resync, a patch that did not apply) a subscription that holds a state asks again, with
+ * `since`, and the server replays what was missed or sends the state afresh, which holders that take snapshots get
+ * instead of a resync.
  */
 import type { EntitySnapshotData, NotificationMessage, SubscribeOneRequest } from '../protocol/messages.js'
 import { FEED, WireError, isAfter, parsePosition, subscriptionIdOf, type WireErrorCode } from '../protocol/wire.js'
-import { applyPatch } from '../protocol/patch.js'
-import { retryDelay } from './backoff.js'
-import type { ClientMessage } from './protocol.js'
+import { Held, type HeldHost } from './held.js'
+import { PatchBase } from './patch-base.js'
+import type { EntityReceiver } from './receivers.js'
 import type { EntitySnapshot, EntityState, SubscriptionEvents } from './types.js'
 
-export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'resuming' | 'subscribed' | 'error' | 'released'
-
 /** What a subscription needs of its client. */
-export interface SubscriptionHost {
-  /** sends a frame; false when the socket is not open (the subscription is sent again when it opens) */
-  send (message: ClientMessage): boolean
+export interface SubscriptionHost extends HeldHost {
   /** the client's origin id: notifications carrying it are its own writes */
   readonly origin: string
-  /** [0, 1), for the jitter of a retry */
-  random (): number
   /** a resync reached this subscription's holders (the client tells its every-resync listeners) */
   resynced (subscription: Subscription, reason: string): void
-  /** the last holder left and the unsubscribe is sent: forget it */
-  released (subscription: Subscription): void
   /** a snapshot reached this subscription's holders (the client tells its every-snapshot listeners) */
   snapshotted (state: EntityState): void
 }
@@ -60,71 +49,44 @@ const RESYNC_BURST_MS = 50
 /** how many recent positions are kept to drop a notification delivered again (after a failover) */
 const SEEN_POSITIONS = 64
 
+/**
+ * Where a subscription stands with the entity's state (a snapshot, asked for with a subscribe):
+ * - `unwanted`: no holder takes snapshots (a whole document held is still renewed after a loss: see renewState);
+ * - `wanted`: a holder takes them, and none is due (one came, or the server replayed what was missed);
+ * - `due`: the next subscribe asks for one;
+ * - `sent`: the subscribe on its way asked for one (a `bad_request` to it is a server that predates snapshots);
+ * - `refused`: such a server: the subscription never asks again.
+ */
+type SnapshotAsk = 'unwanted' | 'wanted' | 'due' | 'sent' | 'refused'
+
 /** the snapshot of an entity nobody watches yet, and of a new subscription */
 export const PENDING: EntitySnapshot<never> = Object.freeze<EntitySnapshot<never>>({ status: 'pending', revision: 0 })
 
-export class Subscription {
-  state: SubscriptionState = 'unsubscribed'
-  /** the server's subscriptionId, and the request id of every subscribe */
-  readonly key: string
-  /** subscribe() callers */
+export class Subscription extends Held<EntitySnapshot<unknown>> implements EntityReceiver {
+  /** subscribe() callers' events */
   readonly listeners = new Set<SubscriptionEvents<unknown>>()
-  /** React's subscribers to the snapshot (watch()) */
-  readonly watchers = new Set<() => void>()
-  snapshot: EntitySnapshot<unknown> = PENDING
   /** the last position of the entity: sent as `since` on the next subscribe */
   private since: string | undefined
   /** the latest document of the entity (full or patched) and its position: the base of the next patch */
-  private document: unknown
-  private documentAt: string | undefined
+  private readonly base = new PatchBase()
   /** recent positions, of the entity and of a feed's entities alike */
   private readonly seen: string[] = []
   /** why it was sent again (a reconnect, a resync): unless the server recovers what was missed, holders refetch */
   private resubscribed: string | undefined
   /** watcher counts were asked for (then every subscribe asks) */
   private counted = false
-  /** a holder takes snapshots */
-  private snapshotAsked = false
-  /** the next subscribe asks for a snapshot */
-  private snapshotDue = false
-  /** the subscribe on its way asked for one */
-  private snapshotSent = false
-  /** the server refused a subscribe with a snapshot as a bad request (it predates them) */
-  private snapshotRefused = false
+  private asking: SnapshotAsk = 'unwanted'
   /** the entity's state as last known (a snapshot, or a whole document, and the changes since): a late holder's start */
   current: EntityState | undefined
-  private releaseTimer: ReturnType<typeof setTimeout> | undefined
-  private retryTimer: ReturnType<typeof setTimeout> | undefined
   private resyncTimer: ReturnType<typeof setTimeout> | undefined
   /** a resync of the burst under way brought no fresh state */
   private resyncStale = false
 
-  constructor (readonly entityType: string, readonly entityId: string, readonly tenantId: string | undefined, private readonly host: SubscriptionHost) {
-    this.key = subscriptionIdOf(entityType, entityId, tenantId)
+  constructor (readonly entityType: string, readonly entityId: string, readonly tenantId: string | undefined, protected override readonly host: SubscriptionHost) {
+    super(subscriptionIdOf(entityType, entityId, tenantId), PENDING, host)
   }
 
   // ------------------------------------------------------------------ holders
-
-  /** Someone holds it (again): a pending release is called off. */
-  hold (): void {
-    clearTimeout(this.releaseTimer)
-    this.releaseTimer = undefined
-  }
-
-  /**
-   * A holder left. The last one's leaving unsubscribes on the next tick, so that a release followed at once by a
-   * new hold (React StrictMode's unmount and mount) sends nothing.
-   */
-  releaseLater (): void {
-    if (this.held() || this.releaseTimer !== undefined || this.state === 'released') return
-    this.releaseTimer = setTimeout(() => {
-      this.releaseTimer = undefined
-      if (this.held()) return
-      this.close()
-      this.host.released(this)
-      this.host.send({ type: 'unsubscribe', data: { subscriptionId: this.key } })
-    }, 0)
-  }
 
   /** Asks for watcher counts: subscribing again is idempotent on the server, and this time it asks for counts too. */
   count (): void {
@@ -138,18 +100,13 @@ export class Subscription {
    * asks for it, and a subscribe on its way without it is sent again with it.
    */
   askSnapshot (): void {
-    if (this.snapshotAsked || this.entityId === FEED) return
-    this.snapshotAsked = true
-    if (this.current !== undefined || this.snapshotRefused) return
-    this.snapshotDue = true
-    if (this.state === 'subscribing' || this.state === 'subscribed') this.subscribe()
+    if (this.asking !== 'unwanted' || this.entityId === FEED) return
+    this.asking = this.current === undefined ? 'due' : 'wanted'
+    if (this.asking === 'due' && (this.phase === 'subscribing' || this.phase === 'subscribed')) this.subscribe()
   }
 
-  /** Stops every timer; the subscription is dead (the client was destroyed, or it was released). */
-  close (): void {
-    this.state = 'released'
-    clearTimeout(this.releaseTimer)
-    clearTimeout(this.retryTimer)
+  override close (): void {
+    super.close()
     clearTimeout(this.resyncTimer)
   }
 
@@ -162,52 +119,41 @@ export class Subscription {
     this.subscribe()
   }
 
-  /** The socket closed: the server holds nothing of it any more (a pending retry would be sent on no socket). */
-  onClose (): void {
-    if (this.state === 'released') return
-    clearTimeout(this.retryTimer)
-    this.retryTimer = undefined
-    this.state = 'unsubscribed'
-  }
-
   /** Signed in (again): a subscription refused for want of it is asked for once more. */
   onSignedIn (): void {
-    if (this.state === 'error' && this.snapshot.error?.code === WireError.unauthenticated) this.subscribe()
+    if (this.phase === 'error' && this.snapshot.error?.code === WireError.unauthenticated) this.subscribe()
   }
 
   /** Sends the subscribe, with `since` when a position is known so that the server can replay what was missed. */
-  subscribe (): void {
+  override subscribe (): void {
     // replies carry the key as their id: they are matched by it, whatever name the server gives the entity
-    if (this.host.send({ type: 'subscribe', id: this.key, data: this.request() })) this.sent()
+    if (this.host.send({ type: 'subscribe', id: this.key, data: this.request() })) this.phase = this.since === undefined ? 'subscribing' : 'resuming'
   }
 
   /** What a subscribe of it asks for now. */
-  request (): SubscribeOneRequest {
+  private request (): SubscribeOneRequest {
     const data: SubscribeOneRequest = { entityType: this.entityType, entityId: this.entityId }
     if (this.tenantId !== undefined) data.tenantId = this.tenantId
     if (this.since !== undefined) data.since = this.since
     if (this.counted) data.watchers = true
-    this.snapshotSent = this.snapshotDue && !this.snapshotRefused
-    if (this.snapshotSent) data.snapshot = true
+    if (this.asking === 'due' || this.asking === 'sent') {
+      this.asking = 'sent'
+      data.snapshot = true
+    }
     return data
   }
 
-  /** Its subscribe went out (alone, or in a request for many). */
-  sent (): void {
-    this.state = this.since === undefined ? 'subscribing' : 'resuming'
-  }
-
-  /** Subscribing again after a loss: a subscription that holds a state asks for it afresh. */
+  /** Subscribing again after a loss: a subscription that holds a state (or whose holders take one) asks afresh. */
   private renewState (): void {
-    if (this.entityId !== FEED && (this.snapshotAsked || this.current !== undefined)) this.snapshotDue = true
+    if (this.asking === 'wanted' || (this.asking === 'unwanted' && this.current !== undefined)) this.asking = 'due'
   }
 
   // ------------------------------------------------------------------ frames
 
   onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void {
-    this.state = 'subscribed'
-    this.snapshotSent = false
-    if (recovered === true) this.snapshotDue = false
+    this.phase = 'subscribed'
+    // a state that came, or a replay of what was missed, is what was due; otherwise the next subscribe asks again
+    if (this.asking === 'sent' || this.asking === 'due') this.asking = recovered === true || snapshot !== undefined ? 'wanted' : 'due'
     if (snapshot !== undefined) this.took(snapshot)
     else if (this.snapshot.status !== 'subscribed') this.update({ status: 'subscribed', error: undefined }, false)
     const reason = this.resubscribed
@@ -218,9 +164,8 @@ export class Subscription {
 
   /** `bad_request`: a server that predates snapshots refuses a subscribe that asks for one; ask without. */
   onBadRequest (): void {
-    if (!this.snapshotSent || this.state === 'released') return
-    this.snapshotRefused = true
-    this.snapshotDue = false
+    if (this.asking !== 'sent' || this.phase === 'released') return
+    this.asking = 'refused'
     this.subscribe()
   }
 
@@ -229,13 +174,9 @@ export class Subscription {
    * starts from; one older than a notification applied meanwhile (outbox positions tell) does not roll it back.
    */
   private took (snapshot: EntitySnapshotData): void {
-    this.snapshotDue = false
     const { position } = snapshot
     if (position === undefined || position === this.since || isAfter(position, this.since)) {
-      if ('payload' in snapshot) {
-        this.document = snapshot.payload
-        this.documentAt = position
-      }
+      if ('payload' in snapshot) this.base.hold(snapshot.payload, position)
       if (position !== undefined) this.since = this.remember(position)
       this.current = { ...this.ref(), ...snapshot }
     }
@@ -253,7 +194,7 @@ export class Subscription {
   /** Refused: final (forbidden, unauthenticated, …), unless the server failed rather than the request. */
   onSubscriptionError (code: WireErrorCode, message: string): void {
     if (code === WireError.internal) return this.retry()
-    this.state = 'error'
+    this.phase = 'error'
     this.update({ status: 'error', error: { code, message } })
     for (const l of this.listeners) l.onError?.(code, message, this.entityId)
   }
@@ -269,18 +210,18 @@ export class Subscription {
    * TanStack Query cache, are in step when an application's handler runs); nothing when they will not get it.
    */
   onNotification (notification: NotificationMessage, own: boolean, before?: (notification: NotificationMessage) => void): void {
-    if (this.state === 'resuming') return
+    if (this.phase === 'resuming') return
     const { position, payloadType } = notification
     if (payloadType === 'delta') {
       // a feed gets full frames; a patch of its entities is another subscription's
       if (!own || this.entityId === FEED) return
-      const document = this.patched(notification)
-      if (document === undefined) return
-      notification = { ...notification, payload: document.value }
+      const made = this.base.apply(notification)
+      if (made === null) this.patchFailed()
+      if (made == null) return
+      notification = { ...notification, payload: made.value }
     } else if (payloadType === 'full') {
       // kept even when a repeat: the server's next patch is made on the document it sent last
-      this.document = notification.payload
-      this.documentAt = position
+      this.base.hold(notification.payload, position)
     }
     if (position !== undefined) {
       // delivered again after a failover, or (the entity's own) not after the last one: a repeat
@@ -300,35 +241,14 @@ export class Subscription {
   }
 
   /**
-   * The document a patch makes of the one held, now held in its place; undefined when it is a repeat of the one
-   * held, or does not apply (then the subscription asks again).
-   */
-  private patched ({ position, basePosition, patch }: NotificationMessage): { value: unknown } | undefined {
-    // its full frame came first, on another channel (a feed's)
-    if (position !== undefined && position === this.documentAt) return
-    let value: unknown
-    try {
-      if (basePosition === undefined || basePosition !== this.documentAt || patch === undefined) throw new Error('not the base held')
-      value = applyPatch(this.document, patch)
-    } catch {
-      this.patchFailed()
-      return
-    }
-    this.document = value
-    this.documentAt = position
-    return { value }
-  }
-
-  /**
    * A patch did not apply to the document held: ask again from the last position whose document was whole (the
    * server sends the next one full); holders refetch unless the server replays what was missed. A subscribe on
    * its way already asks.
    */
   private patchFailed (): void {
-    this.since = this.documentAt
-    this.document = undefined
-    this.documentAt = undefined
-    if (this.state !== 'subscribed') return
+    this.since = this.base.at
+    this.base.hold(undefined, undefined)
+    if (this.phase !== 'subscribed') return
     this.renewState()
     this.resubscribed = 'patch_failed'
     this.subscribe()
@@ -344,7 +264,7 @@ export class Subscription {
    * a refusal to replay reaches the holders); otherwise the holders refetch. A resume under way answers it too.
    */
   onResync (reason: string): void {
-    if (this.state === 'resuming') return
+    if (this.phase === 'resuming') return
     if (this.since !== undefined && parsePosition(this.since) !== null) {
       this.resubscribed = reason
       this.renewState()
@@ -353,20 +273,6 @@ export class Subscription {
   }
 
   // ------------------------------------------------------------------ internals
-
-  private held (): boolean {
-    return this.listeners.size > 0 || this.watchers.size > 0
-  }
-
-  /** The server holds nothing of it: send it again after a short random delay. */
-  private retry (): void {
-    this.state = 'unsubscribed'
-    clearTimeout(this.retryTimer)
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined
-      if (this.state !== 'released') this.subscribe()
-    }, retryDelay(this.host.random()))
-  }
 
   /**
    * Tells the holders to refetch: once for a burst of resyncs (one gap can be reported several times). `fresh`: a
@@ -379,7 +285,7 @@ export class Subscription {
       this.resyncTimer = undefined
       const stale = this.resyncStale
       this.resyncStale = false
-      if (this.state === 'released') return
+      if (this.phase === 'released') return
       this.update({})
       for (const l of this.listeners) if (stale || l.onSnapshot === undefined) l.onResync?.(reason, this.entityId)
       if (stale) this.host.resynced(this, reason)
@@ -390,10 +296,5 @@ export class Subscription {
   private remember (position: string): string {
     if (this.seen.push(position) > SEEN_POSITIONS) this.seen.shift()
     return position
-  }
-
-  private update (change: Partial<EntitySnapshot<unknown>>, bump = true): void {
-    this.snapshot = { ...this.snapshot, ...change, revision: this.snapshot.revision + (bump ? 1 : 0) }
-    for (const w of this.watchers) w()
   }
 }

@@ -62,9 +62,14 @@ export interface SubscriptionEvents<T> {
   onResync?: (reason: string, entityId: string) => void
   /** the server refused the subscription (code: forbidden, unauthenticated, unknown_entity_type, …) */
   onError?: (code: WireErrorCode, message: string, entityId: string) => void
+  /** after every change of the entity's state as the handle's `getSnapshot()` reads it (status, document, counts…) */
+  onChange?: (state: EntitySnapshot<T>, entityId: string) => void
 }
 
-/** The latest state of one watched entity, as React reads it. Replaced (never mutated) on each change. */
+/**
+ * The latest state of one watched entity, as a handle's `getSnapshot()` (and React) reads it. Replaced (never
+ * mutated) on each change.
+ */
 export interface EntitySnapshot<T> {
   status: 'pending' | 'subscribed' | 'error'
   notification?: Notification<T>
@@ -155,7 +160,7 @@ export interface LiveQueryOptions {
   snapshot?: boolean
 }
 
-/** A live query's state, as React reads it. Replaced (never mutated) on each change. */
+/** A live query's state, as its handle's `getSnapshot()` (and React) reads it. Replaced (never mutated) on each change. */
 export interface LiveQueryState<T> {
   /** pending until the server answers; ready: `entities` holds every match; error: refused (see `error`) */
   status: 'pending' | 'ready' | 'error'
@@ -166,22 +171,31 @@ export interface LiveQueryState<T> {
   revision: number
 }
 
-/** The handle of a live query (`client.subscribeWhere`). */
-export interface LiveQuery<T> {
-  /** the server's subscriptionId of the filter: `<type>:*{…canonical conditions…}` */
+/**
+ * What `subscribe()` and `subscribeWhere()` hand out: the state now, its changes, and the end of it. The handle is
+ * also the function that closes it (`const stop = client.subscribe(…)`, then `stop()`).
+ */
+export interface SubscriptionHandle<S extends { status: string }> {
+  (): void
+  /** the server's subscriptionId: `<type>:<id>` (an entity), `<type>:*{…canonical conditions…}` (a live query) */
   readonly subscriptionId: string
-  readonly status: LiveQueryState<T>['status']
-  /** the matching entities now (a new Map after each change) */
-  readonly entities: ReadonlyMap<string, T>
-  getSnapshot (): LiveQueryState<T>
+  readonly status: S['status']
+  /** the state now (the same object until it changes) */
+  getSnapshot (): S
   /** Called after every change; returns the function that stops it. */
-  onChange (listener: (state: LiveQueryState<T>) => void): () => void
-  /** Stops this handle; the last handle of a filter unsubscribes (on the next tick). Safe to call twice. */
+  onChange (listener: (state: S) => void): () => void
+  /** Stops this handle; the last handle of a subscription unsubscribes (on the next tick). Safe to call twice. */
   close (): void
 }
 
-/** The store React's useSyncExternalStore reads. */
-export interface ExternalStore<S> {
-  subscribe: (onChange: () => void) => () => void
-  getSnapshot: () => S
+/** The handle of one entity's subscription (`client.subscribe`). */
+export interface EntitySubscription<T> extends SubscriptionHandle<EntitySnapshot<T>> {
+  /** the latest document (`full` and `delta` types; null: none), undefined until known */
+  readonly payload: T | null | undefined
+}
+
+/** The handle of a live query (`client.subscribeWhere`). */
+export interface LiveQuery<T> extends SubscriptionHandle<LiveQueryState<T>> {
+  /** the matching entities now (a new Map after each change) */
+  readonly entities: ReadonlyMap<string, T>
 }

@@ -107,8 +107,7 @@ export class Receiver {
   async start (): Promise<void> {
     this.client.connect()
     const deadline = Date.now() + 30_000
-    const snapshots = [...this.entities.keys()].map((id) => this.client.watch(TYPE, id))
-    while (!snapshots.every((s) => s.getSnapshot().status === 'subscribed')) {
+    while (![...this.entities.keys()].every((id) => this.client.peek(TYPE, id).status === 'subscribed')) {
       if (Date.now() > deadline) throw new Error(`watcher ${this.index}: subscriptions not confirmed within 30 s`)
       await new Promise((resolve) => setTimeout(resolve, 20))
     }

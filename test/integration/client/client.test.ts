@@ -10,11 +10,12 @@ import type { AddressInfo } from 'node:net'
 import { once } from 'node:events'
 import Fastify from 'fastify'
 import changefeed from '../../../lib/index.js'
-import { ChangefeedClient, ClientError, backoffDelay, type Notification, type StateChange, type WebSocketLike } from '../../../lib/client/index.js'
+import { ChangefeedClient, ClientError, backoffDelay, type Notification, type StateChange } from '../../../lib/client/index.js'
 import { Subscription, type SubscriptionHost } from '../../../lib/client/subscription.js'
-import type { ClientMessage } from '../../../lib/client/protocol.js'
+import type { ClientMessage } from '../../../lib/client/frames.js'
 import type { NotificationMessage } from '../../../lib/protocol/messages.js'
 import { fakeClock, turn } from '../../unit/fixtures/fakes.js'
+import { fakeSockets } from '../../unit/fixtures/sockets.js'
 import { startApp } from '../../helpers/app.js'
 import { TestClient } from '../../helpers/client.js'
 import { now, signHs256 } from '../../helpers/tokens.js'
@@ -335,12 +336,9 @@ t.test('a type named in another letter case is matched by the request, and unsub
   const { app, url: wsUrl } = await startApp(t, { databases: [{ name: 'main', url }], discovery: { access: 'public' } })
   const c = client(t, { url: wsUrl })
   const errors: string[] = []
-  const stop = c.subscribe('scoreboard' as never, 'b-1', { onError: (code) => errors.push(code) })
-  const watch = c.watch('scoreboard' as never, 'b-1')
-  const unwatch = watch.subscribe(() => {})
-  t.ok(await until(() => watch.getSnapshot().status === 'subscribed'), 'the reply (named Scoreboard by the server) reaches it')
-  stop()
-  unwatch()
+  const handle = c.subscribe('scoreboard' as never, 'b-1', { onError: (code) => errors.push(code) })
+  t.ok(await until(() => handle.status === 'subscribed'), 'the reply (named Scoreboard by the server) reaches it')
+  handle.close()
   t.ok(await until(() => app.changefeed.stats().subscriptions.active === 0), 'and its unsubscribe ends it')
   t.same(errors, [])
 })
@@ -426,21 +424,22 @@ t.test('a subscription goes through its states as the table in subscription.ts s
   const errors: string[] = []
   const resyncs: string[] = []
   s.listeners.add({ onNotification: (n) => got.push(n.position ?? ''), onError: (code) => errors.push(code), onResync: (r) => resyncs.push(r) })
+  s.hold()
   const lastSent = (): ClientMessage | undefined => host.sent.at(-1)
 
   s.subscribe()
-  t.equal(s.state, 'unsubscribed', 'no socket: nothing sent, still unsubscribed')
+  t.equal(s.phase, 'unsubscribed', 'no socket: nothing sent, still unsubscribed')
   host.open = true
   s.onOpen(false)
-  t.equal(s.state, 'subscribing')
+  t.equal(s.phase, 'subscribing')
   t.same(lastSent(), { type: 'subscribe', id: 'RugbyGameState:m1', data: { entityType: 'RugbyGameState', entityId: 'm1' } })
   s.onSubscribed(undefined)
-  t.equal(s.state, 'subscribed')
+  t.equal(s.phase, 'subscribed')
   t.equal(s.snapshot.status, 'subscribed')
 
   s.onNotification(frameOf('0a0a0a0a:1'), true)
   s.onResync('bus_gap')
-  t.equal(s.state, 'resuming', 'a resync with a resumable position resumes')
+  t.equal(s.phase, 'resuming', 'a resync with a resumable position resumes')
   t.match(lastSent(), { type: 'subscribe', data: { since: '0a0a0a0a:1' } })
   s.onNotification(frameOf('0a0a0a0a:3'), true)
   s.onResync('bus_gap')
@@ -452,74 +451,73 @@ t.test('a subscription goes through its states as the table in subscription.ts s
   t.same(resyncs, [], 'recovered: no resync')
 
   s.onClose()
-  t.equal(s.state, 'unsubscribed', 'connection lost')
+  t.equal(s.phase, 'unsubscribed', 'connection lost')
   s.onOpen(true)
-  t.equal(s.state, 'resuming', 'reopened with a position: resuming')
+  t.equal(s.phase, 'resuming', 'reopened with a position: resuming')
   s.onSubscribed(false)
   clock.advance(100)
-  t.same([s.state, resyncs], ['subscribed', ['reconnected']], 'not recovered: the holders refetch')
+  t.same([s.phase, resyncs], ['subscribed', ['reconnected']], 'not recovered: the holders refetch')
 
   s.onRateLimited()
-  t.equal(s.state, 'unsubscribed', 'refused for rate')
+  t.equal(s.phase, 'unsubscribed', 'refused for rate')
   clock.advance(249)
   t.equal(host.sent.length, 3)
   clock.advance(1)
-  t.equal(s.state, 'resuming', 'sent again after the delay')
+  t.equal(s.phase, 'resuming', 'sent again after the delay')
   s.onSubscriptionError('internal_error', 'boom')
-  t.equal(s.state, 'unsubscribed', 'the server failed: retried too')
+  t.equal(s.phase, 'unsubscribed', 'the server failed: retried too')
   s.onClose()
   clock.advance(2000)
   t.equal(host.sent.length, 4, 'a retry is dropped with the connection (the reopen sends it)')
 
   s.onOpen(true)
   s.onSubscriptionError('unauthenticated', 'sign in')
-  t.same([s.state, s.snapshot.status, errors], ['error', 'error', ['unauthenticated']])
+  t.same([s.phase, s.snapshot.status, errors], ['error', 'error', ['unauthenticated']])
   s.onSignedIn()
-  t.equal(s.state, 'resuming', 'signed in: asked for again')
+  t.equal(s.phase, 'resuming', 'signed in: asked for again')
   s.onSubscriptionError('forbidden', 'no')
   s.onSignedIn()
-  t.equal(s.state, 'error', 'forbidden stays refused')
+  t.equal(s.phase, 'error', 'forbidden stays refused')
 
   s.count()
   t.match(lastSent(), { type: 'subscribe', data: { watchers: true } }, 'asking for counts subscribes again')
-  s.releaseLater()
-  t.equal(s.state, 'resuming', 'still held: released only when the last holder leaves')
-  s.listeners.clear()
-  s.releaseLater()
+  s.hold()
+  s.release()
+  clock.advance(1)
+  t.equal(s.phase, 'resuming', 'still held: released only when the last holder leaves')
+  s.release()
   s.hold()
   clock.advance(1)
   t.equal(host.releases, 0, 'held again within the tick: nothing happens')
-  s.releaseLater()
+  s.release()
   clock.advance(1)
-  t.same([s.state, host.releases, lastSent()], ['released', 1, { type: 'unsubscribe', data: { subscriptionId: 'RugbyGameState:m1' } }])
+  t.same([s.phase, host.releases, lastSent()], ['released', 1, { type: 'unsubscribe', data: { subscriptionId: 'RugbyGameState:m1' } }])
 })
 
-/** A fake of the client's injectable WebSocket constructor: the test opens it and plays the server. */
-function fakeSockets (): { WebSocket: new (url: string) => WebSocketLike, sockets: FakeSocket[] } {
-  const sockets: FakeSocket[] = []
-  return { sockets, WebSocket: class extends FakeSocket { constructor (url: string) { super(url); sockets.push(this) } } }
-}
-
-class FakeSocket implements WebSocketLike {
-  readyState = 0
-  readonly sent: Array<{ type: string, id?: string, data?: Record<string, unknown> }> = []
-  onopen: ((event: unknown) => void) | null = null
-  onclose: ((event: { code: number, reason: string }) => void) | null = null
-  onmessage: ((event: { data: unknown }) => void) | null = null
-  onerror: ((event: unknown) => void) | null = null
-  closedWith: number | undefined
-  constructor (readonly url: string) {}
-  send (data: string): void { this.sent.push(JSON.parse(data)) }
-  close (code = 1000, reason = ''): void {
-    if (this.readyState === 3) return
-    this.readyState = 3
-    this.closedWith = code
-    this.onclose?.({ code, reason })
-  }
-
-  open (): void { this.readyState = 1; this.onopen?.({}) }
-  receive (frame: unknown): void { this.onmessage?.({ data: JSON.stringify(frame) }) }
-}
+t.test('a subscription asks for the entity\'s state when a holder wants it and after each loss, never again once refused', async (t) => {
+  const host = fakeHost()
+  host.open = true
+  const s = new Subscription('RugbyGameState', 'm1', undefined, host)
+  const asked = (): unknown[] => host.sent.map((m) => m.type === 'subscribe' && 'entityId' in m.data ? [m.data.since, m.data.snapshot] : m.type)
+  s.askSnapshot()
+  s.onOpen(false)
+  s.askSnapshot()
+  t.same(asked(), [[undefined, true]], 'asked once')
+  s.onSubscribed(undefined, { payload: { homeScore: 1 }, version: '1', position: 'n:1' })
+  s.onClose()
+  s.onOpen(true)
+  s.onSubscribed(true)
+  s.onClose()
+  s.onOpen(true)
+  t.same(asked().slice(1), [['n:1', true], ['n:1', true]], 'asked again after each reconnect, replayed or not')
+  s.onBadRequest()
+  s.onBadRequest()
+  t.same(asked().slice(3), [['n:1', undefined]], 'a server that predates snapshots: asked without, once')
+  s.onClose()
+  s.onOpen(true)
+  s.askSnapshot()
+  t.same(asked().slice(4), [['n:1', undefined]], 'and never asked again')
+})
 
 t.test('connect() while the first socket is still being opened opens no second one', async (t) => {
   const { WebSocket, sockets } = fakeSockets()

@@ -174,9 +174,7 @@ function watcher (t: { teardown(fn: () => unknown): void }, url: string, entityI
   const got: Receiver['got'] = []
   let dropped = false
   let resubscribed = false
-  const store = client.watch('Match', entityId)
-  store.subscribe(() => {})
-  client.subscribe('Match', entityId, {
+  const store = client.subscribe('Match', entityId, {
     onNotification: (n: Notification) => got.push({ position: n.position, payload: n.payload, payloadType: n.payloadType }),
     onResync: (reason) => { if (reason === 'reconnected') resubscribed = true }
   })

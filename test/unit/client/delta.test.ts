@@ -7,7 +7,9 @@
  */
 import t from 'tap'
 import { Subscription, type SubscriptionHost } from '../../../lib/client/subscription.js'
-import { dispatch, type ClientMessage, type DispatchTarget } from '../../../lib/client/protocol.js'
+import { dispatch } from '../../../lib/client/dispatch.js'
+import type { ClientMessage } from '../../../lib/client/frames.js'
+import type { DispatchTarget } from '../../../lib/client/receivers.js'
 import type { NotificationMessage } from '../../../lib/protocol/messages.js'
 import type { PatchOperation } from '../../../lib/protocol/patch.js'
 import { fakeClock } from '../fixtures/fakes.js'
@@ -66,7 +68,7 @@ t.test('a patch on another base never becomes a document: the subscription asks 
   s.onNotification(delta('0a0a0a0a:3', '0a0a0a0a:2', [{ op: 'replace', path: '/home', value: 9 }]), true)
   t.equal(got.length, 1, 'the holders did not get it')
   t.same(s.snapshot.payload, { home: 0 }, 'the document is not made of it')
-  t.equal(s.state, 'resuming')
+  t.equal(s.phase, 'resuming')
   t.match(host.sent.at(-1), { type: 'subscribe', data: { since: '0a0a0a0a:1' } }, 'since: the last whole document')
   s.onNotification(delta('0a0a0a0a:4', '0a0a0a0a:3', [{ op: 'replace', path: '/home', value: 10 }]), true)
   t.equal(host.sent.length, 2, 'no second subscribe while one is on its way')
@@ -107,7 +109,7 @@ t.test('a full frame at a position already seen is still the base; a patch of a 
   t.same(s.snapshot.payload, { v: 2, read: 'again' }, 'the patch applied to the document sent last')
   s.onNotification(delta('n:2', 'n:1', [{ op: 'replace', path: '/v', value: 2 }]), true)
   t.equal(got.length, 2, 'the same patch again: nothing')
-  t.equal(s.state, 'subscribed')
+  t.equal(s.phase, 'subscribed')
 })
 
 t.test('dispatch: observers get a patch only made whole; feeds and deleted changes', async (t) => {

@@ -33,8 +33,7 @@ t.test('a subscription with a snapshot starts from the entity\'s state; a late h
   const { client, socket } = await connected(t)
   const states: Array<EntityState<Entities['RugbyGameState']>> = []
   const got: Notification[] = []
-  client.subscribe('RugbyGameState', 'match-1', { onSnapshot: (s) => states.push(s), onNotification: (n) => got.push(n) })
-  const store = client.watch('RugbyGameState', 'match-1')
+  const store = client.subscribe('RugbyGameState', 'match-1', { onSnapshot: (s) => states.push(s), onNotification: (n) => got.push(n) })
   t.same(await socket.next(), { type: 'subscribe', id: 'RugbyGameState:match-1', data: { entityType: 'RugbyGameState', entityId: 'match-1', snapshot: true } })
   socket.send({
     type: 'subscribed',
@@ -63,7 +62,7 @@ t.test('a subscription with a snapshot starts from the entity\'s state; a late h
   socket.send({ type: 'subscribed', id: frame.id, data: { subscriptionId: 'Team:team-1', entityType: 'Team', entityId: 'team-1', snapshot: { version: '2', position: 'n:3' } } })
   t.ok(await until(() => minimal.length === 1))
   t.notOk('payload' in minimal[0], 'no payload on a minimal type')
-  t.equal(client.watch('Team', 'team-1').getSnapshot().payload, undefined)
+  t.equal(client.peek('Team', 'team-1').payload, undefined)
 })
 
 t.test('many entities: one request; the reply maps to each entity, refused ones included; one unsubscribe', async (t) => {
@@ -96,8 +95,8 @@ t.test('many entities: one request; the reply maps to each entity, refused ones 
     { entityType: 'Player', entityId: 'p2', payload: null, version: null }
   ], 'each subscribed entity\'s snapshot, null when there is no document')
   t.same(errors, [['forbidden', 'p9']])
-  t.match(client.watch('Player', 'p9').getSnapshot(), { status: 'error', error: { code: 'forbidden' } })
-  t.match(client.watch('Player', 'p1').getSnapshot(), { status: 'subscribed', payload: { name: 'A' } })
+  t.match(client.peek('Player', 'p9'), { status: 'error', error: { code: 'forbidden' } })
+  t.match(client.peek('Player', 'p1'), { status: 'subscribed', payload: { name: 'A' } })
 
   socket.send(notification('Player', 'p1', { payload: { name: 'A2', teamId: 't1', position: 'wing' }, position: 'n:2' }))
   t.ok(await until(() => got.length === 1), 'an entity of the batch gets its notifications')
@@ -217,8 +216,7 @@ t.test('delta types: the snapshot is the base of the next patch; a patch on anot
   const states: EntityState[] = []
   const resyncs: string[] = []
   const got: Notification[] = []
-  client.subscribe('RugbyGameState', 'match-1', { onSnapshot: (s) => states.push(s), onResync: (r) => resyncs.push(r), onNotification: (n) => got.push(n) })
-  const store = client.watch('RugbyGameState', 'match-1')
+  const store = client.subscribe('RugbyGameState', 'match-1', { onSnapshot: (s) => states.push(s), onResync: (r) => resyncs.push(r), onNotification: (n) => got.push(n) })
   let frame = await socket.next()
   socket.send({ type: 'subscribed', id: frame.id, data: { subscriptionId: 'RugbyGameState:match-1', entityType: 'RugbyGameState', entityId: 'match-1', snapshot: { payload: { homeScore: 0, awayScore: 0 }, version: '1', position: 'n:5' } } })
   const delta = (position: string, basePosition: string, homeScore: number): unknown =>
@@ -256,7 +254,7 @@ t.test('a server that predates live queries (bad_request): each entity is asked 
   socket.send({ type: 'subscribed', id: 'Team:a', data: { subscriptionId: 'Team:a', entityType: 'Team', entityId: 'a' } })
   socket.send(notification('Team', 'a', { payloadType: 'minimal', position: 'n:1' }))
   t.ok(await until(() => got.length === 1))
-  t.equal(client.watch('Team', 'a').getSnapshot().status, 'subscribed')
+  t.equal(client.peek('Team', 'a').status, 'subscribed')
 
   socket.send({ type: 'error', id: '#404', data: { code: 'bad_request', error: 'no such request' } })
   const query = client.subscribeWhere('Team', { name: 'Sharks' })

@@ -69,6 +69,28 @@ t.test('useEntity renders the snapshot; useEntities asks for many in one request
   ], 'unmounting unsubscribes, the players in one request')
 })
 
+t.test('a component that mounts on states the client holds already renders them in its first render', async (t) => {
+  const server = await ScriptedServer.start(t)
+  const client = new ChangefeedClient<Entities>({ url: server.url, WebSocket: WebSocket as never })
+  t.teardown(() => { cleanup(); client.destroy() })
+  const match = client.subscribe('RugbyGameState', 'match-1', {}, { snapshot: true })
+  const query = client.subscribeWhere('Player', { teamId: 'team-1' })
+  const socket = await server.socket()
+  const [entity, filter] = [await socket.next(), await socket.next()]
+  socket.send({ type: 'subscribed', id: entity.id, data: { subscriptionId: 'RugbyGameState:match-1', entityType: 'RugbyGameState', entityId: 'match-1', snapshot: { payload: { homeScore: 1, awayScore: 2 } } } })
+  socket.send({ type: 'subscribed', id: filter.id, data: { subscriptionId: query.subscriptionId, entityType: 'Player', entityId: '*', snapshot: { entities: [{ entityId: 'p1', payload: { name: 'Ann', teamId: 'team-1' } }] } } })
+  t.ok(await until(() => match.status === 'subscribed' && query.status === 'ready'))
+  const renders: string[] = []
+  function Late (): ReturnType<typeof h> {
+    const state = useEntity<Entities, 'RugbyGameState'>('RugbyGameState', 'match-1')
+    const players = useLiveQuery<Entities, 'Player'>('Player', { teamId: 'team-1' })
+    renders.push(`${state?.homeScore ?? '–'} ${players.status}:${[...players.entities.keys()].join(',')}`)
+    return h('p', null, renders.at(-1))
+  }
+  render(h(ChangefeedProvider, { client }, h(Late)))
+  t.equal(renders[0], '1 ready:p1', 'no render without them first')
+})
+
 t.test('TanStack Query: snapshots seed the cache, a live query\'s entities too; an entity that left is not gone', async (t) => {
   const server = await ScriptedServer.start(t)
   const client = new ChangefeedClient<Entities>({ url: server.url, WebSocket: WebSocket as never })

@@ -1,60 +1,11 @@
 /**
- * The SDK's side of the wire protocol: the frames it sends, the frames it receives (typed by lib/protocol/
- * messages.ts, imported as types only: no schema library reaches a browser), and which subscription each received
- * frame concerns.
+ * Acts on each frame from the server: hands it to the subscription, filter or request for many it concerns (the
+ * receivers of receivers.ts), or to the client.
  */
-import type { ClientMessage as ProtocolMessage, NotificationMessage, ServerMessage } from '../protocol/messages.js'
+import type { NotificationMessage } from '../protocol/messages.js'
 import { FEED, WireError, subscriptionIdOf } from '../protocol/wire.js'
-import type { Batcher } from './batch.js'
-import type { Filter } from './query.js'
-import type { Subscription } from './subscription.js'
-
-/** The request id of the `auth` message: an `error` reply with it refuses the token. */
-export const AUTH_ID = 'auth'
-
-/** Every frame the SDK sends: the protocol's client messages, a subscribe's id always its subscriptionId. */
-export type ClientMessage = Exclude<ProtocolMessage, { type: 'subscribe' }> | (Extract<ProtocolMessage, { type: 'subscribe' }> & { id: string })
-
-/** Every frame the server sends (lib/protocol/messages.ts). */
-export type ServerFrame = ServerMessage
-
-/**
- * The server speaks the protocol, so its frames are not validated here (that would ship a schema library to every
- * browser); only what is read before the type is known is checked, so that a garbled frame is dropped rather than
- * thrown inside the socket's handler. A type this SDK does not know (a newer server's) is ignored by dispatch.
- */
-function isFrame (value: unknown): value is ServerFrame {
-  if (typeof value !== 'object' || value === null) return false
-  const { type, data } = value as { type?: unknown, data?: unknown }
-  return typeof type === 'string' && (type === 'pong' || (typeof data === 'object' && data !== null))
-}
-
-/** A text frame as a server frame, or null when it is not one. */
-export function parseServerFrame (text: string): ServerFrame | null {
-  try {
-    const value: unknown = JSON.parse(text)
-    return isFrame(value) ? value : null
-  } catch {
-    return null
-  }
-}
-
-/**
- * What the frames act on: the client's subscriptions, its filtered feeds, its requests for many, its sign-in, and
- * its every-notification listeners.
- */
-export interface DispatchTarget {
-  readonly subscriptions: ReadonlyMap<string, Subscription>
-  /** filtered feeds, by subscriptionId */
-  readonly filters: ReadonlyMap<string, Filter>
-  readonly batches: Pick<Batcher, 'answered' | 'refused'>
-  /** `authenticated`: the server accepted the token */
-  signedIn (): void
-  /** an `error` reply to the `auth` message: the server refused the token */
-  tokenRefused (): void
-  /** every notification, after the subscriptions it concerns have had it */
-  notified (notification: NotificationMessage): void
-}
+import { AUTH_ID, isFrame, type ServerFrame } from './frames.js'
+import type { DispatchTarget, EntityReceiver } from './receivers.js'
 
 interface EntityRef { entityType: string, entityId: string, tenantId?: string }
 
@@ -72,7 +23,7 @@ function keysOf ({ entityType, entityId, tenantId }: EntityRef): { own: string[]
 }
 
 /** The subscription a count names (the tenant's, else the one without a tenant). */
-function subscriptionOf (ref: EntityRef, to: DispatchTarget): Subscription | undefined {
+function subscriptionOf (ref: EntityRef, to: DispatchTarget): EntityReceiver | undefined {
   for (const key of keysOf(ref).own) {
     const subscription = to.subscriptions.get(key)
     if (subscription !== undefined) return subscription
@@ -84,7 +35,7 @@ function subscriptionOf (ref: EntityRef, to: DispatchTarget): Subscription | und
  * The subscription a reply answers: by the request id, which is its key (whatever name the server gives the
  * entity: a discovered type may be asked for in another letter case), else by the entity it names.
  */
-function requestOf (id: string | number | undefined, ref: EntityRef, to: DispatchTarget): Subscription | undefined {
+function requestOf (id: string | number | undefined, ref: EntityRef, to: DispatchTarget): EntityReceiver | undefined {
   return to.subscriptions.get(String(id)) ?? subscriptionOf(ref, to)
 }
 
