@@ -1,6 +1,6 @@
 /**
  * The coverage gate of `npm test`: after tap has run every test, fails when the line coverage of lib/ is below
- * `--lines <percent>`. tap measures (V8 coverage, lib/ only: test/coverage-gate/map.mjs) and writes a JSON summary
+ * `--lines <percent>`, or its branch coverage below `--branches <percent>`. tap measures (V8 coverage, lib/ only: test/coverage-gate/map.mjs) and writes a JSON summary
  * (.taprc `coverage-report: json-summary`); this reads it, says the number and the files that pull it down, and
  * exits 1 below the threshold. (tap 21's own `lines`, `branches`, … options default to 100 each, and fail the run
  * without saying why while the text report is on.)
@@ -21,7 +21,7 @@ const summaryFile = join(root, '.tap', 'report', 'coverage-summary.json')
 const coverageDir = join(root, '.tap', 'coverage')
 const LOW = 80
 
-const { values } = parseArgs({ options: { lines: { type: 'string' } } })
+const { values } = parseArgs({ options: { lines: { type: 'string' }, branches: { type: 'string' } } })
 const threshold = Number(values.lines)
 if (values.lines === undefined || !(threshold >= 0 && threshold <= 100)) {
   console.error('coverage gate: give the threshold as --lines <percent>')
@@ -65,9 +65,15 @@ if (low.length > 0) {
   lines.push(`  files below ${LOW}% of lines (uncovered lines):`)
   for (const f of low) lines.push(`    ${f.file.padEnd(32)} ${String(f.pct).padStart(6)}%  (${f.total - f.covered})${f.unloaded === true ? '  never loaded by a test' : ''}`)
 }
-const passed = pct >= threshold
+// branches, of the files the tests loaded (a file never loaded counts by its lines above)
+const branchThreshold = values.branches === undefined ? null : Number(values.branches)
+const branchPct = summary.total.branches.pct
+if (branchThreshold !== null) lines.push(`coverage gate: lib/ branches ${branchPct}% (${summary.total.branches.covered} of ${summary.total.branches.total}), threshold ${branchThreshold}%`)
+const branchesPassed = branchThreshold === null || branchPct >= branchThreshold
+if (!branchesPassed) lines.push(`coverage gate: FAILED: lib/ branch coverage ${branchPct}% is below ${branchThreshold}% (the threshold is in package.json, script "coverage:check")`)
+const passed = pct >= threshold && branchesPassed
 lines.push(passed
   ? 'coverage gate: passed'
-  : `coverage gate: FAILED: lib/ line coverage ${pct}% is below ${threshold}% (the threshold is in package.json, script "coverage:check")`)
+  : pct >= threshold ? 'coverage gate: FAILED (branches)' : `coverage gate: FAILED: lib/ line coverage ${pct}% is below ${threshold}% (the threshold is in package.json, script "coverage:check")`)
 console.log(lines.join('\n'))
 process.exit(passed ? 0 : 1)

@@ -4,9 +4,9 @@
  * handles read, replaced on each change.
  */
 import t from 'tap'
-import { Held, type HeldHost } from '../../lib/client/held.js'
-import type { ClientMessage } from '../../lib/client/frames.js'
-import { fakeClock } from './fixtures/fakes.js'
+import { Held, type HeldHost } from '../../../lib/client/held.js'
+import type { ClientMessage } from '../../../lib/client/frames.js'
+import { fakeClock } from '../fixtures/fakes.js'
 
 interface Counter { revision: number, n: number }
 

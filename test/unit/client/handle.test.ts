@@ -4,9 +4,9 @@
  * closes it; the last handle of a subscription unsubscribes a tick later; peek() reads a state without holding it.
  */
 import t from 'tap'
-import { ChangefeedClient, type EntitySnapshot } from '../../lib/client/index.js'
-import { fakeClock, turn, type TestContext } from './fixtures/fakes.js'
-import { fakeSockets, type FakeSocket } from './fixtures/sockets.js'
+import { ChangefeedClient, type EntitySnapshot } from '../../../lib/client/index.js'
+import { fakeClock, turn, type TestContext } from '../fixtures/fakes.js'
+import { fakeSockets, type FakeSocket } from '../fixtures/sockets.js'
 
 type Entities = { Match: { home: number }, Player: { name: string, teamId: string } }
 const timestamp = new Date(0).toISOString()
