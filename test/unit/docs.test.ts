@@ -41,7 +41,7 @@ t.test('the README starts with what it is, then the start and test commands that
   const firstScreen = readme.split('\n').slice(0, 30).join('\n')
   t.match(firstScreen, /not on the npm registry yet/i, 'says plainly that it is not published')
   const [fromClone, fromTarball] = shellBlocks(firstScreen)
-  t.same(fromClone, ['npm install && npm start -- --demo', 'npm run test:unit'], 'from a clone: start it, test it (test/e2e/quickstart.test.ts runs them)')
+  t.same(fromClone, ['npm install && npm start -- --demo', 'npm test'], 'from a clone: start it, test it (test/e2e/quickstart.test.ts runs them)')
   t.ok(fromTarball?.some((line) => line.includes('npm pack')) && fromTarball.some((line) => /npm install \S+\.tgz/.test(line)), 'or from the packed tarball (test/e2e/package.test.ts runs it)')
   t.match(firstScreen, /npm test/, 'and the whole suite')
   t.notMatch(readme, /npm (?:install|i) fastify-changefeed\b/, 'no install from the registry, where it is not')
