@@ -96,15 +96,14 @@ export class Batcher implements BatchReceiver {
   }
 
   /**
-   * A request for many refused whole: for rate each is sent again later; a server that does not take `entityIds`
-   * (`bad_request`) gets each alone; any other code is each one's. False when `id` is not a request for many.
+   * A request for many refused whole: for rate each is sent again later; any other code is each one's. False when
+   * `id` is not a request for many.
    */
   refused (id: unknown, code: WireErrorCode, message: string): boolean {
     const members = this.take(id)
     if (members === undefined) return false
     for (const s of members.values()) {
       if (code === WireError.rateLimited) s.onRateLimited()
-      else if (code === WireError.badRequest) s.subscribe()
       else s.onSubscriptionError(code, message)
     }
     return true

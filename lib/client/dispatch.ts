@@ -100,8 +100,8 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       if (filter !== undefined && (code === WireError.rateLimited || code === WireError.badRequest)) return filter.onSubscriptionError(code, error)
       // a subscribe beyond the server's rate: send it again later rather than go without it
       if (code === WireError.rateLimited) to.subscriptions.get(frame.id)?.onRateLimited()
-      // a server that predates snapshots refuses a subscribe asking for one
-      if (code === WireError.badRequest) to.subscriptions.get(frame.id)?.onBadRequest()
+      // a subscribe the server could not read: the subscription's error
+      if (code === WireError.badRequest) to.subscriptions.get(frame.id)?.onSubscriptionError(code, error)
       return
     }
     case 'resync': {

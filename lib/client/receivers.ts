@@ -12,16 +12,12 @@ export interface EntityReceiver {
   /** its subscriptionId, and the request id of its every subscribe */
   readonly key: string
   readonly entityId: string
-  /** sends its subscribe (again), alone */
-  subscribe (): void
   /** `subscribed`; `recovered`: the server replays what was missed; `snapshot`: the entity's state */
   onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void
   /** `subscription_error` (final, unless the server failed rather than the request) */
   onSubscriptionError (code: WireErrorCode, message: string): void
   /** a subscribe beyond the server's rate, or one a request for many left unanswered: sent again later */
   onRateLimited (): void
-  /** `bad_request` to its subscribe */
-  onBadRequest (): void
   /**
    * A notification of the entity (`own`), or of an entity of its feed; `before` gets it as the holders will, before
    * they do.

@@ -54,10 +54,9 @@ const SEEN_POSITIONS = 64
  * - `unwanted`: no holder takes snapshots (a whole document held is still renewed after a loss: see renewState);
  * - `wanted`: a holder takes them, and none is due (one came, or the server replayed what was missed);
  * - `due`: the next subscribe asks for one;
- * - `sent`: the subscribe on its way asked for one (a `bad_request` to it is a server that predates snapshots);
- * - `refused`: such a server: the subscription never asks again.
+ * - `sent`: the subscribe on its way asked for one.
  */
-type SnapshotAsk = 'unwanted' | 'wanted' | 'due' | 'sent' | 'refused'
+type SnapshotAsk = 'unwanted' | 'wanted' | 'due' | 'sent'
 
 /** the snapshot of an entity nobody watches yet, and of a new subscription */
 export const PENDING: EntitySnapshot<never> = Object.freeze<EntitySnapshot<never>>({ status: 'pending', revision: 0 })
@@ -160,13 +159,6 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
     this.resubscribed = undefined
     // a fresh document stands in for what was missed, for the holders that take it; the others refetch
     if (reason !== undefined && recovered !== true) this.resync(reason, snapshot !== undefined && 'payload' in snapshot)
-  }
-
-  /** `bad_request`: a server that predates snapshots refuses a subscribe that asks for one; ask without. */
-  onBadRequest (): void {
-    if (this.asking !== 'sent' || this.phase === 'released') return
-    this.asking = 'refused'
-    this.subscribe()
   }
 
   /**

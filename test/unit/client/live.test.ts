@@ -2,7 +2,7 @@
  * The SDK's live queries against a scripted server (test/helpers/scripted-server.ts) speaking the frames of
  * lib/protocol/messages.ts: a subscription that starts from a snapshot, many entities in one request (and one
  * release), a filtered feed's Map of matches, what a reconnect sends again, a `delta` type's base taken from a
- * snapshot, and a server that predates all of it (`bad_request`).
+ * snapshot, and a request the server could not read (`bad_request`).
  */
 import t from 'tap'
 import WebSocket from 'ws'
@@ -238,29 +238,21 @@ t.test('delta types: the snapshot is the base of the next patch; a patch on anot
   t.same(resyncs, [], 'the holder took the fresh state: no refetch')
 })
 
-t.test('a server that predates live queries (bad_request): each entity is asked for alone, without a snapshot', async (t) => {
+t.test('a request the server could not read (bad_request): each entity\'s error, a live query\'s too; nothing asked again', async (t) => {
   const { client, socket } = await connected(t)
-  const got: string[] = []
-  client.subscribeMany('Team', ['a', 'b'], { onNotification: (n) => got.push(n.entityId), onSnapshot: () => {} })
+  const errors: string[] = []
+  client.subscribeMany('Team', ['a', 'b'], { onError: (code, _message, entityId) => errors.push(`${entityId}: ${code}`), onSnapshot: () => {} })
   const batch = await socket.next()
-  socket.send({ type: 'error', id: batch.id, data: { code: 'bad_request', error: 'not supported yet' } })
-  const alone = [await socket.next(), await socket.next()]
-  t.same(alone.map((f) => [f.id, f.data]), [
-    ['Team:a', { entityType: 'Team', entityId: 'a', snapshot: true }],
-    ['Team:b', { entityType: 'Team', entityId: 'b', snapshot: true }]
-  ], 'each alone')
-  socket.send({ type: 'error', id: 'Team:a', data: { code: 'bad_request', error: 'not supported yet' } })
-  t.same((await socket.next()).data, { entityType: 'Team', entityId: 'a' }, 'then without the snapshot')
-  socket.send({ type: 'subscribed', id: 'Team:a', data: { subscriptionId: 'Team:a', entityType: 'Team', entityId: 'a' } })
-  socket.send(notification('Team', 'a', { payloadType: 'minimal', position: 'n:1' }))
-  t.ok(await until(() => got.length === 1))
-  t.equal(client.peek('Team', 'a').status, 'subscribed')
-
+  socket.send({ type: 'error', id: batch.id, data: { code: 'bad_request', error: 'malformed' } })
+  t.ok(await until(() => errors.length === 2))
+  t.same(errors.sort(), ['a: bad_request', 'b: bad_request'])
+  t.equal(client.peek('Team', 'a').status, 'error')
   socket.send({ type: 'error', id: '#404', data: { code: 'bad_request', error: 'no such request' } })
   const query = client.subscribeWhere('Team', { name: 'Sharks' })
   const frame = await socket.next()
-  socket.send({ type: 'error', id: frame.id, data: { code: 'bad_request', error: 'not supported yet' } })
-  t.ok(await until(() => query.status === 'error'), 'a live query has nothing to fall back on')
+  t.equal(frame.id, query.subscriptionId, 'nothing was asked again before the live query')
+  socket.send({ type: 'error', id: frame.id, data: { code: 'bad_request', error: 'malformed' } })
+  t.ok(await until(() => query.status === 'error'))
   t.equal(query.getSnapshot().error?.code, 'bad_request')
 })
 
