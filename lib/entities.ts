@@ -68,6 +68,8 @@ export class EntityRegistry {
   private readonly tenantedStores = new Set<string>()
   /** types fed by an event store: named in capture.events, resolved for a stream, or declared without a table */
   private readonly aggregates = new Set<EntityType>()
+  /** types tenanted only because they were taken for an aggregate of a tenanted event store (no table yet) */
+  private readonly tenantedByStore = new Set<EntityType>()
   /** "database\0schema\0table" → the setting a row-level security policy reads the tenant from */
   private readonly rowSecurity = new Map<string, string>()
 
@@ -205,6 +207,17 @@ export class EntityRegistry {
   }
 
   /**
+   * A declared type's table, found: a tenant_id column makes the type tenanted; a type taken for an aggregate of a
+   * tenanted event store (it had no table) whose table has none is not, after all. True when that was taken back.
+   */
+  tableFound (entity: EntityType, { tenantColumn }: { tenantColumn: boolean }): boolean {
+    if (tenantColumn) this.markConjoined(entity)
+    if (tenantColumn || !this.tenantedByStore.delete(entity)) return false
+    entity.tenancy = 'none'
+    return true
+  }
+
+  /**
    * The event store of a database belongs to tenants (or not): its streams' tenant is then their entity's. A
    * declared type without a table there is a stream's aggregate, tenanted with it unless declared `tenanted: false`.
    */
@@ -213,7 +226,9 @@ export class EntityRegistry {
     else this.tenantedStores.delete(database)
     for (const entity of tableless) {
       this.aggregates.add(entity)
-      if (tenanted && entity.tenantedOption !== false) this.markConjoined(entity)
+      if (!tenanted || entity.tenantedOption === false || entity.tenancy !== 'none') continue
+      this.markConjoined(entity)
+      this.tenantedByStore.add(entity)
     }
   }
 

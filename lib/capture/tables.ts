@@ -175,7 +175,9 @@ export class WatchedTables {
       if (entity !== undefined) this.log.debug({ database: db.name, schema, table, entityType: entity.name }, 'changefeed: discovered entity type')
     } else if (entity.declared) {
       this.missing.delete(where)
-      if (found.tenantColumn) this.registry.markConjoined(entity)
+      if (this.registry.tableFound(entity, { tenantColumn: found.tenantColumn })) {
+        this.log.warn({ database: db.name, schema, table, entityType: entity.name }, 'changefeed: a type taken for an aggregate of an event store of tenants has a table without tenant_id: it is not tenanted')
+      }
       if (carriesDocument(entity) && !found.dataColumn) {
         const err = new EntityTableError(entity.name, `payload "${entity.payload}" needs a data column, and ${schema}.${table} has none`)
         if (strict) throw err
