@@ -50,7 +50,8 @@ export class Capture implements TableScanner {
   ) {
     this.tables = new WatchedTables(registry, options, log, {
       onUnannounced: (database) => this.events?.onGap(database, 'unannounced', { precaution: false }),
-      onTypes: (database, types, reason) => this.events?.onTypes(database, types, reason)
+      // every instance scans; the one that listens to the database tells the cluster
+      onTypes: (database, types, reason) => { if (this.listeners.get(database)?.isLeader === true) this.events?.onTypes(database, types, reason) }
     })
   }
 
