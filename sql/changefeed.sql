@@ -423,7 +423,7 @@ $$;
 CREATE OR REPLACE FUNCTION changefeed_rebuild_copy(p_relid oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
   SELECT coalesce((
-    SELECT c.relkind = 'r' AND c.relname LIKE '%\_temp'
+    SELECT c.relkind = 'r' AND right(c.relname, 5) = '_temp'
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p')
     FROM pg_class c WHERE c.oid = p_relid), false);
 $$;
@@ -634,7 +634,7 @@ BEGIN
       DELETE FROM changefeed_tables WHERE relid = obj.objid RETURNING * INTO w;
       IF FOUND THEN
         PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'dropped', 's', obj.schema_name, 't', obj.object_name, 'x', txid_current())::text));
-      ELSIF obj.object_name LIKE '%\_temp' THEN
+      ELSIF right(obj.object_name, 5) = '_temp' THEN
         base := to_regclass(format('%I.%I', obj.schema_name, left(obj.object_name, -5)));
         IF base IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = base AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
           PERFORM changefeed_adopt(base, jsonb_build_object('fresh', (SELECT xmin FROM pg_class WHERE oid = base)::text = (txid_current() % 4294967296)::text));

@@ -101,7 +101,7 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
   const rows = await db.query<{ t: string, oid: string, columns: string[], triggered: boolean, copy: boolean, rls: boolean, applies: boolean, policy: string | null }>(
     `SELECT c.relname AS t, c.oid::text AS oid, array_agg(a.attname::text) AS columns,
             EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname IN ('changefeed_notify', 'changefeed_partitioned')) AS triggered,
-            c.relkind = 'r' AND c.relname LIKE '%\\_temp' AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS copy,
+            c.relkind = 'r' AND right(c.relname, 5) = '_temp' AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS copy,
             c.relrowsecurity AS rls,
             c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
               AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user) AS applies,
