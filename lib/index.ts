@@ -30,7 +30,7 @@ import { resolveOptions, type ChangefeedOptions } from './options.js'
 import { AlreadyRegisteredError } from './errors.js'
 import { Telemetry, checkRoutesFree, registerOperationalRoutes } from './telemetry.js'
 import type { ChangefeedDecorator } from './decorator.js'
-import { adminStatsOf, decoratorOf, telemetrySnapshotOf, type Pipeline } from './route/pipeline.js'
+import { Closers, adminStatsOf, decoratorOf, telemetrySnapshotOf, type Pipeline } from './route/pipeline.js'
 import { packageVersion } from './package.js'
 
 export type { ChangefeedOptions, ResolvedOptions } from './options.js'
@@ -54,19 +54,6 @@ export interface ChangefeedPluginOptions extends ChangefeedOptions {
 declare module 'fastify' {
   interface FastifyInstance {
     changefeed: ChangefeedDecorator
-  }
-}
-
-/** Things to close, run in the reverse order they were opened; safe to run twice (a failed start, then onClose). */
-class Closers {
-  private readonly closers: Array<() => unknown> = []
-
-  add (close: () => unknown): void {
-    this.closers.push(close)
-  }
-
-  readonly run = async (): Promise<void> => {
-    while (this.closers.length > 0) await this.closers.pop()!()
   }
 }
 
@@ -117,7 +104,8 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       onOutbox: async (database, rows, attempt) => await router.routeOutbox(database, rows, attempt),
       onGap: (database, reason, { precaution }) => {
         fanout.announceGap(database, reason, { precaution }).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
-      }
+      },
+      onTypes: (database, types, reason) => router.owed.oweTypes(database, types, null, reason)
     })
     closers.add(async () => await capture.close())
     await capture.start()
@@ -129,7 +117,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     })
 
     // reads the sockets ask for, and the sockets
-    const replaySources = replaySourcesOf(options, databases.keys(), eventStore)
+    const replaySources = replaySourcesOf(options, eventStore)
     const replayer = new Replayer(registry, databases, replaySources, notices)
     const snapshots = new SnapshotReader(registry, databases, replaySources)
     const policy = new AccessPolicy(databases, registry, {

@@ -7,7 +7,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
 import Value from 'typebox/value'
 import { InvalidOptionsError } from './errors.js'
-import { Capture, Database } from './capture/options.js'
+import { Capture, Database, tenantRegistryOf } from './capture/options.js'
 import { Bus } from './bus/options.js'
 import { Auth } from './auth/options.js'
 import { Limits } from './ws/options.js'
@@ -39,11 +39,11 @@ const Server = Type.Object(
 const Entity = Type.Object(
   {
     database: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })], {
-      description: 'database name, or the names of the databases of its tenants (database per tenant); defaults to the only database when there is one'
+      description: 'database name, or the names of the databases of its tenants (database per tenant); defaults to the only database when there is one, and to every tenant\'s database (`databases[].tenant`, and those a `tenantRegistry` lists) when databases belong to tenants'
     })),
     schema: Type.Optional(Type.String({ minLength: 1, description: 'schema of its table (default: its database\'s schema)' })),
     table: Type.Optional(Type.String({ description: 'table; defaults to Marten naming: mt_doc_<lowercased type name>. It needs an `id` column, and for `full` and `delta` a `data` jsonb column' })),
-    tenanted: Type.Optional(Type.Boolean({ description: 'its entities belong to tenants; default: its table has a tenant_id column (Marten conjoined tenancy) or its databases have tenants. Set it for types only a host publishes' })),
+    tenanted: Type.Optional(Type.Boolean({ description: 'its entities belong to tenants; found when not set: its table has a tenant_id column (Marten conjoined tenancy), it has no table and its database\'s event store belongs to tenants (a stream\'s aggregate), or its databases have tenants. Set it for types only a host publishes (`false`: one without a table beside such an event store)' })),
     access: AccessKind,
     payload: Type.Optional(PayloadMode),
     ownerPath: Type.Optional(Type.Array(Type.String(), { description: 'path in the document holding the owner user id' })),
@@ -153,8 +153,8 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     tenants.set(db.tenant, db.name)
   }
   for (const [type, entity] of Object.entries(options.entities)) {
-    if (entity.database === undefined && options.databases.length > 1) {
-      throw new InvalidOptionsError(`/entities/${type}/database is required when there are several databases`)
+    if (entity.database === undefined && options.databases.length > 1 && tenants.size === 0 && !options.databases.some((db) => tenantRegistryOf(db, '') !== null)) {
+      throw new InvalidOptionsError(`/entities/${type}/database is required when there are several databases and none belongs to a tenant`)
     }
     const databases = entity.database === undefined ? [] : [entity.database].flat()
     for (const name of databases) {

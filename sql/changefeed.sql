@@ -8,6 +8,8 @@
 --   changefeed_notify()                 row trigger of document tables
 --   changefeed_event_notify()           row trigger of Marten's event table (an appended event)
 --   changefeed_stream_notify()          row trigger of Marten's stream table (a stream archived)
+--   changefeed_statement_notify()       statement trigger: a watched table (or a partition of one) truncated; Marten's
+--                                       tenant database registry changed
 --   changefeed_announce(relid, change)  the one function that acts with this schema's owner's rights for a caller
 --   changefeed_install(schema, table, channel, inline, outbox)    puts the trigger on one table
 --   changefeed_watch(schema, pattern, channel, inline_tables, outbox)
@@ -15,6 +17,9 @@
 --                                       trigger below installs on matching tables created later
 --   changefeed_watch_events(schema, events, streams, channel, outbox)
 --                                       Marten's event store: appends and archived streams
+--   changefeed_watch_registry(schema, table, channel)
+--                                       Marten's table of tenant databases (MasterTableTenancy): the server is told
+--                                       when it changes
 --
 -- Privileges (sql/README.md has the whole model). The trigger functions run as the writer (SECURITY INVOKER): they
 -- read the changed row with the writer's own rights and call changefeed_announce, which alone runs as the owner of
@@ -48,7 +53,8 @@
 --    "tn":<tenant_id, tables that have one>,"d":<data, inline tables only>}
 -- A change in a partition is reported as a change of its partitioned table. Marten soft delete: an UPDATE that
 -- sets mt_deleted to true is sent as "D"; one that clears it as "I"; a DELETE of a row already soft-deleted is not
--- sent (its watchers were told by the update).
+-- sent (its watchers were told by the update). A TRUNCATE is one change of the whole table, "op":"T", which names the
+-- relation truncated ("ps", "pt": the table, or one of its partitions) and no row ("id":"").
 
 -- The functions below run with this search path (SET search_path FROM CURRENT; the two helpers that only they call
 -- inherit it): the schema it is installed in, then pg_temp, so that no role's own objects, temporary tables
@@ -179,7 +185,8 @@ BEGIN
   SELECT * INTO w FROM changefeed_tables WHERE relid = reported;
   IF NOT FOUND OR pg_trigger_depth() < 1 OR NOT EXISTS (
     SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND NOT tgisinternal
-      AND tgfoid IN ('changefeed_notify()'::regprocedure, 'changefeed_event_notify()'::regprocedure, 'changefeed_stream_notify()'::regprocedure)
+      AND tgfoid IN ('changefeed_notify()'::regprocedure, 'changefeed_event_notify()'::regprocedure, 'changefeed_stream_notify()'::regprocedure,
+        'changefeed_statement_notify()'::regprocedure)
   ) THEN
     RAISE WARNING 'changefeed: relation % is not watched; nothing announced', p_relid;
     RETURN;
@@ -341,6 +348,28 @@ BEGIN
 END;
 $$;
 
+-- TRUNCATE removes every row of a watched table, or of one of its partitions, without a row trigger firing: one
+-- change of the table, which names the relation truncated (the server finds the tenant a partition holds). On Marten's
+-- table of tenant databases (second argument 'registry') any change of it is a note that the server reads the table
+-- again; nothing of the table's rows goes out. Trigger arguments: channel[, 'registry'].
+CREATE OR REPLACE FUNCTION changefeed_statement_notify() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT AS $$
+BEGIN
+  IF TG_ARGV[1] = 'registry' THEN
+    PERFORM changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object('ddl', 'registry'));
+  ELSE
+    PERFORM changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
+      'id', '',
+      'op', 'T',
+      'ps', TG_TABLE_SCHEMA,
+      'pt', TG_TABLE_NAME,
+      'o',  nullif(current_setting('changefeed.origin', true), '')
+    ));
+  END IF;
+  RETURN NULL;
+END;
+$$;
+
 -- Registers a table as installed and grants what its writers need: EXECUTE on changefeed_announce to every role
 -- that may insert, update or delete in it (its owner, and the grantees; PUBLIC where PUBLIC may write it), and on
 -- the trigger functions to its owner (a partition it creates clones the trigger). Returns how many roles were
@@ -386,10 +415,52 @@ LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
   );
 $$;
 
+-- Weasel rebuilds a table whose partitioning changed by copying it aside (CREATE TABLE <name>_temp AS SELECT * FROM
+-- <name>), dropping it, creating it anew, copying the rows back and dropping the copy. The copy (so named, and without
+-- a primary key, which no table Marten makes lacks) is nobody's table; the table is not watched while its copy exists,
+-- so that the rows copied back, which did not change, are not announced: the copy's DROP installs it
+-- (changefeed_on_drop).
+CREATE OR REPLACE FUNCTION changefeed_rebuild_copy(p_relid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+  SELECT coalesce((
+    SELECT c.relkind = 'r' AND right(c.relname, 5) = '_temp'
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p')
+    FROM pg_class c WHERE c.oid = p_relid), false);
+$$;
+
+-- Whether a table is being rebuilt: its copy exists.
+CREATE OR REPLACE FUNCTION changefeed_rebuilding(p_relid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+  SELECT coalesce((
+    SELECT changefeed_rebuild_copy(to_regclass(format('%I.%I', n.nspname, c.relname || '_temp')))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid), false);
+$$;
+
+-- A TRUNCATE fires the statement triggers of the relation named and, when it is partitioned, of every partition;
+-- a partition's own TRUNCATE only its own; and PostgreSQL clones no statement trigger onto a partition. So every
+-- relation of an installed table's tree carries its own (a partition created later gets it from the event trigger).
+CREATE OR REPLACE FUNCTION changefeed_statement_triggers(p_relid oid, p_channel text) RETURNS void
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  part record;
+BEGIN
+  FOR part IN
+    SELECT c.oid, c.relname, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND (c.oid = p_relid OR c.oid IN (SELECT relid FROM pg_partition_tree(p_relid)))
+  LOOP
+    IF NOT changefeed_triggered(part.oid, 'changefeed_truncate', 'changefeed_statement_notify()', ARRAY[p_channel]) THEN
+      EXECUTE format('CREATE OR REPLACE TRIGGER changefeed_truncate AFTER TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION changefeed_statement_notify(%L)',
+        part.nspname, part.relname, p_channel);
+    END IF;
+  END LOOP;
+END;
+$$;
+
 -- Puts the trigger on one table; nothing on a partition, which its partitioned table's trigger covers. A partitioned
 -- table's trigger (cloned by PostgreSQL onto every partition, now and later) is named changefeed_partitioned, an
 -- ordinary table's changefeed_notify: two names, so that a table that has its own can still be attached as a
--- partition (the event trigger then drops its own). Returns the roles granted rights now (changefeed_register).
+-- partition (the event trigger then drops its own). Every relation of the table's tree gets the TRUNCATE trigger. A
+-- table being rebuilt, or the copy of one, gets nothing. Returns the roles granted rights now (changefeed_register).
 CREATE OR REPLACE FUNCTION changefeed_install(p_schema text, p_table text, p_channel text, p_inline boolean, p_outbox boolean DEFAULT false)
 RETURNS int
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
@@ -399,7 +470,7 @@ DECLARE
   part boolean;
 BEGIN
   SELECT c.relkind, c.relispartition INTO kind, part FROM pg_class c WHERE c.oid = rel;
-  IF rel IS NULL OR part THEN
+  IF rel IS NULL OR part OR changefeed_rebuild_copy(rel) OR changefeed_rebuilding(rel) THEN
     RETURN 0;
   END IF;
   -- a trigger in place is left alone: replacing it would lock the table against writers at every scan
@@ -408,12 +479,13 @@ BEGIN
       'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I FOR EACH ROW EXECUTE FUNCTION changefeed_notify(%L)',
       CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END, p_schema, p_table, p_channel);
   END IF;
+  PERFORM changefeed_statement_triggers(rel, p_channel);
   RETURN changefeed_register(rel, p_channel, p_inline, p_outbox);
 END;
 $$;
 
--- Installs on every table of p_schema whose name matches p_pattern (LIKE) and has an "id" column, partitions
--- aside. One row per table: `error` is null when the trigger is in place, else why not (the others go on);
+-- Installs on every table of p_schema whose name matches p_pattern (LIKE) and has an "id" column, partitions and
+-- rebuild copies aside. One row per table: `error` is null when the trigger is in place, else why not (the others go on);
 -- `granted`, the roles given rights now. Forgets the installed tables that were dropped.
 CREATE OR REPLACE FUNCTION changefeed_watch(p_schema text, p_pattern text, p_channel text, p_inline_tables text[], p_outbox boolean DEFAULT false)
 RETURNS TABLE (tbl text, error text, granted int)
@@ -436,6 +508,7 @@ BEGIN
       AND NOT c.relispartition
       AND c.relname LIKE p_pattern
       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'id' AND NOT a.attisdropped)
+      AND NOT changefeed_rebuild_copy(c.oid)
     ORDER BY c.relname
   LOOP
     error := NULL;
@@ -450,20 +523,49 @@ BEGIN
 END;
 $$;
 
--- Tables created later (Marten creates mt_doc_* tables on first use, under its own role): install as they appear,
--- and tell the server (a signed note), which then knows the new type at once. After an ALTER TABLE: a table attached
--- as a partition loses its own trigger (its partitioned table's now covers it), a detached one gets its own again,
--- and one with a new owner is registered again. After a GRANT on tables, every watched table's writers are.
+-- Installs on a table of a watched schema whose name matches a watched pattern, as the event triggers meet them, and
+-- tells the server (a signed note; `p_note`: more of it), which then knows the new type at once. Never raises: a
+-- failure is a warning to the one who ran the DDL and a note to the server.
+CREATE OR REPLACE FUNCTION changefeed_adopt(p_relid oid, p_note jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  rel record;
+  w   record;
+BEGIN
+  SELECT c.relname, n.nspname INTO rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid;
+  IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p_relid AND a.attname = 'id' AND NOT a.attisdropped) THEN
+    RETURN;
+  END IF;
+  FOR w IN SELECT * FROM changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
+    BEGIN
+      PERFORM changefeed_install(rel.nspname, rel.relname, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
+      PERFORM pg_notify(w.channel, changefeed_sign((jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current()) || p_note)::text));
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
+      BEGIN
+        PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
+      EXCEPTION WHEN OTHERS THEN
+        NULL;
+      END;
+    END;
+  END LOOP;
+END;
+$$;
+
+-- Tables created later (Marten creates mt_doc_* tables on first use, under its own role): install as they appear
+-- (changefeed_adopt). After an ALTER TABLE: a table attached as a partition loses its own trigger (its partitioned
+-- table's now covers it), a detached one gets its own again, and one with a new owner is registered again. A
+-- partition of an installed table, new or attached, gets its TRUNCATE trigger. A table being rebuilt, and its copy,
+-- are left alone (changefeed_rebuild_copy). After a GRANT on tables, every watched table's writers are registered.
 -- An event trigger fires on DDL only: no role can call it. It runs as the owner of these objects, to put the trigger
 -- on a table another role created; it acts only on tables of the watched schemas whose names match a watched
--- pattern, with names read from the catalog, and never raises: a failure is a warning to the one who ran the DDL
--- and a note to the server.
+-- pattern (and on partitions of installed tables), with names read from the catalog, and never raises.
 CREATE OR REPLACE FUNCTION changefeed_on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
   cmd record;
   rel record;
-  w   record;
+  w   changefeed_tables;
 BEGIN
   FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE lower(object_type) = 'table' LOOP
     -- rights on tables were granted (the command names no table): a new writer of a watched table gets the right to
@@ -477,19 +579,27 @@ BEGIN
       CONTINUE;
     END IF;
     BEGIN
-      -- the table; after an ALTER TABLE (an ATTACH or DETACH names the partitioned table) every table of its
-      -- schema: the watched ones among them are few
+      -- the table; after an ALTER TABLE (an ATTACH or DETACH names the partitioned table) its partitions and every
+      -- table of its schema: the watched ones among them are few
       FOR rel IN
         SELECT c.oid, c.relname, n.nspname, c.relispartition
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = cmd.objid OR (cmd.command_tag = 'ALTER TABLE' AND c.relkind IN ('r', 'p')
-          AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = cmd.objid)
-          AND EXISTS (SELECT 1 FROM changefeed_patterns p WHERE p.schema_name = n.nspname AND c.relname LIKE p.pattern))
+          AND (c.oid IN (SELECT relid FROM pg_partition_tree(cmd.objid))
+            OR (c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = cmd.objid)
+              AND EXISTS (SELECT 1 FROM changefeed_patterns p WHERE p.schema_name = n.nspname AND c.relname LIKE p.pattern))))
       LOOP
         IF rel.relispartition THEN
           IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel.oid AND tgname = 'changefeed_notify' AND tgparentid = 0) THEN
             EXECUTE format('DROP TRIGGER changefeed_notify ON %I.%I', rel.nspname, rel.relname);
           END IF;
+          SELECT * INTO w FROM changefeed_tables WHERE relid = pg_partition_root(rel.oid);
+          IF FOUND THEN
+            PERFORM changefeed_statement_triggers(rel.oid, w.channel);
+          END IF;
+          CONTINUE;
+        END IF;
+        IF changefeed_rebuild_copy(rel.oid) OR changefeed_rebuilding(rel.oid) THEN
           CONTINUE;
         END IF;
         IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = rel.oid AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
@@ -497,22 +607,7 @@ BEGIN
           PERFORM changefeed_register(t.relid, t.channel, t.inline, t.outbox) FROM changefeed_tables t WHERE t.relid = rel.oid;
           CONTINUE;
         END IF;
-        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel.oid AND a.attname = 'id' AND NOT a.attisdropped) THEN
-          CONTINUE;
-        END IF;
-        FOR w IN SELECT * FROM changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
-          BEGIN
-            PERFORM changefeed_install(rel.nspname, rel.relname, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
-            PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current())::text));
-          EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
-            BEGIN
-              PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
-            EXCEPTION WHEN OTHERS THEN
-              NULL;
-            END;
-          END;
-        END LOOP;
+        PERFORM changefeed_adopt(rel.oid, '{}');
       END LOOP;
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'changefeed: looking at a new or altered table failed: %', SQLERRM;
@@ -520,6 +615,37 @@ BEGIN
   END LOOP;
 EXCEPTION WHEN OTHERS THEN
   RAISE WARNING 'changefeed: looking at new tables failed: %', SQLERRM;
+END;
+$$;
+
+-- Tables dropped: a watched one is forgotten and the server told (it forgets the type whose table it was, unless the
+-- table is being rebuilt). The copy of a rebuilt table dropped ends the rebuild: the table gets its trigger now, and
+-- the note says whether the table was made in this very transaction ("fresh": then no other transaction can have
+-- written it unannounced). Like changefeed_on_ddl: the owner's, fired by DDL only, never raises.
+CREATE OR REPLACE FUNCTION changefeed_on_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+  obj  record;
+  w    changefeed_tables;
+  base oid;
+BEGIN
+  FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' AND NOT is_temporary LOOP
+    BEGIN
+      DELETE FROM changefeed_tables WHERE relid = obj.objid RETURNING * INTO w;
+      IF FOUND THEN
+        PERFORM pg_notify(w.channel, changefeed_sign(jsonb_build_object('ddl', 'dropped', 's', obj.schema_name, 't', obj.object_name, 'x', txid_current())::text));
+      ELSIF right(obj.object_name, 5) = '_temp' THEN
+        base := to_regclass(format('%I.%I', obj.schema_name, left(obj.object_name, -5)));
+        IF base IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = base AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
+          PERFORM changefeed_adopt(base, jsonb_build_object('fresh', (SELECT xmin FROM pg_class WHERE oid = base)::text = (txid_current() % 4294967296)::text));
+        END IF;
+      END IF;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'changefeed: looking at a dropped table failed: %', SQLERRM;
+    END;
+  END LOOP;
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'changefeed: looking at dropped tables failed: %', SQLERRM;
 END;
 $$;
 
@@ -537,8 +663,18 @@ EXCEPTION WHEN insufficient_privilege THEN
 END;
 $$;
 
--- Installs the event store's triggers (default mt_events and mt_streams). Null when the event table is not there,
--- else the roles granted rights now (changefeed_register).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'changefeed_on_drop') THEN
+    CREATE EVENT TRIGGER changefeed_on_drop ON sql_drop WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION changefeed_on_drop();
+  END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'changefeed: no right to create an event trigger; dropped tables are found by re-scanning';
+END;
+$$;
+
+-- Installs the event store's triggers (default mt_events and mt_streams; TRUNCATE triggers on their trees). Null when
+-- the event table is not there, else the roles granted rights now (changefeed_register).
 CREATE OR REPLACE FUNCTION changefeed_watch_events(p_schema text, p_events text, p_streams text, p_channel text, p_outbox boolean DEFAULT false)
 RETURNS int
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
@@ -555,6 +691,7 @@ BEGIN
       'CREATE OR REPLACE TRIGGER changefeed_event_notify AFTER INSERT ON %I.%I FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify(%L, %L)',
       p_schema, p_events, p_channel, p_streams);
   END IF;
+  PERFORM changefeed_statement_triggers(events, p_channel);
   granted := changefeed_register(events, p_channel, true, p_outbox);
   -- streams are archived from Marten 7 on (is_archived); an older store has nothing to archive
   IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = streams AND attname = 'is_archived' AND NOT attisdropped) THEN
@@ -563,9 +700,31 @@ BEGIN
         'CREATE OR REPLACE TRIGGER changefeed_stream_notify AFTER INSERT OR UPDATE OF is_archived ON %I.%I FOR EACH ROW EXECUTE FUNCTION changefeed_stream_notify(%L)',
         p_schema, p_streams, p_channel);
     END IF;
+    PERFORM changefeed_statement_triggers(streams, p_channel);
     granted := granted + changefeed_register(streams, p_channel, false, p_outbox);
   END IF;
   RETURN granted;
+END;
+$$;
+
+-- Marten's table of tenant databases (MasterTableTenancy: mt_tenant_databases): any change of it tells the server,
+-- which reads it again and starts or stops capturing a tenant's database. The note carries nothing of the table (its
+-- rows hold connection strings), and goes out as a NOTIFY in either mode. Null when the table is not there, else the
+-- roles granted rights now (changefeed_register).
+CREATE OR REPLACE FUNCTION changefeed_watch_registry(p_schema text, p_table text, p_channel text) RETURNS int
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+  rel oid := to_regclass(format('%I.%I', p_schema, p_table));
+BEGIN
+  IF rel IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF NOT changefeed_triggered(rel, 'changefeed_registry', 'changefeed_statement_notify()', ARRAY[p_channel, 'registry']) THEN
+    EXECUTE format(
+      'CREATE OR REPLACE TRIGGER changefeed_registry AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION changefeed_statement_notify(%L, %L)',
+      p_schema, p_table, p_channel, 'registry');
+  END IF;
+  RETURN changefeed_register(rel, p_channel, false, false);
 END;
 $$;
 
@@ -575,7 +734,9 @@ REVOKE ALL ON TABLE changefeed_migrations, changefeed_patterns, changefeed_table
 REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(text), changefeed_sign(text),
   changefeed_triggered(oid, text, regprocedure, text[]),
   changefeed_announce(oid, jsonb), changefeed_pass(oid, text, jsonb), changefeed_notify(), changefeed_event_notify(),
-  changefeed_stream_notify(), changefeed_register(oid, text, boolean, boolean), changefeed_install(text, text, text, boolean, boolean),
-  changefeed_watch(text, text, text, text[], boolean), changefeed_on_ddl(),
-  changefeed_watch_events(text, text, text, text, boolean) FROM PUBLIC;
+  changefeed_stream_notify(), changefeed_statement_notify(), changefeed_register(oid, text, boolean, boolean),
+  changefeed_rebuild_copy(oid), changefeed_rebuilding(oid), changefeed_statement_triggers(oid, text),
+  changefeed_install(text, text, text, boolean, boolean), changefeed_watch(text, text, text, text[], boolean),
+  changefeed_adopt(oid, jsonb), changefeed_on_ddl(), changefeed_on_drop(),
+  changefeed_watch_events(text, text, text, text, boolean), changefeed_watch_registry(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION changefeed_pass(oid, text, jsonb) TO PUBLIC;

@@ -8,7 +8,7 @@
  * claim is configured at all — and names a tenant to watch one.
  */
 import type { Database } from '../capture/database.js'
-import { quoteIdent } from '../capture/database.js'
+import { quoteIdent, readAs } from '../capture/database.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
 import { WireError } from '../errors.js'
 import { FEED } from '../route/channels.js'
@@ -129,10 +129,10 @@ export class AccessPolicy {
     if (entity.ownerPath === undefined || entity.ownerPath.length === 0) return entityId === principal.userId
     const database = this.registry.databaseFor(entity, tenantId)
     const db = database === undefined ? undefined : this.databases.get(database)
-    if (db === undefined) return false
+    if (database === undefined || db === undefined) return false
     const byTenant = entity.tenancy === 'conjoined'
     try {
-      const rows = await db.query<{ owner: string | null }>(
+      const rows = await readAs<{ owner: string | null }>(db, this.registry.settingOf(database, entity), tenantId,
         `SELECT data #>> $2::text[] AS owner FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id = $1${byTenant ? ' AND tenant_id = $3' : ''}`,
         byTenant ? [entityId, entity.ownerPath, tenantId] : [entityId, entity.ownerPath])
       return rows.length > 0 && rows[0].owner === principal.userId

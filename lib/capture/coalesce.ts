@@ -10,8 +10,8 @@ import { notifyPosition, type ChangeType } from '../protocol/wire.js'
 
 export type { ChangeType }
 
-/** insert, update, delete; an event appended; a stream archived */
-export type RowOp = 'I' | 'U' | 'D' | 'A' | 'R'
+/** insert, update, delete; an event appended; a stream archived; a table (or one of its partitions) truncated */
+export type RowOp = 'I' | 'U' | 'D' | 'A' | 'R' | 'T'
 
 /** An event appended to a stream (event sources): its data when it rode inline. */
 export interface AppendedEvent {
@@ -38,6 +38,9 @@ export interface RowChange {
   e?: AppendedEvent
   /** outbox mode: the row's position, given by the publishing listener */
   p?: string
+  /** a TRUNCATE: the relation truncated (the table, or one of its partitions) */
+  ps?: string
+  pt?: string
 }
 
 /** One entity's net change in one transaction. */
@@ -69,6 +72,11 @@ export interface Change {
   /** event sources: the stream's type and the events appended in the transaction, in version order */
   streamType?: string | null
   events?: AppendedEvent[]
+  /**
+   * a TRUNCATE of the table (`changeType` is `deleted`, `id` empty): every entity of it is gone, or every entity of
+   * the tenant whose partition this relation is (lib/route/truncations.ts)
+   */
+  truncated?: { schema: string, table: string }
 }
 
 interface Pending { first: RowOp, last: RowChange, events?: AppendedEvent[] }
@@ -89,7 +97,7 @@ export function isRowChange (value: unknown): value is RowChange {
   if (value === null || typeof value !== 'object') return false
   const v = value as Record<string, unknown>
   return typeof v.s === 'string' && typeof v.t === 'string' && typeof v.id === 'string' &&
-    (DOCUMENT_OPS.has(v.op as string) || v.op === 'A' || v.op === 'R') && (typeof v.x === 'number' || typeof v.x === 'string') &&
+    (DOCUMENT_OPS.has(v.op as string) || v.op === 'A' || v.op === 'R' || v.op === 'T') && (typeof v.x === 'number' || typeof v.x === 'string') &&
     (v.tn === undefined || v.tn === null || typeof v.tn === 'string') &&
     typeof v.ts === 'number' && (v.op !== 'A' || (typeof v.e === 'object' && v.e !== null))
 }
@@ -106,7 +114,9 @@ export class TransactionCoalescer {
     const txid = String(row.x)
     if (this.txid !== null && txid !== this.txid) this.flush()
     this.txid = txid
-    const key = row.s + '.' + row.t + '\u0000' + (row.tn ?? '') + '\u0000' + row.id
+    // a TRUNCATE of the table and of each of its partitions are several changes
+    const id = row.op === 'T' ? '\u0001' + (row.ps ?? '') + '.' + (row.pt ?? '') : row.id
+    const key = row.s + '.' + row.t + '\u0000' + (row.tn ?? '') + '\u0000' + id
     let seen = this.pending.get(key)
     if (seen === undefined) {
       seen = { first: row.op, last: row }
@@ -153,9 +163,9 @@ export class TransactionCoalescer {
         continue
       }
       // an event table only ever reports 'A' and a stream table 'R', so other rows here are document rows
-      const changeType = last.op === 'R' ? 'archived' : netChange(first as 'I' | 'U' | 'D', last.op as 'I' | 'U' | 'D')
+      const changeType = last.op === 'R' ? 'archived' : last.op === 'T' ? 'deleted' : netChange(first as 'I' | 'U' | 'D', last.op as 'I' | 'U' | 'D')
       if (changeType === null) continue
-      this.emit({
+      const change: Change = {
         database: this.database,
         schema: last.s,
         table: last.t,
@@ -170,7 +180,9 @@ export class TransactionCoalescer {
         doc: last.d,
         hasDoc: last.op !== 'D' && 'd' in last,
         streamType: last.op === 'R' ? last.st ?? null : undefined
-      })
+      }
+      if (last.op === 'T') change.truncated = { schema: last.ps ?? last.s, table: last.pt ?? last.t }
+      this.emit(change)
     }
   }
 }

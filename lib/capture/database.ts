@@ -22,9 +22,14 @@ export interface ListenHandlers {
   onLost(err: Error): void
 }
 
+/** A setting set for one read: a row-level security policy's tenant. */
+export interface ReadSetting { name: string, value: string }
+
 export interface Database {
   readonly name: string
   query<R = Record<string, unknown>>(text: string, params?: unknown[]): Promise<R[]>
+  /** Runs a read in a transaction of its own with `setting` set in it (set_config(name, value, true)). */
+  queryAs<R = Record<string, unknown>>(setting: ReadSetting, text: string, params?: unknown[]): Promise<R[]>
   /** Runs a multi-statement script in one transaction; rolls back on error. */
   execScript(script: string): Promise<void>
   /** Opens a dedicated connection whose NOTIFYs on the channels it listens to go to `handlers`. */
@@ -32,17 +37,44 @@ export interface Database {
   close(): Promise<void>
 }
 
+/**
+ * A read of a watched table: as `tenantId` where a row-level security policy reads the tenant from `setting`
+ * (EntityRegistry.settingOf), as it is otherwise.
+ */
+export async function readAs<R> (db: Database, setting: string | null, tenantId: string | null, text: string, params: unknown[]): Promise<R[]> {
+  return setting === null || tenantId === null ? await db.query<R>(text, params) : await db.queryAs<R>({ name: setting, value: tenantId }, text, params)
+}
+
 export function quoteIdent (name: string): string {
   return '"' + name.replace(/"/g, '""') + '"'
 }
 
-/** PostgreSQL: `pool` is the @fastify/postgres pool named after the database; LISTEN uses its own client. */
+/**
+ * PostgreSQL: `pool` is the @fastify/postgres pool named after the database (or, `owned`, one made for a tenant's
+ * database found while running, closed with it); LISTEN uses its own client.
+ */
 export class PgDatabase implements Database {
-  constructor (readonly name: string, private readonly pool: pg.Pool, private readonly connectionString: string) {}
+  constructor (readonly name: string, private readonly pool: pg.Pool, private readonly connectionString: string, private readonly owned = false) {}
 
   async query<R>(text: string, params?: unknown[]): Promise<R[]> {
     const result = await this.pool.query(text, params as unknown[])
     return result.rows as R[]
+  }
+
+  async queryAs<R>(setting: ReadSetting, text: string, params?: unknown[]): Promise<R[]> {
+    const client = await this.pool.connect()
+    try {
+      // one round trip for the transaction and its setting: the values are quoted by the driver
+      await client.query(`BEGIN READ ONLY; SELECT set_config(${client.escapeLiteral(setting.name)}, ${client.escapeLiteral(setting.value)}, true)`)
+      const result = await client.query(text, params as unknown[])
+      await client.query('COMMIT')
+      return result.rows as R[]
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {})
+      throw err
+    } finally {
+      client.release()
+    }
   }
 
   async execScript (script: string): Promise<void> {
@@ -96,13 +128,15 @@ export class PgDatabase implements Database {
   }
 
   async close (): Promise<void> {
-    // The pool belongs to @fastify/postgres (or the host), which closes it.
+    // a configured database's pool belongs to @fastify/postgres (or the host), which closes it
+    if (this.owned) await this.pool.end().catch(() => {})
   }
 }
 
 /** Minimal shape of a PGlite instance, so that PGlite stays an optional, lazily loaded dependency. */
 export interface PGliteLike {
   query<R>(text: string, params?: unknown[]): Promise<{ rows: R[] }>
+  transaction<T>(work: (tx: { query<R>(text: string, params?: unknown[]): Promise<{ rows: R[] }> }) => Promise<T>): Promise<T>
   exec(script: string): Promise<unknown>
   listen(channel: string, cb: (payload: string) => void): Promise<() => Promise<void>>
   close(): Promise<void>
@@ -139,6 +173,13 @@ export class PGliteDatabase implements Database {
 
   async query<R>(text: string, params?: unknown[]): Promise<R[]> {
     return (await this.db.query<R>(text, params)).rows
+  }
+
+  async queryAs<R>(setting: ReadSetting, text: string, params?: unknown[]): Promise<R[]> {
+    return await this.db.transaction(async (tx) => {
+      await tx.query('SELECT set_config($1, $2, true)', [setting.name, setting.value])
+      return (await tx.query<R>(text, params)).rows
+    })
   }
 
   async execScript (script: string): Promise<void> {

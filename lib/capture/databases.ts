@@ -2,9 +2,9 @@
  * The databases capture reads and writes: a @fastify/postgres pool per PostgreSQL database (the host's, when it
  * registered one under the same name, else ours), or the embedded PGlite for `pglite:` urls.
  */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import fastifyPostgres from '@fastify/postgres'
-import type pg from 'pg'
+import pg from 'pg'
 import { PGliteDatabase, PgDatabase, type Database } from './database.js'
 import { DatabaseMismatchError, DatabaseUnavailableError } from '../errors.js'
 
@@ -39,8 +39,25 @@ export async function openDatabases (fastify: FastifyInstance, list: ReadonlyArr
   return databases
 }
 
+/**
+ * A tenant's database found while running (a tenant registry): @fastify/postgres cannot register a pool once the
+ * host is ready, so it gets a pool of its own, closed with it. Rejects with CHANGEFEED_DATABASE_UNAVAILABLE.
+ */
+export async function openTenantDatabase (name: string, url: string, log: FastifyBaseLogger): Promise<Database> {
+  const pool = new pg.Pool({ connectionString: url, max: 4 })
+  pool.on('error', (err) => log.warn({ database: name, err: err.message }, 'changefeed: an idle database connection was lost'))
+  const db = new PgDatabase(name, pool, url, true)
+  try {
+    await reach(db, url)
+  } catch (err) {
+    await db.close()
+    throw err
+  }
+  return db
+}
+
 /** Where a url points, without its password: `host:port`, the database and the role (empty: the server's default). */
-function target (url: string): { server: string, database: string, role: string } {
+export function target (url: string): { server: string, database: string, role: string } {
   let parsed: URL
   try {
     parsed = new URL(url)

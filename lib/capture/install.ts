@@ -27,6 +27,17 @@ export function migrations (): Array<{ name: string, script: string }> {
 export interface WatchedTable {
   schema: string
   table: string
+  /** its oid: a table dropped and created again (Weasel's rebuild) has a new one */
+  oid: string
+  /** Weasel's copy of a table being rebuilt (sql/changefeed.sql, changefeed_rebuild_copy): no table of anyone's */
+  copy: boolean
+  /** the capture trigger is on it (not while it is being rebuilt) */
+  triggered: boolean
+  /**
+   * row-level security, when the table has it: whether it applies to this role (not a superuser, nor one that
+   * bypasses it, nor the owner of a table that does not force it), and the setting its policies read the tenant from
+   */
+  rowSecurity: { applies: boolean, setting: string | null } | null
   /** the .NET type Marten recorded (the hierarchy's base type for hierarchy tables), when it has rows */
   dotnetType: string | null
   /** Marten conjoined tenancy */
@@ -87,16 +98,28 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
       }
     }
   }
-  const rows = await db.query<{ t: string, columns: string[], triggered: boolean }>(
-    `SELECT c.relname AS t, array_agg(a.attname::text) AS columns,
-            EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname IN ('changefeed_notify', 'changefeed_partitioned')) AS triggered
+  const rows = await db.query<{ t: string, oid: string, columns: string[], triggered: boolean, copy: boolean, rls: boolean, applies: boolean, policy: string | null }>(
+    `SELECT c.relname AS t, c.oid::text AS oid, array_agg(a.attname::text) AS columns,
+            EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname IN ('changefeed_notify', 'changefeed_partitioned')) AS triggered,
+            c.relkind = 'r' AND right(c.relname, 5) = '_temp' AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS copy,
+            c.relrowsecurity AS rls,
+            c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
+              AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user) AS applies,
+            (SELECT string_agg(coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' ' || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), ''), ' ')
+             FROM pg_policy p WHERE p.polrelid = c.oid) AS policy
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
      WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
        AND (c.relname LIKE ANY ($2::text[]) OR c.relname = ANY ($3::text[]))
-     GROUP BY c.oid, c.relname ORDER BY 2`, [schema, request.patterns, request.tables])
+     GROUP BY c.oid, c.relname ORDER BY 1`, [schema, request.patterns, [...request.tables, ...request.tables.map((t) => t + '_temp')]])
   const result: WatchedTable[] = []
-  for (const { t: table, columns, triggered } of rows) {
+  for (const { t: table, oid, columns, triggered, copy, rls, applies, policy } of rows) {
     if (!columns.includes('id')) continue
+    const rowSecurity = rls ? { applies, setting: /current_setting\('([A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)'/.exec(policy ?? '')?.[1] ?? null } : null
+    const found = { schema, table, oid, copy, triggered, rowSecurity, tenantColumn: columns.includes('tenant_id'), dataColumn: columns.includes('data') }
+    if (copy) {
+      result.push({ ...found, dotnetType: null, error: null, granted: 0 })
+      continue
+    }
     let error = errors.get(table) ?? null
     if (request.install && !errors.has(table)) {
       // a declared table outside the patterns
@@ -110,16 +133,34 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
       error = 'it has no changefeed trigger (capture.installTriggers is off: apply sql/changefeed.sql and install it)'
     }
     result.push({
-      schema,
-      table,
+      ...found,
       dotnetType: columns.includes('mt_dotnet_type') ? await dotnetTypeOf(db, schema, table, columns.includes('mt_doc_type')) : null,
-      tenantColumn: columns.includes('tenant_id'),
-      dataColumn: columns.includes('data'),
       error,
       granted: granted.get(table) ?? 0
     })
   }
   return result
+}
+
+/**
+ * Whether the event store belongs to tenants: its streams are keyed by tenant (Marten conjoined tenancy) or its events
+ * partitioned by it (tenant-partitioned events). Under single tenancy both tables have a tenant_id too, always
+ * Marten's default tenant.
+ */
+export async function eventStoreTenanted (db: Database, store: { schema: string, table: string, streams: string }): Promise<boolean> {
+  const [row] = await db.query<{ tenanted: boolean }>(
+    `SELECT EXISTS (
+       SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+       WHERE i.indrelid IN (to_regclass($1), to_regclass($2)) AND i.indisprimary AND a.attname = 'tenant_id'
+     ) OR coalesce(pg_get_partkeydef(to_regclass($2)) ~ 'tenant_id', false) AS tenanted`,
+    [`${quoteIdent(store.schema)}.${quoteIdent(store.streams)}`, `${quoteIdent(store.schema)}.${quoteIdent(store.table)}`])
+  return row?.tenanted === true
+}
+
+/** Puts the trigger on Marten's table of tenant databases (sql/changefeed.sql); null when it is not there. */
+export async function watchRegistry (db: Database, registry: { schema: string, table: string }, channel: string): Promise<number | null> {
+  const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_registry($1, $2, $3) AS granted', [registry.schema, registry.table, channel])
+  return row?.granted ?? null
 }
 
 /**

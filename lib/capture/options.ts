@@ -1,5 +1,5 @@
 /** The options of capture: the databases, and what is captured from them and how (part of lib/options.ts). */
-import Type from 'typebox'
+import Type, { type Static } from 'typebox'
 
 export const Database = Type.Object(
   {
@@ -9,7 +9,13 @@ export const Database = Type.Object(
       description: 'postgres://… connection string, or `pglite://memory` / `pglite:///dir` for the embedded PGlite'
     }),
     schema: Type.Optional(Type.String({ minLength: 1, description: 'schema whose tables are watched in this database (default: capture.schema)' })),
-    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[^:]+$', description: 'database per tenant (Marten): every change of this database belongs to this tenant (no ":")' }))
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[^:]+$', description: 'database per tenant (Marten): every change of this database belongs to this tenant (no ":")' })),
+    tenantRegistry: Type.Optional(Type.Union([Type.Boolean(), Type.Object({
+      schema: Type.Optional(Type.String({ minLength: 1, description: 'its schema (default: the database\'s schema)' })),
+      table: Type.Optional(Type.String({ minLength: 1, description: 'its name (default: mt_tenant_databases)' }))
+    }, { additionalProperties: false })], {
+      description: 'this database holds Marten\'s table of tenant databases (MasterTableTenancy: tenant_id, connection_string, disabled): each enabled tenant\'s database is captured, those added or removed while the server runs too, and the types that name no database are fed by every tenant\'s. Connection strings (Npgsql\'s or URLs) never reach a log'
+    }))
   },
   { additionalProperties: false }
 )
@@ -50,7 +56,21 @@ export const Capture = Type.Object(
       types: Type.Record(Type.String(), Type.String(), { default: {}, description: 'mt_streams.type → entity type; unmapped stream types match an entity name ignoring case and _. A type named here is a stream\'s aggregate: no warning when it has no table of its own' }),
       untypedAs: Type.Optional(Type.String({ description: 'entity type of streams started without an aggregate type (mt_streams.type null); without it their appends are counted and logged, not delivered' }))
     }, { default: {}, additionalProperties: false }),
+    tenantSetting: Type.String({
+      pattern: '^[A-Za-z_][A-Za-z0-9_]*\\.[A-Za-z_][A-Za-z0-9_]*$',
+      default: 'app.tenant_id',
+      description: 'the setting a row-level security policy reads the tenant from (Marten\'s `UseRowLevelSecurity`), when the policy does not name it in a way the server reads: a table under such a policy is read with it set to the entity\'s tenant'
+    }),
     probeIntervalSeconds: Type.Number({ minimum: 0, default: 15, description: 'how often the listener connection is checked with a query; one that does not answer within 5 s is replaced (0: never)' })
   },
   { default: {}, additionalProperties: false }
 )
+
+type DatabaseOptions = Static<typeof Database>
+
+/** Where a database's table of tenant databases is (`databases[].tenantRegistry`), or null when it has none. */
+export function tenantRegistryOf (db: DatabaseOptions, schema: string): { schema: string, table: string } | null {
+  const registry = db.tenantRegistry
+  if (registry === undefined || registry === false) return null
+  return registry === true ? { schema, table: 'mt_tenant_databases' } : { schema: registry.schema ?? schema, table: registry.table ?? 'mt_tenant_databases' }
+}

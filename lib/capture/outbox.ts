@@ -92,9 +92,9 @@ export class Outbox {
   }
 
   /**
-   * One entity's changes after `since` (one tenant's, when `tenantId` is given), read in one snapshot with the state
-   * that says whether they are all still there. null: not recoverable (another epoch, pruned, from the future, or
-   * more than `limit`).
+   * One entity's changes after `since` (one tenant's, when `tenantId` is given), and the TRUNCATEs of its tables,
+   * read in one snapshot with the state that says whether they are all still there. null: not recoverable (another
+   * epoch, pruned, from the future, or more than `limit`).
    */
   async replay (query: Query, request: { tables: string[], entityId: string, tenantId: string | null, since: string, limit: number }): Promise<RowChange[] | null> {
     const position = parsePosition(request.since)
@@ -104,7 +104,8 @@ export class Outbox {
       FROM changefeed_outbox_state s
       LEFT JOIN LATERAL (
         SELECT pos AS p, change FROM changefeed_outbox
-        WHERE channel = s.channel AND eid = $2 AND t = ANY($3) AND pos > $4 AND ($6::text IS NULL OR tn = $6)
+        WHERE channel = s.channel AND t = ANY($3) AND pos > $4
+          AND ((eid = $2 AND ($6::text IS NULL OR tn = $6)) OR (eid = '' AND change->>'op' = 'T'))
         ORDER BY pos LIMIT $5
       ) o ON true
       WHERE s.channel = $1

@@ -4,8 +4,14 @@
  * announce changes (sql/changefeed.sql).
  */
 
-/** What the event trigger tells the listener about a table created while it runs. */
-export interface DdlNote { ddl: 'installed' | 'failed', s: string, t: string, error?: string }
+/**
+ * What the event triggers tell the listener about a table while it runs: the capture trigger was put on it (`fresh`:
+ * at the end of a rebuild, in the transaction that made the table), or could not be; it was dropped; or it is the
+ * table of tenant databases, which changed.
+ */
+export interface DdlNote { ddl: 'installed' | 'failed' | 'dropped' | 'registry', s: string, t: string, error?: string, fresh?: boolean }
+
+const DDL_NOTES = new Set(['installed', 'failed', 'dropped', 'registry'])
 
 /** The transaction id a signed payload names (changes and DDL notes both carry it); null when it has none. */
 export function transactionOf (row: unknown): string | null {
@@ -26,4 +32,4 @@ export function unannouncedNote (payload: string): { role: string } | null {
 }
 
 export const isDdlNote = (value: unknown): value is DdlNote => value !== null && typeof value === 'object' &&
-  ((value as DdlNote).ddl === 'installed' || (value as DdlNote).ddl === 'failed') && typeof (value as DdlNote).t === 'string'
+  DDL_NOTES.has((value as DdlNote).ddl) && typeof (value as DdlNote).s === 'string' && typeof (value as DdlNote).t === 'string'

@@ -12,15 +12,16 @@ import type { ResolvedOptions } from '../options.js'
 /** Where a database's outbox is read for `since` replays (outbox mode). */
 export interface ReplaySource { outbox: Outbox, tables: string[], maxReplay: number }
 
-/** Outbox mode: each database's replay source (none in notify mode). */
-export function replaySourcesOf (options: ResolvedOptions, databases: Iterable<string>, eventStore: EventStoreOf): Map<string, ReplaySource> {
-  const sources = new Map<string, ReplaySource>()
-  if (options.capture.mode !== 'outbox') return sources
-  for (const name of databases) {
-    const store = eventStore(name)
-    sources.set(name, { outbox: new Outbox(options.capture.channel), tables: store === null ? [] : [store.table, store.streams], maxReplay: options.capture.outbox.maxReplay })
+/** Outbox mode: where a database's changes are replayed from (undefined in notify mode), a tenant's found while running too. */
+export type ReplaySources = (database: string) => ReplaySource | undefined
+
+export function replaySourcesOf (options: ResolvedOptions, eventStore: EventStoreOf): ReplaySources {
+  if (options.capture.mode !== 'outbox') return () => undefined
+  const outbox = new Outbox(options.capture.channel)
+  return (database) => {
+    const store = eventStore(database)
+    return { outbox, tables: store === null ? [] : [store.table, store.streams], maxReplay: options.capture.outbox.maxReplay }
   }
-  return sources
 }
 
 /** `owner`: as on a live notification (lib/route/notices.ts), what delivery checks before the frame may reach a socket */
@@ -30,7 +31,7 @@ export class Replayer {
   constructor (
     private readonly registry: EntityRegistry,
     private readonly databases: ReadonlyMap<string, Database>,
-    private readonly sources: ReadonlyMap<string, ReplaySource>,
+    private readonly sources: ReplaySources,
     private readonly notices: Notices
   ) {}
 
@@ -40,7 +41,7 @@ export class Replayer {
    */
   async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<ReplayedFrames | null> {
     const database = this.registry.databaseFor(entity, tenantId)
-    const source = database === undefined ? undefined : this.sources.get(database)
+    const source = database === undefined ? undefined : this.sources(database)
     const db = database === undefined ? undefined : this.databases.get(database)
     if (database === undefined || source === undefined || db === undefined || entityId === '*') return null
     const tables = [entity.table, ...source.tables]
@@ -49,6 +50,9 @@ export class Replayer {
     if (rows === null) return null
     const frames: ReplayedFrames = []
     for (const change of coalesceRows(database, this.registry.tenantOfDatabase(database), rows)) {
+      // the entity's table (or a partition of it, or the event store) was emptied since: what it holds now is not a
+      // sum of changes
+      if (change.truncated !== undefined) return null
       if (this.notices.entityOf(change, { count: false })?.name !== entity.name) continue
       const { frame, owner } = await this.notices.noticeOf(entity, change, this.notices.tenantOf(entity, change))
       frames.push({ frame, position: change.position, owner })

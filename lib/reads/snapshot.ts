@@ -7,11 +7,11 @@
  * The position given with a state is that of the change that last wrote the row: `n:<transaction>` in notify mode,
  * the outbox position in outbox mode (when numbered already). A `delta` type's next patch may apply to it.
  */
-import { quoteIdent, type Database } from '../capture/database.js'
+import { quoteIdent, readAs, type Database } from '../capture/database.js'
 import { FULL_XMIN } from '../route/documents.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
 import { carriesDocument } from '../entities.js'
-import type { ReplaySource } from './replay.js'
+import type { ReplaySource, ReplaySources } from './replay.js'
 import { formatPosition, notifyPosition, type Condition, type EntitySnapshotData } from '../protocol/index.js'
 import { Visibility } from '../capture/visibility.js'
 
@@ -64,7 +64,7 @@ export class SnapshotReader {
     private readonly registry: EntityRegistry,
     private readonly databases: ReadonlyMap<string, Database>,
     /** outbox mode: where positions are numbered */
-    private readonly sources: ReadonlyMap<string, ReplaySource>
+    private readonly sources: ReplaySources
   ) {}
 
   /** The database a snapshot of (entity, tenant) is read from; SnapshotUnavailable when there is not exactly one. */
@@ -120,6 +120,10 @@ export class SnapshotReader {
     const { name, db } = this.databaseOf(entity, tenantId)
     const columns = await this.columnsOf(name, db, entity)
     if (columns === null) return { visibility: null, entities: [] }
+    // a table under row-level security shows one tenant's rows to a reader that names it, and nothing at all to one
+    // that does not
+    const setting = this.registry.settingOf(name, entity)
+    if (setting !== null && tenantId === null) throw new SnapshotUnavailable(`${entity.name} is read one tenant at a time (row-level security): name tenantId`)
     const params: unknown[] = []
     const conditions = [where(params)]
     if (columns.tenant && tenantId !== null && entity.tenancy === 'conjoined') {
@@ -127,7 +131,7 @@ export class SnapshotReader {
       conditions.push(`t.tenant_id = $${params.length}`)
     }
     if (columns.deleted) conditions.push('NOT coalesce(t.mt_deleted, false)')
-    const source = this.sources.get(name)
+    const source = this.sources(name)
     const position = source === undefined ? 'NULL::text AS pos, NULL::text AS epoch' : outboxPosition(source, entity, params)
     if (limit !== undefined) params.push(limit)
     const text = `SELECT s.sn::text AS snap, d.* FROM (SELECT pg_current_snapshot() AS sn) s LEFT JOIN LATERAL (
@@ -139,7 +143,7 @@ export class SnapshotReader {
         ${limit === undefined ? '' : `LIMIT $${params.length}`}
       ) d ON true`
     this.reads++
-    const rows = await db.query<Row>(text, params)
+    const rows = await readAs<Row>(db, setting, tenantId, text, params)
     const databaseTenant = this.registry.tenantOfDatabase(name)
     const entities: SnapshotEntity[] = []
     for (const row of rows) {

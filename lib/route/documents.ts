@@ -1,10 +1,11 @@
 /**
  * Reading what a notification carries when the trigger could not inline it: an entity's document (within its
- * tenant: conjoined tables are read by tenant and id, never by id alone), and the data of appended events.
+ * tenant: conjoined tables are read by tenant and id, never by id alone, and as the tenant where row-level security
+ * asks), and the data of appended events.
  */
-import { quoteIdent, type Database } from '../capture/database.js'
+import { quoteIdent, readAs, type Database } from '../capture/database.js'
 import type { Change } from '../capture/coalesce.js'
-import type { EntityType } from '../entities.js'
+import type { EntityRegistry, EntityType } from '../entities.js'
 
 /**
  * The transaction that wrote the version of row `t` read in snapshot `s.sn`: its `xmin` (32 bits, wraps) as the
@@ -23,7 +24,7 @@ export class DocumentReader {
   /** documents and event batches read */
   reads = 0
 
-  constructor (private readonly databases: ReadonlyMap<string, Database>) {}
+  constructor (private readonly databases: ReadonlyMap<string, Database>, private readonly registry: EntityRegistry) {}
 
   /**
    * The document of one tenant's entity in `database`, and the transaction that wrote it (a later one than the
@@ -34,7 +35,7 @@ export class DocumentReader {
     if (db === undefined) return undefined
     this.reads++
     const byTenant = entity.tenancy === 'conjoined' && tenantId !== null
-    const rows = await db.query<ReadDocument>(
+    const rows = await readAs<ReadDocument>(db, this.registry.settingOf(database, entity), tenantId,
       `SELECT t.data, (${FULL_XMIN})::text AS txid FROM (SELECT pg_current_snapshot() AS sn) s, ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} t
        WHERE t.id = $1${byTenant ? ' AND t.tenant_id = $2' : ''}`,
       byTenant ? [id, tenantId] : [id])

@@ -9,6 +9,8 @@ import type { Database } from '../capture/database.js'
 import { carriesDocument, type EntityRegistry, type EntityType } from '../entities.js'
 import type { Drops } from './drops.js'
 import { DocumentReader } from './documents.js'
+import { Truncations } from './truncations.js'
+import type { EventStoreOf } from '../capture/tables.js'
 import { encodeNotification, type NotificationFields, type PayloadTypeName } from '../protocol/index.js'
 
 /** One change's frame, as every watcher receives it, and what delivery needs to know of it. */
@@ -28,8 +30,7 @@ export interface Notice {
   stale?: true
 }
 
-/** A database's event store: only its tables may report event appends and archived streams. */
-export type EventStoreOf = (database: string) => { schema: string, table: string, streams: string } | null
+export type { EventStoreOf } from '../capture/tables.js'
 
 /**
  * The owner a full document of an owner type names (ownerPath), so that delivery can stop a subscription whose
@@ -46,6 +47,8 @@ export function ownerIn (entity: EntityType, payloadType: string, payload: unkno
 
 export class Notices {
   private readonly documents: DocumentReader
+  /** whose watchers a TRUNCATE concerns */
+  readonly truncations: Truncations
 
   constructor (
     private readonly registry: EntityRegistry,
@@ -53,7 +56,8 @@ export class Notices {
     private readonly eventStore: EventStoreOf,
     private readonly drops: Drops
   ) {
-    this.documents = new DocumentReader(databases)
+    this.documents = new DocumentReader(databases, registry)
+    this.truncations = new Truncations(registry, databases, eventStore)
   }
 
   /** documents and event data read from the database so far */
@@ -82,9 +86,14 @@ export class Notices {
     return undefined
   }
 
-  /** The tenant a change belongs to for its type: its database's, its row's (conjoined), or none. */
+  /**
+   * The tenant a change belongs to for its type: its database's, its row's (conjoined), or none. A stream of an event
+   * store that belongs to tenants belongs to its row's tenant whatever its type said (the type is tenanted from now on).
+   */
   tenantOf (entity: EntityType, change: Change): string | null {
     if (entity.tenancy === 'database') return this.registry.tenantOfDatabase(change.database)
+    if (entity.tenancy === 'none' && change.tenantId !== null && (change.events !== undefined || change.changeType === 'archived') &&
+      this.registry.hasTenantedEventStore(change.database)) this.registry.markConjoined(entity)
     return entity.tenancy === 'conjoined' ? change.tenantId : null
   }
 

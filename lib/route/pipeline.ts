@@ -1,6 +1,6 @@
 /**
- * The running pipeline, as lib/index.ts put it together, and what is read from it: the decorator, its statistics,
- * the counts telemetry observes, and the admin statistics route's body.
+ * The running pipeline, as lib/index.ts put it together (and the list of what closes it), and what is read from it:
+ * the decorator, its statistics, the counts telemetry observes, and the admin statistics route's body.
  */
 import type { Database } from '../capture/database.js'
 import type { Capture } from '../capture/index.js'
@@ -19,6 +19,19 @@ import type { ConnectionSet } from '../ws/route.js'
 import type { ResolvedOptions } from '../options.js'
 import type { ChangefeedDecorator, ChangefeedStats } from '../decorator.js'
 import { adminCheck, healthOf, type TelemetrySnapshot } from '../telemetry.js'
+
+/** Things to close, run in the reverse order they were opened; safe to run twice (a failed start, then onClose). */
+export class Closers {
+  private readonly closers: Array<() => unknown> = []
+
+  add (close: () => unknown): void {
+    this.closers.push(close)
+  }
+
+  readonly run = async (): Promise<void> => {
+    while (this.closers.length > 0) await this.closers.pop()!()
+  }
+}
 
 export interface Pipeline {
   options: ResolvedOptions

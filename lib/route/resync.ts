@@ -2,7 +2,8 @@
  * Changes that could not be delivered (the bus refused them, a document could not be read, the outbox gave up on
  * them): their watchers, on whichever instance they are, are owed a `resync`, published on the entity's own channel
  * as soon as the bus takes it. Only the entities that lost a change are told, once per loss; past MAX_OWED entities
- * the debt becomes one announcement for the whole database.
+ * the debt becomes one announcement for the whole database. Changes of a whole type (a table truncated, or made
+ * again) are owed to every watcher of the type, of some tenants or all: one announcement on the gap channel.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/bus.js'
@@ -24,6 +25,8 @@ export class OwedResyncs {
   private readonly owed = new Map<string, string>()
   /** database → reason, once too many entities are owed */
   private readonly databases = new Map<string, string>()
+  /** announcements of resyncs of whole types, as the gap channel carries them */
+  private readonly types = new Set<string>()
   private timer: NodeJS.Timeout | null = null
   private settling = false
   private closed = false
@@ -52,6 +55,16 @@ export class OwedResyncs {
       [channel, encodeResync('delivery_failed', { entityType: entity.name, entityId: i < entityChannels ? entityId : FEED, tenantId })] as const))
   }
 
+  /**
+   * The watchers of these types fed by `database` — of `tenants` only (with those of every tenant), or of all — are
+   * owed a resync: the type's table was truncated, or made again. Wherever they are, and feeds included.
+   */
+  oweTypes (database: string, entityTypes: string[], tenants: string[] | null, reason: string): void {
+    if (this.closed || entityTypes.length === 0) return
+    this.types.add(JSON.stringify({ database, reason, types: entityTypes, tenants }))
+    this.schedule(0)
+  }
+
   private schedule (ms: number): void {
     if (this.timer === null && !this.closed) this.timer = setTimeout(() => { this.timer = null; void this.settle() }, ms)
   }
@@ -67,6 +80,10 @@ export class OwedResyncs {
         this.databases.delete(database)
         this.log.warn({ database, reason }, 'changefeed: changes lost; every watcher of the database told to resync')
       }
+      for (const message of [...this.types]) {
+        await this.bus.publish(gapChannelOf(this.prefix), message)
+        this.types.delete(message)
+      }
       for (const [channel, message] of [...this.owed]) {
         await this.bus.publish(channel, message)
         this.owed.delete(channel)
@@ -78,7 +95,7 @@ export class OwedResyncs {
     } finally {
       this.settling = false
     }
-    if (this.owed.size > 0 || this.databases.size > 0) this.schedule(refused ? RETRY_MS : 0)
+    if (this.owed.size > 0 || this.databases.size > 0 || this.types.size > 0) this.schedule(refused ? RETRY_MS : 0)
   }
 
   close (): void {

@@ -7,6 +7,7 @@
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { coalesceRows, type Change, type RowChange } from '../capture/coalesce.js'
+import type { ChangeSink } from './stream.js'
 import type { TableScanner } from '../capture/index.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
 import type { PubSub } from '../bus/bus.js'
@@ -19,13 +20,6 @@ import type { Notice, Notices } from './notices.js'
 import { publishedChange, type PublishInput } from './published.js'
 import { InOrder } from './order.js'
 import { Deltas, type DeltaFrame } from './deltas.js'
-
-/** Where every change goes besides the watchers (lib/route/stream.ts: a JetStream stream). Rejects when not accepted. */
-export interface ChangeSink {
-  publish(record: { entityType: string, entityId: string, position: string, frame: string }): Promise<void>
-  /** false during an outage */
-  readonly ready: boolean
-}
 
 export interface RouterCounters {
   /** changes that reached the router */
@@ -105,6 +99,7 @@ export class ChangeRouter {
     const turn = this.order.take()
     try {
       this.counters.changes++
+      if (change.truncated !== undefined) return await this.truncated(change, turn.ready)
       const entity = await this.entityOf(change)
       return entity === undefined || !(await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure }) instanceof Error)
     } finally {
@@ -133,6 +128,14 @@ export class ChangeRouter {
       throw outcome
     }
     return outcome === 'published'
+  }
+
+  /** A TRUNCATE: the watchers of what it emptied refetch, once the changes before it are handed on. */
+  private async truncated (change: Change, turn: Promise<void>): Promise<boolean> {
+    const targets = await this.s.notices.truncations.targetsOf(change)
+    await turn
+    if (targets !== null) this.owed.oweTypes(change.database, targets.types, targets.tenants, 'truncated')
+    return true
   }
 
   /** The entity type of a captured change (after a look for a table created a moment ago), or undefined (dropped). */

@@ -9,6 +9,13 @@ import type { FastifyBaseLogger } from 'fastify'
 import { NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type NatsConnection, type StreamConfig } from 'nats'
 import { connectNats, subjectOf as tokenOf } from '../bus/nats.js'
 
+/** Where every change goes besides the watchers (here: a JetStream stream). Rejects when not accepted. */
+export interface ChangeSink {
+  publish(record: { entityType: string, entityId: string, position: string, frame: string }): Promise<void>
+  /** false during an outage */
+  readonly ready: boolean
+}
+
 /** Where the stream lives and how much of it JetStream keeps. */
 export interface StreamOptions {
   /** NATS server, e.g. `nats://127.0.0.1:4222` */

@@ -79,6 +79,9 @@ export interface FanoutCounters {
   unreadable: number
 }
 
+/** Which watchers of a database a gap concerns: of some types (of some tenants, or all), or all. */
+interface Scope { types?: string[], tenants?: string[] | null }
+
 /** resyncs asked for within this long of each other go out as one frame per entity (one outage is seen by both
  * Redis connections and announced by the leader, all within moments) */
 const RESYNC_COALESCE_MS = 100
@@ -219,8 +222,8 @@ export class Fanout {
 
   private onGapMessage (message: string): void {
     try {
-      const { database, reason, precaution } = JSON.parse(message) as { database: string, reason: string, precaution?: boolean }
-      const entities = this.resyncLocal(reason, database)
+      const { database, reason, precaution, types, tenants } = JSON.parse(message) as { database: string, reason: string, precaution?: boolean } & Scope
+      const entities = this.resyncLocal(reason, { database, types, tenants })
       if (precaution === true && entities > 0) this.log.warn({ database, reason, entities }, 'changefeed: another instance took over listening; watchers told to resync')
     } catch {
       this.log.warn('changefeed: ignored a malformed gap message')
@@ -228,23 +231,29 @@ export class Fanout {
   }
 
   /**
-   * Makes `resync` due to the local watchers of every entity (a bus gap: types only a host publishes included), or of the
-   * entities `database` holds. Returns how many entities that concerns.
+   * Makes `resync` due to the local watchers of every entity (a bus gap: types only a host publishes included), or of
+   * the entities `database` holds; of those, only of `types` (a table truncated or made again: feeds too), of `tenants`
+   * (and every tenant's) when named. Returns how many entities that concerns.
    */
-  resyncLocal (reason: string, database?: string): number {
+  resyncLocal (reason: string, { database, types, tenants }: { database?: string } & Scope = {}): number {
     let entities = 0
     for (const [channel, entry] of this.store.channels()) {
-      if (database !== undefined && !this.holds(database, entry)) continue
+      if (types !== undefined && (!types.includes(entry.entityType) || (tenants != null && entry.tenantId !== null && !tenants.includes(entry.tenantId)))) continue
+      if (database !== undefined && !this.holds(database, entry, { named: types !== undefined })) continue
       this.resyncSoon(channel, reason)
       entities++
     }
     return entities
   }
 
-  /** Whether a database holds a watched entity: its type's table is there (for database tenancy, its tenant's). */
-  private holds (database: string, entry: WatchedEntity<Receiver>): boolean {
+  /**
+   * Whether a database holds a watched entity: its type's table is there (for database tenancy, its tenant's). A type
+   * the gap names that has no database of its own (a stream's aggregate without a table) is any database's.
+   */
+  private holds (database: string, entry: WatchedEntity<Receiver>, { named }: { named: boolean }): boolean {
     const entity = this.registry.get(entry.entityType)
-    if (entity === undefined || !entity.databases.includes(database)) return false
+    if (entity === undefined) return false
+    if (!entity.databases.includes(database)) return named && entity.databases.length === 0
     return entity.tenancy !== 'database' || entry.tenantId === null || this.registry.databaseFor(entity, entry.tenantId) === database
   }
 

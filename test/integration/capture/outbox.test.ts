@@ -218,3 +218,17 @@ t.test('a change the bus can never carry is given up on after three attempts; it
   t.equal((await ws.next(isNotification('Fixture', 'big'), 10_000)).data.payload.blob, 'small now', 'and the entity flows again')
   t.equal(running.app.changefeed.stats().router.givenUp, 1, 'counted')
 })
+
+t.test('a TRUNCATE goes through the outbox in its turn: its watchers resync, and a since over it is not recovered', async (t) => {
+  const ws = await client()
+  await ws.subscribe('Fixture', 'cut')
+  await upsert('mt_doc_fixture', 'cut', { n: 1 })
+  const since = positionOf(await ws.next(isNotification('Fixture', 'cut')))
+  await sql.query('BEGIN; TRUNCATE mt_doc_fixture; INSERT INTO mt_doc_fixture (id, data) VALUES (\'cut\', \'{"n": 2}\'); COMMIT')
+  t.match(await ws.next((m) => m.type === 'resync'), { data: { reason: 'truncated', entityType: 'Fixture', entityId: 'cut' } }, 'the resync first')
+  t.match((await ws.next(isNotification('Fixture', 'cut'))).data, { changeType: 'created', payload: { n: 2 } }, 'then what the transaction wrote after it')
+  t.ok(await settled())
+  const again = await client()
+  again.send({ type: 'subscribe', id: 'resume', data: { entityType: 'Fixture', entityId: 'cut', since } })
+  t.match(await again.next((m) => m.id === 'resume'), { type: 'subscribed', data: { recovered: false } }, 'the table was emptied since: refetch')
+})

@@ -63,10 +63,17 @@ t.test('a role with only CONNECT and TEMP can use none of the changefeed objects
     ['SELECT changefeed_install(\'pg_temp\', \'decoy\', $1, true, false)', [channel]],
     ['SELECT * FROM changefeed_watch(\'public\', \'%\', $1, \'{}\', false)', [channel]],
     ['SELECT changefeed_watch_events(\'public\', \'mt_events\', \'mt_streams\', $1, false)', [channel]],
+    ['SELECT changefeed_watch_registry(\'public\', \'mt_doc_team\', $1)', [channel]],
+    ['SELECT changefeed_statement_triggers($1, $2)', [match, channel]],
+    ['SELECT changefeed_adopt($1, \'{"fresh": true}\')', [match]],
+    ['SELECT changefeed_rebuild_copy($1)', [match]],
+    ['SELECT changefeed_rebuilding($1)', [match]],
     // the trigger functions cannot be put on a table of its own (the review's view and cast tricks start here)
     [`CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_notify('${channel}')`, []],
     [`CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify('${channel}', 'mt_streams')`, []],
     [`CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_stream_notify('${channel}')`, []],
+    [`CREATE TRIGGER decoy AFTER TRUNCATE ON decoy FOR EACH STATEMENT EXECUTE FUNCTION changefeed_statement_notify('${channel}')`, []],
+    [`CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH STATEMENT EXECUTE FUNCTION changefeed_statement_notify('${channel}', 'registry')`, []],
     ['INSERT INTO mt_doc_rugbygamestate (id, data) VALUES (\'m-2\', \'{}\')', []]
   ]
   for (const [text, params] of denied) await t.rejects(spy.query(text, params), { code: '42501' }, text.slice(0, 60))
@@ -153,6 +160,8 @@ t.test('the owner of a watched table: its own code runs with its own rights, and
     CREATE TRIGGER fake AFTER INSERT ON fake_events FOR EACH ROW EXECUTE FUNCTION changefeed_event_notify('${channel}', 'fake_streams')`)
   await martenDb.query('INSERT INTO decoy VALUES (\'m-1\', \'{"homeScore": 77}\', \'v\')')
   await martenDb.query('INSERT INTO fake_events VALUES (1, \'e\', \'m-1\', 1, \'TryScored\', \'{"homeScore": 66}\', NULL)')
+  // the TRUNCATE and registry trigger is not even its to put on a table: nothing it creates clones it
+  await t.rejects(martenDb.query(`CREATE TRIGGER gone AFTER TRUNCATE ON decoy FOR EACH STATEMENT EXECUTE FUNCTION changefeed_statement_notify('${channel}')`), { code: '42501' })
   // straight from the top, naming a watched table: refused as well
   await martenDb.query('SELECT changefeed_announce($1, $2)', [await relid('mt_doc_rugbygamestate'), { id: 'm-1', op: 'U', d: { homeScore: 55 } }])
   const attempts = (await sql.query('SELECT what, outcome FROM attempts ORDER BY what, outcome')).rows

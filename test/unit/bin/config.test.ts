@@ -93,7 +93,11 @@ t.test('resolveOptions: entity type names are identifiers: a name the protocol c
 t.test('resolveOptions: databases and tenants', async (t) => {
   refuses(t, { databases: [main, { ...main, url: 'postgres://elsewhere/main' }] }, ['/databases', '"main"'], 'a database name twice')
   refuses(t, { databases: [red, { ...blue, tenant: 'red' }] }, ['/databases', '"red"'], 'a tenant with two databases')
-  refuses(t, { databases: [main, red], entities: { Team: { access: 'public' } } }, ['/entities/Team/database'], 'several databases: an entity names its own')
+  refuses(t, { databases: [main, { name: 'archive', url: 'postgres://127.0.0.1/archive' }], entities: { Team: { access: 'public' } } }, ['/entities/Team/database'],
+    'several databases of no tenant: an entity names its own')
+  t.ok(resolveOptions({ databases: [main, red, blue], entities: { Team: { access: 'public' } } }), 'databases of tenants: an entity naming none is fed by theirs')
+  t.ok(resolveOptions({ databases: [{ ...main, tenantRegistry: true }, red], entities: { Team: { access: 'public' } } }), 'a tenant registry: the same')
+  refuses(t, { databases: [{ ...main, tenantRegistry: { table: '' } }] }, ['/databases/0/tenantRegistry'], 'a registry table without a name')
   refuses(t, { databases: [main], entities: { Team: { access: 'public', database: 'other' } } }, ['/entities/Team/database', '"other"'], 'a database not in /databases')
   refuses(t, { databases: [main, red], entities: { Team: { access: 'public', database: ['main', 'red_db'] } } }, ['/entities/Team/database'],
     'several databases, not each a tenant\'s')

@@ -235,3 +235,23 @@ t.test('isAfter is false only for an outbox position of the same epoch that is n
   t.equal(isAfter('n:1', 'n:2'), true)
   t.equal(isAfter('0000abcd:1', 'p:instance-1:5'), true)
 })
+
+t.test('a TRUNCATE: one change of the table per relation truncated, in its place among the transaction\'s changes', async (t) => {
+  const { push, emitted, flush } = coalescer()
+  push(
+    row('t-1', 'U', 9),
+    row('', 'T', 9, { ps: 'public', pt: 'mt_doc_team' }),
+    row('', 'T', 9, { ps: 'public', pt: 'mt_doc_team_red' }),
+    row('', 'T', 9, { ps: 'public', pt: 'mt_doc_team_red' }),
+    row('t-2', 'I', 9)
+  )
+  flush()
+  t.same(emitted.map((c) => [c.id, c.changeType, c.truncated]), [
+    ['t-1', 'updated', undefined],
+    ['', 'deleted', { schema: 'public', table: 'mt_doc_team' }],
+    ['', 'deleted', { schema: 'public', table: 'mt_doc_team_red' }],
+    ['t-2', 'created', undefined]
+  ])
+  t.equal(emitted[1].hasDoc, false)
+  t.ok(isRowChange(row('', 'T', 1, { ps: 'public', pt: 'x' })), 'a TRUNCATE is a change the listener takes')
+})

@@ -398,6 +398,19 @@ t.test('OwedResyncs: past 10,000 owed entities the database is told to resync as
   t.equal(warnings.filter((w) => w.includes('every watcher of the database told to resync')).length, 2)
 })
 
+t.test('OwedResyncs: a resync of whole types is one gap message, published again while the bus refuses it', async (t) => {
+  const { clock, bus, resyncs } = owed(t)
+  bus.refusing = new Error('bus down')
+  resyncs.oweTypes('main', ['Squad'], ['Red'], 'truncated')
+  resyncs.oweTypes('main', ['Squad'], ['Red'], 'truncated')
+  resyncs.oweTypes('main', [], null, 'truncated')
+  await advance(clock, 1)
+  bus.refusing = null
+  await advance(clock, 250)
+  t.same(bus.published.map((p) => [p.channel, JSON.parse(p.message)]), [['cf:$gap', { database: 'main', reason: 'truncated', types: ['Squad'], tenants: ['Red'] }]],
+    'once, for the types and tenants named; nothing for no type')
+})
+
 t.test('OwedResyncs: close: nothing more is published or owed', async (t) => {
   const { clock, bus, resyncs } = owed(t)
   bus.refusing = new Error('bus down')
