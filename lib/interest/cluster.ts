@@ -11,6 +11,8 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { InterestStore, InterestUpdate, LocalSnapshot } from './interest.js'
 
 const FLUSH_MS = 250
+/** how long a close waits for the heartbeat or flush on its way */
+const STOP_WAIT_MS = 1000
 
 export abstract class ClusterInterest implements InterestStore {
   readonly local = false
@@ -23,6 +25,9 @@ export abstract class ClusterInterest implements InterestStore {
   private heartbeatTimer: NodeJS.Timeout | null = null
   /** the next flush; null once stopped */
   private flushTimer: NodeJS.Timeout | null = null
+  /** the heartbeat and the flush on their way, if any */
+  private beating: Promise<void> | null = null
+  private flushing: Promise<void> | null = null
 
   constructor (
     readonly instanceId: string,
@@ -53,7 +58,10 @@ export abstract class ClusterInterest implements InterestStore {
 
   protected startTimers (): void {
     const warn = (what: string) => (err: Error): void => { this.log.warn({ err: err.message }, `changefeed: ${what} failed`) }
-    this.heartbeatTimer = setInterval(() => { this.heartbeat().catch(warn('cluster heartbeat')) }, Math.max(100, Math.floor(this.ttlMs / 3)))
+    this.heartbeatTimer = setInterval(() => {
+      // one at a time: a slow store is not sent a second renewal while the first is on its way
+      if (this.beating === null) this.beating = this.heartbeat().catch(warn('cluster heartbeat')).finally(() => { this.beating = null })
+    }, Math.max(100, Math.floor(this.ttlMs / 3)))
     this.heartbeatTimer.unref()
     this.scheduleFlush(FLUSH_MS, warn('cluster count flush'))
   }
@@ -66,7 +74,8 @@ export abstract class ClusterInterest implements InterestStore {
   private scheduleFlush (delayMs: number, onError: (err: Error) => void): void {
     const timer = setTimeout(() => {
       const started = Date.now()
-      this.flush().catch(onError).finally(() => {
+      this.flushing = this.flush().catch(onError).finally(() => {
+        this.flushing = null
         if (this.flushTimer === timer) this.scheduleFlush(Math.max(FLUSH_MS, 2 * (Date.now() - started)), onError)
       })
     }, delayMs)
@@ -74,10 +83,19 @@ export abstract class ClusterInterest implements InterestStore {
     this.flushTimer = timer
   }
 
-  protected stopTimers (): void {
+  /**
+   * No heartbeat or flush starts from now on; resolves once the one on its way (if any) is done, so that a close
+   * that removes this instance's entries next is not undone by a renewal landing after it (bounded: with the store
+   * away it would wait for the store).
+   */
+  protected async stopTimers (): Promise<void> {
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer)
     if (this.flushTimer !== null) clearTimeout(this.flushTimer)
     this.heartbeatTimer = this.flushTimer = null
+    if (this.beating === null && this.flushing === null) return
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([Promise.all([this.beating, this.flushing]), new Promise((resolve) => { timer = setTimeout(resolve, STOP_WAIT_MS) })])
+    clearTimeout(timer)
   }
 
   async update (updates: readonly InterestUpdate[]): Promise<void> {

@@ -187,36 +187,45 @@ export class NatsInterest extends ClusterInterest {
     if (++this.beats % PURGE_EVERY_BEATS === 0) {
       const old = [...view.markers].filter(([, at]) => at < now - PURGE_MARKERS_AFTER_MS).map(([key]) => key)
       if (old.length === 0) return
-      await Promise.all(old.map(async (key) => await this.jsm.streams.purge(this.stream, { filter: `$KV.${this.stream.slice(3)}.${key}`, keep: 0 })))
+      await this.purge(old)
       this.purged()
     }
+  }
+
+  /** Drops every message of these keys (the markers of removed keys); then tell the other instances (purged). */
+  private async purge (keys: readonly string[]): Promise<void> {
+    await Promise.all(keys.map(async (key) => await this.jsm.streams.purge(this.stream, { filter: `$KV.${this.stream.slice(3)}.${key}`, keep: 0 })))
   }
 
   private purged (): void {
     this.nc.publish(`_changefeed.${this.stream.slice(3)}.purged`)
   }
 
-  private async remove (id: string): Promise<void> {
+  /** Removes an instance's keys; returns them (each has left a marker). */
+  private async remove (id: string): Promise<string[]> {
     const owned: string[] = []
     for (const filter of [`w.*.${id}`, `t.*.${id}`]) for await (const key of await this.kv.keys(filter)) owned.push(key)
     await Promise.all(owned.map(async (key) => await this.kv.delete(key)))
     // last: while its keys remain, its heartbeat entry makes it a candidate for removal again
     await this.kv.delete('i.' + id)
     this.log.info({ instance: id, entries: owned.length }, 'changefeed: removed the interest of an instance that stopped')
+    return [...owned, 'i.' + id]
   }
 
   /** Removes this instance's entries; bounded, because with the server away they would wait for it (the others
    * expire them after the TTL anyway). */
   async close (): Promise<void> {
-    this.stopTimers()
+    const stopped = this.stopTimers()
     this.closed = true
     this.view?.stop()
     this.purgedSubscription?.unsubscribe()
     if (this.nc.isClosed()) return
     let timer: NodeJS.Timeout | undefined
     await Promise.race([
-      Promise.allSettled([...this.writing])
+      Promise.allSettled([stopped, ...this.writing])
+        // its own markers by key (purgeDeletes keeps those written in its own millisecond), then any older one
         .then(async () => await this.remove(this.instanceId))
+        .then(async (removed) => await this.purge(removed))
         .then(async () => await this.kv.purgeDeletes(0))
         .then(() => this.purged())
         .catch(() => {}),

@@ -107,7 +107,7 @@ export class RedisInterest extends ClusterInterest {
   }
 
   async close (): Promise<void> {
-    this.stopTimers()
+    await this.stopTimers()
     this.redis.off('ready', this.onReady)
     // leave cleanly, so the others need not wait for the TTL
     if (this.redis.status === 'ready') await this.remove(this.instanceId).catch(() => {})

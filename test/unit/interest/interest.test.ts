@@ -244,6 +244,8 @@ class MemoryInterest extends ClusterInterest {
   writing = 0
   readonly typeWrites: Array<Record<string, number>> = []
   heartbeats = 0
+  /** while set, heartbeats wait for it (a slow store) */
+  slowBeat: Promise<void> | null = null
   failing: Error | null = null
   snapshotRows: InterestUpdate[] = []
   readonly warnings: string[]
@@ -270,6 +272,7 @@ class MemoryInterest extends ClusterInterest {
 
   protected async heartbeat (): Promise<void> {
     this.heartbeats++
+    if (this.slowBeat !== null) await this.slowBeat
   }
 
   /** the broker lost its state: what a heartbeat that notices does */
@@ -280,7 +283,7 @@ class MemoryInterest extends ClusterInterest {
   async isWatched (channel: string): Promise<boolean> { return this.countOf(channel) > 0 }
   async watchers (channel: string): Promise<number> { return this.countOf(channel) }
   async totals (): Promise<Record<string, number>> { return Object.fromEntries(this.typeCounts) }
-  async close (): Promise<void> { this.stopTimers() }
+  async close (): Promise<void> { await this.stopTimers() }
 }
 
 function store (t: TestContext, ttlMs?: number): { clock: ReturnType<typeof fakeClock>, interest: MemoryInterest } {
@@ -347,11 +350,19 @@ t.test('ClusterInterest: type totals add up the channels of each type', async (t
   t.same(await interest.totals(), { Team: 3, Player: 1 })
 })
 
+/** Advances the clock `ms` in steps of 100 ms, letting what each step started run. */
+async function pass (clock: ReturnType<typeof fakeClock>, ms: number): Promise<void> {
+  for (let i = 0; i < ms / 100; i++) {
+    clock.advance(100)
+    await turn()
+  }
+}
+
 t.test('ClusterInterest: the heartbeat runs every third of the TTL, at least every 100 ms', async (t) => {
   const { clock, interest } = store(t, 3000)
-  for (let i = 0; i < 10; i++) clock.advance(100)
+  await pass(clock, 1000)
   t.equal(interest.heartbeats, 1, 'TTL 3 s: every second')
-  for (let i = 0; i < 10; i++) clock.advance(100)
+  await pass(clock, 1000)
   t.equal(interest.heartbeats, 2)
   const fast = new MemoryInterest(30)
   t.teardown(async () => await fast.close())
@@ -359,6 +370,29 @@ t.test('ClusterInterest: the heartbeat runs every third of the TTL, at least eve
   t.equal(fast.heartbeats, 0)
   clock.advance(1)
   t.equal(fast.heartbeats, 1, 'TTL 30 ms: every 100 ms, not every 10')
+})
+
+t.test('ClusterInterest: a slow heartbeat is not overlapped; a close waits for it (bounded), so none lands after', async (t) => {
+  const { clock, interest } = store(t, 3000)
+  let release!: () => void
+  interest.slowBeat = new Promise((resolve) => { release = resolve })
+  await pass(clock, 3000)
+  t.equal(interest.heartbeats, 1, 'three intervals, one heartbeat on its way')
+  const closed = interest.close()
+  t.equal(await stateOf(closed), 'pending', 'the close waits for it')
+  release()
+  t.equal(await stateOf(closed), 'resolved')
+  await pass(clock, 3000)
+  t.equal(interest.heartbeats, 1, 'none after the close')
+
+  const stuck = new MemoryInterest(3000)
+  stuck.slowBeat = new Promise(() => {})
+  await pass(clock, 1000)
+  const closing = stuck.close()
+  clock.advance(999)
+  t.equal(await stateOf(closing), 'pending')
+  clock.advance(1)
+  t.equal(await stateOf(closing), 'resolved', 'a store that never answers holds the close a second at most')
 })
 
 t.test('ClusterInterest: a failed flush is logged, and what it did not write is written at the next one', async (t) => {
