@@ -142,7 +142,9 @@ t.test('a stopped server shows as reconnecting; the page catches up when it retu
   await setScore(33, 14) // written while the server is down: no notification can carry it
   server = serve(t, ['--demo', '--port', String(port)], env)
   await server.address
-  await page.waitForSelector('#status[data-state="open"]', { timeout: 20_000 })
+  // the page retries with full-jitter backoff capped at 30 s (the client's default): while the server was down its
+  // delays grew, so its next try may be up to that far away
+  await page.waitForSelector('#status[data-state="open"]', { timeout: 35_000 })
   await page.waitForFunction(() => document.getElementById('home')?.textContent === '33', undefined, { timeout: 5000 })
   t.pass('after the reconnect the page refetched what it missed')
   await setScore(40, 14)
