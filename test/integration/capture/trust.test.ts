@@ -142,13 +142,13 @@ t.test('the owner of a watched table: its own code runs with its own rights, and
     BEGIN
       BEGIN
         EXECUTE format('ALTER ROLE %I SUPERUSER', current_user);
-        INSERT INTO attempts VALUES ('superuser', 'granted');
-      EXCEPTION WHEN OTHERS THEN INSERT INTO attempts VALUES ('superuser', SQLSTATE);
+        INSERT INTO public.attempts VALUES ('superuser', 'granted');
+      EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES ('superuser', SQLSTATE);
       END;
       BEGIN
-        PERFORM key FROM changefeed_key;
-        INSERT INTO attempts VALUES ('key', 'read');
-      EXCEPTION WHEN OTHERS THEN INSERT INTO attempts VALUES ('key', SQLSTATE);
+        PERFORM key FROM public.changefeed_key;
+        INSERT INTO public.attempts VALUES ('key', 'read');
+      EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES ('key', SQLSTATE);
       END;
       RETURN '"x"';
     END $f$;
