@@ -386,14 +386,26 @@ $$;
 -- that may insert, update or delete in it (its owner, and the grantees; PUBLIC where PUBLIC may write it), and on
 -- the trigger functions to its owner (a partition it creates clones the trigger). Returns how many roles were
 -- granted EXECUTE on changefeed_announce now: more than none means a writer may have written unannounced before.
+-- The event trigger registers in the transaction of whoever ran the DDL (after any GRANT, every watched table), which
+-- its role may keep open: a table registered as it is takes no row lock, and granting waits for nobody. While another
+-- transaction grants (or installs the script), this one grants nothing and warns: the server, told by the writer's
+-- first unannounced change or at its next scan, grants then.
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_register(p_relid oid, p_channel text, p_inline boolean, p_outbox boolean) RETURNS int
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   writer  record;
   granted int := 0;
+  owner   name := (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = p_relid);
+  missing text[] := '{}';
 BEGIN
-  INSERT INTO @extschema@.changefeed_tables (relid, channel, inline, outbox) VALUES (p_relid, p_channel, p_inline, p_outbox)
-  ON CONFLICT (relid) DO UPDATE SET channel = excluded.channel, inline = excluded.inline, outbox = excluded.outbox;
+  IF owner IS NULL THEN
+    RETURN 0;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM @extschema@.changefeed_tables t
+                 WHERE t.relid = p_relid AND t.channel = p_channel AND t.inline = p_inline AND t.outbox = p_outbox) THEN
+    INSERT INTO @extschema@.changefeed_tables (relid, channel, inline, outbox) VALUES (p_relid, p_channel, p_inline, p_outbox)
+    ON CONFLICT (relid) DO UPDATE SET channel = excluded.channel, inline = excluded.inline, outbox = excluded.outbox;
+  END IF;
   FOR writer IN
     SELECT DISTINCT w.grantee FROM (
       SELECT relowner AS grantee FROM pg_class WHERE oid = p_relid
@@ -401,17 +413,24 @@ BEGIN
       SELECT a.grantee FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = p_relid AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE')
     ) w
   LOOP
-    IF NOT has_function_privilege(CASE writer.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(writer.grantee) END, '@extschema@.changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
-      -- two transactions granting on one function at once fail ("tuple concurrently updated"): one at a time
-      PERFORM pg_advisory_xact_lock(hashtext('fastify-changefeed:install'));
-      EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.changefeed_announce(oid, jsonb) TO %s', CASE writer.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(writer.grantee)) END);
-      granted := granted + 1;
+    IF NOT has_function_privilege(CASE writer.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(writer.grantee)::text END, '@extschema@.changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
+      missing := missing || CASE writer.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(writer.grantee)::text) END;
     END IF;
   END LOOP;
-  IF NOT has_function_privilege((SELECT relowner FROM pg_class WHERE oid = p_relid), '@extschema@.changefeed_notify()', 'EXECUTE') THEN
-    PERFORM pg_advisory_xact_lock(hashtext('fastify-changefeed:install'));
-    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.changefeed_notify(), @extschema@.changefeed_event_notify(), @extschema@.changefeed_stream_notify() TO %I',
-      (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = p_relid));
+  IF missing = '{}' AND has_function_privilege(owner, '@extschema@.changefeed_notify()', 'EXECUTE') THEN
+    RETURN 0;
+  END IF;
+  -- two transactions granting on one function at once fail ("tuple concurrently updated"): one at a time
+  IF NOT pg_try_advisory_xact_lock(hashtext('fastify-changefeed:install')::bigint) THEN
+    RAISE WARNING 'changefeed: another transaction is granting; the writers of % are granted later', p_relid::regclass;
+    RETURN 0;
+  END IF;
+  IF missing <> '{}' THEN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.changefeed_announce(oid, jsonb) TO %s', array_to_string(missing, ', '));
+    granted := cardinality(missing);
+  END IF;
+  IF NOT has_function_privilege(owner, '@extschema@.changefeed_notify()', 'EXECUTE') THEN
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.changefeed_notify(), @extschema@.changefeed_event_notify(), @extschema@.changefeed_stream_notify() TO %I', owner);
   END IF;
   RETURN granted;
 END;

@@ -1,0 +1,56 @@
+/**
+ * The event triggers run as the owner of the changefeed objects inside the transaction of whoever ran the DDL, and
+ * that transaction may stay open as long as its role likes. Nothing they do there may make another role's DDL or
+ * writes wait on it: a GRANT on a temporary table of a role with only CONNECT and TEMP, or a new table of a role
+ * allowed to create in the watched schema, held open, and another role's GRANT on a watched table goes through.
+ */
+import t from 'tap'
+import type pg from 'pg'
+import { freshDatabase, martenTableSql, sqlClient } from '../../helpers/services.js'
+import { role } from '../../helpers/roles.js'
+import { startApp } from '../../helpers/app.js'
+import { until } from '../../helpers/wait.js'
+
+const url = await freshDatabase(t, 'trust_ddl')
+const sql = await sqlClient(t, url)
+await sql.query(martenTableSql('mt_doc_team'))
+await startApp(t, { databases: [{ name: 'ballr', url }], capture: { channel: 'trust:ddl' }, entities: { Team: { access: 'public' } } })
+const intruder = await role(t, url, 'trust_ddl_intruder')
+const creator = await role(t, url, 'trust_ddl_creator', ['public'])
+
+/**
+ * Runs `text` on `victim` while the attacker's transaction is open: whether it completed without ever waiting for a
+ * lock (it is watched until it completes or is seen waiting). The attacker's transaction is rolled back after.
+ */
+async function unhindered (attacker: pg.Client, victim: pg.Client, text: string): Promise<boolean> {
+  const [{ pid }] = (await victim.query('SELECT pg_backend_pid() AS pid')).rows
+  let done = false
+  const running = victim.query(text).then(() => { done = true })
+  let waited = false
+  await until(async () => {
+    waited = (await sql.query('SELECT wait_event_type = \'Lock\' AS waiting FROM pg_stat_activity WHERE pid = $1', [pid])).rows[0]?.waiting === true
+    return done || waited
+  }, 30_000)
+  await attacker.query('ROLLBACK')
+  await running
+  return done && !waited
+}
+
+const announces = async (name: string): Promise<boolean> =>
+  (await sql.query('SELECT has_function_privilege($1, \'changefeed_announce(oid, jsonb)\', \'EXECUTE\') AS ok', [name])).rows[0].ok
+
+t.test('a GRANT on a temporary table, held open, holds up no other role\'s GRANT', async (t) => {
+  const attacker = await intruder.client()
+  await attacker.query('BEGIN; CREATE TEMP TABLE held (a int); GRANT SELECT ON held TO PUBLIC')
+  const writer = await role(t, url, 'trust_ddl_writer')
+  t.ok(await unhindered(attacker, await sqlClient(t, url), `GRANT SELECT, INSERT ON mt_doc_team TO ${writer.name}`), 'the GRANT never waited')
+  t.ok(await announces(writer.name), 'and its writer may announce its changes')
+})
+
+t.test('a new watched table, its transaction held open, holds up no other role\'s GRANT', async (t) => {
+  const attacker = await creator.client()
+  // a new owner of a watched table: the event trigger grants it the right to announce, in its transaction
+  await attacker.query('BEGIN; CREATE TABLE mt_doc_held (id text PRIMARY KEY, data jsonb)')
+  const writer = await role(t, url, 'trust_ddl_late_writer')
+  t.ok(await unhindered(attacker, await sqlClient(t, url), `GRANT SELECT, INSERT ON mt_doc_team TO ${writer.name}`), 'the GRANT never waited')
+})
