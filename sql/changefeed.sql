@@ -204,8 +204,14 @@ BEGIN
     RETURN;
   END IF;
   SELECT n.nspname, c.relname INTO sch, tbl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = reported;
-  msg := (p_change - ARRAY['s', 't', 'x', 'ts']) || jsonb_build_object(
+  -- the notes of the event triggers are theirs alone; a change of Marten's table of tenant databases is one, and
+  -- only a relation carrying that trigger sends it
+  msg := (p_change - ARRAY['s', 't', 'x', 'ts', 'ddl', 'error', 'fresh']) || jsonb_build_object(
     's', sch, 't', tbl, 'x', txid_current(), 'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+  IF p_change->>'ddl'::text = 'registry' AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND tgname = 'changefeed_registry'
+      AND tgfoid = '@extschema@.changefeed_statement_notify()'::regprocedure::oid) THEN
+    msg := msg || jsonb_build_object('ddl', 'registry');
+  END IF;
   IF NOT w.inline THEN
     msg := msg - 'd';
   END IF;

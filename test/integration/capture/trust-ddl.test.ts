@@ -10,11 +10,12 @@ import { freshDatabase, martenTableSql, sqlClient } from '../../helpers/services
 import { role } from '../../helpers/roles.js'
 import { startApp } from '../../helpers/app.js'
 import { until } from '../../helpers/wait.js'
+import { isNotification } from '../../helpers/client.js'
 
 const url = await freshDatabase(t, 'trust_ddl')
 const sql = await sqlClient(t, url)
 await sql.query(martenTableSql('mt_doc_team'))
-await startApp(t, { databases: [{ name: 'ballr', url }], capture: { channel: 'trust:ddl' }, entities: { Team: { access: 'public' } } })
+const { app, client } = await startApp(t, { databases: [{ name: 'ballr', url }], capture: { channel: 'trust:ddl' }, entities: { Team: { access: 'public' } } })
 const intruder = await role(t, url, 'trust_ddl_intruder')
 const creator = await role(t, url, 'trust_ddl_creator', ['public'])
 
@@ -53,4 +54,26 @@ t.test('a new watched table, its transaction held open, holds up no other role\'
   await attacker.query('BEGIN; CREATE TABLE mt_doc_held (id text PRIMARY KEY, data jsonb)')
   const writer = await role(t, url, 'trust_ddl_late_writer')
   t.ok(await unhindered(attacker, await sqlClient(t, url), `GRANT SELECT, INSERT ON mt_doc_team TO ${writer.name}`), 'the GRANT never waited')
+})
+
+t.test('a writer\'s own trigger cannot make changefeed_announce send the event trigger\'s notes', async (t) => {
+  const writer = await role(t, url, 'trust_ddl_forger')
+  await sql.query(`GRANT SELECT, INSERT ON mt_doc_team TO ${writer.name}`)
+  t.ok(await announces(writer.name), 'it may announce its changes')
+  const forger = await writer.client()
+  await forger.query(`CREATE TEMP TABLE lever (note jsonb);
+    CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+      PERFORM public.changefeed_announce('public.mt_doc_team'::regclass, NEW.note);
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`)
+  // (a note that the table failed is kept until the next scan; 'dropped' or 'installed' would make the server scan)
+  await forger.query('INSERT INTO lever VALUES ($1)', [{ ddl: 'failed', error: 'forged' }])
+  // a real change after them: by the time it arrives, so have the notes
+  const ws = await client()
+  await ws.subscribe('Team', 't-9')
+  await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-9\', \'{}\')')
+  await ws.next(isNotification('Team', 't-9'))
+  t.same(app.changefeed.stats().untriggeredTables, {}, 'no table is taken for one without its trigger')
 })
