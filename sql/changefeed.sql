@@ -465,12 +465,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_class c WHERE c.oid = p_relid), false);
 $$;
 
--- Whether a table is being rebuilt: its copy exists.
+-- Whether a table is being rebuilt: its copy exists, made by the table's owner (the role that rebuilds it; a copy of
+-- another role's making would keep the table from being watched).
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_rebuilding(p_relid oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   SELECT coalesce((
-    SELECT @extschema@.changefeed_rebuild_copy(to_regclass(format('%I.%I', n.nspname, c.relname || '_temp')))
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid), false);
+    SELECT @extschema@.changefeed_rebuild_copy(cp.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_class cp ON cp.oid = to_regclass(format('%I.%I', n.nspname, c.relname || '_temp'))::oid AND cp.relowner = c.relowner
+    WHERE c.oid = p_relid), false);
 $$;
 
 -- A TRUNCATE fires the statement triggers of the relation named and, when it is partitioned, of every partition;

@@ -77,3 +77,14 @@ t.test('a writer\'s own trigger cannot make changefeed_announce send the event t
   await ws.next(isNotification('Team', 't-9'))
   t.same(app.changefeed.stats().untriggeredTables, {}, 'no table is taken for one without its trigger')
 })
+
+t.test('a copy of a watched table that another role made does not keep the table from being watched', async (t) => {
+  await sql.query(martenTableSql('mt_doc_rebuilt'))
+  const attacker = await creator.client()
+  // named and shaped like the copy Weasel makes while it rebuilds a table, but another role's
+  await attacker.query('CREATE TABLE mt_doc_rebuilt_temp (id text, data jsonb)')
+  // the table made again (a migration, Weasel's rebuild by its owner)
+  await sql.query(`DROP TABLE mt_doc_rebuilt; ${martenTableSql('mt_doc_rebuilt')}`)
+  t.same((await sql.query('SELECT tgname FROM pg_trigger WHERE tgrelid = \'mt_doc_rebuilt\'::regclass AND tgname = \'changefeed_notify\'')).rows,
+    [{ tgname: 'changefeed_notify' }], 'it has its trigger')
+})
