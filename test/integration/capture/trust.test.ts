@@ -303,6 +303,8 @@ t.test('a database with the script of before migrations: upgraded at start, its 
   await after.query('CREATE TEMP TABLE decoy (id text PRIMARY KEY)')
   await t.rejects(after.query('CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_notify(\'trust:upgrade\')'), { code: '42501' })
   t.equal((await owner.query('SELECT count(*)::int AS n FROM pg_proc WHERE proname = \'changefeed_send\'')).rows[0].n, 0, 'the old definer functions are gone')
+  t.same((await owner.query(`SELECT proname FROM pg_proc WHERE proname LIKE 'changefeed%'
+    AND NOT coalesce(proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)`)).rows, [], 'every function searches pg_catalog and pg_temp only')
   const ws = await upgraded.client()
   await ws.subscribe('Team', 't-1')
   await owner.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-1\', \'{}\')')
