@@ -70,6 +70,12 @@ t.test('overloads in the install schema never run in place of pg_catalog\'s, as 
   await sql.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-1\', \'{"name": "real"}\')')
   t.match((await ws.next(isNotification('Team', 't-1'))).data, { changeType: 'created', payload: { name: 'real' } }, 'the real change goes out')
   await app.changefeed.rescan()
+  // reads of the plugin, with Marten's varchar ids: a snapshot, and a document too large to ride inline
+  ws.send({ type: 'subscribe', id: 'snap', data: { entityType: 'Team', entityId: 't-1', snapshot: true } })
+  t.match(await ws.next((m) => m.id === 'snap'), { type: 'subscribed', data: { snapshot: { payload: { name: 'real' } } } }, 'a snapshot')
+  const big = { name: 'big', filler: 'x'.repeat(9000) }
+  await sql.query('UPDATE mt_doc_team SET data = $1 WHERE id OPERATOR(pg_catalog.=) \'t-1\'', [big])
+  t.match((await ws.next(isNotification('Team', 't-1'))).data, { payload: { name: 'big' } }, 'a document read back')
 
   const runs = (await sql.query('SELECT DISTINCT decoy, who FROM public.decoy_runs WHERE who <> $1 ORDER BY 1, 2', [attacker.name])).rows
   t.same(runs, [], 'no decoy ran as another role')
