@@ -39,7 +39,8 @@
 -- listener believes. The payload carries the writer's transaction id, set here, so the listener can refuse a
 -- signed payload sent again after the transaction was over (lib/capture/signature.ts).
 --
--- Never the host's failure. A trigger that cannot announce a change warns and lets the write commit (notify mode);
+-- Never the host's failure. A trigger that cannot announce a change warns and lets the write commit (notify mode; a
+-- NOTIFY that would not fit in PostgreSQL's queue would fail the commit: changefeed_say sends none while it is half full);
 -- the event trigger that installs on new tables never raises, so no role's CREATE TABLE fails because of it. A
 -- partition is covered by its partitioned table's trigger and never gets one of its own. In outbox mode the change
 -- is recorded in the writer's transaction: zero loss means a write that cannot be recorded does not commit.
@@ -165,6 +166,26 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
   ON CONFLICT (channel) DO NOTHING;
 $$;
 
+-- Sends a NOTIFY, unless PostgreSQL's queue of notifications is half full. PostgreSQL adds a transaction's NOTIFYs to
+-- that queue at commit and fails the commit when it is full, which any role can bring about (a session that LISTENs
+-- and then stays in a transaction holds every notification sent since): a NOTIFY of ours must never make a writer's
+-- or another role's DDL fail. One left unsent is a warning (in outbox mode, a wake-up the listener's poll replaces).
+-- Every role may call it: it runs as its caller and does what pg_notify does.
+CREATE OR REPLACE FUNCTION @extschema@.changefeed_say(p_channel text, p_payload text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF pg_notification_queue_usage() >= 0.5 THEN
+    RAISE WARNING 'changefeed: the NOTIFY queue is half full (a session that listens reads nothing): nothing sent on "%"', p_channel;
+    RETURN false;
+  END IF;
+  PERFORM pg_notify(p_channel, p_payload);
+  RETURN true;
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'changefeed: nothing sent on "%": %', p_channel, SQLERRM;
+  RETURN false;
+END;
+$$;
+
 -- The signed form of a body: 64 hex characters of HMAC-SHA-256, then the body. For the owner's own functions only.
 -- PL/pgSQL, so that its plan is kept for the session (an SQL function would be planned again at every row), and
 -- without a search path of its own: its callers (the owner's functions) pin theirs.
@@ -218,11 +239,7 @@ BEGIN
   IF w.outbox THEN
     INSERT INTO @extschema@.changefeed_outbox (channel, s, t, eid, tn, x, change)
     VALUES (w.channel, sch, tbl, coalesce(msg->>'id', ''), msg->>'tn', (msg->>'x')::bigint, msg);
-    BEGIN
-      PERFORM pg_notify(w.channel, 'outbox');
-    EXCEPTION WHEN OTHERS THEN
-      RAISE WARNING 'changefeed: the listener could not be woken: %', SQLERRM;
-    END;
+    PERFORM @extschema@.changefeed_say(w.channel, 'outbox');
     RETURN;
   END IF;
   body := msg::text;
@@ -230,19 +247,15 @@ BEGIN
     -- too large to ride inline: the server reads the document (or the event data) itself
     body := (msg - 'd' #- '{e,data}')::text;
   END IF;
-  BEGIN
-    PERFORM pg_notify(w.channel, @extschema@.changefeed_sign(body));
-  EXCEPTION WHEN OTHERS THEN
-    RAISE WARNING 'changefeed: a change could not be announced on "%": %', w.channel, SQLERRM;
-  END;
+  PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign(body));
 END;
 $$;
 
 -- For the trigger functions: announces the change, or, where the writing role may not (a role given write rights on
 -- a watched table after it was installed), warns and tells the server on the trigger's channel, unsigned: the
 -- server then grants the rights it finds missing and tells the table's watchers to refetch. The write commits.
--- Every role may call it (any role may write a watched table it was given rights on): it runs as its caller, with
--- its caller's search path (the trigger functions pin theirs), and does nothing its caller could not do itself.
+-- Every role may call it (any role may write a watched table it was given rights on): it runs as its caller and
+-- does nothing its caller could not do itself.
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_pass(p_relid oid, p_channel text, p_change jsonb) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -252,11 +265,7 @@ BEGIN
   END IF;
   RAISE WARNING 'changefeed: role % may not announce changes of %; the server is told', current_user, p_relid::regclass;
   IF p_channel IS NOT NULL THEN
-    BEGIN
-      PERFORM pg_notify(p_channel, jsonb_build_object('unannounced', p_relid, 'role', current_user)::text);
-    EXCEPTION WHEN OTHERS THEN
-      NULL;
-    END;
+    PERFORM @extschema@.changefeed_say(p_channel, jsonb_build_object('unannounced', p_relid, 'role', current_user)::text);
   END IF;
 END;
 $$;
@@ -579,11 +588,11 @@ BEGIN
   FOR w IN SELECT * FROM @extschema@.changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
     BEGIN
       PERFORM @extschema@.changefeed_install(rel.nspname, rel.relname, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
-      PERFORM pg_notify(w.channel, @extschema@.changefeed_sign((jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current()) || p_note)::text));
+      PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign((jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current()) || p_note)::text));
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
       BEGIN
-        PERFORM pg_notify(w.channel, @extschema@.changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
+        PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
       EXCEPTION WHEN OTHERS THEN
         NULL;
       END;
@@ -673,7 +682,7 @@ BEGIN
     BEGIN
       DELETE FROM @extschema@.changefeed_tables WHERE relid = obj.objid RETURNING * INTO w;
       IF FOUND THEN
-        PERFORM pg_notify(w.channel, @extschema@.changefeed_sign(jsonb_build_object('ddl', 'dropped', 's', obj.schema_name, 't', obj.object_name, 'x', txid_current())::text));
+        PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign(jsonb_build_object('ddl', 'dropped', 's', obj.schema_name, 't', obj.object_name, 'x', txid_current())::text));
       ELSIF right(obj.object_name, 5) = '_temp' THEN
         base := to_regclass(format('%I.%I', obj.schema_name, left(obj.object_name, -5)));
         IF base IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = base AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
@@ -779,7 +788,7 @@ $$;
 -- Nothing of this is anyone else's to use: the owner (or whom it grants) reads and calls; changefeed_register grants
 -- a watched table's writers what they need.
 REVOKE ALL ON TABLE changefeed_migrations, changefeed_patterns, changefeed_tables, changefeed_key, changefeed_outbox, changefeed_outbox_state FROM PUBLIC;
-REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(text), changefeed_sign(text),
+REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(text), changefeed_sign(text), changefeed_say(text, text),
   changefeed_triggered(oid, text, regprocedure, text[]),
   changefeed_announce(oid, jsonb), changefeed_pass(oid, text, jsonb), changefeed_notify(), changefeed_event_notify(),
   changefeed_stream_notify(), changefeed_statement_notify(), changefeed_register(oid, text, boolean, boolean),
@@ -787,4 +796,4 @@ REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(t
   changefeed_install(text, text, text, boolean, boolean), changefeed_watch(text, text, text, text[], boolean),
   changefeed_adopt(oid, jsonb), changefeed_on_ddl(), changefeed_on_drop(),
   changefeed_watch_events(text, text, text, text, boolean), changefeed_watch_registry(text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION changefeed_pass(oid, text, jsonb) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION changefeed_pass(oid, text, jsonb), changefeed_say(text, text) TO PUBLIC;
