@@ -187,8 +187,7 @@ END;
 $$;
 
 -- The signed form of a body: 64 hex characters of HMAC-SHA-256, then the body. For the owner's own functions only.
--- PL/pgSQL, so that its plan is kept for the session (an SQL function would be planned again at every row), and
--- without a search path of its own: its callers (the owner's functions) pin theirs.
+-- PL/pgSQL, so that its plan is kept for the session (an SQL function would be planned again at every row).
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_sign(p_body text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -201,9 +200,12 @@ $$;
 
 -- Announces one change of a watched table, for the trigger functions: signed on the table's channel (notify mode),
 -- or appended to the outbox with a wake-up (outbox mode). It acts only for a relation installed here that carries
--- one of these triggers, and only from inside a trigger; what the server trusts (the channel, schema and table, the
--- transaction, the time) is set here. A NOTIFY that cannot be sent (a full queue) is the server's loss, never the
--- writer's error.
+-- one of these triggers, only from inside a trigger, and only for a relation its caller's session has just written (a
+-- row's change: rows of it inserted, updated or deleted, as PostgreSQL counts them for this transaction and those of
+-- the session not yet reported, about a second; a TRUNCATE, or a statement on the table of tenant databases: a lock
+-- on it that only a writer can take), so that a role that may write one watched table cannot announce changes of
+-- another from a trigger of its own. What the server trusts (the channel, schema and table, the transaction, the
+-- time) is set here. A NOTIFY that cannot be sent (a full queue) is the server's loss, never the writer's error.
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_announce(p_relid oid, p_change jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -222,6 +224,17 @@ BEGIN
         '@extschema@.changefeed_statement_notify()'::regprocedure)
   ) THEN
     RAISE WARNING 'changefeed: relation % is not watched; nothing announced', p_relid;
+    RETURN;
+  END IF;
+  IF NOT (CASE WHEN p_change ? 'op' AND p_change->>'op'::text <> 'T'
+    THEN pg_stat_get_xact_tuples_inserted(p_relid) + pg_stat_get_xact_tuples_updated(p_relid) + pg_stat_get_xact_tuples_deleted(p_relid) > 0
+      -- without counts (track_counts off) a row's change is taken as its trigger says
+      OR NOT current_setting('track_counts')::boolean
+    ELSE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'relation' AND l.relation = p_relid AND l.pid = pg_backend_pid() AND l.granted
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'))
+  END) THEN
+    RAISE WARNING 'changefeed: relation % was not written in this session; nothing announced', p_relid::regclass;
     RETURN;
   END IF;
   SELECT n.nspname, c.relname INTO sch, tbl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = reported;

@@ -188,6 +188,27 @@ t.test('a role that may write one watched table: its changes go out, and it need
   t.equal(dropped().unannounced, unannounced, 'no change of its went unannounced')
 })
 
+t.test('a writer of one watched table cannot announce changes of another from a trigger of its own', async (t) => {
+  const writer = await role(t, url, 'trust_forger')
+  await sql.query(`GRANT SELECT, INSERT, UPDATE ON mt_doc_team TO ${writer.name}`)
+  const ws = await client()
+  await ws.subscribe('RugbyGameState', 'm-1')
+  const db = await writer.client()
+  await db.query(`CREATE TEMP TABLE lever (note jsonb);
+    CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+      PERFORM public.changefeed_announce('public.mt_doc_rugbygamestate'::regclass, NEW.note);
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`)
+  // in a transaction that wrote the table it may write, a change of the match; then a TRUNCATE of it
+  await db.query('BEGIN; INSERT INTO mt_doc_team (id, data) VALUES (\'t-forger\', \'{}\')')
+  await db.query('INSERT INTO lever VALUES ($1)', [{ id: 'm-1', op: 'U', d: { homeScore: 1000 } }])
+  await db.query('COMMIT')
+  await db.query('INSERT INTO lever VALUES ($1)', [{ id: '', op: 'T', ps: 'public', pt: 'mt_doc_rugbygamestate' }])
+  await onlyRealChanges(t, ws, 21)
+})
+
 t.test('outbox mode: only installed tables write the outbox, only on their channel', async (t) => {
   const outboxUrl = await freshDatabase(t, 'trust_outbox')
   const owner = await sqlClient(t, outboxUrl)
