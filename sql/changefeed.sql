@@ -252,7 +252,7 @@ BEGIN
   IF w.outbox THEN
     INSERT INTO @extschema@.changefeed_outbox (channel, s, t, eid, tn, x, change)
     VALUES (w.channel, sch, tbl, coalesce(msg->>'id', ''), msg->>'tn', (msg->>'x')::bigint, msg);
-    PERFORM @extschema@.changefeed_say(w.channel, 'outbox');
+    PERFORM @extschema@.changefeed_say(w.channel, 'outbox'::text);
     RETURN;
   END IF;
   body := msg::text;
@@ -510,7 +510,7 @@ BEGIN
     SELECT c.oid, c.relname, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p') AND (c.oid = p_relid OR c.oid IN (SELECT relid FROM pg_partition_tree(p_relid)))
   LOOP
-    IF NOT @extschema@.changefeed_triggered(part.oid, 'changefeed_truncate', '@extschema@.changefeed_statement_notify()', ARRAY[p_channel]) THEN
+    IF NOT @extschema@.changefeed_triggered(part.oid, 'changefeed_truncate'::text, '@extschema@.changefeed_statement_notify()'::regprocedure, ARRAY[p_channel]) THEN
       EXECUTE format('CREATE OR REPLACE TRIGGER changefeed_truncate AFTER TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.changefeed_statement_notify(%L)',
         part.nspname, part.relname, p_channel);
     END IF;
@@ -536,7 +536,7 @@ BEGIN
     RETURN 0;
   END IF;
   -- a trigger in place is left alone: replacing it would lock the table against writers at every scan
-  IF NOT @extschema@.changefeed_triggered(rel, CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END, '@extschema@.changefeed_notify()', ARRAY[p_channel]) THEN
+  IF NOT @extschema@.changefeed_triggered(rel, CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END::text, '@extschema@.changefeed_notify()'::regprocedure, ARRAY[p_channel]) THEN
     EXECUTE format(
       'CREATE OR REPLACE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %I.%I FOR EACH ROW EXECUTE FUNCTION @extschema@.changefeed_notify(%L)',
       CASE kind WHEN 'p' THEN 'changefeed_partitioned' ELSE 'changefeed_notify' END, p_schema, p_table, p_channel);
@@ -600,7 +600,7 @@ BEGIN
   END IF;
   FOR w IN SELECT * FROM @extschema@.changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
     BEGIN
-      PERFORM @extschema@.changefeed_install(rel.nspname, rel.relname, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
+      PERFORM @extschema@.changefeed_install(rel.nspname::text, rel.relname::text, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
       PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign((jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current()) || p_note)::text));
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
@@ -669,7 +669,7 @@ BEGIN
           PERFORM @extschema@.changefeed_register(t.relid, t.channel, t.inline, t.outbox) FROM @extschema@.changefeed_tables t WHERE t.relid = rel.oid;
           CONTINUE;
         END IF;
-        PERFORM @extschema@.changefeed_adopt(rel.oid, '{}');
+        PERFORM @extschema@.changefeed_adopt(rel.oid, '{}'::jsonb);
       END LOOP;
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'changefeed: looking at a new or altered table failed: %', SQLERRM;
@@ -724,7 +724,7 @@ BEGIN
   IF events IS NULL OR streams IS NULL THEN
     RETURN NULL;
   END IF;
-  IF NOT @extschema@.changefeed_triggered(events, 'changefeed_event_notify', '@extschema@.changefeed_event_notify()', ARRAY[p_channel, p_streams]) THEN
+  IF NOT @extschema@.changefeed_triggered(events, 'changefeed_event_notify'::text, '@extschema@.changefeed_event_notify()'::regprocedure, ARRAY[p_channel, p_streams]) THEN
     EXECUTE format(
       'CREATE OR REPLACE TRIGGER changefeed_event_notify AFTER INSERT ON %I.%I FOR EACH ROW EXECUTE FUNCTION @extschema@.changefeed_event_notify(%L, %L)',
       p_schema, p_events, p_channel, p_streams);
@@ -733,7 +733,7 @@ BEGIN
   granted := @extschema@.changefeed_register(events, p_channel, true, p_outbox);
   -- streams are archived from Marten 7 on (is_archived); an older store has nothing to archive
   IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = streams AND attname = 'is_archived' AND NOT attisdropped) THEN
-    IF NOT @extschema@.changefeed_triggered(streams, 'changefeed_stream_notify', '@extschema@.changefeed_stream_notify()', ARRAY[p_channel]) THEN
+    IF NOT @extschema@.changefeed_triggered(streams, 'changefeed_stream_notify'::text, '@extschema@.changefeed_stream_notify()'::regprocedure, ARRAY[p_channel]) THEN
       EXECUTE format(
         'CREATE OR REPLACE TRIGGER changefeed_stream_notify AFTER INSERT OR UPDATE OF is_archived ON %I.%I FOR EACH ROW EXECUTE FUNCTION @extschema@.changefeed_stream_notify(%L)',
         p_schema, p_streams, p_channel);
@@ -757,7 +757,7 @@ BEGIN
   IF rel IS NULL THEN
     RETURN NULL;
   END IF;
-  IF NOT @extschema@.changefeed_triggered(rel, 'changefeed_registry', '@extschema@.changefeed_statement_notify()', ARRAY[p_channel, 'registry']) THEN
+  IF NOT @extschema@.changefeed_triggered(rel, 'changefeed_registry'::text, '@extschema@.changefeed_statement_notify()'::regprocedure, ARRAY[p_channel, 'registry']) THEN
     EXECUTE format(
       'CREATE OR REPLACE TRIGGER changefeed_registry AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.changefeed_statement_notify(%L, %L)',
       p_schema, p_table, p_channel, 'registry');

@@ -91,7 +91,7 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
   const granted = new Map<string, number>()
   if (request.install) {
     for (const pattern of request.patterns) {
-      const rows = await db.query<{ tbl: string, error: string | null, granted: number }>('SELECT tbl, error, granted FROM changefeed_watch($1, $2, $3, $4, $5)', [schema, pattern, channel, inlineTables, outbox])
+      const rows = await db.query<{ tbl: string, error: string | null, granted: number }>('SELECT tbl, error, granted FROM changefeed_watch($1::text, $2::text, $3::text, $4::text[], $5::boolean)', [schema, pattern, channel, inlineTables, outbox])
       for (const row of rows) {
         errors.set(row.tbl, row.error)
         granted.set(row.tbl, row.granted)
@@ -124,7 +124,7 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
     if (request.install && !errors.has(table)) {
       // a declared table outside the patterns
       try {
-        const [row] = await db.query<{ granted: number }>('SELECT changefeed_install($1, $2, $3, $4, $5) AS granted', [schema, table, channel, inlineTables.includes(table), outbox])
+        const [row] = await db.query<{ granted: number }>('SELECT changefeed_install($1::text, $2::text, $3::text, $4::boolean, $5::boolean) AS granted', [schema, table, channel, inlineTables.includes(table), outbox])
         granted.set(table, row?.granted ?? 0)
       } catch (err) {
         error = (err as Error).message
@@ -159,7 +159,7 @@ export async function eventStoreTenanted (db: Database, store: { schema: string,
 
 /** Puts the trigger on Marten's table of tenant databases (sql/changefeed.sql); null when it is not there. */
 export async function watchRegistry (db: Database, registry: { schema: string, table: string }, channel: string): Promise<number | null> {
-  const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_registry($1, $2, $3) AS granted', [registry.schema, registry.table, channel])
+  const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_registry($1::text, $2::text, $3::text) AS granted', [registry.schema, registry.table, channel])
   return row?.granted ?? null
 }
 

@@ -34,7 +34,7 @@ export class Outbox {
   constructor (readonly channel: string) {}
 
   async state (query: Query): Promise<OutboxState> {
-    await query('SELECT changefeed_outbox_init($1)', [this.channel])
+    await query('SELECT changefeed_outbox_init($1::text)', [this.channel])
     const [row] = await query<{ epoch: string, assigned: string, published: string, pruned: string }>(
       'SELECT epoch, assigned, published, pruned FROM changefeed_outbox_state WHERE channel = $1', [this.channel])
     return { epoch: row.epoch, assigned: Number(row.assigned), published: Number(row.published), pruned: Number(row.pruned) }

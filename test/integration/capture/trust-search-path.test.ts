@@ -20,7 +20,10 @@ const own = await attacker.client()
 await own.query(martenTableSql('mt_doc_own'))
 const { app, client } = await startApp(t, { databases: [{ name: 'ballr', url }], capture: { channel: 'trust:path' }, entities: { Team: { access: 'public', payload: 'full' } } })
 
-/** A decoy: records the role it runs as, then does what the function it stands in for does. */
+/**
+ * A decoy: records the role it runs as, then does what the function it stands in for does (or, standing in for one
+ * of ours, nothing). The overloads of our functions fit calls that pass a literal or a name better than ours do.
+ */
 const decoy = (signature: string, returns: string, body: string): string => `
   CREATE FUNCTION public.${signature} RETURNS ${returns} LANGUAGE plpgsql AS $f$
   BEGIN
@@ -50,7 +53,11 @@ t.test('overloads in the install schema never run in place of pg_catalog\'s, as 
     CREATE AGGREGATE public.array_agg(text) (SFUNC = public.gather, STYPE = text[], INITCOND = '{}');
     ${decoy('pg_try_advisory_lock(k integer)', 'boolean', 'RETURN pg_catalog.pg_try_advisory_lock(k::bigint);')}
     ${decoy('pg_advisory_xact_lock(k integer)', 'void', 'PERFORM pg_catalog.pg_advisory_xact_lock(k::bigint);')}
-    ${decoy('pg_get_partkeydef(r regclass)', 'text', 'RETURN pg_catalog.pg_get_partkeydef(r::oid);')}`)
+    ${decoy('pg_get_partkeydef(r regclass)', 'text', 'RETURN pg_catalog.pg_get_partkeydef(r::oid);')}
+    ${decoy('changefeed_adopt(r oid, note text)', 'void', 'RETURN;')}
+    ${decoy('changefeed_install(s name, t name, c text, i boolean, o boolean)', 'int', 'RETURN 0;')}
+    ${decoy('changefeed_triggered(r oid, n text, f text, a text[])', 'boolean', 'RETURN true;')}
+    ${decoy('changefeed_watch(s varchar, p varchar, c varchar, i varchar[], o boolean)', 'TABLE (tbl text, error text, granted int)', 'RETURN;')}`)
   const ws = await client()
   await ws.subscribe('Team', 't-1')
 
@@ -81,6 +88,6 @@ t.test('overloads in the install schema never run in place of pg_catalog\'s, as 
   t.same(runs, [], 'no decoy ran as another role')
   t.equal((await sql.query('SELECT rolsuper FROM pg_roles WHERE rolname = $1', [attacker.name])).rows[0].rolsuper, false)
   t.same((await sql.query(`SELECT p.proname FROM pg_proc p WHERE p.proname LIKE 'changefeed%' AND p.pronamespace = 'public'::regnamespace
-    AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) ORDER BY 1`)).rows, [],
+    AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) ORDER BY 1`)).rows, [],
   'every changefeed function searches pg_catalog and pg_temp only')
 })
