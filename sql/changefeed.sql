@@ -75,6 +75,23 @@ BEGIN
     RAISE EXCEPTION 'changefeed: cannot install into schema %: its name has a quote, a dollar, a percent sign or a backslash', pg_catalog.current_schema();
   END IF;
   PERFORM pg_catalog.set_config('search_path', pg_catalog.concat(pg_catalog.current_setting('changefeed.schema'), ', pg_temp'), true);
+  -- the functions the triggers call by name, in a schema of their own that only the owner may create in (<schema>_changefeed)
+  PERFORM pg_catalog.set_config('changefeed.private', pg_catalog.quote_ident(pg_catalog.concat(pg_catalog.current_schema(), '_changefeed')), true);
+  IF pg_catalog.to_regnamespace(pg_catalog.current_setting('changefeed.private')) IS NULL
+     AND NOT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') THEN
+    -- a role that may not create a schema keeps them in the schema installed into, as before
+    RAISE WARNING 'changefeed: no right to create schema %: the functions the triggers call stay in %, where a role that may create functions there can make every write to a watched table fail (grant CREATE on the database, or create the schema for this role)',
+      pg_catalog.current_setting('changefeed.private'), pg_catalog.current_setting('changefeed.schema');
+    PERFORM pg_catalog.set_config('changefeed.private', pg_catalog.current_setting('changefeed.schema'), true);
+    RETURN;
+  ELSIF pg_catalog.to_regnamespace(pg_catalog.current_setting('changefeed.private')) IS NULL THEN
+    EXECUTE pg_catalog.concat('CREATE SCHEMA ', pg_catalog.current_setting('changefeed.private'));
+  ELSIF (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
+         WHERE n.oid OPERATOR(pg_catalog.=) pg_catalog.to_regnamespace(pg_catalog.current_setting('changefeed.private'))::oid) OPERATOR(pg_catalog.<>) CURRENT_USER THEN
+    RAISE EXCEPTION 'changefeed: schema % belongs to another role', pg_catalog.current_setting('changefeed.private');
+  END IF;
+  EXECUTE pg_catalog.concat('REVOKE ALL ON SCHEMA ', pg_catalog.current_setting('changefeed.private'), ' FROM PUBLIC');
+  EXECUTE pg_catalog.concat('GRANT USAGE ON SCHEMA ', pg_catalog.current_setting('changefeed.private'), ' TO PUBLIC');
 END;
 $$;
 
@@ -144,7 +161,7 @@ CREATE TABLE IF NOT EXISTS changefeed_outbox_state (
 -- triggers, changefeed_announce) or of whoever writes a watched table (the trigger functions).
 DO $define$
 BEGIN
-  EXECUTE pg_catalog.replace($functions$
+  EXECUTE pg_catalog.replace(pg_catalog.replace($functions$
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_hmac_pad(p_key bytea, p_byte int) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -171,7 +188,7 @@ $$;
 -- and then stays in a transaction holds every notification sent since): a NOTIFY of ours must never make a writer's
 -- or another role's DDL fail. One left unsent is a warning (in outbox mode, a wake-up the listener's poll replaces).
 -- Every role may call it: it runs as its caller and does what pg_notify does.
-CREATE OR REPLACE FUNCTION @extschema@.changefeed_say(p_channel text, p_payload text) RETURNS boolean
+CREATE OR REPLACE FUNCTION @private@.changefeed_say(p_channel text, p_payload text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF pg_notification_queue_usage() >= 0.5 THEN
@@ -188,7 +205,7 @@ $$;
 
 -- The signed form of a body: 64 hex characters of HMAC-SHA-256, then the body. For the owner's own functions only.
 -- PL/pgSQL, so that its plan is kept for the session (an SQL function would be planned again at every row).
-CREATE OR REPLACE FUNCTION @extschema@.changefeed_sign(p_body text) RETURNS text
+CREATE OR REPLACE FUNCTION @private@.changefeed_sign(p_body text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   k @extschema@.changefeed_key;
@@ -206,7 +223,7 @@ $$;
 -- on it that only a writer can take), so that a role that may write one watched table cannot announce changes of
 -- another from a trigger of its own. What the server trusts (the channel, schema and table, the transaction, the
 -- time) is set here. A NOTIFY that cannot be sent (a full queue) is the server's loss, never the writer's error.
-CREATE OR REPLACE FUNCTION @extschema@.changefeed_announce(p_relid oid, p_change jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION @private@.changefeed_announce(p_relid oid, p_change jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   reported oid;
@@ -252,7 +269,7 @@ BEGIN
   IF w.outbox THEN
     INSERT INTO @extschema@.changefeed_outbox (channel, s, t, eid, tn, x, change)
     VALUES (w.channel, sch, tbl, coalesce(msg->>'id', ''), msg->>'tn', (msg->>'x')::bigint, msg);
-    PERFORM @extschema@.changefeed_say(w.channel, 'outbox'::text);
+    PERFORM @private@.changefeed_say(w.channel, 'outbox'::text);
     RETURN;
   END IF;
   body := msg::text;
@@ -260,7 +277,7 @@ BEGIN
     -- too large to ride inline: the server reads the document (or the event data) itself
     body := (msg - 'd' #- '{e,data}')::text;
   END IF;
-  PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign(body));
+  PERFORM @private@.changefeed_say(w.channel, @private@.changefeed_sign(body));
 END;
 $$;
 
@@ -269,16 +286,16 @@ $$;
 -- server then grants the rights it finds missing and tells the table's watchers to refetch. The write commits.
 -- Every role may call it (any role may write a watched table it was given rights on): it runs as its caller and
 -- does nothing its caller could not do itself.
-CREATE OR REPLACE FUNCTION @extschema@.changefeed_pass(p_relid oid, p_channel text, p_change jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION @private@.changefeed_pass(p_relid oid, p_channel text, p_change jsonb) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  IF has_function_privilege('@extschema@.changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
-    PERFORM @extschema@.changefeed_announce(p_relid, p_change);
+  IF has_function_privilege('@private@.changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
+    PERFORM @private@.changefeed_announce(p_relid, p_change);
     RETURN;
   END IF;
   RAISE WARNING 'changefeed: role % may not announce changes of %; the server is told', current_user, p_relid::regclass;
   IF p_channel IS NOT NULL THEN
-    PERFORM @extschema@.changefeed_say(p_channel, jsonb_build_object('unannounced', p_relid, 'role', current_user)::text);
+    PERFORM @private@.changefeed_say(p_channel, jsonb_build_object('unannounced', p_relid, 'role', current_user)::text);
   END IF;
 END;
 $$;
@@ -330,7 +347,7 @@ BEGIN
   IF op <> 'D' AND row_json ? 'data' THEN
     msg := msg || jsonb_build_object('d', row_json->'data');
   END IF;
-  PERFORM @extschema@.changefeed_pass(TG_RELID, TG_ARGV[0], msg);
+  PERFORM @private@.changefeed_pass(TG_RELID, TG_ARGV[0], msg);
   RETURN NULL;
 END;
 $$;
@@ -352,7 +369,7 @@ BEGIN
   END IF;
   EXECUTE format('SELECT type FROM %I.%I WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2) LIMIT 1', TG_TABLE_SCHEMA, TG_ARGV[1])
     INTO stream_type USING NEW.stream_id, tenant;
-  PERFORM @extschema@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
+  PERFORM @private@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
     'id', NEW.stream_id::text,
     'op', 'A',
     'o',  nullif(current_setting('changefeed.origin', true), ''),
@@ -376,7 +393,7 @@ BEGIN
      OR (TG_OP = 'UPDATE' AND coalesce((to_jsonb(OLD)->>'is_archived')::boolean, false)) THEN
     RETURN NULL;
   END IF;
-  PERFORM @extschema@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
+  PERFORM @private@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
     'id', row_json->>'id',
     'op', 'R',
     'v',  row_json->>'version',
@@ -396,9 +413,9 @@ CREATE OR REPLACE FUNCTION @extschema@.changefeed_statement_notify() RETURNS tri
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF TG_ARGV[1] = 'registry' THEN
-    PERFORM @extschema@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object('ddl', 'registry'));
+    PERFORM @private@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object('ddl', 'registry'));
   ELSE
-    PERFORM @extschema@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
+    PERFORM @private@.changefeed_pass(TG_RELID, TG_ARGV[0], jsonb_build_object(
       'id', '',
       'op', 'T',
       'ps', TG_TABLE_SCHEMA,
@@ -441,7 +458,7 @@ BEGIN
       SELECT a.grantee FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = p_relid AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE')
     ) w
   LOOP
-    IF NOT has_function_privilege(CASE writer.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(writer.grantee)::text END, '@extschema@.changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
+    IF NOT has_function_privilege(CASE writer.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(writer.grantee)::text END, '@private@.changefeed_announce(oid, jsonb)', 'EXECUTE') THEN
       missing := missing || CASE writer.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(writer.grantee)::text) END;
     END IF;
   END LOOP;
@@ -454,7 +471,7 @@ BEGIN
     RETURN 0;
   END IF;
   IF missing <> '{}' THEN
-    EXECUTE format('GRANT EXECUTE ON FUNCTION @extschema@.changefeed_announce(oid, jsonb) TO %s', array_to_string(missing, ', '));
+    EXECUTE format('GRANT EXECUTE ON FUNCTION @private@.changefeed_announce(oid, jsonb) TO %s', array_to_string(missing, ', '));
     granted := cardinality(missing);
   END IF;
   IF NOT has_function_privilege(owner, '@extschema@.changefeed_notify()', 'EXECUTE') THEN
@@ -601,11 +618,11 @@ BEGIN
   FOR w IN SELECT * FROM @extschema@.changefeed_patterns WHERE schema_name = rel.nspname AND rel.relname LIKE pattern LOOP
     BEGIN
       PERFORM @extschema@.changefeed_install(rel.nspname::text, rel.relname::text, w.channel, rel.relname = ANY (w.inline_tables), w.outbox);
-      PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign((jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current()) || p_note)::text));
+      PERFORM @private@.changefeed_say(w.channel, @private@.changefeed_sign((jsonb_build_object('ddl', 'installed', 's', rel.nspname, 't', rel.relname, 'x', txid_current()) || p_note)::text));
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'changefeed: no trigger on %.%: %', rel.nspname, rel.relname, SQLERRM;
       BEGIN
-        PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
+        PERFORM @private@.changefeed_say(w.channel, @private@.changefeed_sign(jsonb_build_object('ddl', 'failed', 's', rel.nspname, 't', rel.relname, 'error', SQLERRM, 'x', txid_current())::text));
       EXCEPTION WHEN OTHERS THEN
         NULL;
       END;
@@ -695,7 +712,7 @@ BEGIN
     BEGIN
       DELETE FROM @extschema@.changefeed_tables WHERE relid = obj.objid RETURNING * INTO w;
       IF FOUND THEN
-        PERFORM @extschema@.changefeed_say(w.channel, @extschema@.changefeed_sign(jsonb_build_object('ddl', 'dropped', 's', obj.schema_name, 't', obj.object_name, 'x', txid_current())::text));
+        PERFORM @private@.changefeed_say(w.channel, @private@.changefeed_sign(jsonb_build_object('ddl', 'dropped', 's', obj.schema_name, 't', obj.object_name, 'x', txid_current())::text));
       ELSIF right(obj.object_name, 5) = '_temp' THEN
         base := to_regclass(format('%I.%I', obj.schema_name, left(obj.object_name, -5)));
         IF base IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = base AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
@@ -765,7 +782,19 @@ BEGIN
   RETURN @extschema@.changefeed_register(rel, p_channel, false, false);
 END;
 $$;
-$functions$, '@extschema@', pg_catalog.current_setting('changefeed.schema'));
+
+-- Nothing of this is anyone else's to use: the owner (or whom it grants) calls; changefeed_register grants a watched
+-- table's writers what they need.
+REVOKE ALL ON FUNCTION @extschema@.changefeed_hmac_pad(bytea, int), @extschema@.changefeed_outbox_init(text), @private@.changefeed_sign(text), @private@.changefeed_say(text, text),
+  @extschema@.changefeed_triggered(oid, text, regprocedure, text[]),
+  @private@.changefeed_announce(oid, jsonb), @private@.changefeed_pass(oid, text, jsonb), @extschema@.changefeed_notify(), @extschema@.changefeed_event_notify(),
+  @extschema@.changefeed_stream_notify(), @extschema@.changefeed_statement_notify(), @extschema@.changefeed_register(oid, text, boolean, boolean),
+  @extschema@.changefeed_rebuild_copy(oid), @extschema@.changefeed_rebuilding(oid), @extschema@.changefeed_statement_triggers(oid, text),
+  @extschema@.changefeed_install(text, text, text, boolean, boolean), @extschema@.changefeed_watch(text, text, text, text[], boolean),
+  @extschema@.changefeed_adopt(oid, jsonb), @extschema@.changefeed_on_ddl(), @extschema@.changefeed_on_drop(),
+  @extschema@.changefeed_watch_events(text, text, text, text, boolean), @extschema@.changefeed_watch_registry(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @private@.changefeed_pass(oid, text, jsonb), @private@.changefeed_say(text, text) TO PUBLIC;
+$functions$, '@extschema@', pg_catalog.current_setting('changefeed.schema')), '@private@', pg_catalog.current_setting('changefeed.private'));
 END;
 $define$;
 
@@ -798,15 +827,6 @@ EXCEPTION WHEN insufficient_privilege THEN
 END;
 $$;
 
--- Nothing of this is anyone else's to use: the owner (or whom it grants) reads and calls; changefeed_register grants
--- a watched table's writers what they need.
+-- The tables are no one else's to read or write (the functions' rights are set with them, above).
 REVOKE ALL ON TABLE changefeed_migrations, changefeed_patterns, changefeed_tables, changefeed_key, changefeed_outbox, changefeed_outbox_state FROM PUBLIC;
-REVOKE ALL ON FUNCTION changefeed_hmac_pad(bytea, int), changefeed_outbox_init(text), changefeed_sign(text), changefeed_say(text, text),
-  changefeed_triggered(oid, text, regprocedure, text[]),
-  changefeed_announce(oid, jsonb), changefeed_pass(oid, text, jsonb), changefeed_notify(), changefeed_event_notify(),
-  changefeed_stream_notify(), changefeed_statement_notify(), changefeed_register(oid, text, boolean, boolean),
-  changefeed_rebuild_copy(oid), changefeed_rebuilding(oid), changefeed_statement_triggers(oid, text),
-  changefeed_install(text, text, text, boolean, boolean), changefeed_watch(text, text, text, text[], boolean),
-  changefeed_adopt(oid, jsonb), changefeed_on_ddl(), changefeed_on_drop(),
-  changefeed_watch_events(text, text, text, text, boolean), changefeed_watch_registry(text, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION changefeed_pass(oid, text, jsonb), changefeed_say(text, text) TO PUBLIC;
+

@@ -38,7 +38,7 @@ async function unhindered (attacker: pg.Client, victim: pg.Client, text: string)
 }
 
 const announces = async (name: string): Promise<boolean> =>
-  (await sql.query('SELECT has_function_privilege($1, \'changefeed_announce(oid, jsonb)\', \'EXECUTE\') AS ok', [name])).rows[0].ok
+  (await sql.query('SELECT has_function_privilege($1, \'public_changefeed.changefeed_announce(oid, jsonb)\', \'EXECUTE\') AS ok', [name])).rows[0].ok
 
 t.test('a GRANT on a temporary table, held open, holds up no other role\'s GRANT', async (t) => {
   const attacker = await intruder.client()
@@ -64,7 +64,7 @@ t.test('a writer\'s own trigger cannot make changefeed_announce send the event t
   await forger.query(`CREATE TEMP TABLE lever (note jsonb);
     CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
     BEGIN
-      PERFORM public.changefeed_announce('public.mt_doc_team'::regclass, NEW.note);
+      PERFORM public_changefeed.changefeed_announce('public.mt_doc_team'::regclass, NEW.note);
       RETURN NULL;
     END $f$;
     CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`)

@@ -87,7 +87,21 @@ t.test('overloads in the install schema never run in place of pg_catalog\'s, as 
   const runs = (await sql.query('SELECT DISTINCT decoy, who FROM public.decoy_runs WHERE who <> $1 ORDER BY 1, 2', [attacker.name])).rows
   t.same(runs, [], 'no decoy ran as another role')
   t.equal((await sql.query('SELECT rolsuper FROM pg_roles WHERE rolname = $1', [attacker.name])).rows[0].rolsuper, false)
-  t.same((await sql.query(`SELECT p.proname FROM pg_proc p WHERE p.proname LIKE 'changefeed%' AND p.pronamespace = 'public'::regnamespace
+  t.same((await sql.query(`SELECT p.proname FROM pg_proc p WHERE p.proname LIKE 'changefeed%' AND p.pronamespace IN ('public'::regnamespace, 'public_changefeed'::regnamespace)
     AND p.proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false) ORDER BY 1`)).rows, [],
   'every changefeed function searches pg_catalog and pg_temp only')
+})
+
+t.test('overloads of our functions in the install schema make no write fail', async (t) => {
+  // with a defaulted argument more, each fits a call of ours as well as ours does: the call is ambiguous
+  await own.query(`CREATE FUNCTION public.changefeed_pass(r oid, c text, j jsonb, more text DEFAULT '') RETURNS void LANGUAGE sql AS '';
+    CREATE FUNCTION public.changefeed_announce(r oid, j jsonb, more text DEFAULT '') RETURNS void LANGUAGE sql AS '';
+    CREATE FUNCTION public.changefeed_sign(b text, more text DEFAULT '') RETURNS text LANGUAGE sql AS 'SELECT b';
+    CREATE FUNCTION public.changefeed_say(c text, p text, more text DEFAULT '') RETURNS boolean LANGUAGE sql AS 'SELECT true'`)
+  const ws = await client()
+  await ws.subscribe('Team', 't-5')
+  // a new session: one that ran the triggers before keeps the functions it found then
+  const writer = await sqlClient(t, url)
+  await t.resolves(writer.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-5\', \'{"name": "five"}\')'), 'the write commits')
+  t.match((await ws.next(isNotification('Team', 't-5'))).data, { changeType: 'created', payload: { name: 'five' } }, 'and is announced')
 })

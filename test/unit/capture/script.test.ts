@@ -11,7 +11,7 @@ t.test('every NOTIFY goes through changefeed_say, which sends none while the que
   // PostgreSQL fails a transaction at commit when its NOTIFYs do not fit in the queue (8 GB; any role that LISTENs
   // and stays in a transaction fills it): a NOTIFY of ours must not fail a writer's commit, nor another role's DDL
   const calls = [...script.matchAll(/pg_notify\(/g)].map((m) => m.index)
-  const say = script.indexOf('FUNCTION @extschema@.changefeed_say(')
+  const say = script.indexOf('FUNCTION @private@.changefeed_say(')
   const end = script.indexOf('$$;', say)
   t.ok(calls.length > 0 && calls.every((at) => at > say && at < end), 'pg_notify is called in changefeed_say alone')
   t.match(script.slice(say, end), /IF pg_notification_queue_usage\(\) >= 0\.5 THEN/, 'which looks at the queue first')
