@@ -155,10 +155,12 @@ CREATE TABLE IF NOT EXISTS changefeed_outbox_state (
 );
 
 -- The functions. Each names what it uses of this script with its schema (@extschema@, replaced by the schema installed
--- into) and searches pg_catalog and pg_temp only (SET search_path), so that nothing another role made in that schema
--- can stand in for a function or an operator of pg_catalog: PostgreSQL picks the overload whose argument types fit
--- best from every schema of the search path, and these functions run with the rights of the owner (the event
--- triggers, changefeed_announce) or of whoever writes a watched table (the trigger functions).
+-- into; @private@, by <schema>_changefeed) and searches pg_catalog and pg_temp only (SET search_path), so that nothing
+-- another role made in that schema can stand in for a function or an operator of pg_catalog: PostgreSQL picks the
+-- overload whose argument types fit best from every schema of the search path, and these functions run with the
+-- rights of the owner (the event triggers, changefeed_announce) or of whoever writes a watched table (the trigger
+-- functions). Calls of our own functions pass exactly their argument types, and those the triggers call live in
+-- @private@, where no other role can add an overload that would make a call ambiguous.
 DO $define$
 BEGIN
   EXECUTE pg_catalog.replace(pg_catalog.replace($functions$
