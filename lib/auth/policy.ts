@@ -133,7 +133,7 @@ export class AccessPolicy {
     const byTenant = entity.tenancy === 'conjoined'
     try {
       const rows = await readAs<{ owner: string | null }>(db, this.registry.settingOf(database, entity), tenantId,
-        `SELECT data #>> $2::text[] AS owner FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id = $1${byTenant ? ' AND tenant_id = $3' : ''}`,
+        `SELECT data #>> $2::text[] AS owner FROM ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} WHERE id OPERATOR(pg_catalog.=) $1${byTenant ? ' AND tenant_id OPERATOR(pg_catalog.=) $3' : ''}`,
         byTenant ? [entityId, entity.ownerPath, tenantId] : [entityId, entity.ownerPath])
       return rows.length > 0 && rows[0].owner === principal.userId
     } catch (err) {

@@ -9,7 +9,7 @@ import { quoteIdent, type Database } from './database.js'
 import { packageRoot } from '../package.js'
 import { TriggerInstallError } from '../errors.js'
 
-const INSTALL_LOCK = 'SELECT pg_advisory_xact_lock(hashtext(\'fastify-changefeed:install\'));\n'
+const INSTALL_LOCK = 'SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(\'fastify-changefeed:install\'));\n'
 
 let script: string | null = null
 export function triggerScript (): string {
@@ -91,7 +91,7 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
   const granted = new Map<string, number>()
   if (request.install) {
     for (const pattern of request.patterns) {
-      const rows = await db.query<{ tbl: string, error: string | null, granted: number }>('SELECT tbl, error, granted FROM changefeed_watch($1, $2, $3, $4, $5)', [schema, pattern, channel, inlineTables, outbox])
+      const rows = await db.query<{ tbl: string, error: string | null, granted: number }>('SELECT tbl, error, granted FROM changefeed_watch($1::text, $2::text, $3::text, $4::text[], $5::boolean)', [schema, pattern, channel, inlineTables, outbox])
       for (const row of rows) {
         errors.set(row.tbl, row.error)
         granted.set(row.tbl, row.granted)
@@ -99,9 +99,9 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
     }
   }
   const rows = await db.query<{ t: string, oid: string, columns: string[], triggered: boolean, copy: boolean, rls: boolean, applies: boolean, policy: string | null }>(
-    `SELECT c.relname AS t, c.oid::text AS oid, array_agg(a.attname::text) AS columns,
+    `SELECT c.relname AS t, c.oid::text AS oid, pg_catalog.array_agg(a.attname::text) AS columns,
             EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND tg.tgname IN ('changefeed_notify', 'changefeed_partitioned')) AS triggered,
-            c.relkind = 'r' AND right(c.relname, 5) = '_temp' AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS copy,
+            c.relkind = 'r' AND pg_catalog.right(c.relname::text, 5) = '_temp' AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p') AS copy,
             c.relrowsecurity AS rls,
             c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE'))
               AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user) AS applies,
@@ -124,7 +124,7 @@ export async function watchTables (db: Database, request: WatchRequest): Promise
     if (request.install && !errors.has(table)) {
       // a declared table outside the patterns
       try {
-        const [row] = await db.query<{ granted: number }>('SELECT changefeed_install($1, $2, $3, $4, $5) AS granted', [schema, table, channel, inlineTables.includes(table), outbox])
+        const [row] = await db.query<{ granted: number }>('SELECT changefeed_install($1::text, $2::text, $3::text, $4::boolean, $5::boolean) AS granted', [schema, table, channel, inlineTables.includes(table), outbox])
         granted.set(table, row?.granted ?? 0)
       } catch (err) {
         error = (err as Error).message
@@ -151,15 +151,15 @@ export async function eventStoreTenanted (db: Database, store: { schema: string,
   const [row] = await db.query<{ tenanted: boolean }>(
     `SELECT EXISTS (
        SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-       WHERE i.indrelid IN (to_regclass($1), to_regclass($2)) AND i.indisprimary AND a.attname = 'tenant_id'
-     ) OR coalesce(pg_get_partkeydef(to_regclass($2)) ~ 'tenant_id', false) AS tenanted`,
+       WHERE i.indrelid IN (to_regclass($1)::oid, to_regclass($2)::oid) AND i.indisprimary AND a.attname = 'tenant_id'
+     ) OR coalesce(pg_get_partkeydef(to_regclass($2)::oid) ~ 'tenant_id', false) AS tenanted`,
     [`${quoteIdent(store.schema)}.${quoteIdent(store.streams)}`, `${quoteIdent(store.schema)}.${quoteIdent(store.table)}`])
   return row?.tenanted === true
 }
 
 /** Puts the trigger on Marten's table of tenant databases (sql/changefeed.sql); null when it is not there. */
 export async function watchRegistry (db: Database, registry: { schema: string, table: string }, channel: string): Promise<number | null> {
-  const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_registry($1, $2, $3) AS granted', [registry.schema, registry.table, channel])
+  const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_registry($1::text, $2::text, $3::text) AS granted', [registry.schema, registry.table, channel])
   return row?.granted ?? null
 }
 
@@ -171,7 +171,7 @@ async function dotnetTypeOf (db: Database, schema: string, table: string, hierar
   try {
     const [row] = await db.query<{ t: string | null }>(
       `SELECT mt_dotnet_type AS t FROM ${quoteIdent(schema)}.${quoteIdent(table)}
-       WHERE mt_dotnet_type IS NOT NULL${hierarchy ? ' AND mt_doc_type = \'BASE\'' : ''} LIMIT 1`)
+       WHERE mt_dotnet_type IS NOT NULL${hierarchy ? ' AND mt_doc_type::text = \'BASE\'' : ''} LIMIT 1`)
     return row?.t ?? null
   } catch {
     return null

@@ -127,7 +127,7 @@ export class ListenerConnection {
   /** Takes the lock (when electing) and listens. True when this instance now listens. */
   private async tryToLead (session: ListenSession): Promise<boolean> {
     if (this.options.leaderElection || this.outbox !== null) {
-      const [row] = await session.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1)) AS ok', [`fastify-changefeed:${this.options.channel}`])
+      const [row] = await session.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1)::bigint) AS ok', [`fastify-changefeed:${this.options.channel}`])
       if (row?.ok !== true) return false
     }
     // the transactions over before LISTEN: their NOTIFYs can no longer reach this listener

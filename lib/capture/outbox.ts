@@ -34,7 +34,7 @@ export class Outbox {
   constructor (readonly channel: string) {}
 
   async state (query: Query): Promise<OutboxState> {
-    await query('SELECT changefeed_outbox_init($1)', [this.channel])
+    await query('SELECT changefeed_outbox_init($1::text)', [this.channel])
     const [row] = await query<{ epoch: string, assigned: string, published: string, pruned: string }>(
       'SELECT epoch, assigned, published, pruned FROM changefeed_outbox_state WHERE channel = $1', [this.channel])
     return { epoch: row.epoch, assigned: Number(row.assigned), published: Number(row.published), pruned: Number(row.pruned) }
@@ -82,7 +82,7 @@ export class Outbox {
       gone AS (
         DELETE FROM changefeed_outbox o USING state
         WHERE o.channel = $1 AND o.pos IS NOT NULL AND o.pos <= state.published
-          AND (o.numbered_at < now() - make_interval(secs => $2) OR o.pos <= state.assigned - $3)
+          AND (o.numbered_at < now() - make_interval(secs => $2::float8) OR o.pos <= state.assigned - $3)
         RETURNING o.pos
       )
       UPDATE changefeed_outbox_state s SET pruned = greatest(s.pruned, (SELECT max(pos) FROM gone))
@@ -105,7 +105,7 @@ export class Outbox {
       LEFT JOIN LATERAL (
         SELECT pos AS p, change FROM changefeed_outbox
         WHERE channel = s.channel AND t = ANY($3) AND pos > $4
-          AND ((eid = $2 AND ($6::text IS NULL OR tn = $6)) OR (eid = '' AND change->>'op' = 'T'))
+          AND ((eid = $2 AND ($6::text IS NULL OR tn = $6)) OR (eid = '' AND change->>'op'::text = 'T'))
         ORDER BY pos LIMIT $5
       ) o ON true
       WHERE s.channel = $1

@@ -58,8 +58,10 @@ export class NotifyVerifier {
   verified (payload: string): string | null {
     if (this.key === null || payload.length <= SIGNATURE_LENGTH) return null
     const body = payload.slice(SIGNATURE_LENGTH)
-    const expected = createHmac('sha256', this.key).update(body, 'utf8').digest()
-    const given = Buffer.from(payload.slice(0, SIGNATURE_LENGTH), 'hex')
+    // the hex exactly as the trigger writes it (lower case): a signature in other letters is the same bytes, and would
+    // pass for another payload where repeats are recognised by it
+    const expected = Buffer.from(createHmac('sha256', this.key).update(body, 'utf8').digest('hex'), 'latin1')
+    const given = Buffer.from(payload.slice(0, SIGNATURE_LENGTH), 'utf8')
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
     return body
   }

@@ -78,7 +78,7 @@ export class WatchedTables {
     const store = eventStoreOf(capture, db.name, this.registry.schemaOf(db.name))
     let granted = 0
     if (install && store !== null) {
-      const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_events($1, $2, $3, $4, $5) AS granted', [store.schema, store.table, store.streams, capture.channel, capture.mode === 'outbox'])
+      const [row] = await db.query<{ granted: number | null }>('SELECT changefeed_watch_events($1::text, $2::text, $3::text, $4::text, $5::boolean) AS granted', [store.schema, store.table, store.streams, capture.channel, capture.mode === 'outbox'])
       granted += this.found(db.name, 'events', row?.granted ?? null, { schema: store.schema, table: store.table })
     }
     const configured = this.options.databases.find((d) => d.name === db.name)

@@ -63,7 +63,7 @@ export class TenantRegistry {
     const table = `${quoteIdent(this.table.schema)}.${quoteIdent(this.table.table)}`
     const [{ exists, disabled }] = await this.db.query<{ exists: boolean, disabled: boolean }>(
       `SELECT to_regclass($1) IS NOT NULL AS exists,
-              EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'disabled' AND NOT attisdropped) AS disabled`, [table])
+              EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)::oid AND attname = 'disabled' AND NOT attisdropped) AS disabled`, [table])
     // not made yet (Marten makes it on first use): nothing to start, and nothing known to stop
     if (!exists || this.closed) return
     const rows = await this.db.query<{ tenant: string, connection: string }>(

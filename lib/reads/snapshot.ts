@@ -82,7 +82,7 @@ export class SnapshotReader {
     if (entity.tenancy !== 'none' && tenantId === null) throw new SnapshotUnavailable(`a snapshot of a tenanted type (${entity.name}) needs a tenant: name tenantId`)
     const byId = (asText: boolean) => (params: unknown[]): string => {
       params.push(asText ? ids.map((id) => id.toLowerCase()) : ids)
-      return asText ? `lower(t.id::text) = ANY($${params.length}::text[])` : `t.id = ANY($${params.length})`
+      return asText ? `lower(t.id::text) = ANY($${params.length}::text[])` : `t.id OPERATOR(pg_catalog.=) ANY($${params.length})`
     }
     try {
       return await this.read(entity, tenantId, carriesDocument(entity), byId(false))
@@ -128,7 +128,7 @@ export class SnapshotReader {
     const conditions = [where(params)]
     if (columns.tenant && tenantId !== null && entity.tenancy === 'conjoined') {
       params.push(tenantId)
-      conditions.push(`t.tenant_id = $${params.length}`)
+      conditions.push(`t.tenant_id OPERATOR(pg_catalog.=) $${params.length}`)
     }
     if (columns.deleted) conditions.push('NOT coalesce(t.mt_deleted, false)')
     const source = this.sources(name)
@@ -163,7 +163,7 @@ export class SnapshotReader {
     let columns = this.columns.get(key)
     if (columns === undefined) {
       columns = db.query<{ name: string }>(
-        'SELECT attname::text AS name FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped',
+        'SELECT attname::text AS name FROM pg_attribute WHERE attrelid = to_regclass($1)::oid AND attnum > 0 AND NOT attisdropped',
         [quoteIdent(entity.schema) + '.' + quoteIdent(entity.table)]
       ).then((rows) => {
         if (rows.length === 0) return null

@@ -37,7 +37,7 @@ export class DocumentReader {
     const byTenant = entity.tenancy === 'conjoined' && tenantId !== null
     const rows = await readAs<ReadDocument>(db, this.registry.settingOf(database, entity), tenantId,
       `SELECT t.data, (${FULL_XMIN})::text AS txid FROM (SELECT pg_current_snapshot() AS sn) s, ${quoteIdent(entity.schema)}.${quoteIdent(entity.table)} t
-       WHERE t.id = $1${byTenant ? ' AND t.tenant_id = $2' : ''}`,
+       WHERE t.id OPERATOR(pg_catalog.=) $1${byTenant ? ' AND t.tenant_id OPERATOR(pg_catalog.=) $2' : ''}`,
       byTenant ? [id, tenantId] : [id])
     return rows[0]
   }
@@ -53,7 +53,7 @@ export class DocumentReader {
     const byTenant = change.tenantId !== null
     const rows = await db.query<{ version: string, data: unknown }>(
       `SELECT version::text AS version, data FROM ${quoteIdent(change.schema)}.${quoteIdent(change.table)}
-       WHERE stream_id = $1 AND version = ANY($2::bigint[])${byTenant ? ' AND tenant_id = $3' : ''}`,
+       WHERE stream_id OPERATOR(pg_catalog.=) $1 AND version = ANY($2::bigint[])${byTenant ? ' AND tenant_id OPERATOR(pg_catalog.=) $3' : ''}`,
       byTenant ? [change.id, missing, change.tenantId] : [change.id, missing])
     const byVersion = new Map(rows.map((r) => [Number(r.version), r.data]))
     for (const e of events) if (!('data' in e)) e.data = byVersion.get(e.version) ?? null

@@ -49,7 +49,7 @@ export class Truncations {
     try {
       const rows = await db.query<{ bound: string }>(
         `SELECT pg_get_expr(c.relpartbound, c.oid) AS bound
-         FROM pg_partition_ancestors(to_regclass($1)) a JOIN pg_class c ON c.oid = a.relid JOIN pg_inherits i ON i.inhrelid = c.oid
+         FROM pg_partition_ancestors(to_regclass($1)) a JOIN pg_class c ON c.oid = a.relid::oid JOIN pg_inherits i ON i.inhrelid = c.oid
          WHERE pg_get_partkeydef(i.inhparent) = 'LIST (tenant_id)'`, [`${quoteIdent(part.schema)}.${quoteIdent(part.table)}`])
       return rows.length === 1 ? listBoundValues(rows[0].bound) : null
     } catch {

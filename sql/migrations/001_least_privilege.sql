@@ -5,12 +5,13 @@
 -- (changefeed_announce) acts for them on installed tables only (sql/changefeed.sql). Apply this file, then
 -- sql/changefeed.sql, then install again (the plugin does all three at start; by hand: SELECT * FROM
 -- changefeed_watch(...) and changefeed_watch_events(...) as before). Idempotent; a new database passes through it.
+-- (functions named with their schema until the search path is set: another role may have made functions in the schema)
 DO $$
 BEGIN
-  IF current_schema() IS NULL THEN
+  IF pg_catalog.current_schema() IS NULL THEN
     RAISE EXCEPTION 'changefeed: no schema to install into: no schema of the search_path exists';
   END IF;
-  PERFORM set_config('search_path', format('%I, pg_temp', current_schema()), true);
+  PERFORM pg_catalog.set_config('search_path', pg_catalog.concat(pg_catalog.quote_ident(pg_catalog.current_schema()), ', pg_temp'), true);
 END;
 $$;
 
@@ -34,13 +35,13 @@ DROP FUNCTION IF EXISTS changefeed_watch(text, text, text, text[]);
 DROP FUNCTION IF EXISTS changefeed_watch_events(text, text, text, text);
 DO $$
 BEGIN
-  IF pg_get_function_result(to_regprocedure('changefeed_install(text, text, text, boolean, boolean)')) = 'void' THEN
+  IF pg_catalog.pg_get_function_result(pg_catalog.to_regprocedure('changefeed_install(text, text, text, boolean, boolean)')) = 'void' THEN
     DROP FUNCTION changefeed_install(text, text, text, boolean, boolean);
   END IF;
-  IF pg_get_function_result(to_regprocedure('changefeed_watch(text, text, text, text[], boolean)')) <> 'TABLE(tbl text, error text, granted integer)' THEN
+  IF pg_catalog.pg_get_function_result(pg_catalog.to_regprocedure('changefeed_watch(text, text, text, text[], boolean)')) <> 'TABLE(tbl text, error text, granted integer)' THEN
     DROP FUNCTION changefeed_watch(text, text, text, text[], boolean);
   END IF;
-  IF pg_get_function_result(to_regprocedure('changefeed_watch_events(text, text, text, text, boolean)')) = 'boolean' THEN
+  IF pg_catalog.pg_get_function_result(pg_catalog.to_regprocedure('changefeed_watch_events(text, text, text, text, boolean)')) = 'boolean' THEN
     DROP FUNCTION changefeed_watch_events(text, text, text, text, boolean);
   END IF;
   -- earlier event triggers knew neither ALTER TABLE nor GRANT

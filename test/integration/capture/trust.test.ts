@@ -57,8 +57,8 @@ t.test('a role with only CONNECT and TEMP can use none of the changefeed objects
     ['SELECT * FROM changefeed_tables', []],
     ['UPDATE changefeed_tables SET channel = channel', []],
     ['INSERT INTO changefeed_outbox (channel, s, t, eid, x, change) VALUES ($1, \'public\', \'mt_doc_rugbygamestate\', \'m-1\', 1, \'{}\')', [channel]],
-    ['SELECT changefeed_announce($1, $2)', [match, { id: 'm-1', op: 'U', d: { homeScore: 99 } }]],
-    ['SELECT changefeed_sign($1)', ['{}']],
+    ['SELECT public_changefeed.changefeed_announce($1, $2)', [match, { id: 'm-1', op: 'U', d: { homeScore: 99 } }]],
+    ['SELECT public_changefeed.changefeed_sign($1)', ['{}']],
     ['SELECT changefeed_register($1, $2, true, false)', [match, channel]],
     ['SELECT changefeed_install(\'pg_temp\', \'decoy\', $1, true, false)', [channel]],
     ['SELECT * FROM changefeed_watch(\'public\', \'%\', $1, \'{}\', false)', [channel]],
@@ -79,7 +79,7 @@ t.test('a role with only CONNECT and TEMP can use none of the changefeed objects
   for (const [text, params] of denied) await t.rejects(spy.query(text, params), { code: '42501' }, text.slice(0, 60))
 
   // the one function PUBLIC may call runs as its caller: an unsigned note, which only makes the server look
-  await spy.query('SELECT changefeed_pass($1, $2, $3)', [match, channel, { id: 'm-1', op: 'U', d: { homeScore: 98 } }])
+  await spy.query('SELECT public_changefeed.changefeed_pass($1, $2, $3)', [match, channel, { id: 'm-1', op: 'U', d: { homeScore: 98 } }])
   t.ok(await until(() => dropped().unannounced === 1), 'the note is counted')
   await onlyRealChanges(t, ws, 1)
 })
@@ -99,7 +99,9 @@ t.test('NOTIFYs: unsigned, re-signed and overheard payloads reach nobody', async
   await spy.query('SELECT pg_notify($1, $2)', [channel, forgedBody])
   await spy.query('SELECT pg_notify($1, $2)', [channel, real.slice(0, 64) + forgedBody])
   await spy.query('SELECT pg_notify($1, $2)', [channel, real])
-  t.ok(await until(() => dropped().forged === (before.forged ?? 0) + 2 && dropped().replayed === (before.replayed ?? 0) + 1),
+  // the same signature in capitals: the same bytes, but not the payload the trigger signed
+  await spy.query('SELECT pg_notify($1, $2)', [channel, real.slice(0, 64).toUpperCase() + real.slice(64)])
+  t.ok(await until(() => dropped().forged === (before.forged ?? 0) + 3 && dropped().replayed === (before.replayed ?? 0) + 1),
     `each attempt is counted by reason: ${JSON.stringify(dropped())}`)
   await onlyRealChanges(t, ws, 6)
 })
@@ -142,13 +144,13 @@ t.test('the owner of a watched table: its own code runs with its own rights, and
     BEGIN
       BEGIN
         EXECUTE format('ALTER ROLE %I SUPERUSER', current_user);
-        INSERT INTO attempts VALUES ('superuser', 'granted');
-      EXCEPTION WHEN OTHERS THEN INSERT INTO attempts VALUES ('superuser', SQLSTATE);
+        INSERT INTO public.attempts VALUES ('superuser', 'granted');
+      EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES ('superuser', SQLSTATE);
       END;
       BEGIN
-        PERFORM key FROM changefeed_key;
-        INSERT INTO attempts VALUES ('key', 'read');
-      EXCEPTION WHEN OTHERS THEN INSERT INTO attempts VALUES ('key', SQLSTATE);
+        PERFORM key FROM public.changefeed_key;
+        INSERT INTO public.attempts VALUES ('key', 'read');
+      EXCEPTION WHEN OTHERS THEN INSERT INTO public.attempts VALUES ('key', SQLSTATE);
       END;
       RETURN '"x"';
     END $f$;
@@ -163,7 +165,7 @@ t.test('the owner of a watched table: its own code runs with its own rights, and
   // the TRUNCATE and registry trigger is not even its to put on a table: nothing it creates clones it
   await t.rejects(martenDb.query(`CREATE TRIGGER gone AFTER TRUNCATE ON decoy FOR EACH STATEMENT EXECUTE FUNCTION changefeed_statement_notify('${channel}')`), { code: '42501' })
   // straight from the top, naming a watched table: refused as well
-  await martenDb.query('SELECT changefeed_announce($1, $2)', [await relid('mt_doc_rugbygamestate'), { id: 'm-1', op: 'U', d: { homeScore: 55 } }])
+  await martenDb.query('SELECT public_changefeed.changefeed_announce($1, $2)', [await relid('mt_doc_rugbygamestate'), { id: 'm-1', op: 'U', d: { homeScore: 55 } }])
   const attempts = (await sql.query('SELECT what, outcome FROM attempts ORDER BY what, outcome')).rows
   t.ok(attempts.length >= 4, 'the cast and the view ran')
   t.ok(attempts.every((a) => a.outcome === '42501'), `and were refused every time: ${JSON.stringify(attempts)}`)
@@ -186,6 +188,27 @@ t.test('a role that may write one watched table: its changes go out, and it need
   t.equal(dropped().unannounced, unannounced, 'no change of its went unannounced')
 })
 
+t.test('a writer of one watched table cannot announce changes of another from a trigger of its own', async (t) => {
+  const writer = await role(t, url, 'trust_forger')
+  await sql.query(`GRANT SELECT, INSERT, UPDATE ON mt_doc_team TO ${writer.name}`)
+  const ws = await client()
+  await ws.subscribe('RugbyGameState', 'm-1')
+  const db = await writer.client()
+  await db.query(`CREATE TEMP TABLE lever (note jsonb);
+    CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+      PERFORM public_changefeed.changefeed_announce('public.mt_doc_rugbygamestate'::regclass, NEW.note);
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`)
+  // in a transaction that wrote the table it may write, a change of the match; then a TRUNCATE of it
+  await db.query('BEGIN; INSERT INTO mt_doc_team (id, data) VALUES (\'t-forger\', \'{}\')')
+  await db.query('INSERT INTO lever VALUES ($1)', [{ id: 'm-1', op: 'U', d: { homeScore: 1000 } }])
+  await db.query('COMMIT')
+  await db.query('INSERT INTO lever VALUES ($1)', [{ id: '', op: 'T', ps: 'public', pt: 'mt_doc_rugbygamestate' }])
+  await onlyRealChanges(t, ws, 21)
+})
+
 t.test('outbox mode: only installed tables write the outbox, only on their channel', async (t) => {
   const outboxUrl = await freshDatabase(t, 'trust_outbox')
   const owner = await sqlClient(t, outboxUrl)
@@ -205,7 +228,7 @@ t.test('outbox mode: only installed tables write the outbox, only on their chann
   await ws.subscribe('Team', 't-1')
   const change = { id: 't-1', op: 'U', d: { name: 'forged' } }
   await t.rejects(spy.query('INSERT INTO changefeed_outbox (channel, s, t, eid, x, change) VALUES (\'trust:outbox\', \'public\', \'mt_doc_team\', \'t-1\', 1, $1)', [change]), { code: '42501' })
-  await t.rejects(spy.query('SELECT changefeed_announce(\'mt_doc_team\'::regclass, $1)', [change]), { code: '42501' })
+  await t.rejects(spy.query('SELECT public_changefeed.changefeed_announce(\'mt_doc_team\'::regclass, $1)', [change]), { code: '42501' })
   // the owner of another watched table, from a trigger on a table of its own, on a channel of its choosing
   await own.query(`CREATE TEMP TABLE decoy (id text, data jsonb);
     CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_notify('elsewhere')`)
@@ -296,13 +319,38 @@ t.test('a database with the script of before migrations: upgraded at start, its 
   await t.resolves(before.query('CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_notify()'), 'the old grants let anyone use the triggers')
 
   const upgraded = await startApp(t, { databases: [{ name: 'ballr', url: oldUrl }], capture: { channel: 'trust:upgrade' }, entities: { Team: { access: 'public' } } })
-  t.same((await owner.query('SELECT name FROM changefeed_migrations')).rows, [{ name: '001_least_privilege' }], 'the migration is recorded')
+  t.same((await owner.query('SELECT name FROM changefeed_migrations ORDER BY name')).rows, [{ name: '001_least_privilege' }, { name: '002_private_schema' }], 'the migrations are recorded')
   const after = await old.client()
   await after.query('CREATE TEMP TABLE decoy (id text PRIMARY KEY)')
   await t.rejects(after.query('CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH ROW EXECUTE FUNCTION changefeed_notify(\'trust:upgrade\')'), { code: '42501' })
   t.equal((await owner.query('SELECT count(*)::int AS n FROM pg_proc WHERE proname = \'changefeed_send\'')).rows[0].n, 0, 'the old definer functions are gone')
+  t.same((await owner.query(`SELECT proname FROM pg_proc WHERE proname LIKE 'changefeed%'
+    AND NOT coalesce(proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)`)).rows, [], 'every function searches pg_catalog and pg_temp only')
   const ws = await upgraded.client()
   await ws.subscribe('Team', 't-1')
   await owner.query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-1\', \'{}\')')
   t.match((await ws.next(isNotification('Team', 't-1'))).data, { changeType: 'created' })
+})
+
+t.test('a database with the script of migration 001: its writers keep the right to announce, which moved with the functions', async (t) => {
+  const oldUrl = await freshDatabase(t, 'trust_upgrade_001')
+  const owner = await sqlClient(t, oldUrl)
+  await owner.query(martenTableSql('mt_doc_team'))
+  const sql001 = ['sql/migrations/001_least_privilege.sql', 'test/fixtures/sql/changefeed-001.sql'].map((f) => readFileSync(join(packageRoot, f), 'utf8'))
+  await owner.query(`BEGIN; ${sql001.join('\n')}; COMMIT`)
+  await owner.query('SELECT * FROM changefeed_watch(\'public\', \'mt_doc_%\', \'trust:upgrade\', \'{}\', false)')
+  const writer = await role(t, oldUrl, 'trust_upgrade_writer')
+  await owner.query(`GRANT SELECT, INSERT ON mt_doc_team TO ${writer.name}`)
+  t.equal((await owner.query('SELECT has_function_privilege($1, \'public.changefeed_announce(oid, jsonb)\', \'EXECUTE\') AS ok', [writer.name])).rows[0].ok, true,
+    'granted under 001')
+
+  const upgraded = await startApp(t, { databases: [{ name: 'ballr', url: oldUrl }], capture: { channel: 'trust:upgrade' }, entities: { Team: { access: 'public' } } })
+  t.same((await owner.query('SELECT name FROM changefeed_migrations ORDER BY name')).rows, [{ name: '001_least_privilege' }, { name: '002_private_schema' }])
+  t.same((await owner.query(`SELECT n.nspname, has_function_privilege($1, p.oid, 'EXECUTE') AS ok FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.proname = 'changefeed_announce'`, [writer.name])).rows, [{ nspname: 'public_changefeed', ok: true }], 'moved, with its grants')
+  const ws = await upgraded.client()
+  await ws.subscribe('Team', 't-1')
+  await (await writer.client()).query('INSERT INTO mt_doc_team (id, data) VALUES (\'t-1\', \'{}\')')
+  t.match((await ws.next(isNotification('Team', 't-1'))).data, { changeType: 'created' }, 'the writer\'s change is announced')
+  t.equal(upgraded.app.changefeed.stats().dropped.unannounced, undefined, 'with no need of a new grant')
 })

@@ -26,6 +26,8 @@ t.test('only payloads signed with the key are verified', async (t) => {
   t.equal(v.verified('0'.repeat(64) + real.slice(64)), null, 'wrong signature')
   t.equal(v.verified(real.slice(0, 64) + real.slice(64).replace('"a"', '"b"')), null, 'another body')
   t.equal(v.verified('zz' + real.slice(2)), null, 'not hex')
+  t.equal(v.verified(real.slice(0, 64).toUpperCase() + real.slice(64)), null, 'the same bytes in capitals: another payload')
+  t.equal(v.verified('é'.repeat(64) + real.slice(64)), null, 'not ASCII')
   t.equal(new NotifyVerifier().verified(real), null, 'no key yet')
 })
 
