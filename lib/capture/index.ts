@@ -35,7 +35,7 @@ export class Capture implements TableScanner {
   /** when each database's grants were last looked at for an unannounced change */
   private readonly lookedAtGrants = new Map<string, number>()
   private rescanTimer: NodeJS.Timeout | null = null
-  private readonly scans = new Map<string, Promise<void>>()
+  private readonly scans = new Map<string, { running: Promise<void>, next?: Promise<void> }>()
   private events: CaptureEvents | null = null
 
   constructor (
@@ -136,13 +136,14 @@ export class Capture implements TableScanner {
 
   /** A tenant's database no longer captured: its listener and pool closed, its types no longer fed by it. */
   private async removeDatabase (name: string): Promise<void> {
+    // its tenant is no one's to name from the moment it is not listened to; the closing comes after
     const listener = this.listeners.get(name)
-    this.listeners.delete(name)
-    await listener?.close()
     const db = this.databases.get(name)
+    this.listeners.delete(name)
     this.databases.delete(name)
     this.registry.removeDatabase(name)
     this.tables.forgetDatabase(name)
+    await listener?.close()
     await db?.close()
   }
 
@@ -175,16 +176,27 @@ export class Capture implements TableScanner {
     void this.rescanDatabase(database)
   }
 
-  /** One scan of a database at a time; a request during one is served by it. */
+  /**
+   * One scan of a database at a time. A request during one is served by the next, run once it ends: the scan under
+   * way may have read the catalog before what the request is about (a rebuild's table got its trigger after it
+   * looked). Requests during a scan share that one next scan.
+   */
   private async scanOnce (db: Database): Promise<void> {
-    const running = this.scans.get(db.name)
-    if (running !== undefined) return await running
-    const scan = this.tables.scan(db)
+    const scans = this.scans.get(db.name)
+    if (scans !== undefined) {
+      scans.next ??= scans.running.then(async () => await this.startScan(db))
+      return await scans.next
+    }
+    await this.startScan(db)
+  }
+
+  private async startScan (db: Database): Promise<void> {
+    const running = this.tables.scan(db)
       .then(async () => await this.registries.get(db.name)?.refresh())
       .catch((err: Error) => this.log.warn({ database: db.name, err: err.message }, 'changefeed: table re-scan failed'))
       .finally(() => this.scans.delete(db.name))
-    this.scans.set(db.name, scan)
-    await scan
+    this.scans.set(db.name, { running })
+    await running
   }
 
   /** Looks at one database's tables now, unless a look is under way (then waits for it). */
