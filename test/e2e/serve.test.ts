@@ -138,7 +138,9 @@ for (const [provider, userinfo, redacted] of [['redis', 'user:bus-secret', 'user
     const startedAt = Date.now()
     const server = serve(t, ['--config', file, '--port', '0'])
     t.equal((await server.exit).code, 1)
-    t.ok(Date.now() - startedAt < 8000, `within 8 s (${Date.now() - startedAt} ms)`)
+    // the broker is given a few seconds (CONNECT_TIMEOUT_MS); this only tells a start that gives up from one that
+    // waits for the broker forever, with room for a loaded machine's process start
+    t.ok(Date.now() - startedAt < 30_000, `it gives up (${Date.now() - startedAt} ms)`)
     const [line, ...more] = stderrLines(server)
     t.same(more, [], 'one line on stderr')
     t.match(line, /CHANGEFEED_BUS_UNAVAILABLE/)
