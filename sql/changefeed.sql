@@ -245,14 +245,18 @@ BEGIN
     RAISE WARNING 'changefeed: relation % is not watched; nothing announced', p_relid;
     RETURN;
   END IF;
-  IF NOT (CASE WHEN p_change ? 'op' AND p_change->>'op'::text <> 'T'
-    THEN pg_stat_get_xact_tuples_inserted(p_relid) + pg_stat_get_xact_tuples_updated(p_relid) + pg_stat_get_xact_tuples_deleted(p_relid) > 0
-      -- without counts (track_counts off) a row's change is taken as its trigger says
-      OR NOT current_setting('track_counts')::boolean
-    ELSE EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'relation' AND l.relation = p_relid AND l.pid = pg_backend_pid() AND l.granted
+  -- a row's check is an expression without a subquery, which PL/pgSQL evaluates without starting the executor: it
+  -- runs at every row
+  IF p_change ? 'op' AND p_change->>'op'::text <> 'T' THEN
+    -- without counts (track_counts off) a row's change is taken as its trigger says
+    IF pg_stat_get_xact_tuples_inserted(p_relid) + pg_stat_get_xact_tuples_updated(p_relid) + pg_stat_get_xact_tuples_deleted(p_relid) = 0
+        AND current_setting('track_counts')::boolean THEN
+      RAISE WARNING 'changefeed: relation % was not written in this session; nothing announced', p_relid::regclass;
+      RETURN;
+    END IF;
+  ELSIF NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'relation' AND l.relation = p_relid AND l.pid = pg_backend_pid() AND l.granted
       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-      AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'))
-  END) THEN
+      AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')) THEN
     RAISE WARNING 'changefeed: relation % was not written in this session; nothing announced', p_relid::regclass;
     RETURN;
   END IF;
@@ -261,9 +265,11 @@ BEGIN
   -- only a relation carrying that trigger sends it
   msg := (p_change - ARRAY['s', 't', 'x', 'ts', 'ddl', 'error', 'fresh']) || jsonb_build_object(
     's', sch, 't', tbl, 'x', txid_current(), 'ts', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);
-  IF p_change->>'ddl'::text = 'registry' AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND tgname = 'changefeed_registry'
-      AND tgfoid = '@extschema@.changefeed_statement_notify()'::regprocedure::oid) THEN
-    msg := msg || jsonb_build_object('ddl', 'registry');
+  IF p_change->>'ddl'::text = 'registry' THEN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_relid AND tgname = 'changefeed_registry'
+        AND tgfoid = '@extschema@.changefeed_statement_notify()'::regprocedure::oid) THEN
+      msg := msg || jsonb_build_object('ddl', 'registry');
+    END IF;
   END IF;
   IF NOT w.inline THEN
     msg := msg - 'd';
