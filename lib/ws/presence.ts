@@ -13,15 +13,19 @@ import {
   FEED, WireError, encodeError, encodePresenceSet, encodeSignalSent, type PresenceRequest, type PresenceSnapshotData, type SignalRequest, type SubscribeOneRequest
 } from '../protocol/index.js'
 
-/** What a subscribe's `presence` asks for, checked: the seat to take once subscribed. */
-export interface SeatRequest { presence: PresenceSettings, signals: SignalSettings | null, userId: string | null, info: unknown }
+/** What a subscribe's `presence` asks for, checked: the seat to take once subscribed, or (`leave`) to give it up. */
+export type SeatRequest = { presence: PresenceSettings, signals: SignalSettings | null, userId: string | null, info: unknown } | { leave: true }
 
 const bytesOf = (value: unknown): number => Buffer.byteLength(JSON.stringify(value) ?? '')
 
-/** A subscribe's `presence`, checked before it subscribes: null when it asks for none. */
+/**
+ * A subscribe's `presence`, checked before it subscribes: null when it asks for none. `false` leaves the entity's
+ * presence and keeps the subscription.
+ */
 export function seatRequest (subscriptions: Subscriptions, entity: EntityType, req: SubscribeOneRequest, principal: Principal): SeatRequest | Refusal | null {
   const asked = req.presence
-  if (asked === undefined || asked === false) return null
+  if (asked === undefined) return null
+  if (asked === false) return { leave: true }
   const settings = subscriptions.services.presence.settingsOf(entity.name)
   if (settings === null || req.entityId === FEED) return { code: WireError.badRequest, reason: `entity type "${entity.name}" has no presence${req.entityId === FEED ? ' on a feed' : ''}` }
   if (asked === true) return { ...settings, userId: null, info: undefined }
@@ -30,8 +34,13 @@ export function seatRequest (subscriptions: Subscriptions, entity: EntityType, r
   return { ...settings, userId: principal.userId, info: asked.info }
 }
 
-/** Takes the seat once the subscription is open: the members for the `subscribed` reply. */
-export async function takeSeat (subscriptions: Subscriptions, channel: string, subscription: Subscription, seat: SeatRequest): Promise<PresenceSnapshotData> {
+/** Takes the seat once the subscription is open: the members for the `subscribed` reply (none after a leave). */
+export async function takeSeat (subscriptions: Subscriptions, channel: string, subscription: Subscription, seat: SeatRequest): Promise<PresenceSnapshotData | undefined> {
+  if ('leave' in seat) {
+    subscriptions.services.presence.leave(subscriptions.socket, channel)
+    delete subscription.presence
+    return undefined
+  }
   subscription.presence = true
   return await subscriptions.services.presence.enter(subscriptions.socket, channel, subscription, seat.presence, seat.signals, seat.userId, seat.info)
 }
