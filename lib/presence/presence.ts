@@ -31,11 +31,11 @@ interface Hosted {
   buffer: string[] | null
 }
 
-export interface PresenceCounters { published: number, received: number, signals: number, unreadable: number, storeErrors: number }
+export interface PresenceCounters { published: number, publishErrors: number, received: number, signals: number, unreadable: number, storeErrors: number }
 
 export class Presence {
   private readonly rooms = new Map<string, Hosted>()
-  readonly counters: PresenceCounters = { published: 0, received: 0, signals: 0, unreadable: 0, storeErrors: 0 }
+  readonly counters: PresenceCounters = { published: 0, publishErrors: 0, received: 0, signals: 0, unreadable: 0, storeErrors: 0 }
   /** versions of this instance's entries: a message applies only when newer than what a reader holds */
   private version = 0
   /** when an instance was last heard of (a message, or the store): it is not dropped for a registry read before */
@@ -192,7 +192,10 @@ export class Presence {
   private publish (channel: string, message: string): void {
     if (this.bus === null) return
     this.counters.published++
-    this.bus.publish(channel, message).catch((err: Error) => this.log.warn({ err: err.message, channel }, 'changefeed: presence publish failed'))
+    this.bus.publish(channel, message).catch((err: Error) => {
+      this.counters.publishErrors++
+      this.log.warn({ err: err.message, channel }, 'changefeed: presence publish failed; other instances miss this change until the user\'s next one')
+    })
   }
 
   private storeFailed (err: Error, channel: string): void {

@@ -43,14 +43,20 @@ class FakeStore implements PresenceStore {
   async live (): Promise<Set<string>> { return this.liveSet }
 }
 
-function setup (t: TestContext): { presence: Presence, store: FakeStore, published: string[], warnings: string[] } {
+function setup (t: TestContext): { presence: Presence, store: FakeStore, published: string[], warnings: string[], bus: { failing: boolean } } {
   const store = new FakeStore()
   const published: string[] = []
-  const bus = { publish: async (_channel: string, message: string) => { published.push(message) } } as unknown as PubSub
+  const failing = { failing: false }
+  const bus = {
+    publish: async (_channel: string, message: string) => {
+      if (failing.failing) throw new Error('bus down')
+      published.push(message)
+    }
+  } as unknown as PubSub
   const { log, warnings } = recordingLogger()
   const presence = new Presence(store, bus, 'me', log, { Team: { access: 'public', presence: settings, signals } }, 1000)
   t.teardown(() => presence.close())
-  return { presence, store, published, warnings }
+  return { presence, store, published, warnings, bus: failing }
 }
 function socket (): Receiver & { frames: any[] } {
   const frames: any[] = []
@@ -112,13 +118,15 @@ t.test('messages that arrive while the store is read are applied after it, the n
   clock.advance(1)
 })
 
-t.test('a store that fails: logged and counted, the room works', async (t) => {
-  const { presence, store, warnings } = setup(t)
+t.test('a store and a bus that fail: logged and counted, the room works', async (t) => {
+  const { presence, store, warnings, bus } = setup(t)
   store.failing = true
+  bus.failing = true
   const s = socket()
   t.same(await presence.enter(s, CHANNEL, ref, settings, null, 'u1', undefined), { count: 1, members: [{ userId: 'u1', connections: 1 }], truncated: false })
   await turn()
   t.equal(presence.counters.storeErrors, 2, 'the read and the write')
+  t.equal(presence.counters.publishErrors, 1)
   t.ok(warnings.length >= 2)
 })
 
