@@ -58,6 +58,8 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   const start = await startFrom(subscriptions, entity, channel, subscription, req)
   // a refused read ended the subscription itself; a close or an unsubscribe meanwhile leaves nothing to answer
   if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
+  // a socket closed meanwhile must not take a seat: nothing would give it back
+  if (!subscriptions.isCurrent(channel, subscription)) return
   const presence = seat === null ? undefined : await takeSeat(subscriptions, channel, subscription, seat)
   if (!subscriptions.isCurrent(channel, subscription)) return
   reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot, presence }))
