@@ -77,6 +77,7 @@ for (const [provider, url] of [['redis', REDIS_URL], ['nats', NATS_URL]] as cons
     t.same(await ask(u2c, 'signal', { entityType: 'Team', entityId: 'team-1', data: { cursor: [1, 2] } }), { type: 'signal_sent', id: `r${n}` })
     for (const ws of [watcher, u1b, u1c]) t.same((await ws.next((m) => m.type === 'signal')).data.from, { userId: 'u2' })
     t.same(await u2c.collect(200, (m) => m.type === 'signal'), [], 'never back to its sender')
+    t.ok(a.app.changefeed.stats().presence.received > 0 && c.app.changefeed.stats().presence.published > 0, 'presence messages counted in stats()')
 
     u1b.close()
     t.same(await watcher.collect(300, (m) => isPresence(m) && m.data.left !== undefined), [], 'u1 is still on another instance')

@@ -85,7 +85,7 @@ t.test('who may join: signed-in users, on types they may subscribe to, with a sm
 })
 
 t.test('signals go to every other socket on the entity, never back, members only, limited', async (t) => {
-  const { client } = await startApp(t, options)
+  const { app, client } = await startApp(t, options)
   const sender = await client(`?token=${token('u1')}`)
   const otherTab = await client(`?token=${token('u1')}`)
   const editor = await client(`?token=${token('u2')}`)
@@ -96,6 +96,7 @@ t.test('signals go to every other socket on the entity, never back, members only
   const expected = { type: 'signal', data: { entityType: 'Team', entityId: 'team-4', from: { userId: 'u1' }, data: { cursor: [120, 48] } } }
   for (const ws of [otherTab, editor, watcher]) t.same(await ws.next((m) => m.type === 'signal'), expected)
   t.same((await sender.collect(100, (m) => m.type === 'signal')), [], 'not echoed to its sender')
+  t.match(app.changefeed.stats().presence, { rooms: 1, signals: 3, published: 0 }, 'counted in stats(): one frame per other socket; nothing published with the memory bus')
 
   t.equal((await ask(watcher, 'signal', { entityType: 'Team', entityId: 'team-4', data: 1 })).data.code, WireError.notMember)
   t.equal((await ask(sender, 'signal', { entityType: 'Team', entityId: 'team-4', data: 'x'.repeat(100) })).data.code, WireError.tooLarge)
