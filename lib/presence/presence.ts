@@ -155,12 +155,18 @@ export class Presence {
     hosted.buffer = []
     try {
       const live = await this.store.live()
+      /** entries of instances that stopped, removed from the store while here (no heartbeat renews them in NATS) */
+      const stale = new Map<string, string[]>()
       for (const { instance, userId, entry } of await this.store.load(channel)) {
         if (instance === this.instanceId) continue
-        if (live !== null && !live.has(instance)) continue
+        if (live !== null && !live.has(instance)) {
+          stale.set(instance, [...stale.get(instance) ?? [], userId])
+          continue
+        }
         this.hear(instance)
         if (entry.v > hosted.room.versionOf(instance, userId)) hosted.room.apply(instance, userId, entry)
       }
+      for (const [instance, users] of stale) this.store.forget(channel, instance, users).catch((err: Error) => this.storeFailed(err, channel))
     } catch (err) {
       this.counters.storeErrors++
       this.log.warn({ err: (err as Error).message, channel }, 'changefeed: presence store read failed; members of other instances appear as they change')

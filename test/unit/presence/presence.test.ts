@@ -115,6 +115,7 @@ t.test('messages that arrive while the store is read are applied after it, the n
   store.loading.resolve()
   const reply = await entered
   t.same(reply, { count: 1, members: [{ userId: 'u1', info: 'stored', connections: 1 }], truncated: false }, 'stored entries of live instances, then the newer messages')
+  t.same(store.forgotten, [['gone', ['u3']]], 'those of an instance that stopped are removed from the store')
   clock.advance(1)
 })
 
