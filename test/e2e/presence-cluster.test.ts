@@ -14,6 +14,9 @@ import { TestClient, type Frame } from '../helpers/client.js'
 import { freshDatabase } from '../helpers/services.js'
 import { NATS_URL, REDIS_URL, requireService } from '../helpers/brokers.js'
 import { now, signHs256 } from '../helpers/tokens.js'
+import { until } from '../helpers/wait.js'
+import { Redis } from 'ioredis'
+import { connect } from 'nats'
 
 await requireService('Redis')
 await requireService('NATS')
@@ -32,12 +35,13 @@ async function ask (ws: TestClient, type: string, data: object): Promise<Frame> 
 for (const [provider, broker] of [['redis', REDIS_URL], ['nats', NATS_URL]] as const) {
   t.test(`${provider}: the members of a SIGKILLed instance leave within 30 s`, async (t) => {
     const file = join(mkdtempSync(join(tmpdir(), 'changefeed-presence-')), 'changefeed.json')
+    const prefix = `presence-${randomUUID().slice(0, 8)}`
     writeFileSync(file, JSON.stringify({
       server: { port: 0 },
       databases: [{ name: 'main', url }],
       entities: { Team: { access: 'public', presence: { intervalMs: 100 } } },
       auth: { jwt: { secret: SECRET } },
-      bus: { provider, url: broker, prefix: `presence-${randomUUID().slice(0, 8)}`, instanceTtlSeconds: 3 }
+      bus: { provider, url: broker, prefix, instanceTtlSeconds: 3 }
     }))
     const served = [0, 1, 2].map(() => serve(t, ['--config', file]))
     const [a, b, c] = await Promise.all(served.map(async (s) => (await s.address).replace('http', 'ws') + '/ws'))
@@ -63,5 +67,20 @@ for (const [provider, broker] of [['redis', REDIS_URL], ['nats', NATS_URL]] as c
     t.same(left.data, { entityType: 'Team', entityId: 'team-1', count: 1, left: [{ userId: 'u2' }] }, 'only the member that had no other socket left')
     const after = (await ask(check, 'subscribe', { entityType: 'Team', entityId: 'team-1', presence: true })).data.presence
     t.same(after, { count: 1, members: [{ userId: 'u1', info: { on: 'u1' }, connections: 1 }], truncated: false }, 'u1 stays, with its socket on the live instance')
+    // what is stored: only the live instance's entry (u1 on b), the dead one's removed by the instance that noticed
+    const stored = async (): Promise<number> => {
+      if (provider === 'redis') {
+        const redis = new Redis(broker)
+        try { return await redis.hlen(`{${prefix}}:presence:${prefix}:Team:team-1`) } finally { redis.disconnect() }
+      }
+      const nc = await connect({ servers: broker })
+      try {
+        const kv = await nc.jetstream().views.kv(`${prefix.replace(/[^A-Za-z0-9_-]/g, '_')}_presence`)
+        let keys = 0
+        for await (const key of await kv.keys()) if (key !== '') keys++
+        return keys
+      } finally { await nc.close() }
+    }
+    t.ok(await until(async () => await stored() === 1, 10_000), 'the store keeps only the live instance\'s entry')
   })
 }
