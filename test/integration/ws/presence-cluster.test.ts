@@ -15,7 +15,7 @@ await requireService('Redis')
 await requireService('NATS')
 
 const SECRET = 'a-test-secret-of-enough-length-0123456789'
-const token = (sub: string): string => signHs256({ sub, exp: now() + 600 }, SECRET)
+const token = (sub: string, tenant?: string): string => signHs256({ sub, exp: now() + 600, ...tenant === undefined ? {} : { org: { tenant } } }, SECRET)
 
 let n = 0
 async function ask (ws: TestClient, type: string, data: object): Promise<Frame> {
@@ -37,8 +37,8 @@ async function converge (ws: TestClient, members: Map<string, unknown>, expected
 for (const [provider, url] of [['redis', REDIS_URL], ['nats', NATS_URL]] as const) {
   t.test(`${provider}: one member per user across instances, events and signals on every instance`, async (t) => {
     const options = {
-      entities: { Team: { access: 'public' as const, presence: { intervalMs: 50 }, signals: true } },
-      auth: { jwt: { secret: SECRET } },
+      entities: { Team: { access: 'public' as const, presence: { intervalMs: 50 }, signals: true }, Squad: { access: 'public' as const, tenanted: true, presence: true, signals: true } },
+      auth: { jwt: { secret: SECRET, tenantClaim: 'org.tenant' } },
       bus: { provider, url, prefix: `presence-${randomUUID().slice(0, 8)}`, instanceTtlSeconds: 2 }
     }
     const apps: RunningApp[] = []
@@ -78,6 +78,15 @@ for (const [provider, url] of [['redis', REDIS_URL], ['nats', NATS_URL]] as cons
     for (const ws of [watcher, u1b, u1c]) t.same((await ws.next((m) => m.type === 'signal')).data.from, { userId: 'u2' })
     t.same(await u2c.collect(200, (m) => m.type === 'signal'), [], 'never back to its sender')
     t.ok(a.app.changefeed.stats().presence.received > 0 && c.app.changefeed.stats().presence.published > 0, 'presence messages counted in stats()')
+
+    // one entity id, two tenants, two instances: two rooms
+    const red = await a.client(`?token=${token('r1', 'red')}`)
+    const blue = await b.client(`?token=${token('b1', 'blue')}`)
+    await ask(red, 'subscribe', { entityType: 'Squad', entityId: 's-1', presence: { info: 'red' } })
+    const blueReply = await ask(blue, 'subscribe', { entityType: 'Squad', entityId: 's-1', presence: { info: 'blue' } })
+    t.same(blueReply.data.presence.members.map((m: { userId: string }) => m.userId), ['b1'], 'a tenant\'s room on another instance holds only its members')
+    await ask(blue, 'signal', { entityType: 'Squad', entityId: 's-1', data: 1 })
+    t.same(await red.collect(300, (m) => m.type === 'signal' || (isPresence(m) && JSON.stringify(m.data).includes('b1'))), [], 'nothing of the other tenant reaches it')
 
     u1b.close()
     t.same(await watcher.collect(300, (m) => isPresence(m) && m.data.left !== undefined), [], 'u1 is still on another instance')
