@@ -90,8 +90,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     // a bus gap: this instance may have missed messages, so its watchers resync (what it failed to publish the router owes)
     bus.onGap((reason) => fanout.resyncLocal(reason))
     await fanout.attach(bus, interest)
-    const presence = createPresence(broker, bus, interest, fanout, options, instanceId, log)
-    closers.add(() => presence.close())
+    const presence = createPresence(broker, bus, interest, fanout, options, instanceId, log, closers)
 
     // capture and route
     const stream = options.capture.stream.enabled ? await ChangeStream.open(options.capture.stream as StreamOptions, log) : null

@@ -13,8 +13,8 @@ import { NatsPresenceStore } from './nats.js'
 
 export { Presence } from './presence.js'
 
-/** This instance's presence; messages on entity channels in its layout reach it through `fanout`. */
-export function createPresence (broker: Broker, bus: PubSub, interest: InterestStore, fanout: Fanout, options: ResolvedOptions, instanceId: string, log: FastifyBaseLogger): Presence {
+/** This instance's presence; messages on entity channels in its layout reach it through `fanout`; closed with `closers`. */
+export function createPresence (broker: Broker, bus: PubSub, interest: InterestStore, fanout: Fanout, options: ResolvedOptions, instanceId: string, log: FastifyBaseLogger, closers: { add(close: () => unknown): void }): Presence {
   const ttlMs = options.bus.instanceTtlSeconds * 1000
   let store: PresenceStore = new LocalPresenceStore()
   if (interest instanceof ClusterInterest) {
@@ -24,5 +24,6 @@ export function createPresence (broker: Broker, bus: PubSub, interest: InterestS
   }
   const presence = new Presence(store, broker.provider === 'memory' ? null : bus, instanceId, log, options.entities, Math.max(100, Math.floor(ttlMs / 3)))
   fanout.onPresence = presence.onBusMessage
+  closers.add(() => presence.close())
   return presence
 }
