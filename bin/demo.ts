@@ -3,7 +3,7 @@
  * minute of play every second through real SQL (bin/demo-match.ts: events appended to the match's stream, the score
  * and the players' documents, so the real triggers fire), and the demo pages.
  */
-import { randomBytes } from 'node:crypto'
+import { createHmac, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -15,7 +15,8 @@ import { kickOff, playMinute, readMatch, writeMinute } from './demo-match.js'
 import { createTables } from './demo-tables.js'
 
 export const DEMO_ENTITIES: NonNullable<ChangefeedOptions['entities']> = {
-  Team: { access: 'public', payload: 'minimal' },
+  // who else is editing the team, and which player they point at
+  Team: { access: 'public', payload: 'minimal', presence: { intervalMs: 100 }, signals: true },
   Fixture: { access: 'public', payload: 'full' },
   RugbyGameState: { access: 'public', payload: 'delta' },
   Player: { access: 'public', payload: 'full', feed: true },
@@ -30,6 +31,15 @@ export interface Demo {
   options: ResolvedOptions
   /** what the demo says once it listens at `address`: where to look, and the admin account */
   banner (address: string): string
+  /** the secret of the demo's own sign-in (the team page's names), when the configuration has no JWT settings */
+  tokenSecret: string | null
+}
+
+/** A token for a demo user: anyone may be anyone here (the team page asks for a name). */
+function demoToken (secret: string, user: string): string {
+  const part = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 })}`
+  return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`
 }
 
 /**
@@ -41,14 +51,18 @@ export async function prepareDemo (options: ResolvedOptions): Promise<Demo> {
   const password = randomBytes(12).toString('base64url')
   const adminRole = options.auth.adminRoles[0] ?? 'Admin'
   const admin = { username: DEMO_ADMIN, passwordHash: await hashPassword(password), roles: [adminRole] }
+  // the team page signs its visitors in under a name of their choosing, to show who else is editing
+  const tokenSecret = options.auth.jwt === undefined ? randomBytes(32).toString('base64url') : null
   const auth = {
     ...options.auth,
+    jwt: options.auth.jwt ?? { secret: tokenSecret, requireExpiry: true, userIdClaim: 'sub', rolesClaim: 'roles' },
     adminRoles: options.auth.adminRoles.length > 0 ? options.auth.adminRoles : [adminRole],
     basic: { accounts: [...options.auth.basic?.accounts ?? [], admin] }
   }
   const demo = { ...options, auth, capture: { ...options.capture, events }, entities: { ...DEMO_ENTITIES, ...options.entities } } as ResolvedOptions
   return {
     options: demo,
+    tokenSecret,
     banner: (address) => {
       const stats = demo.telemetry.statsPath
       return [
@@ -108,13 +122,19 @@ function registerReadModel (app: FastifyInstance, db: Database): void {
  * Starts the demo on the database named `main`: tables, pages, read-model API, and a simulated match writing a
  * minute every `intervalMs` (CHANGEFEED_DEMO_TICK_MS; 0: no simulated writes). Returns a function that stops it.
  */
-export async function startDemo (app: FastifyInstance, intervalMs = Number(process.env.CHANGEFEED_DEMO_TICK_MS ?? 1000)): Promise<() => void> {
+export async function startDemo (app: FastifyInstance, intervalMs = Number(process.env.CHANGEFEED_DEMO_TICK_MS ?? 1000), tokenSecret: string | null = null): Promise<() => void> {
   const db = app.changefeed.databases.get('main')
   if (db === undefined) throw new Error('the demo needs a database named "main"')
   await createTables(db)
   await app.changefeed.rescan()
   registerPages(app)
   registerReadModel(app, db)
+  if (tokenSecret !== null) {
+    app.get<{ Querystring: { user?: string } }>('/api/demo-token', async (request, reply) => {
+      const user = String(request.query.user ?? '').trim().slice(0, 40)
+      return user === '' ? await reply.code(400).send({ error: 'user is required' }) : { token: demoToken(tokenSecret, user) }
+    })
+  }
   const id = 'match-1'
   // a database that has the match already goes on with it; the squads are in place since createTables
   if ((await readMatch(db, id)).game === undefined) await writeMinute(db, { ...kickOff(id), players: [] })

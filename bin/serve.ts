@@ -113,7 +113,7 @@ async function main (): Promise<void> {
     await telemetry?.attach(app)
     await app.register(changefeed, options)
     telemetry?.serveMetrics(app)
-    if (demo !== null) await startDemo(app)
+    if (demo !== null) await startDemo(app, undefined, demo.tokenSecret)
     const address = await app.listen({ host: options.server.host, port: options.server.port })
     if (demo !== null) process.stdout.write(demo.banner(address))
   } catch (err) {

@@ -13,6 +13,7 @@ import type { DropReason } from './route/drops.js'
 import type { DeltaCounters } from './route/deltas.js'
 import type { ResolvedOptions } from './options.js'
 import type { HealthReport } from './telemetry.js'
+import type { PresenceCounters } from './presence/presence.js'
 
 export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
@@ -37,6 +38,12 @@ export interface ChangefeedStats {
   /** watched tables the capture trigger could not be put on ("database.schema.table" → why) */
   untriggeredTables: Record<string, string>
   auth: AuthCounters
+  /**
+   * presence: entities with presence watched here (`rooms`), presence messages published and received on the bus
+   * (`publishErrors`: not published; `unreadable`: in a layout this version does not read), signals written to
+   * sockets, failed reads and writes of the presence store
+   */
+  presence: { rooms: number } & PresenceCounters
 }
 
 /** The `fastify.changefeed` decorator. */

@@ -18,6 +18,7 @@ import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
 import { createBus, openBroker } from './bus/index.js'
 import { createInterest } from './interest/index.js'
+import { createPresence } from './presence/index.js'
 import { ChangeRouter } from './route/router.js'
 import { Notices } from './route/notices.js'
 import { Drops } from './route/drops.js'
@@ -89,6 +90,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     // a bus gap: this instance may have missed messages, so its watchers resync (what it failed to publish the router owes)
     bus.onGap((reason) => fanout.resyncLocal(reason))
     await fanout.attach(bus, interest)
+    const presence = createPresence(broker, bus, interest, fanout, options, instanceId, log, closers)
 
     // capture and route
     const stream = options.capture.stream.enabled ? await ChangeStream.open(options.capture.stream as StreamOptions, log) : null
@@ -128,7 +130,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     })
     const authenticator = new Authenticator(options.auth, log, options.limits.maxAuthFailuresPerMinute)
     const connections = await registerRoute(fastify, {
-      options, registry, policy, authenticator, fanout, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
+      options, registry, policy, authenticator, fanout, presence, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
 
     const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots }

@@ -11,6 +11,7 @@ import { Capture, Database, tenantRegistryOf } from './capture/options.js'
 import { Bus } from './bus/options.js'
 import { Auth } from './auth/options.js'
 import { Limits } from './ws/options.js'
+import { PresenceOption, SignalsOption } from './presence/options.js'
 
 const AccessKind = Type.Enum(['public', 'authenticated', 'owner', 'admin'],
   { description: 'who may subscribe: anyone, any signed-in user, the owner of the entity, or an admin role' }
@@ -47,7 +48,9 @@ const Entity = Type.Object(
     access: AccessKind,
     payload: Type.Optional(PayloadMode),
     ownerPath: Type.Optional(Type.Array(Type.String(), { description: 'path in the document holding the owner user id' })),
-    feed: Type.Optional(Type.Boolean({ description: 'allow type-wide subscriptions (entityId "*") to every change of this type; public or admin types only' }))
+    feed: Type.Optional(Type.Boolean({ description: 'allow type-wide subscriptions (entityId "*") to every change of this type; public or admin types only' })),
+    presence: Type.Optional(PresenceOption),
+    signals: Type.Optional(SignalsOption)
   },
   { additionalProperties: false }
 )

@@ -5,7 +5,8 @@
 import type { NotificationMessage } from '../protocol/messages.js'
 import { FEED, WireError, subscriptionIdOf } from '../protocol/wire.js'
 import { AUTH_ID, isFrame, type ServerFrame } from './frames.js'
-import type { DispatchTarget, EntityReceiver } from './receivers.js'
+import type { DispatchTarget, EntityReceiver, PresenceReceiver } from './receivers.js'
+import { PRESENCE_ID } from './presence.js'
 
 interface EntityRef { entityType: string, entityId: string, tenantId?: string }
 
@@ -29,6 +30,16 @@ function subscriptionOf (ref: EntityRef, to: DispatchTarget): EntityReceiver | u
     if (subscription !== undefined) return subscription
   }
   return undefined
+}
+
+/** The presence a frame about an entity concerns. */
+function presenceOf (ref: EntityRef, to: DispatchTarget): PresenceReceiver | undefined {
+  for (const key of keysOf(ref).own) if (to.presences.has(key)) return to.presences.get(key)
+}
+
+/** The presence a reply answers (its request id names it), if it answers one. */
+function presenceAsked (id: unknown, to: DispatchTarget): PresenceReceiver | undefined {
+  return typeof id === 'string' && id.startsWith(PRESENCE_ID) ? to.presences.get(id.slice(PRESENCE_ID.length)) : undefined
 }
 
 /**
@@ -74,9 +85,14 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
     case 'watchers':
       subscriptionOf(frame.data, to)?.onWatchers(frame.data.count)
       return
+    case 'presence':
+      return presenceOf(frame.data, to)?.onEvent(frame.data)
+    case 'signal':
+      return presenceOf(frame.data, to)?.onSignal(frame.data.from, frame.data.data)
     case 'subscribed': {
       const { data } = frame
       if (!('subscriptionId' in data)) return to.batches.answered(frame.id, data)
+      if (String(frame.id).startsWith(PRESENCE_ID)) return presenceAsked(frame.id, to)?.onSubscribed(data.presence)
       const filter = to.filters.get(String(frame.id))
       if (filter !== undefined) return filter.onSubscribed(data.snapshot !== undefined && 'entities' in data.snapshot ? data.snapshot : undefined)
       requestOf(frame.id, data, to)?.onSubscribed(data.recovered, data.snapshot !== undefined && !('entities' in data.snapshot) ? data.snapshot : undefined)
@@ -84,6 +100,7 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
     }
     case 'subscription_error': {
       const { code, error } = frame.data
+      if (String(frame.id).startsWith(PRESENCE_ID)) return presenceAsked(frame.id, to)?.onRefused(code, error, true)
       if (to.batches.refused(frame.id, code, error)) return
       ;(to.filters.get(String(frame.id)) ?? requestOf(frame.id, frame.data, to))?.onSubscriptionError(code, error)
       return
@@ -95,6 +112,7 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
     case 'error': {
       const { code, error } = frame.data
       if (frame.id === AUTH_ID && code === WireError.unauthenticated) return to.tokenRefused()
+      if (String(frame.id).startsWith(PRESENCE_ID)) return presenceAsked(frame.id, to)?.onRefused(code, error, false)
       if (typeof frame.id !== 'string' || to.batches.refused(frame.id, code, error)) return
       const filter = to.filters.get(frame.id)
       if (filter !== undefined && (code === WireError.rateLimited || code === WireError.badRequest)) return filter.onSubscriptionError(code, error)

@@ -29,6 +29,7 @@ import type { DispatchTarget } from './receivers.js'
 import { handleOf } from './handle.js'
 import { Filter, PENDING_QUERY, type FilterHost } from './query.js'
 import { PENDING, Subscription, type SubscriptionHost } from './subscription.js'
+import { PresenceRoom, type PresenceHandle } from './presence.js'
 import type {
   ClientOptions, ConnectionState, EntityMap, EntitySnapshot, EntityState, EntitySubscription, LiveQuery,
   LiveQueryOptions, LiveQueryState, Notification, ResyncListener, StateChange, SubscribeOptions, SubscriptionEvents
@@ -40,6 +41,7 @@ export type {
   SubscriptionHandle, Token, WebSocketLike
 } from './types.js'
 export type { Where, WhereScalar } from '../protocol/where.js'
+export type { PresenceEvents, PresenceHandle, PresenceMember, PresenceState } from './presence.js'
 export type { WireErrorCode } from '../protocol/wire.js'
 export { CloseCode, WireError } from '../protocol/wire.js'
 export { backoffDelay } from './backoff.js'
@@ -53,6 +55,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
   private readonly connection: Connection
   private readonly subscriptions = new Map<string, Subscription>()
   private readonly filters = new Map<string, Filter>()
+  private readonly presences = new Map<string, PresenceRoom>()
   private readonly batcher: Batcher
   private readonly snapshotListeners = new Set<(state: EntityState) => void>()
   private readonly stateListeners = new Set<(change: StateChange) => void>()
@@ -85,6 +88,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       subscriptions: this.subscriptions,
       filters: this.filters,
       batches: this.batcher,
+      presences: this.presences,
       signedIn: () => this.connection.signedIn(),
       tokenRefused: () => this.connection.tokenRefused(),
       notified: (notification) => { for (const l of this.notificationListeners) l(notification) }
@@ -94,11 +98,13 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
       opened: (reconnected) => {
         this.batcher.together(() => { for (const s of this.subscriptions.values()) s.onOpen(reconnected) })
         for (const f of this.filters.values()) f.onOpen(reconnected)
+        for (const p of this.presences.values()) p.onOpen()
       },
       closed: () => {
         this.batcher.closed()
         for (const s of this.subscriptions.values()) s.onClose()
         for (const f of this.filters.values()) f.onClose()
+        for (const p of this.presences.values()) p.onClose()
       },
       frame: (frame) => dispatch(frame, target)
     })
@@ -189,6 +195,24 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     return handleOf(filter, 'entities') as LiveQuery<M[K]>
   }
 
+  /**
+   * Presence on an entity of a type with presence: who else is on it (`members`, `count`), kept current, and
+   * signals. With `info` this client joins as a member (signed in); without, it watches until `set(info)`. Holds
+   * the entity's subscription while open; the last `close()` leaves.
+   */
+  presence<I = unknown>(entityType: keyof M & string, entityId: string, options: { info?: I, tenantId?: string } = {}): PresenceHandle<I> {
+    const subscription = this.hold(entityType, entityId, options.tenantId, false)
+    const key = subscription.key
+    let room = this.presences.get(key)
+    if (room === undefined) {
+      this.presences.set(key, room = new PresenceRoom(entityType, entityId, options.tenantId, key, {
+        send: (message) => this.connection.send(message),
+        released: (r) => { if (this.presences.get(key) === r) this.presences.delete(key) }
+      }))
+    }
+    return room.open(options.info, () => subscription.release())
+  }
+
   /** An entity's state as a handle of subscribe() would read it, without subscribing: pending when nothing holds it. */
   peek<K extends keyof M & string>(entityType: K, entityId: string, options: { tenantId?: string } = {}): EntitySnapshot<M[K]> {
     return (this.subscriptions.get(subscriptionIdOf(entityType, entityId, options.tenantId))?.snapshot ?? PENDING) as EntitySnapshot<M[K]>
@@ -218,6 +242,7 @@ export class ChangefeedClient<M extends EntityMap = EntityMap> {
     for (const filter of this.filters.values()) filter.close()
     this.subscriptions.clear()
     this.filters.clear()
+    this.presences.clear()
     this.batcher.closed()
     this.snapshotListeners.clear()
     this.connection.destroy()

@@ -7,7 +7,8 @@
  */
 import { createContext, createElement, useContext, useEffect, useMemo, useRef, useSyncExternalStore, type ReactNode } from 'react'
 import type {
-  ChangefeedClient, ConnectionState, EntityMap, EntitySnapshot, LiveQueryOptions, LiveQueryState, Notification, SubscribeOptions, Where
+  ChangefeedClient, ConnectionState, EntityMap, EntitySnapshot, LiveQueryOptions, LiveQueryState, Notification, PresenceEvents, PresenceHandle,
+  PresenceState, SubscribeOptions, Where
 } from './index.js'
 
 /** The store React's useSyncExternalStore reads. */
@@ -136,6 +137,54 @@ export function useLiveQuery<M extends EntityMap = EntityMap, K extends keyof M 
 /** "N watching": the number of sockets watching the entity across the cluster (undefined until known). */
 export function useWatcherCount (entityType: string, entityId: string, options: { tenantId?: string } = {}): number | undefined {
   return useEntityStore(useChangefeedClient(), entityType, entityId, { tenantId: options.tenantId, counted: true }).watchers
+}
+
+/**
+ * Presence on an entity while mounted: who is on it (`members`, `count`), re-rendered on each change. With `info`
+ * this client joins as a member, and a new info (compared as JSON) is set in place, no leave and join; without, it
+ * watches. `signal(data)` sends a signal to the other sockets on the entity.
+ */
+export function usePresence<I = unknown> (entityType: string, entityId: string, info?: I, options: { tenantId?: string } = {}): PresenceState<I> & { signal: (data: unknown) => void } {
+  const client = useChangefeedClient()
+  const { tenantId } = options
+  const json = JSON.stringify(info)
+  const latest = useRef(info)
+  latest.current = info
+  const handle = useRef<PresenceHandle<I> | null>(null)
+  const store = useMemo((): ExternalStore<PresenceState<I>> => {
+    let pending: PresenceState<I> | undefined
+    return {
+      subscribe: (onChange) => {
+        const h = handle.current = client.presence<I>(entityType, entityId, { info: latest.current, tenantId })
+        const stop = h.onChange(onChange)
+        onChange()
+        return () => { stop(); h.close(); if (handle.current === h) handle.current = null }
+      },
+      getSnapshot: () => handle.current?.getSnapshot() ?? (pending ??= { status: 'pending', members: new Map(), count: 0, truncated: false })
+    }
+  }, [client, entityType, entityId, tenantId])
+  const state = useStore(store)
+  // the info it joined with is sent with the subscribe: only a later one is set
+  const sent = useRef(json)
+  useEffect(() => {
+    if (sent.current === json || latest.current === undefined) return
+    sent.current = json
+    handle.current?.set(latest.current)
+  }, [json])
+  return useMemo(() => ({ ...state, signal: (data: unknown) => handle.current?.signal(data) }), [state])
+}
+
+/** Calls `onSignal` for each signal of another socket on the entity while mounted (it watches the entity's presence). */
+export function useSignals (entityType: string, entityId: string, onSignal: NonNullable<PresenceEvents['onSignal']>, options: { tenantId?: string } = {}): void {
+  const client = useChangefeedClient()
+  const handler = useRef(onSignal)
+  handler.current = onSignal
+  const { tenantId } = options
+  useEffect(() => {
+    const h = client.presence(entityType, entityId, { tenantId })
+    h.on({ onSignal: (signal) => handler.current(signal) })
+    return () => h.close()
+  }, [client, entityType, entityId, tenantId])
 }
 
 /** The connection state: idle, connecting, open, reconnecting, unauthorized, closed. */

@@ -40,6 +40,16 @@ export interface FilterReceiver {
   onResync (): void
 }
 
+/** One entity's presence: presence.ts. */
+export interface PresenceReceiver {
+  /** the reply to its subscribe: who is there */
+  onSubscribed (presence: { count: number, members: Array<{ userId: string, info?: unknown, connections: number }>, truncated: boolean } | undefined): void
+  /** `final`: its subscribe was refused; else an info update was */
+  onRefused (code: WireErrorCode, message: string, final: boolean): void
+  onEvent (event: { count: number, joined?: Array<{ userId: string, info?: unknown }>, updated?: Array<{ userId: string, info?: unknown }>, left?: Array<{ userId: string }>, members?: Array<{ userId: string, info?: unknown, connections: number }> }): void
+  onSignal (from: { userId: string }, data: unknown): void
+}
+
 /** The requests for many on their way: batch.ts. */
 export interface BatchReceiver {
   /** the reply to the request for many `id` */
@@ -57,6 +67,8 @@ export interface DispatchTarget {
   /** filtered feeds, by subscriptionId */
   readonly filters: ReadonlyMap<string, FilterReceiver>
   readonly batches: BatchReceiver
+  /** presence, by subscriptionId */
+  readonly presences: ReadonlyMap<string, PresenceReceiver>
   /** `authenticated`: the server accepted the token */
   signedIn (): void
   /** an `error` reply to the `auth` message: the server refused the token */

@@ -49,6 +49,8 @@ export abstract class ClusterInterest implements InterestStore {
   abstract isWatched (channel: string): Promise<boolean>
   abstract watchers (channel: string): Promise<number>
   abstract totals (): Promise<Record<string, number>>
+  /** The instances whose heartbeat has not lapsed (this one included): presence drops the others' members. */
+  abstract liveInstances (): Promise<Set<string>>
   abstract close (): Promise<void>
 
   /** This instance's count of a channel now (what a write of it writes). */

@@ -167,6 +167,14 @@ export class NatsInterest extends ClusterInterest {
     return totals
   }
 
+  /** From memory: an instance is alive while the expiry its last heartbeat wrote is ahead. */
+  async liveInstances (): Promise<Set<string>> {
+    const now = Date.now()
+    const live = new Set([this.instanceId])
+    for (const [id, expiresAt] of this.view?.expiries ?? []) if (expiresAt >= now) live.add(id)
+    return live
+  }
+
   protected async heartbeat (): Promise<void> {
     const now = Date.now()
     const mine = await this.kv.get('i.' + this.instanceId)

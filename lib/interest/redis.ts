@@ -80,6 +80,10 @@ export class RedisInterest extends ClusterInterest {
     return totals
   }
 
+  async liveInstances (): Promise<Set<string>> {
+    return new Set([this.instanceId, ...await this.redis.zrangebyscore(this.k.instances, Date.now(), '+inf')])
+  }
+
   protected async heartbeat (): Promise<void> {
     const now = Date.now()
     // 1 when this instance was not registered: at start, or after the broker lost its state

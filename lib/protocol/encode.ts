@@ -12,6 +12,7 @@ import type {
 } from './messages.js'
 import type { Where } from './where.js'
 import type { PatchOperation } from './patch.js'
+import type { PresenceSnapshotData } from './presence.js'
 
 /** An entity as replies name it: its type, id, and (when the request named one, or it is implied) its tenant. */
 export interface EntityRef { entityType: string, entityId: string, tenantId?: string | null }
@@ -120,6 +121,8 @@ export interface SubscribedExtras {
   recovered?: boolean
   snapshot?: EntitySnapshotData | FeedSnapshotData
   where?: Where
+  /** answers a subscribe with `presence` */
+  presence?: PresenceSnapshotData
 }
 
 export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, extras: SubscribedExtras = {}): string {
@@ -127,6 +130,7 @@ export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, re
   if (extras.where !== undefined) data.where = extras.where
   if (extras.recovered !== undefined) data.recovered = extras.recovered
   if (extras.snapshot !== undefined) data.snapshot = extras.snapshot
+  if (extras.presence !== undefined) data.presence = extras.presence
   return JSON.stringify(reply(id, 'subscribed', data) satisfies Static<typeof Subscribed>)
 }
 

@@ -9,15 +9,8 @@ import { Compile } from 'typebox/compile'
 import { CHANGE_TYPES, FILTER_CHANGE_TYPES, WireError, type WireErrorCode } from './wire.js'
 import { WHERE_LIMITS } from './where.js'
 
-const RequestId = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()])
-const EntityTypeName = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' })
-/**
- * no control characters: they have no place in an id, and PostgreSQL refuses \u0000 in text; no lone surrogates:
- * they have no UTF-8, so a broker channel or a query would carry U+FFFD instead, the id of another entity
- */
-const EntityId = Type.String({ minLength: 1, maxLength: 512, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]+$' })
-/** a tenant id (Marten's tenant ids are strings); no ':', which ends the tenant in a subscriptionId */
-const TenantId = Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff:]+$' })
+import { EntityId, EntityTypeName, ErrorCode, Ref, RequestId, TenantId, reply, type RequestIdValue } from './fields.js'
+import { PresenceEvent, PresenceRequestData, PresenceSet, PresenceSnapshot, SignalFrame, SignalRequestData, SignalSent, SubscribePresence } from './presence.js'
 
 // ------------------------------------------------------------------ client → server
 
@@ -58,7 +51,9 @@ export const SubscribeOneData = Type.Object({
   /** the reply carries the current state, read so that every later change arrives as a notification and none before it does */
   snapshot: Type.Optional(Type.Boolean()),
   /** with entityId "*": only the entities whose document matches (`full` and `delta` types), with entered/left */
-  where: Type.Optional(WhereSchema)
+  where: Type.Optional(WhereSchema),
+  /** `true`: watch who is on the entity; `{info}`: join as a member (signed-in users, types with presence) */
+  presence: Type.Optional(SubscribePresence)
 }, { additionalProperties: false })
 
 /** A subscribe to many entities of one type in one request (at most limits.maxSubscriptionsPerConnection): one reply for all. */
@@ -85,7 +80,8 @@ export type SubscribeManyRequest = Static<typeof SubscribeManyData>
 export type WhereConditions = Static<typeof WhereSchema>
 export type UnsubscribeRequest = Static<typeof UnsubscribeData>
 export type AuthRequest = Static<typeof AuthData>
-export type RequestIdValue = string | number | undefined
+export type { PresenceRequest, SignalRequest } from './presence.js'
+export type { RequestIdValue } from './fields.js'
 
 const WhereValidator = Compile(WhereSchema)
 const { conditions, depth, pathLength, string, values } = WHERE_LIMITS
@@ -102,7 +98,9 @@ export const Envelope = Compile(ClientEnvelope)
 export const RequestData = {
   subscribe: Compile(SubscribeData),
   unsubscribe: Compile(UnsubscribeData),
-  auth: Compile(AuthData)
+  auth: Compile(AuthData),
+  presence: Compile(PresenceRequestData),
+  signal: Compile(SignalRequestData)
 } as const
 
 /** Every message a client sends; the server reads them with `readClientMessage`, the SDK sends them. */
@@ -111,6 +109,8 @@ export type ClientMessage =
   | { type: 'unsubscribe', id?: string | number, data: UnsubscribeRequest }
   | { type: 'auth', id?: string | number, data: AuthRequest }
   | { type: 'ping', id?: string | number }
+  | { type: 'presence', id?: string | number, data: Static<typeof PresenceRequestData> }
+  | { type: 'signal', id?: string | number, data: Static<typeof SignalRequestData> }
 
 /** Why a frame is no message of the protocol: its `error` reply (the request's id when it could be read). */
 export interface Unreadable { id: RequestIdValue, code: WireErrorCode, error: string }
@@ -118,7 +118,9 @@ export interface Unreadable { id: RequestIdValue, code: WireErrorCode, error: st
 const NEEDS: Record<keyof typeof RequestData, string> = {
   subscribe: 'subscribe needs data {entityType, entityId or entityIds, tenantId?, since?, snapshot?, where?, watchers?}',
   unsubscribe: 'unsubscribe needs data {subscriptionId}, {entityType, entityId, where?} or {entityType, entityIds}',
-  auth: 'auth needs data {token}'
+  auth: 'auth needs data {token}',
+  presence: 'presence needs data {entityType, entityId, tenantId?, info}',
+  signal: 'signal needs data {entityType, entityId, tenantId?, data}'
 }
 
 /** A client's text frame as a message of the protocol, or why it is none. */
@@ -132,8 +134,9 @@ export function readClientMessage (text: string): ClientMessage | Unreadable {
   if (!Envelope.Check(message)) return { id: requestIdOf(message), code: WireError.badRequest, error: 'expected {"type": string, "id"?: string | integer, "data"?: object}' }
   const { type, id, data } = message
   if (type === 'ping') return id === undefined ? { type } : { type, id }
-  if (type !== 'subscribe' && type !== 'unsubscribe' && type !== 'auth') return { id, code: WireError.badRequest, error: `unknown message type "${type.slice(0, 32)}"` }
-  if (!RequestData[type].Check(data)) return { id, code: WireError.badRequest, error: (type === 'auth' ? null : whereRefusal(data)) ?? NEEDS[type] }
+  if (!Object.hasOwn(RequestData, type)) return { id, code: WireError.badRequest, error: `unknown message type "${type.slice(0, 32)}"` }
+  const kind = type as keyof typeof RequestData
+  if (!RequestData[kind].Check(data)) return { id, code: WireError.badRequest, error: (kind === 'subscribe' || kind === 'unsubscribe' ? whereRefusal(data) : null) ?? NEEDS[kind] }
   return (id === undefined ? { type, data } : { type, id, data }) as ClientMessage
 }
 
@@ -147,16 +150,6 @@ function requestIdOf (message: unknown): RequestIdValue {
 }
 
 // ------------------------------------------------------------------ server → client
-
-/** An entity as replies name it: its type, id, and (tenanted types) its tenant. */
-const Ref = {
-  entityType: Type.String(),
-  entityId: Type.String(),
-  tenantId: Type.Optional(Type.String())
-}
-const ErrorCode = Type.Enum(Object.values(WireError))
-const reply = <K extends string, T extends Record<string, Parameters<typeof Type.Object>[0][string]>>(type: K, data: T) =>
-  Type.Object({ type: Type.Literal(type), id: Type.Optional(RequestId), data: Type.Object(data, { additionalProperties: false }) }, { additionalProperties: false })
 
 /**
  * An entity's state when its subscription began: every change after it arrives as a notification, none before it
@@ -181,7 +174,9 @@ export const Subscribed = reply('subscribed', {
   /** answers a subscribe with `since`: true when the missed changes follow, false when the client must refetch */
   recovered: Type.Optional(Type.Boolean()),
   /** answers a subscribe with `snapshot` (with `since`: only when not recovered) */
-  snapshot: Type.Optional(Type.Union([EntitySnapshot, FeedSnapshot]))
+  snapshot: Type.Optional(Type.Union([EntitySnapshot, FeedSnapshot])),
+  /** answers a subscribe with `presence`: who is on the entity now */
+  presence: Type.Optional(PresenceSnapshot)
 })
 /** The reply to a subscribe with `entityIds`: the ids now watched, the refused ones, and (with `snapshot`) their states. */
 export const SubscribedMany = reply('subscribed', {
@@ -250,7 +245,7 @@ export const Resync = Type.Object({
 /** the answer to a ping, with the ping's id when it had one */
 export const Pong = Type.Object({ type: Type.Literal('pong'), id: Type.Optional(RequestId) }, { additionalProperties: false })
 
-export const ServerMessageSchema = Type.Union([Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong])
+export const ServerMessageSchema = Type.Union([Subscribed, SubscribedMany, SubscriptionError, Unsubscribed, UnsubscribedMany, Authenticated, ErrorReply, Notification, Batch, Watchers, Resync, Pong, PresenceEvent, PresenceSet, SignalSent, SignalFrame])
 export type ServerMessage = Static<typeof ServerMessageSchema>
 export type NotificationMessage = Static<typeof NotificationData>
 export type ChangeTypeName = Static<typeof ChangeTypeSchema>

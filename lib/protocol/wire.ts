@@ -23,6 +23,10 @@ export const WireError = {
   tooManyFilters: 'too_many_filters',
   /** subscribe/unsubscribe faster than subscribeRatePerSecond, auth more often than authMessagesPerMinute */
   rateLimited: 'rate_limited',
+  /** presence: an `info` or a signal's `data` larger than the type allows (its JSON) */
+  tooLarge: 'too_large',
+  /** presence: setting info or sending a signal on an entity this socket has not joined */
+  notMember: 'not_member',
   /** the server failed inside; the socket stays usable, retry */
   internal: 'internal_error'
 } as const

@@ -84,7 +84,8 @@ export function statsOf (p: Pipeline): ChangefeedStats {
     deltas: { ...p.router.deltas.counters, cacheBytes: p.router.deltas.bytes },
     dropped: { ...drops.counts },
     untriggeredTables: Object.fromEntries(capture.untriggered),
-    auth: structuredClone(authenticator.counters)
+    auth: structuredClone(authenticator.counters),
+    presence: { rooms: connections.presence.size, ...connections.presence.counters }
   }
 }
 

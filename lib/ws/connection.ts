@@ -18,6 +18,7 @@ import { RequestQueue, type Reply } from './requests.js'
 import { Subscriptions, type Subscriber, type SubscriptionServices } from './subscriptions.js'
 import { subscribe } from './subscribe.js'
 import { unsubscribe } from './unsubscribe.js'
+import { presenceRequest } from './presence.js'
 import type { ReplayedFrames } from '../reads/replay.js'
 import { encodeAuthenticated, encodeError, encodePong, encodeSubscribedMany, encodeSubscriptionError, isUnreadable, readClientMessage, type RequestIdValue } from '../protocol/index.js'
 
@@ -117,6 +118,7 @@ export class Connection implements Subscriber {
       }
       case 'full':
       case 'minimal':
+      case 'signal':
         return this.write(frame, meta.key, meta.prepared)
       default:
         return this.write(frame, null, meta.prepared)
@@ -237,6 +239,8 @@ export class Connection implements Subscriber {
         this.authBucket ??= new TokenBucket(this.limits.authMessagesPerMinute, this.limits.authMessagesPerMinute / 60)
         if (!this.authBucket.take()) return this.reject(id, WireError.rateLimited, 'too many auth messages; refresh once per token lifetime')
         return this.request(id, failed, async (reply) => await this.authenticate(reply, message.data.token))
+      case 'presence': case 'signal':
+        return this.request(id, failed, async (reply) => await presenceRequest(this.subscriptions, reply, message.type, message.data))
     }
   }
 

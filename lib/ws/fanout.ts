@@ -96,6 +96,8 @@ export class Fanout {
   /** entities whose watchers are due a resync (channel → reason), written together after RESYNC_COALESCE_MS */
   private readonly dueResyncs = new Map<string, string>()
   private resyncTimer: NodeJS.Timeout | null = null
+  /** where presence's messages on an entity channel go (lib/presence/messages.ts: they start `pr1 `) */
+  onPresence: ((channel: string, message: string) => void) | null = null
 
   constructor (
     private readonly prefix: string,
@@ -163,6 +165,7 @@ export class Fanout {
       // else: a message can arrive after the last local receiver left and before the bus unsubscribe took: drop it
       return
     }
+    if (message.startsWith('pr1 ')) return this.onPresence?.(channel, message)
     const envelope = unwrap(message)
     if (envelope === null) return this.unreadable(channel)
     if (envelope.kind === 'resync' || envelope.payloadType === null) return this.resyncSoon(channel, envelope.frame)

@@ -17,6 +17,7 @@ import type { SnapshotReader } from '../reads/snapshot.js'
 import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../interest/interest.js'
 import { WatcherCounts } from './watchers.js'
+import type { Presence } from '../presence/presence.js'
 
 /** the sweep visits this many slices of the sockets, one per tick, each socket once per ping interval */
 const SWEEP_SLICES = 10
@@ -32,8 +33,8 @@ export class ConnectionSet {
   /** the filtered feeds of this instance's sockets (set when the route is registered) */
   filters: Filters | null = null
 
-  /** `watcherCounts`: the sockets that asked for watcher counts */
-  constructor (readonly watcherCounts: WatcherCounts) {}
+  /** `watcherCounts`: the sockets that asked for watcher counts; `presence`: presence on this instance's entities */
+  constructor (readonly watcherCounts: WatcherCounts, readonly presence: Presence) {}
 
   /**
    * One timer for every socket: ping the live ones, close those silent for longer than the idle timeout. Each
@@ -84,7 +85,7 @@ type RouteServices = Omit<ConnectionServices, 'onClosed' | 'users' | 'counters' 
 export async function registerRoute (fastify: FastifyInstance, services: RouteServices): Promise<ConnectionSet> {
   const { options, authenticator } = services
   const watcherCounts = new WatcherCounts(services.interest, options.limits.watcherCountIntervalMs, services.log)
-  const connections = new ConnectionSet(watcherCounts)
+  const connections = new ConnectionSet(watcherCounts, services.presence)
   const allowedOrigins = options.server.allowedOrigins === null ? null : new Set(options.server.allowedOrigins)
   const perIp = new ConnectionCounter(options.limits.maxConnectionsPerIp)
   const users = new ConnectionCounter(options.limits.maxConnectionsPerUser)

@@ -12,6 +12,7 @@ import type { Reply } from './requests.js'
 import type { Subscription, Subscriptions } from './subscriptions.js'
 import { readStates } from './states.js'
 import { isRefusal, resolveTarget, type Refusal } from './target.js'
+import { seatRequest, takeSeat } from './presence.js'
 import {
   WireError, encodeSubscribed, encodeSubscriptionError, subscriptionIdOf, type EntityRef, type EntitySnapshotData, type SubscribeOneRequest
 } from '../protocol/index.js'
@@ -31,6 +32,8 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   const refuse = ({ code, reason }: Refusal): void => reply.send(encodeSubscriptionError(reply.id, ref, code, reason))
   if (isRefusal(target)) return refuse(target)
   const { entity, tenantId } = target
+  const seat = seatRequest(subscriptions, entity, req, socket.principal)
+  if (seat !== null && isRefusal(seat)) return refuse(seat)
   if (req.entityId === FEED && req.snapshot === true) {
     return refuse({ code: WireError.badRequest, reason: 'a feed has no one state: a filtered feed (where) gives the entities that match' })
   }
@@ -55,8 +58,11 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   const start = await startFrom(subscriptions, entity, channel, subscription, req)
   // a refused read ended the subscription itself; a close or an unsubscribe meanwhile leaves nothing to answer
   if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
+  // a socket closed meanwhile must not take a seat: nothing would give it back
   if (!subscriptions.isCurrent(channel, subscription)) return
-  reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot }))
+  const presence = seat === null ? undefined : await takeSeat(subscriptions, channel, subscription, seat)
+  if (!subscriptions.isCurrent(channel, subscription)) return
+  reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot, presence }))
   if (start.replay !== undefined) socket.writeReplay(channel, start.replay)
   subscriptions.releaseDeferred(channel, start.carried)
   if (req.watchers === true && !subscription.counted) {

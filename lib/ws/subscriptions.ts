@@ -19,6 +19,7 @@ import type { SnapshotResult } from '../reads/snapshot.js'
 import type { ReplayedFrames } from '../reads/replay.js'
 import type { WatcherCounts } from './watchers.js'
 import type { Refusal } from './target.js'
+import type { Presence } from '../presence/presence.js'
 import { WireError, encodeSubscriptionError, subscriptionIdOf, type EntityRef } from '../protocol/index.js'
 
 /** A socket's subscription to one channel: an entity (of one tenant, or of every tenant), or a feed. */
@@ -29,6 +30,8 @@ export interface Subscription extends EntityRef {
   receiver: Receiver
   /** the socket asked for receiver counts */
   counted: boolean
+  /** the socket watches the entity's presence (or joined it) */
+  presence?: true
   /**
    * `delta` types only (absent for the others): the position of the last frame of the entity written to the socket,
    * the base a patch must have to be sent; null when none can be proven (nothing sent yet, or since the last
@@ -44,6 +47,7 @@ export interface SubscriptionServices {
   policy: AccessPolicy
   fanout: Fanout
   watcherCounts: WatcherCounts
+  presence: Presence
   log: FastifyBaseLogger
   counters: { replayed: number }
   filters: Filters
@@ -176,6 +180,7 @@ export class Subscriptions {
     if (receiver instanceof FeedBatcher) receiver.close()
     this.deferred?.forget(key)
     if (counted) this.services.watcherCounts.remove(this.socket, key)
+    if (subscription.presence === true) this.services.presence.leave(this.socket, key)
     if (subscription.filter !== undefined) await this.services.filters.leave(receiver, subscription.filter.feedChannel, subscription.filter.subscriptionId, entityType)
     else await this.services.fanout.unwatch(receiver, key, entityType)
   }

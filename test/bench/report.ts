@@ -218,5 +218,20 @@ export function writeReport (dir: string): void {
     out.push('## S8 — filtered feeds', '', s8.description + '.', '', `Machine: ${JSON.stringify(s8.machine)}`, '',
       table(s8.rows, [['filters', 'filters on the type'], ['cpuMicrosPerChange', 'server CPU µs per change (median)'], ['range', 'range'], ['ratio', 'to the unfiltered feed'], ['framesPerChange', 'frames per change']]), '')
   }
+  const presence = load(dir, 'presence') as (Result & { room: Row, signals: Row[], loadAverageAtStart?: number }) | null
+  if (presence !== null) {
+    out.push('## Presence — a big room, and signals', '', presence.description + '.', '', `Machine: ${JSON.stringify(presence.machine)}; load average at the start: ${presence.loadAverageAtStart ?? '?'} (other work on the machine shows in the latencies)`, '',
+      '**One room, steady churn.** Above `maxMembers` (100) sockets get counts only, at most once a second: the frames per socket per second stay at most 1 whatever the churn, where a broadcast of every join and leave would send each socket every one of them. The CPU is each instance\'s over the churn less its idle CPU; Redis memory is the room\'s hash (`MEMORY USAGE`) per entry (an instance\'s user).', '',
+      table([presence.room], [['members', 'members'], ['instances', 'instances'], ['joinsPerSecond', 'joins/s'], ['leavesPerSecond', 'leaves/s'], ['framesPerSocketPerSecond', 'frames per socket per s'],
+        ['plainBroadcastFramesPerSocketPerSecond', 'a broadcast of each event: frames per socket per s'], ['serverCpuPercentOfCorePerInstance', 'server CPU % of a core, per instance'], ['redisBytesPerMember', 'Redis bytes per member']]), '',
+      '**Signals.** Each editor sends 20 signals a second; every other editor receives each (the plain ws server broadcasts to all 50, as it has no notion of a sender). Latency from the sender\'s clock to receipt; server CPU is the sum over the servers under test (ours: three instances, each receiving every signal from Redis). Rounds are interleaved; the first round of ours includes the instances\' warm-up.', '',
+      table(presence.signals, [['target', 'server'], ['round', 'round'], ['signalsPerSecond', 'signals/s'], ['framesPerSocketPerSecond', 'frames per socket per s'], ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['max', 'max ms'], ['serverCpuPercentOfCore', 'server CPU % of a core']]), '')
+    const median = (target: string, field: string): number => {
+      const values = presence.signals.filter((r) => r.target === target).map((r) => Number(r[field])).sort((a, b) => a - b)
+      return values[Math.floor(values.length / 2)] ?? NaN
+    }
+    const ratio = (field: string): string => (median('changefeed', field) / median('ws', field)).toFixed(2)
+    out.push(`Medians over the rounds, fastify-changefeed / plain ws: p50 ${ratio('p50')}×, p99 ${ratio('p99')}×, server CPU ${ratio('serverCpuPercentOfCore')}× (three instances, each receiving every signal, against one process).`, '')
+  }
   writeFileSync(join(dir, '..', 'REPORT.md'), out.join('\n') + '\n')
 }

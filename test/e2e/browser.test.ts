@@ -133,6 +133,29 @@ t.test('a player added in one window appears in the other', async (t) => {
   await b.close()
 })
 
+t.test('two users on the team page see who else is editing, and which player they point at', async (t) => {
+  const [ana, ben] = [await open('/team?user=Ana'), await open('/team?user=Ben')]
+  const hereOf = async (page: Page): Promise<string> => await page.evaluate(() => [...document.querySelectorAll('#here li')].map((li) => li.textContent).sort().join(' | '))
+  await ana.waitForFunction(() => document.querySelectorAll('#here li').length === 2, undefined, { timeout: 5000 })
+  t.equal(await hereOf(ana), 'Ben: looking | you: looking', 'each sees the other')
+  await ben.focus('#name')
+  await ana.waitForFunction(() => document.getElementById('here')?.textContent?.includes('Ben: adding a player') === true, undefined, { timeout: 5000 })
+  t.pass('what the other does, as it changes (an update of its info)')
+  await ben.waitForFunction(() => (document.getElementById('players')?.children.length ?? 0) > 0)
+  const player = await ben.textContent('#players li:first-child')
+  await ben.hover('#players li:first-child')
+  await ana.waitForFunction(() => document.querySelector('#players li:first-child')?.getAttribute('data-touched') === 'Ben', undefined, { timeout: 5000 })
+  t.pass(`the player Ben points at (${player ?? ''}) is marked on Ana's page, by a signal`)
+  t.equal(await ben.getAttribute('#players li:first-child', 'data-touched'), null, 'a signal is not echoed to its sender')
+  await ana.screenshot({ path: artifacts + 'team-presence-ana.png' })
+  await ben.screenshot({ path: artifacts + 'team-presence-ben.png' })
+  t.ok(existsSync(artifacts + 'team-presence-ana.png') && existsSync(artifacts + 'team-presence-ben.png'), 'screenshots saved to test/artifacts/team-presence-*.png')
+  await ben.close()
+  await ana.waitForFunction(() => document.querySelectorAll('#here li').length === 1, undefined, { timeout: 5000 })
+  t.equal(await hereOf(ana), 'you: looking', 'a closed window leaves')
+  await ana.close()
+})
+
 t.test('a stopped server shows as reconnecting; the page catches up when it returns', async (t) => {
   const page = await open('/')
   server.child.kill('SIGTERM')

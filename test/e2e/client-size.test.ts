@@ -1,5 +1,5 @@
 /**
- * The SDK's size budget, measured on the built bundles: core ≤ 8.5 KB and React part ≤ 1.5 KB, minified + gzipped;
+ * The SDK's size budget, measured on the built bundles: core ≤ 9.5 KB and React part ≤ 1.5 KB, minified + gzipped;
  * and the bundle the package ships for browsers (dist/lib/client/browser.js, `npm run build`) is one module that
  * imports nothing, within the same budget.
  */
@@ -10,8 +10,9 @@ import { join } from 'node:path'
 import { gzipSync } from 'node:zlib'
 import { packageRoot } from '../../lib/package.js'
 
-// 6 KB until live queries: snapshots, requests for many and filtered feeds took the core from 5.5 KB to 8.2 KB
-const CORE_BUDGET = 8.5 * 1024
+// 6 KB until live queries: snapshots, requests for many and filtered feeds took the core from 5.5 KB to 8.2 KB;
+// 8.5 KB until presence (members, events, signals): 8.2 KB to 9.1 KB
+const CORE_BUDGET = 9.5 * 1024
 
 async function gzippedSize (entry: string, external: string[]): Promise<number> {
   const result = await build({

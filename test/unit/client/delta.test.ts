@@ -121,6 +121,7 @@ t.test('dispatch: observers get a patch only made whole; feeds and deleted chang
   const target: DispatchTarget = {
     subscriptions: new Map([[s.key, s], [feed.key, feed]]),
     filters: new Map(),
+    presences: new Map(),
     batches: { answered: () => {}, refused: () => false },
     signedIn: () => {},
     tokenRefused: () => {},

@@ -257,6 +257,10 @@ class MemoryInterest extends ClusterInterest {
     this.startTimers()
   }
 
+  async liveInstances (): Promise<Set<string>> {
+    return new Set([this.instanceId])
+  }
+
   protected async writeChannels (channels: readonly string[], crossed: boolean): Promise<void> {
     if (this.failing !== null) throw this.failing
     this.channelWrites.push(Object.fromEntries(channels.map((c) => [c, this.countOf(c)])))

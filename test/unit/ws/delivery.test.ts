@@ -19,6 +19,7 @@ import type { FrameMeta, Receiver } from '../../../lib/ws/fanout.js'
 import { OwedResyncs, gapChannelOf } from '../../../lib/route/resync.js'
 import { unwrap } from '../../../lib/route/envelope.js'
 import { Deferred, ScriptedBus, fakeClock, recordingLogger, stateOf, turn, type TestContext } from '../fixtures/fakes.js'
+import type { Presence } from '../../../lib/presence/presence.js'
 
 /** the socket behind the feed */
 class RecordingSocket implements Receiver {
@@ -427,7 +428,7 @@ t.test('OwedResyncs: close: nothing more is published or owed', async (t) => {
 
 t.test('the ping sweep visits a tenth of the sockets per tick, each once per interval; silent ones are closed', async (t) => {
   const clock = fakeClock(t)
-  const set = new ConnectionSet({} as WatcherCounts)
+  const set = new ConnectionSet({} as WatcherCounts, {} as Presence)
   const pinged: number[] = []
   const closed: Array<[number, number]> = []
   const sockets = Array.from({ length: 1000 }, (_, i) => ({

@@ -24,6 +24,8 @@ import type { Authenticator } from '../../../lib/auth/authenticate.js'
 import type { InterestStore } from '../../../lib/interest/interest.js'
 import type { Filters } from '../../../lib/ws/filters.js'
 import fc from 'fast-check'
+import { Presence } from '../../../lib/presence/presence.js'
+import { LocalPresenceStore } from '../../../lib/presence/store.js'
 import { fakeClock, recordingLogger, turn } from '../fixtures/fakes.js'
 
 /** The part of ws's WebSocket a Connection uses, recording what is written. */
@@ -71,6 +73,7 @@ const services: ConnectionServices = {
   policy: new AccessPolicy(new Map(), registry, { adminRoles: ['Admin'], anonymousAllowed: true, tenantClaim: false }),
   fanout,
   watcherCounts: new WatcherCounts({} as InterestStore, 1000, log),
+  presence: new Presence(new LocalPresenceStore(), null, 'instance-1', log, {}, 1000),
   log,
   authenticator: {} as Authenticator,
   users: new ConnectionCounter(10),
