@@ -30,7 +30,7 @@ export interface PresenceEvents<I = unknown> {
   onEvent?: (event: { count: number, joined?: Array<PresenceMember<I>>, updated?: Array<PresenceMember<I>>, left?: Array<{ userId: string }> }) => void
   /** a signal of another socket on the entity */
   onSignal?: (signal: { userId: string, data: unknown }) => void
-  /** the server refused an info update (not_member, too_large, rate_limited) */
+  /** the server refused an info update or a signal (not_member, too_large, rate_limited) */
   onError?: (code: WireErrorCode, message: string) => void
 }
 
@@ -38,7 +38,7 @@ export interface PresenceHandle<I = unknown> extends PresenceState<I> {
   getSnapshot: () => PresenceState<I>
   /** Sets this client's info (joining, when the handle only watched). */
   set: (info: I) => void
-  /** Sends a signal to every other socket on the entity (members only; rate- and size-limited by the server). */
+  /** Sends a signal to every other socket on the entity (members only; rate- and size-limited by the server: a refusal reaches `on({ onError })`). */
   signal: (data: unknown) => void
   onChange: (listener: (state: PresenceState<I>) => void) => () => void
   /** Observes events, signals and refusals; returns the function that stops observing. */
@@ -96,7 +96,7 @@ export class PresenceRoom implements PresenceReceiver {
       get error () { return room.snapshot.error },
       getSnapshot: () => room.snapshot,
       set: (next: unknown) => room.set(next),
-      signal: (data: unknown) => { room.host.send({ type: 'signal', data: { ...room.ref, data } }) },
+      signal: (data: unknown) => { room.host.send({ type: 'signal', id: PRESENCE_ID + room.key, data: { ...room.ref, data } }) },
       onChange: (listener: (state: PresenceState) => void) => room.add(room.watchers, (state: PresenceState) => listener(state), own),
       on: (events: PresenceEvents) => room.add(room.listeners, { ...events }, own),
       close: () => {

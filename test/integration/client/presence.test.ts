@@ -57,6 +57,11 @@ t.test('members, updates, signals and leaving through the SDK', async (t) => {
   t.equal(refused.error?.code, WireError.unauthenticated)
   const watching = anonymous.presence('Team', 'team-1')
   t.ok(await until(() => watching.status === 'live' && watching.count === 2), 'watching without joining')
+  const errors: string[] = []
+  watching.on({ onError: (code) => errors.push(code) })
+  watching.signal({ cursor: [0, 0] })
+  t.ok(await until(() => errors.length === 1))
+  t.same(errors, [WireError.notMember], 'a refused signal reaches the handle')
 
   const held = bob.subscribe('Team', 'team-1')
   b.close()
