@@ -13,7 +13,7 @@ import type { DropReason } from './route/drops.js'
 import type { DeltaCounters } from './route/deltas.js'
 import type { ResolvedOptions } from './options.js'
 import type { HealthReport } from './telemetry.js'
-import type { PresenceCounters } from './presence/presence.js'
+import type { PresenceCounters } from './presence/counters.js'
 
 export interface ChangefeedStats {
   connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }

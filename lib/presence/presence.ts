@@ -15,6 +15,7 @@ import { PresenceRoom, type Entry } from './room.js'
 import { presenceSettings, signalSettings, type PresenceSettings, type SignalSettings } from './options.js'
 import type { EntityOptions } from '../options.js'
 import type { PresenceStore } from './store.js'
+import type { PresenceCounters } from './counters.js'
 import { readMessage, memberMessage, signalMessage } from './messages.js'
 
 /** A socket on a room: a member (its user, its signal rate) or a watcher only (user null). */
@@ -30,8 +31,6 @@ interface Hosted {
   ready: Promise<void>
   buffer: string[] | null
 }
-
-export interface PresenceCounters { published: number, publishErrors: number, received: number, signals: number, unreadable: number, storeErrors: number }
 
 export class Presence {
   private readonly rooms = new Map<string, Hosted>()
