@@ -17,6 +17,7 @@ import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
 import { createBus, openBroker } from './bus/index.js'
+import { historyLimitsOf } from './bus/history.js'
 import { createInterest } from './interest/index.js'
 import { ChangeRouter } from './route/router.js'
 import { Notices } from './route/notices.js'
@@ -24,6 +25,7 @@ import { Drops } from './route/drops.js'
 import { ChangeStream, type StreamOptions } from './route/stream.js'
 import { SnapshotReader } from './reads/snapshot.js'
 import { Replayer, replaySourcesOf } from './reads/replay.js'
+import { HistoryReplay } from './reads/history.js'
 import { Fanout } from './ws/fanout.js'
 import { registerRoute } from './ws/route.js'
 import { resolveOptions, type ChangefeedOptions } from './options.js'
@@ -78,7 +80,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     // publish and deliver: the bus on its broker, the interest store beside it, this instance's sockets' fanout
     const broker = await openBroker(fastify, options.bus)
     closers.add(broker.close)
-    const bus = createBus(broker, log)
+    const bus = createBus(broker, log, options.bus.prefix)
     closers.add(async () => await bus.close())
     const fanout = new Fanout(options.bus.prefix, registry, log, telemetry)
     closers.add(() => fanout.close())
@@ -97,7 +99,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const drops = new Drops(log)
     const notices = new Notices(registry, databases, eventStore, drops)
     const capture = new Capture(databases, registry, options, log, options.bus.provider !== 'memory', drops)
-    const router = new ChangeRouter({ registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, scanner: capture })
+    const router = new ChangeRouter({ registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, scanner: capture, history: historyLimitsOf(options) })
     closers.add(() => router.close())
     capture.deliverTo({
       onChange: (change) => router.routeCaptured(change),
@@ -118,7 +120,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
 
     // reads the sockets ask for, and the sockets
     const replaySources = replaySourcesOf(options, eventStore)
-    const replayer = new Replayer(registry, databases, replaySources, notices)
+    const replayer = new Replayer(registry, databases, replaySources, notices, new HistoryReplay(bus.history, options.bus.prefix, historyLimitsOf(options)))
     const snapshots = new SnapshotReader(registry, databases, replaySources)
     const policy = new AccessPolicy(databases, registry, {
       adminRoles: options.auth.adminRoles,

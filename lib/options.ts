@@ -8,7 +8,7 @@ import { Compile } from 'typebox/compile'
 import Value from 'typebox/value'
 import { InvalidOptionsError } from './errors.js'
 import { Capture, Database, tenantRegistryOf } from './capture/options.js'
-import { Bus } from './bus/options.js'
+import { Bus, EntityHistory, History, Shutdown } from './bus/options.js'
 import { Auth } from './auth/options.js'
 import { Limits } from './ws/options.js'
 
@@ -47,7 +47,8 @@ const Entity = Type.Object(
     access: AccessKind,
     payload: Type.Optional(PayloadMode),
     ownerPath: Type.Optional(Type.Array(Type.String(), { description: 'path in the document holding the owner user id' })),
-    feed: Type.Optional(Type.Boolean({ description: 'allow type-wide subscriptions (entityId "*") to every change of this type; public or admin types only' }))
+    feed: Type.Optional(Type.Boolean({ description: 'allow type-wide subscriptions (entityId "*") to every change of this type; public or admin types only' })),
+    history: Type.Optional(EntityHistory)
   },
   { additionalProperties: false }
 )
@@ -88,6 +89,8 @@ export const OptionsSchema = Type.Object(
     entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {}, additionalProperties: Type.Never() }),
     discovery: Discovery,
     bus: Bus,
+    history: History,
+    shutdown: Shutdown,
     auth: Auth,
     limits: Limits,
     telemetry: Telemetry

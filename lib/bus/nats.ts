@@ -32,6 +32,7 @@ export async function connectNats (url: string, log: FastifyBaseLogger, timeoutM
 
 export class NatsBus extends Transport implements PubSub {
   readonly provider = 'nats'
+  readonly history = null
   private readonly subscriptions = new Map<string, Subscription>()
   private connected = true
   private closed = false

@@ -15,6 +15,7 @@ import { encodeResync } from '../protocol/index.js'
 import { BusMembership } from './membership.js'
 import { gapChannelOf } from '../route/resync.js'
 import { PreparedFrame } from './prepared.js'
+import { ChannelPositions } from './positions.js'
 
 /** What a receiver knows of a notification besides its frame. */
 export interface FrameMeta {
@@ -96,6 +97,7 @@ export class Fanout {
   /** entities whose watchers are due a resync (channel → reason), written together after RESYNC_COALESCE_MS */
   private readonly dueResyncs = new Map<string, string>()
   private resyncTimer: NodeJS.Timeout | null = null
+  private readonly positions = new ChannelPositions()
 
   constructor (
     private readonly prefix: string,
@@ -166,6 +168,7 @@ export class Fanout {
     const envelope = unwrap(message)
     if (envelope === null) return this.unreadable(channel)
     if (envelope.kind === 'resync' || envelope.payloadType === null) return this.resyncSoon(channel, envelope.frame)
+    this.positions.apply(entry, envelope)
     // a resync due to these watchers goes first: the notification may follow the changes the gap lost
     if (this.dueResyncs.has(channel)) this.writeResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.receivers.size)
@@ -217,6 +220,8 @@ export class Fanout {
    */
   async announceGap (database: string, reason: string, { precaution = false }: { precaution?: boolean } = {}): Promise<void> {
     if (!precaution) this.log.warn({ database, reason }, 'changefeed: change gap, watchers told to resync')
+    // what was lost is in no channel's history: no resume may pass this moment
+    await this.bus?.history?.markGap()
     await this.bus?.publish(this.gapChannel, JSON.stringify({ database, reason, precaution }))
   }
 

@@ -89,8 +89,10 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   const perIp = new ConnectionCounter(options.limits.maxConnectionsPerIp)
   const users = new ConnectionCounter(options.limits.maxConnectionsPerUser)
   const replays = new ReplayLimiter(options.limits.replaysPerIpPerSecond)
-  const replay: ConnectionServices['replay'] = async (entity, entityId, tenantId, since, ip) =>
+  // notify mode resumes from the bus's history, no database read: only the subscribe rate bounds it
+  const limited: ConnectionServices['replay'] = async (entity, entityId, tenantId, since, ip) =>
     await replays.run(ip, async () => await services.replay(entity, entityId, tenantId, since, ip))
+  const replay = options.capture.mode === 'notify' ? services.replay : limited
   // snapshots are database reads too: the same limiter
   const snapshot: ConnectionServices['snapshot'] = async (entity, tenantId, entityIds, ip) =>
     await replays.run(ip, async () => await services.snapshots.entities(entity, tenantId, entityIds))

@@ -13,7 +13,7 @@ import type { Subscription, Subscriptions } from './subscriptions.js'
 import { readStates } from './states.js'
 import { isRefusal, resolveTarget, type Refusal } from './target.js'
 import {
-  WireError, encodeSubscribed, encodeSubscriptionError, subscriptionIdOf, type EntityRef, type EntitySnapshotData, type SubscribeOneRequest
+  WireError, encodeSubscribed, encodeSubscriptionError, subscriptionIdOf, withSubscriptionId, type EntityRef, type EntitySnapshotData, type SubscribeOneRequest
 } from '../protocol/index.js'
 
 /** How a subscription starts: its reply's fields, the replay written after it, and what the reply carried. */
@@ -57,7 +57,8 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
   if (!subscriptions.isCurrent(channel, subscription)) return
   reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot }))
-  if (start.replay !== undefined) socket.writeReplay(channel, start.replay)
+  // a feed's notifications name its subscription
+  if (start.replay !== undefined) socket.writeReplay(channel, req.entityId !== FEED ? start.replay : start.replay.map((r) => ({ ...r, frame: withSubscriptionId(r.frame, subscriptionId) })))
   subscriptions.releaseDeferred(channel, start.carried)
   if (req.watchers === true && !subscription.counted) {
     subscription.counted = true
@@ -74,7 +75,7 @@ async function startFrom (subscriptions: Subscriptions, entity: EntityType, chan
   let recovered: boolean | undefined
   if (req.since !== undefined) {
     const replay = await replayOf(subscriptions, entity, channel, subscription, req.since)
-    if (replay !== null) return { recovered: true, replay, carried: replayedUpTo(replay.at(-1)?.position ?? req.since) }
+    if (replay !== null) return { recovered: true, replay, carried: replayedUpTo(req.since, replay) }
     recovered = false
   }
   if (req.snapshot !== true) return { recovered, carried: null }
