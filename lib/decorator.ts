@@ -15,7 +15,8 @@ import type { ResolvedOptions } from './options.js'
 import type { HealthReport } from './telemetry.js'
 
 export interface ChangefeedStats {
-  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
+  /** `resumes`: subscribes with `since` by outcome (recovered, not_recovered, foreign, failed); `replayed`: notifications they replayed */
+  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, resumes: Record<string, number>, closedByCode: Record<string, number> }
   /** `counted`: subscriptions that receive watcher counts */
   subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number, counted: number }
   /** filtered feeds on this instance: different filters held (`groups`), sockets' subscriptions to them, reads made */
@@ -29,6 +30,8 @@ export interface ChangefeedStats {
    * `unreadable`: messages in a layout this version does not read (their watchers were told to resync)
    */
   bus: { provider: string, ready: boolean, instanceId: string, channels: number, unreadable: number }
+  /** the channels' history (notify mode): bytes this process holds (the memory bus; null: the broker holds it) */
+  history: { bytes: number | null }
   router: RouterCounters
   /** `delta` types, on the publisher: patches made, changes sent full only, and the documents kept (`cacheBytes`) */
   deltas: DeltaCounters & { cacheBytes: number }

@@ -80,6 +80,7 @@ export function statsOf (p: Pipeline): ChangefeedStats {
     listeners: listenerStats(p),
     stream: stream === null ? null : { published: stream.published, failed: stream.failed },
     bus: { provider: bus.provider, ready: bus.ready, instanceId: p.instanceId, channels: fanout.busChannels, unreadable: fanout.counters.unreadable },
+    history: { bytes: bus.history?.bytes ?? null },
     router: routerCounters(p),
     deltas: { ...p.router.deltas.counters, cacheBytes: p.router.deltas.bytes },
     dropped: { ...drops.counts },
@@ -92,6 +93,7 @@ export function telemetrySnapshotOf (p: Pipeline): TelemetrySnapshot {
   const { connections, fanout, router, drops, authenticator } = p
   return {
     connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, ...connections.counters, closedByCode: connections.closedByCode },
+    historyBytes: p.bus.history?.bytes ?? null,
     subscriptions: { byType: fanout.store.countByType(), createdByType: fanout.counters.createdByType, removedByType: fanout.counters.removedByType },
     notifications: { sentByPayload: fanout.counters.sentByPayload, failedByPayload: fanout.counters.failedByPayload },
     router: routerCounters(p),

@@ -25,7 +25,8 @@ export class ConnectionSet {
   readonly open = new Set<Connection>()
   opened = 0
   closed = 0
-  readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0 }
+  /** `resumes`: subscribes with `since`, by outcome (recovered, not_recovered, foreign, failed) */
+  readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0, resumes: {} as Record<string, number> }
   readonly closedByCode: Record<string, number> = {}
   private sweepTimer: NodeJS.Timeout | null = null
 

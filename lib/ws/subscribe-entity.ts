@@ -91,9 +91,11 @@ async function replayOf (subscriptions: Subscriptions, entity: EntityType, chann
   const { socket, services } = subscriptions
   subscriptions.defer(channel)
   let frames: ReplayedFrames | null = null
+  let outcome = 'not_recovered'
   try {
     frames = await services.replay(entity, subscription.entityId, subscription.tenantId, since, socket.ip)
   } catch (err) {
+    outcome = 'failed'
     services.log.warn({ connection: socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
   }
   // the owner was checked against the document of now; what the entity was before may have been someone
@@ -101,7 +103,10 @@ async function replayOf (subscriptions: Subscriptions, entity: EntityType, chann
   if (frames?.some(({ owner }) => subscriptions.foreign(owner)) === true) {
     services.log.info({ connection: socket.id, entityType: entity.name }, 'changefeed: a replay held another owner\'s documents; the client refetches')
     frames = null
+    outcome = 'foreign'
   }
+  if (frames !== null) outcome = 'recovered'
+  services.counters.resumes[outcome] = (services.counters.resumes[outcome] ?? 0) + 1
   services.counters.replayed += frames?.length ?? 0
   return frames
 }

@@ -45,7 +45,7 @@ export interface SubscriptionServices {
   fanout: Fanout
   watcherCounts: WatcherCounts
   log: FastifyBaseLogger
-  counters: { replayed: number }
+  counters: { replayed: number, resumes: Record<string, number> }
   filters: Filters
   /** Runs a database read for `ip` within limits.replaysPerIpPerSecond; null when refused. */
   limitRead<T>(ip: string, read: () => Promise<T>): Promise<T | null>

@@ -72,6 +72,10 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
     t.equal(new Set(got.map((f) => f.data.position)).size, 17, 'positions distinct')
     const stats = a.app.changefeed.stats()
     t.equal(stats.router.documentReads, 0, 'no database read')
+    t.equal(b.app.changefeed.stats().connections.resumes.recovered, 1, 'counted: recovered')
+    t.equal(b.app.changefeed.stats().connections.replayed, 3, 'counted: replayed')
+    if (provider === 'memory') t.ok((stats.history.bytes ?? 0) > 0, `the memory bus holds ${String(stats.history.bytes)} bytes of history`)
+    else t.equal(stats.history.bytes, null, 'Redis holds it')
   })
 
   t.test(`${provider}: outside the window, or another epoch: recovered false`, async (t) => {
@@ -91,6 +95,7 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
     const other = epoch === '00000000' ? '00000001' : '00000000'
     t.equal((await resume(late, 'Score', 'm2', `${other}:${offset}`, 'epoch')).data.recovered, false, 'another epoch')
     t.equal((await resume(late, 'Score', 'm2', 'not-a-position', 'junk')).data.recovered, false, 'not a position')
+    t.equal(b.app.changefeed.stats().connections.resumes.not_recovered, 3, 'counted: not recovered')
   })
 
   t.test(`${provider}: a feed resumes`, async (t) => {
@@ -141,7 +146,7 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
 t.test('redis: history lost with its broker (restarted, no persistence): a new epoch, recovered false', async (st) => {
   // stopped after the app (torn down with the file), which closes its Redis client first
   const broker = await ownBroker(t, 'redis')
-  const [a] = await pair(st, 'redis', {}, broker.url)
+  const a = await startApp(st, optionsFor('redis', broker.url))
   const first = await a.client()
   await first.subscribe('Score', 'm3')
   await score(a, 'm3', 1)
