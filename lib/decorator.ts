@@ -62,7 +62,13 @@ export interface ChangefeedDecorator {
   watchers(entityType: string, entityId: string, tenantId?: string): Promise<number>
   /** Subscriptions per entity type across the cluster. */
   totals(): Promise<Record<string, number>>
-  /** Readiness: the bus works and every database has a working listener (also served at `<telemetry.healthPath>/ready` when that is set). */
+  /**
+   * A deploy: takes no new socket and closes the open ones with 1012 (service restart), a slice at a time over
+   * `shutdown.drainSeconds`, telling each client when to come back; they resume from the channels' history on the
+   * other instances. Resolves once every socket was told; readiness is false from the start. Then close the app.
+   */
+  drain(): Promise<void>
+  /** Readiness: the bus works and every database has a working listener, and the instance is not draining (also served at `<telemetry.healthPath>/ready` when that is set). */
   health(): HealthReport
   /**
    * The admin check of the statistics route, for a host's own operational routes: resolves true when the request

@@ -133,7 +133,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       options, registry, policy, authenticator, fanout, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
 
-    const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots }
+    const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots, log }
     const decorator = decoratorOf(running)
     fastify.decorate('changefeed', decorator)
     await registerOperationalRoutes(fastify, { options, health: decorator.health, authenticator, policy, stats: async () => await adminStatsOf(running) })

@@ -17,6 +17,8 @@ import type { SnapshotReader } from '../reads/snapshot.js'
 import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../interest/interest.js'
 import { WatcherCounts } from './watchers.js'
+import { RETRY_HINT_MS } from './drain.js'
+import { restartReason } from '../protocol/index.js'
 
 /** the sweep visits this many slices of the sockets, one per tick, each socket once per ping interval */
 const SWEEP_SLICES = 10
@@ -29,6 +31,9 @@ export class ConnectionSet {
   readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0, resumes: {} as Record<string, number> }
   readonly closedByCode: Record<string, number> = {}
   private sweepTimer: NodeJS.Timeout | null = null
+
+  /** a deploy: new sockets are closed at once (lib/ws/drain.ts) */
+  draining = false
 
   /** the filtered feeds of this instance's sockets (set when the route is registered) */
   filters: Filters | null = null
@@ -152,6 +157,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
         identities.set(request, await authenticator.identify(request, reply))
       }
     }, (socket: WebSocket, request) => {
+      if (connections.draining) return socket.close(CloseCode.serviceRestart, restartReason(RETRY_HINT_MS))
       const ip = request.ip
       let identity = identities.get(request)
       identities.delete(request)
