@@ -34,9 +34,10 @@ export interface ChannelHistory {
   append(channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string | undefined>
   /**
    * The messages after `since` (as they went out: with their position), oldest first; null when they cannot all be
-   * given (another epoch, no longer held, or a gap marked after `since`).
+   * given (another epoch, no longer held, or a gap marked after `since`). `limits`: the channel's (where they say
+   * where its history is kept).
    */
-  after(channel: string, since: string): Promise<string[] | null>
+  after(channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null>
   /** A message of the channel was lost: its history starts again, with a new epoch. */
   reset(channel: string): Promise<void>
   /** Messages may have been lost on any channel (a listener gap): no resume may cross this moment. */

@@ -94,6 +94,6 @@ export function createBus (broker: Broker, log: FastifyBaseLogger, prefix = 'cha
   switch (broker.provider) {
     case 'memory': return new MemoryBus()
     case 'redis': return new RedisBus(broker.publisher, broker.subscriber, log, { sharded: broker.cluster, prefix })
-    case 'nats': return new NatsBus(broker.nc, log)
+    case 'nats': return new NatsBus(broker.nc, log, prefix)
   }
 }

@@ -15,8 +15,9 @@ export class HistoryReplay {
 
   /** The channel's notifications after `since`, oldest first; null when they cannot all be given. */
   async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<ReplayedFrames | null> {
-    if (this.history === null || this.limits(entity.name) === null) return null
-    const messages = await this.history.after(channelOf(this.prefix, entity.name, entityId, tenantId), since)
+    const limits = this.limits(entity.name)
+    if (this.history === null || limits === null) return null
+    const messages = await this.history.after(channelOf(this.prefix, entity.name, entityId, tenantId), since, limits)
     if (messages === null) return null
     const frames: ReplayedFrames = []
     for (const message of messages) {

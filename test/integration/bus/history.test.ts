@@ -3,19 +3,20 @@
  * reconnects (to another instance, after its TCP connection was cut without a close frame) gets `recovered: true`,
  * then what it missed oldest first, then live notifications, with no duplicate and no gap; outside it (the window
  * exceeded, the history lost with its broker, a position of another epoch) `recovered: false`. Feeds and `delta`
- * types resume too.
+ * types resume too. The memory bus, Redis and NATS (JetStream) alike.
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { startApp, type RunningApp } from '../../helpers/app.js'
 import { isNotification, type Frame, type TestClient } from '../../helpers/client.js'
-import { REDIS_URL, ownBroker, requireService } from '../../helpers/brokers.js'
+import { NATS_URL, REDIS_URL, ownBroker, requireService } from '../../helpers/brokers.js'
 import { until } from '../../helpers/wait.js'
 import type { ChangefeedPluginOptions } from '../../../lib/index.js'
 
 await requireService('Redis')
+await requireService('NATS')
 
-type Provider = 'memory' | 'redis'
+type Provider = 'memory' | 'redis' | 'nats'
 
 function optionsFor (provider: Provider, url: string | undefined, extra: Partial<ChangefeedPluginOptions> = {}): ChangefeedPluginOptions {
   return {
@@ -27,7 +28,7 @@ function optionsFor (provider: Provider, url: string | undefined, extra: Partial
 }
 
 /** Two instances on one bus (memory: one instance, twice). */
-async function pair (t: { teardown(fn: () => unknown): void }, provider: Provider, extra: Partial<ChangefeedPluginOptions> = {}, url = REDIS_URL): Promise<[RunningApp, RunningApp]> {
+async function pair (t: { teardown(fn: () => unknown): void }, provider: Provider, extra: Partial<ChangefeedPluginOptions> = {}, url = provider === 'nats' ? NATS_URL : REDIS_URL): Promise<[RunningApp, RunningApp]> {
   const options = optionsFor(provider, url, extra)
   const a = await startApp(t, options)
   return [a, provider === 'memory' ? a : await startApp(t, options)]
@@ -44,7 +45,7 @@ async function resume (c: TestClient, entityType: string, entityId: string, sinc
 
 const ns = (frames: Frame[]): number[] => frames.map((f) => f.data.payload.n)
 
-for (const provider of ['memory', 'redis'] as Provider[]) {
+for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
   t.test(`${provider}: a resume on another instance after a cut connection gets what it missed, then live, once each`, async (t) => {
     const [a, b] = await pair(t, provider)
     const first = await a.client()
@@ -52,8 +53,11 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
     for (let n = 1; n <= 3; n++) await score(a, 'm1', n)
     const seen = [await first.next(isNotification('Score', 'm1')), await first.next(isNotification('Score', 'm1')), await first.next(isNotification('Score', 'm1'))]
     t.same(ns(seen), [1, 2, 3])
-    t.match(seen[0].data.position, /^[0-9a-f]{8}:1$/, 'a channel position')
-    t.same(seen.map((f) => Number(f.data.position.split(':')[1])), [1, 2, 3], 'offsets count the channel\'s messages')
+    t.match(seen[0].data.position, /^[0-9a-f]{8}:1$/, 'a channel position, the first of a new history')
+    const offsets = seen.map((f) => Number(f.data.position.split(':')[1]))
+    // NATS: the stream's sequence, which the type's feed channel shares
+    if (provider === 'nats') t.ok(offsets[0] < offsets[1] && offsets[1] < offsets[2], 'offsets grow')
+    else t.same(offsets, [1, 2, 3], 'offsets count the channel\'s messages')
     // no close frame: the TCP connection just ends
     first.ws.terminate()
     for (let n = 4; n <= 6; n++) await score(a, 'm1', n)
@@ -75,7 +79,7 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
     t.equal(b.app.changefeed.stats().connections.resumes.recovered, 1, 'counted: recovered')
     t.equal(b.app.changefeed.stats().connections.replayed, 3, 'counted: replayed')
     if (provider === 'memory') t.ok((stats.history.bytes ?? 0) > 0, `the memory bus holds ${String(stats.history.bytes)} bytes of history`)
-    else t.equal(stats.history.bytes, null, 'Redis holds it')
+    else t.equal(stats.history.bytes, null, 'the broker holds it')
   })
 
   t.test(`${provider}: outside the window, or another epoch: recovered false`, async (t) => {
@@ -87,7 +91,7 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
     const again = await b.client()
     t.equal((await resume(again, 'Score', 'm2', since, 'inside')).data.recovered, true, 'inside the window: nothing missed')
     // Redis trims streams by whole nodes (MAXLEN ~): it keeps at least `size`, and drops the oldest past a node's worth
-    const later = provider === 'memory' ? 4 : 250
+    const later = provider === 'redis' ? 250 : 4
     for (let n = 2; n <= later + 1; n++) await score(a, 'm2', n)
     const late = await b.client()
     t.equal((await resume(late, 'Score', 'm2', since, 'outside')).data.recovered, false, `${later} later than a window of three`)
@@ -143,20 +147,22 @@ for (const provider of ['memory', 'redis'] as Provider[]) {
   })
 }
 
-t.test('redis: history lost with its broker (restarted, no persistence): a new epoch, recovered false', async (st) => {
-  // stopped after the app (torn down with the file), which closes its Redis client first
-  const broker = await ownBroker(t, 'redis')
-  const a = await startApp(st, optionsFor('redis', broker.url))
-  const first = await a.client()
-  await first.subscribe('Score', 'm3')
-  await score(a, 'm3', 1)
-  const since = (await first.next(isNotification('Score', 'm3'))).data.position as string
-  await broker.stop()
-  await broker.start()
-  st.ok(await until(() => a.app.changefeed.health().bus.ready, 15_000), 'the bus is back')
-  st.ok(await until(async () => await score(a, 'm3', 2).then(() => true, () => false), 15_000), 'publishes again')
-  const position = (await first.next((m) => isNotification('Score', 'm3')(m) && m.data.payload.n === 2, 15_000)).data.position as string
-  st.not(position.split(':')[0], since.split(':')[0], 'a new epoch')
-  const again = await a.client()
-  st.equal((await resume(again, 'Score', 'm3', since)).data.recovered, false, 'the old position is never mistaken for a new one')
-})
+for (const provider of ['redis', 'nats'] as const) {
+  t.test(`${provider}: history lost with its broker (restarted, history in memory): a new epoch, recovered false`, async (st) => {
+    // stopped after the app (torn down with the file), which closes its client first
+    const broker = await ownBroker(t, provider)
+    const a = await startApp(st, optionsFor(provider, broker.url))
+    const first = await a.client()
+    await first.subscribe('Score', 'm3')
+    await score(a, 'm3', 1)
+    const since = (await first.next(isNotification('Score', 'm3'))).data.position as string
+    await broker.stop()
+    await broker.start()
+    st.ok(await until(() => a.app.changefeed.health().bus.ready, 15_000), 'the bus is back')
+    st.ok(await until(async () => await score(a, 'm3', 2).then(() => true, () => false), 15_000), 'publishes again')
+    const position = (await first.next((m) => isNotification('Score', 'm3')(m) && m.data.payload.n === 2, 15_000)).data.position as string
+    st.not(position.split(':')[0], since.split(':')[0], 'a new epoch')
+    const again = await a.client()
+    st.equal((await resume(again, 'Score', 'm3', since)).data.recovered, false, 'the old position is never mistaken for a new one')
+  })
+}
