@@ -4,8 +4,8 @@
  */
 import { newEpoch, withPosition, type ChannelHistory, type HistoryLimits } from './history.js'
 
-/** `position`: the change's; `at`: when it was written */
-interface Entry { position: string, at: number, message: string }
+/** `position`: the change's; `gaps`: how many gaps had been marked when it was written */
+interface Entry { position: string, gaps: number, message: string }
 
 interface Ring {
   epoch: string
@@ -23,7 +23,7 @@ const SWEEP_MIN_MS = 1000
 export class MemoryHistory implements ChannelHistory {
   private readonly rings = new Map<string, Ring>()
   private held = 0
-  private gapAt = -1
+  private gaps = 0
   private sweeper: NodeJS.Timeout | null = null
   private sweepMs = Infinity
 
@@ -45,7 +45,7 @@ export class MemoryHistory implements ChannelHistory {
     const at = position ?? ring.epoch + ':' + String(ring.next)
     ring.next++
     const sent = withPosition(at, message)
-    ring.entries.push({ position: at, at: now, message: sent })
+    ring.entries.push({ position: at, gaps: this.gaps, message: sent })
     ring.bytes += sent.length
     this.held += sent.length
     while (ring.entries.length > limits.size) {
@@ -62,11 +62,11 @@ export class MemoryHistory implements ChannelHistory {
   async after (channel: string, since: string): Promise<string[] | null> {
     const ring = this.rings.get(channel)
     if (ring === undefined || ring.expires <= this.now()) return null
-    // the entry at `since` itself must be held (it says when the client's last message was written): resumes come
-    // soon after the drop, near the end
+    // the entry at `since` itself must be held (it says whether a gap came after it): resumes come soon after the
+    // drop, near the end
     for (let i = ring.entries.length - 1; i >= 0; i--) {
       if (ring.entries[i].position !== since) continue
-      return ring.entries[i].at <= this.gapAt ? null : ring.entries.slice(i + 1).map((entry) => entry.message)
+      return ring.entries[i].gaps < this.gaps ? null : ring.entries.slice(i + 1).map((entry) => entry.message)
     }
     return null
   }
@@ -76,7 +76,7 @@ export class MemoryHistory implements ChannelHistory {
   }
 
   async markGap (): Promise<void> {
-    this.gapAt = this.now()
+    this.gaps++
   }
 
   private drop (channel: string): undefined {

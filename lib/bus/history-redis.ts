@@ -3,7 +3,7 @@
  * Cluster keeps it on the shard that publishes the channel), appended and published by one script: the entry's ID is
  * its offset (`<offset>-0`), its fields the epoch, the server's time and the message as it went out. `MAXLEN ~ size`
  * bounds it, PEXPIRE drops it `ttlSeconds` after the channel's last message; a stream that is gone (expired, flushed,
- * a restart without persistence) starts again with a new epoch. Gaps are marked (in the server's time) under
+ * a restart without persistence) starts again with a new epoch. Gaps are marked (in the server's time, µs) under
  * `<prefix>:history-gap`.
  */
 import { createHash } from 'node:crypto'
@@ -11,7 +11,8 @@ import calculateSlot from 'cluster-key-slot'
 import type { Cluster, Redis } from 'ioredis'
 import { newEpoch, sinceOf, type ChannelHistory, type HistoryLimits } from './history.js'
 
-const NOW_MS = "local now = redis.call('TIME') local ms = now[1] * 1000 + math.floor(now[2] / 1000)"
+/** the server's time in microseconds: a script runs alone, so two never share one */
+const NOW_US = "local now = redis.call('TIME') local us = now[1] * 1000000 + now[2]"
 
 /**
  * KEYS: the stream. ARGV: channel, message, size, ttl ms, the epoch if the stream is new, '1' for sharded pub/sub,
@@ -25,17 +26,17 @@ if #last > 0 then
   offset = tonumber(string.match(last[1][1], '^(%d+)')) + 1
   epoch = last[1][2][2]
 end
-${NOW_MS}
+${NOW_US}
 local position = ARGV[7]
 if position == '' then position = epoch .. ':' .. offset end
 local message = '@' .. position .. ' ' .. ARGV[2]
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', epoch, 't', string.format('%d', ms), 'p', position, 'm', message)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', epoch, 't', string.format('%d', us), 'p', position, 'm', message)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[6] == '1' then redis.call('SPUBLISH', ARGV[1], message) else redis.call('PUBLISH', ARGV[1], message) end
 return position`
 
 /**
- * KEYS: the stream. ARGV: the position resumed from, the last gap's time (ms; '-1': none). The messages after it,
+ * KEYS: the stream. ARGV: the position resumed from, the last gap's time (µs; '-1': none). The messages after it,
  * or nil. Searched from the newest entry: a resume comes soon after its drop.
  */
 const AFTER = `
@@ -52,7 +53,7 @@ end
 return false`
 
 /** KEYS: the gap key. */
-const MARK_GAP = `${NOW_MS} redis.call('SET', KEYS[1], string.format('%d', ms)) return 1`
+const MARK_GAP = `${NOW_US} redis.call('SET', KEYS[1], string.format('%d', us)) return 1`
 
 type RedisClient = Redis | Cluster
 
