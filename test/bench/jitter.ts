@@ -27,6 +27,8 @@ interface Watcher {
   reopenedAt: number | null
   owedUpTo: number
   socket: WebSocket | null
+  /** refetches the SDK asked the application for (a resume not recovered, a resync) */
+  resyncs: number
 }
 
 async function transactions (sql: pg.Client, database: string): Promise<number> {
@@ -59,7 +61,7 @@ async function scenario (label: string, instances: number, bus: object): Promise
   const watchers: Watcher[] = []
   const clients: ChangefeedClient[] = []
   for (let i = 0; i < CLIENTS; i++) {
-    const w: Watcher = { seqs: [], offlineUntil: 0, reopenedAt: null, owedUpTo: 0, socket: null }
+    const w: Watcher = { seqs: [], offlineUntil: 0, reopenedAt: null, owedUpTo: 0, socket: null, resyncs: 0 }
     class Jittery extends WebSocket {
       constructor (address: string) {
         // offline: the connection is refused until the window ends
@@ -70,6 +72,7 @@ async function scenario (label: string, instances: number, bus: object): Promise
     }
     const client = new ChangefeedClient({ url: urls, WebSocket: Jittery as never, backoff: { initialMs: 200, maxMs: 1000 } })
     client.subscribe('Match', 'hot', {
+      onResync: () => { w.resyncs++ },
       onNotification: (n) => {
         const seq = (n.payload as { seq: number }).seq
         w.seqs.push(seq)
@@ -121,9 +124,18 @@ async function scenario (label: string, instances: number, bus: object): Promise
   for (const outcome of ['recovered', 'not_recovered', 'failed', 'foreign']) {
     resumes[outcome] = (await Promise.all(https.map(async (h) => await metric(h, 'changefeed_resumes_total', `changefeed_outcome="${outcome}"`)))).reduce((a, b) => a + b, 0)
   }
-  const documentReads = (await Promise.all(https.map(async (h) => await metric(h, 'changefeed_document_reads_total')))).reduce((a, b) => a + b, 0)
+  const sum = async (name: string): Promise<number> => (await Promise.all(https.map(async (h) => await metric(h, name)))).reduce((a, b) => a + b, 0)
+  const documentReads = await sum('changefeed_document_reads_total')
+  // a socket read slowly (the clients share this process): its notifications are conflated to the latest state
+  const conflated = await sum('changefeed_notifications_conflated_total')
   const delivered = watchers.reduce((n, w) => n + new Set(w.seqs.filter((s) => s >= 1)).size, 0)
   const duplicates = watchers.reduce((n, w) => n + w.seqs.length - new Set(w.seqs).size, 0)
+  // what was missed: the last changes (a client still coming back at the end), or changes in the middle
+  const missed = watchers.flatMap((w) => { const got = new Set(w.seqs); return Array.from({ length: CHANGES }, (_, i) => i + 1).filter((s) => !got.has(s)) })
+  const missedInMiddle = missed.filter((s) => s <= CHANGES - 2 * RATE * OFFLINE_MS / 1000).length
+  // a client told to refetch has the state by other means; a miss without one is a silent gap
+  const missedSilently = watchers.filter((w) => w.resyncs === 0).reduce((n, w) => n + CHANGES - new Set(w.seqs.filter((s) => s >= 1)).size, 0)
+  const resyncs = watchers.reduce((n, w) => n + w.resyncs, 0)
   for (const c of clients) c.destroy()
   // a backend's counts reach pg_stat_database when it ends (or idles): the instances are stopped first
   for (const t of targets) await t.stop()
@@ -136,6 +148,11 @@ async function scenario (label: string, instances: number, bus: object): Promise
     changes: CHANGES,
     deliveredPercent: Math.round((delivered / (CLIENTS * CHANGES)) * 100_000) / 1000,
     duplicates,
+    missed: missed.length,
+    missedInMiddle,
+    missedSilently,
+    resyncs,
+    conflated,
     replays: replay.totalCount,
     replayP50: replay.getValueAtPercentile(50),
     replayP99: replay.getValueAtPercentile(99),
@@ -154,9 +171,11 @@ async function scenario (label: string, instances: number, bus: object): Promise
 async function jitter (): Promise<void> {
   const rows: object[] = []
   const prefix = `jitter${Date.now().toString(36)}`
-  rows.push(await scenario('redis ×3', 3, { provider: 'redis', url: REDIS_URL, prefix: prefix + 'r' }))
-  rows.push(await scenario('memory ×1', 1, { provider: 'memory' }))
-  if (process.env.BENCH_JITTER_NATS !== '0') rows.push(await scenario('nats ×3', 3, { provider: 'nats', url: NATS_URL, prefix: prefix + 'n' }))
+  const only = process.env.BENCH_JITTER_TARGETS?.split(',')
+  const run = (name: string): boolean => only === undefined || only.includes(name)
+  if (run('redis')) rows.push(await scenario('redis ×3', 3, { provider: 'redis', url: REDIS_URL, prefix: prefix + 'r' }))
+  if (run('memory')) rows.push(await scenario('memory ×1', 1, { provider: 'memory' }))
+  if (run('nats')) rows.push(await scenario('nats ×3', 3, { provider: 'nats', url: NATS_URL, prefix: prefix + 'n' }))
   save('jitter', {
     description: `${CLIENTS.toLocaleString('en')} SDK clients watching one entity; ${CHANGES} changes at ${RATE}/s through PostgreSQL triggers; every client's TCP connection cut (no close frame) about every 15 s at a random phase and kept offline 2 s; the SDK reconnects to the next instance and resumes with since. Delivered: distinct changes handed to the application over clients × changes; replay: reopened socket → the last change missed while offline, in ms; PostgreSQL transactions beyond the writer's ${CHANGES} and the idle baseline (probes, leader retries) are what resumes cost`,
     rows
