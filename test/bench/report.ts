@@ -229,7 +229,11 @@ export function writeReport (dir: string): void {
       'pg_stat_database over the run, less the writer\'s and an idle baseline of the same instances (listener probes,',
       'the followers\' leader retries), so that column is within the noise of that estimate. `missed` counts changes a',
       'client never handed to the application (`in middle`: not one of the last, which a client still coming back at',
-      'the end may lack). Socket.IO with connection-state recovery was not run here.', '',
+      'the end may lack); `missed without a resync` those of clients the SDK never told to refetch, a silent gap (0',
+      'in every run). Every miss is a client the SDK told to refetch (`SDK resyncs`), and no resume went unrecovered:',
+      'presumably clients cut before their first notification, which have no position to resume from (not yet',
+      'confirmed; a `subscribed` reply carrying the channel\'s position would close it).',
+      'Socket.IO with connection-state recovery was not run here.', '',
       table(jitter.rows, [['target', 'target'], ['clients', 'clients'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ['resyncs', 'SDK resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
         ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
         ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '')
