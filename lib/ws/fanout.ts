@@ -119,6 +119,9 @@ export class Fanout {
     return this.membership?.channels ?? 0
   }
 
+  /** A snapshot's position as the channel's sockets know it (lib/ws/positions.ts). */
+  readonly positionOf = (channel: string, position: string): string => this.positions.translate(this.store.get(channel) ?? {}, position)
+
   channel (entityType: string, entityId: string, tenantId: string | null = null): string {
     return channelOf(this.prefix, entityType, entityId, tenantId)
   }

@@ -4,9 +4,9 @@
  * channel; here, once per channel on each instance, it is made to say the channel's position.
  *
  * A `delta` type's patch applies to the document of the change before it: its base is told by that change's own
- * position, which the sockets never saw. The last change of each such channel is remembered with the channel
- * position it went out at, so the patch can name its base as the sockets know it; a patch whose base is not the
- * channel's last message is dropped (the change goes out full).
+ * position, which the sockets never saw. The last change of each channel is remembered with the channel position
+ * it went out at, so the patch can name its base as the sockets know it (a patch whose base is not the channel's
+ * last message is dropped: the change goes out full), and so can a snapshot read at that change.
  */
 import type { Envelope } from '../route/envelope.js'
 import { atPosition } from '../protocol/index.js'
@@ -28,13 +28,22 @@ export class ChannelPositions {
     if (at === undefined) return
     envelope.frame = atPosition(envelope.frame, at)
     const { delta } = envelope
+    const before = this.last.get(channel)
+    this.last.set(channel, { change: envelope.position, at })
     if (envelope.payloadType === 'delta') {
-      const before = this.last.get(channel)
-      this.last.set(channel, { change: envelope.position, at })
       if (delta !== undefined && before !== undefined && before.change === delta.base) {
         envelope.delta = { frame: atPosition(delta.frame, at, before.at), base: before.at }
       } else delete envelope.delta
     }
     envelope.position = at
+  }
+
+  /**
+   * A snapshot's position (the change that last wrote the row) as the channel's sockets know it: the channel position
+   * its last message went out at, when that was this change; else unchanged (not resumable, and no patch base).
+   */
+  translate (channel: object, position: string): string {
+    const last = this.last.get(channel)
+    return last !== undefined && last.change === position ? last.at : position
   }
 }
