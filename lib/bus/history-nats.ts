@@ -70,16 +70,18 @@ export class NatsHistory implements ChannelHistory {
   }
 
   async append (channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string> {
-    const stream = await this.streamOf(limits)
+    let stream = await this.streamOf(limits)
     const h = headers()
     if (position !== undefined) h.set(POSITION, position)
+    const store = async (): Promise<{ seq: number }> => await this.js.publish(`${stream.subjects}.${subjectOf(channel)}`, encoder.encode(message), { headers: h })
     let ack
     try {
-      ack = await this.js.publish(`${stream.subjects}.${subjectOf(channel)}`, encoder.encode(message), { headers: h })
-    } catch (err) {
-      // the stream may be gone (deleted, the server's store lost): made again next time, with a new epoch
+      ack = await store()
+    } catch {
+      // the stream may be gone (deleted, the server restarted and its memory lost): made again, with a new epoch
       this.streams.clear()
-      throw err
+      stream = await this.streamOf(limits)
+      ack = await store()
     }
     const at = position ?? stream.epoch + ':' + String(ack.seq)
     await this.publish(channel, withPosition(at, message))
