@@ -126,9 +126,11 @@ async function main (): Promise<void> {
     if (stopping) return
     stopping = true
     app.log.info({ signal }, 'changefeed: shutting down')
-    const force = setTimeout(() => process.exit(1), 10_000)
+    // a deploy: the sockets go to the other instances a slice at a time (SIGTERM), then the app closes
+    const draining = signal === 'SIGTERM' ? app.changefeed.drain() : Promise.resolve()
+    const force = setTimeout(() => process.exit(1), 10_000 + options.shutdown.drainSeconds * 1000)
     force.unref()
-    app.close().then(() => process.exit(0), () => process.exit(1))
+    draining.then(async () => await app.close()).then(() => process.exit(0), () => process.exit(1))
   }
   process.on('SIGINT', () => stop('SIGINT'))
   process.on('SIGTERM', () => stop('SIGTERM'))

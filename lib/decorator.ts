@@ -16,7 +16,8 @@ import type { HealthReport } from './telemetry.js'
 import type { PresenceCounters } from './presence/counters.js'
 
 export interface ChangefeedStats {
-  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
+  /** `resumes`: subscribes with `since` by outcome (recovered, not_recovered, foreign, failed); `replayed`: notifications they replayed */
+  connections: { active: number, opened: number, closed: number, slowConsumerCloses: number, conflated: number, replayed: number, resumes: Record<string, number>, closedByCode: Record<string, number> }
   /** `counted`: subscriptions that receive watcher counts */
   subscriptions: { active: number, entities: number, byType: Record<string, number>, created: number, removed: number, counted: number }
   /** filtered feeds on this instance: different filters held (`groups`), sockets' subscriptions to them, reads made */
@@ -30,6 +31,8 @@ export interface ChangefeedStats {
    * `unreadable`: messages in a layout this version does not read (their watchers were told to resync)
    */
   bus: { provider: string, ready: boolean, instanceId: string, channels: number, unreadable: number }
+  /** the channels' history (notify mode): bytes this process holds (the memory bus; null: the broker holds it) */
+  history: { bytes: number | null }
   router: RouterCounters
   /** `delta` types, on the publisher: patches made, changes sent full only, and the documents kept (`cacheBytes`) */
   deltas: DeltaCounters & { cacheBytes: number }
@@ -66,7 +69,13 @@ export interface ChangefeedDecorator {
   watchers(entityType: string, entityId: string, tenantId?: string): Promise<number>
   /** Subscriptions per entity type across the cluster. */
   totals(): Promise<Record<string, number>>
-  /** Readiness: the bus works and every database has a working listener (also served at `<telemetry.healthPath>/ready` when that is set). */
+  /**
+   * A deploy: takes no new socket and closes the open ones with 1012 (service restart), a slice at a time over
+   * `shutdown.drainSeconds`, telling each client when to come back; they resume from the channels' history on the
+   * other instances. Resolves once every socket was told; readiness is false from the start. Then close the app.
+   */
+  drain(): Promise<void>
+  /** Readiness: the bus works and every database has a working listener, and the instance is not draining (also served at `<telemetry.healthPath>/ready` when that is set). */
   health(): HealthReport
   /**
    * The admin check of the statistics route, for a host's own operational routes: resolves true when the request

@@ -17,6 +17,7 @@ import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
 import { createBus, openBroker } from './bus/index.js'
+import { historyLimitsOf } from './bus/history.js'
 import { createInterest } from './interest/index.js'
 import { createPresence } from './presence/index.js'
 import { ChangeRouter } from './route/router.js'
@@ -25,6 +26,7 @@ import { Drops } from './route/drops.js'
 import { ChangeStream, type StreamOptions } from './route/stream.js'
 import { SnapshotReader } from './reads/snapshot.js'
 import { Replayer, replaySourcesOf } from './reads/replay.js'
+import { HistoryReplay } from './reads/history.js'
 import { Fanout } from './ws/fanout.js'
 import { registerRoute } from './ws/route.js'
 import { resolveOptions, type ChangefeedOptions } from './options.js'
@@ -79,7 +81,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     // publish and deliver: the bus on its broker, the interest store beside it, this instance's sockets' fanout
     const broker = await openBroker(fastify, options.bus)
     closers.add(broker.close)
-    const bus = createBus(broker, log)
+    const bus = createBus(broker, log, options.bus.prefix)
     closers.add(async () => await bus.close())
     const fanout = new Fanout(options.bus.prefix, registry, log, telemetry)
     closers.add(() => fanout.close())
@@ -99,7 +101,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const drops = new Drops(log)
     const notices = new Notices(registry, databases, eventStore, drops)
     const capture = new Capture(databases, registry, options, log, options.bus.provider !== 'memory', drops)
-    const router = new ChangeRouter({ registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, scanner: capture })
+    const router = new ChangeRouter({ registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, scanner: capture, history: historyLimitsOf(options) })
     closers.add(() => router.close())
     capture.deliverTo({
       onChange: (change) => router.routeCaptured(change),
@@ -113,14 +115,11 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     await capture.start()
     // a host (the demo too) may create its tables between registering the plugin and listening: looked for again
     // once it is ready, and only then is a declared type's missing table worth a warning
-    const started = capture
-    fastify.addHook('onReady', async () => {
-      await started.ready().catch((err: Error) => log.warn({ err: err.message }, 'changefeed: table re-scan failed'))
-    })
+    fastify.addHook('onReady', async () => { await capture.ready().catch((err: Error) => log.warn({ err: err.message }, 'changefeed: table re-scan failed')) })
 
     // reads the sockets ask for, and the sockets
     const replaySources = replaySourcesOf(options, eventStore)
-    const replayer = new Replayer(registry, databases, replaySources, notices)
+    const replayer = new Replayer(registry, databases, replaySources, notices, new HistoryReplay(bus.history, options.bus.prefix, historyLimitsOf(options)))
     const snapshots = new SnapshotReader(registry, databases, replaySources)
     const policy = new AccessPolicy(databases, registry, {
       adminRoles: options.auth.adminRoles,
@@ -133,7 +132,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       options, registry, policy, authenticator, fanout, presence, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
     })
 
-    const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots }
+    const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots, log }
     const decorator = decoratorOf(running)
     fastify.decorate('changefeed', decorator)
     await registerOperationalRoutes(fastify, { options, health: decorator.health, authenticator, policy, stats: async () => await adminStatsOf(running) })

@@ -8,7 +8,7 @@ import { Compile } from 'typebox/compile'
 import Value from 'typebox/value'
 import { InvalidOptionsError } from './errors.js'
 import { Capture, Database, tenantRegistryOf } from './capture/options.js'
-import { Bus } from './bus/options.js'
+import { Bus, EntityHistory, History, Shutdown } from './bus/options.js'
 import { Auth } from './auth/options.js'
 import { Limits } from './ws/options.js'
 import { PresenceOption, SignalsOption } from './presence/options.js'
@@ -50,7 +50,8 @@ const Entity = Type.Object(
     ownerPath: Type.Optional(Type.Array(Type.String(), { description: 'path in the document holding the owner user id' })),
     feed: Type.Optional(Type.Boolean({ description: 'allow type-wide subscriptions (entityId "*") to every change of this type; public or admin types only' })),
     presence: Type.Optional(PresenceOption),
-    signals: Type.Optional(SignalsOption)
+    signals: Type.Optional(SignalsOption),
+    history: Type.Optional(EntityHistory)
   },
   { additionalProperties: false }
 )
@@ -91,6 +92,8 @@ export const OptionsSchema = Type.Object(
     entities: Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_.]*$' }), Entity, { default: {}, additionalProperties: Type.Never() }),
     discovery: Discovery,
     bus: Bus,
+    history: History,
+    shutdown: Shutdown,
     auth: Auth,
     limits: Limits,
     telemetry: Telemetry

@@ -32,7 +32,9 @@ export function closeCodeLabel (code: number): string {
 /** The counts the pipeline keeps, read at collection time. */
 export interface TelemetrySnapshot {
   /** `closedByCode`: by closeCodeLabel */
-  connections: { opened: number, closed: number, active: number, slowConsumerCloses: number, conflated: number, replayed: number, closedByCode: Record<string, number> }
+  connections: { opened: number, closed: number, active: number, slowConsumerCloses: number, conflated: number, replayed: number, resumes: Record<string, number>, closedByCode: Record<string, number> }
+  /** bytes of channel history this process holds (null: the broker holds it) */
+  historyBytes: number | null
   subscriptions: { byType: Record<string, number>, createdByType: Record<string, number>, removedByType: Record<string, number> }
   notifications: { sentByPayload: Record<string, number>, failedByPayload: Record<string, number> }
   router: { changes: number, unwatched: number, documentReads: number, published: number, failed: number, givenUp: number }
@@ -77,7 +79,9 @@ export class Telemetry {
     const active = gauge('changefeed.connections.active', '{connection}', 'WebSocket connections open now')
     const slow = counter('changefeed.connections.slow_consumer_closes', '{connection}', 'connections closed because they stopped reading (4409)')
     const conflated = counter('changefeed.notifications.conflated', '{notification}', 'notifications replaced by a later state of the same entity for a slow reader')
-    const replayed = counter('changefeed.notifications.replayed', '{notification}', 'notifications replayed to clients resuming with since (outbox mode)')
+    const replayed = counter('changefeed.notifications.replayed', '{notification}', 'notifications replayed to clients resuming with since (from the outbox, or the bus\'s history)')
+    const resumes = counter('changefeed.resumes', '{subscribe}', 'subscribes with since, by outcome: recovered, not_recovered (outside the window, history lost, none kept), foreign (another owner\'s documents), failed')
+    const historyBytes = gauge('changefeed.history.bytes', 'By', 'bytes of channel history this process holds (memory bus)')
     const outbox = counter('changefeed.outbox.published', '{change}', 'outbox rows this instance published (outbox mode)')
     const created = counter('changefeed.subscriptions.created', '{subscription}', 'subscriptions created, by entity type')
     const removed = counter('changefeed.subscriptions.removed', '{subscription}', 'subscriptions removed, by entity type')
@@ -106,6 +110,8 @@ export class Telemetry {
       result.observe(slow, s.connections.slowConsumerCloses)
       result.observe(conflated, s.connections.conflated)
       result.observe(replayed, s.connections.replayed)
+      byKey(resumes, s.connections.resumes, 'changefeed.outcome')
+      if (s.historyBytes !== null) result.observe(historyBytes, s.historyBytes)
       byKey(created, s.subscriptions.createdByType, 'changefeed.entity_type')
       byKey(removed, s.subscriptions.removedByType, 'changefeed.entity_type')
       byKey(subscriptions, s.subscriptions.byType, 'changefeed.entity_type')
@@ -128,7 +134,7 @@ export class Telemetry {
       result.observe(busErrors, s.busErrors)
       result.observe(loopDelay, this.loopDelay.percentile(99) / 1e9)
       this.loopDelay.reset()
-    }, [opened, closed, active, slow, conflated, replayed, outbox, created, removed, subscriptions, sent, failed, changes, reads, authAttempts, authFailures,
+    }, [opened, closed, active, slow, conflated, replayed, resumes, historyBytes, outbox, created, removed, subscriptions, sent, failed, changes, reads, authAttempts, authFailures,
       gaps, reconnects, leaderships, busErrors, loopDelay])
   }
 

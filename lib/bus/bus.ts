@@ -3,6 +3,9 @@
  * for all. Messages are pre-encoded frames: the publisher encodes once, every instance writes the same string to its
  * sockets. What arrives goes to the handlers registered with `onMessage` and `onGap`.
  */
+import type { ChannelHistory, HistoryLimits } from './history.js'
+
+export type { HistoryLimits } from './history.js'
 
 /** Called for every message on a channel this instance subscribed to. */
 export type BusMessageHandler = (channel: string, message: string) => void
@@ -13,6 +16,8 @@ export interface PubSub {
   readonly provider: 'memory' | 'redis' | 'nats'
   /** true while the provider can publish and receive */
   readonly ready: boolean
+  /** each channel's recent messages (lib/bus/history.ts); null where the provider keeps none */
+  readonly history: ChannelHistory | null
   publish(channel: string, message: string): Promise<void>
   /**
    * Start receiving these channels' messages, in one round trip where the provider allows; idempotent. Resolves
@@ -47,6 +52,16 @@ export abstract class Transport {
   protected gap (reason: string): void {
     this.gapHandler?.(reason)
   }
+}
+
+/**
+ * Publishes on a channel: through its history when it keeps one (`limits`) and the provider has one, at `position`
+ * when the change has one already (lib/bus/history.ts). Resolves with the change's position (undefined: none).
+ */
+export async function publishOn (bus: PubSub, channel: string, message: string, limits: HistoryLimits | null, position?: string): Promise<string | undefined> {
+  if (limits !== null && bus.history !== null) return await bus.history.append(channel, message, limits, position)
+  await bus.publish(channel, message)
+  return position
 }
 
 /** How long a broker may take to accept the first connection before the start fails (CHANGEFEED_BUS_UNAVAILABLE). */

@@ -89,11 +89,11 @@ export async function openBroker (fastify: FastifyInstance, options: ResolvedOpt
   }
 }
 
-/** The bus on the broker. */
-export function createBus (broker: Broker, log: FastifyBaseLogger): PubSub {
+/** The bus on the broker; `prefix` names the keys it keeps besides its channels' (bus.prefix). */
+export function createBus (broker: Broker, log: FastifyBaseLogger, prefix = 'changefeed'): PubSub {
   switch (broker.provider) {
     case 'memory': return new MemoryBus()
-    case 'redis': return new RedisBus(broker.publisher, broker.subscriber, log, { sharded: broker.cluster })
-    case 'nats': return new NatsBus(broker.nc, log)
+    case 'redis': return new RedisBus(broker.publisher, broker.subscriber, log, { sharded: broker.cluster, prefix })
+    case 'nats': return new NatsBus(broker.nc, log, prefix)
   }
 }

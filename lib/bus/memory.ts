@@ -1,11 +1,13 @@
 /** One process: publish delivers synchronously to this instance's subscribed channels. */
 import { Transport, type PubSub } from './bus.js'
 import { BusClosedError } from '../errors.js'
+import { MemoryHistory } from './history-memory.js'
 
 export class MemoryBus extends Transport implements PubSub {
   readonly provider = 'memory'
   private readonly channels = new Set<string>()
   private closed = false
+  readonly history = new MemoryHistory(async (channel, message) => await this.publish(channel, message))
 
   get ready (): boolean {
     return !this.closed
@@ -27,5 +29,6 @@ export class MemoryBus extends Transport implements PubSub {
   async close (): Promise<void> {
     this.closed = true
     this.channels.clear()
+    this.history.close()
   }
 }

@@ -8,14 +8,13 @@ import { connect, type NatsConnection, type Subscription } from 'nats'
 import { CONNECT_TIMEOUT_MS, Transport, type PubSub } from './bus.js'
 import { BusUnavailableError } from '../errors.js'
 import { redactCredentials } from '../auth/redact.js'
+import { subjectOf } from './subjects.js'
+import { NatsHistory } from './history-nats.js'
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
 
-/** A channel as a NATS subject: one token, nothing NATS would read as a separator or wildcard. */
-export function subjectOf (channel: string): string {
-  return channel.replace(/[%.*>\s]/g, (c) => '%' + c.charCodeAt(0).toString(16).padStart(2, '0'))
-}
+export { subjectOf }
 
 /** Connects, or throws CHANGEFEED_BUS_UNAVAILABLE within `timeoutMs` when no server answers. */
 export async function connectNats (url: string, log: FastifyBaseLogger, timeoutMs = CONNECT_TIMEOUT_MS): Promise<NatsConnection> {
@@ -32,12 +31,14 @@ export async function connectNats (url: string, log: FastifyBaseLogger, timeoutM
 
 export class NatsBus extends Transport implements PubSub {
   readonly provider = 'nats'
+  readonly history: NatsHistory
   private readonly subscriptions = new Map<string, Subscription>()
   private connected = true
   private closed = false
 
-  constructor (private readonly nc: NatsConnection, private readonly log: FastifyBaseLogger) {
+  constructor (private readonly nc: NatsConnection, private readonly log: FastifyBaseLogger, prefix = 'changefeed') {
     super()
+    this.history = new NatsHistory(nc, prefix, async (channel, message) => await this.publish(channel, message))
     void this.watchStatus()
   }
 

@@ -8,6 +8,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Cluster, Redis } from 'ioredis'
 import calculateSlot from 'cluster-key-slot'
 import { Transport, type PubSub } from './bus.js'
+import { RedisHistory } from './history-redis.js'
 
 export type RedisClient = Redis | Cluster
 
@@ -29,14 +30,16 @@ export class RedisBus extends Transport implements PubSub {
   private readonly down = new Set<RedisClient>()
   private closed = false
   private readonly sharded: boolean
+  readonly history: RedisHistory
 
   /**
    * `publisher` may be a host's client (not closed here); `subscriber` is this bus's own. `sharded`: both are
    * Redis Cluster clients, the subscriber with sharded subscribers.
    */
-  constructor (private readonly publisher: RedisClient, private readonly subscriber: RedisClient, private readonly log: FastifyBaseLogger, { sharded = false }: { sharded?: boolean } = {}) {
+  constructor (private readonly publisher: RedisClient, private readonly subscriber: RedisClient, private readonly log: FastifyBaseLogger, { sharded = false, prefix = 'changefeed' }: { sharded?: boolean, prefix?: string } = {}) {
     super()
     this.sharded = sharded
+    this.history = new RedisHistory(publisher, prefix, sharded, async (channel, message) => await this.publish(channel, message))
     // the subscriber disconnects asynchronously: a message can arrive after close(), drop it
     subscriber.on(sharded ? 'smessage' : 'message', (channel: string, message: string) => { if (!this.closed) this.deliver(channel, message) })
     for (const client of [publisher, subscriber]) {

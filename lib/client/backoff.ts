@@ -36,11 +36,16 @@ export class Backoff {
     return this.retryTimer !== undefined
   }
 
-  /** Counts one more attempt and runs `retry` after its delay; returns the delay. */
-  schedule (retry: () => void): number {
+  /**
+   * Counts one more attempt and runs `retry` after its delay; returns the delay. `hintMs`: the server said when to
+   * come back (a deploy's 1012): that, plus as much again at most, at random, so its sockets do not come back at once.
+   */
+  schedule (retry: () => void, hintMs?: number): number {
     this.cancelRetry()
     this.attempt++
-    const delay = backoffDelay(this.attempt, this.options.initialMs, this.options.maxMs, this.random)
+    const delay = hintMs === undefined
+      ? backoffDelay(this.attempt, this.options.initialMs, this.options.maxMs, this.random)
+      : hintMs + Math.floor(this.random() * hintMs)
     this.retry = retry
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined

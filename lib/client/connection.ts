@@ -3,7 +3,7 @@
  * reconnecting with backoff, and the close-code policy: no reconnect after 4403, 1008 or 1009 (state `closed`), and
  * after 4401 only with a token that `getToken()` hands out afresh (state `unauthorized`).
  */
-import { CloseCode, FINAL_CLOSE_CODES } from '../protocol/wire.js'
+import { CloseCode, FINAL_CLOSE_CODES, retryHintOf } from '../protocol/wire.js'
 import { Backoff } from './backoff.js'
 import { Credentials } from './credentials.js'
 import { Liveness, onPageWake } from './liveness.js'
@@ -56,9 +56,14 @@ export class Connection {
   private readonly liveness: Liveness
   private readonly stopWatchingPage: () => void
   private readonly Socket: SocketConstructor
+  private readonly urls: readonly string[]
+  /** the URL of the next socket: each reconnect takes the next one */
+  private urlIndex: number
 
   constructor (private readonly options: ClientOptions, private readonly hooks: ConnectionHooks) {
     this.Socket = socketConstructor(options.WebSocket)
+    this.urls = typeof options.url === 'string' ? [options.url] : options.url
+    this.urlIndex = Math.floor((options.random ?? Math.random)() * this.urls.length)
     this.backoff = new Backoff({ initialMs: 500, maxMs: 30_000, resetAfterMs: 10_000, ...options.backoff }, options.random ?? Math.random)
     this.credentials = new Credentials(options.getToken, options.refreshBeforeExpiryMs ?? 30_000)
     this.liveness = new Liveness(options.pingIntervalMs ?? 25_000, options.pongTimeoutMs ?? 10_000,
@@ -137,7 +142,7 @@ export class Connection {
       token = null
     }
     this.credentials.current = token
-    const ws = new this.Socket(this.options.url)
+    const ws = new this.Socket(this.urls[this.urlIndex % this.urls.length])
     this.ws = ws
     ws.onopen = () => {
       if (this.ws !== ws) return
@@ -211,12 +216,14 @@ export class Connection {
     } else if (FINAL_CLOSE_CODES.has(code)) {
       return this.setState('closed', reason || 'refused', code)
     }
-    this.retry(reason || 'connection closed', code)
+    // another instance may be up where this one is not (a deploy drains this one: 1012 says when to come back)
+    this.urlIndex++
+    this.retry(reason || 'connection closed', code, code === CloseCode.serviceRestart ? retryHintOf(reason) ?? undefined : undefined)
   }
 
-  private retry (reason: string, code?: number): void {
+  private retry (reason: string, code?: number, hintMs?: number): void {
     if (this.destroyed) return
-    const delay = this.backoff.schedule(() => { void this.open() })
+    const delay = this.backoff.schedule(() => { void this.open() }, hintMs)
     this.setState('reconnecting', reason, code, delay)
   }
 

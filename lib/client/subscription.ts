@@ -216,10 +216,11 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
       this.base.hold(notification.payload, position)
     }
     if (position !== undefined) {
-      // delivered again after a failover, or (the entity's own) not after the last one: a repeat
-      if (this.seen.includes(position) || (own && !isAfter(position, this.since))) return
+      // delivered again after a failover, or (the entity's own, a feed's) not after the last one: a repeat
+      const resumable = own || this.entityId === FEED
+      if (this.seen.includes(position) || (resumable && !isAfter(position, this.since))) return
       this.remember(position)
-      if (own) this.since = position
+      if (resumable) this.since = position
     }
     const whole = payloadType === 'full' || payloadType === 'delta'
     const version = own && notification.version !== undefined ? notification.version : this.snapshot.version

@@ -111,8 +111,11 @@ export interface WebSocketLike {
 export type Token = string | null | undefined
 
 export interface ClientOptions {
-  /** ws:// or wss:// URL of the server's /ws route */
-  url: string
+  /**
+   * ws:// or wss:// URL of the server's /ws route; or several (instances of one deployment): the first is picked at
+   * random, and each reconnect goes to the next
+   */
+  url: string | readonly string[]
   /** Returns a JWT (or null for anonymous). Called before each connection and before the token expires. */
   getToken?: () => Promise<Token> | Token
   /**

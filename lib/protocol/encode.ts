@@ -76,6 +76,27 @@ export function changeTypeOf (frame: string): string | undefined {
   return end === -1 ? undefined : frame.slice(from, end)
 }
 
+const POSITION = '"position":"'
+const BASE_POSITION = '"basePosition":"'
+
+/** The frame with `value` in place of the string value of `field`, its first occurrence (see changeTypeOf). */
+function replaceField (frame: string, field: string, value: string): string {
+  const start = frame.indexOf(field)
+  if (start === -1) return frame
+  const from = start + field.length
+  const end = frame.indexOf('"', from)
+  return end === -1 ? frame : frame.slice(0, from) + value + frame.slice(end)
+}
+
+/**
+ * A notification frame, already encoded, saying another position (and a patch's, another base): its channel's
+ * (positions hold no character JSON escapes). The fields before `position` cannot hold an unescaped quote.
+ */
+export function atPosition (frame: string, position: string, basePosition?: string): string {
+  const moved = replaceField(frame, POSITION, position)
+  return basePosition === undefined ? moved : replaceField(moved, BASE_POSITION, basePosition)
+}
+
 /** A notification frame, already encoded, naming the subscription it is for (a feed's, a filtered feed's). */
 export function withSubscriptionId (frame: string, subscriptionId: string): string {
   return frame.slice(0, -2) + ',"subscriptionId":' + JSON.stringify(subscriptionId) + '}}'

@@ -42,6 +42,8 @@ export const CloseCode = {
   policyViolation: 1008,
   tooLarge: 1009,
   internal: 1011,
+  /** a deploy: the instance hands its sockets to the others, the reason saying when to come back (restartReason) */
+  serviceRestart: 1012,
   overloaded: 1013,
   unauthenticated: 4401,
   forbidden: 4403,
@@ -49,6 +51,17 @@ export const CloseCode = {
   slowConsumer: 4409,
   tooManyConnections: 4429
 } as const
+
+/** The reason of a 1012 close: come back after `retryMs` (plus a jitter of the client's own), to any instance. */
+export function restartReason (retryMs: number): string {
+  return `service restart; retry in ${Math.max(0, Math.round(retryMs))} ms`
+}
+
+/** The delay a close reason asks for (restartReason), or null. */
+export function retryHintOf (reason: string): number | null {
+  const match = /retry in (\d{1,7}) ms/.exec(reason)
+  return match === null ? null : Number(match[1])
+}
 
 /** Close codes after which reconnecting cannot help (a client must not retry them blindly). */
 export const FINAL_CLOSE_CODES: ReadonlySet<number> = new Set([CloseCode.policyViolation, CloseCode.tooLarge, CloseCode.forbidden])

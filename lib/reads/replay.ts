@@ -32,16 +32,20 @@ export class Replayer {
     private readonly registry: EntityRegistry,
     private readonly databases: ReadonlyMap<string, Database>,
     private readonly sources: ReplaySources,
-    private readonly notices: Notices
+    private readonly notices: Notices,
+    /** notify mode: the bus's history of each channel (lib/reads/history.ts) */
+    private readonly history: Pick<Replayer, 'replay'> | null = null
   ) {}
 
   /**
    * The changes of one (tenant's) entity after `since`, as notification frames, oldest first; null when they
-   * cannot all be given (notify mode, a feed, a position of another epoch, pruned, or too many).
+   * cannot all be given (a feed, a position of another epoch, pruned, or too many). Notify mode: from the channel's
+   * history (a feed's too).
    */
   async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<ReplayedFrames | null> {
     const database = this.registry.databaseFor(entity, tenantId)
     const source = database === undefined ? undefined : this.sources(database)
+    if (source === undefined && this.history !== null) return await this.history.replay(entity, entityId, tenantId, since)
     const db = database === undefined ? undefined : this.databases.get(database)
     if (database === undefined || source === undefined || db === undefined || entityId === '*') return null
     const tables = [entity.table, ...source.tables]

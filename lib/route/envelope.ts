@@ -14,10 +14,12 @@
  *   b:<base>         a `delta` type's change with a patch: the position the patch applies to (URI-encoded)
  *
  * JSON frames contain no raw newline, so the first '\n' ends the header. With `b:` the patch frame follows the full
- * one after a second '\n'.
+ * one after a second '\n'. On a channel that keeps a history the bus puts the channel's position before the header
+ * (`@<epoch>:<offset> `, lib/bus/history.ts): the position its frames say there.
  */
 import type { DeltaFrame } from './deltas.js'
 import type { PayloadTypeName } from '../protocol/index.js'
+import { splitPosition } from '../bus/history.js'
 
 const VERSION = 'cf1'
 
@@ -37,6 +39,8 @@ export interface Envelope {
   delta?: DeltaFrame
   /** changes captured from PostgreSQL: the writer's transaction id */
   txid?: string
+  /** a channel with history: the message's position on it (`position` is the change's, the same on every channel) */
+  at?: string
 }
 
 type Notification = Omit<Envelope, 'kind' | 'payloadType' | 'traceparent' | 'position' | 'tenantId'> & { payloadType: PayloadTypeName } & Partial<Envelope>
@@ -59,7 +63,8 @@ export function wrapResync (frame: string, ts = Date.now()): string {
 const orNull = (field: string | undefined): string | null => field === '-' || field === undefined ? null : field
 
 /** The message read back; null for one this layout did not write (another version, another publisher on the bus). */
-export function unwrap (message: string): Envelope | null {
+export function unwrap (sent: string): Envelope | null {
+  const { position: at, message } = splitPosition(sent)
   const end = message.indexOf('\n')
   if (end < 0) return null
   const [version, kind, ts, payloadType, traceparent, position, tenant, ...optional] = message.slice(0, end).split(' ')
@@ -82,6 +87,7 @@ export function unwrap (message: string): Envelope | null {
     }
     if (owner !== undefined) envelope.owner = owner === 'o' ? null : decodeURIComponent(owner.slice(2))
     if (txid !== undefined) envelope.txid = txid.slice(2)
+    if (at !== null) envelope.at = at
     const second = base === undefined ? -1 : envelope.frame.indexOf('\n')
     if (base !== undefined && second >= 0) {
       envelope.delta = { frame: envelope.frame.slice(second + 1), base: decodeURIComponent(base.slice(2)) }

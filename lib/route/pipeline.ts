@@ -19,6 +19,8 @@ import type { ConnectionSet } from '../ws/route.js'
 import type { ResolvedOptions } from '../options.js'
 import type { ChangefeedDecorator, ChangefeedStats } from '../decorator.js'
 import { adminCheck, healthOf, type TelemetrySnapshot } from '../telemetry.js'
+import { drain } from '../ws/drain.js'
+import type { FastifyBaseLogger } from 'fastify'
 
 /** Things to close, run in the reverse order they were opened; safe to run twice (a failed start, then onClose). */
 export class Closers {
@@ -51,6 +53,7 @@ export interface Pipeline {
   policy: AccessPolicy
   /** snapshots and filters' reads */
   snapshots: SnapshotReader
+  log: FastifyBaseLogger
 }
 
 const sum = (counts: Record<string, number>): number => Object.values(counts).reduce((a, b) => a + b, 0)
@@ -80,6 +83,7 @@ export function statsOf (p: Pipeline): ChangefeedStats {
     listeners: listenerStats(p),
     stream: stream === null ? null : { published: stream.published, failed: stream.failed },
     bus: { provider: bus.provider, ready: bus.ready, instanceId: p.instanceId, channels: fanout.busChannels, unreadable: fanout.counters.unreadable },
+    history: { bytes: bus.history?.bytes ?? null },
     router: routerCounters(p),
     deltas: { ...p.router.deltas.counters, cacheBytes: p.router.deltas.bytes },
     dropped: { ...drops.counts },
@@ -93,6 +97,7 @@ export function telemetrySnapshotOf (p: Pipeline): TelemetrySnapshot {
   const { connections, fanout, router, drops, authenticator } = p
   return {
     connections: { opened: connections.opened, closed: connections.closed, active: connections.open.size, ...connections.counters, closedByCode: connections.closedByCode },
+    historyBytes: p.bus.history?.bytes ?? null,
     subscriptions: { byType: fanout.store.countByType(), createdByType: fanout.counters.createdByType, removedByType: fanout.counters.removedByType },
     notifications: { sentByPayload: fanout.counters.sentByPayload, failedByPayload: fanout.counters.failedByPayload },
     router: routerCounters(p),
@@ -122,7 +127,11 @@ export function decoratorOf (p: Pipeline): ChangefeedDecorator {
     rescan: async () => await capture.rescan(),
     watchers: async (entityType, entityId, tenantId) => await interest.watchers(fanout.channel(registry.get(entityType)?.name ?? entityType, entityId, tenantId ?? null)),
     totals: async () => await interest.totals(),
-    health: () => healthOf(bus, capture.listeners),
+    health: () => {
+      const health = healthOf(bus, capture.listeners)
+      return p.connections.draining ? { ...health, ready: false } : health
+    },
+    drain: async () => await drain(p.connections, p.options.shutdown.drainSeconds, p.log),
     stats: () => statsOf(p),
     requireAdmin: adminCheck(p),
     options: p.options,

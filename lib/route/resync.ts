@@ -75,6 +75,8 @@ export class OwedResyncs {
     this.settling = true
     let refused = false
     try {
+      // changes that never reached the channels' history: no resume may pass them
+      if (this.databases.size > 0 || this.types.size > 0) await this.bus.history?.markGap()
       for (const [database, reason] of [...this.databases]) {
         await this.bus.publish(gapChannelOf(this.prefix), JSON.stringify({ database, reason }))
         this.databases.delete(database)
@@ -85,6 +87,8 @@ export class OwedResyncs {
         this.types.delete(message)
       }
       for (const [channel, message] of [...this.owed]) {
+        // the lost change is not in the channel's history: it starts again (a new epoch), so no resume passes it
+        await this.bus.history?.reset(channel)
         await this.bus.publish(channel, message)
         this.owed.delete(channel)
         this.published++

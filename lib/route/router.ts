@@ -10,7 +10,7 @@ import { coalesceRows, type Change, type RowChange } from '../capture/coalesce.j
 import type { ChangeSink } from './stream.js'
 import type { TableScanner } from '../capture/index.js'
 import type { EntityRegistry, EntityType } from '../entities.js'
-import type { PubSub } from '../bus/bus.js'
+import { publishOn, type HistoryLimits, type PubSub } from '../bus/bus.js'
 import type { InterestStore } from '../interest/interest.js'
 import { wrap } from './envelope.js'
 import { context, propagation, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api'
@@ -59,6 +59,8 @@ export interface RouterServices {
   instanceId: string
   /** `delta` types: limits.deltaCacheBytes */
   deltaCacheBytes: number
+  /** the history a type's channels keep on the bus (lib/bus/history.ts); none when absent */
+  history?: (entityType: string) => HistoryLimits | null
   tracer?: Tracer
 }
 
@@ -237,7 +239,7 @@ export class ChangeRouter {
         span.setAttribute('changefeed.outcome', 'streamed')
         return 'streamed'
       }
-      await this.send(watched, change.ts, this.deltas.noticeOf(entity, channels[0], notice), change.position, span, change.published === true ? undefined : change.txid)
+      await this.send(entity, watched, change.ts, this.deltas.noticeOf(entity, channels[0], notice), change.position, span, change.published === true ? undefined : change.txid)
       span.setAttribute('changefeed.outcome', 'published')
       return 'published'
     } catch (err) {
@@ -273,13 +275,15 @@ export class ChangeRouter {
     this.owed.oweChange(entity, change.database, change.id, this.s.notices.tenantOf(entity, change))
   }
 
-  /** Hands one encoded notification to the bus, on every channel whose watchers see it, with the span's context. */
-  private async send (channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span, txid?: string): Promise<void> {
+  /** Hands one encoded notification to the bus, on every channel whose watchers see it (and its history), with the span's context. */
+  private async send (entity: EntityType, channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span, txid?: string): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
     const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta, txid })
+    const limits = this.s.history?.(entity.name) ?? null
     try {
-      for (const channel of channels) await this.s.bus.publish(channel, message)
+      let at: string | undefined
+      for (const channel of channels) at = await publishOn(this.s.bus, channel, message, limits, at)
     } catch (err) {
       this.counters.busErrors++
       throw err

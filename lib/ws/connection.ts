@@ -28,7 +28,7 @@ export interface ConnectionServices extends SubscriptionServices {
   /** open connections per signed-in user (maxConnectionsPerUser) */
   users: ConnectionCounter
   log: FastifyBaseLogger
-  counters: { slowConsumerCloses: number, conflated: number, replayed: number }
+  counters: { slowConsumerCloses: number, conflated: number, replayed: number, resumes: Record<string, number> }
   /** when a socket's writes are held and conflated (from limits; one object for every socket) */
   outboundLimits: OutboundLimits
   /** `subscriptions`: how many it held when it closed */

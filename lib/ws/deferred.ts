@@ -9,8 +9,15 @@ import type { FrameMeta } from './fanout.js'
 /** Whether a live notification is one the replay or snapshot carried already. */
 export type Carried = (meta: FrameMeta) => boolean
 
-/** A replay that ended at `last` carried every notification not after it. */
-export const replayedUpTo = (last: string): Carried => (meta) => !isAfter(meta.position, last)
+/**
+ * A replay from `since` carried its own positions, and every notification not after its last (positions of one epoch
+ * are ordered; a feed's history holds the positions of many).
+ */
+export function replayedUpTo (since: string, replayed: ReadonlyArray<{ position: string }>): Carried {
+  const last = replayed.at(-1)?.position ?? since
+  const positions = new Set(replayed.map((r) => r.position)).add(since)
+  return (meta) => (meta.position !== null && positions.has(meta.position)) || !isAfter(meta.position, last)
+}
 
 export class DeferredFrames {
   /** channels being resumed: the live notifications that arrived meanwhile */

@@ -15,6 +15,7 @@ import { encodeResync } from '../protocol/index.js'
 import { BusMembership } from './membership.js'
 import { gapChannelOf } from '../route/resync.js'
 import { PreparedFrame } from './prepared.js'
+import { ChannelPositions } from './positions.js'
 
 /** What a receiver knows of a notification besides its frame. */
 export interface FrameMeta {
@@ -82,8 +83,7 @@ export interface FanoutCounters {
 /** Which watchers of a database a gap concerns: of some types (of some tenants, or all), or all. */
 interface Scope { types?: string[], tenants?: string[] | null }
 
-/** resyncs asked for within this long of each other go out as one frame per entity (one outage is seen by both
- * Redis connections and announced by the leader, all within moments) */
+/** resyncs asked within this long of each other go out as one frame per entity (one outage: both Redis connections and the leader) */
 const RESYNC_COALESCE_MS = 100
 
 export class Fanout {
@@ -98,6 +98,7 @@ export class Fanout {
   private resyncTimer: NodeJS.Timeout | null = null
   /** where presence's messages on an entity channel go (lib/presence/messages.ts: they start `pr1 `) */
   onPresence: ((channel: string, message: string) => void) | null = null
+  private readonly positions = new ChannelPositions()
 
   constructor (
     private readonly prefix: string,
@@ -115,9 +116,10 @@ export class Fanout {
   }
 
   /** Channels subscribed on the bus for local watchers. */
-  get busChannels (): number {
-    return this.membership?.channels ?? 0
-  }
+  get busChannels (): number { return this.membership?.channels ?? 0 }
+
+  /** A snapshot's position as the channel's sockets know it (lib/ws/positions.ts). */
+  readonly positionOf = (channel: string, position: string): string => this.positions.translate(this.store.get(channel) ?? {}, position)
 
   channel (entityType: string, entityId: string, tenantId: string | null = null): string {
     return channelOf(this.prefix, entityType, entityId, tenantId)
@@ -169,6 +171,7 @@ export class Fanout {
     const envelope = unwrap(message)
     if (envelope === null) return this.unreadable(channel)
     if (envelope.kind === 'resync' || envelope.payloadType === null) return this.resyncSoon(channel, envelope.frame)
+    this.positions.apply(entry, envelope)
     // a resync due to these watchers goes first: the notification may follow the changes the gap lost
     if (this.dueResyncs.has(channel)) this.writeResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.receivers.size)
@@ -220,6 +223,8 @@ export class Fanout {
    */
   async announceGap (database: string, reason: string, { precaution = false }: { precaution?: boolean } = {}): Promise<void> {
     if (!precaution) this.log.warn({ database, reason }, 'changefeed: change gap, watchers told to resync')
+    // what was lost is in no channel's history: no resume may pass this moment
+    await this.bus?.history?.markGap()
     await this.bus?.publish(this.gapChannel, JSON.stringify({ database, reason, precaution }))
   }
 

@@ -24,11 +24,14 @@ export class FeedBatcher implements Receiver {
    * `subscriptionId`: the feed's, which its notifications name; null for a filtered feed, whose frames come named
    * by its filter.
    */
-  constructor (private readonly socket: Receiver, private readonly subscriptionId: string | null, ratePerSecond: number, private readonly intervalMs: number, private readonly maxBatchBytes: number) {
+  /** `held`: whether a notification waits (the feed is resuming) or was replayed already (lib/ws/deferred.ts) */
+  constructor (private readonly socket: Receiver, private readonly subscriptionId: string | null, ratePerSecond: number, private readonly intervalMs: number, private readonly maxBatchBytes: number,
+    private readonly held: (frame: string, meta: FrameMeta) => boolean = () => false) {
     this.bucket = new TokenBucket(ratePerSecond, ratePerSecond)
   }
 
   deliver (frame: string, meta?: FrameMeta, shared?: PreparedFrame): boolean {
+    if (meta !== undefined && this.held(frame, meta)) return true
     if (meta !== undefined && this.subscriptionId !== null) {
       const named = feedFrameOf(meta, frame, this.subscriptionId)
       frame = named.frame

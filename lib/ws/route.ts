@@ -18,6 +18,8 @@ import { closeCodeLabel, type Telemetry } from '../telemetry.js'
 import type { InterestStore } from '../interest/interest.js'
 import { WatcherCounts } from './watchers.js'
 import type { Presence } from '../presence/presence.js'
+import { RETRY_HINT_MS } from './drain.js'
+import { restartReason } from '../protocol/index.js'
 
 /** the sweep visits this many slices of the sockets, one per tick, each socket once per ping interval */
 const SWEEP_SLICES = 10
@@ -26,9 +28,13 @@ export class ConnectionSet {
   readonly open = new Set<Connection>()
   opened = 0
   closed = 0
-  readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0 }
+  /** `resumes`: subscribes with `since`, by outcome (recovered, not_recovered, foreign, failed) */
+  readonly counters = { slowConsumerCloses: 0, conflated: 0, replayed: 0, resumes: {} as Record<string, number> }
   readonly closedByCode: Record<string, number> = {}
   private sweepTimer: NodeJS.Timeout | null = null
+
+  /** a deploy: new sockets are closed at once (lib/ws/drain.ts) */
+  draining = false
 
   /** the filtered feeds of this instance's sockets (set when the route is registered) */
   filters: Filters | null = null
@@ -90,8 +96,10 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
   const perIp = new ConnectionCounter(options.limits.maxConnectionsPerIp)
   const users = new ConnectionCounter(options.limits.maxConnectionsPerUser)
   const replays = new ReplayLimiter(options.limits.replaysPerIpPerSecond)
-  const replay: ConnectionServices['replay'] = async (entity, entityId, tenantId, since, ip) =>
+  // notify mode resumes from the bus's history, no database read: only the subscribe rate bounds it
+  const limited: ConnectionServices['replay'] = async (entity, entityId, tenantId, since, ip) =>
     await replays.run(ip, async () => await services.replay(entity, entityId, tenantId, since, ip))
+  const replay = options.capture.mode === 'notify' ? services.replay : limited
   // snapshots are database reads too: the same limiter
   const snapshot: ConnectionServices['snapshot'] = async (entity, tenantId, entityIds, ip) =>
     await replays.run(ip, async () => await services.snapshots.entities(entity, tenantId, entityIds))
@@ -150,6 +158,7 @@ export async function registerRoute (fastify: FastifyInstance, services: RouteSe
         identities.set(request, await authenticator.identify(request, reply))
       }
     }, (socket: WebSocket, request) => {
+      if (connections.draining) return socket.close(CloseCode.serviceRestart, restartReason(RETRY_HINT_MS))
       const ip = request.ip
       let identity = identities.get(request)
       identities.delete(request)

@@ -48,6 +48,8 @@ export async function readStates (subscriptions: Subscriptions, entity: EntityTy
       await subscriptions.end(channel)
       return null
     }
+    // on a channel with history, at the position its sockets know
+    if (snapshot.position !== undefined) snapshot.position = subscriptions.services.fanout.positionOf(channel, snapshot.position)
     if (subscription.base !== undefined) subscription.base = snapshot.position ?? null
     return snapshot
   }))

@@ -14,7 +14,7 @@ import { readStates } from './states.js'
 import { isRefusal, resolveTarget, type Refusal } from './target.js'
 import { seatRequest, takeSeat } from './presence.js'
 import {
-  WireError, encodeSubscribed, encodeSubscriptionError, subscriptionIdOf, type EntityRef, type EntitySnapshotData, type SubscribeOneRequest
+  WireError, encodeSubscribed, encodeSubscriptionError, subscriptionIdOf, withSubscriptionId, type EntityRef, type EntitySnapshotData, type SubscribeOneRequest
 } from '../protocol/index.js'
 
 /** How a subscription starts: its reply's fields, the replay written after it, and what the reply carried. */
@@ -63,7 +63,8 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   const presence = seat === null ? undefined : await takeSeat(subscriptions, channel, subscription, seat)
   if (!subscriptions.isCurrent(channel, subscription)) return
   reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot, presence }))
-  if (start.replay !== undefined) socket.writeReplay(channel, start.replay)
+  // a feed's notifications name its subscription
+  if (start.replay !== undefined) socket.writeReplay(channel, req.entityId !== FEED ? start.replay : start.replay.map((r) => ({ ...r, frame: withSubscriptionId(r.frame, subscriptionId) })))
   subscriptions.releaseDeferred(channel, start.carried)
   if (req.watchers === true && !subscription.counted) {
     subscription.counted = true
@@ -80,7 +81,7 @@ async function startFrom (subscriptions: Subscriptions, entity: EntityType, chan
   let recovered: boolean | undefined
   if (req.since !== undefined) {
     const replay = await replayOf(subscriptions, entity, channel, subscription, req.since)
-    if (replay !== null) return { recovered: true, replay, carried: replayedUpTo(replay.at(-1)?.position ?? req.since) }
+    if (replay !== null) return { recovered: true, replay, carried: replayedUpTo(req.since, replay) }
     recovered = false
   }
   if (req.snapshot !== true) return { recovered, carried: null }
@@ -96,9 +97,11 @@ async function replayOf (subscriptions: Subscriptions, entity: EntityType, chann
   const { socket, services } = subscriptions
   subscriptions.defer(channel)
   let frames: ReplayedFrames | null = null
+  let outcome = 'not_recovered'
   try {
     frames = await services.replay(entity, subscription.entityId, subscription.tenantId, since, socket.ip)
   } catch (err) {
+    outcome = 'failed'
     services.log.warn({ connection: socket.id, err: (err as Error).message }, 'changefeed: replay failed; the client refetches')
   }
   // the owner was checked against the document of now; what the entity was before may have been someone
@@ -106,7 +109,10 @@ async function replayOf (subscriptions: Subscriptions, entity: EntityType, chann
   if (frames?.some(({ owner }) => subscriptions.foreign(owner)) === true) {
     services.log.info({ connection: socket.id, entityType: entity.name }, 'changefeed: a replay held another owner\'s documents; the client refetches')
     frames = null
+    outcome = 'foreign'
   }
+  if (frames !== null) outcome = 'recovered'
+  services.counters.resumes[outcome] = (services.counters.resumes[outcome] ?? 0) + 1
   services.counters.replayed += frames?.length ?? 0
   return frames
 }

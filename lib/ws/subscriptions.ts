@@ -49,7 +49,7 @@ export interface SubscriptionServices {
   watcherCounts: WatcherCounts
   presence: Presence
   log: FastifyBaseLogger
-  counters: { replayed: number }
+  counters: { replayed: number, resumes: Record<string, number> }
   filters: Filters
   /** Runs a database read for `ip` within limits.replaysPerIpPerSecond; null when refused. */
   limitRead<T>(ip: string, read: () => Promise<T>): Promise<T | null>
@@ -157,7 +157,8 @@ export class Subscriptions {
 
   /** Delivers a channel's notifications held while its reply was made, without those the reply carried. */
   releaseDeferred (channel: string, carried: Carried | null): void {
-    for (const { frame, meta } of this.deferred?.release(channel, carried) ?? []) this.socket.deliver(frame, meta)
+    const receiver = this.byKey.get(channel)?.receiver ?? this.socket
+    for (const { frame, meta } of this.deferred?.release(channel, carried) ?? []) receiver.deliver(frame, meta)
   }
 
   /** A subscription held by a key of its own (a filtered feed's): the request opens it. */
@@ -268,6 +269,8 @@ export class Subscriptions {
    * the socket. `subscriptionId`: what its notifications name (null: a filtered feed's, named by their filter).
    */
   feedWatcher (subscriptionId: string | null): FeedBatcher {
-    return new FeedBatcher(this.socket, subscriptionId, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)))
+    return new FeedBatcher(this.socket, subscriptionId, this.limits.feedMessagesPerSecond, this.limits.feedBatchIntervalMs, Math.max(1024, Math.floor(this.limits.maxBufferedBytes / 4)),
+      // a filtered feed is never resumed; the type's own feed on this socket may be
+      (frame, meta) => subscriptionId !== null && this.deferred?.intercept(frame, meta) === true)
   }
 }

@@ -212,6 +212,6 @@ t.test('--demo starts on the embedded PostgreSQL and delivers the live match', a
   t.match(n.data, { changeType: 'updated', payloadType: 'full', payload: { id: 'match-1', homeTeamId: 'team-1' } })
   t.type(n.data.payload.homeScore, 'number')
   server.child.kill('SIGTERM')
-  t.equal((await ws.closed).code, 1001, 'SIGTERM closes sockets with 1001')
+  t.equal((await ws.closed).code, 1012, 'SIGTERM drains: sockets closed with 1012 (service restart), to resume elsewhere')
   t.equal((await server.exit).code, 0, 'and exits cleanly')
 })

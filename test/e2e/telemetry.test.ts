@@ -223,7 +223,7 @@ t.test('no credential in a log line or a trace, whatever the route: 404s, /metri
   }
 })
 
-t.test('SIGTERM: sockets get 1001, the process exits, another instance leads at once', async (t) => {
+t.test('SIGTERM: sockets get 1012 (a deploy drains), the process exits, another instance leads at once', async (t) => {
   const redis = await ownBroker(t, 'redis')
   const file = configFile('sigterm.json', {
     databases: [{ name: 'main', url }],
@@ -241,7 +241,7 @@ t.test('SIGTERM: sockets get 1001, the process exits, another instance leads at 
   const ws = await TestClient.open(firstHttp.replace('http', 'ws') + '/ws')
   const stoppedAt = Date.now()
   first.child.kill('SIGTERM')
-  t.equal((await ws.closed).code, 1001)
+  t.equal((await ws.closed).code, 1012)
   t.equal((await first.exit).code, 0)
   t.ok(await until(async () => await leaderOf(secondHttp), 2000), 'the second instance leads')
   t.comment(`took over ${Date.now() - stoppedAt} ms after SIGTERM`)

@@ -56,7 +56,7 @@ t.test('BusMembership: a first watcher: subscribed, then the interest told, then
   watchers.set('A', 3)
   const synced = membership.sync('A', 'Team')
   await turn()
-  t.same(bus.history, [{ op: 'subscribe', channels: ['A'] }])
+  t.same(bus.callLog, [{ op: 'subscribe', channels: ['A'] }])
   t.same(interest.updates, [], 'the interest waits for the subscribe: a publisher that sees it finds the subscription')
   t.equal(await stateOf(synced), 'pending')
   bus.answerNext()
@@ -67,7 +67,7 @@ t.test('BusMembership: a first watcher: subscribed, then the interest told, then
 
   watchers.set('A', 2)
   await membership.sync('A', 'Team')
-  t.equal(bus.history.length, 1, 'a count change needs no bus call')
+  t.equal(bus.callLog.length, 1, 'a count change needs no bus call')
   t.same(interest.updates.at(-1), [{ channel: 'A', entityType: 'Team', count: 2 }], 'but the new count is told')
 })
 
@@ -87,7 +87,7 @@ t.test('BusMembership: syncs made while a round is under way go out as one next 
   bus.answerNext()
   await first
   await turn()
-  t.same(bus.history.slice(1), [{ op: 'subscribe', channels }], 'one subscribe call for the hundred channels')
+  t.same(bus.callLog.slice(1), [{ op: 'subscribe', channels }], 'one subscribe call for the hundred channels')
   t.equal(await stateOf(Promise.race(later)), 'pending', 'their syncs wait for their round')
   bus.answerNext()
   await Promise.all(later)
@@ -106,14 +106,14 @@ t.test('BusMembership: a watcher that leaves while its subscribe is on the way, 
   bus.answerNext()
   await joined
   await turn()
-  t.same(bus.history.at(-1), { op: 'unsubscribe', channels: ['A'] }, 'the next round sees nobody watches')
+  t.same(bus.callLog.at(-1), { op: 'unsubscribe', channels: ['A'] }, 'the next round sees nobody watches')
   watchers.set('A', 1)
   const back = membership.sync('A', 'Team')
   bus.answerNext()
   await left
   await answerAll(bus)
   await back
-  t.same(bus.history.map((c) => c.op), ['subscribe', 'unsubscribe', 'subscribe'], 'a late unsubscribe does not cancel the new watcher')
+  t.same(bus.callLog.map((c) => c.op), ['subscribe', 'unsubscribe', 'subscribe'], 'a late unsubscribe does not cancel the new watcher')
   t.same([...bus.channels], ['A'])
 })
 
@@ -128,13 +128,13 @@ t.test('BusMembership: a failed subscribe rejects that round\'s waiters; a later
   bus.answerNext()
   await x
   await turn()
-  t.same(bus.history.at(-1), { op: 'subscribe', channels: ['A', 'B'] })
+  t.same(bus.callLog.at(-1), { op: 'subscribe', channels: ['A', 'B'] })
   const c = membership.sync('C', 'Team')
   bus.answerNext(new Error('broker down'))
   await Promise.all([t.rejects(a, { message: 'broker down' }), t.rejects(b, { message: 'broker down' }, 'every waiter of the round')])
   t.equal(interest.updates.length, 1, 'the interest is not told of a subscription that failed')
   await turn()
-  t.same(bus.history.at(-1), { op: 'subscribe', channels: ['C'] }, 'the next round runs anyway')
+  t.same(bus.callLog.at(-1), { op: 'subscribe', channels: ['C'] }, 'the next round runs anyway')
   bus.answerNext()
   await c
   t.same([...bus.channels].sort(), ['C', 'X'])
@@ -143,7 +143,7 @@ t.test('BusMembership: a failed subscribe rejects that round\'s waiters; a later
   const again = membership.sync('A', 'Team')
   await answerAll(bus)
   await again
-  t.same(bus.history.at(-1), { op: 'subscribe', channels: ['A'] }, 'retried')
+  t.same(bus.callLog.at(-1), { op: 'subscribe', channels: ['A'] }, 'retried')
   t.same([...bus.channels].sort(), ['A', 'C', 'X'])
 })
 
@@ -162,7 +162,7 @@ t.test('BusMembership: a failed unsubscribe keeps the channel subscribed; a late
   const again = membership.sync('A', 'Team')
   await answerAll(bus)
   await again
-  t.same(bus.history.map((c) => c.op), ['subscribe', 'unsubscribe', 'unsubscribe'])
+  t.same(bus.callLog.map((c) => c.op), ['subscribe', 'unsubscribe', 'unsubscribe'])
   t.equal(membership.channels, 0)
   t.same([...bus.channels], [])
 })
@@ -176,7 +176,7 @@ t.test('BusMembership: a failed interest update rejects the waiters, the subscri
   t.same([...bus.channels], ['A'])
   interest.failing = null
   await membership.sync('A', 'Team')
-  t.equal(bus.history.length, 1, 'not subscribed twice')
+  t.equal(bus.callLog.length, 1, 'not subscribed twice')
   t.same(interest.counts(), new Map([['A', 1]]))
 })
 

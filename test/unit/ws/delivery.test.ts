@@ -177,7 +177,7 @@ t.test('DeferredFrames: held notifications wait, in order, and only on the held 
 t.test('DeferredFrames: after a replay, notifications it carried are dropped until a newer one comes', async (t) => {
   const buffer = new DeferredFrames()
   buffer.defer(A)
-  buffer.release(A, replayedUpTo('0000abcd:5'))
+  buffer.release(A, replayedUpTo('0000abcd:5', []))
   t.equal(intercept(buffer, live(A, '0000abcd:3')), true, 'older: the replay had it')
   t.equal(intercept(buffer, live(A, '0000abcd:5')), true, 'the replay\'s last')
   t.equal(intercept(buffer, live(B, '0000abcd:1')), false, 'another channel is not filtered')
@@ -185,10 +185,19 @@ t.test('DeferredFrames: after a replay, notifications it carried are dropped unt
   t.equal(intercept(buffer, live(A, '0000abcd:2')), false, 'and the filter is gone')
 })
 
+t.test('DeferredFrames: a feed\'s replay holds positions of several epochs: each one it carried is dropped', async (t) => {
+  const buffer = new DeferredFrames()
+  buffer.defer(A)
+  buffer.release(A, replayedUpTo('0000abcd:5', [{ position: '2222abcd:9' }, { position: '0000abcd:6' }]))
+  t.equal(intercept(buffer, live(A, '2222abcd:9')), true, 'carried, of another epoch')
+  t.equal(intercept(buffer, live(A, '0000abcd:6')), true, 'carried, the last')
+  t.equal(intercept(buffer, live(A, '3333abcd:1')), false, 'not carried: delivered')
+})
+
 t.test('DeferredFrames: a position that cannot be compared ends the filter', async (t) => {
   for (const position of [null, 'n:7', '1111abcd:1']) {
     const buffer = new DeferredFrames()
-    buffer.release(A, replayedUpTo('0000abcd:5'))
+    buffer.release(A, replayedUpTo('0000abcd:5', []))
     t.equal(intercept(buffer, live(A, position)), false, String(position))
     t.equal(intercept(buffer, live(A, '0000abcd:4')), false, `nothing filtered after ${String(position)}`)
   }
@@ -202,12 +211,12 @@ t.test('DeferredFrames: forget and clear drop the held notifications and the fil
   t.equal(intercept(buffer, live(A, '0000abcd:10')), false, 'no longer held')
   t.same(buffer.release(A, null), [], 'what was held is gone')
 
-  buffer.release(A, replayedUpTo('0000abcd:5'))
+  buffer.release(A, replayedUpTo('0000abcd:5', []))
   buffer.forget(A)
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false, 'the filter is gone')
 
   buffer.defer(A)
-  buffer.release(B, replayedUpTo('0000abcd:5'))
+  buffer.release(B, replayedUpTo('0000abcd:5', []))
   buffer.clear()
   t.equal(intercept(buffer, live(A, '0000abcd:1')), false)
   t.equal(intercept(buffer, live(B, '0000abcd:1')), false)

@@ -77,7 +77,7 @@ const services: ConnectionServices = {
   log,
   authenticator: {} as Authenticator,
   users: new ConnectionCounter(10),
-  counters: { slowConsumerCloses: 0, conflated: 0, replayed: 0 },
+  counters: { slowConsumerCloses: 0, conflated: 0, replayed: 0, resumes: {} },
   outboundLimits: { highWaterBytes: 100, lowWaterBytes: 50, maxBufferedBytes: 1 << 20, maxHeldFrames: 100, drainIntervalMs: 5 },
   onClosed: () => {},
   replay: async () => null,

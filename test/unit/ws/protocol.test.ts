@@ -62,20 +62,24 @@ t.test('a ping with an id is answered with a pong carrying it, like every other 
   t.same(await ws.next((m) => m.type === 'pong'), { type: 'pong' }, 'no id, none echoed')
 })
 
-t.test('notify mode: every notification has a position; since cannot be replayed, so recovered is false', async (t) => {
-  const { app, client } = await injectedApp(t, { entities })
+t.test('notify mode: every notification has a channel position; since resumes from the history, unless the type keeps none', async (t) => {
+  const { app, client } = await injectedApp(t, { entities: { ...entities, Team: { ...entities.Team, history: false } }, history: { size: 10 } })
   const ws = await client()
   await ws.subscribe('Team', 'team-p')
-  await app.changefeed.publish({ entityType: 'Team', entityId: 'team-p', changeType: 'updated' })
-  await app.changefeed.publish({ entityType: 'Team', entityId: 'team-p', changeType: 'updated' })
+  await ws.subscribe('RugbyGameState', 'match-p')
+  for (const entityType of ['Team', 'Team', 'RugbyGameState']) await app.changefeed.publish({ entityType, entityId: entityType === 'Team' ? 'team-p' : 'match-p', changeType: 'updated' })
   const [a, b] = [await ws.next(isNotification('Team', 'team-p')), await ws.next(isNotification('Team', 'team-p'))]
   t.type(a.data.position, 'string')
   t.not(a.data.position, b.data.position, 'positions tell changes apart')
   ws.send({ type: 'subscribe', id: 's', data: { entityType: 'Team', entityId: 'team-p', since: b.data.position } })
-  t.match(await ws.next((m) => m.id === 's'), { type: 'subscribed', data: { subscriptionId: 'Team:team-p', recovered: false } })
+  t.match(await ws.next((m) => m.id === 's'), { type: 'subscribed', data: { subscriptionId: 'Team:team-p', recovered: false } }, 'history: false')
+  const c = await ws.next(isNotification('RugbyGameState', 'match-p'))
+  t.match(c.data.position, /^[0-9a-f]{8}:1$/, 'a channel position')
+  ws.send({ type: 'subscribe', id: 'h', data: { entityType: 'RugbyGameState', entityId: 'match-p', since: c.data.position } })
+  t.match(await ws.next((m) => m.id === 'h'), { type: 'subscribed', data: { recovered: true } }, 'resumed from the history')
   ws.send({ type: 'subscribe', id: 'n', data: { entityType: 'Team', entityId: 'team-new', since: 'n:42' } })
   t.match(await ws.next((m) => m.id === 'n'), { type: 'subscribed', data: { recovered: false } }, 'also for a new subscription')
-  t.equal(app.changefeed.stats().subscriptions.active, 2)
+  t.equal(app.changefeed.stats().subscriptions.active, 3)
 })
 
 t.test('full payload from a host publish; the frame is the same string for every watcher', async (t) => {

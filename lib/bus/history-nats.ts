@@ -1,0 +1,138 @@
+/**
+ * The NATS bus's history: JetStream streams, one per history limits in use (`<prefix>_HISTORY_<size>_<ttl>`, its
+ * subjects `<prefix>:history.<size>_<ttl>.<channel>`), with `max_msgs_per_subject` = size and `max_age` = ttl. A
+ * message is stored first (JetStream acks it with its stream sequence, the offset of its position; the epoch is the
+ * stream's, drawn from when it was created, so a stream made again never reads an older position), then published
+ * live on the channel. A change carried on several channels names its position in a header on the others.
+ *
+ * One instance publishes a channel's messages in order; two instances publishing on one channel at the same moment
+ * (a host's publishes on several instances) may be delivered live in another order than stored.
+ */
+import { createHash } from 'node:crypto'
+import { headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
+import { subjectOf } from './subjects.js'
+import { sinceOf, withPosition, type ChannelHistory, type HistoryLimits } from './history.js'
+
+const POSITION = 'Changefeed-Position'
+const GAP = '$gap'
+/** a change carried on several channels is stored on each within this many messages of its first */
+const SEARCH = 20
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+interface Stream { name: string, subjects: string, epoch: string }
+
+/** JetStream's direct get (`allow_direct` streams; nats.js has it on its manager without declaring it) */
+interface DirectGet { getMessage(stream: string, query: { last_by_subj: string } | { next_by_subj: string, seq: number }): Promise<StoredMsg> }
+const directOf = (jsm: JetStreamManager): DirectGet => (jsm as unknown as { direct: DirectGet }).direct
+
+export class NatsHistory implements ChannelHistory {
+  readonly bytes = null
+  private readonly js: JetStreamClient
+  private jsm: Promise<JetStreamManager> | null = null
+  private readonly streams = new Map<string, Promise<Stream>>()
+  private readonly base: string
+  private readonly token: string
+
+  /** `publish`: the live publish on the channel */
+  constructor (private readonly nc: NatsConnection, prefix: string, private readonly publish: (channel: string, message: string) => Promise<void>) {
+    this.js = nc.jetstream()
+    this.base = prefix.replace(/[^A-Za-z0-9_-]/g, '_') + '_HISTORY'
+    this.token = subjectOf(prefix + ':history')
+  }
+
+  private async manager (): Promise<JetStreamManager> {
+    this.jsm ??= this.nc.jetstreamManager()
+    return await this.jsm
+  }
+
+  /** The stream of these limits, made (or brought to them) the first time. */
+  private async streamOf (limits: HistoryLimits): Promise<Stream> {
+    const key = `${limits.size}_${Math.ceil(limits.ttlSeconds)}`
+    let stream = this.streams.get(key)
+    if (stream === undefined) {
+      stream = this.open(this.base + '_' + key, `${this.token}.${key}`, limits)
+      this.streams.set(key, stream)
+      // a failure is tried again by the next message
+      stream.catch(() => this.streams.delete(key))
+    }
+    return await stream
+  }
+
+  private async open (name: string, subjects: string, limits: HistoryLimits): Promise<Stream> {
+    const jsm = await this.manager()
+    const config = { name, subjects: [subjects + '.>'], storage: StorageType.Memory, retention: RetentionPolicy.Limits, max_msgs_per_subject: limits.size, max_age: nanos(Math.ceil(limits.ttlSeconds) * 1000), allow_direct: true }
+    const info = await jsm.streams.add(config).catch(async (err: unknown) => {
+      if (!(err instanceof NatsError)) throw err
+      return await jsm.streams.info(name)
+    })
+    return { name, subjects, epoch: createHash('sha1').update(name + String(info.created)).digest('hex').slice(0, 8) }
+  }
+
+  async append (channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string> {
+    let stream = await this.streamOf(limits)
+    const h = headers()
+    if (position !== undefined) h.set(POSITION, position)
+    const store = async (): Promise<{ seq: number }> => await this.js.publish(`${stream.subjects}.${subjectOf(channel)}`, encoder.encode(message), { headers: h })
+    let ack
+    try {
+      ack = await store()
+    } catch {
+      // the stream may be gone (deleted, the server restarted and its memory lost): made again, with a new epoch
+      this.streams.clear()
+      stream = await this.streamOf(limits)
+      ack = await store()
+    }
+    const at = position ?? stream.epoch + ':' + String(ack.seq)
+    await this.publish(channel, withPosition(at, message))
+    return at
+  }
+
+  async after (channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null> {
+    const at = sinceOf(since)
+    if (at === null || limits === undefined) return null
+    const stream = await this.streamOf(limits)
+    // every position of the stream's channels is of its epoch
+    if (at.epoch !== stream.epoch) return null
+    const jsm = await this.manager()
+    const subject = `${stream.subjects}.${subjectOf(channel)}`
+    const direct = directOf(jsm)
+    const gap = await direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).then((m) => m.seq, () => 0)
+    const out: string[] = []
+    let found = false
+    // the messages of the subject from the one at `since` (its own, or the first channel's sequence) on
+    for (let seq = at.pos, searched = 0; ; searched++) {
+      const stored = await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(() => null)
+      if (stored === null) break
+      // (a header not set reads '')
+      const named = stored.header?.get(POSITION) ?? ''
+      const position = named !== '' ? named : stream.epoch + ':' + String(stored.seq)
+      if (found) out.push(withPosition(position, decoder.decode(stored.data)))
+      else if (position === since) {
+        if (stored.seq <= gap) return null
+        found = true
+      } else if (searched >= SEARCH) return null
+      seq = stored.seq + 1
+    }
+    return found ? out : null
+  }
+
+  async reset (channel: string): Promise<void> {
+    const jsm = await this.manager()
+    for (const stream of this.streams.values()) {
+      const { name, subjects } = await stream
+      await jsm.streams.purge(name, { filter: `${subjects}.${subjectOf(channel)}` })
+    }
+  }
+
+  /** A marker in every history stream: no resume may pass its sequence. */
+  async markGap (): Promise<void> {
+    const jsm = await this.manager()
+    for await (const name of jsm.streams.names()) {
+      if (!name.startsWith(this.base + '_')) continue
+      const info = await jsm.streams.info(name)
+      const subjects = info.config.subjects[0].slice(0, -2)
+      await this.js.publish(`${subjects}.${GAP}`, new Uint8Array(0))
+    }
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * History per channel, kept where the bus lives (a ring in this process, a Redis stream) and written by the one
+ * publish that delivers a message, so its order is the delivery order. A change goes out on several channels (its
+ * entity's, every tenant's, its type's feeds): the first it is appended to gives it a position, `<epoch>:<offset>`
+ * (that channel's epoch, and the message's offset in it), and it carries that one position on every channel, live
+ * and in their histories alike, as
+ *
+ *   @<epoch>:<offset> <message>
+ *
+ * so a client watching the entity and its feed tells the one change on both. The epoch is drawn anew whenever a
+ * channel's history starts again (first message, expired, lost by the broker, or a change of the channel lost:
+ * `reset`), so a position of an older history is never read in a newer one. A resume (`after`) is exact or refused:
+ * the entry at `since` must be held, and no gap (changes that never reached the history, `markGap`) marked after it
+ * was written.
+ */
+import { randomBytes } from 'node:crypto'
+import type { ResolvedOptions } from '../options.js'
+import { parsePosition } from '../protocol/wire.js'
+
+/** How much of a channel's past is kept. */
+export interface HistoryLimits {
+  /** messages kept */
+  size: number
+  /** the history is dropped this long after the channel's last message */
+  ttlSeconds: number
+}
+
+export interface ChannelHistory {
+  /**
+   * Publishes `message` on `channel` and appends it to the channel's history, in one step, at `position` (the change's,
+   * given by the channel it went to first), or at the channel's next one; resolves with the position (undefined: the
+   * channel keeps no history after all, and it was published as is).
+   */
+  append(channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string | undefined>
+  /**
+   * The messages after `since` (as they went out: with their position), oldest first; null when they cannot all be
+   * given (another epoch, no longer held, or a gap marked after `since`). `limits`: the channel's (where they say
+   * where its history is kept).
+   */
+  after(channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null>
+  /** A message of the channel was lost: its history starts again, with a new epoch. */
+  reset(channel: string): Promise<void>
+  /** Messages may have been lost on any channel (a listener gap): no resume may cross this moment. */
+  markGap(): Promise<void>
+  /** bytes of history held by this process (null: held by the broker) */
+  readonly bytes: number | null
+}
+
+/** A new epoch: eight hex digits, as every resumable position has. */
+export const newEpoch = (): string => randomBytes(4).toString('hex')
+
+/** A message as a channel with history carries it. */
+export const withPosition = (position: string, message: string): string => '@' + position + ' ' + message
+
+/** A message's channel position and the message; position null for a message of a channel without history. */
+export function splitPosition (message: string): { position: string | null, message: string } {
+  if (message[0] !== '@') return { position: null, message }
+  const end = message.indexOf(' ')
+  return end < 0 ? { position: null, message } : { position: message.slice(1, end), message: message.slice(end + 1) }
+}
+
+/** The epoch and offset of a resume's `since`; null for a string that is not a position. */
+export const sinceOf = (since: string): { epoch: string, pos: number } | null => parsePosition(since)
+
+/**
+ * The history of a type's channels: null when it has none (outbox mode keeps its own; `history: false`; size 0).
+ */
+export function historyLimitsOf (options: Pick<ResolvedOptions, 'history' | 'entities' | 'capture'>): (entityType: string) => HistoryLimits | null {
+  if (options.capture.mode !== 'notify') return () => null
+  const own = new Map<string, HistoryLimits | null>()
+  const top = options.history
+  return (entityType) => {
+    let limits = own.get(entityType)
+    if (limits !== undefined) return limits
+    const declared = options.entities[entityType]?.history
+    const merged = declared === false ? null : { size: declared?.size ?? top.size, ttlSeconds: declared?.ttlSeconds ?? top.ttlSeconds }
+    limits = merged === null || merged.size === 0 ? null : merged
+    own.set(entityType, limits)
+    return limits
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * One contract for every provider's channel history (lib/bus/history.ts): positions of one epoch in publish order,
+ * the message delivered live as stored, a change's position carried on its other channels, `after` exact or null
+ * (unknown, another epoch, trimmed), `reset` starting a channel again with a new epoch, and `markGap` refusing every
+ * resume from before it.
+ */
+import t from 'tap'
+import Fastify from 'fastify'
+import { randomUUID } from 'node:crypto'
+import { createBus, openBroker, type PubSub } from '../../../lib/bus/index.js'
+import { resolveOptions } from '../../../lib/options.js'
+import { splitPosition } from '../../../lib/bus/history.js'
+import { MemoryHistory } from '../../../lib/bus/history-memory.js'
+import { NATS_URL, REDIS_URL, requireService } from '../../helpers/brokers.js'
+import { until } from '../../helpers/wait.js'
+
+await requireService('Redis')
+await requireService('NATS')
+
+type Provider = 'memory' | 'redis' | 'nats'
+const urls: Record<Provider, string | undefined> = { memory: undefined, redis: REDIS_URL, nats: NATS_URL }
+const limits = { size: 5, ttlSeconds: 60 }
+
+async function busOf (t: { teardown(fn: () => unknown): void }, provider: Provider): Promise<{ bus: PubSub, received: string[] }> {
+  const app = Fastify()
+  const prefix = `hc-${randomUUID().slice(0, 8)}`
+  const options = resolveOptions({ bus: { provider, url: urls[provider], prefix } }).bus
+  let bus: PubSub | undefined
+  let close = async (): Promise<void> => {}
+  await app.register(async (scope) => {
+    const broker = await openBroker(scope, options)
+    bus = createBus(broker, scope.log, prefix)
+    close = async () => { await bus!.close(); await broker.close() }
+  })
+  await app.ready()
+  t.teardown(async () => { await close(); await app.close() })
+  const received: string[] = []
+  bus!.onMessage((_channel, message) => received.push(message))
+  return { bus: bus!, received }
+}
+
+for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
+  t.test(`${provider}: the history contract`, async (t) => {
+    const { bus, received } = await busOf(t, provider)
+    const history = bus.history!
+    const [one, feed] = [`hc:Team:${randomUUID()}`, `hc:Team:*:${randomUUID()}`]
+    await bus.subscribe([one, feed])
+    const positions: string[] = []
+    for (let i = 1; i <= 3; i++) {
+      const at = (await history.append(one, `m${i}`, limits))!
+      positions.push(at)
+      t.equal(await history.append(feed, `m${i}`, limits, at), at, 'carried on the change\'s other channel')
+    }
+    t.ok(positions.every((p) => /^[0-9a-f]{8}:\d+$/.test(p) && p.split(':')[0] === positions[0].split(':')[0]), `one epoch: ${positions.join(' ')}`)
+    t.ok(await until(() => received.length === 6), 'delivered live')
+    t.same(received.filter((_, i) => i % 2 === 0).map(splitPosition), positions.map((position, i) => ({ position, message: `m${i + 1}` })), 'as stored, with the position')
+
+    t.same(await history.after(one, positions[0], limits), received.filter((_, i) => i % 2 === 0).slice(1), 'after the first: the two later ones, as they went out')
+    t.same(await history.after(feed, positions[1], limits), received.filter((_, i) => i % 2 === 1).slice(2), 'a feed by the change\'s position')
+    t.same(await history.after(one, positions[2], limits), [], 'nothing missed')
+    t.equal(await history.after(one, 'ffffffff:1', limits), null, 'another epoch')
+    t.equal(await history.after(one, 'n:42', limits), null, 'not a position')
+    t.equal(await history.after(`hc:Team:${randomUUID()}`, positions[0], limits), null, 'another channel')
+
+    for (let i = 4; i <= 12; i++) await history.append(one, `m${i}`, limits)
+    if (provider !== 'redis') t.equal(await history.after(one, positions[0], limits), null, 'trimmed past the window')
+
+    await history.markGap()
+    const fresh = (await history.append(one, 'after the gap', limits))!
+    t.equal(await history.after(one, positions[2], limits), null, 'no resume passes a gap')
+    t.same(await history.after(one, fresh, limits), [], 'one from after it does')
+
+    await history.reset(one)
+    const again = (await history.append(one, 'again', limits))!
+    if (provider !== 'nats') t.not(again.split(':')[0], fresh.split(':')[0], 'a new epoch')
+    t.equal(await history.after(one, fresh, limits), null, 'nothing from before the reset')
+  })
+}
+
+t.test('memory: a quiet channel\'s ring is dropped after its ttl, and what it held is counted', async (t) => {
+  let now = 1000
+  const history = new MemoryHistory(async () => {}, () => now)
+  t.teardown(() => history.close())
+  const at = (await history.append('c', 'x'.repeat(100), { size: 2, ttlSeconds: 1 }))!
+  await history.append('d', 'y', { size: 2, ttlSeconds: 10 })
+  t.ok(history.bytes > 100)
+  now += 1500
+  t.equal(await history.after('c', at), null, 'expired')
+  history.sweep()
+  t.ok(history.bytes < 100, 'dropped by the sweep')
+  const next = (await history.append('c', 'z', { size: 2, ttlSeconds: 1 }))!
+  t.not(next.split(':')[0], at.split(':')[0], 'a new epoch after it expired')
+})
