@@ -18,7 +18,7 @@ import { OwedResyncs } from './resync.js'
 import { channelsOf } from './channels.js'
 import type { Notice, Notices } from './notices.js'
 import { publishedChange, type PublishInput } from './published.js'
-import { InOrder } from './order.js'
+import { ChangeOrder, type Turns } from './order.js'
 import { Deltas, type DeltaFrame } from './deltas.js'
 
 export interface RouterCounters {
@@ -77,9 +77,8 @@ export class ChangeRouter {
   /**
    * Captured changes are handed on in the order they came (commit order) across entities too: a change that waits
    * for a read would otherwise be overtaken, and a feed's watchers, and a snapshot's "seen until the first unseen"
-   * (lib/reads/snapshot.ts), rely on that order. The work of each change (interest checks, reads) still runs at once.
-   */
-  private readonly order = new InOrder()
+   * (lib/reads/snapshot.ts), rely on that order; each joins its entity's chain in that order too (lib/route/order.ts). */
+  private readonly order = new ChangeOrder()
   /** host publishes so far: numbers their positions */
   private published = 0
   /** tables of unknown changes, and when the database was last scanned for them */
@@ -101,9 +100,9 @@ export class ChangeRouter {
     const turn = this.order.take()
     try {
       this.counters.changes++
-      if (change.truncated !== undefined) return await this.truncated(change, turn.ready)
+      if (change.truncated !== undefined) return await this.truncated(change, turn)
       const entity = await this.entityOf(change)
-      return entity === undefined || !(await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure }) instanceof Error)
+      return entity === undefined || !(await turn.join(async () => await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure })) instanceof Error)
     } finally {
       turn.done()
     }
@@ -120,7 +119,7 @@ export class ChangeRouter {
     let outcome: Outcome
     try {
       this.counters.changes++
-      outcome = await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure: false })
+      outcome = await turn.join(async () => await this.routeInOrder(entity, change, turn.ready, { stopAfterFailure: false }))
     } finally {
       turn.done()
     }
@@ -133,9 +132,10 @@ export class ChangeRouter {
   }
 
   /** A TRUNCATE: the watchers of what it emptied refetch, once the changes before it are handed on. */
-  private async truncated (change: Change, turn: Promise<void>): Promise<boolean> {
+  private async truncated (change: Change, turn: Turns): Promise<boolean> {
+    turn.pass()
     const targets = await this.s.notices.truncations.targetsOf(change)
-    await turn
+    await turn.ready
     if (targets !== null) this.owed.oweTypes(change.database, targets.types, targets.tenants, 'truncated')
     return true
   }

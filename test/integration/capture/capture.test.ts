@@ -156,7 +156,9 @@ t.test('tables created after the start are captured', async (t) => {
   const reply = await ws.subscribe('ScoreBoard', 's-1', 'again')
   t.match(reply, { type: 'subscribed', data: { entityType: 'ScoreBoard' } }, 'discovered, named after mt_dotnet_type')
   await sql.query('UPDATE mt_doc_scoreboard SET data = \'{"x":1}\' WHERE id = \'s-1\'')
-  t.equal((await ws.next(isNotification('ScoreBoard', 's-1'))).data.changeType, 'updated')
+  // the insert before the scan waited for one to learn its type: it may come to the new subscriber first
+  await ws.next((m) => isNotification('ScoreBoard', 's-1')(m) && m.data.changeType === 'updated')
+  t.ok(ws.messages.filter(isNotification('ScoreBoard', 's-1')).every((m) => m.data.changeType === 'created'), 'besides it, at most the insert')
 })
 
 t.test('discovered types without a name in mt_dotnet_type answer to their table name in any case', async (t) => {

@@ -37,7 +37,7 @@ function change (id: string, txid: number, inline: boolean): Change {
 }
 
 /** A router on fakes: `read` holds every document read until the test resolves it. */
-function routerWith (read: Deferred, stream: Array<{ entityId: string, position: string }> | null = null): { router: ChangeRouter, published: string[] } {
+function routerWith (read: Deferred, stream: Array<{ entityId: string, position: string }> | null = null, scan: Promise<void> = Promise.resolve()): { router: ChangeRouter, published: string[], registry: EntityRegistry } {
   const db = {
     name: 'main',
     async query<R>(): Promise<R[]> {
@@ -58,12 +58,12 @@ function routerWith (read: Deferred, stream: Array<{ entityId: string, position:
     bus,
     prefix: 'cf',
     log,
-    scanner: { rescanDatabase: async () => {} },
+    scanner: { rescanDatabase: async () => { await scan } },
     stream: sink,
     instanceId: 'instance-1',
     deltaCacheBytes: 0
   })
-  return { router, published }
+  return { router, published, registry }
 }
 
 t.test('a host\'s publish takes the same route: its turn behind a captured change being read, and the stream', async (t) => {
@@ -93,4 +93,20 @@ t.test('a change that waits for its document read is not overtaken by the change
   read.resolve()
   for (let i = 0; i < 20; i++) await turn()
   t.same(published, ['n:1', 'n:2', 'n:3'], 'in the order they came')
+})
+
+t.test('a change whose table was made a moment ago waits for a scan; a later change of its entity waits behind it, not the other way round', async (t) => {
+  const scan = new Deferred()
+  const { router, published, registry } = routerWith(new Deferred(), null, scan.promise)
+  const coach = (txid: number): Change => ({ ...change('c-1', txid, true), table: 'mt_doc_coach' })
+  router.routeCaptured(coach(1))
+  for (let i = 0; i < 5; i++) await turn()
+  // the type is found meanwhile (another scan, the event trigger's note): the next change knows it at once
+  registry.discover('main', 'public', 'mt_doc_coach', null, false)
+  router.routeCaptured(coach(2))
+  for (let i = 0; i < 20; i++) await turn()
+  t.same(published, [], 'the later change waits for the earlier one')
+  scan.resolve()
+  for (let i = 0; i < 20; i++) await turn()
+  t.same(published, ['n:1', 'n:2'], 'both leave, in the order they came')
 })
