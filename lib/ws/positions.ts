@@ -4,14 +4,18 @@
  * channel; here, once per channel on each instance, it is made to say the channel's position.
  *
  * A `delta` type's patch applies to the document of the change before it: its base is told by that change's own
- * position, which the sockets never saw. The last change of each channel is remembered with the channel position
- * it went out at, so the patch can name its base as the sockets know it (a patch whose base is not the channel's
- * last message is dropped: the change goes out full), and so can a snapshot read at that change.
+ * position, which the sockets never saw. The channel's last few changes are remembered with the channel position
+ * each went out at, so the patch can name its base as the sockets know it (a patch whose base this instance did not
+ * pass on goes out full), and so can a snapshot read at that change. A few, not one: an event stream's appends go
+ * out on the aggregate's channel between two of its document's changes.
  */
 import type { Envelope } from '../route/envelope.js'
 import { atPosition } from '../protocol/index.js'
 
-interface Last {
+/** changes remembered per channel */
+const REMEMBERED = 8
+
+interface Sent {
   /** the change's own position */
   change: string | null
   /** the channel position it went out at */
@@ -19,8 +23,8 @@ interface Last {
 }
 
 export class ChannelPositions {
-  /** per watched channel (its local entry: forgotten with it) */
-  private readonly last = new WeakMap<object, Last>()
+  /** per watched channel (its local entry: forgotten with it), newest last */
+  private readonly sent = new WeakMap<object, Sent[]>()
 
   /** The envelope as the channel's sockets get it: its frames at the channel position. `channel`: its local entry. */
   apply (channel: object, envelope: Envelope): void {
@@ -28,11 +32,14 @@ export class ChannelPositions {
     if (at === undefined) return
     envelope.frame = atPosition(envelope.frame, at)
     const { delta } = envelope
-    const before = this.last.get(channel)
-    this.last.set(channel, { change: envelope.position, at })
+    let sent = this.sent.get(channel)
+    if (sent === undefined) this.sent.set(channel, sent = [])
+    const base = delta === undefined ? undefined : sent.find((s) => s.change === delta.base)
+    sent.push({ change: envelope.position, at })
+    if (sent.length > REMEMBERED) sent.shift()
     if (envelope.payloadType === 'delta') {
-      if (delta !== undefined && before !== undefined && before.change === delta.base) {
-        envelope.delta = { frame: atPosition(delta.frame, at, before.at), base: before.at }
+      if (delta !== undefined && base !== undefined) {
+        envelope.delta = { frame: atPosition(delta.frame, at, base.at), base: base.at }
       } else delete envelope.delta
     }
     envelope.position = at
@@ -40,10 +47,9 @@ export class ChannelPositions {
 
   /**
    * A snapshot's position (the change that last wrote the row) as the channel's sockets know it: the channel position
-   * its last message went out at, when that was this change; else unchanged (not resumable, and no patch base).
+   * that change went out at, when it is one of the last few; else unchanged (not resumable, and no patch base).
    */
   translate (channel: object, position: string): string {
-    const last = this.last.get(channel)
-    return last !== undefined && last.change === position ? last.at : position
+    return this.sent.get(channel)?.find((s) => s.change === position)?.at ?? position
   }
 }

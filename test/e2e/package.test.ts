@@ -162,7 +162,7 @@ t.test('its bin runs the demo from the host directory and stops on SIGTERM', asy
   t.match((await ws.next(isNotification('RugbyGameState', 'match-1'), 10_000)).data, { changeType: 'updated', payloadType: 'full', payload: { id: 'match-1' } })
   const stoppedAt = Date.now()
   server.child.kill('SIGTERM')
-  t.equal((await ws.closed).code, 1001, 'sockets get 1001')
+  t.equal((await ws.closed).code, 1012, 'sockets are drained with 1012 (service restart)')
   t.equal((await server.exit).code, 0, 'exits cleanly')
   t.ok(Date.now() - stoppedAt < 10_000, `within 10 s (${Date.now() - stoppedAt} ms)`)
 })

@@ -62,7 +62,8 @@ t.test('live queries: snapshots, many entities, filtered feeds', async (t) => {
     t.match(await ask(c, 'subscribe', { entityType: 'Player', entityId: 'nobody', snapshot: true }), { data: { snapshot: { payload: null, version: null } } })
     await sql.query('INSERT INTO mt_doc_team (id, data) VALUES ($1, $2)', ['snap-team', '{"name":"Reds"}'])
     const team = await ask(c, 'subscribe', { entityType: 'Team', entityId: 'snap-team', snapshot: true })
-    t.match(team, { data: { snapshot: { version: String, position: /^n:/ } } })
+    // the transaction's position, or, when the insert went out on the channel here already, the channel's
+    t.match(team, { data: { snapshot: { version: String, position: /^(n:\d+|[0-9a-f]+:\d+)$/ } } })
     t.notOk('payload' in team.data.snapshot, 'a minimal type\'s snapshot has no document')
     // the next change comes after the snapshot
     await write('mt_doc_player', 'snap-1', { name: 'Ada', teamId: 'team-2' })
