@@ -77,20 +77,20 @@ export class OwedResyncs {
     try {
       // changes that never reached the channels' history: no resume may pass them
       if (this.databases.size > 0 || this.types.size > 0) await this.bus.history?.markGap()
+      // each taken out before it is sent: the same debt owed again while it is on its way stays owed
       for (const [database, reason] of [...this.databases]) {
-        await this.bus.publish(gapChannelOf(this.prefix), JSON.stringify({ database, reason }))
         this.databases.delete(database)
+        await this.sent(() => this.bus.publish(gapChannelOf(this.prefix), JSON.stringify({ database, reason })), () => this.databases.set(database, this.databases.get(database) ?? reason))
         this.log.warn({ database, reason }, 'changefeed: changes lost; every watcher of the database told to resync')
       }
       for (const message of [...this.types]) {
-        await this.bus.publish(gapChannelOf(this.prefix), message)
         this.types.delete(message)
+        await this.sent(() => this.bus.publish(gapChannelOf(this.prefix), message), () => this.types.add(message))
       }
       for (const [channel, message] of [...this.owed]) {
-        // the lost change is not in the channel's history: it starts again (a new epoch), so no resume passes it
-        await this.bus.history?.reset(channel)
-        await this.bus.publish(channel, message)
         this.owed.delete(channel)
+        // the lost change is not in the channel's history: it starts again (a new epoch), so no resume passes it
+        await this.sent(async () => { await this.bus.history?.reset(channel); await this.bus.publish(channel, message) }, () => this.owed.set(channel, this.owed.get(channel) ?? message))
         this.published++
       }
     } catch {
@@ -100,6 +100,16 @@ export class OwedResyncs {
       this.settling = false
     }
     if (this.owed.size > 0 || this.databases.size > 0 || this.types.size > 0) this.schedule(refused ? RETRY_MS : 0)
+  }
+
+  /** Sends; when the bus refuses, the debt is owed again (unless owed anew meanwhile) and the refusal goes on. */
+  private async sent (send: () => Promise<unknown>, oweAgain: () => void): Promise<void> {
+    try {
+      await send()
+    } catch (err) {
+      oweAgain()
+      throw err
+    }
   }
 
   close (): void {

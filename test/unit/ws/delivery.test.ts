@@ -460,3 +460,16 @@ t.test('the ping sweep visits a tenth of the sockets per tick, each once per int
   for (let tick = 0; tick < 20; tick++) clock.advance(3000)
   t.equal(pinged.length, after, 'no sweep after closeAll')
 })
+
+t.test('OwedResyncs: the same resync owed again while it is on its way is sent again', async (t) => {
+  const { clock, bus, resyncs } = owed(t)
+  const hold = new Deferred()
+  const publish = bus.publish.bind(bus)
+  bus.publish = async (channel: string, message: string): Promise<void> => { await hold.promise; await publish(channel, message) }
+  resyncs.oweTypes('main', ['Team'], null, 'rebuilt')
+  await advance(clock, 1)
+  resyncs.oweTypes('main', ['Team'], null, 'rebuilt')
+  hold.resolve()
+  for (let i = 0; i < 5; i++) await advance(clock, 1)
+  t.equal(bus.published.length, 2, 'the second loss came after the first resync left: it is told too')
+})
