@@ -42,8 +42,11 @@ export class WatchedTables {
   judging = false
   /** "database.schema.table" → the oid it had when last seen: a new one means it was made again */
   private readonly oids = new Map<string, string>()
-  /** tables whose trigger was put on in the transaction that made them (a rebuild's end): nothing was missed */
-  private readonly fresh = new Set<string>()
+  /**
+   * tables whose trigger was put on in the transaction that made them (a rebuild's end): nothing was missed. Each
+   * with the oid known when the note came, so a mark is never taken for a later table of the name
+   */
+  private readonly fresh = new Map<string, string | undefined>()
   /** what was said of a table's row-level security ("database.schema.table" → the setting, or '' when bypassed) */
   private readonly security = new Map<string, string>()
 
@@ -198,7 +201,9 @@ export class WatchedTables {
     const where = `${database}.${found.schema}.${found.table}`
     const before = this.oids.get(where)
     this.oids.set(where, found.oid)
-    const fresh = this.fresh.delete(where)
+    // a mark is for the table that replaced the one known when it was made, and is spent on the first one seen
+    const fresh = this.fresh.has(where) && this.fresh.get(where) === before
+    if (before !== found.oid) this.fresh.delete(where)
     if (before === undefined || before === found.oid || fresh || entity === undefined || found.error !== null) return
     this.log.info({ database, schema: found.schema, table: found.table, entityType: entity.name }, 'changefeed: a watched table was made again; its watchers resync')
     this.events.onTypes(database, [entity.name], 'rebuilt')
@@ -206,7 +211,8 @@ export class WatchedTables {
 
   /** The event trigger put the trigger on a table in the transaction that made it (sql/changefeed.sql, changefeed_on_drop). */
   markFresh (database: string, schema: string, table: string): void {
-    this.fresh.add(`${database}.${schema}.${table}`)
+    const where = `${database}.${schema}.${table}`
+    this.fresh.set(where, this.oids.get(where))
   }
 
   /** Row-level security on a watched table: its reads set the tenant where it applies; said once per table and state. */
@@ -227,10 +233,10 @@ export class WatchedTables {
 
   /** A database gone (a tenant's, removed from the registry): what was known of it. */
   forgetDatabase (database: string): void {
-    for (const state of [this.untriggered, this.oids, this.security]) {
+    for (const state of [this.untriggered, this.oids, this.security, this.fresh]) {
       for (const key of state.keys()) if (key.startsWith(database + '.')) state.delete(key)
     }
-    for (const state of [this.missing, this.fresh]) for (const key of state) if (key.startsWith(database + '.')) state.delete(key)
+    for (const key of this.missing) if (key.startsWith(database + '.')) this.missing.delete(key)
     for (const key of this.notThere) if (key.startsWith(database + '\u0000')) this.notThere.delete(key)
   }
 }
