@@ -52,3 +52,17 @@ export async function role (t: Teardown, url: string, label: string, schemas: st
     }
   }
 }
+
+/**
+ * A forger's lever: a temporary table whose rows, inserted, make a trigger of the role's own call
+ * changefeed_announce for `relation` with the row's `note` (a writer's way to try announcing what it did not write).
+ */
+export function announceLeverSql (relation: string): string {
+  return `CREATE TEMP TABLE lever (note jsonb);
+    CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+      PERFORM public_changefeed.changefeed_announce('${relation}'::regclass, NEW.note);
+      RETURN NULL;
+    END $f$;
+    CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`
+}

@@ -7,7 +7,7 @@
 import t from 'tap'
 import type pg from 'pg'
 import { freshDatabase, martenTableSql, sqlClient } from '../../helpers/services.js'
-import { role } from '../../helpers/roles.js'
+import { role, announceLeverSql } from '../../helpers/roles.js'
 import { startApp } from '../../helpers/app.js'
 import { until } from '../../helpers/wait.js'
 import { isNotification } from '../../helpers/client.js'
@@ -61,13 +61,7 @@ t.test('a writer\'s own trigger cannot make changefeed_announce send the event t
   await sql.query(`GRANT SELECT, INSERT ON mt_doc_team TO ${writer.name}`)
   t.ok(await announces(writer.name), 'it may announce its changes')
   const forger = await writer.client()
-  await forger.query(`CREATE TEMP TABLE lever (note jsonb);
-    CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
-    BEGIN
-      PERFORM public_changefeed.changefeed_announce('public.mt_doc_team'::regclass, NEW.note);
-      RETURN NULL;
-    END $f$;
-    CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`)
+  await forger.query(announceLeverSql('public.mt_doc_team'))
   // (a note that the table failed is kept until the next scan; 'dropped' or 'installed' would make the server scan)
   await forger.query('INSERT INTO lever VALUES ($1)', [{ ddl: 'failed', error: 'forged' }])
   // a real change after them: by the time it arrives, so have the notes

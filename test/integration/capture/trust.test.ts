@@ -14,7 +14,7 @@ import fastifyPostgres from '@fastify/postgres'
 import changefeed from '../../../lib/index.js'
 import { packageRoot } from '../../../lib/package.js'
 import { freshDatabase, martenTableSql, sqlClient } from '../../helpers/services.js'
-import { role } from '../../helpers/roles.js'
+import { role, announceLeverSql } from '../../helpers/roles.js'
 import { startApp } from '../../helpers/app.js'
 import { isNotification, type TestClient } from '../../helpers/client.js'
 import { until } from '../../helpers/wait.js'
@@ -194,13 +194,7 @@ t.test('a writer of one watched table cannot announce changes of another from a 
   const ws = await client()
   await ws.subscribe('RugbyGameState', 'm-1')
   const db = await writer.client()
-  await db.query(`CREATE TEMP TABLE lever (note jsonb);
-    CREATE FUNCTION pg_temp.pull() RETURNS trigger LANGUAGE plpgsql AS $f$
-    BEGIN
-      PERFORM public_changefeed.changefeed_announce('public.mt_doc_rugbygamestate'::regclass, NEW.note);
-      RETURN NULL;
-    END $f$;
-    CREATE TRIGGER lever AFTER INSERT ON lever FOR EACH ROW EXECUTE FUNCTION pg_temp.pull()`)
+  await db.query(announceLeverSql('public.mt_doc_rugbygamestate'))
   // in a transaction that wrote the table it may write, a change of the match; then a TRUNCATE of it
   await db.query('BEGIN; INSERT INTO mt_doc_team (id, data) VALUES (\'t-forger\', \'{}\')')
   await db.query('INSERT INTO lever VALUES ($1)', [{ id: 'm-1', op: 'U', d: { homeScore: 1000 } }])
