@@ -17,7 +17,7 @@ import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
 import { createBus, openBroker } from './bus/index.js'
-import { historyLimitsOf } from './bus/history.js'
+import { historyLimitsOf, historyLingerOf } from './bus/history.js'
 import { createInterest } from './interest/index.js'
 import { createPresence } from './presence/index.js'
 import { ChangeRouter } from './route/router.js'
@@ -86,7 +86,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const fanout = new Fanout(options.bus.prefix, registry, log, telemetry)
     closers.add(() => fanout.close())
     const instanceId = randomUUID()
-    const interest = await createInterest(broker, options.bus, instanceId, fanout.store, log)
+    const interest = await createInterest(broker, options.bus, instanceId, fanout.store, log, historyLingerOf(historyLimitsOf(options)))
     closers.add(async () => await interest.close())
     bus.onMessage(fanout.onBusMessage)
     // a bus gap: this instance may have missed messages, so its watchers resync (what it failed to publish the router owes)
@@ -129,7 +129,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     })
     const authenticator = new Authenticator(options.auth, log, options.limits.maxAuthFailuresPerMinute)
     const connections = await registerRoute(fastify, {
-      options, registry, policy, authenticator, fanout, presence, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since)
+      options, registry, policy, authenticator, fanout, presence, log, telemetry, interest, snapshots, replay: async (entity, id, tenantId, since) => await replayer.replay(entity, id, tenantId, since), head: async (entity, id, tenantId) => await replayer.head(entity, id, tenantId)
     })
 
     const running: Pipeline = pipeline = { options, registry, databases, bus, instanceId, interest, capture, stream, notices, router, drops, fanout, connections, authenticator, policy, snapshots, log }

@@ -34,14 +34,20 @@ export class MemoryHistory implements ChannelHistory {
     return this.held
   }
 
-  async append (channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string> {
-    const now = this.now()
+  /** The channel's ring, a new one when it has none (or it expired). */
+  private ringOf (channel: string, now: number): Ring {
     let ring = this.rings.get(channel)
     if (ring !== undefined && ring.expires <= now) ring = this.drop(channel)
     if (ring === undefined) {
       ring = { epoch: newEpoch(), next: 1, entries: [], bytes: 0, expires: 0 }
       this.rings.set(channel, ring)
     }
+    return ring
+  }
+
+  async append (channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string> {
+    const now = this.now()
+    const ring = this.ringOf(channel, now)
     const at = position ?? ring.epoch + ':' + String(ring.next)
     ring.next++
     const sent = withPosition(at, message)
@@ -57,6 +63,19 @@ export class MemoryHistory implements ChannelHistory {
     this.sweepEvery(limits.ttlSeconds * 1000)
     await this.publish(channel, sent)
     return at
+  }
+
+  async head (channel: string, limits: HistoryLimits): Promise<string> {
+    const now = this.now()
+    const ring = this.ringOf(channel, now)
+    const last = ring.entries.at(-1)
+    if (last !== undefined) return last.position
+    // its start: an entry that is no message, and the first of the ring
+    const start = ring.epoch + ':0'
+    ring.entries.push({ position: start, gaps: this.gaps, message: '' })
+    ring.expires = now + limits.ttlSeconds * 1000
+    this.sweepEvery(limits.ttlSeconds * 1000)
+    return start
   }
 
   async after (channel: string, since: string): Promise<string[] | null> {

@@ -15,6 +15,8 @@ import { sinceOf, withPosition, type ChannelHistory, type HistoryLimits } from '
 
 const POSITION = 'Changefeed-Position'
 const GAP = '$gap'
+/** the header of a history's start (`head`): a message that is none */
+const START = 'Changefeed-Start'
 /** a change carried on several channels is stored on each within this many messages of its first */
 const SEARCH = 20
 const encoder = new TextEncoder()
@@ -88,6 +90,18 @@ export class NatsHistory implements ChannelHistory {
     return at
   }
 
+  async head (channel: string, limits: HistoryLimits): Promise<string> {
+    const stream = await this.streamOf(limits)
+    const subject = `${stream.subjects}.${subjectOf(channel)}`
+    const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(() => null)
+    if (last !== null) return positionOf(stream, last)
+    // its start, stored (two instances may each store one: a resume from either finds it)
+    const h = headers()
+    h.set(START, '1')
+    const ack = await this.js.publish(subject, new Uint8Array(0), { headers: h })
+    return stream.epoch + ':' + String(ack.seq)
+  }
+
   async after (channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null> {
     const at = sinceOf(since)
     if (at === null || limits === undefined) return null
@@ -104,11 +118,10 @@ export class NatsHistory implements ChannelHistory {
     for (let seq = at.pos, searched = 0; ; searched++) {
       const stored = await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(() => null)
       if (stored === null) break
-      // (a header not set reads '')
-      const named = stored.header?.get(POSITION) ?? ''
-      const position = named !== '' ? named : stream.epoch + ':' + String(stored.seq)
-      if (found) out.push(withPosition(position, decoder.decode(stored.data)))
-      else if (position === since) {
+      const position = positionOf(stream, stored)
+      if (found) {
+        if (stored.header?.get(START) !== '1') out.push(withPosition(position, decoder.decode(stored.data)))
+      } else if (position === since) {
         if (stored.seq <= gap) return null
         found = true
       } else if (searched >= SEARCH) return null
@@ -135,4 +148,11 @@ export class NatsHistory implements ChannelHistory {
       await this.js.publish(`${subjects}.${GAP}`, new Uint8Array(0))
     }
   }
+}
+
+/** A stored message's position: the one it names (a change carried on several channels), or the stream's. */
+function positionOf (stream: Stream, stored: StoredMsg): string {
+  // (a header not set reads '')
+  const named = stored.header?.get(POSITION) ?? ''
+  return named !== '' ? named : stream.epoch + ':' + String(stored.seq)
 }

@@ -52,6 +52,19 @@ for i = #entries, 1, -1 do
 end
 return false`
 
+/**
+ * KEYS: the stream. ARGV: the epoch if the stream is new, ttl ms. The last entry's position; for a stream with none,
+ * its start: an entry at offset 0 with no message (ID `0-1`: the first message's is `1-0`).
+ */
+const HEAD = `
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then return last[1][2][6] end
+${NOW_US}
+local position = ARGV[1] .. ':0'
+redis.call('XADD', KEYS[1], '0-1', 'e', ARGV[1], 't', string.format('%d', us), 'p', position, 'm', '')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return position`
+
 /** KEYS: the gap key. */
 const MARK_GAP = `${NOW_US} redis.call('SET', KEYS[1], string.format('%d', us)) return 1`
 
@@ -74,7 +87,7 @@ class Script {
   }
 }
 
-const scripts = { append: new Script(APPEND), after: new Script(AFTER), markGap: new Script(MARK_GAP) }
+const scripts = { append: new Script(APPEND), after: new Script(AFTER), head: new Script(HEAD), markGap: new Script(MARK_GAP) }
 
 export class RedisHistory implements ChannelHistory {
   readonly bytes = null
@@ -112,6 +125,12 @@ export class RedisHistory implements ChannelHistory {
     const gap = await this.client.get(this.gapKey)
     const messages = await scripts.after.run(this.client, [key], [since, gap ?? '-1'])
     return Array.isArray(messages) ? messages as string[] : null
+  }
+
+  async head (channel: string, limits: HistoryLimits): Promise<string | null> {
+    const key = this.keyOf(channel)
+    if (key === null) return null
+    return String(await scripts.head.run(this.client, [key], [newEpoch(), Math.ceil(limits.ttlSeconds * 1000)]))
   }
 
   async reset (channel: string): Promise<void> {

@@ -9,7 +9,8 @@
  *
  * so a client watching the entity and its feed tells the one change on both. The epoch is drawn anew whenever a
  * channel's history starts again (first message, expired, lost by the broker, or a change of the channel lost:
- * `reset`), so a position of an older history is never read in a newer one. A resume (`after`) is exact or refused:
+ * `reset`), so a position of an older history is never read in a newer one. A history may start before its first
+ * message (`head`: a subscription's start, offset 0), so a client that has had no message yet resumes too. A resume (`after`) is exact or refused:
  * the entry at `since` must be held, and no gap (changes that never reached the history, `markGap`) marked after it
  * was written.
  */
@@ -38,6 +39,11 @@ export interface ChannelHistory {
    * where its history is kept).
    */
   after(channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null>
+  /**
+   * The channel's position now: that of its last message, or, for a history with none, of its start (made now, at
+   * offset 0). Every later message of the channel is `after` it.
+   */
+  head(channel: string, limits: HistoryLimits): Promise<string | null>
   /** A message of the channel was lost: its history starts again, with a new epoch. */
   reset(channel: string): Promise<void>
   /** Messages may have been lost on any channel (a listener gap): no resume may cross this moment. */
@@ -78,4 +84,12 @@ export function historyLimitsOf (options: Pick<ResolvedOptions, 'history' | 'ent
     own.set(entityType, limits)
     return limits
   }
+}
+
+/** the longest a channel nobody watches any more keeps its history going (lib/interest/interest.ts) */
+const LINGER_MAX_MS = 60_000
+
+/** How long a type's channel keeps its history going after its last watcher left: its window, at most a minute. */
+export function historyLingerOf (limits: (entityType: string) => HistoryLimits | null): (entityType: string) => number {
+  return (entityType) => Math.min(LINGER_MAX_MS, (limits(entityType)?.ttlSeconds ?? 0) * 1000)
 }

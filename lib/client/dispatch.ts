@@ -95,7 +95,7 @@ export function dispatch (frame: ServerFrame, to: DispatchTarget): void {
       if (String(frame.id).startsWith(PRESENCE_ID)) return presenceAsked(frame.id, to)?.onSubscribed(data.presence)
       const filter = to.filters.get(String(frame.id))
       if (filter !== undefined) return filter.onSubscribed(data.snapshot !== undefined && 'entities' in data.snapshot ? data.snapshot : undefined)
-      requestOf(frame.id, data, to)?.onSubscribed(data.recovered, data.snapshot !== undefined && !('entities' in data.snapshot) ? data.snapshot : undefined)
+      requestOf(frame.id, data, to)?.onSubscribed(data.recovered, data.snapshot !== undefined && !('entities' in data.snapshot) ? data.snapshot : undefined, data.position)
       return
     }
     case 'subscription_error': {

@@ -13,7 +13,7 @@ export interface EntityReceiver {
   readonly key: string
   readonly entityId: string
   /** `subscribed`; `recovered`: the server replays what was missed; `snapshot`: the entity's state */
-  onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void
+  onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData, position?: string): void
   /** `subscription_error` (final, unless the server failed rather than the request) */
   onSubscriptionError (code: WireErrorCode, message: string): void
   /** a subscribe beyond the server's rate, or one a request for many left unanswered: sent again later */

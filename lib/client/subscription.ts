@@ -149,8 +149,10 @@ export class Subscription extends Held<EntitySnapshot<unknown>> implements Entit
 
   // ------------------------------------------------------------------ frames
 
-  onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData): void {
+  onSubscribed (recovered: boolean | undefined, snapshot?: EntitySnapshotData, position?: string): void {
     this.phase = 'subscribed'
+    // where a subscription that starts now starts: a reconnect before any notification resumes from it
+    if (position !== undefined && this.since === undefined) this.since = position
     // a state that came, or a replay of what was missed, is what was due; otherwise the next subscribe asks again
     if (this.asking === 'sent' || this.asking === 'due') this.asking = recovered === true || snapshot !== undefined ? 'wanted' : 'due'
     if (snapshot !== undefined) this.took(snapshot)

@@ -12,9 +12,12 @@ import { NatsInterest } from './nats.js'
 
 export type { InterestStore, InterestUpdate } from './interest.js'
 
-/** Started: a cluster store has registered this instance (`instanceId`) and written what `local` holds. */
-export async function createInterest (broker: Broker, options: ResolvedOptions['bus'], instanceId: string, local: LocalSubscriptionStore<unknown>, log: FastifyBaseLogger): Promise<InterestStore> {
-  if (broker.provider === 'memory') return new LocalInterest(local)
+/**
+ * Started: a cluster store has registered this instance (`instanceId`) and written what `local` holds. `lingerMs`:
+ * how long a channel of a type counts as watched after its last watcher left (the memory bus: lib/interest/interest.ts).
+ */
+export async function createInterest (broker: Broker, options: ResolvedOptions['bus'], instanceId: string, local: LocalSubscriptionStore<unknown>, log: FastifyBaseLogger, lingerMs?: (entityType: string) => number): Promise<InterestStore> {
+  if (broker.provider === 'memory') return new LocalInterest(local, lingerMs)
   const ttlMs = options.instanceTtlSeconds * 1000
   const snapshot: LocalSnapshot = function * () {
     for (const [channel, entry] of local.channels()) yield { channel, entityType: entry.entityType, count: entry.receivers.size }

@@ -25,16 +25,39 @@ export interface InterestStore {
   close(): Promise<void>
 }
 
-/** One process: the local store answers everything. */
+/**
+ * One process: the local store answers everything. A channel whose last watcher left a moment ago stays watched for
+ * its type's `lingerMs` (those whose type keeps a history): its changes still reach the history, so a lone watcher
+ * back from a short drop resumes from it rather than refetching.
+ */
 export class LocalInterest implements InterestStore {
   readonly local = true
+  /** channels whose last watcher left lately, and until when they count as watched (epoch ms), in the order they left */
+  private readonly left = new Map<string, number>()
 
-  constructor (private readonly store: LocalSubscriptionStore<unknown>) {}
+  constructor (private readonly store: LocalSubscriptionStore<unknown>, private readonly lingerMs: (entityType: string) => number = () => 0, private readonly now: () => number = Date.now) {}
 
-  async update (): Promise<void> {}
+  async update (updates: readonly InterestUpdate[]): Promise<void> {
+    const now = this.now()
+    for (const { channel, entityType, count } of updates) {
+      this.left.delete(channel)
+      const ms = count === 0 ? this.lingerMs(entityType) : 0
+      if (ms > 0) this.left.set(channel, now + ms)
+    }
+    // those whose time is up, oldest first (a type's linger is its history's: near enough in order)
+    for (const [channel, until] of this.left) {
+      if (until > now) break
+      this.left.delete(channel)
+    }
+  }
 
   isWatched (channel: string): boolean {
-    return this.store.has(channel)
+    return this.store.has(channel) || (this.left.get(channel) ?? 0) > this.now()
+  }
+
+  /** channels no one watches that still count as watched (tests, leak checks) */
+  get lingering (): number {
+    return this.left.size
   }
 
   async watchers (channel: string): Promise<number> {

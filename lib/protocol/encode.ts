@@ -144,6 +144,8 @@ export interface SubscribedExtras {
   where?: Where
   /** answers a subscribe with `presence` */
   presence?: PresenceSnapshotData
+  /** where a subscription that starts now starts (notify mode, a type with history) */
+  position?: string
 }
 
 export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, ref: EntityRef, extras: SubscribedExtras = {}): string {
@@ -152,6 +154,7 @@ export function encodeSubscribed (id: RequestIdValue, subscriptionId: string, re
   if (extras.recovered !== undefined) data.recovered = extras.recovered
   if (extras.snapshot !== undefined) data.snapshot = extras.snapshot
   if (extras.presence !== undefined) data.presence = extras.presence
+  if (extras.position !== undefined) data.position = extras.position
   return JSON.stringify(reply(id, 'subscribed', data) satisfies Static<typeof Subscribed>)
 }
 

@@ -176,7 +176,12 @@ export const Subscribed = reply('subscribed', {
   /** answers a subscribe with `snapshot` (with `since`: only when not recovered) */
   snapshot: Type.Optional(Type.Union([EntitySnapshot, FeedSnapshot])),
   /** answers a subscribe with `presence`: who is on the entity now */
-  presence: Type.Optional(PresenceSnapshot)
+  presence: Type.Optional(PresenceSnapshot),
+  /**
+   * answers a subscribe without `since` or `snapshot` (notify mode, a type with history): where the subscription
+   * starts; sent as `since` when no notification came before a reconnect, it resumes like the last one's position
+   */
+  position: Type.Optional(Type.String())
 })
 /** The reply to a subscribe with `entityIds`: the ids now watched, the refused ones, and (with `snapshot`) their states. */
 export const SubscribedMany = reply('subscribed', {

@@ -13,6 +13,13 @@ export class HistoryReplay {
   /** `limits`: the history of a type's channels (null: none) */
   constructor (private readonly history: ChannelHistory | null, private readonly prefix: string, private readonly limits: (entityType: string) => HistoryLimits | null) {}
 
+  /** The channel's position now (lib/bus/history.ts), where a subscription starts; null when it keeps no history. */
+  async head (entity: EntityType, entityId: string, tenantId: string | null): Promise<string | null> {
+    const limits = this.limits(entity.name)
+    if (this.history === null || limits === null) return null
+    return await this.history.head(channelOf(this.prefix, entity.name, entityId, tenantId), limits)
+  }
+
   /** The channel's notifications after `since`, oldest first; null when they cannot all be given. */
   async replay (entity: EntityType, entityId: string, tenantId: string | null, since: string): Promise<ReplayedFrames | null> {
     const limits = this.limits(entity.name)

@@ -34,8 +34,18 @@ export class Replayer {
     private readonly sources: ReplaySources,
     private readonly notices: Notices,
     /** notify mode: the bus's history of each channel (lib/reads/history.ts) */
-    private readonly history: Pick<Replayer, 'replay'> | null = null
+    private readonly history: Pick<Replayer, 'replay' | 'head'> | null = null
   ) {}
+
+  /**
+   * Notify mode: the entity's channel position now, from which a subscription that starts now may later resume
+   * (null: no history, or outbox mode, whose positions are the changes' own).
+   */
+  async head (entity: EntityType, entityId: string, tenantId: string | null): Promise<string | null> {
+    const database = this.registry.databaseFor(entity, tenantId)
+    if (this.history === null || (database !== undefined && this.sources(database) !== undefined)) return null
+    return await this.history.head(entity, entityId, tenantId)
+  }
 
   /**
    * The changes of one (tenant's) entity after `since`, as notification frames, oldest first; null when they

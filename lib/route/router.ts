@@ -20,6 +20,7 @@ import type { Notice, Notices } from './notices.js'
 import { publishedChange, type PublishInput } from './published.js'
 import { ChangeOrder, type Turns } from './order.js'
 import { Deltas, type DeltaFrame } from './deltas.js'
+import { watchedOf } from './watched.js'
 
 export interface RouterCounters {
   /** changes that reached the router */
@@ -221,7 +222,7 @@ export class ChangeRouter {
     try {
       const needsRead = this.s.notices.needsRead(entity, change)
       // locally the check is free; across the cluster it costs a round trip, worth it only to save a read
-      const watched = this.s.interest.local || needsRead ? await this.anyoneWatches(channels) : channels
+      const watched = this.s.interest.local || needsRead ? await watchedOf(this.s.interest, channels, this.s.history?.(entity.name) != null ? this.s.bus.history : null) : channels
       if (watched.length === 0 && this.s.stream === null) {
         // its next watcher gets a full document first: the one kept here would only take room
         this.deltas.forget(channels[0])
@@ -289,12 +290,5 @@ export class ChangeRouter {
       throw err
     }
     this.counters.published++
-  }
-
-  /** The channels of a change that someone watches. */
-  private async anyoneWatches (channels: string[]): Promise<string[]> {
-    const watched: string[] = []
-    for (const channel of channels) if (await this.s.interest.isWatched(channel)) watched.push(channel)
-    return watched
   }
 }

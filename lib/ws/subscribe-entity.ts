@@ -21,6 +21,7 @@ import {
 interface Start {
   recovered?: boolean
   snapshot?: EntitySnapshotData
+  position?: string
   replay?: ReplayedFrames
   carried: Carried | null
 }
@@ -41,10 +42,12 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   const subscriptionId = subscriptionIdOf(entity.name, req.entityId, req.tenantId)
   const channel = services.fanout.channel(entity.name, req.entityId, tenantId)
   let subscription = subscriptions.get(channel)
+  // one that starts now starts at the channel's position, read before it opens: a resume from it misses nothing
+  const head = subscription === undefined && req.since === undefined && req.snapshot !== true ? await headOf(subscriptions, entity, req.entityId, tenantId) : null
   if (subscription === undefined) {
     let opened: Awaited<ReturnType<Subscriptions['open']>>
     try {
-      opened = await subscriptions.open(entity, req.entityId, tenantId, { defer: req.since !== undefined || req.snapshot === true, subscriptionId })
+      opened = await subscriptions.open(entity, req.entityId, tenantId, { defer: req.since !== undefined || req.snapshot === true || head !== null, subscriptionId })
     } catch (err) {
       services.log.error({ err }, 'changefeed: bus subscribe failed')
       return reply.fail()
@@ -55,14 +58,14 @@ export async function subscribeEntity (subscriptions: Subscriptions, reply: Repl
   }
   // a client subscribing again may have lost its document (a patch that did not apply): the next frame is full
   if (subscription.base !== undefined) subscription.base = null
-  const start = await startFrom(subscriptions, entity, channel, subscription, req)
+  const start = head !== null ? await startAt(subscriptions, entity, channel, subscription, head) : await startFrom(subscriptions, entity, channel, subscription, req)
   // a refused read ended the subscription itself; a close or an unsubscribe meanwhile leaves nothing to answer
   if (isRefusal(start)) return socket.isOpen ? refuse(start) : undefined
   // a socket closed meanwhile must not take a seat: nothing would give it back
   if (!subscriptions.isCurrent(channel, subscription)) return
   const presence = seat === null ? undefined : await takeSeat(subscriptions, channel, subscription, seat)
   if (!subscriptions.isCurrent(channel, subscription)) return
-  reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot, presence }))
+  reply.send(encodeSubscribed(reply.id, subscriptionId, subscription, { recovered: start.recovered, snapshot: start.snapshot, presence, position: start.position }))
   // a feed's notifications name its subscription
   if (start.replay !== undefined) socket.writeReplay(channel, req.entityId !== FEED ? start.replay : start.replay.map((r) => ({ ...r, frame: withSubscriptionId(r.frame, subscriptionId) })))
   subscriptions.releaseDeferred(channel, start.carried)
@@ -90,6 +93,33 @@ async function startFrom (subscriptions: Subscriptions, entity: EntityType, chan
   const [state] = read.states
   if (state === null) return { code: WireError.forbidden, reason: 'only the owner may watch this entity' }
   return { recovered, snapshot: state, carried: read.carried }
+}
+
+/** The channel's position now (notify mode, a type with history); null without one, or when it cannot be read. */
+async function headOf (subscriptions: Subscriptions, entity: EntityType, entityId: string, tenantId: string | null): Promise<string | null> {
+  const { services, socket } = subscriptions
+  try {
+    return await services.head?.(entity, entityId, tenantId) ?? null
+  } catch (err) {
+    services.log.warn({ connection: socket.id, err: (err as Error).message }, 'changefeed: the channel\'s position could not be read; the subscription starts without one')
+    return null
+  }
+}
+
+/**
+ * A subscription that starts at `head`: what the channel got between that read and the opening follows the reply,
+ * as a replay would. When that cannot be given it starts now, without a position, as it does without a history.
+ */
+async function startAt (subscriptions: Subscriptions, entity: EntityType, channel: string, subscription: Subscription, head: string): Promise<Start> {
+  const { socket, services } = subscriptions
+  let frames: ReplayedFrames | null = null
+  try {
+    frames = await services.replay(entity, subscription.entityId, subscription.tenantId, head, socket.ip)
+  } catch (err) {
+    services.log.warn({ connection: socket.id, err: (err as Error).message }, 'changefeed: the channel\'s history could not be read; the subscription starts without a position')
+  }
+  if (frames === null || frames.some(({ owner }) => subscriptions.foreign(owner))) return { carried: null }
+  return { position: head, replay: frames, carried: replayedUpTo(head, frames) }
 }
 
 /** The entity's notifications after `since`, none of them another owner's document; null when they cannot be given. */

@@ -57,6 +57,8 @@ export interface SubscriptionServices {
   snapshot(entity: EntityType, tenantId: string | null, entityIds: string[], ip: string): Promise<SnapshotResult | null>
   /** Outbox mode: an entity's notifications after `since`, oldest first; null when they cannot all be given. */
   replay(entity: EntityType, entityId: string, tenantId: string | null, since: string, ip: string): Promise<ReplayedFrames | null>
+  /** Notify mode: the channel's position now, where a subscription that starts now resumes from (lib/reads/replay.ts) */
+  head?(entity: EntityType, entityId: string, tenantId: string | null): Promise<string | null>
 }
 
 /** The socket, as its subscriptions see it. */

@@ -2,7 +2,8 @@
  * One contract for every provider's channel history (lib/bus/history.ts): positions of one epoch in publish order,
  * the message delivered live as stored, a change's position carried on its other channels, `after` exact or null
  * (unknown, another epoch, trimmed), `reset` starting a channel again with a new epoch, and `markGap` refusing every
- * resume from before it.
+ * resume from before it. `head`: a channel's position now, its start when it has had no message (every later one is
+ * after it), its last message's otherwise.
  */
 import t from 'tap'
 import Fastify from 'fastify'
@@ -74,6 +75,24 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     const again = (await history.append(one, 'again', limits))!
     if (provider !== 'nats') t.not(again.split(':')[0], fresh.split(':')[0], 'a new epoch')
     t.equal(await history.after(one, fresh, limits), null, 'nothing from before the reset')
+    t.equal(await history.head(one, limits), again, 'the head: the last message\'s position')
+  })
+
+  t.test(`${provider}: a history's head before its first message`, async (t) => {
+    const { bus, received } = await busOf(t, provider)
+    const history = bus.history!
+    const quiet = `hc:Team:${randomUUID()}`
+    await bus.subscribe([quiet])
+    const start = (await history.head(quiet, limits))!
+    t.match(start, /^[0-9a-f]{8}:\d+$/, 'a position, though no message was sent')
+    t.equal(await history.head(quiet, limits), start, 'the same one asked again')
+    t.same(await history.after(quiet, start, limits), [], 'nothing after it yet')
+    const first = (await history.append(quiet, 'first', limits))!
+    t.equal(first.split(':')[0], start.split(':')[0], 'the first message is of its epoch')
+    t.ok(await until(() => received.length === 1), 'the start went out to no one')
+    t.same(await history.after(quiet, start, limits), received, 'the first message is after it')
+    await history.markGap()
+    t.equal(await history.after(quiet, start, limits), null, 'no resume passes a gap')
   })
 }
 

@@ -11,6 +11,7 @@ import { startApp, type RunningApp } from '../../helpers/app.js'
 import { isNotification, type Frame, type TestClient } from '../../helpers/client.js'
 import { NATS_URL, REDIS_URL, ownBroker, requireService } from '../../helpers/brokers.js'
 import { until } from '../../helpers/wait.js'
+import { freshDatabase, martenTableSql, sqlClient } from '../../helpers/services.js'
 import type { ChangefeedPluginOptions } from '../../../lib/index.js'
 
 await requireService('Redis')
@@ -53,7 +54,8 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     for (let n = 1; n <= 3; n++) await score(a, 'm1', n)
     const seen = [await first.next(isNotification('Score', 'm1')), await first.next(isNotification('Score', 'm1')), await first.next(isNotification('Score', 'm1'))]
     t.same(ns(seen), [1, 2, 3])
-    t.match(seen[0].data.position, /^[0-9a-f]{8}:1$/, 'a channel position, the first of a new history')
+    // (NATS: the stream's sequence, after the history's start the subscribe stored)
+    t.match(seen[0].data.position, provider === 'nats' ? /^[0-9a-f]{8}:\d+$/ : /^[0-9a-f]{8}:1$/, 'a channel position, the first of a new history')
     const offsets = seen.map((f) => Number(f.data.position.split(':')[1]))
     // NATS: the stream's sequence, which the type's feed channel shares
     if (provider === 'nats') t.ok(offsets[0] < offsets[1] && offsets[1] < offsets[2], 'offsets grow')
@@ -164,5 +166,80 @@ for (const provider of ['redis', 'nats'] as const) {
     st.not(position.split(':')[0], since.split(':')[0], 'a new epoch')
     const again = await a.client()
     st.equal((await resume(again, 'Score', 'm3', since)).data.recovered, false, 'the old position is never mistaken for a new one')
+  })
+}
+
+t.test('memory: a lone watcher\'s drop; what changed while nobody watched is in the history (the channel lingers)', async (t) => {
+  const a = await startApp(t, optionsFor('memory', undefined))
+  const first = await a.client()
+  await first.subscribe('Score', 'lone')
+  await score(a, 'lone', 1)
+  const since = (await first.next(isNotification('Score', 'lone'))).data.position as string
+  first.ws.terminate()
+  t.ok(await until(() => a.app.changefeed.stats().connections.active === 0), 'the server saw the socket go')
+  await score(a, 'lone', 2)
+  t.equal(a.app.changefeed.stats().router.unwatched, 0, 'the change went to the channel nobody watches now')
+  const again = await a.client()
+  t.equal((await resume(again, 'Score', 'lone', since)).data.recovered, true)
+  t.same(ns([await again.next(isNotification('Score', 'lone'))]), [2], 'the change made meanwhile')
+})
+
+// a type whose documents are read back (too large for a NOTIFY): the cluster is asked whether anyone watches, and a
+// change nobody watched never reached the history
+for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
+  t.test(`${provider}: a change nobody watched (past the linger): the resume is refused, never told of nothing`, async (t) => {
+    const url = await freshDatabase(t, `hist_unwatched_${provider}`)
+    const sql = await sqlClient(t, url)
+    await sql.query(martenTableSql('mt_doc_match'))
+    // the memory bus lingers for the window (at most a minute): a window of a second here
+    const history = { size: 100, ttlSeconds: provider === 'memory' ? 1 : 60 }
+    const a = await startApp(t, { ...optionsFor(provider, provider === 'nats' ? NATS_URL : REDIS_URL), databases: [{ name: 'main', url }], entities: { Match: { access: 'public', payload: 'full' } }, history })
+    const blob = 'commentary '.repeat(1000)
+    let n = 0
+    const write = async (): Promise<void> => {
+      n++
+      await sql.query('INSERT INTO mt_doc_match (id, data) VALUES (\'big\', jsonb_build_object(\'n\', $1::int, \'blob\', $2::text)) ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data', [n, blob])
+    }
+    const first = await a.client()
+    await first.subscribe('Match', 'big')
+    await write()
+    const since = (await first.next(isNotification('Match', 'big'), 10_000)).data.position as string
+    first.ws.terminate()
+    // changes until one finds nobody watching (the cluster's interest updated, the linger over)
+    const router = (): { changes: number, unwatched: number, documentReads: number } => a.app.changefeed.stats().router
+    t.ok(await until(async () => {
+      const before = router().changes
+      await write()
+      await until(() => router().changes > before, 5000)
+      return router().unwatched > 0
+    }, 20_000), 'a change found nobody watching')
+    t.ok(router().documentReads >= 1, 'its document is read back, not inlined')
+    const again = await a.client()
+    t.equal((await resume(again, 'Match', 'big', since)).data.recovered, false, 'refused: the client refetches')
+  })
+}
+
+for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
+  t.test(`${provider}: a subscription is told where it starts; cut before its first notification, it resumes from there`, async (t) => {
+    const [a, b] = await pair(t, provider)
+    const first = await a.client()
+    const reply = await first.subscribe('Score', 'quiet')
+    const start = reply.data.position as string
+    t.match(start, /^[0-9a-f]{8}:\d+$/, 'a position, though the channel has had no message')
+    first.ws.terminate()
+    t.ok(await until(() => a.app.changefeed.stats().connections.active === 0))
+    await score(a, 'quiet', 1)
+    await score(a, 'quiet', 2)
+    const again = await b.client()
+    t.equal((await resume(again, 'Score', 'quiet', start)).data.recovered, true, 'recovered from the start')
+    const got = [await again.next(isNotification('Score', 'quiet')), await again.next(isNotification('Score', 'quiet'))]
+    t.same(ns(got), [1, 2], 'what it missed, nothing else')
+    // a channel that has had messages: the last one's position
+    const later = await b.client()
+    t.equal((await later.subscribe('Score', 'quiet')).data.position, got[1].data.position, 'the last message\'s position')
+    const fed = await a.client()
+    t.match((await fed.subscribe('Score', '*')).data.position, /^[0-9a-f]{8}:\d+$/, 'a feed too')
+    fed.send({ type: 'subscribe', id: 'snap', data: { entityType: 'Score', entityId: 'quiet', snapshot: true } })
+    t.notOk('position' in (await fed.next((m) => m.id === 'snap')).data, 'a snapshot has its own')
   })
 }

@@ -522,6 +522,32 @@ t.test('connect() while the first socket is still being opened opens no second o
   t.equal(sockets.length, 1)
 })
 
+t.test('a subscription told where it starts resumes from there when cut before its first notification', async (t) => {
+  const clock = fakeClock(t)
+  const { WebSocket, sockets } = fakeSockets()
+  const c = client(t, { url: 'ws://fake', WebSocket, random: () => 0.5, backoff: { initialMs: 100 } })
+  const resyncs: string[] = []
+  c.subscribe('RugbyGameState', 'm1', { onResync: (reason) => resyncs.push(reason) })
+  await turn()
+  sockets[0].open()
+  sockets[0].receive({ type: 'subscribed', id: 'RugbyGameState:m1', data: { subscriptionId: 'RugbyGameState:m1', entityType: 'RugbyGameState', entityId: 'm1', position: '0a0a0a0a:0' } })
+  sockets[0].close(1006)
+  clock.advance(50)
+  await turn()
+  sockets[1].open()
+  t.match(sockets[1].sent, [{ type: 'subscribe', data: { since: '0a0a0a0a:0' } }], 'since: where it started')
+  sockets[1].receive({ type: 'subscribed', id: 'RugbyGameState:m1', data: { subscriptionId: 'RugbyGameState:m1', entityType: 'RugbyGameState', entityId: 'm1', recovered: true } })
+  t.same(resyncs, [], 'recovered: nothing to refetch')
+  sockets[1].receive({ type: 'notification', data: frameOf('0a0a0a0a:3') })
+  // a later reply's position does not take the place of a notification's
+  sockets[1].receive({ type: 'subscribed', id: 'RugbyGameState:m1', data: { subscriptionId: 'RugbyGameState:m1', entityType: 'RugbyGameState', entityId: 'm1', position: '0a0a0a0a:1' } })
+  sockets[1].close(1006)
+  clock.advance(1000)
+  await turn()
+  sockets[2].open()
+  t.match(sockets[2].sent, [{ type: 'subscribe', data: { since: '0a0a0a0a:3' } }], 'the last notification\'s')
+})
+
 t.test('the client wires sockets to subscriptions: resubscribed after a reconnect with since; a garbled frame is dropped', async (t) => {
   const clock = fakeClock(t)
   const { WebSocket, sockets } = fakeSockets()

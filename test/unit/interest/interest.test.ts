@@ -5,12 +5,14 @@
  * round rejects its waiters and a later one retries; the interest store is told the counts, after the subscribe.
  * What every cluster interest store shares, through a subclass keeping its writes in memory, on a fake clock: first
  * and last watchers written before update() resolves, counts in between at the 250 ms flush, type totals, the
- * heartbeat, and rewrite() after the broker lost its state.
+ * heartbeat, and rewrite() after the broker lost its state. The memory bus's store: a channel whose last watcher left
+ * counts as watched for its type's linger, then not.
  */
 import t from 'tap'
 import { BusMembership } from '../../../lib/ws/membership.js'
 import { ClusterInterest } from '../../../lib/interest/cluster.js'
-import type { InterestStore, InterestUpdate } from '../../../lib/interest/interest.js'
+import { LocalInterest, type InterestStore, type InterestUpdate } from '../../../lib/interest/interest.js'
+import { LocalSubscriptionStore } from '../../../lib/interest/local.js'
 import { ScriptedBus, fakeClock, recordingLogger, stateOf, turn, type TestContext } from '../fixtures/fakes.js'
 
 /** The interest store's side: what it was told, in calls. */
@@ -461,4 +463,37 @@ t.test('ClusterInterest: close stops the timers', async (t) => {
   await turn()
   t.equal(interest.channelWrites.length, 1)
   t.equal(interest.heartbeats, 0)
+})
+
+t.test('memory bus: a channel whose last watcher left counts as watched for its type\'s linger, then not', async (t) => {
+  let now = 1000
+  const store = new LocalSubscriptionStore<string>()
+  const interest = new LocalInterest(store, (type) => type === 'Kept' ? 5000 : 0, () => now)
+  const leave = async (channel: string, entityType: string): Promise<void> => {
+    store.remove(channel, 'socket')
+    await interest.update([{ channel, entityType, count: 0 }])
+  }
+  for (const [channel, type] of [['k1', 'Kept'], ['k2', 'Kept'], ['n1', 'None']]) store.add(channel, type, channel, null, 'socket')
+  t.ok(interest.isWatched('k1') && interest.isWatched('n1'), 'watched while a socket watches')
+  await leave('k1', 'Kept')
+  await leave('n1', 'None')
+  t.ok(interest.isWatched('k1'), 'a type with a linger: still watched')
+  t.notOk(interest.isWatched('n1'), 'a type without: not at once')
+  now += 3000
+  await leave('k2', 'Kept')
+  // k1 comes back and leaves again: its linger starts again
+  store.add('k1', 'Kept', 'k1', null, 'socket')
+  await interest.update([{ channel: 'k1', entityType: 'Kept', count: 1 }])
+  t.equal(interest.lingering, 1, 'a channel watched again does not linger')
+  now += 2500
+  t.notOk(interest.isWatched('n1'))
+  t.ok(interest.isWatched('k2'), 'k2 within its linger')
+  await leave('k1', 'Kept')
+  now += 3000
+  t.notOk(interest.isWatched('k2'), 'k2 past its linger')
+  t.ok(interest.isWatched('k1'), 'k1 lingers from its second leave')
+  await interest.update([])
+  t.equal(interest.lingering, 1, 'those past their linger are forgotten at the next update')
+  now += 2000
+  t.notOk(interest.isWatched('k1'))
 })

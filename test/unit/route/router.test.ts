@@ -1,7 +1,8 @@
 /**
  * Routing without services: captured changes reach the bus in the order they came, across entities too, however
  * long the work of one of them takes (a document too large for the NOTIFY is read first). A feed's watchers, and
- * the "seen until the first unseen" rule of snapshots and filters, depend on that order.
+ * the "seen until the first unseen" rule of snapshots and filters, depend on that order. A channel with history that
+ * nobody watches starts its history again before the change passes it by, and one watched meanwhile gets the change.
  */
 import t from 'tap'
 import { ChangeRouter } from '../../../lib/route/router.js'
@@ -14,6 +15,7 @@ import type { Change } from '../../../lib/capture/coalesce.js'
 import type { PubSub } from '../../../lib/bus/index.js'
 import type { InterestStore } from '../../../lib/interest/interest.js'
 import { unwrap } from '../../../lib/route/envelope.js'
+import { watchedOf } from '../../../lib/route/watched.js'
 import { Deferred, recordingLogger, turn } from '../fixtures/fakes.js'
 
 const options = resolveOptions({ databases: [{ name: 'main', url: 'postgres://unused/main' }], entities: { Player: { access: 'public', payload: 'full', feed: true } } })
@@ -109,4 +111,24 @@ t.test('a change whose table was made a moment ago waits for a scan; a later cha
   scan.resolve()
   for (let i = 0; i < 20; i++) await turn()
   t.same(published, ['n:1', 'n:2'], 'both leave, in the order they came')
+})
+
+t.test('the channels a change goes to: those watched; one with history nobody watches starts it again first', async (t) => {
+  const watching = new Set(['entity'])
+  const resets: string[] = []
+  const interest = { isWatched: (channel: string) => watching.has(channel) }
+  const history = { reset: async (channel: string) => { resets.push(channel) } }
+  t.same(await watchedOf(interest, ['entity', 'feed'], null), ['entity'], 'no history: only the watched, nothing reset')
+  t.same(resets, [])
+  watching.add('feed')
+  t.same(await watchedOf(interest, ['entity', 'feed'], history), ['entity', 'feed'], 'all watched: nothing reset')
+  t.same(resets, [])
+  watching.delete('entity')
+  t.same(await watchedOf(interest, ['entity', 'feed'], history), ['feed'])
+  t.same(resets, ['entity'], 'the unwatched channel\'s history starts again')
+  // a watcher arrives while the history is started again: it gets the change, in the channels' order
+  watching.clear()
+  const arriving = { reset: async (channel: string) => { resets.push(channel); watching.add('entity') } }
+  t.same(await watchedOf(interest, ['entity', 'feed'], arriving), ['entity'], 'watched meanwhile: sent')
+  t.same(resets, ['entity', 'entity', 'feed'])
 })

@@ -19,7 +19,8 @@ const entities = {
 }
 
 t.test('subscribe, notifications, idempotence and unsubscribe', async (t) => {
-  const { app, client } = await injectedApp(t, { entities })
+  // no history: a subscription starts without a position, and a channel nobody watches gets nothing at once
+  const { app, client } = await injectedApp(t, { entities, history: { size: 0 } })
   const ws = await client()
   const first = await ws.subscribe('Team', 'team-123', 'r1')
   t.same(first, { type: 'subscribed', id: 'r1', data: { subscriptionId: 'Team:team-123', entityType: 'Team', entityId: 'team-123' } })
@@ -206,7 +207,7 @@ t.test('past maxSubscriptionsPerConnection: too_many_subscriptions', async (t) =
 })
 
 t.test('closing a socket removes all its subscriptions', async (t) => {
-  const { app, client } = await startApp(t, { entities })
+  const { app, client } = await startApp(t, { entities, history: { size: 0 } })
   const ws = await client()
   await ws.subscribe('Team', 'a')
   await ws.subscribe('Team', 'b')

@@ -4,7 +4,9 @@
  * that fails, a socket that closes while it is checked; `since` (the replay written after the reply, live
  * notifications held meanwhile and those the replay carried dropped; a replay that cannot be given, fails, or holds
  * another owner's documents), `snapshot` (its state, a refused or failed read, a document that names someone
- * else), watchers counted once. Every request gets one reply, or none only when the socket is gone.
+ * else), watchers counted once; a subscription that starts now (notify mode, a type with history) at the channel's
+ * position read before it opens, what came between written after the reply. Every request gets one reply, or none
+ * only when the socket is gone.
  */
 import t from 'tap'
 import { subscribeEntity } from '../../../lib/ws/subscribe-entity.js'
@@ -180,4 +182,46 @@ t.test('a feed: its subscription names the request\'s tenant; refused past the l
   await subscribe(h, { entityType: 'Match', entityId: 'm1' })
   t.match((await subscribe(h, { entityType: 'Match', entityId: 'm2' })).answer.data, { code: 'too_many_subscriptions' })
   t.equal(h.subscriptions.size, 2)
+})
+
+t.test('starting now at the channel\'s position: read before it opens; what came between follows the reply, live after', async (t) => {
+  const h = harness()
+  const channel = h.fanout.channel('Match', 'm1')
+  const asked: string[] = []
+  h.services.head = async () => { t.equal(h.fanout.store.get(channel), undefined, 'read before the channel is watched'); return at(4) }
+  const read = new Deferred<ReplayedFrames | null>()
+  h.script.replay = async (_entity, _id, _tenant, since) => { asked.push(since); return await read.promise }
+  const pending = subscribe(h, { entityType: 'Match', entityId: 'm1' })
+  await turn()
+  h.arrive(channel, at(5))
+  h.arrive(channel, at(6))
+  t.same(h.socket.delivered, [], 'held while what came between is read')
+  read.resolve(replayed(5))
+  const reply = await pending
+  t.same(asked, [at(4)], 'the channel\'s messages after its position')
+  t.same(reply.answer.data, { subscriptionId: 'Match:m1', entityType: 'Match', entityId: 'm1', position: at(4) }, 'the reply names where it starts')
+  t.same(h.socket.replays, [{ channel, frames: replayed(5) }])
+  t.same(positions(h.socket.delivered), [at(6)], 'the held one the replay had is dropped')
+  t.same(h.services.counters, { replayed: 0, resumes: {} }, 'not a resume')
+  // a subscribe again (held already), one with since, and one with a snapshot ask no position
+  t.notOk('position' in (await subscribe(h, { entityType: 'Match', entityId: 'm1' })).answer.data)
+  t.same(asked, [at(4)])
+
+  for (const [name, head, replay, warning] of [
+    ['no history', async () => null, async () => replayed(1), null],
+    ['the position unreadable', async () => { throw new Error('broker gone') }, async () => replayed(1), /position could not be read/],
+    ['the history lost meanwhile', async () => at(4), async () => null, null],
+    ['the history unreadable', async () => at(4), async () => { throw new Error('broker gone') }, /history could not be read/],
+    ['another owner\'s document between', async () => at(4), async () => [{ ...replayed(5)[0], owner: 'u2' }], null]
+  ] as const) {
+    const h = harness({ principal: user('u1') })
+    const channel = h.fanout.channel('Match', 'm1')
+    h.services.head = head
+    h.script.replay = async () => { h.arrive(channel, at(7)); return await (replay as () => Promise<ReplayedFrames | null>)() }
+    const reply = await subscribe(h, { entityType: 'Match', entityId: 'm1' })
+    t.same(reply.answer.data, { subscriptionId: 'Match:m1', entityType: 'Match', entityId: 'm1' }, `${name}: starts now, no position`)
+    t.same(h.socket.replays, [], name)
+    if (name !== 'no history' && name !== 'the position unreadable') t.same(positions(h.socket.delivered), [at(7)], `${name}: what was held follows`)
+    if (warning !== null) t.match(h.warnings, [warning], name)
+  }
 })
