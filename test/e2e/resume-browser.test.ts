@@ -109,7 +109,7 @@ const resynced = async (page: Page, count: number): Promise<void> => {
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0]
 
-/** Cuts the network, runs `meanwhile`, restores it; resolves once the page is back on one instance with both subscriptions. */
+/** Cuts the network (once the instances saw the page leave, runs `meanwhile`), restores it; resolves once the page's client is open again. */
 async function cutWhile (t: Test, page: Page, meanwhile: () => Promise<void>): Promise<void> {
   const from = (await seenBy(page)).states.length
   for (const p of proxies) p.cut()
