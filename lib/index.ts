@@ -17,7 +17,7 @@ import { EntityRegistry } from './entities.js'
 import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
 import { createBus, openBroker } from './bus/index.js'
-import { historyLimitsOf, historyLingerOf } from './bus/history.js'
+import { historyLimitsOf, historyLingerOf, keepHistories } from './bus/history.js'
 import { createInterest } from './interest/index.js'
 import { createPresence } from './presence/index.js'
 import { ChangeRouter } from './route/router.js'
@@ -92,6 +92,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     // a bus gap: this instance may have missed messages, so its watchers resync (what it failed to publish the router owes)
     bus.onGap((reason) => fanout.resyncLocal(reason))
     await fanout.attach(bus, interest)
+    closers.add(keepHistories(bus.history, fanout.store, options, log))
     const presence = createPresence(broker, bus, interest, fanout, options, instanceId, log, closers)
 
     // capture and route

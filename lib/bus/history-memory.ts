@@ -78,6 +78,14 @@ export class MemoryHistory implements ChannelHistory {
     return start
   }
 
+  async keep (channels: readonly string[], limits: HistoryLimits): Promise<void> {
+    const now = this.now()
+    for (const channel of channels) {
+      const ring = this.rings.get(channel)
+      if (ring !== undefined && ring.expires > now) ring.expires = Math.max(ring.expires, now + limits.ttlSeconds * 1000)
+    }
+  }
+
   async after (channel: string, since: string): Promise<string[] | null> {
     const ring = this.rings.get(channel)
     if (ring === undefined || ring.expires <= this.now()) return null

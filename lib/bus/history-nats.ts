@@ -17,6 +17,11 @@ const POSITION = 'Changefeed-Position'
 const GAP = '$gap'
 /** the header of a history's start (`head`): a message that is none */
 const START = 'Changefeed-Start'
+/**
+ * the header of a quiet channel's keep-alive (`keep`), naming the channel's position when it was stored: nothing
+ * came between. Messages age out (`max_age`) however long a channel is watched; a keep-alive stands in for the last.
+ */
+const KEPT = 'Changefeed-Kept'
 /** a change carried on several channels is stored on each within this many messages of its first */
 const SEARCH = 20
 const encoder = new TextEncoder()
@@ -94,12 +99,27 @@ export class NatsHistory implements ChannelHistory {
     const stream = await this.streamOf(limits)
     const subject = `${stream.subjects}.${subjectOf(channel)}`
     const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(() => null)
-    if (last !== null) return positionOf(stream, last)
+    if (last !== null) return headOf(stream, last)
     // its start, stored (two instances may each store one: a resume from either finds it)
     const h = headers()
     h.set(START, '1')
     const ack = await this.js.publish(subject, new Uint8Array(0), { headers: h })
     return stream.epoch + ':' + String(ack.seq)
+  }
+
+  async keep (channels: readonly string[], limits: HistoryLimits): Promise<void> {
+    const stream = await this.streamOf(limits)
+    const direct = directOf(await this.manager())
+    const stale = Date.now() - limits.ttlSeconds * 500
+    await Promise.all(channels.map(async (channel) => {
+      const subject = `${stream.subjects}.${subjectOf(channel)}`
+      const last = await direct.getMessage(stream.name, { last_by_subj: subject }).catch(() => null)
+      // gone already (or never had one): a resume from before is refused anyway
+      if (last === null || last.time.getTime() > stale) return
+      const h = headers()
+      h.set(KEPT, headOf(stream, last))
+      await this.js.publish(subject, new Uint8Array(0), { headers: h })
+    }))
   }
 
   async after (channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null> {
@@ -120,9 +140,13 @@ export class NatsHistory implements ChannelHistory {
       if (stored === null) break
       const position = positionOf(stream, stored)
       if (found) {
-        if (stored.header?.get(START) !== '1') out.push(withPosition(position, decoder.decode(stored.data)))
+        if (!isMarker(stored)) out.push(withPosition(position, decoder.decode(stored.data)))
       } else if (position === since) {
         if (stored.seq <= gap) return null
+        found = true
+      } else if ((stored.header?.get(KEPT) ?? '') === since) {
+        // `since` aged out, a keep-alive says nothing came after it: no gap may have been marked since it
+        if (at.pos <= gap) return null
         found = true
       } else if (searched >= SEARCH) return null
       seq = stored.seq + 1
@@ -155,4 +179,13 @@ function positionOf (stream: Stream, stored: StoredMsg): string {
   // (a header not set reads '')
   const named = stored.header?.get(POSITION) ?? ''
   return named !== '' ? named : stream.epoch + ':' + String(stored.seq)
+}
+
+/** A history's start or a keep-alive: no message of the channel. */
+const isMarker = (stored: StoredMsg): boolean => stored.header?.get(START) === '1' || (stored.header?.get(KEPT) ?? '') !== ''
+
+/** The channel's position as its last stored message says: a keep-alive's names the one it stands in for. */
+function headOf (stream: Stream, last: StoredMsg): string {
+  const kept = last.header?.get(KEPT) ?? ''
+  return kept !== '' ? kept : positionOf(stream, last)
 }

@@ -133,6 +133,15 @@ export class RedisHistory implements ChannelHistory {
     return String(await scripts.head.run(this.client, [key], [newEpoch(), Math.ceil(limits.ttlSeconds * 1000)]))
   }
 
+  async keep (channels: readonly string[], limits: HistoryLimits): Promise<void> {
+    const ttl = Math.ceil(limits.ttlSeconds * 1000)
+    // one command each, sent together (on a cluster the streams are on many shards); a stream gone stays gone
+    await Promise.all(channels.map(async (channel) => {
+      const key = this.keyOf(channel)
+      if (key !== null) await this.client.pexpire(key, ttl)
+    }))
+  }
+
   async reset (channel: string): Promise<void> {
     const key = this.keyOf(channel)
     if (key !== null) await this.client.del(key)

@@ -15,6 +15,7 @@
  * was written.
  */
 import { randomBytes } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
 import type { ResolvedOptions } from '../options.js'
 import { parsePosition } from '../protocol/wire.js'
 
@@ -44,6 +45,11 @@ export interface ChannelHistory {
    * offset 0). Every later message of the channel is `after` it.
    */
   head(channel: string, limits: HistoryLimits): Promise<string | null>
+  /**
+   * The channels are watched: their histories must not expire while they are quiet, so that a client holding a
+   * channel's last position resumes from it however long ago the channel last changed (lib/bus/history-keeper.ts).
+   */
+  keep(channels: readonly string[], limits: HistoryLimits): Promise<void>
   /** A message of the channel was lost: its history starts again, with a new epoch. */
   reset(channel: string): Promise<void>
   /** Messages may have been lost on any channel (a listener gap): no resume may cross this moment. */
@@ -92,4 +98,48 @@ const LINGER_MAX_MS = 60_000
 /** How long a type's channel keeps its history going after its last watcher left: its window, at most a minute. */
 export function historyLingerOf (limits: (entityType: string) => HistoryLimits | null): (entityType: string) => number {
   return (entityType) => Math.min(LINGER_MAX_MS, (limits(entityType)?.ttlSeconds ?? 0) * 1000)
+}
+
+/** channels kept in one call */
+const KEEP_BATCH = 500
+
+/**
+ * Keeps the histories of the channels this instance's sockets watch from expiring while quiet (`keep`): a client that
+ * holds a channel's last position, or its start, resumes from it however long ago the channel last changed, as long
+ * as someone watched it. Every third of the shortest history ttl, each such channel once, by its type's limits. A
+ * sweep costs one command per watched channel (Redis: PEXPIRE; NATS: a read, and a keep-alive message for a channel
+ * quiet for half its ttl; memory: the walk). Returns the stop.
+ */
+export function keepHistories (
+  history: ChannelHistory | null,
+  watched: { channels(): Iterable<[string, { entityType: string }]> },
+  options: Pick<ResolvedOptions, 'history' | 'entities' | 'capture'>,
+  log: FastifyBaseLogger
+): () => void {
+  const limits = historyLimitsOf(options)
+  const ttls = [options.history.ttlSeconds, ...Object.values(options.entities).map((e) => e.history === false ? Infinity : e.history?.ttlSeconds ?? Infinity)]
+  if (history === null || options.capture.mode !== 'notify') return () => {}
+  let sweeping = false
+  const sweep = async (): Promise<void> => {
+    const byType = new Map<string, string[]>()
+    for (const [channel, { entityType }] of watched.channels()) {
+      const channels = byType.get(entityType)
+      if (channels === undefined) byType.set(entityType, [channel])
+      else channels.push(channel)
+    }
+    let failure: Error | null = null
+    for (const [entityType, channels] of byType) {
+      const kept = limits(entityType)
+      if (kept === null) continue
+      for (let i = 0; i < channels.length; i += KEEP_BATCH) await history.keep(channels.slice(i, i + KEEP_BATCH), kept).catch((err: Error) => { failure = err })
+    }
+    if (failure !== null) log.warn({ err: (failure as Error).message }, 'changefeed: keeping the watched channels\' history failed; a quiet one may expire (its clients then refetch)')
+  }
+  const timer = setInterval(() => {
+    if (sweeping) return
+    sweeping = true
+    void sweep().finally(() => { sweeping = false })
+  }, Math.max(100, (Math.min(...ttls) * 1000) / 3))
+  timer.unref()
+  return () => clearInterval(timer)
 }

@@ -3,7 +3,8 @@
  * the message delivered live as stored, a change's position carried on its other channels, `after` exact or null
  * (unknown, another epoch, trimmed), `reset` starting a channel again with a new epoch, and `markGap` refusing every
  * resume from before it. `head`: a channel's position now, its start when it has had no message (every later one is
- * after it), its last message's otherwise.
+ * after it), its last message's otherwise; `keep`: a watched channel's history outlives its ttl while quiet, and a
+ * position held from before still resumes.
  */
 import t from 'tap'
 import Fastify from 'fastify'
@@ -93,6 +94,25 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     t.same(await history.after(quiet, start, limits), received, 'the first message is after it')
     await history.markGap()
     t.equal(await history.after(quiet, start, limits), null, 'no resume passes a gap')
+  })
+}
+
+for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
+  t.test(`${provider}: a watched channel's history is kept while it is quiet`, async (t) => {
+    const { bus } = await busOf(t, provider)
+    const history = bus.history!
+    const short = { size: 5, ttlSeconds: 1 }
+    const [kept, left] = [`hc:Team:${randomUUID()}`, `hc:Team:${randomUUID()}`]
+    const keptAt = (await history.append(kept, 'k1', short))!
+    const leftAt = (await history.append(left, 'l1', short))!
+    // kept every third of its ttl, as lib/bus/history.ts keepHistories does, until the other one expired
+    const timer = setInterval(() => { void history.keep([kept], short) }, 333)
+    t.teardown(() => clearInterval(timer))
+    t.ok(await until(async () => await history.after(left, leftAt, short) === null, 10_000), 'the channel not kept expired')
+    t.same(await history.after(kept, keptAt, short), [], 'the kept one resumes from its last message: nothing missed')
+    t.equal(await history.head(kept, short), keptAt, 'its head is still that message\'s position')
+    const next = (await history.append(kept, 'k2', short))!
+    t.same((await history.after(kept, keptAt, short))?.map((m) => splitPosition(m).position), [next], 'then what came after it')
   })
 }
 
