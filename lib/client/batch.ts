@@ -84,7 +84,7 @@ export class Batcher implements BatchReceiver {
     if (members === undefined) return
     for (const entityId of data.subscribed) {
       const snapshots = data.snapshots ?? {}
-      members.get(entityId)?.onSubscribed(undefined, Object.prototype.hasOwnProperty.call(snapshots, entityId) ? snapshots[entityId] : undefined)
+      members.get(entityId)?.onSubscribed(undefined, Object.prototype.hasOwnProperty.call(snapshots, entityId) ? snapshots[entityId] : undefined, data.positions?.[entityId])
       members.delete(entityId)
     }
     for (const { entityId, code, error } of data.errors) {

@@ -163,11 +163,13 @@ export function encodeSubscribedMany (id: RequestIdValue, entityType: string, te
   subscribed: string[]
   errors: Array<{ entityId: string, code: WireErrorCode, error: string }>
   snapshots?: Record<string, EntitySnapshotData>
+  positions?: Record<string, string>
 }): string {
   const data: Static<typeof SubscribedMany>['data'] = tenantId === undefined
     ? { entityType, subscribed: result.subscribed, errors: result.errors }
     : { entityType, tenantId, subscribed: result.subscribed, errors: result.errors }
   if (result.snapshots !== undefined) data.snapshots = result.snapshots
+  if (result.positions !== undefined) data.positions = result.positions
   return JSON.stringify(reply(id, 'subscribed', data) satisfies Static<typeof SubscribedMany>)
 }
 

@@ -189,7 +189,9 @@ export const SubscribedMany = reply('subscribed', {
   tenantId: Type.Optional(Type.String()),
   subscribed: Type.Array(Type.String()),
   errors: Type.Array(Type.Object({ entityId: Type.String(), code: Type.Enum(Object.values(WireError)), error: Type.String() }, { additionalProperties: false })),
-  snapshots: Type.Optional(Type.Record(Type.String(), EntitySnapshot))
+  snapshots: Type.Optional(Type.Record(Type.String(), EntitySnapshot)),
+  /** where the subscriptions that start now start (notify mode, a type with history), by entity id: as `subscribed.position` */
+  positions: Type.Optional(Type.Record(Type.String(), Type.String()))
 })
 export const SubscriptionError = reply('subscription_error', { ...Ref, code: ErrorCode, error: Type.String() })
 export const Unsubscribed = reply('unsubscribed', { subscriptionId: Type.String() })

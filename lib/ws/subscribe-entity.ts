@@ -18,7 +18,7 @@ import {
 } from '../protocol/index.js'
 
 /** How a subscription starts: its reply's fields, the replay written after it, and what the reply carried. */
-interface Start {
+export interface Start {
   recovered?: boolean
   snapshot?: EntitySnapshotData
   position?: string
@@ -96,7 +96,7 @@ async function startFrom (subscriptions: Subscriptions, entity: EntityType, chan
 }
 
 /** The channel's position now (notify mode, a type with history); null without one, or when it cannot be read. */
-async function headOf (subscriptions: Subscriptions, entity: EntityType, entityId: string, tenantId: string | null): Promise<string | null> {
+export async function headOf (subscriptions: Subscriptions, entity: EntityType, entityId: string, tenantId: string | null): Promise<string | null> {
   const { services, socket } = subscriptions
   try {
     return await services.head?.(entity, entityId, tenantId) ?? null
@@ -110,7 +110,7 @@ async function headOf (subscriptions: Subscriptions, entity: EntityType, entityI
  * A subscription that starts at `head`: what the channel got between that read and the opening follows the reply,
  * as a replay would. When that cannot be given it starts now, without a position, as it does without a history.
  */
-async function startAt (subscriptions: Subscriptions, entity: EntityType, channel: string, subscription: Subscription, head: string): Promise<Start> {
+export async function startAt (subscriptions: Subscriptions, entity: EntityType, channel: string, subscription: Subscription, head: string): Promise<Start> {
   const { socket, services } = subscriptions
   let frames: ReplayedFrames | null = null
   try {

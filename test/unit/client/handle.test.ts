@@ -92,6 +92,26 @@ t.test('subscribeMany(): onChange names each entity', async (t) => {
   release()
 })
 
+t.test('subscribeMany(): the position the reply gives each is its since after a reconnect', async (t) => {
+  const clock = fakeClock(t)
+  const { WebSocket, sockets } = fakeSockets()
+  const client = new ChangefeedClient<Entities>({ url: 'ws://fake', WebSocket, random: () => 0.5, backoff: { initialMs: 100 } })
+  t.teardown(() => client.destroy())
+  await turn()
+  sockets[0].open()
+  client.subscribeMany('Match', ['m1', 'm2'])
+  const [request] = sentOf(sockets[0], 'subscribe')
+  sockets[0].receive({ type: 'subscribed', id: request.id, data: { entityType: 'Match', subscribed: ['m1', 'm2'], errors: [], positions: { m1: '0a0a0a0a:3' } } })
+  sockets[0].close(1006)
+  clock.advance(1000)
+  await turn()
+  sockets[1].open()
+  const again = sentOf(sockets[1], 'subscribe')
+  t.match(again.find((f) => f.id === 'Match:m1'), { data: { entityId: 'm1', since: '0a0a0a0a:3' } }, 'm1 resumes from its position')
+  const m2 = again.find((f) => f.id === 'Match:m2')
+  t.ok(m2?.data !== undefined && !('since' in m2.data), 'm2, with none, is asked for afresh')
+})
+
 t.test('subscribeWhere() hands out the same shape', async (t) => {
   const { client, socket, clock } = await connected(t)
   const where = { teamId: 't1' }

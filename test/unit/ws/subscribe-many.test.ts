@@ -4,11 +4,14 @@
  * authorize rule, a bus that failed for it, the limit of subscriptions) while the others go on; a refused type
  * refuses them all; with `snapshot`, the states read in one call, an entity whose document names someone else
  * refused alone, a refused read refusing the batch (the subscriptions ended), live changes the read saw dropped.
+ * Without `snapshot`, each one that starts now starts at its channel's position (`positions`), what came between
+ * written after the reply.
  */
 import t from 'tap'
 import { subscribeMany } from '../../../lib/ws/subscribe-many.js'
 import { RecordingReply, harness, statesOf, user } from '../fixtures/subscriptions.js'
 import type { SubscribeManyRequest } from '../../../lib/protocol/index.js'
+import type { ReplayedFrames } from '../../../lib/reads/replay.js'
 
 async function subscribe (h: ReturnType<typeof harness>, req: SubscribeManyRequest): Promise<RecordingReply> {
   const reply = new RecordingReply()
@@ -87,4 +90,24 @@ t.test('the socket closes meanwhile: no reply', async (t) => {
   const reply = await subscribe(h, { entityType: 'Match', entityIds: ['m1', 'm2'] })
   t.equal(reply.sent, false)
   t.equal(h.subscriptions.size, 0)
+})
+
+t.test('each that starts now starts at its channel\'s position; what came between follows the reply', async (t) => {
+  const h = harness()
+  const at = (n: number): string => `0000abcd:${n}`
+  const [m1, m2] = [h.fanout.channel('Match', 'm1'), h.fanout.channel('Match', 'm2')]
+  // m1 has a history, m2's position cannot be read
+  h.services.head = async (_entity, entityId) => { if (entityId === 'm2') throw new Error('gone'); return at(4) }
+  h.script.replay = async (_entity, _id, _tenant, since): Promise<ReplayedFrames> => {
+    h.arrive(m1, at(5))
+    h.arrive(m1, at(6))
+    return [{ frame: '{"replayed":5}', position: at(5) }].filter(() => since === at(4))
+  }
+  const reply = await subscribe(h, { entityType: 'Match', entityIds: ['m1', 'm2'] })
+  t.same(reply.answer.data.subscribed, ['m1', 'm2'])
+  t.same(reply.answer.data.positions, { m1: at(4) }, 'the position of each that has one')
+  t.same(h.socket.replays, [{ channel: m1, frames: [{ frame: '{"replayed":5}', position: at(5) }] }], 'what came between, after the reply')
+  t.same(h.socket.delivered.map((f) => JSON.parse(f).data.position), [at(6)], 'then the live one the replay did not have')
+  t.equal(h.fanout.store.get(m2)?.receivers.has(h.socket), true, 'the one without a position is subscribed all the same')
+  t.match(h.warnings, [/position could not be read/])
 })
