@@ -152,7 +152,10 @@ t.test('a rebuild racing discovery: its copy is no type, its type stays, its row
 
 t.test('a rebuild in one transaction is no change at all; run statement by statement, one resync', async (t) => {
   const ws = await client()
+  const routed = app.changefeed.stats().router.changes
   for (const id of ['t-1', 't-2', 't-3']) await run(storeCommand(team, 'upsert', { id, doc: { id } }))
+  // routed (to nobody) before the subscribes: under load a NOTIFY may come after them
+  t.ok(await until(() => app.changefeed.stats().router.changes >= routed + 3), 'the stores are routed')
   for (const id of ['t-1', 't-2', 't-3']) await ws.subscribe('Team', id)
   const columns = ['id', 'data', 'mt_last_modified', 'mt_version', 'mt_dotnet_type']
   await run(`BEGIN;\n${rebuildStatements(team, documentTable(team), columns).join('\n')}\nCOMMIT;`)

@@ -424,7 +424,8 @@ class Run {
     const watchers = live.filter((s) => s.watched.has(subscriptionIdOf(target)))
     // 'updated' tells it from the 'created' of publishNow, which may still be on its way
     const delivered = await app.changefeed.publish({ ...target, changeType: 'updated' })
-    if (delivered !== (watchers.length > 0)) this.violations.push(`publish ${subscriptionIdOf(target)} returned ${String(delivered)} with ${watchers.length} watchers`)
+    // (a channel whose last watcher left lately still takes changes into its history: true with none is allowed)
+    if (!delivered && watchers.length > 0) this.violations.push(`publish ${subscriptionIdOf(target)} returned false with ${watchers.length} watchers`)
     // the change was written to the sockets before publish resolved: a pong after it comes behind it
     for (const s of live) s.pings++
     for (const s of live) s.client.send({ type: 'ping' })
