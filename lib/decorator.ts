@@ -23,7 +23,11 @@ export interface ChangefeedStats {
   /** filtered feeds on this instance: different filters held (`groups`), sockets' subscriptions to them, reads made */
   filters: { groups: number, subscriptions: number, reads: number }
   /** `outboxPublished`: outbox rows this instance published (outbox mode) */
-  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number }>
+  /**
+   * `standby` (notify mode with a shared bus, else null): transactions a follower holds, those dropped from its full
+   * buffer, and this instance's takeovers without a gap and with one
+   */
+  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number, standby: { buffered: number, overflowed: number, gapless: number, gap: number } | null }>
   /** the JetStream stream of all changes, when enabled */
   stream: { published: number, failed: number } | null
   /**

@@ -18,6 +18,7 @@ import { AccessPolicy, type AuthorizeFunction } from './auth/policy.js'
 import { Authenticator } from './auth/authenticate.js'
 import { createBus, openBroker } from './bus/index.js'
 import { historyLimitsOf, historyLingerOf, keepHistories } from './bus/history.js'
+import { handoffRecordOf } from './bus/handoff.js'
 import { createInterest } from './interest/index.js'
 import { createPresence } from './presence/index.js'
 import { ChangeRouter } from './route/router.js'
@@ -101,11 +102,11 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
     const eventStore = (database: string): ReturnType<typeof eventStoreOf> => eventStoreOf(options.capture, database, registry.schemaOf(database))
     const drops = new Drops(log)
     const notices = new Notices(registry, databases, eventStore, drops)
-    const capture = new Capture(databases, registry, options, log, options.bus.provider !== 'memory', drops)
+    const capture = new Capture(databases, registry, options, log, options.bus.provider !== 'memory', drops, handoffRecordOf(broker, options.bus.prefix))
     const router = new ChangeRouter({ registry, notices, interest, bus, prefix: options.bus.prefix, log, stream, instanceId, deltaCacheBytes: options.limits.deltaCacheBytes, scanner: capture, history: historyLimitsOf(options) })
     closers.add(() => router.close())
     capture.deliverTo({
-      onChange: (change) => router.routeCaptured(change),
+      onChange: async (change) => await router.routeCaptured(change),
       onOutbox: async (database, rows, attempt) => await router.routeOutbox(database, rows, attempt),
       onGap: (database, reason, { precaution }) => {
         fanout.announceGap(database, reason, { precaution }).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))

@@ -15,6 +15,7 @@ import { tenantRegistryOf } from './options.js'
 import type { EntityRegistry } from '../entities.js'
 import type { ResolvedOptions } from '../options.js'
 import type { Drops } from '../route/drops.js'
+import type { HandoffRecord } from '../bus/handoff.js'
 import { CaptureKeyError, DatabaseUnavailableError } from '../errors.js'
 
 export { eventStoreOf } from './tables.js'
@@ -46,7 +47,9 @@ export class Capture implements TableScanner {
     private readonly log: FastifyBaseLogger,
     /** with a shared bus only one instance per database listens */
     private readonly leaderElection: boolean,
-    private readonly drops: Drops
+    private readonly drops: Drops,
+    /** where a leader records what it handed on (a shared bus; null: a takeover is a gap) */
+    private readonly handoff: HandoffRecord | null = null
   ) {
     this.tables = new WatchedTables(registry, options, log, {
       onUnannounced: (database) => this.events?.onGap(database, 'unannounced', { precaution: false }),
@@ -98,7 +101,10 @@ export class Capture implements TableScanner {
       leaderElection: this.leaderElection,
       leaderRetryMs: capture.leaderRetryMs,
       probeIntervalMs: capture.probeIntervalSeconds * 1000,
-      outbox: capture.mode === 'outbox' ? capture.outbox : null
+      outbox: capture.mode === 'outbox' ? capture.outbox : null,
+      standby: capture.standby.enabled && this.handoff !== null
+        ? { maxTransactions: capture.standby.maxTransactions, windowMs: capture.standby.windowSeconds * 1000, record: this.handoff }
+        : null
     }, {
       ...events,
       // a note on the table of tenant databases may have been lost with the connection

@@ -4,52 +4,25 @@
  * and a follower that keeps trying takes over within `capture.leaderRetryMs`. NOTIFY is lost while nobody listens,
  * so every start of listening other than an instance's very first fires `onGap`: the sockets watching this
  * database's entities must resync. Never silent. With a shared bus, an instance's first start of listening tells
- * the other instances too, as a precaution (a leader may have died just before it started).
+ * the other instances too, as a precaution (a leader may have died just before it started). In notify mode a
+ * follower listens too, on standby (lib/capture/standby.ts): when it takes over, it publishes what the old leader had
+ * not, and that is no gap.
  *
  * Outbox mode: the leader always elects (even alone), a NOTIFY only wakes it, and it publishes the outbox from
  * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
  */
 import type { FastifyBaseLogger } from 'fastify'
 import type { Database, ListenSession } from './database.js'
-import { TransactionCoalescer, isRowChange, type Change } from './coalesce.js'
+import { TransactionCoalescer, isRowChange } from './coalesce.js'
 import { Outbox } from './outbox.js'
-import { NotifyVerifier } from './signature.js'
-import { isDdlNote, transactionOf, unannouncedNote, type DdlNote } from './payloads.js'
-import { OutboxPublisher, type OutboxBatchHandler, type OutboxSettings } from './publisher.js'
+import { NotifyVerifier, readNotifyKey } from './signature.js'
+import { isDdlNote, unannouncedNote } from './payloads.js'
+import { OutboxPublisher } from './publisher.js'
+import { HandledLog, Standby } from './standby.js'
+import type { ListenerEvents, ListenerOptions, ListenerState } from './listener-events.js'
 import type { Drops } from '../route/drops.js'
-import { CaptureKeyError } from '../errors.js'
 
-export type ListenerState = 'idle' | 'following' | 'listening' | 'reconnecting' | 'closed'
-
-export interface ListenerEvents {
-  onChange(change: Change): void
-  /**
-   * Changes of `database` may have been lost: its watchers must resync. `precaution`: this instance has just become
-   * the first listener with a shared bus; it lost nothing itself, but the watchers of other instances may have (a
-   * leader that died just before), so they are told too; it is not a gap of this instance.
-   */
-  onGap(database: string, reason: 'listener_gap' | 'leader_change' | 'unannounced', gap: { precaution: boolean }): void
-  /** Outbox mode: routes a batch of numbered rows (lib/capture/publisher.ts). */
-  onOutbox: OutboxBatchHandler
-  /** The database's event trigger put the capture trigger on a new table, or could not (`error`). */
-  onDdl(database: string, note: DdlNote): void
-  /** A trigger said, unsigned, that its writing role may not announce changes: the database's grants need a look. */
-  onUnannounced(database: string): void
-}
-
-export type { OutboxSettings } from './publisher.js'
-
-export interface ListenerOptions {
-  channel: string
-  reconnectMaxDelayMs: number
-  /** true with a shared bus: only the holder of the advisory lock listens */
-  leaderElection: boolean
-  leaderRetryMs: number
-  /** how often the connection is checked with a query (0: never); a connection that does not answer is replaced */
-  probeIntervalMs: number
-  /** outbox mode, or null for notify mode */
-  outbox: OutboxSettings | null
-}
+export type { ListenerEvents, ListenerOptions, ListenerState, OutboxSettings } from './listener-events.js'
 
 const PROBE_TIMEOUT_MS = 5000
 
@@ -70,6 +43,9 @@ export class ListenerConnection {
   /** outbox mode: publishes the outbox while this instance leads */
   private readonly outbox: OutboxPublisher | null
   private readonly verifier = new NotifyVerifier()
+  /** a follower's standby, and the leader's record of what it handed on (notify mode with election) */
+  readonly standby: Standby | null = null
+  private readonly handled: HandledLog | null = null
 
   constructor (
     private readonly db: Database,
@@ -80,7 +56,15 @@ export class ListenerConnection {
     /** the database's tenant (database per tenant), or null */
     tenant: string | null
   ) {
-    this.coalescer = new TransactionCoalescer(db.name, tenant, events.onChange)
+    const { standby } = options
+    if (standby !== null && options.leaderElection && options.outbox === null) {
+      this.standby = new Standby(standby, db.name, standby.record, log)
+      this.handled = new HandledLog(db.name, standby.record, log)
+    }
+    this.coalescer = new TransactionCoalescer(db.name, tenant, (change) => {
+      const routed = events.onChange(change)
+      this.handled?.track(change.txid, routed)
+    })
     this.outbox = options.outbox === null
       ? null
       : new OutboxPublisher(db.name, new Outbox(options.channel), options.outbox, events.onOutbox, () => this.state === 'listening' ? this.session : null, log)
@@ -106,22 +90,16 @@ export class ListenerConnection {
 
   private async useSession (session: ListenSession): Promise<void> {
     this.session = session
-    this.verifier.useKey(await this.readKey(session))
+    this.verifier.useKey(await readNotifyKey(session, this.db.name))
     this.startProbe()
     if (await this.tryToLead(session)) return
     this.state = 'following'
-    this.log.info({ database: this.db.name }, 'changefeed: another instance listens to this database; following')
-    this.schedule(() => this.retryLead(), this.options.leaderRetryMs)
-  }
-
-  private async readKey (session: ListenSession): Promise<Buffer> {
-    try {
-      const [row] = await session.query<{ key: Uint8Array }>('SELECT key FROM changefeed_key')
-      if (row === undefined) throw new Error('the table is empty')
-      return Buffer.from(row.key)
-    } catch (err) {
-      throw new CaptureKeyError(this.db.name, (err as Error).message)
+    if (this.standby !== null) {
+      await this.listen(session)
+      this.standby.start()
     }
+    this.log.info({ database: this.db.name, standby: this.standby !== null }, 'changefeed: another instance listens to this database; following')
+    this.schedule(() => this.retryLead(), this.options.leaderRetryMs)
   }
 
   /** Takes the lock (when electing) and listens. True when this instance now listens. */
@@ -130,12 +108,16 @@ export class ListenerConnection {
       const [row] = await session.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1)::bigint) AS ok', [`fastify-changefeed:${this.options.channel}`])
       if (row?.ok !== true) return false
     }
-    // the transactions over before LISTEN: their NOTIFYs can no longer reach this listener
-    const [{ snap }] = await session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap')
-    this.verifier.listening(snap)
-    await session.listen(this.options.channel)
+    const standing = this.standby?.listening === true
+    if (!standing) await this.listen(session)
+    // on standby, NOTIFYs go on into the buffer until the takeover has taken from it what the old leader had not
+    const gapless = standing && await this.standby!.takeOver((transactions) => {
+      for (const rows of transactions) for (const row of rows) this.coalescer.push(row)
+      this.coalescer.flush()
+    })
+    this.standby?.stop()
     if ((this.state as ListenerState) === 'closed') return true
-    const first = this.leaderships === 0 && !this.lost
+    const first = this.leaderships === 0 && !this.lost && !standing
     this.state = 'listening'
     this.leaderships++
     this.attempt = 0
@@ -146,13 +128,20 @@ export class ListenerConnection {
     this.log.info({ database: this.db.name, leader: true, election: this.options.leaderElection, outbox: this.outbox !== null }, 'changefeed: listening')
     if (this.outbox !== null) {
       this.outbox.start()
-    } else if (!first) {
+    } else if (!first && !gapless) {
       this.gaps++
       this.events.onGap(this.db.name, reason, { precaution: false })
-    } else if (this.options.leaderElection) {
+    } else if (this.options.leaderElection && !gapless) {
       this.events.onGap(this.db.name, reason, { precaution: true })
     }
     return true
+  }
+
+  /** LISTEN, after a snapshot of the transactions over before it: their NOTIFYs can no longer reach this listener. */
+  private async listen (session: ListenSession): Promise<void> {
+    const [{ snap }] = await session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap')
+    this.verifier.listening(snap)
+    await session.listen(this.options.channel)
   }
 
   private async retryLead (): Promise<void> {
@@ -185,7 +174,7 @@ export class ListenerConnection {
         session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap'),
         new Promise<never>((_resolve, reject) => { timeout = setTimeout(() => reject(new Error('no answer to the probe')), PROBE_TIMEOUT_MS) })
       ])
-      if (this.session === session && this.state === 'listening') this.verifier.advance(row.snap)
+      if (this.session === session && (this.state === 'listening' || this.standby?.listening === true)) this.verifier.advance(row.snap)
     } catch (err) {
       if (this.session !== session) return
       void session.close().catch(() => {})
@@ -201,28 +190,27 @@ export class ListenerConnection {
   }
 
   private onPayload (payload: string): void {
-    if (this.state !== 'listening') return
+    const standby = this.state === 'following' ? this.standby : null
+    if (this.state !== 'listening' && standby?.listening !== true) return
     // outbox mode: the NOTIFY only wakes the publisher, which reads what the triggers recorded; it trusts nothing
     // the NOTIFY says (a forged wake-up costs one look at the outbox)
     if (payload === 'outbox') {
       if (this.outbox !== null) void this.drain()
       return
     }
-    const body = this.verifier.verified(payload)
-    if (body === null) return this.unsigned(payload)
-    let row: unknown
-    try {
-      row = JSON.parse(body)
-    } catch {
-      row = null
+    const verdict = this.verifier.check(payload)
+    if (standby !== null) {
+      // a follower keeps verified row changes only: the leader reports the rest
+      if (verdict.kind === 'fresh' && isRowChange(verdict.row)) standby.buffer.push(verdict.row)
+      return
     }
-    const txid = transactionOf(row)
-    if (txid === null) return this.drops.drop('malformed', { database: this.db.name, detail: `${body.length} bytes` })
-    if (this.verifier.admit(payload, txid) === 'replayed') return this.drops.drop('replayed', { database: this.db.name })
-    if (isDdlNote(row)) return this.events.onDdl(this.db.name, row)
+    if (verdict.kind === 'unsigned') return this.unsigned(payload)
+    if (verdict.kind === 'replayed') return this.drops.drop('replayed', { database: this.db.name })
+    const { row } = verdict
+    if (verdict.kind === 'fresh' && isDdlNote(row)) return this.events.onDdl(this.db.name, row)
     // outbox mode records changes; a NOTIFY carrying one comes from triggers installed for notify mode
-    if (this.outbox !== null) return
-    if (!isRowChange(row)) return this.drops.drop('malformed', { database: this.db.name, detail: `${body.length} bytes` })
+    if (this.outbox !== null && verdict.kind === 'fresh') return
+    if (verdict.kind !== 'fresh' || !isRowChange(row)) return this.drops.drop('malformed', { database: this.db.name, detail: `${verdict.bytes} bytes` })
     this.coalescer.push(row)
   }
 
@@ -242,7 +230,8 @@ export class ListenerConnection {
     if (this.state === 'closed') return
     this.coalescer.flush()
     this.session = null
-    // a follower that loses its connection missed nothing: the leader still listens
+    // a follower that loses its connection missed nothing: the leader still listens (its standby starts again)
+    this.standby?.stop()
     if (this.state === 'listening') this.lost = true
     this.state = 'reconnecting'
     this.log.warn({ database: this.db.name, err: err.message }, 'changefeed: listener connection lost, reconnecting')
@@ -283,13 +272,18 @@ export class ListenerConnection {
     }
   }
 
-  /** Stops listening; closing the connection releases the leadership lock at once. */
+  /**
+   * Stops listening; closing the connection releases the leadership lock at once. A leader first hands on and
+   * records what it has taken, so the instance taking over starts right after it.
+   */
   async close (): Promise<void> {
+    const leading = this.state === 'listening'
     this.state = 'closed'
     if (this.timer !== null) clearTimeout(this.timer)
     if (this.probeTimer !== null) clearInterval(this.probeTimer)
     this.outbox?.stop()
     this.coalescer.flush()
+    if (leading) await this.handled?.settled()
     const session = this.session
     this.session = null
     await session?.close()

@@ -47,6 +47,11 @@ export const Capture = Type.Object(
     rescanIntervalSeconds: Type.Number({ minimum: 0, default: 60, description: 'how often to look for new watched tables (0: only at start)' }),
     reconnectMaxDelayMs: Type.Integer({ minimum: 10, default: 5000, description: 'upper bound of the listener reconnect backoff' }),
     leaderRetryMs: Type.Integer({ minimum: 50, default: 1000, description: 'with a shared bus: how often a follower tries to become the listener of a database' }),
+    standby: Type.Object({
+      enabled: Type.Boolean({ default: true, description: 'notify mode with a shared bus: followers listen too and keep the recent changes, so a takeover publishes what the old leader had not instead of resyncing every watcher' }),
+      maxTransactions: Type.Integer({ minimum: 1, default: 10000, description: 'transactions a follower keeps at most; beyond, the oldest are dropped (counted, logged), and a takeover past them resyncs' }),
+      windowSeconds: Type.Number({ minimum: 0.1, default: 30, description: 'a follower keeps the transactions of this long (the newest always): how far behind a leader may fall and still hand over without a gap' })
+    }, { default: {}, additionalProperties: false }),
     events: Type.Object({
       enabled: Type.Boolean({ default: false, description: 'capture Marten event appends as `appended` changes of the stream\'s aggregate' }),
       table: Type.String({ default: 'mt_events', description: 'the event table' }),

@@ -16,6 +16,9 @@
  */
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { Visibility } from './visibility.js'
+import { transactionOf } from './payloads.js'
+import type { ListenSession } from './database.js'
+import { CaptureKeyError } from '../errors.js'
 
 /** hex characters of the HMAC-SHA-256 that precede every signed NOTIFY payload */
 const SIGNATURE_LENGTH = 64
@@ -23,6 +26,20 @@ const SIGNATURE_LENGTH = 64
 const MAX_REMEMBERED = 200_000
 
 export type Verdict = 'fresh' | 'replayed'
+
+/** What a payload is: not signed, signed but without a transaction, seen before (or too late), or to believe. */
+export type Checked = { kind: 'unsigned' } | { kind: 'malformed' | Verdict, row: unknown, bytes: number }
+
+/** The signing key, read on every connection, so a reinstall is picked up. */
+export async function readNotifyKey (session: ListenSession, database: string): Promise<Buffer> {
+  try {
+    const [row] = await session.query<{ key: Uint8Array }>('SELECT key FROM changefeed_key')
+    if (row === undefined) throw new Error('the table is empty')
+    return Buffer.from(row.key)
+  } catch (err) {
+    throw new CaptureKeyError(database, (err as Error).message)
+  }
+}
 
 export class NotifyVerifier {
   private key: Buffer | null = null
@@ -64,6 +81,20 @@ export class NotifyVerifier {
     const given = Buffer.from(payload.slice(0, SIGNATURE_LENGTH), 'utf8')
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null
     return body
+  }
+
+  /** A payload as it came: verified, parsed and admitted. */
+  check (payload: string): Checked {
+    const body = this.verified(payload)
+    if (body === null) return { kind: 'unsigned' }
+    let row: unknown
+    try {
+      row = JSON.parse(body)
+    } catch {
+      row = null
+    }
+    const txid = transactionOf(row)
+    return { kind: txid === null ? 'malformed' : this.admit(payload, txid), row, bytes: body.length }
   }
 
   /** Whether a verified payload of transaction `txid` may be believed now (its first arrival, in time). */

@@ -60,7 +60,14 @@ const sum = (counts: Record<string, number>): number => Object.values(counts).re
 
 function listenerStats ({ capture }: Pipeline): ChangefeedStats['listeners'] {
   return Object.fromEntries([...capture.listeners].map(([name, l]) =>
-    [name, { state: l.state, reconnects: l.reconnects, leaderships: l.leaderships, gaps: l.gaps, outboxPublished: l.outboxPublished }]))
+    [name, {
+      state: l.state,
+      reconnects: l.reconnects,
+      leaderships: l.leaderships,
+      gaps: l.gaps,
+      outboxPublished: l.outboxPublished,
+      standby: l.standby === null ? null : { buffered: l.standby.buffer.size, overflowed: l.standby.buffer.overflowed, ...l.standby.handoffs }
+    }]))
 }
 
 function routerCounters ({ router, notices }: Pipeline): RouterCounters {

@@ -169,8 +169,8 @@ export class ChangeRouter {
   }
 
   /** Notify mode: a change that fails now is lost, and its watchers must hear of it. */
-  routeCaptured (change: Change): void {
-    void this.routeChange(change).then((ok) => { if (!ok) this.giveUp(change) })
+  async routeCaptured (change: Change): Promise<void> {
+    if (!await this.routeChange(change)) this.giveUp(change)
   }
 
   /** Outbox mode: one batch of numbered rows (lib/capture/publisher.ts says when it is final). */
