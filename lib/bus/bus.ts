@@ -3,7 +3,7 @@
  * for all. Messages are pre-encoded frames: the publisher encodes once, every instance writes the same string to its
  * sockets. What arrives goes to the handlers registered with `onMessage` and `onGap`.
  */
-import type { ChannelHistory, HistoryLimits } from './history.js'
+import type { ChannelHistory, Dedupe, HistoryLimits } from './history.js'
 
 export type { HistoryLimits } from './history.js'
 
@@ -58,8 +58,8 @@ export abstract class Transport {
  * Publishes on a channel: through its history when it keeps one (`limits`) and the provider has one, at `position`
  * when the change has one already (lib/bus/history.ts). Resolves with the change's position (undefined: none).
  */
-export async function publishOn (bus: PubSub, channel: string, message: string, limits: HistoryLimits | null, position?: string): Promise<string | undefined> {
-  if (limits !== null && bus.history !== null) return await bus.history.append(channel, message, limits, position)
+export async function publishOn (bus: PubSub, channel: string, message: string, limits: HistoryLimits | null, position?: string, dedupe?: Dedupe): Promise<string | undefined> {
+  if (limits !== null && bus.history !== null) return await bus.history.append(channel, message, limits, position, dedupe)
   await bus.publish(channel, message)
   return position
 }

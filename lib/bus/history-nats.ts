@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto'
 import { headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
 import { subjectOf } from './subjects.js'
-import { sinceOf, withPosition, type ChannelHistory, type HistoryLimits } from './history.js'
+import { sinceOf, withPosition, type ChannelHistory, type Dedupe, type HistoryLimits } from './history.js'
 
 const POSITION = 'Changefeed-Position'
 const GAP = '$gap'
@@ -76,11 +76,13 @@ export class NatsHistory implements ChannelHistory {
     return { name, subjects, epoch: createHash('sha1').update(name + String(info.created)).digest('hex').slice(0, 8) }
   }
 
-  async append (channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string> {
+  async append (channel: string, message: string, limits: HistoryLimits, position?: string, dedupe?: Dedupe): Promise<string> {
     let stream = await this.streamOf(limits)
     const h = headers()
     if (position !== undefined) h.set(POSITION, position)
-    const store = async (): Promise<{ seq: number }> => await this.js.publish(`${stream.subjects}.${subjectOf(channel)}`, encoder.encode(message), { headers: h })
+    // the change's key is the message id: JetStream drops the same id within its duplicate window (2 min)
+    const msgID = dedupe === undefined ? undefined : createHash('sha1').update(channel + '\u0000' + dedupe.key).digest('hex')
+    const store = async (): Promise<{ seq: number, duplicate: boolean }> => await this.js.publish(`${stream.subjects}.${subjectOf(channel)}`, encoder.encode(message), { headers: h, msgID })
     let ack
     try {
       ack = await store()
@@ -90,8 +92,10 @@ export class NatsHistory implements ChannelHistory {
       stream = await this.streamOf(limits)
       ack = await store()
     }
-    const at = position ?? stream.epoch + ':' + String(ack.seq)
-    await this.publish(channel, withPosition(at, message))
+    const at = (ack.duplicate ? await this.storedPosition(stream, ack.seq) : undefined) ?? position ?? stream.epoch + ':' + String(ack.seq)
+    // stored before: its live publish went out unless it is the subject's last (the old leader may have died between
+    // the two); then it goes out again at its position, which the instances that delivered it drop (lib/ws/positions.ts)
+    if (!ack.duplicate || (dedupe?.check === true && await this.isLast(stream, channel, ack.seq))) await this.publish(channel, withPosition(at, message))
     return at
   }
 
@@ -120,6 +124,18 @@ export class NatsHistory implements ChannelHistory {
       h.set(KEPT, headOf(stream, last))
       await this.js.publish(subject, new Uint8Array(0), { headers: h })
     }))
+  }
+
+  private async isLast (stream: Stream, channel: string, seq: number): Promise<boolean> {
+    const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: `${stream.subjects}.${subjectOf(channel)}` }).catch(() => null)
+    return last?.seq === seq
+  }
+
+  /** The position a stored message went out at (its header, or its sequence). */
+  private async storedPosition (stream: Stream, seq: number): Promise<string | undefined> {
+    const stored = await (await this.manager()).streams.getMessage(stream.name, { seq }).catch(() => null)
+    const named = stored?.header?.get(POSITION) ?? ''
+    return named !== '' ? named : undefined
   }
 
   async after (channel: string, since: string, limits?: HistoryLimits): Promise<string[] | null> {

@@ -9,16 +9,27 @@
 import { createHash } from 'node:crypto'
 import calculateSlot from 'cluster-key-slot'
 import type { Cluster, Redis } from 'ioredis'
-import { newEpoch, sinceOf, type ChannelHistory, type HistoryLimits } from './history.js'
+import { newEpoch, sinceOf, type ChannelHistory, type Dedupe, type HistoryLimits } from './history.js'
+
+/** how many of a channel's last entries a new leader's publish looks through for the same change */
+const DEDUPE_DEPTH = 200
 
 /** the server's time in microseconds: a script runs alone, so two never share one */
 const NOW_US = "local now = redis.call('TIME') local us = now[1] * 1000000 + now[2]"
 
 /**
  * KEYS: the stream. ARGV: channel, message, size, ttl ms, the epoch if the stream is new, '1' for sharded pub/sub,
- * the change's position ('': the channel's next).
+ * the change's position ('': the channel's next), its key ('': none), '1' to look for the key among the last
+ * DEDUPE_DEPTH entries first (returns the position of the one found, publishing nothing).
  */
 const APPEND = `
+if ARGV[9] == '1' then
+  local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ${DEDUPE_DEPTH})
+  for i = 1, #recent do
+    local fields = recent[i][2]
+    if fields[10] == ARGV[8] then return fields[6] end
+  end
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local epoch = ARGV[5]
 local offset = 1
@@ -30,7 +41,7 @@ ${NOW_US}
 local position = ARGV[7]
 if position == '' then position = epoch .. ':' .. offset end
 local message = '@' .. position .. ' ' .. ARGV[2]
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', epoch, 't', string.format('%d', us), 'p', position, 'm', message)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', epoch, 't', string.format('%d', us), 'p', position, 'm', message, 'k', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if ARGV[6] == '1' then redis.call('SPUBLISH', ARGV[1], message) else redis.call('PUBLISH', ARGV[1], message) end
 return position`
@@ -107,13 +118,13 @@ export class RedisHistory implements ChannelHistory {
     return !this.sharded || calculateSlot(key) === calculateSlot(channel) ? key : null
   }
 
-  async append (channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string | undefined> {
+  async append (channel: string, message: string, limits: HistoryLimits, position?: string, dedupe?: Dedupe): Promise<string | undefined> {
     const key = this.keyOf(channel)
     if (key === null) {
       await this.publish(channel, message)
       return position
     }
-    const args = [channel, message, limits.size, Math.ceil(limits.ttlSeconds * 1000), newEpoch(), this.sharded ? '1' : '0', position ?? '']
+    const args = [channel, message, limits.size, Math.ceil(limits.ttlSeconds * 1000), newEpoch(), this.sharded ? '1' : '0', position ?? '', dedupe?.key ?? '', dedupe?.check === true ? '1' : '0']
     return String(await scripts.append.run(this.client, [key], args))
   }
 

@@ -27,13 +27,20 @@ export interface HistoryLimits {
   ttlSeconds: number
 }
 
+/**
+ * A captured change's identity on a channel (`key`), kept with its entry. `check`: the change may be there already (a
+ * new leader publishing what the old one may have published before it stopped): when an entry of the channel's
+ * recent past has the key, nothing is published and its position is the answer.
+ */
+export interface Dedupe { key: string, check: boolean }
+
 export interface ChannelHistory {
   /**
    * Publishes `message` on `channel` and appends it to the channel's history, in one step, at `position` (the change's,
    * given by the channel it went to first), or at the channel's next one; resolves with the position (undefined: the
    * channel keeps no history after all, and it was published as is).
    */
-  append(channel: string, message: string, limits: HistoryLimits, position?: string): Promise<string | undefined>
+  append(channel: string, message: string, limits: HistoryLimits, position?: string, dedupe?: Dedupe): Promise<string | undefined>
   /**
    * The messages after `since` (as they went out: with their position), oldest first; null when they cannot all be
    * given (another epoch, no longer held, or a gap marked after `since`). `limits`: the channel's (where they say

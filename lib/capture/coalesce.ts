@@ -69,6 +69,8 @@ export interface Change {
   hasDoc: boolean
   /** a host's publish, not a captured change: its document is the one given (none: `minimal`), never read */
   published?: true
+  /** published by a new leader for the old one, which may have published it already (lib/capture/standby.ts) */
+  handoff?: true
   /** event sources: the stream's type and the events appended in the transaction, in version order */
   streamType?: string | null
   events?: AppendedEvent[]

@@ -46,6 +46,8 @@ export class ListenerConnection {
   /** a follower's standby, and the leader's record of what it handed on (notify mode with election) */
   readonly standby: Standby | null = null
   private readonly handled: HandledLog | null = null
+  /** the changes emitted now are a takeover's (the old leader may have published them) */
+  private handingOver = false
 
   constructor (
     private readonly db: Database,
@@ -62,6 +64,7 @@ export class ListenerConnection {
       this.handled = new HandledLog(db.name, standby.record, log)
     }
     this.coalescer = new TransactionCoalescer(db.name, tenant, (change) => {
+      if (this.handingOver) change.handoff = true
       const routed = events.onChange(change)
       this.handled?.track(change.txid, routed)
     })
@@ -112,8 +115,10 @@ export class ListenerConnection {
     if (!standing) await this.listen(session)
     // on standby, NOTIFYs go on into the buffer until the takeover has taken from it what the old leader had not
     const gapless = standing && await this.standby!.takeOver((transactions) => {
+      this.handingOver = true
       for (const rows of transactions) for (const row of rows) this.coalescer.push(row)
       this.coalescer.flush()
+      this.handingOver = false
     })
     this.standby?.stop()
     if ((this.state as ListenerState) === 'closed') return true
@@ -232,7 +237,10 @@ export class ListenerConnection {
     this.session = null
     // a follower that loses its connection missed nothing: the leader still listens (its standby starts again)
     this.standby?.stop()
-    if (this.state === 'listening') this.lost = true
+    if (this.state === 'listening') {
+      this.lost = true
+      this.handled?.deposed()
+    }
     this.state = 'reconnecting'
     this.log.warn({ database: this.db.name, err: err.message }, 'changefeed: listener connection lost, reconnecting')
     this.scheduleReconnect()

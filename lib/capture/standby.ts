@@ -141,6 +141,8 @@ export class HandledLog {
   private open: { txid: string, routes: Array<unknown> } | null = null
   private latest: string | null = null
   private writing: Promise<void> | null = null
+  /** counts depositions: what was tracked before one is not recorded */
+  private generation = 0
 
   constructor (private readonly database: string, private readonly record: HandoffRecord, private readonly log: FastifyBaseLogger) {}
 
@@ -157,7 +159,18 @@ export class HandledLog {
     const open = this.open
     if (open === null) return
     this.open = null
-    this.tail = this.tail.then(async () => { await Promise.allSettled(open.routes) }).then(() => this.handled(open.txid))
+    const generation = this.generation
+    this.tail = this.tail.then(async () => { await Promise.allSettled(open.routes) }).then(() => { if (generation === this.generation) this.handled(open.txid) })
+  }
+
+  /**
+   * This instance no longer leads (its connection went): what it still routes is not recorded, since the new leader
+   * may have read the record already and be recording its own.
+   */
+  deposed (): void {
+    this.generation++
+    this.open = null
+    this.latest = null
   }
 
   private handled (txid: string): void {

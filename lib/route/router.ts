@@ -240,7 +240,7 @@ export class ChangeRouter {
         span.setAttribute('changefeed.outcome', 'streamed')
         return 'streamed'
       }
-      await this.send(entity, watched, change.ts, this.deltas.noticeOf(entity, channels[0], notice), change.position, span, change.published === true ? undefined : change.txid)
+      await this.send(entity, watched, change.ts, this.deltas.noticeOf(entity, channels[0], notice), change.position, span, change.published === true ? undefined : change)
       span.setAttribute('changefeed.outcome', 'published')
       return 'published'
     } catch (err) {
@@ -276,15 +276,15 @@ export class ChangeRouter {
     this.owed.oweChange(entity, change.database, change.id, this.s.notices.tenantOf(entity, change))
   }
 
-  /** Hands one encoded notification to the bus, on every channel whose watchers see it (and its history), with the span's context. */
-  private async send (entity: EntityType, channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span, txid?: string): Promise<void> {
+  /** Hands one encoded notification to the bus, on every channel whose watchers see it (and its history), once per change. */
+  private async send (entity: EntityType, channels: string[], ts: number, notice: Notice & { delta?: DeltaFrame }, position: string, span?: Span, captured?: Change): Promise<void> {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
-    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta, txid })
-    const limits = this.s.history?.(entity.name) ?? null
+    const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta, txid: captured?.txid })
+    const [limits, dedupe] = [this.s.history?.(entity.name) ?? null, captured && { key: `${entity.name}:${captured.tenantId ?? ''}:${captured.id} ${position}`, check: captured.handoff === true }]
     try {
       let at: string | undefined
-      for (const channel of channels) at = await publishOn(this.s.bus, channel, message, limits, at)
+      for (const channel of channels) at = await publishOn(this.s.bus, channel, message, limits, at, dedupe)
     } catch (err) {
       this.counters.busErrors++
       throw err

@@ -171,7 +171,7 @@ export class Fanout {
     const envelope = unwrap(message)
     if (envelope === null) return this.unreadable(channel)
     if (envelope.kind === 'resync' || envelope.payloadType === null) return this.resyncSoon(channel, envelope.frame)
-    this.positions.apply(entry, envelope)
+    if (!this.positions.apply(entry, envelope)) return
     // a resync due to these watchers goes first: the notification may follow the changes the gap lost
     if (this.dueResyncs.has(channel)) this.writeResync(channel)
     const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.receivers.size)

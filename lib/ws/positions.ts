@@ -26,14 +26,19 @@ export class ChannelPositions {
   /** per watched channel (its local entry: forgotten with it), newest last */
   private readonly sent = new WeakMap<object, Sent[]>()
 
-  /** The envelope as the channel's sockets get it: its frames at the channel position. `channel`: its local entry. */
-  apply (channel: object, envelope: Envelope): void {
+  /**
+   * The envelope as the channel's sockets get it: its frames at the channel position. `channel`: its local entry.
+   * False for a message at a position that went out a moment ago: a new leader's publish of what the old one may have
+   * published (lib/bus/history-nats.ts), not to be delivered twice.
+   */
+  apply (channel: object, envelope: Envelope): boolean {
     const { at } = envelope
-    if (at === undefined) return
-    envelope.frame = atPosition(envelope.frame, at)
-    const { delta } = envelope
+    if (at === undefined) return true
     let sent = this.sent.get(channel)
     if (sent === undefined) this.sent.set(channel, sent = [])
+    if (sent.some((s) => s.at === at)) return false
+    envelope.frame = atPosition(envelope.frame, at)
+    const { delta } = envelope
     const base = delta === undefined ? undefined : sent.find((s) => s.change === delta.base)
     sent.push({ change: envelope.position, at })
     if (sent.length > REMEMBERED) sent.shift()
@@ -43,6 +48,7 @@ export class ChannelPositions {
       } else delete envelope.delta
     }
     envelope.position = at
+    return true
   }
 
   /**

@@ -150,3 +150,21 @@ t.test('a record that fails is counted and logged once; a closing leader does no
   await settling
   t.pass('settled after the time a closing leader waits')
 })
+
+t.test('a deposed leader records nothing of what it still routes', async (t) => {
+  const { log } = recordingLogger()
+  const record = new MemoryRecord()
+  const handled = new HandledLog('main', record, log)
+  handled.track('1', Promise.resolve())
+  await handled.settled()
+  const routing = new Deferred()
+  handled.track('2', routing.promise)
+  await turn()
+  handled.deposed()
+  routing.resolve()
+  await handled.settled()
+  t.same(record.writes, ['1'], 'the new leader\'s record is not overwritten')
+  handled.track('3', Promise.resolve())
+  await handled.settled()
+  t.same(record.writes, ['1', '3'], 'leading again, it records again')
+})

@@ -52,3 +52,13 @@ t.test('a patch whose base did not go out here goes out full; a channel without 
   positions.apply(channel, plain)
   t.equal(plain.frame, frame('n:50'), 'no history position: unchanged')
 })
+
+t.test('a message at a position that went out a moment ago is not delivered again', async (t) => {
+  const positions = new ChannelPositions()
+  const channel = {}
+  t.equal(positions.apply(channel, envelope('n:10', 'e:1', 'full')), true)
+  t.equal(positions.apply(channel, envelope('n:10', 'e:1', 'full')), false, 'the same channel position: a new leader\'s publish of what went out')
+  t.equal(positions.apply({}, envelope('n:10', 'e:1', 'full')), true, 'on another channel it is new')
+  t.equal(positions.apply(channel, envelope('n:11', 'e:2', 'full')), true)
+  t.equal(positions.apply(channel, envelope('n:12', undefined, 'full')), true, 'a message without a channel position is always delivered')
+})
