@@ -121,7 +121,8 @@ export class ListenerConnection {
       this.handingOver = false
     })
     this.standby?.stop()
-    if ((this.state as ListenerState) === 'closed') return true
+    // closed, or the connection went while the record was read: onLost took it from there
+    if ((this.state as ListenerState) === 'closed' || this.session !== session) return true
     const first = this.leaderships === 0 && !this.lost && !standing
     this.state = 'listening'
     this.leaderships++
