@@ -16,6 +16,20 @@ export interface ListenSession {
   close(): Promise<void>
 }
 
+/** A probe: the connection's current snapshot, or a rejection when it does not answer within `ms`. */
+export async function snapshotWithin (session: ListenSession, ms = 5000): Promise<string> {
+  let timeout: NodeJS.Timeout | undefined
+  try {
+    const [row] = await Promise.race([
+      session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap'),
+      new Promise<never>((_resolve, reject) => { timeout = setTimeout(() => reject(new Error('no answer to the probe')), ms) })
+    ])
+    return row.snap
+  } finally {
+    clearTimeout(timeout)
+  }
+}
+
 export interface ListenHandlers {
   onNotify(payload: string): void
   /** The connection dropped: NOTIFYs sent from now until a new session listens are lost. Called at most once. */

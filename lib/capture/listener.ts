@@ -12,7 +12,7 @@
  * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
  */
 import type { FastifyBaseLogger } from 'fastify'
-import type { Database, ListenSession } from './database.js'
+import { snapshotWithin, type Database, type ListenSession } from './database.js'
 import { TransactionCoalescer, isRowChange } from './coalesce.js'
 import { Outbox } from './outbox.js'
 import { NotifyVerifier, readNotifyKey } from './signature.js'
@@ -23,8 +23,6 @@ import type { ListenerEvents, ListenerOptions, ListenerState } from './listener-
 import type { Drops } from '../route/drops.js'
 
 export type { ListenerEvents, ListenerOptions, ListenerState, OutboxSettings } from './listener-events.js'
-
-const PROBE_TIMEOUT_MS = 5000
 
 export class ListenerConnection {
   state: ListenerState = 'idle'
@@ -174,19 +172,13 @@ export class ListenerConnection {
   private async probe (): Promise<void> {
     const session = this.session
     if (session === null) return
-    let timeout: NodeJS.Timeout | undefined
     try {
-      const [row] = await Promise.race([
-        session.query<{ snap: string }>('SELECT pg_current_snapshot()::text AS snap'),
-        new Promise<never>((_resolve, reject) => { timeout = setTimeout(() => reject(new Error('no answer to the probe')), PROBE_TIMEOUT_MS) })
-      ])
-      if (this.session === session && (this.state === 'listening' || this.standby?.listening === true)) this.verifier.advance(row.snap)
+      const snap = await snapshotWithin(session)
+      if (this.session === session && (this.state === 'listening' || this.standby?.listening === true)) this.verifier.advance(snap)
     } catch (err) {
       if (this.session !== session) return
       void session.close().catch(() => {})
       this.onLost(err as Error)
-    } finally {
-      clearTimeout(timeout)
     }
   }
 
@@ -202,6 +194,12 @@ export class ListenerConnection {
     // the NOTIFY says (a forged wake-up costs one look at the outbox)
     if (payload === 'outbox') {
       if (this.outbox !== null) void this.drain()
+      return
+    }
+    // a closing leader let go of the lock: try now rather than at the next retry (a forged notice costs one try; and
+    // none while a try runs, since the lock is taken again by the session that holds it)
+    if (payload === 'handoff') {
+      if (standby !== null && this.timer !== null) this.schedule(() => this.retryLead(), 0)
       return
     }
     const verdict = this.verifier.check(payload)
@@ -295,6 +293,8 @@ export class ListenerConnection {
     if (leading) await this.handled?.settled()
     const session = this.session
     this.session = null
+    // let go of the lock, then say so to the followers on standby
+    if (leading && this.standby !== null) await session?.query('SELECT pg_advisory_unlock_all(), pg_notify($1, $2)', [this.options.channel, 'handoff']).catch(() => {})
     await session?.close()
   }
 }

@@ -29,7 +29,8 @@ for (const provider of ['redis', 'nats'] as const) {
     return {
       options: {
         databases: [{ name: 'main', url }],
-        capture: { leaderRetryMs: 100 },
+        // a follower would not try before a minute: it takes over on the closing leader's notice
+        capture: { leaderRetryMs: 60_000 },
         entities: { Score: { access: 'public', payload: 'full' } },
         bus: { provider, url: provider === 'nats' ? NATS_URL : REDIS_URL, prefix: `handoff-${randomUUID().slice(0, 8)}` }
       },
