@@ -25,9 +25,9 @@ export interface ChangefeedStats {
   /** `outboxPublished`: outbox rows this instance published (outbox mode) */
   /**
    * `standby` (notify mode with a shared bus, else null): transactions a follower holds, those dropped from its full
-   * buffer, and this instance's takeovers without a gap and with one
+   * buffer, this instance's takeovers without a gap and with one, and how often it recorded what it handed on
    */
-  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number, standby: { buffered: number, overflowed: number, gapless: number, gap: number } | null }>
+  listeners: Record<string, { state: string, reconnects: number, leaderships: number, gaps: number, outboxPublished: number, standby: { buffered: number, overflowed: number, gapless: number, gap: number, recorded: number } | null }>
   /** the JetStream stream of all changes, when enabled */
   stream: { published: number, failed: number } | null
   /**

@@ -5,8 +5,7 @@
  * so every start of listening other than an instance's very first fires `onGap`: the sockets watching this
  * database's entities must resync. Never silent. With a shared bus, an instance's first start of listening tells
  * the other instances too, as a precaution (a leader may have died just before it started). In notify mode a
- * follower listens too, on standby (lib/capture/standby.ts): when it takes over, it publishes what the old leader had
- * not, and that is no gap.
+ * follower listens on standby (standby.ts): taking over, it publishes what the old leader had not: no gap.
  *
  * Outbox mode: the leader always elects (even alone), a NOTIFY only wakes it, and it publishes the outbox from
  * the cursor stored in the database; nothing is lost while nobody listens, so taking over is not a gap.
@@ -18,7 +17,7 @@ import { Outbox } from './outbox.js'
 import { NotifyVerifier, readNotifyKey } from './signature.js'
 import { isDdlNote, unannouncedNote } from './payloads.js'
 import { OutboxPublisher } from './publisher.js'
-import { HandledLog, Standby } from './standby.js'
+import { HandledLog, Standby, isMark } from './standby.js'
 import type { ListenerEvents, ListenerOptions, ListenerState } from './listener-events.js'
 import type { Drops } from '../route/drops.js'
 
@@ -43,7 +42,7 @@ export class ListenerConnection {
   private readonly verifier = new NotifyVerifier()
   /** a follower's standby, and the leader's record of what it handed on (notify mode with election) */
   readonly standby: Standby | null = null
-  private readonly handled: HandledLog | null = null
+  readonly handled: HandledLog | null = null
   /** the changes emitted now are a takeover's (the old leader may have published them) */
   private handingOver = false
 
@@ -97,7 +96,7 @@ export class ListenerConnection {
     this.state = 'following'
     if (this.standby !== null) {
       await this.listen(session)
-      this.standby.start()
+      await session.query('SELECT pg_notify($1, $2)', [this.options.channel, this.standby.start()])
     }
     this.log.info({ database: this.db.name, standby: this.standby !== null }, 'changefeed: another instance listens to this database; following')
     this.schedule(() => this.retryLead(), this.options.leaderRetryMs)
@@ -196,11 +195,13 @@ export class ListenerConnection {
       if (this.outbox !== null) void this.drain()
       return
     }
-    // a closing leader let go of the lock: try now rather than at the next retry (a forged notice costs one try; and
-    // none while a try runs, since the lock is taken again by the session that holds it)
-    if (payload === 'handoff') {
-      if (standby !== null && this.timer !== null) this.schedule(() => this.retryLead(), 0)
-      return
+    // a closing leader let go of the lock: try now (a forged notice costs a try; none while one runs: re-entrant lock)
+    if (payload === 'handoff') return standby !== null && this.timer !== null ? this.schedule(() => this.retryLead(), 0) : undefined
+    // a follower's mark, in its place among the changes: the leader records it after them
+    if (isMark(payload)) {
+      if (standby !== null) return standby.buffer.mark(payload)
+      this.coalescer.flush()
+      return this.handled?.mark(payload)
     }
     const verdict = this.verifier.check(payload)
     if (standby !== null) {
@@ -220,8 +221,7 @@ export class ListenerConnection {
 
   /**
    * An unsigned payload: a forgery, or the note of a trigger whose writing role may not announce changes
-   * (sql/changefeed.sql, changefeed_pass). Nothing in it is believed; a note only makes the server look at the
-   * database's grants, which tell whether such a role exists.
+   * (sql/changefeed.sql, changefeed_pass). Nothing in it is believed; a note only makes the server look at the grants.
    */
   private unsigned (payload: string): void {
     const note = unannouncedNote(payload)

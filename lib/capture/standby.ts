@@ -4,10 +4,13 @@
  * transaction it has handed on together with every one before it (HandledLog). PostgreSQL delivers NOTIFYs to every
  * listener in commit order, and the leader hands transactions on in that order, so what it handed on is a prefix of
  * what the follower saw: when the follower becomes the leader, it publishes the transactions its buffer holds after
- * the recorded one, and nothing was lost. When the recorded transaction is not in the buffer (the follower started
- * listening after it, the buffer overflowed past it, the record expired or cannot be read), that cannot be shown,
- * and the takeover is a gap as without a standby.
+ * the recorded one, and nothing was lost. A follower that starts listening sends a mark on the channel, which every
+ * listener gets in its place among the changes and the leader records in its turn: a quiet database's follower is
+ * covered too. When the recorded transaction (or mark) is not in the buffer (the follower started listening after it
+ * and its mark was not recorded, the buffer overflowed past it, the record expired or cannot be read), that cannot be
+ * shown, and the takeover is a gap as without a standby.
  */
+import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RowChange } from './coalesce.js'
 import type { HandoffRecord } from '../bus/handoff.js'
@@ -22,6 +25,9 @@ export interface StandbySettings {
 }
 
 interface Held { txid: string, at: number, rows: RowChange[] }
+
+/** A follower's mark (anyone may send one: it only makes the leader record its place among the changes). */
+export const isMark = (payload: string): boolean => payload.length <= 64 && payload.startsWith('standby:')
 
 /** A follower's recent verified row changes, by transaction, in the order they came. */
 export class StandbyBuffer {
@@ -38,13 +44,19 @@ export class StandbyBuffer {
 
   push (row: RowChange): void {
     const txid = String(row.x)
-    const now = this.now()
     const last = this.size > 0 ? this.held[this.held.length - 1] : undefined
-    if (last?.txid === txid) {
-      last.rows.push(row)
-      return
-    }
-    this.held.push({ txid, at: now, rows: [row] })
+    if (last?.txid === txid) last.rows.push(row)
+    else this.add(txid, [row])
+  }
+
+  /** A mark, in its place among the transactions. */
+  mark (mark: string): void {
+    this.add(mark, [])
+  }
+
+  private add (txid: string, rows: RowChange[]): void {
+    const now = this.now()
+    this.held.push({ txid, at: now, rows })
     this.trim(now)
   }
 
@@ -90,10 +102,11 @@ export class Standby {
     this.buffer = new StandbyBuffer(settings, database, log, now)
   }
 
-  /** Listening started on a new connection: the buffer is complete from now on. */
-  start (): void {
+  /** Listening started on a new connection: the buffer is complete from now on. Returns the mark to send. */
+  start (): string {
     this.buffer.clear()
     this.listening = true
+    return 'standby:' + randomUUID()
   }
 
   stop (): void {
@@ -137,6 +150,8 @@ const SETTLE_MS = 5000
 export class HandledLog {
   /** record writes that failed (a takeover then republishes more, or is a gap) */
   failures = 0
+  /** record writes */
+  recorded = 0
   private tail: Promise<void> = Promise.resolve()
   private open: { txid: string, routes: Array<unknown> } | null = null
   private latest: string | null = null
@@ -152,6 +167,12 @@ export class HandledLog {
     this.open ??= { txid, routes: [] }
     this.open.routes.push(route)
     if (this.open.routes.length === 1) queueMicrotask(() => this.close())
+  }
+
+  /** A follower's mark: recorded once everything before it is (the changes before it were tracked first). */
+  mark (mark: string): void {
+    this.track(mark, undefined)
+    this.close()
   }
 
   /** The changes of the open transaction are all tracked (the coalescer emits a transaction's changes at once). */
@@ -184,6 +205,7 @@ export class HandledLog {
       this.latest = null
       try {
         await this.record.write(this.database, txid)
+        this.recorded++
       } catch (err) {
         if (this.failures++ === 0) this.log.warn({ database: this.database, err: (err as Error).message }, 'changefeed: recording the last published transaction failed (logged once); a takeover may resync')
       }

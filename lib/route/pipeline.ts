@@ -66,7 +66,7 @@ function listenerStats ({ capture }: Pipeline): ChangefeedStats['listeners'] {
       leaderships: l.leaderships,
       gaps: l.gaps,
       outboxPublished: l.outboxPublished,
-      standby: l.standby === null ? null : { buffered: l.standby.buffer.size, overflowed: l.standby.buffer.overflowed, ...l.standby.handoffs }
+      standby: l.standby === null ? null : { buffered: l.standby.buffer.size, overflowed: l.standby.buffer.overflowed, ...l.standby.handoffs, recorded: l.handled?.recorded ?? 0 }
     }]))
 }
 

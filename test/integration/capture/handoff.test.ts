@@ -2,11 +2,13 @@
  * Leadership that moves without a gap (notify mode, Redis and NATS): the leader is closed while a writer commits
  * changes one after another; the follower, which listened on standby, publishes what the leader had not, so a socket
  * on it gets every change exactly once, in commit order, with no resync, and a resume from before the handoff is
- * recovered. A follower that had only just started listening cannot show that nothing was lost: its takeover is a
- * gap, as without a standby.
+ * recovered. A follower that has just started on a quiet database is covered by its mark; without the leader's record
+ * nothing can be shown, and the takeover is a gap, as without a standby.
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
+import { Redis } from 'ioredis'
+import { connect } from 'nats'
 import { startApp, type RunningApp } from '../../helpers/app.js'
 import { isNotification, type Frame } from '../../helpers/client.js'
 import { NATS_URL, REDIS_URL, requireService } from '../../helpers/brokers.js'
@@ -20,6 +22,24 @@ await requireService('NATS')
 const UPSERT = 'INSERT INTO mt_doc_score (id, data) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET data = excluded.data'
 const ns = (frames: Frame[]): number[] => frames.map((f) => f.data.payload.n)
 const leads = (a: RunningApp): boolean => a.app.changefeed.health().databases.main.leader
+const standbyOf = (a: RunningApp): NonNullable<ReturnType<RunningApp['app']['changefeed']['stats']>['listeners'][string]['standby']> => a.app.changefeed.stats().listeners.main.standby!
+
+/** The leader's record of what it handed on, gone (as with an expiry, or a broker that lost it). */
+async function forget (prefix: string): Promise<void> {
+  const redis = new Redis(REDIS_URL)
+  try {
+    await redis.del(`${prefix}:handoff:main`)
+  } finally {
+    redis.disconnect()
+  }
+  const nc = await connect({ servers: NATS_URL })
+  try {
+    const jsm = await nc.jetstreamManager()
+    await jsm.streams.purge(prefix.replace(/[^A-Za-z0-9_-]/g, '_') + '_HANDOFF').catch(() => {})
+  } finally {
+    await nc.close()
+  }
+}
 
 for (const provider of ['redis', 'nats'] as const) {
   async function cluster (t: { teardown(fn: () => unknown): void }, label: string): Promise<{ options: ChangefeedPluginOptions, write: (id: string, n: number) => Promise<void> }> {
@@ -38,12 +58,27 @@ for (const provider of ['redis', 'nats'] as const) {
     }
   }
 
+  /** A leader that published one change of `id` (its position), then a follower whose mark the leader recorded. */
+  async function quietPair (t: { teardown(fn: () => unknown): void, ok: (v: boolean, m: string) => void }, label: string, id: string): Promise<{ a: RunningApp, b: RunningApp, options: ChangefeedPluginOptions, write: (id: string, n: number) => Promise<void>, position: string }> {
+    const { options, write } = await cluster(t, label)
+    const a = await startApp(t, options)
+    t.ok(await until(() => leads(a)), 'the first instance leads')
+    const watcher = await a.client()
+    await watcher.subscribe('Score', id)
+    await write(id, 1)
+    const position = (await watcher.next(isNotification('Score', id))).data.position as string
+    const recorded = standbyOf(a).recorded
+    const b = await startApp(t, options)
+    t.ok(await until(() => standbyOf(a).recorded > recorded), 'the leader recorded the follower\'s mark')
+    return { a, b, options, write, position }
+  }
+
   t.test(`${provider}: a closed leader hands over without a gap`, async (t) => {
     const { options, write } = await cluster(t, 'gapless')
     const a = await startApp(t, options)
     t.ok(await until(() => leads(a)), 'the first instance leads')
     const b = await startApp(t, options)
-    t.ok(await until(() => b.app.changefeed.stats().listeners.main.standby?.buffered === 0), 'the second listens on standby')
+    t.ok(await until(() => standbyOf(b).buffered >= 1), 'the second listens on standby (its mark is in its buffer)')
     const socket = await b.client()
     t.equal((await socket.subscribe('Score', 's1')).type, 'subscribed')
 
@@ -75,25 +110,34 @@ for (const provider of ['redis', 'nats'] as const) {
     t.same(ns(again.messages.filter(isNotification('Score', 's1'))), Array.from({ length: n - 5 }, (_, i) => i + 6), 'what came after, once each')
   })
 
-  t.test(`${provider}: a follower that had just started listening takes over with a gap`, async (t) => {
-    const { options, write } = await cluster(t, 'fresh')
-    const a = await startApp(t, options)
-    t.ok(await until(() => leads(a)), 'the first instance leads')
-    const watcher = await a.client()
-    t.equal((await watcher.subscribe('Score', 's2')).type, 'subscribed')
-    await write('s2', 1)
-    const position = (await watcher.next(isNotification('Score', 's2'))).data.position as string
-    // the leader's record names a transaction from before the follower listened
-    const b = await startApp(t, options)
-    t.ok(await until(() => b.app.changefeed.stats().listeners.main.standby?.buffered === 0), 'the second listens on standby')
+  t.test(`${provider}: a follower that has just started, on a quiet database, takes over without a gap (its mark)`, async (t) => {
+    // the last change was committed before the follower listened: only the follower's mark can show it covered
+    const { a, b, write, position } = await quietPair(t, 'quiet', 's2')
+    t.ok(await until(() => standbyOf(b).buffered === 1), 'the follower has its own mark')
     const socket = await b.client()
     t.equal((await socket.subscribe('Score', 's2')).type, 'subscribed')
     await a.app.close()
-    const resync = await socket.next((m) => m.type === 'resync', 10_000)
-    t.same(resync.data, { reason: 'leader_change', entityType: 'Score', entityId: 's2' }, 'its watchers resync')
-    t.match(b.app.changefeed.stats().listeners.main, { gaps: 1, standby: { gapless: 0, gap: 1 } }, 'a gap counted')
+    t.ok(await until(() => leads(b), 10_000), 'the follower leads')
+    await write('s2', 2)
+    t.equal((await socket.next(isNotification('Score', 's2'))).data.payload.n, 2, 'the next change')
+    t.same(socket.messages.filter((m) => m.type === 'resync'), [], 'no resync')
+    t.match(standbyOf(b), { gapless: 1, gap: 0 })
     const again = await b.client()
     again.send({ type: 'subscribe', id: 'resume', data: { entityType: 'Score', entityId: 's2', since: position } })
+    t.equal((await again.next((m) => m.id === 'resume')).data.recovered, true, 'a resume crosses the handoff')
+  })
+
+  t.test(`${provider}: a takeover without the record is a gap, as before`, async (t) => {
+    const { a, b, options, position } = await quietPair(t, 'norecord', 's3')
+    await forget(options.bus!.prefix!)
+    const socket = await b.client()
+    t.equal((await socket.subscribe('Score', 's3')).type, 'subscribed')
+    await a.app.close()
+    const resync = await socket.next((m) => m.type === 'resync', 10_000)
+    t.same(resync.data, { reason: 'leader_change', entityType: 'Score', entityId: 's3' }, 'its watchers resync')
+    t.match(b.app.changefeed.stats().listeners.main, { gaps: 1, standby: { gapless: 0, gap: 1 } }, 'a gap counted')
+    const again = await b.client()
+    again.send({ type: 'subscribe', id: 'resume', data: { entityType: 'Score', entityId: 's3', since: position } })
     t.equal((await again.next((m) => m.id === 'resume')).data.recovered, false, 'no resume crosses the gap')
   })
 }

@@ -5,7 +5,7 @@
  * nothing, and a leader that records a transaction only once it and every one before it are routed.
  */
 import t from 'tap'
-import { HandledLog, Standby, StandbyBuffer, type HandoffRecord } from '../../../lib/capture/standby.js'
+import { HandledLog, Standby, StandbyBuffer, isMark, type HandoffRecord } from '../../../lib/capture/standby.js'
 import type { RowChange } from '../../../lib/capture/coalesce.js'
 import { Deferred, fakeClock, recordingLogger, turn } from '../fixtures/fakes.js'
 
@@ -167,4 +167,31 @@ t.test('a deposed leader records nothing of what it still routes', async (t) => 
   handled.track('3', Promise.resolve())
   await handled.settled()
   t.same(record.writes, ['1', '3'], 'leading again, it records again')
+})
+
+t.test('a follower\'s mark, recorded by the leader in its turn, covers a quiet database', async (t) => {
+  const { log } = recordingLogger()
+  const record = new MemoryRecord()
+  const leader = new HandledLog('main', record, log)
+  const follower = new Standby({ maxTransactions: 100, windowMs: 60_000 }, 'main', record, log)
+  leader.track('1', Promise.resolve())
+  await leader.settled()
+  const mark = follower.start()
+  t.ok(isMark(mark), 'a mark')
+  t.notOk(isMark('standby:' + 'x'.repeat(100)), 'not one this long')
+  t.notOk(isMark('{"x":1}'))
+  follower.buffer.mark(mark)
+  const routing = new Deferred()
+  leader.track('2', routing.promise)
+  leader.mark(mark)
+  await turn()
+  t.equal(record.values.get('main'), '1', 'the mark waits for the change before it')
+  routing.resolve()
+  await leader.settled()
+  t.equal(record.values.get('main'), mark)
+  t.ok(leader.recorded >= 2, 'recorded writes counted')
+  follower.buffer.push(row(3))
+  const handed: RowChange[][] = []
+  t.equal(await follower.takeOver((transactions) => handed.push(...transactions)), true, 'nothing of before its mark is missing')
+  t.same(txids(handed), [3])
 })
