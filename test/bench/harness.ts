@@ -41,23 +41,27 @@ export async function freePort (): Promise<number> {
  * A server under test: our standalone server, ours mounted by a host that publishes (`host`, with `label` naming its
  * bus), the raw ws broadcast, or Socket.IO with its Redis adapter.
  */
-export interface Target { kind: 'changefeed' | 'host' | 'ws' | 'socketio', label: string, url: string, pid: number, stop: () => Promise<void> }
+export interface Target { kind: 'changefeed' | 'host' | 'ws' | 'socketio', label: string, url: string, pid: number, stop: (graceMs?: number) => Promise<void> }
 
-export async function stopChild (child: ChildProcess): Promise<void> {
+/** SIGTERM, then SIGKILL if the process is still there after `graceMs` (a draining server needs its drain time). */
+export async function stopChild (child: ChildProcess, graceMs = 10_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise((resolve) => child.once('exit', resolve))
   child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000)
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
   await exited
   clearTimeout(timer)
 }
 
-/** Our standalone server from a config, on a free port; resolves when it answers /health/live. */
-export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = {}): Promise<Target> {
+/**
+ * Our standalone server from a config, on `port` (a free one when not given); resolves when it answers
+ * /health/live (`/health/ready` with `ready`: listening, and its bus and database reached).
+ */
+export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = {}, port?: number, ready = false): Promise<Target> {
   const dir = mkdtempSync(join(tmpdir(), 'changefeed-bench-'))
   const file = join(dir, 'changefeed.json')
   writeFileSync(file, JSON.stringify(config))
-  const port = await freePort()
+  port ??= await freePort()
   const child = spawn(process.execPath, [join(root, 'bin', 'serve'), '--config', file, '--port', String(port)], {
     env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'ignore', 'inherit']
   })
@@ -66,10 +70,10 @@ export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = 
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`)
     if (Date.now() > deadline) throw new Error('server did not start within 30 s')
-    if (await fetch(`http://127.0.0.1:${port}/health/live`).then((r) => r.ok, () => false)) break
+    if (await fetch(`http://127.0.0.1:${port}/health/${ready ? 'ready' : 'live'}`).then((r) => r.ok, () => false)) break
     await sleep(100)
   }
-  return { kind: 'changefeed', label: 'changefeed', url: `ws://127.0.0.1:${port}/ws`, pid: child.pid!, stop: async () => await stopChild(child) }
+  return { kind: 'changefeed', label: 'changefeed', url: `ws://127.0.0.1:${port}/ws`, pid: child.pid!, stop: async (graceMs) => await stopChild(child, graceMs) }
 }
 
 export async function startPeer (kind: 'ws' | 'socketio', channel: string): Promise<Target> {
