@@ -216,6 +216,15 @@ export async function freshDatabase (name: string): Promise<string> {
 export const MARTEN = (table: string): string => `CREATE TABLE ${table} (id varchar PRIMARY KEY, data jsonb NOT NULL, mt_last_modified timestamptz DEFAULT now(),
   mt_version uuid NOT NULL DEFAULT gen_random_uuid(), mt_dotnet_type varchar, mt_deleted boolean DEFAULT false)`
 
+/** Transactions of `database` so far (pg_stat_database; a backend's counts arrive when it idles or ends). */
+export async function transactions (sql: pg.Client, database: string): Promise<number> {
+  const { rows: [row] } = await sql.query('SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = $1', [database])
+  return Number(row.n)
+}
+
+/** A server's HTTP base (its /metrics, /health) from its socket URL. */
+export const httpOf = (t: Target): string => t.url.replace('ws', 'http').replace(/\/ws$/, '')
+
 export async function metric (httpBase: string, name: string, labels = ''): Promise<number> {
   const text = await (await fetch(httpBase + '/metrics')).text()
   return text.split('\n').filter((l) => l.startsWith(name) && l.includes(labels)).reduce((a, l) => a + Number(l.split(' ').pop()), 0)

@@ -13,7 +13,7 @@
 import { fork } from 'node:child_process'
 import { join } from 'node:path'
 import pg from 'pg'
-import { MARTEN, REDIS_URL, freePort, freshDatabase, here, log, metric, save, sleep, startChangefeed, started, stopChild, type Target } from './harness.js'
+import { MARTEN, REDIS_URL, freePort, freshDatabase, here, log, metric, save, sleep, startChangefeed, started, stopChild, transactions, httpOf, type Target } from './harness.js'
 import { finishSdkLoad, startSdkLoad, stopCuts, tell } from './sdkload.js'
 
 const CLIENTS = Number(process.env.BENCH_JITTER_CLIENTS ?? 1000)
@@ -24,11 +24,6 @@ const RATE = 2
 const DROP_EVERY_MS = 15_000
 const OFFLINE_MS = 2000
 const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222'
-
-export async function transactions (sql: pg.Client, database: string): Promise<number> {
-  const { rows: [row] } = await sql.query('SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = $1', [database])
-  return Number(row.n)
-}
 
 /** Socket.IO with connection-state recovery on one node, fed by a trigger on the same table (peers/socketio-recovery.ts). */
 async function startSocketIo (sql: pg.Client, url: string): Promise<Target> {
@@ -62,7 +57,7 @@ async function scenario (label: string, instances: number, bus: object | 'socket
   if (bus === 'socketio') targets.push(await startSocketIo(sql, url))
   else for (let i = 0; i < instances; i++) targets.push(await startChangefeed(config))
   const ours = bus !== 'socketio'
-  const https = ours ? targets.map((t) => t.url.replace('ws', 'http').replace(/\/ws$/, '')) : []
+  const https = ours ? targets.map(httpOf) : []
   const load = await startSdkLoad({ target: ours ? 'changefeed' : 'socketio', urls: targets.map((t) => t.url), entities: ['hot'], dropEveryMs: DROP_EVERY_MS, offlineMs: OFFLINE_MS }, CLIENTS, PER_PROCESS)
 
   // the idle baseline: what the servers ask of PostgreSQL by themselves (probes, leader retries) over 10 s

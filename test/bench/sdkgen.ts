@@ -40,7 +40,10 @@ export interface SdkReport {
   resyncs: number
   recovered: number
   notRecovered: number
+  /** subscribed again without a position */
+  fresh: number
   closes: Record<string, number>
+  resyncFrames: Record<string, number>
   /** reopened socket → last missed change (jitter), in ms */
   replay: string
   /** socket closed → resume answered (`subscribed`, or Socket.IO's `connect`), in ms */
@@ -52,10 +55,13 @@ const histogram = (): hdr.Histogram => hdr.build({ lowestDiscernibleValue: 1, hi
 const replay = histogram()
 const resumed = histogram()
 const closes: Record<string, number> = {}
+/** the server's `resync` frames, by reason */
+const resyncFrames: Record<string, number> = {}
 let published = 0
 let subscribed = 0
 let recovered = 0
 let notRecovered = 0
+let fresh = 0
 
 interface Watcher {
   entity: string
@@ -102,7 +108,9 @@ function answered (w: Watcher, wasRecovered: boolean | undefined): void {
     return
   }
   if (wasRecovered === true) recovered++
-  else notRecovered++
+  else if (wasRecovered === false) notRecovered++
+  // a subscribe without `since`: the client had no position yet (or it resubscribed after a refetch)
+  else fresh++
   if (w.closedAt !== null) resumed.recordValue(Math.max(1, Math.round(now() - w.closedAt)))
   w.closedAt = null
 }
@@ -130,6 +138,10 @@ function ours (entity: string): Watcher {
       this.on('close', (code) => closed(w, code))
       this.on('message', (data) => {
         const text = String(data)
+        if (text.startsWith('{"type":"resync"')) {
+          const reason = (JSON.parse(text) as { data: { reason: string } }).data.reason
+          resyncFrames[reason] = (resyncFrames[reason] ?? 0) + 1
+        }
         if (!text.startsWith('{"type":"subscribed"')) return
         answered(w, (JSON.parse(text) as { data: { recovered?: boolean } }).data.recovered)
       })
@@ -217,7 +229,9 @@ function finish (written: Record<string, number>, middleUpTo: number): SdkReport
     resyncs: watchers.reduce((n, w) => n + w.resyncs, 0),
     recovered,
     notRecovered,
+    fresh,
     closes,
+    resyncFrames,
     replay: hdr.encodeIntoCompressedBase64(replay),
     resumed: hdr.encodeIntoCompressedBase64(resumed)
   }

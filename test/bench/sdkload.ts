@@ -74,8 +74,11 @@ export async function finishSdkLoad (load: SdkLoad, written: Record<string, numb
     return { count: h.totalCount, p50: h.getValueAtPercentile(50), p95: h.getValueAtPercentile(95), p99: h.getValueAtPercentile(99), max: h.maxValue }
   }
   const sum = (key: keyof SdkReport): number => reports.reduce((a, r) => a + Number(r[key]), 0)
-  const closes: Record<string, number> = {}
-  for (const r of reports) for (const [code, n] of Object.entries(r.closes)) closes[code] = (closes[code] ?? 0) + n
+  const tally = (key: 'closes' | 'resyncFrames'): Record<string, number> => {
+    const out: Record<string, number> = {}
+    for (const r of reports) for (const [k, n] of Object.entries(r[key])) out[k] = (out[k] ?? 0) + n
+    return out
+  }
   for (const c of load.children) c.send('close')
   await Promise.all(load.children.map(async (c) => await new Promise((resolve) => { if (c.exitCode !== null) resolve(null); else c.once('exit', resolve) })))
   return {
@@ -90,7 +93,9 @@ export async function finishSdkLoad (load: SdkLoad, written: Record<string, numb
     resyncs: sum('resyncs'),
     recovered: sum('recovered'),
     notRecovered: sum('notRecovered'),
-    closes,
+    fresh: sum('fresh'),
+    closes: tally('closes'),
+    resyncFrames: tally('resyncFrames'),
     replay: merged('replay'),
     resumed: merged('resumed')
   }
