@@ -12,8 +12,8 @@
  * with no clients).
  */
 import pg from 'pg'
-import { MARTEN, REDIS_URL, freePort, freshDatabase, log, metric, save, sleep, startChangefeed, transactions, httpOf, type Target } from './harness.js'
-import { finishSdkLoad, startSdkLoad } from './sdkload.js'
+import { MARTEN, PG_ADMIN, REDIS_URL, freePort, freshDatabase, log, metric, save, sleep, startChangefeed, transactions, httpOf, type Target } from './harness.js'
+import { finishSdkLoad, pending, startSdkLoad } from './sdkload.js'
 
 const SOCKETS = Number(process.env.BENCH_DEPLOY_SOCKETS ?? 10_000)
 const PER_PROCESS = Number(process.env.BENCH_DEPLOY_PER_PROCESS ?? 2500)
@@ -61,28 +61,53 @@ async function counters (t: Target): Promise<Counters> {
  * then (-1: none).
  */
 function connectionRates (targets: Target[], restarting: { index: number }): { stop: () => Promise<Array<[number, number]>> } {
-  const last = new Map<number, number>()
+  /** each process's last count, and when it was read */
+  const last = new Map<number, [number, number]>()
+  const read = async (t: Target): Promise<[number, number] | null> => {
+    const n = await metric(httpOf(t), 'changefeed_connections_opened_total').catch(() => null)
+    return n === null ? null : [n, performance.now()]
+  }
   const samples: Array<[number, number]> = []
   const state = { running: true }
   const done = (async () => {
-    await Promise.all(targets.map(async (t) => { last.set(t.pid, await metric(httpOf(t), 'changefeed_connections_opened_total')) }))
-    let t0 = performance.now()
+    for (const t of targets) last.set(t.pid, await read(t) ?? [0, performance.now()])
     while (state.running) {
+      const started = performance.now()
       await sleep(1000)
-      const t1 = performance.now()
       const tag = restarting.index
-      let opened = 0
+      let rate = 0
       await Promise.all(targets.map(async (t, i) => {
-        const n = await metric(httpOf(t), 'changefeed_connections_opened_total').catch(() => null)
-        if (n === null) return
-        if (i !== tag) opened += n - (last.get(t.pid) ?? 0)
-        last.set(t.pid, n)
+        const now = await read(t)
+        if (now === null) return
+        // a new process counts from 0 since it started, at most a second ago
+        const [n0, t0] = last.get(t.pid) ?? [0, started]
+        if (i !== tag) rate += (now[0] - n0) / ((now[1] - t0) / 1000)
+        last.set(t.pid, now)
       }))
-      samples.push([tag, Math.round(opened / ((t1 - t0) / 1000))])
-      t0 = t1
+      samples.push([tag, Math.round(rate)])
     }
   })()
   return { stop: async () => { state.running = false; await done; return samples } }
+}
+
+/**
+ * What the instances run in PostgreSQL, sampled every 200 ms from pg_stat_activity (read from another database, so
+ * that the sampling is not counted among the bench database's transactions).
+ */
+function queries (): { stop: () => Promise<Record<string, number>> } {
+  const seen: Record<string, number> = {}
+  const state = { running: true }
+  const watcher = new pg.Client({ connectionString: PG_ADMIN })
+  const done = (async () => {
+    await watcher.connect()
+    while (state.running) {
+      const { rows } = await watcher.query<{ query: string }>('SELECT query FROM pg_stat_activity WHERE datname = $1 AND state <> \'idle\'', [DATABASE])
+      for (const { query } of rows) { const q = query.slice(0, 80); seen[q] = (seen[q] ?? 0) + 1 }
+      await sleep(200)
+    }
+    await watcher.end()
+  })()
+  return { stop: async () => { state.running = false; await done; return seen } }
 }
 
 /**
@@ -123,7 +148,8 @@ async function deploy (): Promise<void> {
     bus: { provider: 'redis', url: REDIS_URL, prefix: `deploy${Date.now().toString(36)}` },
     shutdown: { drainSeconds: DRAIN_SECONDS },
     telemetry: { prometheus: { public: true } },
-    limits: { maxConnectionsPerIp: 100_000, subscribeRatePerSecond: 1000 }
+    // every client of the bench comes from one address: the per-address limits would be the bench's, not a deploy's
+    limits: { maxConnectionsPerIp: 100_000, subscribeRatePerSecond: 1000, replaysPerIpPerSecond: 100_000 }
   }
   const startAll = async (): Promise<Target[]> => await Promise.all(ports.map(async (p) => await startChangefeed(config, {}, p, true)))
   const stopAll = async (targets: Target[]): Promise<void> => { await Promise.all(targets.map(async (t) => await t.stop((DRAIN_SECONDS + 20) * 1000))) }
@@ -152,14 +178,21 @@ async function deploy (): Promise<void> {
   const write = writer(sql, entities)
   const restarting = { index: -1 }
   const rates = connectionRates(targets, restarting)
+  const activity = queries()
   const seen: Counters[] = []
   await sleep(5000)
   const steps = await rollingRestart(targets, ports, config, restarting, seen)
-  // the last drained sockets come back and resume; then a few more changes reach everyone
-  await sleep(5000)
+  // the last drained sockets come back and resume (at most a minute); then a few more changes reach everyone
+  const t0 = Date.now()
+  while (await pending(load) > 0 && Date.now() - t0 < 60_000) await sleep(500)
+  const stragglers = await pending(load)
+  const lastResumedSeconds = (Date.now() - t0) / 1000
+  log(`deploy: every drained socket resumed ${lastResumedSeconds.toFixed(1)} s after the last restart (${stragglers} still away)`)
+  await sleep(3000)
   const writes = await write.stop()
   await sleep(2000)
   const samples = await rates.stop()
+  const busy = await activity.stop()
   const perSecond = samples.map(([, n]) => n)
   // each step: the survivors' peak while it drained and restarted, against its bound
   const bySteps = steps.map((step) => ({ ...step, peakNewConnectionsPerSecond: Math.max(0, ...samples.filter(([tag]) => tag === step.instance).map(([, n]) => n)), bound: Math.round(step.sockets / DRAIN_SECONDS) }))
@@ -187,12 +220,20 @@ async function deploy (): Promise<void> {
     duplicates: totals.duplicates,
     resyncs: totals.resyncs,
     resyncFrames: totals.resyncFrames,
+    errorFrames: totals.errorFrames,
+    awayStates: totals.awayStates,
     closes: totals.closes,
     resumes: totals.resumed.count,
+    stillAwayAtEnd: stragglers,
+    lastResumedSecondsAfterLastRestart: lastResumedSeconds,
     closeToResumedP50: totals.resumed.p50,
     closeToResumedP95: totals.resumed.p95,
     closeToResumedP99: totals.resumed.p99,
     closeToResumedMax: totals.resumed.max,
+    recoveredCloseToResumedP50: totals.resumedRecovered.p50,
+    recoveredCloseToResumedP95: totals.resumedRecovered.p95,
+    recoveredCloseToResumedMax: totals.resumedRecovered.max,
+    reconnectReasons: totals.drops,
     resumesRecovered: server.recovered,
     resumesNotRecovered: server.notRecovered,
     clientsRecovered: totals.recovered,
@@ -205,6 +246,7 @@ async function deploy (): Promise<void> {
     pgIdlePerSecond: Math.round(idlePerSecond * 10) / 10,
     pgPerStart: Math.round(startCost),
     pgTransactionsBeyondWriterIdleAndStarts: Math.max(0, Math.round(xact - writes - idlePerSecond * seconds - INSTANCES * startCost)),
+    queriesSeenRunning: busy,
     steps: bySteps,
     newConnectionsPerSecond: perSecond
   }

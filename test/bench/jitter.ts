@@ -51,7 +51,8 @@ async function scenario (label: string, instances: number, bus: object | 'socket
     entities: { Match: { access: 'public', payload: 'full' } },
     bus,
     telemetry: { prometheus: { public: true } },
-    limits: { maxConnectionsPerIp: 100_000, subscribeRatePerSecond: 1000 }
+    // every client of the bench comes from one address: the per-address limits would be the bench's
+    limits: { maxConnectionsPerIp: 100_000, subscribeRatePerSecond: 1000, replaysPerIpPerSecond: 100_000 }
   }
   const targets: Target[] = []
   if (bus === 'socketio') targets.push(await startSocketIo(sql, url))

@@ -44,19 +44,30 @@ export interface SdkReport {
   fresh: number
   closes: Record<string, number>
   resyncFrames: Record<string, number>
+  errorFrames: Record<string, number>
+  /** the connection state of the clients whose resume is not answered at the end */
+  awayStates: Record<string, number>
   /** reopened socket → last missed change (jitter), in ms */
   replay: string
-  /** socket closed → resume answered (`subscribed`, or Socket.IO's `connect`), in ms */
+  /** socket closed → resume answered (`subscribed`, or Socket.IO's `connect`), in ms; of the recovered ones */
   resumed: string
+  resumedRecovered: string
+  /** the SDK's reasons for reconnecting */
+  drops: Record<string, number>
 }
 
 const job = JSON.parse(process.env.BENCH_JOB ?? '{}') as SdkJob
 const histogram = (): hdr.Histogram => hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000, numberOfSignificantValueDigits: 3 })
 const replay = histogram()
 const resumed = histogram()
+/** the same, of the resumes the server recovered */
+const resumedRecovered = histogram()
+/** why a client's socket went: the SDK's own reasons (a pong not in time…) and the close codes */
+const reconnectReasons: Record<string, number> = {}
 const closes: Record<string, number> = {}
-/** the server's `resync` frames, by reason */
+/** the server's `resync` frames, by reason; its error replies, by code */
 const resyncFrames: Record<string, number> = {}
+const errorFrames: Record<string, number> = {}
 let published = 0
 let subscribed = 0
 let recovered = 0
@@ -77,6 +88,7 @@ interface Watcher {
   closedAt: number | null
   cut: () => void
   destroy: () => void
+  state: () => string
 }
 
 const now = (): number => performance.now()
@@ -111,7 +123,11 @@ function answered (w: Watcher, wasRecovered: boolean | undefined): void {
   else if (wasRecovered === false) notRecovered++
   // a subscribe without `since`: the client had no position yet (or it resubscribed after a refetch)
   else fresh++
-  if (w.closedAt !== null) resumed.recordValue(Math.max(1, Math.round(now() - w.closedAt)))
+  if (w.closedAt !== null) {
+    const ms = Math.max(1, Math.round(now() - w.closedAt))
+    resumed.recordValue(ms)
+    if (wasRecovered === true) resumedRecovered.recordValue(ms)
+  }
   w.closedAt = null
 }
 
@@ -121,7 +137,7 @@ function closed (w: Watcher, code: number | string): void {
 }
 
 function watcher (entity: string): Watcher {
-  return { entity, seqs: [], top: 0, resyncs: 0, everSubscribed: false, offlineUntil: 0, reopenedAt: null, owedUpTo: 0, closedAt: null, cut: () => {}, destroy: () => {} }
+  return { entity, seqs: [], top: 0, resyncs: 0, everSubscribed: false, offlineUntil: 0, reopenedAt: null, owedUpTo: 0, closedAt: null, cut: () => {}, destroy: () => {}, state: () => '' }
 }
 
 /** Our SDK, its sockets refused while offline (a port nobody listens on), each socket's frames read on the side. */
@@ -138,6 +154,10 @@ function ours (entity: string): Watcher {
       this.on('close', (code) => closed(w, code))
       this.on('message', (data) => {
         const text = String(data)
+        if (text.startsWith('{"type":"error"') || text.startsWith('{"type":"subscription_error"')) {
+          const code = (JSON.parse(text) as { data?: { code?: string } }).data?.code ?? '?'
+          errorFrames[code] = (errorFrames[code] ?? 0) + 1
+        }
         if (text.startsWith('{"type":"resync"')) {
           const reason = (JSON.parse(text) as { data: { reason: string } }).data.reason
           resyncFrames[reason] = (resyncFrames[reason] ?? 0) + 1
@@ -148,12 +168,14 @@ function ours (entity: string): Watcher {
     }
   }
   const client = new ChangefeedClient({ url: job.urls, WebSocket: Jittery as never, backoff: { initialMs: 200, maxMs: 1000 } })
+  client.onState(({ to, reason }) => { if (to === 'reconnecting') reconnectReasons[reason] = (reconnectReasons[reason] ?? 0) + 1 })
   client.subscribe('Match', entity, {
     onResync: () => { w.resyncs++ },
     onNotification: (n) => received(w, (n.payload as { seq: number }).seq)
   })
   w.cut = () => { (socket as unknown as { _socket?: { destroy(): void } } | null)?._socket?.destroy() }
   w.destroy = () => client.destroy()
+  w.state = () => client.state
   return w
 }
 
@@ -183,6 +205,7 @@ function socketio (entity: string): Watcher {
     manager.engine.transport?.ws?._socket?.destroy()
   }
   w.destroy = () => socket.disconnect()
+  w.state = () => socket.connected ? 'open' : 'reconnecting'
   return w
 }
 
@@ -232,8 +255,12 @@ function finish (written: Record<string, number>, middleUpTo: number): SdkReport
     fresh,
     closes,
     resyncFrames,
+    errorFrames,
+    awayStates: watchers.filter((w) => w.closedAt !== null).reduce<Record<string, number>>((a, w) => { const st = w.state(); a[st] = (a[st] ?? 0) + 1; return a }, {}),
     replay: hdr.encodeIntoCompressedBase64(replay),
-    resumed: hdr.encodeIntoCompressedBase64(resumed)
+    resumed: hdr.encodeIntoCompressedBase64(resumed),
+    resumedRecovered: hdr.encodeIntoCompressedBase64(resumedRecovered),
+    drops: reconnectReasons
   }
 }
 
@@ -241,7 +268,7 @@ type Command = 'cut' | 'stop' | 'close' | 'status' | { published: number } | { f
 
 process.on('message', (command: Command) => {
   if (command === 'cut') startCuts()
-  else if (command === 'status') process.send?.({ subscribed })
+  else if (command === 'status') process.send?.({ subscribed, pending: watchers.filter((w) => w.closedAt !== null).length })
   else if (command === 'stop') {
     for (const d of drops) clearTimeout(d)
     process.send?.({ stopped: true })

@@ -47,9 +47,18 @@ export async function startSdkLoad (job: Omit<SdkJob, 'count' | 'first'>, count:
   return load
 }
 
+async function status (load: SdkLoad): Promise<Array<{ subscribed: number, pending: number }>> {
+  return await Promise.all(load.children.map(async (c) => { const r = reply<{ subscribed: number, pending: number }>(c, 'pending'); c.send('status'); return await r }))
+}
+
+/** Clients whose first subscribe was answered. */
 export async function subscribed (load: SdkLoad): Promise<number> {
-  const counts = await Promise.all(load.children.map(async (c) => { const r = reply<{ subscribed: number }>(c, 'subscribed'); c.send('status'); return (await r).subscribed }))
-  return counts.reduce((a, b) => a + b, 0)
+  return (await status(load)).reduce((a, s) => a + s.subscribed, 0)
+}
+
+/** Clients whose socket closed and whose resume is not answered yet. */
+export async function pending (load: SdkLoad): Promise<number> {
+  return (await status(load)).reduce((a, s) => a + s.pending, 0)
 }
 
 export function tell (load: SdkLoad, message: object | string): void {
@@ -60,21 +69,19 @@ export async function stopCuts (load: SdkLoad): Promise<void> {
   await Promise.all(load.children.map(async (c) => { const r = reply(c, 'stopped'); c.send('stop'); return await r }))
 }
 
-export interface SdkTotals extends Omit<SdkReport, 'replay' | 'resumed'> {
-  replay: { count: number, p50: number, p95: number, p99: number, max: number }
-  resumed: { count: number, p50: number, p95: number, p99: number, max: number }
-}
+interface Percentiles { count: number, p50: number, p95: number, p99: number, max: number }
+export interface SdkTotals extends Omit<SdkReport, 'replay' | 'resumed' | 'resumedRecovered'> { replay: Percentiles, resumed: Percentiles, resumedRecovered: Percentiles }
 
 /** Every process's count against what was written (changes 1..n per entity), summed; latencies merged. */
 export async function finishSdkLoad (load: SdkLoad, written: Record<string, number>, middleUpTo = Infinity): Promise<SdkTotals> {
   const reports = await Promise.all(load.children.map(async (c) => { const r = reply<SdkReport>(c, 'clients'); c.send({ finish: written, middleUpTo }); return await r }))
-  const merged = (key: 'replay' | 'resumed'): SdkTotals['replay'] => {
+  const merged = (key: 'replay' | 'resumed' | 'resumedRecovered'): Percentiles => {
     const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000, numberOfSignificantValueDigits: 3 })
     for (const r of reports) h.add(hdr.decodeFromCompressedBase64(r[key]))
     return { count: h.totalCount, p50: h.getValueAtPercentile(50), p95: h.getValueAtPercentile(95), p99: h.getValueAtPercentile(99), max: h.maxValue }
   }
   const sum = (key: keyof SdkReport): number => reports.reduce((a, r) => a + Number(r[key]), 0)
-  const tally = (key: 'closes' | 'resyncFrames'): Record<string, number> => {
+  const tally = (key: 'closes' | 'resyncFrames' | 'errorFrames' | 'awayStates' | 'drops'): Record<string, number> => {
     const out: Record<string, number> = {}
     for (const r of reports) for (const [k, n] of Object.entries(r[key])) out[k] = (out[k] ?? 0) + n
     return out
@@ -96,7 +103,11 @@ export async function finishSdkLoad (load: SdkLoad, written: Record<string, numb
     fresh: sum('fresh'),
     closes: tally('closes'),
     resyncFrames: tally('resyncFrames'),
+    errorFrames: tally('errorFrames'),
+    awayStates: tally('awayStates'),
+    drops: tally('drops'),
     replay: merged('replay'),
-    resumed: merged('resumed')
+    resumed: merged('resumed'),
+    resumedRecovered: merged('resumedRecovered')
   }
 }
