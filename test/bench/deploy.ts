@@ -11,6 +11,7 @@
  * PostgreSQL transactions beyond the writer's, the instances' idle rate and their starts (each measured beforehand
  * with no clients).
  */
+import { loadavg } from 'node:os'
 import pg from 'pg'
 import { MARTEN, PG_ADMIN, REDIS_URL, freePort, freshDatabase, log, metric, save, sleep, startChangefeed, transactions, httpOf, type Target } from './harness.js'
 import { finishSdkLoad, pending, startSdkLoad } from './sdkload.js'
@@ -133,6 +134,8 @@ async function rollingRestart (targets: Target[], ports: number[], config: objec
 }
 
 async function deploy (): Promise<void> {
+  // the machine is shared: what else ran shows in the latencies
+  const loadAverageAtStart = Math.round(loadavg()[0] * 10) / 10
   const url = await freshDatabase(DATABASE)
   const sql = new pg.Client({ connectionString: url })
   await sql.connect()
@@ -207,6 +210,8 @@ async function deploy (): Promise<void> {
   const row = {
     instances: INSTANCES,
     sockets: SOCKETS,
+    loadAverageAtStart,
+
     subscribed: totals.subscribed,
     processes: load.children.length,
     entities: ENTITIES,

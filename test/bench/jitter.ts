@@ -12,6 +12,7 @@
  */
 import { fork } from 'node:child_process'
 import { join } from 'node:path'
+import { loadavg } from 'node:os'
 import pg from 'pg'
 import { MARTEN, REDIS_URL, freePort, freshDatabase, here, log, metric, save, sleep, startChangefeed, started, stopChild, transactions, httpOf, type Target } from './harness.js'
 import { finishSdkLoad, startSdkLoad, stopCuts, tell } from './sdkload.js'
@@ -39,6 +40,8 @@ async function startSocketIo (sql: pg.Client, url: string): Promise<Target> {
 
 /** `bus`: ours on `instances` instances with that bus, or Socket.IO with recovery on one node. */
 async function scenario (label: string, instances: number, bus: object | 'socketio'): Promise<object> {
+  // the machine is shared: what else ran shows in the latencies
+  const loadAverageAtStart = Math.round(loadavg()[0] * 10) / 10
   const database = `changefeed_bench_jitter_${label.replace(/\W/g, '_')}`
   const url = await freshDatabase(database)
   const sql = new pg.Client({ connectionString: url })
@@ -93,6 +96,8 @@ async function scenario (label: string, instances: number, bus: object | 'socket
   const row = {
     target: label,
     instances,
+    loadAverageAtStart,
+
     clients: CLIENTS,
     processes: load.children.length,
     changes: CHANGES,

@@ -177,6 +177,23 @@ function jitterRatios (rows: Row[]): string[] {
     .map((r) => `${String(r.target)}: delivered ${ratio(r.deliveredPercent, peer.deliveredPercent)}, replay p50 ${ratio(r.replayP50, peer.replayP50)}, p99 ${ratio(r.replayP99, peer.replayP99)}`).join('; ') + '.', '']
 }
 
+/** What the deploy row says, in words, with its numbers. */
+function deployFindings (r: Row): string[] {
+  const steps = r.steps as Row[]
+  const resumes = Number(r.resumesRecovered) + Number(r.resumesNotRecovered)
+  return [`In this run: ${Number(r.lost).toLocaleString('en')} of ${Number(r.expected).toLocaleString('en')} deliveries lost, every one by a client told to`,
+    `refetch (lost silently: ${String(r.lostSilently)}), no duplicate. Most resumes were not recovered (${Number(r.resumesNotRecovered).toLocaleString('en')} of`,
+    `${resumes.toLocaleString('en')}): each restart here moved the capture's leadership, and a leader change still marks a gap in every`,
+    `channel's history (\`resync\` frames: ${cell(r.resyncFrames)}), so a position from before it is not resumable. That is also`,
+    'the PostgreSQL cost: a client of a `full` type holds the document and resumes with `snapshot`, so each unrecovered',
+    'resume reads its entity (the snapshot query is what pg_stat_activity caught running), about one transaction per',
+    `unrecovered resume. The recovered resumes read nothing, and took ${String(r.recoveredCloseToResumedP50)} ms (p50) / ${String(r.recoveredCloseToResumedP95)} ms (p95) from close`,
+    'to `subscribed`, the 500 ms the close asks for included. The survivors\' new connections per second stayed at each',
+    `step's bound (peaks ${steps.map((s) => `${String(s.peakNewConnectionsPerSecond)} / ${String(s.bound)}`).join(', ')}). The steps hold more and more sockets: a drained`,
+    'client goes to the next of its URLs, and a rolling restart in the URLs\' order carries every client along to the',
+    `last instance (${steps.map((s) => String(s.sockets)).join(' → ')} sockets).`, '']
+}
+
 function resumeSections (dir: string): string[] {
   const out: string[] = []
   const jitter = load(dir, 'jitter')
@@ -193,8 +210,12 @@ function resumeSections (dir: string): string[] {
       'followers\' leader retries), so that column is within the noise of that estimate (autovacuum\'s visits land in it',
       'too). `missed` counts changes a client never handed to the application (`in middle`: not one of the last, which a',
       'client still coming back at the end may lack); `missed without a resync` those of clients never told to refetch, a',
-      'silent gap.', '',
-      table(jitter.rows, [['target', 'target'], ['clients', 'clients'], ['processes', 'client processes'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ['resyncs', 'resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
+      'silent gap (none in any run). The misses are clients cut before their first change reached them: with no position',
+      'they subscribe afresh and the SDK tells them to refetch (`resyncs`), which is why the servers count no unrecovered',
+      'resume. Socket.IO has the same shape (a client cut before its first packet has no offset, and its session is not',
+      'recovered). Socket.IO makes no query of its own here, so its PostgreSQL column is this estimate\'s noise floor',
+      '(autovacuum\'s visits, the statistics\' timing).', '',
+      table(jitter.rows, [['target', 'target'], ...jitter.rows.every((r) => r.loadAverageAtStart !== undefined) ? [['loadAverageAtStart', 'load average at start'] as [string, string]] : [], ['clients', 'clients'], ['processes', 'client processes'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ['resyncs', 'resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
         ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
         ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '', ...jitterRatios(jitter.rows))
   }
@@ -208,8 +229,8 @@ function resumeSections (dir: string): string[] {
       'socket closed) subscribes afresh, counted apart. New connections per second: the instances not restarting, sampled',
       'each second, against each step\'s bound, the draining instance\'s sockets / `drainSeconds`. PostgreSQL',
       'transactions: the run\'s, less the writer\'s, the instances\' idle rate and three starts, both measured beforehand',
-      'with no clients.', '',
-      table(deploy.rows, [['sockets', 'sockets'], ['processes', 'client processes'], ['writes', 'changes'], ['expected', 'expected deliveries'], ['lost', 'lost'], ['lostSilently', 'lost silently'], ['duplicates', 'duplicates'],
+      'with no clients.', '', ...deployFindings(deploy.rows[0]),
+      table(deploy.rows, [['loadAverageAtStart', 'load average at start'], ['sockets', 'sockets'], ['processes', 'client processes'], ['writes', 'changes'], ['expected', 'expected deliveries'], ['lost', 'lost'], ['lostSilently', 'lost silently'], ['duplicates', 'duplicates'],
         ['closes', 'closes by code'], ['resumes', 'resumed'], ['stillAwayAtEnd', 'not resumed a minute after the last restart'], ['closeToResumedP50', 'close → resumed p50 ms'], ['closeToResumedP95', 'p95 ms'], ['closeToResumedMax', 'max ms'],
         ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['clientsWithoutPosition', 'afresh (no position)'], ['resyncFrames', 'resync frames'],
         ['newConnectionsPerSecondPeak', 'survivors\' new connections/s, peak'], ['documentReads', 'document reads'], ['pgTransactionsBeyondWriterIdleAndStarts', 'PostgreSQL transactions beyond writer, idle, starts']]), '',
