@@ -132,7 +132,8 @@ async function jitter (): Promise<void> {
   if (run('memory')) rows.push(await scenario('memory ×1', 1, { provider: 'memory' }))
   if (run('nats')) rows.push(await scenario('nats ×3', 3, { provider: 'nats', url: NATS_URL, prefix: prefix + 'n' }))
   if (run('socketio')) rows.push(await scenario('socketio ×1', 1, 'socketio'))
-  save('jitter', {
+  // the issue's second size is kept beside the first
+  save(CLIENTS === 1000 ? 'jitter' : `jitter-${CLIENTS}`, {
     description: `${CLIENTS.toLocaleString('en')} clients watching one entity (ours: our SDK; Socket.IO: socket.io-client with connection-state recovery, one node, its documented limit), over load-generator processes of at most ${PER_PROCESS.toLocaleString('en')} clients each; ${CHANGES} changes at ${RATE}/s through PostgreSQL triggers; every client's TCP connection cut (no close frame) about every 15 s at a random phase and kept offline 2 s; the SDK reconnects to the next instance and resumes with since (Socket.IO: reconnects and recovers its session). Delivered: distinct changes handed to the application over clients × changes; replay: reopened socket → the last change missed while offline, in ms (drops that missed nothing are not counted); PostgreSQL transactions beyond the writer's ${CHANGES} and the idle baseline (probes, leader retries) are what resumes cost`,
     rows
   })

@@ -168,6 +168,26 @@ function scaleSections (dir: string): string[] {
   return out
 }
 
+/** How to read the jitter tables. */
+const JITTER_NOTES = [
+  'The shape of AnyCable\'s 2026 "delivery under jitter" (10,000 clients there; Socket.IO 84.55 %, 100 % with',
+  'connection-state recovery on one node, replay p99 4.58 s; AnyCable 100 %, replay p99 6.14 s), scaled to what this',
+  'machine runs beside its load: the clients, the servers, Redis, NATS and PostgreSQL share its cores. Socket.IO runs',
+  'here with connection-state recovery on one node, its documented limit (recovery does not work with its Redis',
+  'adapter), fed by a trigger on the same table; its clients are cut the same way and reconnect with the same delays.',
+  'Every resume of ours is answered from the bus\'s history (`resumes recovered`), none from PostgreSQL (`document',
+  'reads` 0: the trigger inlines the small document; a resume reads nothing). PostgreSQL transactions are counted in',
+  'pg_stat_database over the run, less the writer\'s and an idle baseline of the same servers (listener probes, the',
+  'followers\' leader retries), so that column is within the noise of that estimate (autovacuum\'s visits land in it',
+  'too). `missed` counts changes a client never handed to the application (`in middle`: not one of the last, which a',
+  'client still coming back at the end may lack); `missed without a resync` those of clients never told to refetch, a',
+  'silent gap (none in any run). The misses are clients cut before their first change reached them: with no position',
+  'they subscribe afresh and the SDK tells them to refetch (`resyncs`), which is why the servers count no unrecovered',
+  'resume. Socket.IO has the same shape (a client cut before its first packet has no offset, and its session is not',
+  'recovered). Socket.IO makes no query of its own here, so its PostgreSQL column is this estimate\'s noise floor',
+  '(autovacuum\'s visits, the statistics\' timing).', ''
+]
+
 /** Our rows against Socket.IO's (one node, connection-state recovery), as ratios. */
 function jitterRatios (rows: Row[]): string[] {
   const peer = rows.find((r) => String(r.target).startsWith('socketio'))
@@ -196,25 +216,11 @@ function deployFindings (r: Row): string[] {
 
 function resumeSections (dir: string): string[] {
   const out: string[] = []
-  const jitter = load(dir, 'jitter')
-  if (jitter !== null) {
-    out.push('## Delivery under jitter — resumes from the bus\'s history', '', jitter.description + '.', '', `Machine: ${JSON.stringify(jitter.machine)}`, '',
-      'The shape of AnyCable\'s 2026 "delivery under jitter" (10,000 clients there; Socket.IO 84.55 %, 100 % with',
-      'connection-state recovery on one node, replay p99 4.58 s; AnyCable 100 %, replay p99 6.14 s), scaled to what this',
-      'machine runs beside its load: the clients, the servers, Redis, NATS and PostgreSQL share its cores. Socket.IO runs',
-      'here with connection-state recovery on one node, its documented limit (recovery does not work with its Redis',
-      'adapter), fed by a trigger on the same table; its clients are cut the same way and reconnect with the same delays.',
-      'Every resume of ours is answered from the bus\'s history (`resumes recovered`), none from PostgreSQL (`document',
-      'reads` 0: the trigger inlines the small document; a resume reads nothing). PostgreSQL transactions are counted in',
-      'pg_stat_database over the run, less the writer\'s and an idle baseline of the same servers (listener probes, the',
-      'followers\' leader retries), so that column is within the noise of that estimate (autovacuum\'s visits land in it',
-      'too). `missed` counts changes a client never handed to the application (`in middle`: not one of the last, which a',
-      'client still coming back at the end may lack); `missed without a resync` those of clients never told to refetch, a',
-      'silent gap (none in any run). The misses are clients cut before their first change reached them: with no position',
-      'they subscribe afresh and the SDK tells them to refetch (`resyncs`), which is why the servers count no unrecovered',
-      'resume. Socket.IO has the same shape (a client cut before its first packet has no offset, and its session is not',
-      'recovered). Socket.IO makes no query of its own here, so its PostgreSQL column is this estimate\'s noise floor',
-      '(autovacuum\'s visits, the statistics\' timing).', '',
+  for (const [name, title] of [['jitter', 'Delivery under jitter — resumes from the bus\'s history'], ['jitter-10000', 'Delivery under jitter, 10,000 clients']]) {
+    const jitter = load(dir, name)
+    if (jitter === null) continue
+    out.push(`## ${title}`, '', jitter.description + '.', '', `Machine: ${JSON.stringify(jitter.machine)}`, '',
+      ...name === 'jitter' ? JITTER_NOTES : ['The same scenario at the issue\'s size, the clients spread over load-generator processes; the columns read as', 'above.', ''],
       table(jitter.rows, [['target', 'target'], ...jitter.rows.every((r) => r.loadAverageAtStart !== undefined) ? [['loadAverageAtStart', 'load average at start'] as [string, string]] : [], ['clients', 'clients'], ['processes', 'client processes'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ['resyncs', 'resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
         ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
         ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '', ...jitterRatios(jitter.rows))
