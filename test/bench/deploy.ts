@@ -222,6 +222,7 @@ async function deploy (): Promise<void> {
     delivered: totals.delivered,
     lost: totals.missed,
     lostSilently: totals.missedSilently,
+    lostWhileAway: totals.missedWhileAway,
     duplicates: totals.duplicates,
     resyncs: totals.resyncs,
     resyncFrames: totals.resyncFrames,

@@ -15,7 +15,7 @@ import { join } from 'node:path'
 import { loadavg } from 'node:os'
 import pg from 'pg'
 import { MARTEN, REDIS_URL, freePort, freshDatabase, here, log, metric, save, sleep, startChangefeed, started, stopChild, transactions, httpOf, type Target } from './harness.js'
-import { finishSdkLoad, startSdkLoad, stopCuts, tell } from './sdkload.js'
+import { finishSdkLoad, pending, startSdkLoad, stopCuts, tell } from './sdkload.js'
 
 const CLIENTS = Number(process.env.BENCH_JITTER_CLIENTS ?? 1000)
 const CHANGES = Number(process.env.BENCH_JITTER_CHANGES ?? 120)
@@ -79,8 +79,11 @@ async function scenario (label: string, instances: number, bus: object | 'socket
     await sleep(Math.max(0, next - Date.now()))
   }
   await stopCuts(load)
-  // the last drops come back and resume
-  await sleep(OFFLINE_MS + 3000)
+  // the last drops come back and resume (at most a minute)
+  await sleep(OFFLINE_MS)
+  const t0 = Date.now()
+  while (await pending(load) > 0 && Date.now() - t0 < 60_000) await sleep(500)
+  await sleep(1000)
   const seconds = (Date.now() - start) / 1000
   const sum = async (name: string, labels = ''): Promise<number> => (await Promise.all(https.map(async (h) => await metric(h, name, labels)))).reduce((a, b) => a + b, 0)
   const resumes: Record<string, number> = {}
@@ -106,6 +109,8 @@ async function scenario (label: string, instances: number, bus: object | 'socket
     missed: totals.missed,
     missedInMiddle: totals.missedInMiddle,
     missedSilently: totals.missedSilently,
+    awayAtEnd: totals.away,
+    missedWhileAway: totals.missedWhileAway,
     resyncs: totals.resyncs,
     conflated: ours ? conflated : '–',
     replays: totals.replay.count,

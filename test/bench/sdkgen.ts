@@ -32,8 +32,11 @@ export interface SdkReport {
   delivered: number
   expected: number
   missed: number
-  /** missed by clients the SDK never told to refetch: a silent gap */
+  /** missed by clients the SDK never told to refetch, and not away: a silent gap */
   missedSilently: number
+  /** missed by clients still away at the end (closed, resume not answered) */
+  missedWhileAway: number
+  away: number
   /** missed changes numbered at most `middleUpTo` (not the last, which a client still coming back may lack) */
   missedInMiddle: number
   duplicates: number
@@ -231,13 +234,16 @@ function finish (written: Record<string, number>, middleUpTo: number): SdkReport
   let missedSilently = 0
   let missedInMiddle = 0
   let duplicates = 0
+  let missedWhileAway = 0
   for (const w of watchers) {
     const total = written[w.entity] ?? 0
     const got = new Set(w.seqs.filter((s) => s >= 1 && s <= total))
     expected += total
     delivered += got.size
     duplicates += w.seqs.length - new Set(w.seqs).size
-    if (w.resyncs === 0) missedSilently += total - got.size
+    // a client still away has not been answered yet: what it lacks is neither resumed nor refetched
+    if (w.closedAt !== null) missedWhileAway += total - got.size
+    else if (w.resyncs === 0) missedSilently += total - got.size
     for (let s = 1; s <= Math.min(total, middleUpTo); s++) if (!got.has(s)) missedInMiddle++
   }
   return {
@@ -248,6 +254,8 @@ function finish (written: Record<string, number>, middleUpTo: number): SdkReport
     missed: expected - delivered,
     missedSilently,
     missedInMiddle,
+    missedWhileAway,
+    away: watchers.filter((w) => w.closedAt !== null).length,
     duplicates,
     resyncs: watchers.reduce((n, w) => n + w.resyncs, 0),
     recovered,

@@ -96,6 +96,8 @@ export async function finishSdkLoad (load: SdkLoad, written: Record<string, numb
     missed: sum('missed'),
     missedSilently: sum('missedSilently'),
     missedInMiddle: sum('missedInMiddle'),
+    missedWhileAway: sum('missedWhileAway'),
+    away: sum('away'),
     duplicates: sum('duplicates'),
     resyncs: sum('resyncs'),
     recovered: sum('recovered'),
