@@ -41,23 +41,27 @@ export async function freePort (): Promise<number> {
  * A server under test: our standalone server, ours mounted by a host that publishes (`host`, with `label` naming its
  * bus), the raw ws broadcast, or Socket.IO with its Redis adapter.
  */
-export interface Target { kind: 'changefeed' | 'host' | 'ws' | 'socketio', label: string, url: string, pid: number, stop: () => Promise<void> }
+export interface Target { kind: 'changefeed' | 'host' | 'ws' | 'socketio', label: string, url: string, pid: number, stop: (graceMs?: number) => Promise<void> }
 
-export async function stopChild (child: ChildProcess): Promise<void> {
+/** SIGTERM, then SIGKILL if the process is still there after `graceMs` (a draining server needs its drain time). */
+export async function stopChild (child: ChildProcess, graceMs = 10_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise((resolve) => child.once('exit', resolve))
   child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000)
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
   await exited
   clearTimeout(timer)
 }
 
-/** Our standalone server from a config, on a free port; resolves when it answers /health/live. */
-export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = {}): Promise<Target> {
+/**
+ * Our standalone server from a config, on `port` (a free one when not given); resolves when it answers
+ * /health/live (`/health/ready` with `ready`: listening, and its bus and database reached).
+ */
+export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = {}, port?: number, ready = false): Promise<Target> {
   const dir = mkdtempSync(join(tmpdir(), 'changefeed-bench-'))
   const file = join(dir, 'changefeed.json')
   writeFileSync(file, JSON.stringify(config))
-  const port = await freePort()
+  port ??= await freePort()
   const child = spawn(process.execPath, [join(root, 'bin', 'serve'), '--config', file, '--port', String(port)], {
     env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'ignore', 'inherit']
   })
@@ -66,10 +70,10 @@ export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = 
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`)
     if (Date.now() > deadline) throw new Error('server did not start within 30 s')
-    if (await fetch(`http://127.0.0.1:${port}/health/live`).then((r) => r.ok, () => false)) break
+    if (await fetch(`http://127.0.0.1:${port}/health/${ready ? 'ready' : 'live'}`).then((r) => r.ok, () => false)) break
     await sleep(100)
   }
-  return { kind: 'changefeed', label: 'changefeed', url: `ws://127.0.0.1:${port}/ws`, pid: child.pid!, stop: async () => await stopChild(child) }
+  return { kind: 'changefeed', label: 'changefeed', url: `ws://127.0.0.1:${port}/ws`, pid: child.pid!, stop: async (graceMs) => await stopChild(child, graceMs) }
 }
 
 export async function startPeer (kind: 'ws' | 'socketio', channel: string): Promise<Target> {
@@ -211,6 +215,15 @@ export async function freshDatabase (name: string): Promise<string> {
 
 export const MARTEN = (table: string): string => `CREATE TABLE ${table} (id varchar PRIMARY KEY, data jsonb NOT NULL, mt_last_modified timestamptz DEFAULT now(),
   mt_version uuid NOT NULL DEFAULT gen_random_uuid(), mt_dotnet_type varchar, mt_deleted boolean DEFAULT false)`
+
+/** Transactions of `database` so far (pg_stat_database; a backend's counts arrive when it idles or ends). */
+export async function transactions (sql: pg.Client, database: string): Promise<number> {
+  const { rows: [row] } = await sql.query('SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = $1', [database])
+  return Number(row.n)
+}
+
+/** A server's HTTP base (its /metrics, /health) from its socket URL. */
+export const httpOf = (t: Target): string => t.url.replace('ws', 'http').replace(/\/ws$/, '')
 
 export async function metric (httpBase: string, name: string, labels = ''): Promise<number> {
   const text = await (await fetch(httpBase + '/metrics')).text()

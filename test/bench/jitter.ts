@@ -1,42 +1,47 @@
 /**
  * `npm run bench -- jitter`: delivery under jitter, the shape of AnyCable's Node WebSocket benchmark, scaled to this
- * machine. N SDK clients (BENCH_JITTER_CLIENTS, default 1,000, in this process) watch one entity; a writer makes 120
- * changes at 2/s through PostgreSQL triggers; every client's TCP connection is cut (no close frame) about every 15 s,
- * at a random phase, and kept offline 2 s; the SDK reconnects (to the next of its URLs) and resumes with `since`.
- * Measured per target, in one run: delivered % (each client should hand the application all 120 changes), duplicates,
- * replay latency (reopened socket → the last change missed while offline handed to the application), resumes by
- * outcome, and PostgreSQL transactions beyond the writer's and the idle baseline.
+ * machine. N SDK clients (BENCH_JITTER_CLIENTS, default 1,000; 10,000 runs over four load-generator processes,
+ * BENCH_JITTER_PER_PROCESS at most in each, sdkgen.ts) watch one entity; a writer makes 120 changes at 2/s through
+ * PostgreSQL triggers; every client's TCP connection is cut (no close frame) about every 15 s, at a random phase, and
+ * kept offline 2 s; the SDK reconnects (to the next of its URLs) and resumes with `since`. Side by side: Socket.IO
+ * with connection-state recovery on one node (its documented limit), fed by a trigger on the same table, its clients
+ * cut the same way. Measured per target, in one run: delivered % (each client should hand the application all 120
+ * changes), duplicates, replay latency (reopened socket → the last change missed while offline handed to the
+ * application), resumes by outcome, and PostgreSQL transactions beyond the writer's and the idle baseline.
+ * BENCH_JITTER_TARGETS=redis,memory,nats,socketio picks targets.
  */
+import { fork } from 'node:child_process'
+import { join } from 'node:path'
+import { loadavg } from 'node:os'
 import pg from 'pg'
-import WebSocket from 'ws'
-import { build } from 'hdr-histogram-js'
-import { ChangefeedClient } from '../../lib/client/index.js'
-import { MARTEN, REDIS_URL, freshDatabase, log, metric, save, sleep, startChangefeed, type Target } from './harness.js'
+import { MARTEN, REDIS_URL, freePort, freshDatabase, here, log, metric, save, sleep, startChangefeed, started, stopChild, transactions, httpOf, type Target } from './harness.js'
+import { finishSdkLoad, pending, startSdkLoad, stopCuts, tell } from './sdkload.js'
 
 const CLIENTS = Number(process.env.BENCH_JITTER_CLIENTS ?? 1000)
 const CHANGES = Number(process.env.BENCH_JITTER_CHANGES ?? 120)
+/** clients per load-generator process */
+const PER_PROCESS = Number(process.env.BENCH_JITTER_PER_PROCESS ?? 2500)
 const RATE = 2
 const DROP_EVERY_MS = 15_000
 const OFFLINE_MS = 2000
 const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222'
 
-interface Watcher {
-  seqs: number[]
-  offlineUntil: number
-  /** a drop under way: when its socket opened again, and the last change published before that */
-  reopenedAt: number | null
-  owedUpTo: number
-  socket: WebSocket | null
-  /** refetches the SDK asked the application for (a resume not recovered, a resync) */
-  resyncs: number
+/** Socket.IO with connection-state recovery on one node, fed by a trigger on the same table (peers/socketio-recovery.ts). */
+async function startSocketIo (sql: pg.Client, url: string): Promise<Target> {
+  await sql.query(`CREATE FUNCTION bench_sio() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    PERFORM pg_notify('bench_sio', json_build_object('id', NEW.id, 'data', NEW.data)::text); RETURN NEW; END $$`)
+  await sql.query('CREATE TRIGGER bench_sio AFTER UPDATE ON mt_doc_match FOR EACH ROW EXECUTE FUNCTION bench_sio()')
+  const port = await freePort()
+  const child = fork(join(here, 'peers', 'socketio-recovery.js'), [], { env: { ...process.env, PORT: String(port), BENCH_DATABASE_URL: url }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+  started.push(child)
+  await new Promise((resolve) => child.once('message', resolve))
+  return { kind: 'socketio', label: 'socketio', url: `http://127.0.0.1:${port}`, pid: child.pid!, stop: async () => await stopChild(child) }
 }
 
-async function transactions (sql: pg.Client, database: string): Promise<number> {
-  const { rows: [row] } = await sql.query('SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = $1', [database])
-  return Number(row.n)
-}
-
-async function scenario (label: string, instances: number, bus: object): Promise<object> {
+/** `bus`: ours on `instances` instances with that bus, or Socket.IO with recovery on one node. */
+async function scenario (label: string, instances: number, bus: object | 'socketio'): Promise<object> {
+  // the machine is shared: what else ran shows in the latencies
+  const loadAverageAtStart = Math.round(loadavg()[0] * 10) / 10
   const database = `changefeed_bench_jitter_${label.replace(/\W/g, '_')}`
   const url = await freshDatabase(database)
   const sql = new pg.Client({ connectionString: url })
@@ -49,117 +54,72 @@ async function scenario (label: string, instances: number, bus: object): Promise
     entities: { Match: { access: 'public', payload: 'full' } },
     bus,
     telemetry: { prometheus: { public: true } },
-    limits: { maxConnectionsPerIp: 100_000, subscribeRatePerSecond: 1000 }
+    // every client of the bench comes from one address: the per-address limits would be the bench's
+    limits: { maxConnectionsPerIp: 100_000, subscribeRatePerSecond: 1000, replaysPerIpPerSecond: 100_000 }
   }
   const targets: Target[] = []
-  for (let i = 0; i < instances; i++) targets.push(await startChangefeed(config))
-  const urls = targets.map((t) => t.url)
-  const https = urls.map((u) => u.replace('ws', 'http').replace(/\/ws$/, ''))
+  if (bus === 'socketio') targets.push(await startSocketIo(sql, url))
+  else for (let i = 0; i < instances; i++) targets.push(await startChangefeed(config))
+  const ours = bus !== 'socketio'
+  const https = ours ? targets.map(httpOf) : []
+  const load = await startSdkLoad({ target: ours ? 'changefeed' : 'socketio', urls: targets.map((t) => t.url), entities: ['hot'], dropEveryMs: DROP_EVERY_MS, offlineMs: OFFLINE_MS }, CLIENTS, PER_PROCESS)
 
-  let published = 0
-  const replay = build()
-  const watchers: Watcher[] = []
-  const clients: ChangefeedClient[] = []
-  for (let i = 0; i < CLIENTS; i++) {
-    const w: Watcher = { seqs: [], offlineUntil: 0, reopenedAt: null, owedUpTo: 0, socket: null, resyncs: 0 }
-    class Jittery extends WebSocket {
-      constructor (address: string) {
-        // offline: the connection is refused until the window ends
-        super(Date.now() < w.offlineUntil ? 'ws://127.0.0.1:9/ws' : address)
-        if (Date.now() >= w.offlineUntil) w.socket = this
-        this.on('open', () => { if (w.owedUpTo > 0 && w.reopenedAt === null) w.reopenedAt = performance.now() })
-      }
-    }
-    const client = new ChangefeedClient({ url: urls, WebSocket: Jittery as never, backoff: { initialMs: 200, maxMs: 1000 } })
-    client.subscribe('Match', 'hot', {
-      onResync: () => { w.resyncs++ },
-      onNotification: (n) => {
-        const seq = (n.payload as { seq: number }).seq
-        w.seqs.push(seq)
-        if (w.reopenedAt !== null && seq >= w.owedUpTo) {
-          replay.recordValue(Math.max(1, Math.round(performance.now() - w.reopenedAt)))
-          w.reopenedAt = null
-          w.owedUpTo = 0
-        }
-      }
-    })
-    watchers.push(w)
-    clients.push(client)
-    if (i % 100 === 99) await sleep(50)
-  }
-  const subscribed = async (): Promise<number> => (await Promise.all(https.map(async (h) => await metric(h, 'changefeed_subscriptions_active')))).reduce((a, b) => a + b, 0)
-  for (let i = 0; i < 300 && await subscribed() < CLIENTS; i++) await sleep(100)
-  log(`${label}: ${await subscribed()} subscribed`)
-
-  // the idle baseline: what the instances ask of PostgreSQL by themselves (probes, leader retries) over 10 s
+  // the idle baseline: what the servers ask of PostgreSQL by themselves (probes, leader retries) over 10 s
   const idle0 = await transactions(sql, database)
   await sleep(10_000)
   const idlePerSecond = (await transactions(sql, database) - idle0 - 1) / 10
 
   const start = Date.now()
-  const drops = watchers.map((w, i) => {
-    const cut = (): void => {
-      // offline for 2 s: the TCP connection ends without a close frame, and reconnects are refused meanwhile
-      w.offlineUntil = Date.now() + OFFLINE_MS
-      w.owedUpTo = Infinity
-      w.reopenedAt = null
-      ;(w.socket as unknown as { _socket?: { destroy(): void } } | null)?._socket?.destroy()
-      setTimeout(() => { w.owedUpTo = published }, OFFLINE_MS)
-    }
-    const phase = Math.random() * DROP_EVERY_MS
-    return setTimeout(function again () { cut(); drops[i] = setTimeout(again, DROP_EVERY_MS - 2000 + Math.random() * 4000) }, phase)
-  })
+  tell(load, 'cut')
   const xact0 = await transactions(sql, database)
   for (let seq = 1; seq <= CHANGES; seq++) {
     await sql.query('UPDATE mt_doc_match SET data = $1 WHERE id = \'hot\'', [JSON.stringify({ seq })])
-    published = seq
+    tell(load, { published: seq })
     const next = start + (seq * 1000) / RATE
     await sleep(Math.max(0, next - Date.now()))
   }
-  for (const d of drops) clearTimeout(d)
-  // the last drops come back and resume
-  for (let i = 0; i < 100 && watchers.some((w) => new Set(w.seqs).size < CHANGES); i++) await sleep(100)
-  const seconds = (Date.now() - start) / 1000
-  const resumes: Record<string, number> = {}
-  for (const outcome of ['recovered', 'not_recovered', 'failed', 'foreign']) {
-    resumes[outcome] = (await Promise.all(https.map(async (h) => await metric(h, 'changefeed_resumes_total', `changefeed_outcome="${outcome}"`)))).reduce((a, b) => a + b, 0)
-  }
-  const sum = async (name: string): Promise<number> => (await Promise.all(https.map(async (h) => await metric(h, name)))).reduce((a, b) => a + b, 0)
-  const documentReads = await sum('changefeed_document_reads_total')
-  // a socket read slowly (the clients share this process): its notifications are conflated to the latest state
-  const conflated = await sum('changefeed_notifications_conflated_total')
-  const delivered = watchers.reduce((n, w) => n + new Set(w.seqs.filter((s) => s >= 1)).size, 0)
-  const duplicates = watchers.reduce((n, w) => n + w.seqs.length - new Set(w.seqs).size, 0)
-  // what was missed: the last changes (a client still coming back at the end), or changes in the middle
-  const missed = watchers.flatMap((w) => { const got = new Set(w.seqs); return Array.from({ length: CHANGES }, (_, i) => i + 1).filter((s) => !got.has(s)) })
-  const missedInMiddle = missed.filter((s) => s <= CHANGES - 2 * RATE * OFFLINE_MS / 1000).length
-  // a client told to refetch has the state by other means; a miss without one is a silent gap
-  const missedSilently = watchers.filter((w) => w.resyncs === 0).reduce((n, w) => n + CHANGES - new Set(w.seqs.filter((s) => s >= 1)).size, 0)
-  const resyncs = watchers.reduce((n, w) => n + w.resyncs, 0)
-  for (const c of clients) c.destroy()
-  // a backend's counts reach pg_stat_database when it ends (or idles): the instances are stopped first
-  for (const t of targets) await t.stop()
+  await stopCuts(load)
+  // the last drops come back and resume (at most a minute)
+  await sleep(OFFLINE_MS)
+  const t0 = Date.now()
+  while (await pending(load) > 0 && Date.now() - t0 < 60_000) await sleep(500)
   await sleep(1000)
+  const seconds = (Date.now() - start) / 1000
+  const sum = async (name: string, labels = ''): Promise<number> => (await Promise.all(https.map(async (h) => await metric(h, name, labels)))).reduce((a, b) => a + b, 0)
+  const resumes: Record<string, number> = {}
+  for (const outcome of ['recovered', 'not_recovered', 'failed', 'foreign']) resumes[outcome] = await sum('changefeed_resumes_total', `changefeed_outcome="${outcome}"`)
+  const documentReads = await sum('changefeed_document_reads_total')
+  // a socket read slowly (the clients share a process): its notifications are conflated to the latest state
+  const conflated = await sum('changefeed_notifications_conflated_total')
+  const totals = await finishSdkLoad(load, { hot: CHANGES }, CHANGES - 2 * RATE * OFFLINE_MS / 1000)
+  // a backend's counts reach pg_stat_database when it ends (or idles): the servers are stopped first
+  for (const t of targets) await t.stop()
+  await sleep(1500)
   const xact = await transactions(sql, database) - xact0 - 1
   const row = {
     target: label,
     instances,
+    loadAverageAtStart,
+
     clients: CLIENTS,
+    processes: load.children.length,
     changes: CHANGES,
-    deliveredPercent: Math.round((delivered / (CLIENTS * CHANGES)) * 100_000) / 1000,
-    duplicates,
-    missed: missed.length,
-    missedInMiddle,
-    missedSilently,
-    resyncs,
-    conflated,
-    replays: replay.totalCount,
-    replayP50: replay.getValueAtPercentile(50),
-    replayP99: replay.getValueAtPercentile(99),
-    replayMax: replay.maxValue,
-    resumesRecovered: resumes.recovered,
-    resumesNotRecovered: resumes.not_recovered + resumes.failed + resumes.foreign,
-    documentReads,
+    deliveredPercent: Math.round((totals.delivered / (CLIENTS * CHANGES)) * 100_000) / 1000,
+    duplicates: totals.duplicates,
+    missed: totals.missed,
+    missedInMiddle: totals.missedInMiddle,
+    missedSilently: totals.missedSilently,
+    awayAtEnd: totals.away,
+    missedWhileAway: totals.missedWhileAway,
+    resyncs: totals.resyncs,
+    conflated: ours ? conflated : '–',
+    replays: totals.replay.count,
+    replayP50: totals.replay.p50,
+    replayP99: totals.replay.p99,
+    replayMax: totals.replay.max,
+    resumesRecovered: ours ? resumes.recovered : totals.recovered,
+    resumesNotRecovered: ours ? resumes.not_recovered + resumes.failed + resumes.foreign : totals.notRecovered,
+    documentReads: ours ? documentReads : '–',
     pgTransactions: xact,
     pgTransactionsBeyondWriterAndIdle: Math.max(0, Math.round(xact - CHANGES - idlePerSecond * seconds))
   }
@@ -176,8 +136,10 @@ async function jitter (): Promise<void> {
   if (run('redis')) rows.push(await scenario('redis ×3', 3, { provider: 'redis', url: REDIS_URL, prefix: prefix + 'r' }))
   if (run('memory')) rows.push(await scenario('memory ×1', 1, { provider: 'memory' }))
   if (run('nats')) rows.push(await scenario('nats ×3', 3, { provider: 'nats', url: NATS_URL, prefix: prefix + 'n' }))
-  save('jitter', {
-    description: `${CLIENTS.toLocaleString('en')} SDK clients watching one entity; ${CHANGES} changes at ${RATE}/s through PostgreSQL triggers; every client's TCP connection cut (no close frame) about every 15 s at a random phase and kept offline 2 s; the SDK reconnects to the next instance and resumes with since. Delivered: distinct changes handed to the application over clients × changes; replay: reopened socket → the last change missed while offline, in ms; PostgreSQL transactions beyond the writer's ${CHANGES} and the idle baseline (probes, leader retries) are what resumes cost`,
+  if (run('socketio')) rows.push(await scenario('socketio ×1', 1, 'socketio'))
+  // the issue's second size is kept beside the first
+  save(CLIENTS === 1000 ? 'jitter' : `jitter-${CLIENTS}`, {
+    description: `${CLIENTS.toLocaleString('en')} clients watching one entity (ours: our SDK; Socket.IO: socket.io-client with connection-state recovery, one node, its documented limit), over load-generator processes of at most ${PER_PROCESS.toLocaleString('en')} clients each; ${CHANGES} changes at ${RATE}/s through PostgreSQL triggers; every client's TCP connection cut (no close frame) about every 15 s at a random phase and kept offline 2 s; the SDK reconnects to the next instance and resumes with since (Socket.IO: reconnects and recovers its session). Delivered: distinct changes handed to the application over clients × changes; replay: reopened socket → the last change missed while offline, in ms (drops that missed nothing are not counted); PostgreSQL transactions beyond the writer's ${CHANGES} and the idle baseline (probes, leader retries) are what resumes cost`,
     rows
   })
 }

@@ -63,9 +63,16 @@ function load (dir: string, name: string): Result | null {
   return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) as Result : null
 }
 
+/** A cell: a list joined, a tally (`{ reason: count }`) as `reason: count` pairs (none: 0). */
+function cell (value: unknown): string {
+  if (Array.isArray(value)) return value.join(', ')
+  if (typeof value === 'object' && value !== null) return Object.entries(value).map(([k, n]) => `${k}: ${String(n)}`).join(', ') || '0'
+  return String(value ?? '')
+}
+
 function table (rows: Row[], columns: Array<[string, string]>): string {
   return [`| ${columns.map(([, h]) => h).join(' | ')} |`, `| ${columns.map(() => '---').join(' | ')} |`,
-    ...rows.map((r) => `| ${columns.map(([k]) => Array.isArray(r[k]) ? r[k].join(', ') : r[k] ?? '').join(' | ')} |`)].join('\n')
+    ...rows.map((r) => `| ${columns.map(([k]) => cell(r[k])).join(' | ')} |`)].join('\n')
 }
 
 const median = (values: number[]): number => {
@@ -161,6 +168,88 @@ function scaleSections (dir: string): string[] {
   return out
 }
 
+/** How to read the jitter tables. */
+const JITTER_NOTES = [
+  'The shape of AnyCable\'s 2026 "delivery under jitter" (10,000 clients there; Socket.IO 84.55 %, 100 % with',
+  'connection-state recovery on one node, replay p99 4.58 s; AnyCable 100 %, replay p99 6.14 s), scaled to what this',
+  'machine runs beside its load: the clients, the servers, Redis, NATS and PostgreSQL share its cores. Socket.IO runs',
+  'here with connection-state recovery on one node, its documented limit (recovery does not work with its Redis',
+  'adapter), fed by a trigger on the same table; its clients are cut the same way and reconnect with the same delays.',
+  'Every resume of ours is answered from the bus\'s history (`resumes recovered`), none from PostgreSQL (`document',
+  'reads` 0: the trigger inlines the small document; a resume reads nothing). PostgreSQL transactions are counted in',
+  'pg_stat_database over the run, less the writer\'s and an idle baseline of the same servers (listener probes, the',
+  'followers\' leader retries), so that column is within the noise of that estimate (autovacuum\'s visits land in it',
+  'too). `missed` counts changes a client never handed to the application (`in middle`: not one of the last, which a',
+  'client still coming back at the end may lack); `missed without a resync` those of clients never told to refetch and',
+  'not still away at the end (their resume not yet answered, a minute after the last change), a silent gap. At',
+  '1,000 clients the misses are clients cut before their first change reached them: with no position',
+  'they subscribe afresh and the SDK tells them to refetch (`resyncs`), which is why the servers count no unrecovered',
+  'resume. Socket.IO has the same shape (a client cut before its first packet has no offset, and its session is not',
+  'recovered). Socket.IO makes no query of its own here, so its PostgreSQL column is this estimate\'s noise floor',
+  '(autovacuum\'s visits, the statistics\' timing).', ''
+]
+
+/** Our rows against Socket.IO's (one node, connection-state recovery), as ratios. */
+function jitterRatios (rows: Row[]): string[] {
+  const peer = rows.find((r) => String(r.target).startsWith('socketio'))
+  if (peer === undefined) return []
+  const ratio = (a: number, b: number): string => b === 0 ? '–' : `${(a / b).toFixed(2)}×`
+  return ['Against Socket.IO with recovery on one node, in the same run (ours / Socket.IO): ' + rows.filter((r) => r !== peer)
+    .map((r) => `${String(r.target)}: delivered ${ratio(r.deliveredPercent, peer.deliveredPercent)}, replay p50 ${ratio(r.replayP50, peer.replayP50)}, p99 ${ratio(r.replayP99, peer.replayP99)}`).join('; ') + '.', '']
+}
+
+/** What the deploy row says, in words, with its numbers. */
+function deployFindings (r: Row): string[] {
+  const steps = r.steps as Row[]
+  const resumes = Number(r.resumesRecovered) + Number(r.resumesNotRecovered)
+  return [`In this run: ${Number(r.lost).toLocaleString('en')} of ${Number(r.expected).toLocaleString('en')} deliveries lost, every one by a client told to`,
+    `refetch (lost silently: ${String(r.lostSilently)}), no duplicate. Most resumes were not recovered (${Number(r.resumesNotRecovered).toLocaleString('en')} of`,
+    `${resumes.toLocaleString('en')}): each restart here moved the capture's leadership, and a leader change still marks a gap in every`,
+    `channel's history (\`resync\` frames: ${cell(r.resyncFrames)}), so a position from before it is not resumable. That is also`,
+    'the PostgreSQL cost: a client of a `full` type holds the document and resumes with `snapshot`, so each unrecovered',
+    'resume reads its entity (the snapshot query is what pg_stat_activity caught running), about one transaction per',
+    `unrecovered resume. The recovered resumes read nothing, and took ${String(r.recoveredCloseToResumedP50)} ms (p50) / ${String(r.recoveredCloseToResumedP95)} ms (p95) from close`,
+    'to `subscribed`, the 500 ms the close asks for included. The survivors\' new connections per second stayed at each',
+    `step's bound (peaks ${steps.map((s) => `${String(s.peakNewConnectionsPerSecond)} / ${String(s.bound)}`).join(', ')}). The steps hold more and more sockets: a drained`,
+    'client goes to the next of its URLs, and a rolling restart in the URLs\' order carries every client along to the',
+    `last instance (${steps.map((s) => String(s.sockets)).join(' → ')} sockets).`, '']
+}
+
+function resumeSections (dir: string): string[] {
+  const out: string[] = []
+  for (const [name, title] of [['jitter', 'Delivery under jitter — resumes from the bus\'s history'], ['jitter-10000', 'Delivery under jitter, 10,000 clients']]) {
+    const jitter = load(dir, name)
+    if (jitter === null) continue
+    out.push(`## ${title}`, '', jitter.description + '.', '', `Machine: ${JSON.stringify(jitter.machine)}`, '',
+      ...name === 'jitter'
+        ? JITTER_NOTES
+        : ['The same scenario at the issue\'s size, the clients spread over load-generator processes; the columns read as',
+            'above. At this size the reconnects (about 670 a second) compete with the servers, Redis and PostgreSQL for the two',
+            'cores: compare replay p99 and the misses with the 1,000-client run.', ''],
+      table(jitter.rows, [['target', 'target'], ...jitter.rows.every((r) => r.loadAverageAtStart !== undefined) ? [['loadAverageAtStart', 'load average at start'] as [string, string]] : [], ['clients', 'clients'], ['processes', 'client processes'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ...jitter.rows.every((r) => r.awayAtEnd !== undefined) ? [['awayAtEnd', 'clients still away at the end'], ['missedWhileAway', 'missed by them']] as Array<[string, string]> : [], ['resyncs', 'resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
+        ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
+        ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '', ...jitterRatios(jitter.rows))
+  }
+  const deploy = load(dir, 'deploy')
+  if (deploy !== null) {
+    out.push('## Deploy — a rolling restart under load', '', deploy.description + '.', '', `Machine: ${JSON.stringify(deploy.machine)}`, '',
+      '`lost`: changes written to a client\'s entity that it never handed to the application (`silently`: by clients',
+      'never told to refetch). Close → resumed: the drained socket\'s close to the `subscribed` reply of its resume (the',
+      'close asks the client to wait 500 ms, and it adds up to as much again at random). Resumes: the servers\' counters',
+      '(subscribes with `since`); a client that had no position yet (no change of its entity reached it before its',
+      'socket closed) subscribes afresh, counted apart. New connections per second: the instances not restarting, sampled',
+      'each second, against each step\'s bound, the draining instance\'s sockets / `drainSeconds`. PostgreSQL',
+      'transactions: the run\'s, less the writer\'s, the instances\' idle rate and three starts, both measured beforehand',
+      'with no clients.', '', ...deployFindings(deploy.rows[0]),
+      table(deploy.rows, [['loadAverageAtStart', 'load average at start'], ['sockets', 'sockets'], ['processes', 'client processes'], ['writes', 'changes'], ['expected', 'expected deliveries'], ['lost', 'lost'], ['lostSilently', 'lost silently'], ['duplicates', 'duplicates'],
+        ['closes', 'closes by code'], ['resumes', 'resumed'], ['stillAwayAtEnd', 'not resumed a minute after the last restart'], ['closeToResumedP50', 'close → resumed p50 ms'], ['closeToResumedP95', 'p95 ms'], ['closeToResumedMax', 'max ms'],
+        ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['clientsWithoutPosition', 'afresh (no position)'], ['resyncFrames', 'resync frames'],
+        ['newConnectionsPerSecondPeak', 'survivors\' new connections/s, peak'], ['documentReads', 'document reads'], ['pgTransactionsBeyondWriterIdleAndStarts', 'PostgreSQL transactions beyond writer, idle, starts']]), '',
+      table(deploy.rows[0].steps as Row[], [['instance', 'restarted'], ['sockets', 'its sockets'], ['drainedSeconds', 'SIGTERM → exit s'], ['startSeconds', 'new one ready s'], ['peakNewConnectionsPerSecond', 'survivors\' new connections/s, peak'], ['bound', 'bound (sockets / drainSeconds)']]), '')
+  }
+  return out
+}
+
 export function writeReport (dir: string): void {
   const out: string[] = ['# Benchmarks', '',
     'Produced by `npm run bench -- <scenario>` (test/bench/run.ts); each run rewrites its results/*.json and this report.',
@@ -233,25 +322,6 @@ export function writeReport (dir: string): void {
     const ratio = (field: string): string => (median('changefeed', field) / median('ws', field)).toFixed(2)
     out.push(`Medians over the rounds, fastify-changefeed / plain ws: p50 ${ratio('p50')}×, p99 ${ratio('p99')}×, server CPU ${ratio('serverCpuPercentOfCore')}× (three instances, each receiving every signal, against one process).`, '')
   }
-  const jitter = load(dir, 'jitter')
-  if (jitter !== null) {
-    out.push('## Delivery under jitter — resumes from the bus\'s history', '', jitter.description + '.', '', `Machine: ${JSON.stringify(jitter.machine)}`, '',
-      'The shape of AnyCable\'s 2026 "delivery under jitter" (10,000 clients there; Socket.IO 84.55 %, 100 % with',
-      'connection-state recovery on one node, replay p99 4.58 s; AnyCable 100 %, replay p99 6.14 s), scaled to what this',
-      'machine runs beside its load: the clients, the instances, Redis, NATS and PostgreSQL share its cores. Every',
-      'resume is answered from the bus\'s history (`resumes recovered`), none from PostgreSQL (`document reads` 0: the',
-      'trigger inlines the small document; a resume reads nothing). PostgreSQL transactions are counted in',
-      'pg_stat_database over the run, less the writer\'s and an idle baseline of the same instances (listener probes,',
-      'the followers\' leader retries), so that column is within the noise of that estimate. `missed` counts changes a',
-      'client never handed to the application (`in middle`: not one of the last, which a client still coming back at',
-      'the end may lack); `missed without a resync` those of clients the SDK never told to refetch, a silent gap (0',
-      'in every run). Every miss is a client the SDK told to refetch (`SDK resyncs`), and no resume went unrecovered:',
-      'presumably clients cut before their first notification, which have no position to resume from (not yet',
-      'confirmed; a `subscribed` reply carrying the channel\'s position would close it).',
-      'Socket.IO with connection-state recovery was not run here.', '',
-      table(jitter.rows, [['target', 'target'], ['clients', 'clients'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ['resyncs', 'SDK resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
-        ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
-        ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '')
-  }
+  out.push(...resumeSections(dir))
   writeFileSync(join(dir, '..', 'REPORT.md'), out.join('\n') + '\n')
 }

@@ -1,5 +1,5 @@
 /**
- * Benchmarks: `npm run bench -- <memory|fanout|saturation|storm|cluster|s2|s4|s5|s6|s7|s8|presence|jitter|report>`. Each scenario starts what it needs on this machine
+ * Benchmarks: `npm run bench -- <memory|fanout|saturation|storm|cluster|s2|s4|s5|s6|s7|s8|presence|jitter|deploy|report>`. Each scenario starts what it needs on this machine
  * (loopback only), measures, stops every process it started, writes test/bench/results/<scenario>.json and
  * regenerates test/bench/REPORT.md with its charts. Peers run in the same run, one after another, on the same
  * machine, for the same job: receive a change from Redis, deliver it to every watcher.
@@ -16,6 +16,7 @@ import { deltaScenarios } from './delta.js'
 import { filterScenarios } from './filters.js'
 import { presenceScenarios } from './presence.js'
 import { jitterScenarios } from './jitter.js'
+import { deployScenarios } from './deploy.js'
 
 // ---------------------------------------------------------------- scenarios
 
@@ -154,7 +155,7 @@ async function s5 (): Promise<void> {
   save('s5', { description: `${total.toLocaleString('en')} connections over ${instances} instances and one Redis; one broadcast of one hot entity to every socket`, rows: [row] })
 }
 
-const scenarios: Record<string, () => Promise<void>> = { ...scaleScenarios, s2, s4, s5, s6, ...deltaScenarios, ...filterScenarios, ...presenceScenarios, ...jitterScenarios, report: async () => writeReport(resultsDir) }
+const scenarios: Record<string, () => Promise<void>> = { ...scaleScenarios, s2, s4, s5, s6, ...deltaScenarios, ...filterScenarios, ...presenceScenarios, ...jitterScenarios, ...deployScenarios, report: async () => writeReport(resultsDir) }
 const name = process.argv[2] ?? ''
 if (!(name in scenarios)) {
   log(`usage: npm run bench -- <${Object.keys(scenarios).join('|')}>`)
