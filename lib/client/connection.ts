@@ -57,14 +57,16 @@ export class Connection {
   private readonly stopWatchingPage: () => void
   private readonly Socket: SocketConstructor
   private readonly urls: readonly string[]
-  /** the URL of the next socket: each reconnect takes the next one */
+  /** the URL of the next socket: each reconnect takes another one, at random */
   private urlIndex: number
+  private readonly random: () => number
 
   constructor (private readonly options: ClientOptions, private readonly hooks: ConnectionHooks) {
     this.Socket = socketConstructor(options.WebSocket)
     this.urls = typeof options.url === 'string' ? [options.url] : options.url
-    this.urlIndex = Math.floor((options.random ?? Math.random)() * this.urls.length)
-    this.backoff = new Backoff({ initialMs: 500, maxMs: 30_000, resetAfterMs: 10_000, ...options.backoff }, options.random ?? Math.random)
+    this.random = options.random ?? Math.random
+    this.urlIndex = Math.floor(this.random() * this.urls.length)
+    this.backoff = new Backoff({ initialMs: 500, maxMs: 30_000, resetAfterMs: 10_000, ...options.backoff }, this.random)
     this.credentials = new Credentials(options.getToken, options.refreshBeforeExpiryMs ?? 30_000)
     this.liveness = new Liveness(options.pingIntervalMs ?? 25_000, options.pongTimeoutMs ?? 10_000,
       () => this.send({ type: 'ping' }), () => this.drop(CLIENT_CLOSE, 'no pong in time'))
@@ -216,8 +218,9 @@ export class Connection {
     } else if (FINAL_CLOSE_CODES.has(code)) {
       return this.setState('closed', reason || 'refused', code)
     }
-    // another instance may be up where this one is not (a deploy drains this one: 1012 says when to come back)
-    this.urlIndex++
+    // another instance may be up where this one is not (a deploy drains this one: 1012 says when to come back);
+    // one at random, so a rolling restart in the URLs' order does not move every client along to the last one
+    this.urlIndex += 1 + Math.floor(this.random() * Math.max(0, this.urls.length - 1))
     this.retry(reason || 'connection closed', code, code === CloseCode.serviceRestart ? retryHintOf(reason) ?? undefined : undefined)
   }
 

@@ -522,6 +522,26 @@ t.test('connect() while the first socket is still being opened opens no second o
   t.equal(sockets.length, 1)
 })
 
+t.test('several URLs: the first at random, each reconnect to another one at random', async (t) => {
+  const clock = fakeClock(t)
+  const { WebSocket, sockets } = fakeSockets()
+  let seed = 7
+  const random = (): number => { seed = (seed * 48271) % 2147483647; return seed / 2147483647 }
+  const c = client(t, { url: ['ws://a', 'ws://b', 'ws://c'], WebSocket, random, backoff: { initialMs: 10, maxMs: 10 } })
+  await turn()
+  for (let i = 0; i < 12; i++) {
+    sockets[i].open()
+    sockets[i].close(1006)
+    clock.advance(100)
+    await turn()
+  }
+  const urls = sockets.map((s) => s.url)
+  t.ok(urls.every((url, i) => i === 0 || url !== urls[i - 1]), `never the one that just closed: ${urls.join(' ')}`)
+  t.equal(new Set(urls).size, 3, 'every one of them')
+  t.ok(urls.some((url, i) => i >= 2 && url === urls[i - 2]), 'not merely the next in turn')
+  c.destroy()
+})
+
 t.test('a subscription told where it starts resumes from there when cut before its first notification', async (t) => {
   const clock = fakeClock(t)
   const { WebSocket, sockets } = fakeSockets()
