@@ -9,12 +9,9 @@
 import { NatsError, RetentionPolicy, StorageType, nanos, type NatsConnection } from 'nats'
 import type { Broker } from './index.js'
 import { subjectOf } from './subjects.js'
+import type { HandoffRecord } from './handoff-record.js'
 
-export interface HandoffRecord {
-  write(database: string, txid: string): Promise<void>
-  /** the last transaction recorded; null when there is none (never written, expired, lost with the broker) */
-  read(database: string): Promise<string | null>
-}
+export type { HandoffRecord } from './handoff-record.js'
 
 const TTL_MS = 24 * 3600 * 1000
 const encoder = new TextEncoder()

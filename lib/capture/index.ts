@@ -15,7 +15,7 @@ import { tenantRegistryOf } from './options.js'
 import type { EntityRegistry } from '../entities.js'
 import type { ResolvedOptions } from '../options.js'
 import type { Drops } from '../route/drops.js'
-import type { HandoffRecord } from '../bus/handoff.js'
+import type { HandoffRecord } from '../bus/handoff-record.js'
 import { CaptureKeyError, DatabaseUnavailableError } from '../errors.js'
 
 export { eventStoreOf } from './tables.js'

@@ -13,7 +13,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RowChange } from './coalesce.js'
-import type { HandoffRecord } from '../bus/handoff.js'
+import type { HandoffRecord } from '../bus/handoff-record.js'
 
 export type { HandoffRecord }
 
