@@ -3,7 +3,7 @@
  * machine. N SDK clients (BENCH_JITTER_CLIENTS, default 1,000; 10,000 runs over four load-generator processes,
  * BENCH_JITTER_PER_PROCESS at most in each, sdkgen.ts) watch one entity; a writer makes 120 changes at 2/s through
  * PostgreSQL triggers; every client's TCP connection is cut (no close frame) about every 15 s, at a random phase, and
- * kept offline 2 s; the SDK reconnects (to the next of its URLs) and resumes with `since`. Side by side: Socket.IO
+ * kept offline 2 s; the SDK reconnects (to another of its URLs) and resumes with `since`. Side by side: Socket.IO
  * with connection-state recovery on one node (its documented limit), fed by a trigger on the same table, its clients
  * cut the same way. Measured per target, in one run: delivered % (each client should hand the application all 120
  * changes), duplicates, replay latency (reopened socket → the last change missed while offline handed to the
@@ -139,7 +139,7 @@ async function jitter (): Promise<void> {
   if (run('socketio')) rows.push(await scenario('socketio ×1', 1, 'socketio'))
   // the issue's second size is kept beside the first
   save(CLIENTS === 1000 ? 'jitter' : `jitter-${CLIENTS}`, {
-    description: `${CLIENTS.toLocaleString('en')} clients watching one entity (ours: our SDK; Socket.IO: socket.io-client with connection-state recovery, one node, its documented limit), over load-generator processes of at most ${PER_PROCESS.toLocaleString('en')} clients each; ${CHANGES} changes at ${RATE}/s through PostgreSQL triggers; every client's TCP connection cut (no close frame) about every 15 s at a random phase and kept offline 2 s; the SDK reconnects to the next instance and resumes with since (Socket.IO: reconnects and recovers its session). Delivered: distinct changes handed to the application over clients × changes; replay: reopened socket → the last change missed while offline, in ms (drops that missed nothing are not counted); PostgreSQL transactions beyond the writer's ${CHANGES} and the idle baseline (probes, leader retries) are what resumes cost`,
+    description: `${CLIENTS.toLocaleString('en')} clients watching one entity (ours: our SDK; Socket.IO: socket.io-client with connection-state recovery, one node, its documented limit), over load-generator processes of at most ${PER_PROCESS.toLocaleString('en')} clients each; ${CHANGES} changes at ${RATE}/s through PostgreSQL triggers; every client's TCP connection cut (no close frame) about every 15 s at a random phase and kept offline 2 s; the SDK reconnects to another instance and resumes with since (Socket.IO: reconnects and recovers its session). Delivered: distinct changes handed to the application over clients × changes; replay: reopened socket → the last change missed while offline, in ms (drops that missed nothing are not counted); PostgreSQL transactions beyond the writer's ${CHANGES} and the idle baseline (probes, leader retries) are what resumes cost`,
     rows
   })
 }

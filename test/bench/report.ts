@@ -176,17 +176,17 @@ const JITTER_NOTES = [
   'here with connection-state recovery on one node, its documented limit (recovery does not work with its Redis',
   'adapter), fed by a trigger on the same table; its clients are cut the same way and reconnect with the same delays.',
   'Every resume of ours is answered from the bus\'s history (`resumes recovered`), none from PostgreSQL (`document',
-  'reads` 0: the trigger inlines the small document; a resume reads nothing). PostgreSQL transactions are counted in',
-  'pg_stat_database over the run, less the writer\'s and an idle baseline of the same servers (listener probes, the',
-  'followers\' leader retries), so that column is within the noise of that estimate (autovacuum\'s visits land in it',
-  'too). `missed` counts changes a client never handed to the application (`in middle`: not one of the last, which a',
-  'client still coming back at the end may lack); `missed without a resync` those of clients never told to refetch and',
-  'not still away at the end (their resume not yet answered, a minute after the last change), a silent gap. At',
-  '1,000 clients the misses are clients cut before their first change reached them: with no position',
-  'they subscribe afresh and the SDK tells them to refetch (`resyncs`), which is why the servers count no unrecovered',
-  'resume. Socket.IO has the same shape (a client cut before its first packet has no offset, and its session is not',
-  'recovered). Socket.IO makes no query of its own here, so its PostgreSQL column is this estimate\'s noise floor',
-  '(autovacuum\'s visits, the statistics\' timing).', ''
+  'reads` 0: the trigger inlines the small document; a resume reads nothing); a client cut before its first change',
+  'resumes from the position its `subscribed` reply gave it. PostgreSQL transactions are counted in pg_stat_database',
+  'over the run, less the writer\'s and an idle baseline of the same servers (listener probes, the followers\' leader',
+  'retries). With three instances the followers listen on standby, and PostgreSQL counts a transaction each time a',
+  'listening backend reads a NOTIFY from its queue: about two per change for two followers, which is most of the',
+  'column for the ×3 rows (the memory bus, one instance, has no followers); none of it is a query of ours. `missed`',
+  'counts changes a client never handed to the application (`in middle`: not one of the last, which a client still',
+  'coming back at the end may lack); `missed without a resync` those of clients never told to refetch and not still',
+  'away at the end (their resume not yet answered, a minute after the last change), a silent gap. Socket.IO misses a',
+  'client cut before its first packet (no offset: its session is not recovered, `resyncs`), and makes no query of its',
+  'own here, so its PostgreSQL column is this estimate\'s noise floor (autovacuum\'s visits, the statistics\' timing).', ''
 ]
 
 /** Our rows against Socket.IO's (one node, connection-state recovery), as ratios. */
@@ -202,17 +202,17 @@ function jitterRatios (rows: Row[]): string[] {
 function deployFindings (r: Row): string[] {
   const steps = r.steps as Row[]
   const resumes = Number(r.resumesRecovered) + Number(r.resumesNotRecovered)
-  return [`In this run: ${Number(r.lost).toLocaleString('en')} of ${Number(r.expected).toLocaleString('en')} deliveries lost, every one by a client told to`,
-    `refetch (lost silently: ${String(r.lostSilently)}), no duplicate. Most resumes were not recovered (${Number(r.resumesNotRecovered).toLocaleString('en')} of`,
-    `${resumes.toLocaleString('en')}): each restart here moved the capture's leadership, and a leader change still marks a gap in every`,
-    `channel's history (\`resync\` frames: ${cell(r.resyncFrames)}), so a position from before it is not resumable. That is also`,
-    'the PostgreSQL cost: a client of a `full` type holds the document and resumes with `snapshot`, so each unrecovered',
-    'resume reads its entity (the snapshot query is what pg_stat_activity caught running), about one transaction per',
-    `unrecovered resume. The recovered resumes read nothing, and took ${String(r.recoveredCloseToResumedP50)} ms (p50) / ${String(r.recoveredCloseToResumedP95)} ms (p95) from close`,
-    'to `subscribed`, the 500 ms the close asks for included. The survivors\' new connections per second stayed at each',
-    `step's bound (peaks ${steps.map((s) => `${String(s.peakNewConnectionsPerSecond)} / ${String(s.bound)}`).join(', ')}). The steps hold more and more sockets: a drained`,
-    'client goes to the next of its URLs, and a rolling restart in the URLs\' order carries every client along to the',
-    `last instance (${steps.map((s) => String(s.sockets)).join(' → ')} sockets).`, '']
+  const moved = Number(r.resumesNotRecovered) === 0
+    ? ['Every resume was recovered: each restart moved the capture\'s leadership to a follower on standby, which published',
+        'what the old leader had not, so no channel\'s history was marked with a gap (`resync` frames: ' + cell(r.resyncFrames) + ').']
+    : [`${Number(r.resumesNotRecovered).toLocaleString('en')} of ${resumes.toLocaleString('en')} resumes were not recovered (\`resync\` frames: ${cell(r.resyncFrames)}); a client of a \`full\``,
+        'type holds the document and resumes with `snapshot`, so each reads its entity: about one transaction each.']
+  return [`In this run: ${Number(r.lost).toLocaleString('en')} of ${Number(r.expected).toLocaleString('en')} deliveries lost (lost silently: ${String(r.lostSilently)}), ${Number(r.duplicates).toLocaleString('en')} duplicates.`,
+    ...moved,
+    `The recovered resumes read nothing, and took ${String(r.recoveredCloseToResumedP50)} ms (p50) / ${String(r.recoveredCloseToResumedP95)} ms (p95) from close to \`subscribed\`, the`,
+    '500 ms the close asks for included. The survivors\' new connections per second stayed at each step\'s bound (peaks',
+    `${steps.map((s) => `${String(s.peakNewConnectionsPerSecond)} / ${String(s.bound)}`).join(', ')}). A drained client goes to another of its URLs at random, so the`,
+    `instances restarted later hold more sockets, not all of them (${steps.map((s) => String(s.sockets)).join(' → ')}).`, '']
 }
 
 function resumeSections (dir: string): string[] {
@@ -225,7 +225,8 @@ function resumeSections (dir: string): string[] {
         ? JITTER_NOTES
         : ['The same scenario at the issue\'s size, the clients spread over load-generator processes; the columns read as',
             'above. At this size the reconnects (about 670 a second) compete with the servers, Redis and PostgreSQL for the two',
-            'cores: compare replay p99 and the misses with the 1,000-client run.', ''],
+            'cores: compare replay p99 and the misses with the 1,000-client run. (This run predates the `subscribed` position',
+            'and the leader\'s standby; it is to be run again on a machine with cores to spare.)', ''],
       table(jitter.rows, [['target', 'target'], ...jitter.rows.every((r) => r.loadAverageAtStart !== undefined) ? [['loadAverageAtStart', 'load average at start'] as [string, string]] : [], ['clients', 'clients'], ['processes', 'client processes'], ['deliveredPercent', 'delivered %'], ['duplicates', 'duplicates'], ['missed', 'missed'], ['missedInMiddle', 'in middle'], ['missedSilently', 'missed without a resync'], ...jitter.rows.every((r) => r.awayAtEnd !== undefined) ? [['awayAtEnd', 'clients still away at the end'], ['missedWhileAway', 'missed by them']] as Array<[string, string]> : [], ['resyncs', 'resyncs'], ['conflated', 'conflated'], ['replays', 'replays'], ['replayP50', 'replay p50 ms'],
         ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
         ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '', ...jitterRatios(jitter.rows))
