@@ -38,6 +38,7 @@ export class NatsHistory implements ChannelHistory {
   private readonly js: JetStreamClient
   private jsm: Promise<JetStreamManager> | null = null
   private readonly streams = new Map<string, Promise<Stream>>()
+  private readonly heads = new Map<string, Promise<string>>()
   private readonly base: string
   private readonly token: string
 
@@ -99,15 +100,28 @@ export class NatsHistory implements ChannelHistory {
     return at
   }
 
+  /**
+   * A burst of subscribes to one channel reads its head once here (`heads`: those being read), and its start is
+   * stored once across the instances (JetStream's duplicate window, by the message id): each start taking a place
+   * of the subject's `size` would push out the starts and messages that clients hold.
+   */
   async head (channel: string, limits: HistoryLimits): Promise<string> {
+    let head = this.heads.get(channel)
+    if (head === undefined) {
+      head = this.readHead(channel, limits).finally(() => this.heads.delete(channel))
+      this.heads.set(channel, head)
+    }
+    return await head
+  }
+
+  private async readHead (channel: string, limits: HistoryLimits): Promise<string> {
     const stream = await this.streamOf(limits)
     const subject = `${stream.subjects}.${subjectOf(channel)}`
     const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(() => null)
     if (last !== null) return headOf(stream, last)
-    // its start, stored (two instances may each store one: a resume from either finds it)
     const h = headers()
     h.set(START, '1')
-    const ack = await this.js.publish(subject, new Uint8Array(0), { headers: h })
+    const ack = await this.js.publish(subject, new Uint8Array(0), { headers: h, msgID: createHash('sha1').update('start\u0000' + subject).digest('hex') })
     return stream.epoch + ':' + String(ack.seq)
   }
 

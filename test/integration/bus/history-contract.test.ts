@@ -87,6 +87,10 @@ for (const provider of ['memory', 'redis', 'nats'] as Provider[]) {
     const start = (await history.head(quiet, limits))!
     t.match(start, /^[0-9a-f]{8}:\d+$/, 'a position, though no message was sent')
     t.equal(await history.head(quiet, limits), start, 'the same one asked again')
+    // a burst of subscribes: one start, not one each (each would take a place of the history's size)
+    const burst = `hc:Team:${randomUUID()}`
+    t.equal(new Set(await Promise.all(Array.from({ length: 50 }, async () => await history.head(burst, limits)))).size, 1, 'many at once: one start')
+    t.same(await history.after(burst, (await history.head(burst, limits))!, limits), [], 'and it is held')
     t.same(await history.after(quiet, start, limits), [], 'nothing after it yet')
     const first = (await history.append(quiet, 'first', limits))!
     t.equal(first.split(':')[0], start.split(':')[0], 'the first message is of its epoch')
