@@ -9,7 +9,7 @@
  * (a host's publishes on several instances) may be delivered live in another order than stored.
  */
 import { createHash } from 'node:crypto'
-import { headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
+import { ErrorCode, headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
 import { subjectOf } from './subjects.js'
 import { sinceOf, withPosition, type ChannelHistory, type Dedupe, type HistoryLimits } from './history.js'
 
@@ -117,7 +117,7 @@ export class NatsHistory implements ChannelHistory {
   private async readHead (channel: string, limits: HistoryLimits): Promise<string> {
     const stream = await this.streamOf(limits)
     const subject = `${stream.subjects}.${subjectOf(channel)}`
-    const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(() => null)
+    const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(none)
     if (last !== null) return headOf(stream, last)
     const h = headers()
     h.set(START, '1')
@@ -131,7 +131,7 @@ export class NatsHistory implements ChannelHistory {
     const stale = Date.now() - limits.ttlSeconds * 500
     await Promise.all(channels.map(async (channel) => {
       const subject = `${stream.subjects}.${subjectOf(channel)}`
-      const last = await direct.getMessage(stream.name, { last_by_subj: subject }).catch(() => null)
+      const last = await direct.getMessage(stream.name, { last_by_subj: subject }).catch(none)
       // gone already (or never had one): a resume from before is refused anyway
       if (last === null || last.time.getTime() > stale) return
       const h = headers()
@@ -161,12 +161,13 @@ export class NatsHistory implements ChannelHistory {
     const jsm = await this.manager()
     const subject = `${stream.subjects}.${subjectOf(channel)}`
     const direct = directOf(jsm)
-    const gap = await direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).then((m) => m.seq, () => 0)
+    const gap = (await direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).catch(none))?.seq ?? 0
     const out: string[] = []
     let found = false
     // the messages of the subject from the one at `since` (its own, or the first channel's sequence) on
     for (let seq = at.pos, searched = 0; ; searched++) {
-      const stored = await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(() => null)
+      // the end of the subject; a read that failed (a timeout under load) is no end: the resume fails, not cut short
+      const stored = await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(none)
       if (stored === null) break
       const position = positionOf(stream, stored)
       if (found) {
@@ -218,4 +219,10 @@ const isMarker = (stored: StoredMsg): boolean => stored.header?.get(START) === '
 function headOf (stream: Stream, last: StoredMsg): string {
   const kept = last.header?.get(KEPT) ?? ''
   return kept !== '' ? kept : positionOf(stream, last)
+}
+
+/** A read's "no message" (JetStream's 404) as null; any other failure is thrown on. */
+function none (err: unknown): null {
+  if (err instanceof NatsError && err.code === ErrorCode.JetStream404NoMessages) return null
+  throw err
 }
