@@ -124,7 +124,7 @@ export function keepHistories (
   log: FastifyBaseLogger
 ): () => void {
   const limits = historyLimitsOf(options)
-  const ttls = [options.history.ttlSeconds, ...Object.values(options.entities).map((e) => e.history === false ? Infinity : e.history?.ttlSeconds ?? Infinity)]
+  const ttls = [options.history.ttlSeconds, ...Object.keys(options.entities).map((type) => limits(type)?.ttlSeconds ?? Infinity)]
   if (history === null || options.capture.mode !== 'notify') return () => {}
   let sweeping = false
   const sweep = async (): Promise<void> => {

@@ -281,7 +281,9 @@ export class ChangeRouter {
     const carrier: { traceparent?: string } = {}
     if (span?.isRecording() === true) propagation.inject(trace.setSpan(context.active(), span), carrier)
     const message = wrap({ ts, payloadType: notice.payloadType, traceparent: carrier.traceparent, position, tenantId: notice.tenantId, owner: notice.owner, frame: notice.frame, delta: notice.delta, txid: captured?.txid })
-    const [limits, dedupe] = [this.s.history?.(entity.name) ?? null, captured && { key: `${entity.name}:${captured.tenantId ?? ''}:${captured.id} ${position}`, check: captured.handoff === true }]
+    const limits = this.s.history?.(entity.name) ?? null
+    // a captured change's key in the history: a new leader's publish of it again is found there (lib/bus/history.ts)
+    const dedupe = captured === undefined ? undefined : { key: `${entity.name}:${captured.tenantId ?? ''}:${captured.id} ${position}`, check: captured.handoff === true }
     try {
       let at: string | undefined
       for (const channel of channels) at = await publishOn(this.s.bus, channel, message, limits, at, dedupe)
