@@ -4,7 +4,7 @@
  * and saving results. Every process started here is stopped by `cleanup()`.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync, writeFileSync, mkdirSync, mkdtempSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, writeFileSync, mkdirSync, mkdtempSync } from 'node:fs'
 import { cpus, totalmem, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -62,9 +62,13 @@ export async function startChangefeed (config: object, env: NodeJS.ProcessEnv = 
   const file = join(dir, 'changefeed.json')
   writeFileSync(file, JSON.stringify(config))
   port ??= await freePort()
+  // BENCH_LOG_DIR: each instance's warnings to <dir>/changefeed-<port>.log (else nowhere)
+  const logDir = process.env.BENCH_LOG_DIR
+  const out = logDir === undefined ? 'ignore' : openSync(join(logDir, `changefeed-${port}.log`), 'a')
   const child = spawn(process.execPath, [join(root, 'bin', 'serve'), '--config', file, '--port', String(port)], {
-    env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'ignore', 'inherit']
+    env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', out, 'inherit']
   })
+  if (typeof out === 'number') closeSync(out)
   started.push(child)
   const deadline = Date.now() + 30_000
   for (;;) {

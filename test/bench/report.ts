@@ -270,7 +270,7 @@ export function writeReport (dir: string): void {
     'mounts it, the host calling `app.changefeed.publish()`. Each round rotates the order of the targets',
     '(`BENCH_ROUNDS`). Latency is measured from the change\'s *scheduled* time (or the trigger\'s clock) to receipt, into',
     'HDR histograms, so a slow server cannot hide its delay. Every scenario is bounded in time and stops every process',
-    'it started.', '',
+    'it started. `BENCH_LOG_DIR=<dir>` keeps each of our instances\' warnings in `<dir>/changefeed-<port>.log`.', '',
     'Reading the hot-entity numbers: at 10 changes/s (100,000 deliveries/s) the cores are saturated and no target',
     'delivers everything. The server\'s CPU per delivery is the steady measure; the end-to-end ratios move from run to',
     'run, because the load generators share the cores and spend about twice the server\'s time per received frame, so',
