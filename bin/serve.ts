@@ -114,7 +114,7 @@ async function main (): Promise<void> {
     await app.register(changefeed, options)
     telemetry?.serveMetrics(app)
     if (demo !== null) await startDemo(app, undefined, demo.tokenSecret)
-    const address = await app.listen({ host: options.server.host, port: options.server.port })
+    const address = await app.listen({ host: options.server.host, port: options.server.port, backlog: options.server.backlog })
     if (demo !== null) process.stdout.write(demo.banner(address))
   } catch (err) {
     await app.close().catch(() => {})

@@ -24,6 +24,7 @@ const Server = Type.Object(
   {
     host: Type.String({ default: '127.0.0.1', description: 'address the standalone server binds to' }),
     port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'standalone server port (0: any free port)' }),
+    backlog: Type.Integer({ minimum: 1, default: 4096, description: 'standalone server: connections the kernel queues while the process is busy (capped by `net.core.somaxconn`). Past it a connect is dropped and the client\'s TCP retries after 1, 2, 4… s: a burst of reconnects (a deploy, a network blip) must fit. A host sets it on its own `listen`' }),
     path: Type.String({ pattern: '^/', default: '/ws', description: 'WebSocket route' }),
     allowedOrigins: Type.Union([Type.Array(Type.String({ minLength: 1 })), Type.Null()], {
       default: null,

@@ -3,6 +3,7 @@
  * name the bad path and exit non-zero, environment overrides, and `--demo` on the embedded PGlite.
  */
 import t from 'tap'
+import { execFileSync } from 'node:child_process'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -28,7 +29,7 @@ t.test('a config file with several databases and one channel runs against Postgr
   await ballr.query(martenTableSql('mt_doc_rugbygamestate'))
   await foundry.query(martenTableSql('mt_doc_user'))
   const file = writeConfig('changefeed.json', {
-    server: { host: '127.0.0.1', port: 0, path: '/ws' },
+    server: { host: '127.0.0.1', port: 0, path: '/ws', backlog: 1234 },
     databases: [{ name: 'foundry', url: foundryUrl }, { name: 'ballr', url: ballrUrl }],
     capture: { channel: 'foundry:db_changes', tables: ['mt_doc_%'], installTriggers: true, mode: 'notify' },
     entities: {
@@ -42,6 +43,8 @@ t.test('a config file with several databases and one channel runs against Postgr
   })
   const server = serve(t, ['--config', file])
   const address = await server.address
+  // a listening socket's Send-Q is its backlog: a burst of reconnects queues there, not in the clients' SYN retries
+  t.match(execFileSync('ss', ['-ltnH', `sport = :${new URL(address).port}`]).toString(), /LISTEN\s+\d+\s+1234\s/, 'listens with the backlog configured')
   const ws = await TestClient.open(address.replace('http', 'ws') + '/ws')
   t.teardown(() => ws.close())
   t.equal((await ws.subscribe('RugbyGameState', 'match-1')).type, 'subscribed')
