@@ -81,7 +81,7 @@ export class Telemetry {
     const conflated = counter('changefeed.notifications.conflated', '{notification}', 'notifications replaced by a later state of the same entity for a slow reader')
     const replayed = counter('changefeed.notifications.replayed', '{notification}', 'notifications replayed to clients resuming with since (from the outbox, or the bus\'s history)')
     const resumes = counter('changefeed.resumes', '{subscribe}', 'subscribes with since, by outcome: recovered, not_recovered (outside the window, history lost, none kept), foreign (another owner\'s documents), failed')
-    const historyBytes = gauge('changefeed.history.bytes', 'By', 'bytes of channel history this process holds (memory bus)')
+    const historyBytes = gauge('changefeed.history.bytes', 'By', 'bytes of channel history this process holds (memory bus; NATS: what its resumes read lately)')
     const outbox = counter('changefeed.outbox.published', '{change}', 'outbox rows this instance published (outbox mode)')
     const created = counter('changefeed.subscriptions.created', '{subscription}', 'subscriptions created, by entity type')
     const removed = counter('changefeed.subscriptions.removed', '{subscription}', 'subscriptions removed, by entity type')

@@ -9,38 +9,24 @@
  * (a host's publishes on several instances) may be delivered live in another order than stored.
  */
 import { createHash } from 'node:crypto'
-import { ErrorCode, headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
+import { headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
 import { subjectOf } from './subjects.js'
 import { sinceOf, withPosition, type ChannelHistory, type Dedupe, type HistoryLimits } from './history.js'
+import { GAP, KEPT, NatsReads, POSITION, START, directOf, none, positionOf, type Stream } from './history-nats-reads.js'
 
-const POSITION = 'Changefeed-Position'
-const GAP = '$gap'
-/** the header of a history's start (`head`): a message that is none */
-const START = 'Changefeed-Start'
-/**
- * the header of a quiet channel's keep-alive (`keep`), naming the channel's position when it was stored: nothing
- * came between. Messages age out (`max_age`) however long a channel is watched; a keep-alive stands in for the last.
- */
-const KEPT = 'Changefeed-Kept'
-/** a change carried on several channels is stored on each within this many messages of its first */
-const SEARCH = 20
 const encoder = new TextEncoder()
-const decoder = new TextDecoder()
-
-interface Stream { name: string, subjects: string, epoch: string }
-
-/** JetStream's direct get (`allow_direct` streams; nats.js has it on its manager without declaring it) */
-interface DirectGet { getMessage(stream: string, query: { last_by_subj: string } | { next_by_subj: string, seq: number }): Promise<StoredMsg> }
-const directOf = (jsm: JetStreamManager): DirectGet => (jsm as unknown as { direct: DirectGet }).direct
 
 export class NatsHistory implements ChannelHistory {
-  readonly bytes = null
+  private readonly reads = new NatsReads(async () => directOf(await this.manager()))
   private readonly js: JetStreamClient
   private jsm: Promise<JetStreamManager> | null = null
   private readonly streams = new Map<string, Promise<Stream>>()
   private readonly heads = new Map<string, Promise<string>>()
   private readonly base: string
   private readonly token: string
+
+  /** what recent resumes read, held by this process (the history itself is the broker's) */
+  get bytes (): number { return this.reads.bytes }
 
   /** `publish`: the live publish on the channel */
   constructor (private readonly nc: NatsConnection, prefix: string, private readonly publish: (channel: string, message: string) => Promise<void>) {
@@ -158,37 +144,14 @@ export class NatsHistory implements ChannelHistory {
     const stream = await this.streamOf(limits)
     // every position of the stream's channels is of its epoch
     if (at.epoch !== stream.epoch) return null
-    const jsm = await this.manager()
-    const subject = `${stream.subjects}.${subjectOf(channel)}`
-    const direct = directOf(jsm)
-    const gap = (await direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).catch(none))?.seq ?? 0
-    const out: string[] = []
-    let found = false
-    // the messages of the subject from the one at `since` (its own, or the first channel's sequence) on
-    for (let seq = at.pos, searched = 0; ; searched++) {
-      // the end of the subject; a read that failed (a timeout under load) is no end: the resume fails, not cut short
-      const stored = await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(none)
-      if (stored === null) break
-      const position = positionOf(stream, stored)
-      if (found) {
-        if (!isMarker(stored)) out.push(withPosition(position, decoder.decode(stored.data)))
-      } else if (position === since) {
-        if (stored.seq <= gap) return null
-        found = true
-      } else if ((stored.header?.get(KEPT) ?? '') === since) {
-        // `since` aged out, a keep-alive says nothing came after it: no gap may have been marked since it
-        if (at.pos <= gap) return null
-        found = true
-      } else if (searched >= SEARCH) return null
-      seq = stored.seq + 1
-    }
-    return found ? out : null
+    return await this.reads.after(stream, `${stream.subjects}.${subjectOf(channel)}`, since, at.pos, limits)
   }
 
   async reset (channel: string): Promise<void> {
     const jsm = await this.manager()
     for (const stream of this.streams.values()) {
       const { name, subjects } = await stream
+      this.reads.drop(`${subjects}.${subjectOf(channel)}`)
       await jsm.streams.purge(name, { filter: `${subjects}.${subjectOf(channel)}` })
     }
   }
@@ -205,24 +168,8 @@ export class NatsHistory implements ChannelHistory {
   }
 }
 
-/** A stored message's position: the one it names (a change carried on several channels), or the stream's. */
-function positionOf (stream: Stream, stored: StoredMsg): string {
-  // (a header not set reads '')
-  const named = stored.header?.get(POSITION) ?? ''
-  return named !== '' ? named : stream.epoch + ':' + String(stored.seq)
-}
-
-/** A history's start or a keep-alive: no message of the channel. */
-const isMarker = (stored: StoredMsg): boolean => stored.header?.get(START) === '1' || (stored.header?.get(KEPT) ?? '') !== ''
-
 /** The channel's position as its last stored message says: a keep-alive's names the one it stands in for. */
 function headOf (stream: Stream, last: StoredMsg): string {
   const kept = last.header?.get(KEPT) ?? ''
   return kept !== '' ? kept : positionOf(stream, last)
-}
-
-/** A read's "no message" (JetStream's 404) as null; any other failure is thrown on. */
-function none (err: unknown): null {
-  if (err instanceof NatsError && err.code === ErrorCode.JetStream404NoMessages) return null
-  throw err
 }

@@ -1,0 +1,81 @@
+/**
+ * What resumes have read of each channel's history lately, kept in this process, so that the next resume of the same
+ * channel asks the broker only what came since (lib/bus/history-nats.ts: JetStream has no read of many messages at
+ * once in the servers supported, so a history read is a round trip per message).
+ *
+ * A stored message never changes. Messages of one subject read one after another, each the next of the subject from
+ * the one before, are a run with nothing between them; and while the last of a run is still stored, nothing of it was
+ * purged (a `reset` purges the whole subject, the subject's size and age drop the oldest first). So a run is only
+ * ever extended from its last message, after finding that message still there.
+ *
+ * Bounded: a run keeps the subject's `size` last messages and none older than its ttl (what the broker keeps too);
+ * the runs together at most `maxBytes`, the least recently used dropped first.
+ */
+
+/** A stored message of a subject, as a resume reads it. */
+export interface Link {
+  /** its sequence in the stream */
+  seq: number
+  /** its position: the one it names (a change carried on several channels), or its own */
+  position: string
+  /** a keep-alive's: the position it stands in for ('' for any other) */
+  kept: string
+  /** the message as it went out (with its position); null for a marker (a start, a keep-alive) */
+  message: string | null
+  /** a history's start: nothing before it is known */
+  start: boolean
+  /** when it was stored, ms since the epoch */
+  time: number
+}
+
+/** what a link holds beyond its message and position, in bytes */
+const LINK_OVERHEAD = 96
+
+const bytesOf = (links: readonly Link[]): number => links.reduce((n, l) => n + LINK_OVERHEAD + 2 * (l.position.length + l.kept.length + (l.message?.length ?? 0)), 0)
+
+/** Whether `link` stands at `since`: its own position, or a keep-alive's for it. */
+export const isAt = (link: Link, since: string): boolean => link.position === since || link.kept === since
+
+export class HistoryRuns {
+  private readonly runs = new Map<string, { links: Link[], bytes: number }>()
+  private held = 0
+
+  constructor (private readonly maxBytes: number) {}
+
+  /** bytes held */
+  get bytes (): number { return this.held }
+
+  /** The subject's run, without the messages stored before `oldest` (ms since the epoch). */
+  get (subject: string, oldest: number): readonly Link[] | undefined {
+    const run = this.runs.get(subject)
+    if (run === undefined) return undefined
+    // most recently used last
+    this.runs.delete(subject)
+    this.runs.set(subject, run)
+    const young = run.links.findIndex((l) => l.time >= oldest)
+    if (young !== 0) this.put(subject, young < 0 ? [] : run.links.slice(young), Infinity)
+    return this.runs.get(subject)?.links
+  }
+
+  /** The subject's run is now `links` (of at most `size` messages, its last ones kept). */
+  put (subject: string, links: readonly Link[], size: number): void {
+    this.drop(subject)
+    if (links.length === 0) return
+    const kept = links.length > size ? links.slice(links.length - size) : [...links]
+    const bytes = bytesOf(kept)
+    this.runs.set(subject, { links: kept, bytes })
+    this.held += bytes
+    for (const [oldest, run] of this.runs) {
+      if (this.held <= this.maxBytes) break
+      this.runs.delete(oldest)
+      this.held -= run.bytes
+    }
+  }
+
+  drop (subject: string): void {
+    const run = this.runs.get(subject)
+    if (run === undefined) return
+    this.runs.delete(subject)
+    this.held -= run.bytes
+  }
+}

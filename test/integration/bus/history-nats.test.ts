@@ -1,0 +1,117 @@
+/**
+ * The NATS history's runs (lib/bus/history-runs.ts): an instance answers a resume from what it read of the channel
+ * before, asking JetStream only what came since; and never answers one that another instance's reset, gap or the
+ * history's size or age made impossible. Resumes read at once while messages are stored each get an unbroken tail.
+ */
+import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import { connect } from 'nats'
+import { NatsHistory } from '../../../lib/bus/history-nats.js'
+import { splitPosition } from '../../../lib/bus/history.js'
+import { NATS_URL, requireService } from '../../helpers/brokers.js'
+import { until } from '../../helpers/wait.js'
+
+await requireService('NATS')
+
+const limits = { size: 5, ttlSeconds: 60 }
+const messagesOf = (out: string[] | null): string[] | null => out?.map((m) => splitPosition(m).message) ?? null
+
+/** `n` instances' histories on one prefix, each on its own connection; their streams deleted after the test. */
+async function instances (t: { teardown(fn: () => unknown): void }, n: number): Promise<{ histories: NatsHistory[], stream: (limits: { size: number, ttlSeconds: number }) => string, deleteMessage: (stream: string, seq: number) => Promise<void> }> {
+  const prefix = `hn-${randomUUID().slice(0, 8)}`
+  const histories: NatsHistory[] = []
+  for (let i = 0; i < n; i++) {
+    const nc = await connect({ servers: NATS_URL })
+    t.teardown(async () => await nc.close())
+    histories.push(new NatsHistory(nc, prefix, async () => {}))
+  }
+  const admin = await connect({ servers: NATS_URL })
+  const jsm = await admin.jetstreamManager()
+  t.teardown(async () => {
+    for await (const name of jsm.streams.names()) if (name.startsWith(prefix + '_')) await jsm.streams.delete(name)
+    await admin.close()
+  })
+  return {
+    histories,
+    stream: ({ size, ttlSeconds }) => `${prefix}_HISTORY_${size}_${ttlSeconds}`,
+    deleteMessage: async (stream, seq) => { await jsm.streams.deleteMessage(stream, seq) }
+  }
+}
+
+t.test('a resume is answered from what was read before: JetStream is asked only what came since', async (t) => {
+  const { histories: [a, b, c], stream, deleteMessage } = await instances(t, 3)
+  const channel = `hn:Match:${randomUUID()}`
+  const at: string[] = []
+  for (let i = 1; i <= 3; i++) at.push((await a.append(channel, `m${i}`, limits))!)
+  t.same(messagesOf(await b.after(channel, at[0], limits)), ['m2', 'm3'])
+  t.ok(b.bytes > 0, `the run is counted (${b.bytes} bytes)`)
+  // a probe: m2 removed behind every instance's back
+  await deleteMessage(stream(limits), Number(at[1].split(':')[1]))
+  at.push((await a.append(channel, 'm4', limits))!)
+  t.same(messagesOf(await b.after(channel, at[0], limits)), ['m2', 'm3', 'm4'], 'the run read before, and what came since')
+  t.same(messagesOf(await c.after(channel, at[0], limits)), ['m3', 'm4'], 'an instance without one reads JetStream')
+  t.same(messagesOf(await b.after(channel, at[2], limits)), ['m4'], 'from the middle of the run')
+  t.same(messagesOf(await b.after(channel, at[3], limits)), [], 'from its end')
+})
+
+t.test('another instance\'s reset or gap, and the history\'s size, are never answered from a run', async (t) => {
+  const { histories: [a, b] } = await instances(t, 2)
+  const channel = `hn:Match:${randomUUID()}`
+  const at: string[] = []
+  const append = async (message: string): Promise<string> => { const p = (await a.append(channel, message, limits))!; at.push(p); return p }
+  for (let i = 1; i <= 3; i++) await append(`m${i}`)
+  t.same(messagesOf(await b.after(channel, at[0], limits)), ['m2', 'm3'])
+
+  await a.reset(channel)
+  t.equal(await b.after(channel, at[2], limits), null, 'reset, nothing stored since: refused')
+  await append('m4')
+  t.equal(await b.after(channel, at[0], limits), null, 'reset, then a message: refused')
+  t.equal(await b.after(channel, at[2], limits), null, 'from the run\'s end too')
+  await append('m5')
+  t.same(messagesOf(await b.after(channel, at[3], limits)), ['m5'], 'a position of the new history resumes')
+
+  await a.markGap()
+  t.equal(await b.after(channel, at[3], limits), null, 'a gap marked elsewhere: refused')
+  const fresh = await append('m6')
+  t.equal(await b.after(channel, at[4], limits), null, 'from before the gap, though the run holds it')
+  t.same(messagesOf(await b.after(channel, fresh, limits)), [], 'from after it: resumes')
+
+  for (let i = 7; i <= 12; i++) await append(`m${i}`)
+  t.equal(await b.after(channel, fresh, limits), null, 'pushed out by the history\'s size: refused')
+  t.same(messagesOf(await b.after(channel, at[9], limits)), ['m11', 'm12'], 'inside the window: resumes')
+})
+
+t.test('aged out: refused, as JetStream would', async (t) => {
+  const { histories: [a, b, c] } = await instances(t, 3)
+  const short = { size: 5, ttlSeconds: 1 }
+  const channel = `hn:Match:${randomUUID()}`
+  const first = (await a.append(channel, 'm1', short))!
+  await a.append(channel, 'm2', short)
+  t.same(messagesOf(await b.after(channel, first, short)), ['m2'])
+  t.ok(await until(async () => await c.after(channel, first, short) === null, 10_000), 'aged out of JetStream')
+  t.equal(await b.after(channel, first, short), null, 'and of the run')
+})
+
+t.test('resumes read at once while messages are stored: each gets an unbroken tail from its position', async (t) => {
+  const { histories: [a, b] } = await instances(t, 2)
+  const wide = { size: 100, ttlSeconds: 60 }
+  const channel = `hn:Match:${randomUUID()}`
+  const at: string[] = []
+  for (let i = 1; i <= 10; i++) at.push((await a.append(channel, `m${i}`, wide))!)
+  const resumes: Array<Promise<{ from: number, out: string[] | null }>> = []
+  for (let i = 11; i <= 40; i++) {
+    at.push((await a.append(channel, `m${i}`, wide))!)
+    for (let k = 0; k < 3; k++) {
+      const from = 1 + Math.floor(Math.random() * (at.length - 1))
+      resumes.push(b.after(channel, at[from - 1], wide).then((out) => ({ from, out })))
+    }
+  }
+  for (const { from, out } of await Promise.all(resumes)) {
+    const got = messagesOf(out)
+    if (got === null) { t.fail(`from m${from}: refused`); continue }
+    const expected = Array.from({ length: got.length }, (_, i) => `m${from + 1 + i}`)
+    if (JSON.stringify(got) !== JSON.stringify(expected)) t.fail(`from m${from}: ${got.join(' ')}`)
+  }
+  t.pass(`${resumes.length} resumes, each the messages after its position, none missing`)
+  t.same(messagesOf(await b.after(channel, at[0], wide)), at.slice(1).map((_, i) => `m${i + 2}`), 'and then all of them')
+})
