@@ -3,11 +3,18 @@
  * message a request (the servers supported have no batched get), so a resume that walked the subject cost a round
  * trip per message, and resumes queued behind each other under load. Here:
  *
- * - what is stored now (the last gap marked, the subject's last message, and whether the run read before still
- *   stands and what follows it) is asked in one round of requests, shared by every resume of the subject that came
- *   before the round began (so each sees all that was stored before it asked);
+ * - what is stored now (the last gap marked, the subject's last message, what follows the run read before) is asked
+ *   in one round of requests, shared by every resume of the subject that came before the round began (so each sees
+ *   all that was stored before it asked);
  * - the messages are taken from the run this process read before (lib/bus/history-runs.ts), extended from its last
- *   message while that is still stored; a position outside it is read from JetStream, and the run kept.
+ *   message; a position outside it is read from JetStream, and the run kept.
+ *
+ * What JetStream removes goes oldest first (the subject's size, the stream's age) or all at once (a reset purges the
+ * subject): messages read one after another are all still there, nothing between them removed, when the first of
+ * them is still stored after the reads, which each read of a run checks last. A gap's marker ages out too, while a
+ * run may hold older messages than JetStream still does: the last gap of each stream seen is kept, and a run serves
+ * only messages younger than half the history's ttl (a gap marked after one but never seen here then is still
+ * stored when it is read, while this clock and the server's differ by less than that half).
  */
 import { ErrorCode, NatsError, type JetStreamManager, type StoredMsg } from 'nats'
 import { withPosition, type HistoryLimits } from './history.js'
@@ -41,6 +48,8 @@ export class NatsReads {
   private readonly runs = new HistoryRuns(RUNS_MAX_BYTES)
   /** rounds not begun yet, by subject: a resume joins the one that begins after it came */
   private readonly rounds = new Map<string, Promise<Now | null>>()
+  /** the last gap each stream was seen to have: its marker ages out, what it says does not */
+  private readonly gaps = new Map<string, number>()
 
   constructor (private readonly direct: () => Promise<DirectGet>) {}
 
@@ -48,86 +57,79 @@ export class NatsReads {
   get bytes (): number { return this.runs.bytes }
 
   /** The subject's history started again: its run is no more. */
-  drop (subject: string): void { this.runs.drop(subject) }
+  drop (stream: Stream, subject: string): void { this.runs.drop(stream.epoch + ' ' + subject) }
 
   /** The messages after `since` (`from`: its sequence, or its first channel's), as they went out; null when not all held. */
   async after (stream: Stream, subject: string, since: string, from: number, limits: HistoryLimits): Promise<string[] | null> {
-    let round = this.rounds.get(subject)
+    const key = stream.epoch + ' ' + subject
+    let round = this.rounds.get(key)
     if (round === undefined) {
       round = new Promise<void>((resolve) => setImmediate(resolve)).then(async () => {
-        this.rounds.delete(subject)
-        return await this.now(stream, subject, limits)
+        this.rounds.delete(key)
+        return await this.now(stream, subject, key, limits)
       })
-      this.rounds.set(subject, round)
+      this.rounds.set(key, round)
     }
     const now = await round
     if (now === null) return null
-    const run = now.run?.some((link) => isAt(link, since)) === true ? now.run : await this.read(stream, subject, from, now.to, limits, since)
+    const run = now.run?.some((link) => isAt(link, since)) === true ? now.run : await this.read(stream, subject, key, from, now.to, limits, since)
     const i = run === null ? -1 : run.findIndex((link) => isAt(link, since))
     if (run === null || i < 0) return null
     // stored before a gap; or aged out, a keep-alive standing in for it: no gap may have been marked since it
     if ((run[i].position === since ? run[i].seq : from) <= now.gap) return null
-    const out: string[] = []
-    for (const link of run.slice(i + 1)) {
-      // the history started again after it (emptied meanwhile)
-      if (link.start) return null
-      if (link.message !== null) out.push(link.message)
-    }
-    return out
+    return run.slice(i + 1).flatMap((link) => link.message === null ? [] : [link.message])
   }
 
   /**
-   * One round of requests at once: the last gap, the subject's last message, and, with a run read before, its last
-   * message (still stored: nothing of the run was purged) and the one after it. Null: the subject holds nothing.
+   * One round: the last gap, the subject's last message and the one after the run's last, at once; what lies between
+   * read on; then the run's last checked still stored. Null: the subject holds nothing.
    */
-  private async now (stream: Stream, subject: string, limits: HistoryLimits): Promise<Now | null> {
-    const direct = await this.direct()
-    const get = async (seq: number): Promise<StoredMsg | null> => await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(none)
-    const known = this.runs.get(subject, Date.now() - limits.ttlSeconds * 1000)
+  private async now (stream: Stream, subject: string, key: string, limits: HistoryLimits): Promise<Now | null> {
+    const known = this.runs.get(key, youngest(limits))
     const tail = known?.at(-1)
-    // a read that failed (a timeout under load) is no "none": the resume fails
-    const [gap, last, atTail, afterTail] = await Promise.all([
-      direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).catch(none),
-      direct.getMessage(stream.name, { last_by_subj: subject }).catch(none),
-      tail === undefined ? null : get(tail.seq),
-      tail === undefined ? null : get(tail.seq + 1)
+    const [gap, last, afterTail] = await Promise.all([
+      this.get(stream, { last_by_subj: `${stream.subjects}.${GAP}` }),
+      this.get(stream, { last_by_subj: subject }),
+      tail === undefined ? null : this.get(stream, { next_by_subj: subject, seq: tail.seq + 1 })
     ])
     if (last === null) return null
     let run: readonly Link[] | undefined
-    if (known !== undefined && atTail?.seq === tail?.seq) {
-      if (afterTail === null || afterTail.seq > last.seq) run = known
-      else {
-        const more = afterTail.seq === last.seq ? [] : await this.walk(stream, subject, afterTail.seq + 1, last.seq, () => true, 1)
-        if (more !== null) run = this.hold(subject, [...known, linkOf(stream, afterTail), ...more], limits)
-      }
-    } else this.runs.drop(subject)
+    if (known !== undefined && tail !== undefined) {
+      const more = afterTail === null || afterTail.seq > last.seq
+        ? []
+        : afterTail.seq === last.seq ? [linkOf(stream, afterTail)] : await this.walk(stream, subject, afterTail.seq, last.seq, () => true, 1)
+      if (more !== null && (last.seq === tail.seq || await this.stored(stream, subject, tail.seq))) run = more.length === 0 ? known : this.hold(key, [...known, ...more], limits)
+      else this.runs.drop(key)
+    }
+    const seen = Math.max(gap?.seq ?? 0, this.gaps.get(stream.name + ' ' + stream.epoch) ?? 0)
+    this.gaps.set(stream.name + ' ' + stream.epoch, seen)
     // (a round that began later may have read on past `to`)
     const end = run?.findIndex((link) => link.seq === last.seq) ?? -1
-    return { gap: gap?.seq ?? 0, to: last.seq, run: end < 0 ? undefined : run?.slice(0, end + 1) }
+    return { gap: seen, to: last.seq, run: end < 0 ? undefined : run?.slice(0, end + 1) }
   }
 
   /** Reads the subject from `from` to `to` for a position outside the run; kept when it starts no later than the run. */
-  private async read (stream: Stream, subject: string, from: number, to: number, limits: HistoryLimits, since: string): Promise<readonly Link[] | null> {
+  private async read (stream: Stream, subject: string, key: string, from: number, to: number, limits: HistoryLimits, since: string): Promise<readonly Link[] | null> {
     const read = await this.walk(stream, subject, from, to, (link) => isAt(link, since), SEARCH)
-    const held = this.runs.get(subject, 0)
-    if (read !== null && (held === undefined || read[0].seq <= held[0].seq)) this.hold(subject, read, limits)
+    if (read === null || !await this.stored(stream, subject, read[0].seq)) return null
+    const held = this.runs.get(key, 0)
+    if (held === undefined || read[0].seq <= held[0].seq) this.hold(key, read, limits)
     return read
   }
 
   /**
    * The subject's messages from sequence `from` to `to`, a request each (the one after `from` asked at once: `from` is
    * mostly a message's own); null when none of the first `within` is `at`, or `to` is not reached (purged meanwhile).
+   * Removed meanwhile, messages would be skipped: the caller checks the first is still stored.
    */
   private async walk (stream: Stream, subject: string, from: number, to: number, at: (link: Link) => boolean, within: number): Promise<Link[] | null> {
-    const direct = await this.direct()
-    const get = async (seq: number): Promise<StoredMsg | null> => await direct.getMessage(stream.name, { next_by_subj: subject, seq }).catch(none)
-    const ahead = from < to ? get(from + 1) : null
+    const ahead = from < to ? this.get(stream, { next_by_subj: subject, seq: from + 1 }) : null
     // (not awaited when `from` is no message's)
     ahead?.catch(() => {})
     const links: Link[] = []
     let found = false
     for (let seq = from; seq <= to;) {
-      const stored = await (seq === from + 1 && ahead !== null ? ahead : get(seq))
+      const stored = await (seq === from + 1 && ahead !== null ? ahead : this.get(stream, { next_by_subj: subject, seq }))
       if (stored === null || stored.seq > to) return null
       const link = linkOf(stream, stored)
       links.push(link)
@@ -138,11 +140,30 @@ export class NatsReads {
     return found ? links : null
   }
 
-  private hold (subject: string, links: readonly Link[], limits: HistoryLimits): readonly Link[] | undefined {
-    this.runs.put(subject, links, limits.size)
-    return this.runs.get(subject, 0)
+  /** Whether the subject's message at `seq` is still stored. */
+  private async stored (stream: Stream, subject: string, seq: number): Promise<boolean> {
+    return (await this.get(stream, { next_by_subj: subject, seq }))?.seq === seq
+  }
+
+  /** A direct get; null for JetStream's "no message", a failure (a timeout under load) thrown on: the resume fails. */
+  private async get (stream: Stream, query: { last_by_subj: string } | { next_by_subj: string, seq: number }): Promise<StoredMsg | null> {
+    return await (await this.direct()).getMessage(stream.name, query).catch(none)
+  }
+
+  private hold (key: string, links: readonly Link[], limits: HistoryLimits): readonly Link[] | undefined {
+    this.runs.put(key, links, limits.size)
+    return this.runs.get(key, 0)
+  }
+
+  /** Every run: the streams are made again (their epochs new). */
+  clear (): void {
+    this.runs.clear()
+    this.gaps.clear()
   }
 }
+
+/** The oldest a message served from a run may be (ms since the epoch): half the history's ttl. */
+const youngest = (limits: HistoryLimits): number => Date.now() - limits.ttlSeconds * 500
 
 /** A stored message's position: the one it names (a change carried on several channels), or the stream's. */
 export function positionOf (stream: Stream, stored: StoredMsg): string {
@@ -154,10 +175,9 @@ export function positionOf (stream: Stream, stored: StoredMsg): string {
 /** A stored message as a resume reads it: a history's start and a keep-alive are no message of the channel. */
 function linkOf (stream: Stream, stored: StoredMsg): Link {
   const position = positionOf(stream, stored)
-  const start = stored.header?.get(START) === '1'
   const kept = stored.header?.get(KEPT) ?? ''
-  const message = start || kept !== '' ? null : withPosition(position, decoder.decode(stored.data))
-  return { seq: stored.seq, position, kept, message, start, time: stored.time.getTime() }
+  const message = stored.header?.get(START) === '1' || kept !== '' ? null : withPosition(position, decoder.decode(stored.data))
+  return { seq: stored.seq, position, kept, message, time: stored.time.getTime() }
 }
 
 /** A read's "no message" (JetStream's 404) as null; any other failure is thrown on. */

@@ -15,6 +15,8 @@ import { sinceOf, withPosition, type ChannelHistory, type Dedupe, type HistoryLi
 import { GAP, KEPT, NatsReads, POSITION, START, directOf, none, positionOf, type Stream } from './history-nats-reads.js'
 
 const encoder = new TextEncoder()
+/** JetStream's error code for a publish whose expected last sequence is not the subject's */
+const WRONG_LAST_SEQUENCE = 10071
 
 export class NatsHistory implements ChannelHistory {
   private readonly reads = new NatsReads(async () => directOf(await this.manager()))
@@ -76,6 +78,7 @@ export class NatsHistory implements ChannelHistory {
     } catch {
       // the stream may be gone (deleted, the server restarted and its memory lost): made again, with a new epoch
       this.streams.clear()
+      this.reads.clear()
       stream = await this.streamOf(limits)
       ack = await store()
     }
@@ -115,14 +118,19 @@ export class NatsHistory implements ChannelHistory {
     const stream = await this.streamOf(limits)
     const direct = directOf(await this.manager())
     const stale = Date.now() - limits.ttlSeconds * 500
+    const gap = (await direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).catch(none))?.seq ?? 0
     await Promise.all(channels.map(async (channel) => {
       const subject = `${stream.subjects}.${subjectOf(channel)}`
       const last = await direct.getMessage(stream.name, { last_by_subj: subject }).catch(none)
       // gone already (or never had one): a resume from before is refused anyway
       if (last === null || last.time.getTime() > stale) return
+      const position = headOf(stream, last)
+      // a gap marked after it: a resume from it is refused, and a keep-alive must not outlive the gap's marker
+      if ((sinceOf(position)?.pos ?? 0) <= gap) return
       const h = headers()
-      h.set(KEPT, headOf(stream, last))
-      await this.js.publish(subject, new Uint8Array(0), { headers: h })
+      h.set(KEPT, position)
+      // only right after that message: one stored meanwhile would be skipped by a resume matching the keep-alive
+      await this.js.publish(subject, new Uint8Array(0), { headers: h, expect: { lastSubjectSequence: last.seq } }).catch(notLast)
     }))
   }
 
@@ -149,9 +157,10 @@ export class NatsHistory implements ChannelHistory {
 
   async reset (channel: string): Promise<void> {
     const jsm = await this.manager()
-    for (const stream of this.streams.values()) {
-      const { name, subjects } = await stream
-      this.reads.drop(`${subjects}.${subjectOf(channel)}`)
+    for (const opened of this.streams.values()) {
+      const stream = await opened
+      const { name, subjects } = stream
+      this.reads.drop(stream, `${subjects}.${subjectOf(channel)}`)
       await jsm.streams.purge(name, { filter: `${subjects}.${subjectOf(channel)}` })
     }
   }
@@ -172,4 +181,10 @@ export class NatsHistory implements ChannelHistory {
 function headOf (stream: Stream, last: StoredMsg): string {
   const kept = last.header?.get(KEPT) ?? ''
   return kept !== '' ? kept : positionOf(stream, last)
+}
+
+/** A publish refused because the subject had another message since (JetStream's wrong last sequence): nothing to do. */
+function notLast (err: unknown): void {
+  if (err instanceof NatsError && err.api_error?.err_code === WRONG_LAST_SEQUENCE) return
+  throw err
 }

@@ -4,12 +4,11 @@
  * once in the servers supported, so a history read is a round trip per message).
  *
  * A stored message never changes. Messages of one subject read one after another, each the next of the subject from
- * the one before, are a run with nothing between them; and while the last of a run is still stored, nothing of it was
- * purged (a `reset` purges the whole subject, the subject's size and age drop the oldest first). So a run is only
- * ever extended from its last message, after finding that message still there.
+ * the one before, are a run with nothing between them (the reader checks nothing was removed meanwhile), extended
+ * only from its last message.
  *
- * Bounded: a run keeps the subject's `size` last messages and none older than its ttl (what the broker keeps too);
- * the runs together at most `maxBytes`, the least recently used dropped first.
+ * Bounded: a run keeps the subject's `size` last messages and none older than asked; the runs together at most
+ * `maxBytes` (one run at most an eighth of it, its oldest messages dropped), the least recently used dropped first.
  */
 
 /** A stored message of a subject, as a resume reads it. */
@@ -22,8 +21,6 @@ export interface Link {
   kept: string
   /** the message as it went out (with its position); null for a marker (a start, a keep-alive) */
   message: string | null
-  /** a history's start: nothing before it is known */
-  start: boolean
   /** when it was stored, ms since the epoch */
   time: number
 }
@@ -31,7 +28,7 @@ export interface Link {
 /** what a link holds beyond its message and position, in bytes */
 const LINK_OVERHEAD = 96
 
-const bytesOf = (links: readonly Link[]): number => links.reduce((n, l) => n + LINK_OVERHEAD + 2 * (l.position.length + l.kept.length + (l.message?.length ?? 0)), 0)
+const linkBytes = (l: Link): number => LINK_OVERHEAD + 2 * (l.position.length + l.kept.length + (l.message?.length ?? 0))
 
 /** Whether `link` stands at `since`: its own position, or a keep-alive's for it. */
 export const isAt = (link: Link, since: string): boolean => link.position === since || link.kept === since
@@ -60,9 +57,10 @@ export class HistoryRuns {
   /** The subject's run is now `links` (of at most `size` messages, its last ones kept). */
   put (subject: string, links: readonly Link[], size: number): void {
     this.drop(subject)
-    if (links.length === 0) return
     const kept = links.length > size ? links.slice(links.length - size) : [...links]
-    const bytes = bytesOf(kept)
+    let bytes = LINK_OVERHEAD + 2 * subject.length + kept.reduce((n, l) => n + linkBytes(l), 0)
+    while (kept.length > 0 && bytes > this.maxBytes / 8) bytes -= linkBytes(kept.shift()!)
+    if (kept.length === 0) return
     this.runs.set(subject, { links: kept, bytes })
     this.held += bytes
     for (const [oldest, run] of this.runs) {
@@ -70,6 +68,11 @@ export class HistoryRuns {
       this.runs.delete(oldest)
       this.held -= run.bytes
     }
+  }
+
+  clear (): void {
+    this.runs.clear()
+    this.held = 0
   }
 
   drop (subject: string): void {

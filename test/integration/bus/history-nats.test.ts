@@ -5,9 +5,11 @@
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { connect } from 'nats'
+import { connect, type JetStreamManager } from 'nats'
 import { NatsHistory } from '../../../lib/bus/history-nats.js'
-import { splitPosition } from '../../../lib/bus/history.js'
+import { NatsReads, directOf } from '../../../lib/bus/history-nats-reads.js'
+import { splitPosition, type HistoryLimits } from '../../../lib/bus/history.js'
+import { subjectOf } from '../../../lib/bus/subjects.js'
 import { NATS_URL, requireService } from '../../helpers/brokers.js'
 import { until } from '../../helpers/wait.js'
 
@@ -17,7 +19,13 @@ const limits = { size: 5, ttlSeconds: 60 }
 const messagesOf = (out: string[] | null): string[] | null => out?.map((m) => splitPosition(m).message) ?? null
 
 /** `n` instances' histories on one prefix, each on its own connection; their streams deleted after the test. */
-async function instances (t: { teardown(fn: () => unknown): void }, n: number): Promise<{ histories: NatsHistory[], stream: (limits: { size: number, ttlSeconds: number }) => string, deleteMessage: (stream: string, seq: number) => Promise<void> }> {
+async function instances (t: { teardown(fn: () => unknown): void }, n: number): Promise<{
+  histories: NatsHistory[]
+  stream: (limits: HistoryLimits) => string
+  subject: (limits: HistoryLimits, last: string) => string
+  jsm: JetStreamManager
+  deleteMessage: (stream: string, seq: number) => Promise<void>
+}> {
   const prefix = `hn-${randomUUID().slice(0, 8)}`
   const histories: NatsHistory[] = []
   for (let i = 0; i < n; i++) {
@@ -34,6 +42,8 @@ async function instances (t: { teardown(fn: () => unknown): void }, n: number): 
   return {
     histories,
     stream: ({ size, ttlSeconds }) => `${prefix}_HISTORY_${size}_${ttlSeconds}`,
+    subject: ({ size, ttlSeconds }, last) => `${subjectOf(prefix + ':history')}.${size}_${ttlSeconds}.${last}`,
+    jsm,
     deleteMessage: async (stream, seq) => { await jsm.streams.deleteMessage(stream, seq) }
   }
 }
@@ -114,4 +124,60 @@ t.test('resumes read at once while messages are stored: each gets an unbroken ta
   }
   t.pass(`${resumes.length} resumes, each the messages after its position, none missing`)
   t.same(messagesOf(await b.after(channel, at[0], wide)), at.slice(1).map((_, i) => `m${i + 2}`), 'and then all of them')
+})
+
+t.test('a gap seen is remembered after its marker is gone; a keep-alive is not written over a gap', async (t) => {
+  const { histories: [a, b, c], stream, subject, jsm } = await instances(t, 3)
+  const channel = `hn:Match:${randomUUID()}`
+  const before = (await a.append(channel, 'm1', limits))!
+  await a.markGap()
+  await a.append(channel, 'm2', limits)
+  t.equal(await b.after(channel, before, limits), null, 'from before the gap: refused')
+  // the gap's marker gone (as when it ages out, which the messages before it did first in JetStream, not in a run)
+  const gap = await jsm.streams.getMessage(stream(limits), { last_by_subj: subject(limits, '$gap') })
+  await jsm.streams.deleteMessage(stream(limits), gap.seq)
+  t.equal(await b.after(channel, before, limits), null, 'still refused by the instance that saw it')
+  t.same(messagesOf(await c.after(channel, before, limits)), ['m2'], '(one that never saw it reads JetStream, where this probe took the marker)')
+
+  const short = { size: 5, ttlSeconds: 1 }
+  const quiet = `hn:Match:${randomUUID()}`
+  const storedAt = Date.now()
+  const kept = (await a.append(quiet, 'q1', short))!
+  await a.markGap()
+  // quiet for half its ttl: a keep-alive would be due, but it would outlive the gap's marker
+  t.ok(await until(() => Date.now() - storedAt > 600, 5_000))
+  await a.keep([quiet], short)
+  const last = await jsm.streams.getMessage(stream(short), { last_by_subj: subject(short, subjectOf(quiet)) })
+  t.equal(last.header?.get('Changefeed-Kept') ?? '', '', 'no keep-alive stored')
+  t.ok(await until(async () => await a.after(quiet, kept, short) === null, 10_000), 'so the resume is refused once the messages aged out')
+})
+
+t.test('a read overtaken by the history\'s size is refused, never missing what was pushed out', async (t) => {
+  const { histories: [a, b] } = await instances(t, 2)
+  const small = { size: 10, ttlSeconds: 60 }
+  const channel = `hn:Match:${randomUUID()}`
+  // while b reads m5, other instances store seven more: m1..m6 are pushed out behind its back
+  const inner = b as unknown as { reads: NatsReads, manager: () => Promise<JetStreamManager> }
+  let trigger = -1
+  inner.reads = new NatsReads(async () => {
+    const direct = directOf(await inner.manager())
+    return {
+      getMessage: async (name, query) => {
+        if ('seq' in query && query.seq === trigger) {
+          trigger = -1
+          for (let i = 10; i <= 16; i++) await a.append(channel, `m${i}`, small)
+        }
+        return await direct.getMessage(name, query)
+      }
+    }
+  })
+  const at: string[] = []
+  for (let i = 1; i <= 3; i++) at.push((await a.append(channel, `m${i}`, small))!)
+  t.same(messagesOf(await b.after(channel, at[0], small)), ['m2', 'm3'], 'a run of three')
+  for (let i = 4; i <= 9; i++) at.push((await a.append(channel, `m${i}`, small))!)
+  trigger = Number(at[4].split(':')[1])
+  const [fromThird, fromSecond] = await Promise.all([b.after(channel, at[2], small), b.after(channel, at[1], small)])
+  t.equal(trigger, -1, 'the messages were pushed out during the read')
+  t.equal(fromThird, null, 'refused')
+  t.equal(fromSecond, null, 'refused, in the same round')
 })

@@ -5,7 +5,7 @@
 import t from 'tap'
 import { HistoryRuns, isAt, type Link } from '../../../lib/bus/history-runs.js'
 
-const link = (seq: number, time = 1000, message: string | null = 'x'.repeat(100)): Link => ({ seq, position: `e:${seq}`, kept: '', message, start: false, time })
+const link = (seq: number, time = 1000, message: string | null = 'x'.repeat(100)): Link => ({ seq, position: `e:${seq}`, kept: '', message, time })
 
 t.test('a run keeps its last `size` messages, and none older than asked', async (t) => {
   const runs = new HistoryRuns(1_000_000)
@@ -19,27 +19,34 @@ t.test('a run keeps its last `size` messages, and none older than asked', async 
   t.equal(runs.get('b', 0), undefined, 'an empty run is none')
 })
 
-t.test('the runs stay within their bytes: the least recently used go first', async (t) => {
+t.test('the runs stay within their bytes: the least recently used go first; one run at most an eighth', async (t) => {
   const one = [link(1), link(2)]
   const probe = new HistoryRuns(Infinity)
   probe.put('x', one, 10)
   const size = probe.bytes
   t.ok(size > 400, `${size} bytes for two messages of 100 characters`)
 
-  const runs = new HistoryRuns(size * 2)
-  runs.put('a', one, 10)
-  runs.put('b', one, 10)
-  runs.get('a', 0)
-  runs.put('c', one, 10)
-  t.equal(runs.get('b', 0), undefined, 'the least recently used dropped')
-  t.ok(runs.get('a', 0) !== undefined && runs.get('c', 0) !== undefined, 'the others kept')
-  t.equal(runs.bytes, size * 2)
-  runs.put('a', [link(3)], 10)
-  t.ok(runs.bytes < size * 2, 'a run replaced counts its new size')
-  runs.drop('a')
-  runs.drop('a')
-  runs.drop('c')
-  t.equal(runs.bytes, 0, 'dropped once each')
+  const runs = new HistoryRuns(size * 16)
+  const key = (i: number): string => String.fromCharCode(97 + i)
+  for (let i = 0; i < 16; i++) runs.put(key(i), one, 10)
+  t.equal(runs.bytes, size * 16, 'full')
+  runs.get(key(0), 0)
+  runs.put(key(16), one, 10)
+  t.equal(runs.get(key(1), 0), undefined, 'the least recently used dropped')
+  t.ok(runs.get(key(0), 0) !== undefined && runs.get(key(16), 0) !== undefined, 'the others kept')
+  t.equal(runs.bytes, size * 16)
+  runs.put(key(0), [link(3)], 10)
+  t.ok(runs.bytes < size * 16, 'a run replaced counts its new size')
+  runs.drop(key(0))
+  runs.drop(key(0))
+  t.equal(runs.bytes, size * 15, 'dropped once')
+  runs.clear()
+  t.equal(runs.bytes, 0, 'cleared')
+
+  const long = Array.from({ length: 10 }, (_, i) => link(i + 1))
+  runs.put('long', long, 100)
+  t.same(runs.get('long', 0)?.map((l) => l.seq), [7, 8, 9, 10], 'a run past an eighth keeps its newest messages')
+  t.ok(runs.bytes <= size * 2)
 })
 
 t.test('a link stands at its position, or, a keep-alive, at the one it stands in for', async (t) => {
