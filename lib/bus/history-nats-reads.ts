@@ -18,7 +18,7 @@
  */
 import { ErrorCode, NatsError, type JetStreamManager, type StoredMsg } from 'nats'
 import { withPosition, type HistoryLimits } from './history.js'
-import { HistoryRuns, isAt, type Link } from './history-runs.js'
+import { HistoryRuns, isAt, type Link, type Run } from './history-runs.js'
 
 export const POSITION = 'Changefeed-Position'
 export const GAP = '$gap'
@@ -42,7 +42,7 @@ export interface DirectGet { getMessage(stream: string, query: { last_by_subj: s
 export const directOf = (jsm: JetStreamManager): DirectGet => (jsm as unknown as { direct: DirectGet }).direct
 
 /** What is stored now: the last gap's sequence, the subject's last message's (`to`), and the run up to it. */
-interface Now { gap: number, to: number, run: readonly Link[] | undefined }
+interface Now { gap: number, to: number, run: Run | undefined }
 
 export class NatsReads {
   private readonly runs = new HistoryRuns(RUNS_MAX_BYTES)
@@ -72,7 +72,10 @@ export class NatsReads {
     }
     const now = await round
     if (now === null) return null
-    const run = now.run?.some((link) => isAt(link, since)) === true ? now.run : await this.read(stream, subject, key, from, now.to, limits, since)
+    // the run serves a position it holds when it reaches back to where a read would start: a position stored twice on
+    // a channel (a change published again) is then found first where a read finds it
+    const held = now.run !== undefined && now.run.reach <= from && now.run.links.some((link) => isAt(link, since))
+    const run = held ? now.run!.links : await this.read(stream, subject, key, from, now.to, limits, since)
     const i = run === null ? -1 : run.findIndex((link) => isAt(link, since))
     if (run === null || i < 0) return null
     // stored before a gap; or aged out, a keep-alive standing in for it: no gap may have been marked since it
@@ -86,35 +89,43 @@ export class NatsReads {
    */
   private async now (stream: Stream, subject: string, key: string, limits: HistoryLimits): Promise<Now | null> {
     const known = this.runs.get(key, youngest(limits))
-    const tail = known?.at(-1)
+    const tail = known?.links.at(-1)
     const [gap, last, afterTail] = await Promise.all([
       this.get(stream, { last_by_subj: `${stream.subjects}.${GAP}` }),
       this.get(stream, { last_by_subj: subject }),
       tail === undefined ? null : this.get(stream, { next_by_subj: subject, seq: tail.seq + 1 })
     ])
     if (last === null) return null
-    let run: readonly Link[] | undefined
+    let run: Run | undefined
     if (known !== undefined && tail !== undefined) {
       const more = afterTail === null || afterTail.seq > last.seq
         ? []
         : afterTail.seq === last.seq ? [linkOf(stream, afterTail)] : await this.walk(stream, subject, afterTail.seq, last.seq, () => true, 1)
-      if (more !== null && (last.seq === tail.seq || await this.stored(stream, subject, tail.seq))) run = more.length === 0 ? known : this.hold(key, [...known, ...more], limits)
+      if (more !== null && (last.seq === tail.seq || await this.stored(stream, subject, tail.seq))) run = more.length === 0 ? known : this.hold(key, [...known.links, ...more], limits, known.reach)
       else this.runs.drop(key)
     }
     const seen = Math.max(gap?.seq ?? 0, this.gaps.get(stream.name + ' ' + stream.epoch) ?? 0)
     this.gaps.set(stream.name + ' ' + stream.epoch, seen)
     // (a round that began later may have read on past `to`)
-    const end = run?.findIndex((link) => link.seq === last.seq) ?? -1
-    return { gap: seen, to: last.seq, run: end < 0 ? undefined : run?.slice(0, end + 1) }
+    const end = run?.links.findIndex((link) => link.seq === last.seq) ?? -1
+    return { gap: seen, to: last.seq, run: run === undefined || end < 0 ? undefined : { links: run.links.slice(0, end + 1), reach: run.reach } }
   }
 
-  /** Reads the subject from `from` to `to` for a position outside the run; kept when it starts no later than the run. */
+  /**
+   * Reads the subject from `from` to `to` for a position outside the run, kept as the run when it reaches further back.
+   * Its first message still stored after the read: nothing of it was removed meanwhile; else, under steady appends
+   * at the subject's size, the one at `since` (what follows it is the answer).
+   */
   private async read (stream: Stream, subject: string, key: string, from: number, to: number, limits: HistoryLimits, since: string): Promise<readonly Link[] | null> {
     const read = await this.walk(stream, subject, from, to, (link) => isAt(link, since), SEARCH)
-    if (read === null || !await this.stored(stream, subject, read[0].seq)) return null
-    const held = this.runs.get(key, 0)
-    if (held === undefined || read[0].seq <= held[0].seq) this.hold(key, read, limits)
-    return read
+    if (read === null) return null
+    if (await this.stored(stream, subject, read[0].seq)) {
+      const held = this.runs.get(key, 0)
+      if (held === undefined || from <= held.reach) this.hold(key, read, limits, from)
+      return read
+    }
+    const i = read.findIndex((link) => isAt(link, since))
+    return i > 0 && await this.stored(stream, subject, read[i].seq) ? read.slice(i) : null
   }
 
   /**
@@ -150,8 +161,8 @@ export class NatsReads {
     return await (await this.direct()).getMessage(stream.name, query).catch(none)
   }
 
-  private hold (key: string, links: readonly Link[], limits: HistoryLimits): readonly Link[] | undefined {
-    this.runs.put(key, links, limits.size)
+  private hold (key: string, links: readonly Link[], limits: HistoryLimits, reach: number): Run | undefined {
+    this.runs.put(key, links, limits.size, reach)
     return this.runs.get(key, 0)
   }
 

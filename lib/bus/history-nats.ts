@@ -118,7 +118,9 @@ export class NatsHistory implements ChannelHistory {
     const stream = await this.streamOf(limits)
     const direct = directOf(await this.manager())
     const stale = Date.now() - limits.ttlSeconds * 500
-    const gap = (await direct.getMessage(stream.name, { last_by_subj: `${stream.subjects}.${GAP}` }).catch(none))?.seq ?? 0
+    const gapSubject = `${stream.subjects}.${GAP}`
+    const gap = (await direct.getMessage(stream.name, { last_by_subj: gapSubject }).catch(none))?.seq ?? 0
+    let kept = false
     await Promise.all(channels.map(async (channel) => {
       const subject = `${stream.subjects}.${subjectOf(channel)}`
       const last = await direct.getMessage(stream.name, { last_by_subj: subject }).catch(none)
@@ -130,8 +132,10 @@ export class NatsHistory implements ChannelHistory {
       const h = headers()
       h.set(KEPT, position)
       // only right after that message: one stored meanwhile would be skipped by a resume matching the keep-alive
-      await this.js.publish(subject, new Uint8Array(0), { headers: h, expect: { lastSubjectSequence: last.seq } }).catch(notLast)
+      kept = await this.js.publish(subject, new Uint8Array(0), { headers: h, expect: { lastSubjectSequence: last.seq } }).then(() => true, notLast) || kept
     }))
+    // a gap marked meanwhile: marked again after the keep-alives, so that none outlives its marker
+    if (kept && ((await direct.getMessage(stream.name, { last_by_subj: gapSubject }).catch(none))?.seq ?? 0) !== gap) await this.js.publish(gapSubject, new Uint8Array(0))
   }
 
   private async isLast (stream: Stream, channel: string, seq: number): Promise<boolean> {
@@ -183,8 +187,8 @@ function headOf (stream: Stream, last: StoredMsg): string {
   return kept !== '' ? kept : positionOf(stream, last)
 }
 
-/** A publish refused because the subject had another message since (JetStream's wrong last sequence): nothing to do. */
-function notLast (err: unknown): void {
-  if (err instanceof NatsError && err.api_error?.err_code === WRONG_LAST_SEQUENCE) return
+/** A publish refused because the subject had another message since (JetStream's wrong last sequence): nothing kept. */
+function notLast (err: unknown): false {
+  if (err instanceof NatsError && err.api_error?.err_code === WRONG_LAST_SEQUENCE) return false
   throw err
 }

@@ -30,11 +30,17 @@ const LINK_OVERHEAD = 96
 
 const linkBytes = (l: Link): number => LINK_OVERHEAD + 2 * (l.position.length + l.kept.length + (l.message?.length ?? 0))
 
+/**
+ * A run: its messages, oldest first, and how far back it is known: the subject held no other message from sequence
+ * `reach` to its first (a read from a position's sequence finds the channel's copy a few messages on).
+ */
+export interface Run { links: readonly Link[], reach: number }
+
 /** Whether `link` stands at `since`: its own position, or a keep-alive's for it. */
 export const isAt = (link: Link, since: string): boolean => link.position === since || link.kept === since
 
 export class HistoryRuns {
-  private readonly runs = new Map<string, { links: Link[], bytes: number }>()
+  private readonly runs = new Map<string, { links: Link[], reach: number, bytes: number }>()
   private held = 0
 
   constructor (private readonly maxBytes: number) {}
@@ -43,7 +49,7 @@ export class HistoryRuns {
   get bytes (): number { return this.held }
 
   /** The subject's run, without the messages stored before `oldest` (ms since the epoch). */
-  get (subject: string, oldest: number): readonly Link[] | undefined {
+  get (subject: string, oldest: number): Run | undefined {
     const run = this.runs.get(subject)
     if (run === undefined) return undefined
     // most recently used last
@@ -51,17 +57,21 @@ export class HistoryRuns {
     this.runs.set(subject, run)
     const young = run.links.findIndex((l) => l.time >= oldest)
     if (young !== 0) this.put(subject, young < 0 ? [] : run.links.slice(young), Infinity)
-    return this.runs.get(subject)?.links
+    const kept = this.runs.get(subject)
+    return kept === undefined ? undefined : { links: kept.links, reach: kept.reach }
   }
 
-  /** The subject's run is now `links` (of at most `size` messages, its last ones kept). */
-  put (subject: string, links: readonly Link[], size: number): void {
+  /**
+   * The subject's run is now `links` (of at most `size` messages, its last ones kept), known from `reach` (its first
+   * message's sequence when not given, or when its first ones are not kept).
+   */
+  put (subject: string, links: readonly Link[], size: number, reach = links[0]?.seq ?? 0): void {
     this.drop(subject)
     const kept = links.length > size ? links.slice(links.length - size) : [...links]
     let bytes = LINK_OVERHEAD + 2 * subject.length + kept.reduce((n, l) => n + linkBytes(l), 0)
     while (kept.length > 0 && bytes > this.maxBytes / 8) bytes -= linkBytes(kept.shift()!)
     if (kept.length === 0) return
-    this.runs.set(subject, { links: kept, bytes })
+    this.runs.set(subject, { links: kept, reach: kept[0] === links[0] ? Math.min(reach, kept[0].seq) : kept[0].seq, bytes })
     this.held += bytes
     for (const [oldest, run] of this.runs) {
       if (this.held <= this.maxBytes) break

@@ -181,3 +181,17 @@ t.test('a read overtaken by the history\'s size is refused, never missing what w
   t.equal(fromThird, null, 'refused')
   t.equal(fromSecond, null, 'refused, in the same round')
 })
+
+t.test('a position stored twice on a channel (a change published again) is resumed from its first copy', async (t) => {
+  const { histories: [a, b, c] } = await instances(t, 3)
+  const [first, other] = [`hn:Match:${randomUUID()}`, `hn:Match:*:${randomUUID()}`]
+  const p = (await a.append(first, 'change', limits))!
+  await a.append(other, 'change', limits, p)
+  const x = (await a.append(other, 'x', limits))!
+  await a.append(other, 'y', limits)
+  await a.append(other, 'change again', limits, p)
+  t.same(messagesOf(await c.after(other, p, limits)), ['x', 'y', 'change again'], 'read from JetStream')
+  t.same(messagesOf(await b.after(other, x, limits)), ['y', 'change again'], 'a run that begins after the first copy')
+  t.same(messagesOf(await b.after(other, p, limits)), ['x', 'y', 'change again'], 'is not taken for it')
+  t.same(messagesOf(await b.after(other, p, limits)), ['x', 'y', 'change again'], 'nor the run read for it')
+})
