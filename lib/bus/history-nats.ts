@@ -35,6 +35,20 @@ export class NatsHistory implements ChannelHistory {
     this.js = nc.jetstream()
     this.base = prefix.replace(/[^A-Za-z0-9_-]/g, '_') + '_HISTORY'
     this.token = subjectOf(prefix + ':history')
+    void this.forgetOnReconnect()
+  }
+
+  /**
+   * Connected again: the server may have restarted and lost its streams (memory storage), made again since by
+   * another instance with a new epoch and sequences counted anew. The streams are looked up again, and what was read
+   * of them is dropped, so a position of the old ones is never read in the new ones.
+   */
+  private async forgetOnReconnect (): Promise<void> {
+    for await (const status of this.nc.status()) {
+      if (status.type !== 'reconnect') continue
+      this.streams.clear()
+      this.reads.clear()
+    }
   }
 
   private async manager (): Promise<JetStreamManager> {

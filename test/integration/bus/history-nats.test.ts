@@ -5,12 +5,12 @@
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { connect, type JetStreamManager } from 'nats'
+import { connect, type JetStreamManager, type NatsConnection } from 'nats'
 import { NatsHistory } from '../../../lib/bus/history-nats.js'
 import { NatsReads, directOf } from '../../../lib/bus/history-nats-reads.js'
 import { splitPosition, type HistoryLimits } from '../../../lib/bus/history.js'
 import { subjectOf } from '../../../lib/bus/subjects.js'
-import { NATS_URL, requireService } from '../../helpers/brokers.js'
+import { NATS_URL, ownBroker, requireService } from '../../helpers/brokers.js'
 import { until } from '../../helpers/wait.js'
 
 await requireService('NATS')
@@ -194,4 +194,31 @@ t.test('a position stored twice on a channel (a change published again) is resum
   t.same(messagesOf(await b.after(other, x, limits)), ['y', 'change again'], 'a run that begins after the first copy')
   t.same(messagesOf(await b.after(other, p, limits)), ['x', 'y', 'change again'], 'is not taken for it')
   t.same(messagesOf(await b.after(other, p, limits)), ['x', 'y', 'change again'], 'nor the run read for it')
+})
+
+t.test('an instance that only reads, after its server restarted and lost the history: no old position read in the new one', async (t) => {
+  const broker = await ownBroker(t, 'nats')
+  const prefix = `hn-${randomUUID().slice(0, 8)}`
+  const open = async (): Promise<{ history: NatsHistory, nc: NatsConnection }> => {
+    const nc = await connect({ servers: broker.url, reconnectTimeWait: 100, maxReconnectAttempts: -1 })
+    t.teardown(async () => await nc.close())
+    return { history: new NatsHistory(nc, prefix, async () => {}), nc }
+  }
+  const [a, b] = [await open(), await open()]
+  const channel = `hn:Match:${randomUUID()}`
+  const old: string[] = []
+  for (let i = 1; i <= 3; i++) old.push((await a.history.append(channel, `m${i}`, limits))!)
+  t.same(messagesOf(await b.history.after(channel, old[0], limits)), ['m2', 'm3'], 'a run of the old stream')
+  const reconnected = async (nc: NatsConnection): Promise<void> => { for await (const s of nc.status()) if (s.type === 'reconnect') return }
+  const back = Promise.all([reconnected(a.nc), reconnected(b.nc)])
+  await broker.stop()
+  await broker.start()
+  await back
+  // the writer makes the stream again: sequences from 1, the old positions' numbers
+  const fresh: string[] = []
+  for (let i = 1; i <= 3; i++) fresh.push((await a.history.append(channel, `n${i}`, limits))!)
+  t.not(fresh[0].split(':')[0], old[0].split(':')[0], 'a new epoch')
+  t.equal(await b.history.after(channel, old[0], limits), null, 'the old position: refused')
+  t.equal(await b.history.after(channel, old[2], limits), null, 'from the old run\'s end too')
+  t.same(messagesOf(await b.history.after(channel, fresh[0], limits)), ['n2', 'n3'], 'a new one resumes')
 })
