@@ -184,6 +184,9 @@ t.test('a cut network while the history is lost: the page is told to refetch, ne
 t.test('a cut network while a document too large for the NOTIFY changes, watched by no one: the page is told to refetch, never a silent gap', async (t) => {
   await toldToRefetch(t, 21, async ([m1, other]) => {
     // nobody watches m1 or the feed now: the publisher skips the read and the bus, and the history does not get them
+    // (once the cluster's interest says so: an instance updates it a moment after its sockets left)
+    const { changefeed } = instances[0].app
+    t.ok(await until(async () => await changefeed.watchers('Score', 'm1') + await changefeed.watchers('Score', '*') === 0), 'the cluster sees nobody watching')
     const unwatched = total((s) => s.router.unwatched)
     await write('m1', m1, true)
     await write('other', other, true)
