@@ -27,6 +27,8 @@ const OPEN = 1
 const CLIENT_CLOSE = 4000
 /** getToken() handed out the token the socket holds already: it is asked again after this long */
 const SAME_TOKEN_RETRY_MS = 1000
+/** a socket closed without a close frame: the code the client reads as for any lost connection */
+const ABNORMAL = 1006
 
 type SocketConstructor = new (url: string) => WebSocketLike
 
@@ -47,6 +49,8 @@ export class Connection {
   private ws: WebSocketLike | null = null
   /** a socket is being opened (the token is being fetched) */
   private opening = false
+  /** gives up a socket that does not open in time */
+  private connectTimer: ReturnType<typeof setTimeout> | undefined
   private destroyed = false
   private everOpened = false
   /** the token last sent on this socket */
@@ -113,6 +117,7 @@ export class Connection {
   /** Closes the socket and stops everything for good. */
   destroy (): void {
     this.destroyed = true
+    clearTimeout(this.connectTimer)
     this.liveness.stop()
     this.backoff.cancel()
     this.credentials.forget()
@@ -146,7 +151,10 @@ export class Connection {
     this.credentials.current = token
     const ws = new this.Socket(this.urls[this.urlIndex % this.urls.length])
     this.ws = ws
+    // the runtime's own limit on a connect can be minutes (a dropped connect waits out TCP's retries)
+    this.connectTimer = setTimeout(() => { if (this.ws === ws) this.drop(ABNORMAL, 'connect timed out') }, this.options.connectTimeoutMs ?? 10_000)
     ws.onopen = () => {
+      clearTimeout(this.connectTimer)
       if (this.ws !== ws) return
       if (token === null || token === undefined) this.credentials.freshRequired = false
       this.sent = null
@@ -205,6 +213,7 @@ export class Connection {
 
   /** The close-code policy. */
   private closed (code: number, reason: string): void {
+    clearTimeout(this.connectTimer)
     this.liveness.stop()
     this.credentials.stopRefresh()
     this.backoff.disconnected()

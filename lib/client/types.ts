@@ -128,6 +128,8 @@ export interface ClientOptions {
   /** client → server ping interval, and how long to wait for the pong before reconnecting */
   pingIntervalMs?: number
   pongTimeoutMs?: number
+  /** a socket not open this long after it was made is given up, and another URL tried (default 10000) */
+  connectTimeoutMs?: number
   /** refresh the token this long before it expires */
   refreshBeforeExpiryMs?: number
   /** connect on construction (default true) */
