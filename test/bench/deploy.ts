@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- deploy`: a rolling restart under load. Three instances on one Redis bus; BENCH_DEPLOY_SOCKETS
+ * `npm run bench -- deploy`: a rolling restart under load. Three instances on one Redis bus (BENCH_DEPLOY_BUS=nats: one
+ * NATS server, results in deploy-nats); BENCH_DEPLOY_SOCKETS
  * (default 10,000) clients of our SDK, each given the three URLs, over load-generator processes (sdkgen.ts, at most
  * BENCH_DEPLOY_PER_PROCESS each), watching 100 entities; a writer makes 2 changes/s (on random entities) through
  * PostgreSQL triggers. Each instance in turn gets SIGTERM (it closes its sockets with 1012 in slices over
@@ -19,6 +20,8 @@ import { finishSdkLoad, pending, startSdkLoad } from './sdkload.js'
 const SOCKETS = Number(process.env.BENCH_DEPLOY_SOCKETS ?? 10_000)
 const PER_PROCESS = Number(process.env.BENCH_DEPLOY_PER_PROCESS ?? 2500)
 const DRAIN_SECONDS = Number(process.env.BENCH_DEPLOY_DRAIN_SECONDS ?? 10)
+const NATS = process.env.BENCH_DEPLOY_BUS === 'nats'
+const NATS_URL = process.env.NATS_URL ?? 'nats://127.0.0.1:4222'
 const ENTITIES = 100
 const RATE = 2
 const INSTANCES = 3
@@ -148,7 +151,7 @@ async function deploy (): Promise<void> {
     server: { port: 0 },
     databases: [{ name: 'main', url }],
     entities: { Match: { access: 'public', payload: 'full' } },
-    bus: { provider: 'redis', url: REDIS_URL, prefix: `deploy${Date.now().toString(36)}` },
+    bus: { provider: NATS ? 'nats' : 'redis', url: NATS ? NATS_URL : REDIS_URL, prefix: `deploy${Date.now().toString(36)}` },
     shutdown: { drainSeconds: DRAIN_SECONDS },
     telemetry: { prometheus: { public: true } },
     // every client of the bench comes from one address: the per-address limits would be the bench's, not a deploy's
@@ -257,8 +260,8 @@ async function deploy (): Promise<void> {
     newConnectionsPerSecond: perSecond
   }
   log(JSON.stringify(row))
-  save('deploy', {
-    description: `${INSTANCES} instances on one Redis bus; ${SOCKETS.toLocaleString('en')} clients of our SDK (each given the three URLs, over load-generator processes of at most ${PER_PROCESS.toLocaleString('en')}) watching ${ENTITIES} entities; ${RATE} changes/s on random entities through PostgreSQL triggers; a rolling restart: each instance in turn gets SIGTERM (1012 to its sockets in slices over ${DRAIN_SECONDS} s), a new one starts on its port, the next goes once it is ready`,
+  save(NATS ? 'deploy-nats' : 'deploy', {
+    description: `${INSTANCES} instances on one ${NATS ? 'NATS' : 'Redis'} bus; ${SOCKETS.toLocaleString('en')} clients of our SDK (each given the three URLs, over load-generator processes of at most ${PER_PROCESS.toLocaleString('en')}) watching ${ENTITIES} entities; ${RATE} changes/s on random entities through PostgreSQL triggers; a rolling restart: each instance in turn gets SIGTERM (1012 to its sockets in slices over ${DRAIN_SECONDS} s), a new one starts on its port, the next goes once it is ready`,
     rows: [row]
   })
 }

@@ -237,9 +237,10 @@ function resumeSections (dir: string): string[] {
         ['replayP99', 'replay p99 ms'], ['replayMax', 'replay max ms'], ['resumesRecovered', 'resumes recovered'], ['resumesNotRecovered', 'not recovered'], ['documentReads', 'document reads'],
         ['pgTransactionsBeyondWriterAndIdle', 'PostgreSQL transactions beyond the writer\'s and idle']]), '', ...jitterRatios(jitter.rows))
   }
-  const deploy = load(dir, 'deploy')
-  if (deploy !== null) {
-    out.push('## Deploy — a rolling restart under load', '', deploy.description + '.', '', `Machine: ${JSON.stringify(deploy.machine)}`, '',
+  for (const [name, title] of [['deploy', 'Deploy — a rolling restart under load'], ['deploy-nats', 'Deploy on NATS']]) {
+    const deploy = load(dir, name)
+    if (deploy === null) continue
+    out.push(`## ${title}`, '', deploy.description + '.', '', `Machine: ${JSON.stringify(deploy.machine)}`, '',
       '`lost`: changes written to a client\'s entity that it never handed to the application (`silently`: by clients',
       'never told to refetch). Close → resumed: the drained socket\'s close to the `subscribed` reply of its resume (the',
       'close asks the client to wait 500 ms, and it adds up to as much again at random). Resumes: the servers\' counters',
