@@ -122,9 +122,15 @@ export class NatsHistory implements ChannelHistory {
     const subject = `${stream.subjects}.${subjectOf(channel)}`
     const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(none)
     if (last !== null) return headOf(stream, last)
-    const h = headers()
-    h.set(START, '1')
-    const ack = await this.js.publish(subject, new Uint8Array(0), { headers: h, msgID: createHash('sha1').update('start\u0000' + subject).digest('hex') })
+    const start = async (msgID?: string): Promise<{ seq: number, duplicate: boolean }> => {
+      // (headers of their own: a message id is written into them)
+      const h = headers()
+      h.set(START, '1')
+      return await this.js.publish(subject, new Uint8Array(0), { headers: h, msgID })
+    }
+    let ack = await start(createHash('sha1').update('start\u0000' + subject).digest('hex'))
+    // the start stored within the duplicate window was purged since (a reset): this one is stored anew
+    if (ack.duplicate && (await directOf(await this.manager()).getMessage(stream.name, { next_by_subj: subject, seq: ack.seq }).catch(none))?.seq !== ack.seq) ack = await start()
     return stream.epoch + ':' + String(ack.seq)
   }
 

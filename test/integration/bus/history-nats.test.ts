@@ -222,3 +222,15 @@ t.test('an instance that only reads, after its server restarted and lost the his
   t.equal(await b.history.after(channel, old[2], limits), null, 'from the old run\'s end too')
   t.same(messagesOf(await b.history.after(channel, fresh[0], limits)), ['n2', 'n3'], 'a new one resumes')
 })
+
+t.test('a history started again (a reset) within JetStream\'s duplicate window gets a start a resume is answered from', async (t) => {
+  const { histories: [a, b] } = await instances(t, 2)
+  const channel = `hn:Match:${randomUUID()}`
+  const first = (await a.head(channel, limits))!
+  t.same(await b.after(channel, first, limits), [], 'the start resumes')
+  await a.reset(channel)
+  const again = (await a.head(channel, limits))!
+  t.not(again, first, 'not the start purged with the history')
+  t.same(await b.after(channel, again, limits), [], 'the new start resumes')
+  t.equal(await b.after(channel, first, limits), null, 'the old one does not')
+})
