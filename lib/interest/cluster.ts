@@ -135,15 +135,20 @@ export abstract class ClusterInterest implements InterestStore {
     }
   }
 
-  /** After a broker restart: everything this instance watches, from the local store, written again. */
+  /**
+   * After a broker restart: everything this instance watches, from the local store, written again; and a channel it
+   * counted that the local store no longer holds (its last watcher left, its round not applied yet) written as none,
+   * since an entry of it may have been written again after the loss, and the round would then find nothing to do.
+   */
   protected async rewrite (): Promise<void> {
+    const counted = [...this.counts.keys()]
     this.counts.clear()
     this.typeCounts.clear()
     for (const { channel, entityType, count } of this.snapshot()) {
       this.counts.set(channel, { entityType, count })
       this.typeCounts.set(entityType, (this.typeCounts.get(entityType) ?? 0) + count)
     }
-    await this.writeChannels([...this.counts.keys()], true)
+    await this.writeChannels([...new Set([...counted, ...this.counts.keys()])], true)
     for (const type of this.typeCounts.keys()) this.dirtyTypes.add(type)
   }
 }
