@@ -186,7 +186,8 @@ t.test('a cut network while a document too large for the NOTIFY changes, watched
     // nobody watches m1 or the feed now: the publisher skips the read and the bus, and the history does not get them
     // (once the cluster's interest says so: an instance updates it a moment after its sockets left)
     const { changefeed } = instances[0].app
-    t.ok(await until(async () => await changefeed.watchers('Score', 'm1') + await changefeed.watchers('Score', '*') === 0), 'the cluster sees nobody watching')
+    const watching = async (): Promise<number> => await changefeed.watchers('Score', 'm1') + await changefeed.watchers('Score', '*')
+    t.ok(await until(async () => await watching() === 0, 15_000), `the cluster sees nobody watching (${await watching()} watchers, ${subscriptions()} subscriptions here)`)
     const unwatched = total((s) => s.router.unwatched)
     await write('m1', m1, true)
     await write('other', other, true)
