@@ -104,8 +104,10 @@ export class NatsReads {
       if (more !== null && (last.seq === tail.seq || await this.stored(stream, subject, tail.seq))) run = more.length === 0 ? known : this.hold(key, [...known.links, ...more], limits, known.reach)
       else this.runs.drop(key)
     }
-    const seen = Math.max(gap?.seq ?? 0, this.gaps.get(stream.name + ' ' + stream.epoch) ?? 0)
-    this.gaps.set(stream.name + ' ' + stream.epoch, seen)
+    // (by stream: a gap is every channel's)
+    const streamKey = stream.name + ' ' + stream.epoch
+    const seen = Math.max(gap?.seq ?? 0, this.gaps.get(streamKey) ?? 0)
+    this.gaps.set(streamKey, seen)
     // (a round that began later may have read on past `to`)
     const end = run?.links.findIndex((link) => link.seq === last.seq) ?? -1
     return { gap: seen, to: last.seq, run: run === undefined || end < 0 ? undefined : { links: run.links.slice(0, end + 1), reach: run.reach } }
@@ -152,12 +154,12 @@ export class NatsReads {
   }
 
   /** Whether the subject's message at `seq` is still stored. */
-  private async stored (stream: Stream, subject: string, seq: number): Promise<boolean> {
+  async stored (stream: Stream, subject: string, seq: number): Promise<boolean> {
     return (await this.get(stream, { next_by_subj: subject, seq }))?.seq === seq
   }
 
   /** A direct get; null for JetStream's "no message", a failure (a timeout under load) thrown on: the resume fails. */
-  private async get (stream: Stream, query: { last_by_subj: string } | { next_by_subj: string, seq: number }): Promise<StoredMsg | null> {
+  async get (stream: Stream, query: { last_by_subj: string } | { next_by_subj: string, seq: number }): Promise<StoredMsg | null> {
     return await (await this.direct()).getMessage(stream.name, query).catch(none)
   }
 
@@ -192,7 +194,7 @@ function linkOf (stream: Stream, stored: StoredMsg): Link {
 }
 
 /** A read's "no message" (JetStream's 404) as null; any other failure is thrown on. */
-export function none (err: unknown): null {
+function none (err: unknown): null {
   if (err instanceof NatsError && err.code === ErrorCode.JetStream404NoMessages) return null
   throw err
 }

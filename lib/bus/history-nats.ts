@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto'
 import { headers, NatsError, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type NatsConnection, type StoredMsg } from 'nats'
 import { subjectOf } from './subjects.js'
 import { sinceOf, withPosition, type ChannelHistory, type Dedupe, type HistoryLimits } from './history.js'
-import { GAP, KEPT, NatsReads, POSITION, START, directOf, none, positionOf, type Stream } from './history-nats-reads.js'
+import { GAP, KEPT, NatsReads, POSITION, START, directOf, positionOf, type Stream } from './history-nats-reads.js'
 
 const encoder = new TextEncoder()
 /** JetStream's error code for a publish whose expected last sequence is not the subject's */
@@ -120,7 +120,7 @@ export class NatsHistory implements ChannelHistory {
   private async readHead (channel: string, limits: HistoryLimits): Promise<string> {
     const stream = await this.streamOf(limits)
     const subject = `${stream.subjects}.${subjectOf(channel)}`
-    const last = await directOf(await this.manager()).getMessage(stream.name, { last_by_subj: subject }).catch(none)
+    const last = await this.reads.get(stream, { last_by_subj: subject })
     if (last !== null) return headOf(stream, last)
     const start = async (msgID?: string): Promise<{ seq: number, duplicate: boolean }> => {
       // (headers of their own: a message id is written into them)
@@ -130,20 +130,20 @@ export class NatsHistory implements ChannelHistory {
     }
     let ack = await start(createHash('sha1').update('start\u0000' + subject).digest('hex'))
     // the start stored within the duplicate window was purged since (a reset): this one is stored anew
-    if (ack.duplicate && (await directOf(await this.manager()).getMessage(stream.name, { next_by_subj: subject, seq: ack.seq }).catch(none))?.seq !== ack.seq) ack = await start()
+    if (ack.duplicate && !await this.reads.stored(stream, subject, ack.seq)) ack = await start()
     return stream.epoch + ':' + String(ack.seq)
   }
 
   async keep (channels: readonly string[], limits: HistoryLimits): Promise<void> {
     const stream = await this.streamOf(limits)
-    const direct = directOf(await this.manager())
     const stale = Date.now() - limits.ttlSeconds * 500
     const gapSubject = `${stream.subjects}.${GAP}`
-    const gap = (await direct.getMessage(stream.name, { last_by_subj: gapSubject }).catch(none))?.seq ?? 0
+    const lastGap = async (): Promise<number> => (await this.reads.get(stream, { last_by_subj: gapSubject }))?.seq ?? 0
+    const gap = await lastGap()
     let kept = false
     await Promise.all(channels.map(async (channel) => {
       const subject = `${stream.subjects}.${subjectOf(channel)}`
-      const last = await direct.getMessage(stream.name, { last_by_subj: subject }).catch(none)
+      const last = await this.reads.get(stream, { last_by_subj: subject })
       // gone already (or never had one): a resume from before is refused anyway
       if (last === null || last.time.getTime() > stale) return
       const position = headOf(stream, last)
@@ -155,7 +155,7 @@ export class NatsHistory implements ChannelHistory {
       kept = await this.js.publish(subject, new Uint8Array(0), { headers: h, expect: { lastSubjectSequence: last.seq } }).then(() => true, notLast) || kept
     }))
     // a gap marked meanwhile: marked again after the keep-alives, so that none outlives its marker
-    if (kept && ((await direct.getMessage(stream.name, { last_by_subj: gapSubject }).catch(none))?.seq ?? 0) !== gap) await this.js.publish(gapSubject, new Uint8Array(0))
+    if (kept && await lastGap() !== gap) await this.js.publish(gapSubject, new Uint8Array(0))
   }
 
   private async isLast (stream: Stream, channel: string, seq: number): Promise<boolean> {
@@ -183,9 +183,9 @@ export class NatsHistory implements ChannelHistory {
     const jsm = await this.manager()
     for (const opened of this.streams.values()) {
       const stream = await opened
-      const { name, subjects } = stream
-      this.reads.drop(stream, `${subjects}.${subjectOf(channel)}`)
-      await jsm.streams.purge(name, { filter: `${subjects}.${subjectOf(channel)}` })
+      const subject = `${stream.subjects}.${subjectOf(channel)}`
+      this.reads.drop(stream, subject)
+      await jsm.streams.purge(stream.name, { filter: subject })
     }
   }
 
