@@ -707,8 +707,8 @@ $$;
 
 -- Tables dropped: a watched one is forgotten and the server told (it forgets the type whose table it was, unless the
 -- table is being rebuilt). The copy of a rebuilt table dropped ends the rebuild: the table gets its trigger now, and
--- the note says whether the table was made in this very transaction ("fresh": then no other transaction can have
--- written it unannounced). Like changefeed_on_ddl: the owner's, fired by DDL only, never raises.
+-- the note says which table that is ("oid") and whether it was made in this very transaction ("fresh": then no other
+-- transaction can have written it unannounced). Like changefeed_on_ddl: the owner's, fired by DDL only, never raises.
 CREATE OR REPLACE FUNCTION @extschema@.changefeed_on_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -724,7 +724,7 @@ BEGIN
       ELSIF right(obj.object_name, 5) = '_temp' THEN
         base := to_regclass(format('%I.%I', obj.schema_name, left(obj.object_name, -5)));
         IF base IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = base AND tgname IN ('changefeed_notify', 'changefeed_partitioned')) THEN
-          PERFORM @extschema@.changefeed_adopt(base, jsonb_build_object('fresh', (SELECT xmin FROM pg_class WHERE oid = base)::text = (txid_current() % 4294967296)::text));
+          PERFORM @extschema@.changefeed_adopt(base, jsonb_build_object('fresh', (SELECT xmin FROM pg_class WHERE oid = base)::text = (txid_current() % 4294967296)::text, 'oid', base::text));
         END IF;
       END IF;
     EXCEPTION WHEN OTHERS THEN

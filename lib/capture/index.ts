@@ -167,7 +167,7 @@ export class Capture implements TableScanner {
       void this.registries.get(database)?.refresh()
       return
     }
-    if (note.fresh === true) this.tables.markFresh(database, note.s, note.t)
+    if (note.fresh === true) this.tables.markFresh(database, note.s, note.t, note.oid)
     void this.rescanDatabase(database)
   }
 

@@ -9,7 +9,7 @@
  * at the end of a rebuild, in the transaction that made the table), or could not be; it was dropped; or it is the
  * table of tenant databases, which changed.
  */
-export interface DdlNote { ddl: 'installed' | 'failed' | 'dropped' | 'registry', s: string, t: string, error?: string, fresh?: boolean }
+export interface DdlNote { ddl: 'installed' | 'failed' | 'dropped' | 'registry', s: string, t: string, error?: string, fresh?: boolean, oid?: string }
 
 const DDL_NOTES = new Set(['installed', 'failed', 'dropped', 'registry'])
 

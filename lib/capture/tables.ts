@@ -44,7 +44,8 @@ export class WatchedTables {
   private readonly oids = new Map<string, string>()
   /**
    * tables whose trigger was put on in the transaction that made them (a rebuild's end): nothing was missed. Each
-   * with the oid known when the note came, so a mark is never taken for a later table of the name
+   * with the oid of the table so made, so a mark is never taken for a later table of the name, even when no scan
+   * saw that one
    */
   private readonly fresh = new Map<string, string | undefined>()
   /** what was said of a table's row-level security ("database.schema.table" → the setting, or '' when bypassed) */
@@ -201,18 +202,20 @@ export class WatchedTables {
     const where = `${database}.${found.schema}.${found.table}`
     const before = this.oids.get(where)
     this.oids.set(where, found.oid)
-    // a mark is for the table that replaced the one known when it was made, and is spent on the first one seen
-    const fresh = this.fresh.has(where) && this.fresh.get(where) === before
+    // a mark is for the table it names, and is spent on the first new table seen (that one or a later one)
+    const fresh = this.fresh.get(where) === found.oid
     if (before !== found.oid) this.fresh.delete(where)
     if (before === undefined || before === found.oid || fresh || entity === undefined || found.error !== null) return
     this.log.info({ database, schema: found.schema, table: found.table, entityType: entity.name }, 'changefeed: a watched table was made again; its watchers resync')
     this.events.onTypes(database, [entity.name], 'rebuilt')
   }
 
-  /** The event trigger put the trigger on a table in the transaction that made it (sql/changefeed.sql, changefeed_on_drop). */
-  markFresh (database: string, schema: string, table: string): void {
-    const where = `${database}.${schema}.${table}`
-    this.fresh.set(where, this.oids.get(where))
+  /**
+   * The event trigger put the trigger on a table (its oid) in the transaction that made it (sql/changefeed.sql,
+   * changefeed_on_drop). A note without the oid (an earlier script) marks nothing: its table's watchers resync.
+   */
+  markFresh (database: string, schema: string, table: string, oid: string | undefined): void {
+    this.fresh.set(`${database}.${schema}.${table}`, oid)
   }
 
   /** Row-level security on a watched table: its reads set the tenant where it applies; said once per table and state. */
