@@ -67,9 +67,7 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
   const options = resolveOptions(fileShaped)
   const log = fastify.log
   checkRoutesFree(fastify, options)
-  if (options.telemetry.prometheus !== false || options.telemetry.otlpUrl !== null) {
-    log.debug('changefeed: telemetry.prometheus and telemetry.otlpUrl are set up by the standalone server; a host uses its own SDK')
-  }
+  if (options.telemetry.prometheus !== false || options.telemetry.otlpUrl !== null) log.debug('changefeed: telemetry.prometheus and telemetry.otlpUrl are set up by the standalone server; a host uses its own SDK')
   const closers = new Closers()
   let pipeline: Pipeline | null = null
   try {
@@ -111,8 +109,10 @@ const changefeed: FastifyPluginAsync<ChangefeedPluginOptions> = async (fastify, 
       onGap: (database, reason, { precaution }) => {
         fanout.announceGap(database, reason, { precaution }).catch((err: Error) => log.error({ err }, 'changefeed: announcing a gap failed'))
       },
-      onTypes: (database, types, reason) => router.owed.oweTypes(database, types, null, reason)
+      onTypes: (database, types, reason) => router.owed.oweTypes(database, types, null, reason),
+      onTables: (database) => fanout.announceTables(database)
     })
+    fanout.onTables = (database) => capture.lookAgain(database)
     closers.add(async () => await capture.close())
     await capture.start()
     // a host (the demo too) may create its tables between registering the plugin and listening: looked for again

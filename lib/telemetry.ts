@@ -9,7 +9,7 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { metrics, trace, ValueType, type Attributes, type Histogram, type Tracer } from '@opentelemetry/api'
+import { metrics, propagation, ROOT_CONTEXT, SpanKind, trace, ValueType, type Attributes, type Histogram, type Span, type Tracer } from '@opentelemetry/api'
 import type { Authenticator } from './auth/authenticate.js'
 import { requestLogSerializer } from './auth/redact.js'
 import type { AccessPolicy } from './auth/policy.js'
@@ -146,6 +146,16 @@ export class Telemetry {
       this.payloadAttributes.set(payloadType, attributes)
     }
     this.latency.record(Math.max(0, Date.now() - ts) / 1000, attributes)
+  }
+
+  /** A span for this instance's delivery to `watchers` sockets, linked to the span of the instance that published the change. */
+  deliverySpan (traceparent: string, watchers: number): Span {
+    const remote = trace.getSpanContext(propagation.extract(ROOT_CONTEXT, { traceparent }))
+    return this.tracer.startSpan('changefeed deliver', {
+      kind: SpanKind.CONSUMER,
+      links: remote === undefined ? [] : [{ context: remote }],
+      attributes: { 'changefeed.watchers': watchers }
+    })
   }
 
   recordConnectionClosed (subscriptions: number): void {

@@ -20,8 +20,11 @@ import { CaptureKeyError, DatabaseUnavailableError } from '../errors.js'
 
 export { eventStoreOf } from './tables.js'
 
-/** What capture hands on: changes (notify mode), outbox batches (outbox mode), gaps, and tables made again. */
-export type CaptureEvents = Omit<ListenerEvents, 'onDdl' | 'onUnannounced'> & Pick<ScanEvents, 'onTypes'>
+/**
+ * What capture hands on: changes (notify mode), outbox batches (outbox mode), gaps, tables made again, and the event
+ * triggers' notes heard (`onTables`: the instances that do not listen to the database look again; lookAgain).
+ */
+export type CaptureEvents = Omit<ListenerEvents, 'onDdl' | 'onUnannounced'> & Pick<ScanEvents, 'onTypes'> & { onTables(database: string): void }
 
 /** Looks at one database's tables now (a change of a table no type is bound to may be of one created a moment ago). */
 export interface TableScanner {
@@ -158,6 +161,7 @@ export class Capture implements TableScanner {
    * a rebuild, in the transaction that made it), not triggered, dropped, or the table of tenant databases changed.
    */
   private onDdl (database: string, note: DdlNote): void {
+    if (note.ddl !== 'failed') this.events?.onTables(database)
     if (note.ddl === 'failed') {
       this.tables.untriggered.set(`${database}.${note.s}.${note.t}`, note.error ?? 'unknown')
       this.log.warn({ database, schema: note.s, table: note.t, err: note.error }, 'changefeed: no capture trigger on a new table; its changes are not captured')
@@ -203,6 +207,14 @@ export class Capture implements TableScanner {
       .finally(() => this.scans.delete(db.name))
     this.scans.set(db.name, { running })
     await running
+  }
+
+  /**
+   * Another instance heard an event trigger's note of `database` (a table made or dropped, a tenant added): unless
+   * this one heard it too (it listens to the database), it looks now rather than at its next re-scan.
+   */
+  lookAgain (database: string): void {
+    if (this.listeners.get(database)?.isLeader !== true) void this.rescanDatabase(database)
   }
 
   /** Looks at one database's tables now, unless a look is under way (then waits for it). */

@@ -11,6 +11,12 @@ import { FEED } from '../protocol/wire.js'
 
 export { FEED }
 
+/**
+ * Where the instance that listens to a database tells the others that its tables changed (an event trigger's note:
+ * a table made, dropped or rebuilt, or its table of tenant databases written): the message is the database's name.
+ */
+export const tablesChannelOf = (prefix: string): string => prefix + ':$tables'
+
 export function channelOf (prefix: string, entityType: string, entityId: string, tenantId: string | null = null): string {
   return tenantId === null
     ? prefix + ':' + entityType + ':' + entityId

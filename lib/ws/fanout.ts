@@ -5,11 +5,10 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PubSub } from '../bus/bus.js'
 import type { EntityRegistry } from '../entities.js'
-import { channelOf } from '../route/channels.js'
+import { channelOf, tablesChannelOf } from '../route/channels.js'
 import { LocalSubscriptionStore, type WatchedEntity } from '../interest/local.js'
 import type { InterestStore } from '../interest/interest.js'
 import { unwrap } from '../route/envelope.js'
-import { propagation, ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api'
 import type { Telemetry } from '../telemetry.js'
 import { encodeResync } from '../protocol/index.js'
 import { BusMembership } from './membership.js'
@@ -91,6 +90,9 @@ export class Fanout {
   readonly counters: FanoutCounters = { sentByPayload: {}, failedByPayload: {}, createdByType: {}, removedByType: {}, busErrors: 0, unreadable: 0 }
   /** every instance listens here for gaps announced by whichever instance captures a database */
   readonly gapChannel: string
+  /** and here for notes of tables changed (lib/route/channels.ts), which go to `onTables` */
+  private readonly tablesChannel: string
+  onTables: ((database: string) => void) | null = null
   private bus: PubSub | null = null
   private membership: BusMembership | null = null
   /** entities whose watchers are due a resync (channel → reason), written together after RESYNC_COALESCE_MS */
@@ -107,12 +109,13 @@ export class Fanout {
     private readonly telemetry: Telemetry | null = null
   ) {
     this.gapChannel = gapChannelOf(prefix)
+    this.tablesChannel = tablesChannelOf(prefix)
   }
 
   async attach (bus: PubSub, interest: InterestStore): Promise<void> {
     this.bus = bus
     this.membership = new BusMembership(bus, interest, (channel) => this.store.get(channel)?.receivers.size ?? 0)
-    await bus.subscribe([this.gapChannel])
+    await bus.subscribe([this.gapChannel, this.tablesChannel])
   }
 
   /** Channels subscribed on the bus for local watchers. */
@@ -164,6 +167,7 @@ export class Fanout {
     const entry = this.store.get(channel)
     if (entry === undefined) {
       if (channel === this.gapChannel) this.onGapMessage(message)
+      else if (channel === this.tablesChannel) this.onTables?.(message)
       // else: a message can arrive after the last local receiver left and before the bus unsubscribe took: drop it
       return
     }
@@ -174,7 +178,7 @@ export class Fanout {
     if (!this.positions.apply(entry, envelope)) return
     // a resync due to these watchers goes first: the notification may follow the changes the gap lost
     if (this.dueResyncs.has(channel)) this.writeResync(channel)
-    const span = envelope.traceparent === null ? null : this.deliverySpan(envelope.traceparent, entry.receivers.size)
+    const span = envelope.traceparent === null ? null : this.telemetry?.deliverySpan(envelope.traceparent, entry.receivers.size)
     // a channel of every tenant carries each tenant's entity: theirs are different entities
     const key = envelope.tenantId === null || entry.tenantId !== null ? channel : channel + '\u0000' + envelope.tenantId
     const meta: FrameMeta = {
@@ -205,18 +209,6 @@ export class Fanout {
     this.resyncSoon(channel, 'unreadable')
   }
 
-  /** A span for this instance's delivery, linked to the span of the instance that published the change. */
-  private deliverySpan (traceparent: string, watchers: number): ReturnType<ReturnType<typeof trace.getTracer>['startSpan']> | null {
-    const tracer = this.telemetry?.tracer
-    if (tracer === undefined) return null
-    const remote = trace.getSpanContext(propagation.extract(ROOT_CONTEXT, { traceparent }))
-    return tracer.startSpan('changefeed deliver', {
-      kind: SpanKind.CONSUMER,
-      links: remote === undefined ? [] : [{ context: remote }],
-      attributes: { 'changefeed.watchers': watchers }
-    })
-  }
-
   /**
    * Tells every instance that changes of `database` may have been lost. A `precaution` (a new instance's first
    * listener, see ListenerEvents.onGap) is a normal start: it is logged only where it reaches watchers.
@@ -226,6 +218,11 @@ export class Fanout {
     // what was lost is in no channel's history: no resume may pass this moment
     await this.bus?.history?.markGap()
     await this.bus?.publish(this.gapChannel, JSON.stringify({ database, reason, precaution }))
+  }
+
+  /** Tells every instance that a database's tables changed: those that did not hear it from PostgreSQL look again. */
+  announceTables (database: string): void {
+    this.bus?.publish(this.tablesChannel, database).catch((err: Error) => this.log.warn({ database, err: err.message }, 'changefeed: telling the other instances of a table change failed; they see it at their next re-scan'))
   }
 
   private onGapMessage (message: string): void {
