@@ -158,21 +158,24 @@ export class Capture implements TableScanner {
 
   /**
    * An event trigger's note: a table made (know its type now rather than at the next re-scan; `fresh`: at the end of
-   * a rebuild, in the transaction that made it), not triggered, dropped, or the table of tenant databases changed.
+   * a rebuild, whether in the transaction that made it), not triggered, dropped, or the table of tenant databases
+   * changed. The other instances are told (lookAgain); of a table, once this one judged it: a table made again is
+   * reported by the one that listens, and another that saw it first would take it as known.
    */
   private onDdl (database: string, note: DdlNote): void {
-    if (note.ddl !== 'failed') this.events?.onTables(database)
+    const tell = (): void => { if (this.listeners.get(database)?.isLeader === true) this.events?.onTables(database) }
     if (note.ddl === 'failed') {
       this.tables.untriggered.set(`${database}.${note.s}.${note.t}`, note.error ?? 'unknown')
       this.log.warn({ database, schema: note.s, table: note.t, err: note.error }, 'changefeed: no capture trigger on a new table; its changes are not captured')
       return
     }
     if (note.ddl === 'registry') {
+      tell()
       void this.registries.get(database)?.refresh()
       return
     }
-    if (note.fresh === true) this.tables.markFresh(database, note.s, note.t, note.oid)
-    void this.rescanDatabase(database)
+    if (note.fresh !== undefined) this.tables.rebuilt(database, note.s, note.t, note.fresh ? note.oid ?? null : null)
+    void this.rescanDatabase(database).then(tell)
   }
 
   /**
@@ -211,10 +214,12 @@ export class Capture implements TableScanner {
 
   /**
    * Another instance heard an event trigger's note of `database` (a table made or dropped, a tenant added): unless
-   * this one heard it too (it listens to the database), it looks now rather than at its next re-scan.
+   * this one heard it too (it listens to the database), it looks now rather than at its next re-scan. A database
+   * not started yet (before start, a tenant's being added) is looked at as it starts.
    */
   lookAgain (database: string): void {
-    if (this.listeners.get(database)?.isLeader !== true) void this.rescanDatabase(database)
+    const listener = this.listeners.get(database)
+    if (listener !== undefined && !listener.isLeader) void this.rescanDatabase(database)
   }
 
   /** Looks at one database's tables now, unless a look is under way (then waits for it). */

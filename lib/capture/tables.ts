@@ -43,11 +43,11 @@ export class WatchedTables {
   /** "database.schema.table" → the oid it had when last seen: a new one means it was made again */
   private readonly oids = new Map<string, string>()
   /**
-   * tables whose trigger was put on in the transaction that made them (a rebuild's end): nothing was missed. Each
-   * with the oid of the table so made, so a mark is never taken for a later table of the name, even when no scan
-   * saw that one
+   * rebuilds ended since a scan last saw a new table of the name: the oid of the table made, when the trigger was put
+   * on in the transaction that made it (nothing was missed: no resync); null when one was not, which no later mark
+   * excuses. A mark is for the table it names, so it is never taken for a later table, even when no scan saw that one
    */
-  private readonly fresh = new Map<string, string | undefined>()
+  private readonly fresh = new Map<string, string | null>()
   /** what was said of a table's row-level security ("database.schema.table" → the setting, or '' when bypassed) */
   private readonly security = new Map<string, string>()
 
@@ -202,7 +202,7 @@ export class WatchedTables {
     const where = `${database}.${found.schema}.${found.table}`
     const before = this.oids.get(where)
     this.oids.set(where, found.oid)
-    // a mark is for the table it names, and is spent on the first new table seen (that one or a later one)
+    // spent on the first new table seen (the one marked or a later one)
     const fresh = this.fresh.get(where) === found.oid
     if (before !== found.oid) this.fresh.delete(where)
     if (before === undefined || before === found.oid || fresh || entity === undefined || found.error !== null) return
@@ -211,11 +211,12 @@ export class WatchedTables {
   }
 
   /**
-   * The event trigger put the trigger on a table (its oid) in the transaction that made it (sql/changefeed.sql,
-   * changefeed_on_drop). A note without the oid (an earlier script) marks nothing: its table's watchers resync.
+   * A rebuild ended (sql/changefeed.sql, changefeed_on_drop): `fresh`, the oid of the table made when the trigger was
+   * put on in the transaction that made it, else null (a note without the oid, from an earlier script, too).
    */
-  markFresh (database: string, schema: string, table: string, oid: string | undefined): void {
-    this.fresh.set(`${database}.${schema}.${table}`, oid)
+  rebuilt (database: string, schema: string, table: string, fresh: string | null): void {
+    const where = `${database}.${schema}.${table}`
+    if (fresh === null || this.fresh.get(where) !== null) this.fresh.set(where, fresh)
   }
 
   /** Row-level security on a watched table: its reads set the tenant where it applies; said once per table and state. */

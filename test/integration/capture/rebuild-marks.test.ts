@@ -1,8 +1,8 @@
 /**
  * A rebuild's end seen by the scan, step by step (the scan is run by hand here, where a server runs it on each
- * note): a table made and triggered in one transaction is no change, and its mark is spent on that table only. When
- * no scan saw it before it was rebuilt again (statement by statement: writes between the statements reached nobody),
- * the later table is a change, and its type's watchers resync.
+ * note): a table made and triggered in one transaction is no change, and its mark is spent on that table only. A
+ * rebuild run statement by statement (writes between the statements reached nobody) is a change, and its type's
+ * watchers resync, whichever rebuild no scan saw came before or after it.
  */
 import t from 'tap'
 import pg from 'pg'
@@ -46,7 +46,7 @@ async function rebuildEnds ({ named = true } = {}): Promise<DdlNote> {
   let note: DdlNote | undefined
   await until(() => (note = notes.find((n) => n.ddl === 'installed' && n.fresh !== undefined)) !== undefined)
   notes.length = 0
-  if (note?.fresh === true) tables.markFresh('main', note.s, note.t, named ? note.oid : undefined)
+  if (note?.fresh !== undefined) tables.rebuilt('main', note.s, note.t, note.fresh && named ? note.oid ?? null : null)
   return note as DdlNote
 }
 
@@ -78,4 +78,18 @@ t.test('a note of a rebuild in one transaction that names no table (an earlier s
   t.equal((await rebuildEnds({ named: false })).fresh, true, 'made in that transaction')
   await tables.scan(db)
   t.same(rebuilt, [['Team']], 'a note that names no table (an earlier script) marks none: its watchers resync')
+})
+
+t.test('a rebuild statement by statement, then one in one transaction, before any scan: one resync', async (t) => {
+  rebuilt.length = 0
+  for (const statement of statements) await sql.query(statement)
+  t.equal((await rebuildEnds()).fresh, false, 'the first is not marked')
+  await sql.query(`BEGIN;\n${statements.join('\n')}\nCOMMIT;`)
+  t.equal((await rebuildEnds()).fresh, true, 'the second is')
+  await tables.scan(db)
+  t.same(rebuilt, [['Team']], 'the second\'s mark does not excuse the first: its watchers resync')
+  await sql.query(`BEGIN;\n${statements.join('\n')}\nCOMMIT;`)
+  await rebuildEnds()
+  await tables.scan(db)
+  t.same(rebuilt, [['Team']], 'and a mark counts again once a scan saw the table')
 })
