@@ -5,9 +5,9 @@
  */
 
 /**
- * What the event triggers tell the listener about a table while it runs: the capture trigger was put on it (`fresh`:
- * at the end of a rebuild, in the transaction that made the table), or could not be; it was dropped; or it is the
- * table of tenant databases, which changed.
+ * What the event triggers tell the listener about a table while it runs: the capture trigger was put on it (at the
+ * end of a rebuild: `oid`, the table's, and `fresh`, whether in the transaction that made it), or could not be; it
+ * was dropped; or it is the table of tenant databases, which changed.
  */
 export interface DdlNote { ddl: 'installed' | 'failed' | 'dropped' | 'registry', s: string, t: string, error?: string, fresh?: boolean, oid?: string }
 

@@ -3,9 +3,9 @@
  * connection_string, disabled), and adds tenants while it runs. With `databases[].tenantRegistry` the server reads it
  * at start, again whenever its trigger says it changed (sql/changefeed.sql, changefeed_watch_registry: heard by the
  * instance that listens to its database, which tells the others), after its database's listener reconnects, and at
- * every re-scan; it starts capturing each enabled tenant's database (a pool,
- * the trigger SQL, a listener) and stops for one removed, disabled or moved to another connection string. Connection
- * strings hold passwords: none reaches a log line (only the server, database and role they name).
+ * every re-scan; it starts capturing each enabled tenant's database (a pool, the trigger SQL, a listener) and stops
+ * for one removed, disabled or moved to another connection string. Connection strings hold passwords: none reaches
+ * a log line (only the server, database and role they name).
  */
 import type { FastifyBaseLogger } from 'fastify'
 import { quoteIdent, type Database } from './database.js'
